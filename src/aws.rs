@@ -1,0 +1,154 @@
+//! AWS clients and what slipway makes of their errors.
+//!
+//! Clients come from `aws_config::defaults(BehaviorVersion::latest())`, so `AWS_REGION`,
+//! `AWS_PROFILE`, the credential chain and `AWS_ENDPOINT_URL` work as everywhere else.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_codebuild::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+/// The AWS clients slipway uses, built once and handed to the parts that need them.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub codebuild: aws_sdk_codebuild::Client,
+    pub ecs: aws_sdk_ecs::Client,
+    pub ecr: aws_sdk_ecr::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub events: aws_sdk_eventbridge::Client,
+}
+
+impl Clients {
+    pub async fn from_env() -> Clients {
+        // Attempts may take longer than an SQS long poll (20 s).
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(30))
+            .operation_timeout(Duration::from_secs(90))
+            .build();
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        Clients::from_config(&shared)
+    }
+
+    pub fn from_config(shared: &aws_config::SdkConfig) -> Clients {
+        Clients {
+            codebuild: aws_sdk_codebuild::Client::new(shared),
+            ecs: aws_sdk_ecs::Client::new(shared),
+            ecr: aws_sdk_ecr::Client::new(shared),
+            sqs: aws_sdk_sqs::Client::new(shared),
+            events: aws_sdk_eventbridge::Client::new(shared),
+        }
+    }
+}
+
+/// An AWS call that failed, sorted into "try again" and "give up".
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct AwsError {
+    pub retryable: bool,
+    /// The service's error code (`ThrottlingException`, …) when there is one.
+    pub code: Option<String>,
+    pub message: String,
+}
+
+const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "ProvisionedThroughputExceededException",
+    "SlowDown",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalFailure",
+    "InternalError",
+    "InternalServerError",
+    "ServerException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
+impl AwsError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        AwsError {
+            retryable: false,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// Sorts an SDK error. Throttling, 5xx, timeouts and connection failures are retryable;
+    /// everything else (no such resource, access denied, invalid input) is permanent.
+    pub fn from_sdk<E>(operation: &str, err: &SdkError<E, HttpResponse>) -> AwsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match err {
+            SdkError::ServiceError(service) => {
+                let inner = service.err();
+                let status = service.raw().status().as_u16();
+                let code = inner.code().map(str::to_owned);
+                let text = inner.message().unwrap_or("").to_owned();
+                let retryable = status >= 500
+                    || status == 429
+                    || code
+                        .as_deref()
+                        .is_some_and(|c| RETRYABLE_CODES.contains(&c));
+                let label = code.clone().unwrap_or_else(|| format!("HTTP {status}"));
+                let message = if text.is_empty() {
+                    format!("{operation}: {label}")
+                } else {
+                    format!("{operation}: {label}: {text}")
+                };
+                AwsError {
+                    retryable,
+                    code,
+                    message,
+                }
+            }
+            SdkError::TimeoutError(_) => AwsError {
+                retryable: true,
+                code: None,
+                message: format!("{operation}: timed out"),
+            },
+            SdkError::DispatchFailure(failure) => AwsError {
+                retryable: !failure.is_user(),
+                code: None,
+                message: format!(
+                    "{operation}: could not reach AWS: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(err)
+                ),
+            },
+            SdkError::ResponseError(_) => AwsError {
+                retryable: true,
+                code: None,
+                message: format!(
+                    "{operation}: unreadable response: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(err)
+                ),
+            },
+            _ => AwsError {
+                retryable: false,
+                code: None,
+                message: format!(
+                    "{operation}: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(err)
+                ),
+            },
+        }
+    }
+
+    pub fn is_throttling(&self) -> bool {
+        self.code
+            .as_deref()
+            .is_some_and(|c| c.contains("Throttl") || c == "TooManyRequestsException")
+    }
+}

@@ -1,0 +1,247 @@
+//! The build worker: takes pending builds from the journal and starts them in CodeBuild.
+//!
+//! Retryable failures (throttling, 5xx, timeouts, AWS unreachable) keep the build pending with
+//! its next attempt scheduled in the journal, so a restart resumes the schedule. Permanent
+//! failures mark it `failed` with AWS's words.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_codebuild::types::{EnvironmentVariable, EnvironmentVariableType, SortOrderType};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::aws::AwsError;
+use crate::clock::SharedClock;
+use crate::config::BuildRetry;
+use crate::journal::{millis, Journal, PendingBuild};
+
+/// Most StartBuild calls in flight at once.
+const MAX_IN_FLIGHT: usize = 4;
+
+pub struct BuildStarter {
+    pub journal: Journal,
+    pub codebuild: aws_sdk_codebuild::Client,
+    pub clock: SharedClock,
+    pub wake: Arc<Notify>,
+    pub retry: BuildRetry,
+}
+
+/// The delay before attempt number `attempts + 1`: capped exponential, with jitter.
+pub fn backoff(retry: &BuildRetry, attempts: u32) -> Duration {
+    ExponentialBuilder::default()
+        .with_min_delay(retry.initial)
+        .with_max_delay(retry.max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempts.min(64) as usize)
+        .unwrap_or(retry.max)
+        .min(retry.max)
+}
+
+/// The environment a build gets from slipway.
+pub fn build_environment(build: &PendingBuild) -> Vec<EnvironmentVariable> {
+    [
+        ("IMAGE_TAG", build.image_tag.as_str()),
+        ("SLIPWAY_COMMIT", build.sha.as_str()),
+        ("SLIPWAY_DELIVERY", build.delivery_id.as_str()),
+        ("SLIPWAY_RUN", build.token.as_str()),
+    ]
+    .into_iter()
+    .map(|(name, value)| {
+        EnvironmentVariable::builder()
+            .name(name)
+            .value(value)
+            .r#type(EnvironmentVariableType::Plaintext)
+            .build()
+            .expect("name and value are set")
+    })
+    .collect()
+}
+
+impl BuildStarter {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        loop {
+            let now = millis(this.clock.now());
+            match this.journal.due_builds(now, 32).await {
+                Ok(due) => {
+                    for build in due {
+                        if tasks.len() >= MAX_IN_FLIGHT {
+                            break;
+                        }
+                        if !in_flight.lock().expect("in-flight set").insert(build.id) {
+                            continue;
+                        }
+                        let this = this.clone();
+                        let in_flight = in_flight.clone();
+                        let span = tracing::info_span!("build", delivery = %build.delivery_id,
+                            app = %build.app, sha = %build.sha, run = build.id);
+                        tasks.spawn(
+                            async move {
+                                let id = build.id;
+                                this.start_one(build).await;
+                                in_flight.lock().expect("in-flight set").remove(&id);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "build worker: cannot read the journal"),
+            }
+            let wait = match this.journal.next_due_ms().await {
+                Ok(Some(due)) => Duration::from_millis((due - now).clamp(100, 30_000) as u64),
+                Ok(None) => Duration::from_secs(30),
+                Err(_) => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = this.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        // Let calls already sent to CodeBuild record their answer; anything else stays
+        // pending in the journal for the next start.
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            tasks.shutdown().await;
+        }
+    }
+
+    async fn start_one(&self, build: PendingBuild) {
+        if build.start_requested {
+            // A previous attempt may have reached CodeBuild before slipway stopped.
+            match self.find_started(&build).await {
+                Ok(Some((id, arn))) => {
+                    tracing::info!(build_id = %id, "found the build a previous attempt started");
+                    self.record(
+                        self.journal
+                            .build_started(build.id, id, arn, self.now())
+                            .await,
+                    );
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return self.failed_attempt(&build, e).await;
+                }
+            }
+        }
+        self.record(
+            self.journal
+                .build_start_requested(build.id, self.now())
+                .await,
+        );
+        let result = self
+            .codebuild
+            .start_build()
+            .project_name(&build.project)
+            .source_version(&build.sha)
+            .set_environment_variables_override(Some(build_environment(&build)))
+            .idempotency_token(&build.token)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let (id, arn) = out.build_value.map(|b| (b.id, b.arn)).unwrap_or_default();
+                let Some(id) = id else {
+                    let e = AwsError {
+                        retryable: true,
+                        code: None,
+                        message: "StartBuild: the answer has no build id".into(),
+                    };
+                    return self.failed_attempt(&build, e).await;
+                };
+                tracing::info!(build_id = %id, "build started");
+                self.record(
+                    self.journal
+                        .build_started(build.id, id, arn, self.now())
+                        .await,
+                );
+            }
+            Err(e) => {
+                self.failed_attempt(&build, AwsError::from_sdk("StartBuild", &e))
+                    .await
+            }
+        }
+    }
+
+    async fn failed_attempt(&self, build: &PendingBuild, e: AwsError) {
+        if e.retryable {
+            let delay = backoff(&self.retry, build.attempts);
+            tracing::warn!(error = %e, attempt = build.attempts + 1, retry_in_ms = delay.as_millis() as u64,
+                "StartBuild failed; will retry");
+            let next = self.now() + delay.as_millis() as i64;
+            self.record(
+                self.journal
+                    .build_retry_later(build.id, e.message, next, self.now())
+                    .await,
+            );
+        } else {
+            tracing::error!(error = %e, "StartBuild failed for good");
+            self.record(
+                self.journal
+                    .build_failed_to_start(build.id, e.message, self.now())
+                    .await,
+            );
+        }
+    }
+
+    /// Looks among the project's recent builds for one carrying this run's `SLIPWAY_RUN`.
+    async fn find_started(
+        &self,
+        build: &PendingBuild,
+    ) -> Result<Option<(String, Option<String>)>, AwsError> {
+        let ids = self
+            .codebuild
+            .list_builds_for_project()
+            .project_name(&build.project)
+            .sort_order(SortOrderType::Descending)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ListBuildsForProject", &e))?
+            .ids
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let builds = self
+            .codebuild
+            .batch_get_builds()
+            .set_ids(Some(ids.into_iter().take(100).collect()))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("BatchGetBuilds", &e))?
+            .builds
+            .unwrap_or_default();
+        Ok(builds.into_iter().find_map(|b| {
+            let vars = b.environment.as_ref()?.environment_variables.as_ref()?;
+            vars.iter()
+                .any(|v| v.name == "SLIPWAY_RUN" && v.value == build.token)
+                .then(|| (b.id.clone().unwrap_or_default(), b.arn.clone()))
+                .filter(|(id, _)| !id.is_empty())
+        }))
+    }
+
+    fn now(&self) -> i64 {
+        millis(self.clock.now())
+    }
+
+    fn record(&self, result: Result<(), crate::journal::JournalError>) {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "build worker: could not journal the outcome");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The `slipway` command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::aws::Clients;
+use crate::clock::SystemClock;
+use crate::config::{Config, WebhookSecrets};
+use crate::journal::{DeliverySummary, Journal};
+use crate::server::{self, Services};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "GitHub push → CodeBuild → ECS Fargate, without CodePipeline"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLIPWAY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Path to slipway.toml.
+    #[arg(long, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook receiver and the workers.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Recent deliveries from the journal.
+    Deliveries {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How many deliveries.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration file and exit.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLIPWAY_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(&config.config).await,
+        Command::Deliveries {
+            config,
+            limit,
+            json,
+        } => {
+            let config = Config::load(&config.config)?;
+            let journal = Journal::open_read_only(&config.state_dir)?;
+            let rows = journal.recent_deliveries(limit).await?;
+            print_deliveries(&rows, json);
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let loaded = Config::load(&config.config)?;
+            println!(
+                "{}: ok ({} apps)",
+                config.config.display(),
+                loaded.apps.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let secrets = WebhookSecrets::from_env()?;
+    let journal = Journal::open(&config.state_dir)
+        .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let aws = Clients::from_env().await;
+    server::run(
+        listener,
+        Services {
+            config,
+            secrets,
+            journal,
+            clock: Arc::new(SystemClock),
+            aws,
+        },
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn print_deliveries(rows: &[DeliverySummary], json: bool) {
+    if json {
+        for row in rows {
+            println!("{}", serde_json::to_string(row).expect("serializable"));
+        }
+        return;
+    }
+    let dash = || "-".to_owned();
+    let table: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.received_at.clone(),
+                r.delivery.clone(),
+                r.event.clone(),
+                r.app.clone().unwrap_or_else(dash),
+                r.sha
+                    .as_deref()
+                    .map(|s| s.chars().take(7).collect())
+                    .unwrap_or_else(dash),
+                r.state.clone().unwrap_or_else(|| r.outcome.clone()),
+                r.build_id.clone().unwrap_or_else(dash),
+                r.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "RECEIVED", "DELIVERY", "EVENT", "APP", "SHA", "STATE", "BUILD", "REASON",
+        ],
+        &table,
+    );
+}
+
+/// Prints aligned columns; the last column is not padded.
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

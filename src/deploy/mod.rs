@@ -1,0 +1,3 @@
+//! Deploying one commit to an ECS service.
+
+pub mod taskdef;

@@ -1,0 +1,3 @@
+//! CodeBuild completion events, delivered by EventBridge through SQS.
+
+pub mod codebuild;

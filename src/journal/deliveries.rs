@@ -1,0 +1,437 @@
+//! Deliveries (what reached the webhook) and the builds they asked for.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Journal, JournalError};
+use crate::ids::{AppName, CommitSha, DeliveryId, HookId};
+
+/// Where a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Github,
+    Replay,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Github => "github",
+            Source::Replay => "replay",
+        }
+    }
+}
+
+/// An authentic delivery, as received.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub delivery_id: DeliveryId,
+    pub hook_id: HookId,
+    pub event: String,
+    pub source: Source,
+    pub actor: Option<String>,
+    pub replay_of: Option<i64>,
+    pub received_ms: i64,
+    pub content_type: String,
+    /// The headers that matter, as a JSON object.
+    pub headers: serde_json::Value,
+    pub body: Vec<u8>,
+}
+
+impl NewDelivery {
+    /// What a redelivery of this delivery repeats: (hook id, delivery id).
+    pub fn dedup_key(&self) -> String {
+        format!("{}/{}", self.hook_id, self.delivery_id)
+    }
+}
+
+/// What slipway decided from the payload alone, before looking at the journal.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Pong,
+    Ignored(String),
+    Rejected(String),
+    Build(Vec<BuildRequest>),
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub app: AppName,
+    pub sha: CommitSha,
+    pub project: String,
+    pub image_tag: String,
+}
+
+/// What the journal made of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Pong,
+    Ignored(String),
+    Rejected(String),
+    /// Every build it asks for was already started.
+    Duplicate,
+    Accepted(Vec<AcceptedBuild>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedBuild {
+    pub app: AppName,
+    pub sha: CommitSha,
+    pub build_row: i64,
+    /// A redelivery of a delivery whose build had not started yet.
+    pub retry: bool,
+}
+
+/// Build states, as stored.
+pub mod build_state {
+    pub const PENDING: &str = "pending";
+    pub const STARTED: &str = "build_started";
+    pub const SUCCEEDED: &str = "build_succeeded";
+    pub const BUILD_FAILED: &str = "build_failed";
+    /// StartBuild failed for good; a redelivery retries it.
+    pub const FAILED: &str = "failed";
+}
+
+/// A build waiting for StartBuild.
+#[derive(Debug, Clone)]
+pub struct PendingBuild {
+    pub id: i64,
+    pub delivery_id: String,
+    pub app: String,
+    pub sha: String,
+    pub project: String,
+    pub image_tag: String,
+    pub token: String,
+    pub attempts: u32,
+    pub start_requested: bool,
+}
+
+/// One line of `slipway deliveries`: a delivery and, if it asked for one, a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverySummary {
+    pub row: i64,
+    pub received_at: String,
+    pub delivery: String,
+    pub event: String,
+    pub source: String,
+    pub outcome: String,
+    pub app: Option<String>,
+    pub sha: Option<String>,
+    pub state: Option<String>,
+    pub build_id: Option<String>,
+    pub attempts: Option<u32>,
+    pub reason: Option<String>,
+}
+
+fn token_for(dedup_key: &str, app: &str) -> String {
+    let digest = Sha256::digest(format!("{dedup_key}\n{app}").as_bytes());
+    hex::encode(&digest[..16])
+}
+
+fn insert_delivery(
+    tx: &Connection,
+    d: &NewDelivery,
+    outcome: &str,
+    reason: Option<&str>,
+) -> Result<i64, JournalError> {
+    tx.execute(
+        "INSERT INTO deliveries (delivery_id, hook_id, event, source, actor, replay_of,
+             received_ms, content_type, headers, body, dedup_key, outcome, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            d.delivery_id.as_str(),
+            d.hook_id.as_str(),
+            d.event,
+            d.source.as_str(),
+            d.actor,
+            d.replay_of,
+            d.received_ms,
+            d.content_type,
+            d.headers.to_string(),
+            d.body,
+            d.dedup_key(),
+            outcome,
+            reason,
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn admit_in(
+    tx: &Connection,
+    d: &NewDelivery,
+    verdict: Verdict,
+) -> Result<(i64, Admission), JournalError> {
+    let requests = match verdict {
+        Verdict::Pong => {
+            let row = insert_delivery(tx, d, "pong", None)?;
+            return Ok((row, Admission::Pong));
+        }
+        Verdict::Ignored(reason) => {
+            let row = insert_delivery(tx, d, "ignored", Some(&reason))?;
+            return Ok((row, Admission::Ignored(reason)));
+        }
+        Verdict::Rejected(reason) => {
+            let row = insert_delivery(tx, d, "rejected", Some(&reason))?;
+            return Ok((row, Admission::Rejected(reason)));
+        }
+        Verdict::Build(requests) => requests,
+    };
+    let key = d.dedup_key();
+    // Decide per app first, so the delivery row records the overall outcome.
+    let mut plan = Vec::with_capacity(requests.len());
+    for req in requests {
+        let existing: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT id, state FROM builds WHERE dedup_key = ?1 AND app = ?2",
+                params![key, req.app.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        plan.push((req, existing));
+    }
+    let all_started = plan.iter().all(|(_, existing)| {
+        matches!(existing, Some((_, state))
+            if state != build_state::PENDING && state != build_state::FAILED)
+    });
+    if all_started && !plan.is_empty() {
+        insert_delivery(
+            tx,
+            d,
+            "duplicate",
+            Some("every build this delivery asks for was already started"),
+        )?;
+        return Ok((0, Admission::Duplicate));
+    }
+    let row = insert_delivery(tx, d, "accepted", None)?;
+    let now = d.received_ms;
+    let mut accepted = Vec::new();
+    for (req, existing) in plan {
+        match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO builds (delivery, dedup_key, app, sha, project, image_tag, token,
+                         state, next_attempt_ms, created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
+                    params![
+                        row,
+                        key,
+                        req.app.as_str(),
+                        req.sha.as_str(),
+                        req.project,
+                        req.image_tag,
+                        token_for(&key, req.app.as_str()),
+                        build_state::PENDING,
+                        now,
+                    ],
+                )?;
+                accepted.push(AcceptedBuild {
+                    app: req.app,
+                    sha: req.sha,
+                    build_row: tx.last_insert_rowid(),
+                    retry: false,
+                });
+            }
+            Some((id, state)) if state == build_state::PENDING || state == build_state::FAILED => {
+                // Never started: the redelivery is a retry. Try again now.
+                tx.execute(
+                    "UPDATE builds SET state = ?2, next_attempt_ms = ?3, updated_ms = ?3,
+                         attempts = CASE WHEN state = ?4 THEN 0 ELSE attempts END
+                     WHERE id = ?1",
+                    params![id, build_state::PENDING, now, build_state::FAILED],
+                )?;
+                accepted.push(AcceptedBuild {
+                    app: req.app,
+                    sha: req.sha,
+                    build_row: id,
+                    retry: true,
+                });
+            }
+            Some(_) => {} // this app's build already started; the others go on
+        }
+    }
+    Ok((row, Admission::Accepted(accepted)))
+}
+
+fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingBuild> {
+    Ok(PendingBuild {
+        id: r.get(0)?,
+        delivery_id: r.get(1)?,
+        app: r.get(2)?,
+        sha: r.get(3)?,
+        project: r.get(4)?,
+        image_tag: r.get(5)?,
+        token: r.get(6)?,
+        attempts: r.get(7)?,
+        start_requested: r.get::<_, Option<i64>>(8)?.is_some(),
+    })
+}
+
+impl Journal {
+    /// Journals a delivery and the builds it asks for, deduplicated on (hook id, delivery
+    /// id) and app. Returns the delivery's row (0 for a duplicate) and what was decided.
+    pub async fn admit(
+        &self,
+        delivery: NewDelivery,
+        verdict: Verdict,
+    ) -> Result<(i64, Admission), JournalError> {
+        self.write(move |tx| admit_in(tx, &delivery, verdict)).await
+    }
+
+    /// Pending builds whose next attempt is due, oldest first.
+    pub async fn due_builds(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingBuild>, JournalError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT b.id, d.delivery_id, b.app, b.sha, b.project, b.image_tag, b.token, b.attempts,
+                        b.start_requested_ms
+                 FROM builds b JOIN deliveries d ON d.id = b.delivery
+                 WHERE b.state = ?1 AND b.next_attempt_ms <= ?2
+                 ORDER BY b.id LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![build_state::PENDING, now_ms, limit], pending_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// When the earliest pending build is due, if any is pending.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, JournalError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT MIN(next_attempt_ms) FROM builds WHERE state = ?1",
+                [build_state::PENDING],
+                |r| r.get::<_, Option<i64>>(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Records that StartBuild is about to be called (so a restart knows to look for a build
+    /// that may have been started before the answer was recorded).
+    pub async fn build_start_requested(&self, id: i64, now_ms: i64) -> Result<(), JournalError> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE builds SET start_requested_ms = ?2, updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn build_started(
+        &self,
+        id: i64,
+        build_id: String,
+        build_arn: Option<String>,
+        now_ms: i64,
+    ) -> Result<(), JournalError> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE builds SET state = ?2, build_id = ?3, build_arn = ?4, reason = NULL,
+                     attempts = attempts + 1, updated_ms = ?5
+                 WHERE id = ?1 AND state = ?6",
+                params![
+                    id,
+                    build_state::STARTED,
+                    build_id,
+                    build_arn,
+                    now_ms,
+                    build_state::PENDING
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A retryable failure: stays pending until `next_attempt_ms`.
+    pub async fn build_retry_later(
+        &self,
+        id: i64,
+        reason: String,
+        next_attempt_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), JournalError> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE builds SET attempts = attempts + 1, reason = ?2, next_attempt_ms = ?3,
+                     updated_ms = ?4
+                 WHERE id = ?1 AND state = ?5",
+                params![id, reason, next_attempt_ms, now_ms, build_state::PENDING],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A permanent failure: StartBuild will not be called again unless GitHub redelivers.
+    pub async fn build_failed_to_start(
+        &self,
+        id: i64,
+        reason: String,
+        now_ms: i64,
+    ) -> Result<(), JournalError> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE builds SET state = ?2, attempts = attempts + 1, reason = ?3,
+                     updated_ms = ?4
+                 WHERE id = ?1 AND state = ?5",
+                params![
+                    id,
+                    build_state::FAILED,
+                    reason,
+                    now_ms,
+                    build_state::PENDING
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The most recent deliveries, newest first, one line per build they asked for.
+    pub async fn recent_deliveries(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<DeliverySummary>, JournalError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.id, d.received_ms, d.delivery_id, d.event, d.source, d.outcome,
+                        b.app, b.sha, b.state, b.build_id, b.attempts,
+                        COALESCE(b.reason, d.reason)
+                 FROM (SELECT * FROM deliveries ORDER BY id DESC LIMIT ?1) d
+                 LEFT JOIN builds b ON b.dedup_key = d.dedup_key
+                      AND d.outcome IN ('accepted', 'duplicate')
+                 ORDER BY d.id DESC, b.id",
+            )?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok(DeliverySummary {
+                        row: r.get(0)?,
+                        received_at: super::format_millis(r.get(1)?),
+                        delivery: r.get(2)?,
+                        event: r.get(3)?,
+                        source: r.get(4)?,
+                        outcome: r.get(5)?,
+                        app: r.get(6)?,
+                        sha: r.get(7)?,
+                        state: r.get(8)?,
+                        build_id: r.get(9)?,
+                        attempts: r.get(10)?,
+                        reason: r.get(11)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}

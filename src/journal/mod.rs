@@ -1,0 +1,241 @@
+//! The journal: slipway's durable state, an embedded SQLite database.
+//!
+//! All writes go through one writer thread that commits them in groups: every request that
+//! arrives while a commit is being synced joins the next transaction, so concurrent webhook
+//! deliveries share one fsync (group commit). A write's future resolves only after the
+//! transaction holding it is committed and synced (`journal_mode=WAL`, `synchronous=FULL`).
+//! Reads use a separate connection and never wait for the writer.
+//!
+//! The typed methods in the submodules are the journal's whole interface, so another store
+//! (DynamoDB, for several replicas) can stand behind the same calls later.
+
+mod deliveries;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+use tokio::sync::oneshot;
+
+pub use deliveries::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("journal: cannot create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal: commit failed: {0}")]
+    Commit(String),
+    #[error("journal: the writer has stopped")]
+    Closed,
+    #[error("journal: {0}")]
+    Invalid(String),
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&mut Transaction<'_>) -> Completion + Send>;
+
+/// Most jobs one transaction takes; the rest wait for the next.
+const MAX_GROUP: usize = 512;
+
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    reader: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection, JournalError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Create {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join("journal.db");
+        let mut writer = open(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        schema::migrate(&mut writer)?;
+        let reader = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| JournalError::Invalid(format!("cannot start writer thread: {e}")))?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Some(tx)),
+                reader: Mutex::new(reader),
+                path,
+            }),
+        })
+    }
+
+    /// Opens an existing journal for reading only (the CLI, while the server runs).
+    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
+        let path = state_dir.join("journal.db");
+        if !path.exists() {
+            return Err(JournalError::Invalid(format!(
+                "no journal at {} (has slipway run with this state_dir?)",
+                path.display()
+            )));
+        }
+        let reader = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(None),
+                reader: Mutex::new(reader),
+                path,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in the next group transaction; resolves once that transaction is durable.
+    /// If `f` fails, its changes are rolled back alone (a savepoint); the group commits.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, JournalError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, JournalError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<Result<R, JournalError>>();
+        let job: Job = Box::new(move |tx: &mut Transaction<'_>| {
+            let outcome = match tx.savepoint() {
+                Ok(mut sp) => match f(&sp) {
+                    Ok(value) => match sp.commit() {
+                        Ok(()) => Ok(value),
+                        Err(e) => Err(JournalError::from(e)),
+                    },
+                    Err(e) => {
+                        let _ = sp.rollback();
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(JournalError::from(e)),
+            };
+            Box::new(move |committed: Result<(), String>| {
+                let result = match (committed, outcome) {
+                    (Ok(()), outcome) => outcome,
+                    (Err(e), _) => Err(JournalError::Commit(e)),
+                };
+                let _ = done_tx.send(result);
+            })
+        });
+        {
+            let guard = self.inner.writer.lock().expect("journal writer lock");
+            let sender = guard.as_ref().ok_or(JournalError::Closed)?;
+            sender.send(job).map_err(|_| JournalError::Closed)?;
+        }
+        done_rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Runs a read on the reader connection, off the async runtime.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, JournalError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, JournalError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.reader.lock().expect("journal reader lock");
+            f(&conn)
+        })
+        .await
+        .map_err(|e| JournalError::Invalid(format!("read task failed: {e}")))?
+    }
+
+    /// Proves the journal can take a durable write (for `/readyz`).
+    pub async fn check_writable(&self, now_ms: i64) -> Result<(), JournalError> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('ready_check', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [now_ms.to_string()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops the writer after the jobs already queued are committed.
+    pub fn close(&self) {
+        self.inner
+            .writer
+            .lock()
+            .expect("journal writer lock")
+            .take();
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = Vec::with_capacity(16);
+        jobs.push(first);
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                // The jobs never ran; dropping them tells their callers the write failed.
+                tracing::error!(error = %e, "journal: cannot begin a transaction");
+                continue;
+            }
+        };
+        let completions: Vec<Completion> = jobs.into_iter().map(|job| job(&mut tx)).collect();
+        let committed = tx.commit().map_err(|e| e.to_string());
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "journal: commit failed");
+        }
+        for done in completions {
+            done(committed.clone());
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the journal's time unit.
+pub fn millis(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Formats journal milliseconds for people (RFC 3339, UTC).
+pub fn format_millis(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .map(crate::clock::format)
+        .unwrap_or_else(|_| ms.to_string())
+}

@@ -1,0 +1,74 @@
+//! The journal's tables. A new version appends a migration; old ones never change.
+
+use rusqlite::Connection;
+
+use super::JournalError;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- Every authentic request that reached the webhook (or an operator's replay), as received.
+CREATE TABLE deliveries (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id  TEXT NOT NULL,
+    hook_id      TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    source       TEXT NOT NULL,          -- github | replay
+    actor        TEXT,                   -- who replayed it
+    replay_of    INTEGER REFERENCES deliveries(id),
+    received_ms  INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    headers      TEXT NOT NULL,          -- JSON object of the headers that matter
+    body         BLOB NOT NULL,          -- the raw body, exactly as signed
+    dedup_key    TEXT NOT NULL,          -- hook_id "/" delivery_id: what a redelivery repeats
+    outcome      TEXT NOT NULL,          -- accepted | duplicate | ignored | rejected | pong
+    reason       TEXT
+);
+CREATE INDEX deliveries_by_key ON deliveries (dedup_key);
+
+-- One build per (delivery, app): what the push asked for and how far it got.
+CREATE TABLE builds (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,  -- journal order: newer pushes have larger ids
+    delivery           INTEGER NOT NULL REFERENCES deliveries(id),
+    dedup_key          TEXT NOT NULL,
+    app                TEXT NOT NULL,
+    sha                TEXT NOT NULL,
+    project            TEXT NOT NULL,
+    image_tag          TEXT NOT NULL,     -- the tag the build pushes (IMAGE_TAG)
+    token              TEXT NOT NULL,     -- StartBuild idempotency token, also SLIPWAY_RUN
+    state              TEXT NOT NULL,     -- pending | build_started | build_succeeded | build_failed | failed
+    build_id           TEXT,
+    build_arn          TEXT,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms    INTEGER NOT NULL,
+    start_requested_ms INTEGER,
+    reason             TEXT,
+    log_link           TEXT,
+    created_ms         INTEGER NOT NULL,
+    updated_ms         INTEGER NOT NULL,
+    UNIQUE (dedup_key, app)
+);
+CREATE INDEX builds_by_state ON builds (state, next_attempt_ms);
+CREATE UNIQUE INDEX builds_by_build_id ON builds (build_id) WHERE build_id IS NOT NULL;
+"#];
+
+pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
+    let tx = conn.transaction()?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(JournalError::Invalid(format!(
+            "the journal is at schema version {version}, newer than this slipway knows ({known}); \
+             run a newer slipway"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The HTTP server and the workers behind it, wired together.
+//!
+//! `run` takes its listener and its shutdown signal from the caller, so tests bind port 0 and
+//! stop it cleanly; the AWS clients and the clock are injected the same way.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::Clients;
+use crate::build::BuildStarter;
+use crate::clock::SharedClock;
+use crate::config::{Config, ServerLimits, WebhookSecrets};
+use crate::journal::Journal;
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub secrets: Arc<WebhookSecrets>,
+    pub journal: Journal,
+    pub clock: SharedClock,
+    pub build_wake: Arc<Notify>,
+    pub limits: ServerLimits,
+}
+
+/// Everything `run` needs from outside.
+pub struct Services {
+    pub config: Config,
+    pub secrets: WebhookSecrets,
+    pub journal: Journal,
+    pub clock: SharedClock,
+    pub aws: Clients,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(crate::webhook::handle))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let now = crate::journal::millis(state.clock.now());
+    match state.journal.check_writable(now).await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "readyz: journal not writable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not ready", "error": "journal is not writable" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response()
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests, stops
+/// the workers (pending work stays in the journal) and returns.
+pub async fn run(
+    listener: TcpListener,
+    services: Services,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Services {
+        config,
+        secrets,
+        journal,
+        clock,
+        aws,
+    } = services;
+    let limits = config.server.clone();
+    let build_wake = Arc::new(Notify::new());
+    let workers = CancellationToken::new();
+    let mut worker_tasks = tokio::task::JoinSet::new();
+    worker_tasks.spawn(
+        BuildStarter {
+            journal: journal.clone(),
+            codebuild: aws.codebuild.clone(),
+            clock: clock.clone(),
+            wake: build_wake.clone(),
+            retry: config.build.clone(),
+        }
+        .run(workers.clone()),
+    );
+
+    let state = AppState {
+        config: Arc::new(config),
+        secrets: Arc::new(secrets),
+        journal: journal.clone(),
+        clock,
+        build_wake,
+        limits: limits.clone(),
+    };
+    let app = router(state);
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = connections.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish in 30 s");
+    }
+    workers.cancel();
+    while worker_tasks.join_next().await.is_some() {}
+    journal.close();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: slipway over real HTTP on 127.0.0.1, AWS through the real SDK clients
+//! against the emulator (moto, server mode), with a controllable proxy in front of it where
+//! the emulator cannot behave like AWS.
+
+mod support;
+
+mod intake;

@@ -1,0 +1,121 @@
+//! The AWS API emulator (moto in server mode), one per test, on a free port.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_codebuild::types::{
+    ComputeType, EnvironmentType, ProjectArtifacts, ProjectEnvironment, ProjectSource, SourceType,
+};
+
+pub struct Emulator {
+    child: Child,
+    pub url: String,
+    pub config: aws_config::SdkConfig,
+}
+
+fn moto_server() -> String {
+    if let Ok(path) = std::env::var("SLIPWAY_MOTO_SERVER") {
+        return path;
+    }
+    let path = format!("{}/.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "the AWS emulator is not installed at {path}: run scripts/test.sh (or scripts/setup-emulator.sh)"
+    );
+    path
+}
+
+impl Emulator {
+    pub async fn start() -> Emulator {
+        let port = super::free_port();
+        let child = Command::new(moto_server())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if client.get(format!("{url}/moto-api/")).send().await.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start on {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let config = super::sdk_config(&url).await;
+        Emulator { child, url, config }
+    }
+
+    pub fn codebuild(&self) -> aws_sdk_codebuild::Client {
+        aws_sdk_codebuild::Client::new(&self.config)
+    }
+
+    /// A CodeBuild project building `repository` (GitHub owner/name).
+    pub async fn create_project(&self, name: &str, repository: &str) {
+        self.codebuild()
+            .create_project()
+            .name(name)
+            .source(
+                ProjectSource::builder()
+                    .r#type(SourceType::Github)
+                    .location(format!("https://github.com/{repository}.git"))
+                    .build()
+                    .unwrap(),
+            )
+            .artifacts(
+                ProjectArtifacts::builder()
+                    .r#type(aws_sdk_codebuild::types::ArtifactsType::NoArtifacts)
+                    .build()
+                    .unwrap(),
+            )
+            .environment(
+                ProjectEnvironment::builder()
+                    .r#type(EnvironmentType::LinuxContainer)
+                    .image("aws/codebuild/standard:7.0")
+                    .compute_type(ComputeType::BuildGeneral1Small)
+                    .privileged_mode(true)
+                    .build()
+                    .unwrap(),
+            )
+            .service_role("arn:aws:iam::123456789012:role/codebuild-service-role")
+            .send()
+            .await
+            .expect("CreateProject");
+    }
+
+    /// The ids of the builds of `project`.
+    pub async fn builds(&self, project: &str) -> Vec<aws_sdk_codebuild::types::Build> {
+        let ids = self
+            .codebuild()
+            .list_builds_for_project()
+            .project_name(project)
+            .send()
+            .await
+            .expect("ListBuildsForProject")
+            .ids
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return vec![];
+        }
+        self.codebuild()
+            .batch_get_builds()
+            .set_ids(Some(ids))
+            .send()
+            .await
+            .expect("BatchGetBuilds")
+            .builds
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

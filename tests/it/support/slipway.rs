@@ -1,0 +1,274 @@
+//! slipway itself, as a real process: the binary cargo built, a config file in a temporary
+//! state directory, and AWS pointed at the emulator (or the proxy) with `AWS_ENDPOINT_URL`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const DEFAULT_APPS: &str = r#"
+[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "web"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#;
+
+#[derive(Clone)]
+pub struct SlipwayBuilder {
+    dir: Arc<TempDir>,
+    aws_endpoint: String,
+    secret: Option<String>,
+    apps: String,
+    extra: String,
+}
+
+pub struct Slipway {
+    child: Child,
+    pub url: String,
+    pub builder: SlipwayBuilder,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl SlipwayBuilder {
+    pub fn new(aws_endpoint: &str) -> Self {
+        SlipwayBuilder {
+            dir: Arc::new(tempfile::tempdir().unwrap()),
+            aws_endpoint: aws_endpoint.to_owned(),
+            secret: Some(super::SECRET.to_owned()),
+            apps: DEFAULT_APPS.to_owned(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn aws_endpoint(mut self, url: &str) -> Self {
+        self.aws_endpoint = url.to_owned();
+        self
+    }
+
+    /// The value of `SLIPWAY_WEBHOOK_SECRET` (None: unset).
+    pub fn secret(mut self, secret: Option<&str>) -> Self {
+        self.secret = secret.map(str::to_owned);
+        self
+    }
+
+    pub fn apps(mut self, apps: &str) -> Self {
+        self.apps = apps.to_owned();
+        self
+    }
+
+    /// Top-level config lines, placed before the apps.
+    pub fn extra(mut self, extra: &str) -> Self {
+        self.extra = extra.to_owned();
+        self
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("slipway.toml")
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n{}\n[build]\nretry_initial_secs = 1\nretry_max_secs = 2\n{}",
+            self.state_dir().display(),
+            self.extra,
+            self.apps
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+        self.config_path()
+    }
+
+    /// A `slipway` command with this builder's environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
+            .env("AWS_REGION", "eu-west-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("SLIPWAY_LOG_FORMAT", "json")
+            .env("SLIPWAY_LOG", "info,slipway=debug,aws=warn");
+        if let Some(secret) = &self.secret {
+            cmd.env("SLIPWAY_WEBHOOK_SECRET", secret);
+        }
+        cmd
+    }
+
+    /// Runs `slipway serve` and waits until it listens.
+    pub async fn start(&self) -> Slipway {
+        let config = self.write_config();
+        let mut child = self
+            .command()
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start slipway");
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("slipway| {line}");
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["fields"]["message"] == "listening" {
+                        let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(addr) = addr_rx.try_recv() {
+                break addr;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("slipway exited before listening: {status}");
+            }
+            assert!(Instant::now() < deadline, "slipway did not start listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Slipway {
+            child,
+            url: format!("http://{addr}"),
+            builder: self.clone(),
+            logs,
+        }
+    }
+
+    /// Runs a `slipway` subcommand to completion: (exit status, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        self.write_config();
+        let out = self.command().args(args).output().expect("run slipway");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `slipway deliveries --json`, parsed.
+    pub fn deliveries(&self) -> Vec<serde_json::Value> {
+        let config = self.config_path();
+        let (status, out, err) = self.run(&[
+            "deliveries",
+            "--json",
+            "--limit",
+            "1000",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        assert!(status.success(), "slipway deliveries failed: {err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    }
+}
+
+pub struct WebhookResponse {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+impl Slipway {
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slipway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn deliveries(&self) -> Vec<serde_json::Value> {
+        self.builder.deliveries()
+    }
+
+    /// POSTs a signed GitHub delivery.
+    pub async fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> WebhookResponse {
+        let signature = slipway::webhook::sign(super::SECRET.as_bytes(), body);
+        self.post(
+            &[
+                ("content-type", "application/json"),
+                ("x-github-event", event),
+                ("x-github-delivery", delivery),
+                ("x-github-hook-id", "4242"),
+                ("x-hub-signature-256", &signature),
+                ("user-agent", "GitHub-Hookshot/test"),
+            ],
+            body.to_vec(),
+        )
+        .await
+    }
+
+    /// POSTs `body` to the webhook route with exactly these headers.
+    pub async fn post(&self, headers: &[(&str, &str)], body: Vec<u8>) -> WebhookResponse {
+        let mut req = reqwest::Client::new().post(format!("{}/webhooks/github", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.body(body).send().await.expect("POST /webhooks/github");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        WebhookResponse {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = reqwest::get(format!("{}{path}", self.url))
+            .await
+            .expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for Slipway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
