@@ -57,6 +57,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recent deployments from the journal.
+    Deployments {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this app's deployments.
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the configuration file and exit.
     CheckConfig {
         #[command(flatten)]
@@ -95,6 +108,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_deliveries(&rows, json);
             Ok(())
         }
+        Command::Deployments {
+            config,
+            app,
+            limit,
+            json,
+        } => {
+            let config = Config::load(&config.config)?;
+            let journal = Journal::open_read_only(&config.state_dir)?;
+            let rows = journal.recent_deployments(app, limit).await?;
+            print_deployments(&rows, json);
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config.config)?;
             println!(
@@ -116,6 +141,8 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let aws = Clients::from_env().await;
+    let notifier =
+        crate::notify::Notifier::from_config(&config.notify, |name| std::env::var(name).ok())?;
     server::run(
         listener,
         Services {
@@ -124,6 +151,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             journal,
             clock: Arc::new(SystemClock),
             aws,
+            notifier,
         },
         shutdown_signal(),
     )
@@ -148,7 +176,7 @@ fn print_deliveries(rows: &[DeliverySummary], json: bool) {
         return;
     }
     let dash = || "-".to_owned();
-    let table: Vec<[String; 8]> = rows
+    let table: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             [
@@ -162,13 +190,70 @@ fn print_deliveries(rows: &[DeliverySummary], json: bool) {
                     .unwrap_or_else(dash),
                 r.state.clone().unwrap_or_else(|| r.outcome.clone()),
                 r.build_id.clone().unwrap_or_else(dash),
+                r.deploy_state.clone().unwrap_or_else(dash),
                 r.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
     print_table(
         &[
-            "RECEIVED", "DELIVERY", "EVENT", "APP", "SHA", "STATE", "BUILD", "REASON",
+            "RECEIVED",
+            "DELIVERY",
+            "EVENT",
+            "APP",
+            "SHA",
+            "BUILD STATE",
+            "BUILD",
+            "DEPLOY",
+            "REASON",
+        ],
+        &table,
+    );
+}
+
+/// `family:revision` of a task definition ARN, for tables.
+fn revision(arn: &Option<String>) -> String {
+    arn.as_deref()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn print_deployments(rows: &[crate::journal::Deployment], json: bool) {
+    if json {
+        for row in rows {
+            println!("{}", serde_json::to_string(row).expect("serializable"));
+        }
+        return;
+    }
+    let table: Vec<[String; 8]> = rows
+        .iter()
+        .map(|d| {
+            [
+                d.id.to_string(),
+                crate::journal::format_millis(d.created_ms),
+                d.app.clone(),
+                d.sha.chars().take(7).collect(),
+                d.state.clone(),
+                d.trigger.clone(),
+                format!(
+                    "{} -> {}",
+                    revision(&d.from_task_definition),
+                    revision(&d.to_task_definition)
+                ),
+                d.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "CREATED",
+            "APP",
+            "SHA",
+            "STATE",
+            "TRIGGER",
+            "TASK DEFINITION",
+            "REASON",
         ],
         &table,
     );

@@ -48,6 +48,12 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     build: RawBuild,
+    #[serde(default)]
+    deploy: RawDeploy,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    notify: crate::notify::NotifyConfig,
     #[serde(default, rename = "app")]
     apps: Vec<RawApp>,
 }
@@ -65,6 +71,20 @@ struct RawServer {
 struct RawBuild {
     retry_initial_secs: Option<u64>,
     retry_max_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeploy {
+    poll_initial_ms: Option<u64>,
+    poll_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    reconcile_after_secs: Option<u64>,
+    visibility_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,7 +112,26 @@ pub struct Config {
     pub queue_url: Option<String>,
     pub server: ServerLimits,
     pub build: BuildRetry,
+    pub deploy: DeployTiming,
+    pub events: EventsConfig,
+    /// Where notifications go (the URLs themselves come from the environment).
+    pub notify: crate::notify::NotifyConfig,
     pub apps: Vec<AppConfig>,
+}
+
+/// How often a rollout is polled: starts at `poll_initial`, backs off to `poll_max`.
+#[derive(Debug, Clone)]
+pub struct DeployTiming {
+    pub poll_initial: Duration,
+    pub poll_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// A build with no result for this long is asked about (`BatchGetBuilds`).
+    pub reconcile_after: Duration,
+    /// How long a received message stays invisible; extended while its deploy runs.
+    pub visibility_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +166,11 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
+    /// What serializes deploys: one at a time per ECS service.
+    pub fn service_key(&self) -> String {
+        format!("{}/{}", self.cluster, self.service)
+    }
+
     /// The ref a push must have to match this app.
     pub fn git_ref(&self) -> String {
         format!("refs/heads/{}", self.branch)
@@ -165,6 +209,11 @@ impl Config {
 
     pub fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.name.as_str() == name)
+    }
+
+    /// The app whose builds run in this CodeBuild project, if any.
+    pub fn app_for_project(&self, project: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.codebuild_project == project)
     }
 
     pub fn journal_path(&self) -> PathBuf {
@@ -233,6 +282,42 @@ impl RawConfig {
                 "must not be smaller than build.retry_initial_secs",
             ));
         }
+        let deploy = DeployTiming {
+            poll_initial: Duration::from_millis(positive(
+                "deploy.poll_initial_ms",
+                self.deploy.poll_initial_ms.map(|v| v as usize),
+                5_000,
+            )? as u64),
+            poll_max: Duration::from_millis(positive(
+                "deploy.poll_max_ms",
+                self.deploy.poll_max_ms.map(|v| v as usize),
+                30_000,
+            )? as u64),
+        };
+        if deploy.poll_max < deploy.poll_initial {
+            return Err(invalid(
+                "deploy.poll_max_ms",
+                "must not be smaller than deploy.poll_initial_ms",
+            ));
+        }
+        let events = EventsConfig {
+            reconcile_after: Duration::from_secs(positive(
+                "events.reconcile_after_secs",
+                self.events.reconcile_after_secs.map(|v| v as usize),
+                30 * 60,
+            )? as u64),
+            visibility_timeout: Duration::from_secs(positive(
+                "events.visibility_timeout_secs",
+                self.events.visibility_timeout_secs.map(|v| v as usize),
+                120,
+            )? as u64),
+        };
+        if events.visibility_timeout > Duration::from_secs(12 * 3600) {
+            return Err(invalid(
+                "events.visibility_timeout_secs",
+                "SQS allows at most 43200 (12 hours)",
+            ));
+        }
         let mut names = HashSet::new();
         let mut apps = Vec::with_capacity(self.apps.len());
         for (i, raw) in self.apps.into_iter().enumerate() {
@@ -254,6 +339,9 @@ impl RawConfig {
             queue_url: self.queue_url,
             server,
             build,
+            deploy,
+            events,
+            notify: self.notify,
             apps,
         })
     }

@@ -14,5 +14,6 @@ pub mod events;
 pub mod ids;
 pub mod image;
 pub mod journal;
+pub mod notify;
 pub mod server;
 pub mod webhook;

@@ -23,7 +23,10 @@ use crate::aws::Clients;
 use crate::build::BuildStarter;
 use crate::clock::SharedClock;
 use crate::config::{Config, ServerLimits, WebhookSecrets};
+use crate::deploy::Deployer;
+use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
+use crate::notify::Notifier;
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -43,6 +46,7 @@ pub struct Services {
     pub journal: Journal,
     pub clock: SharedClock,
     pub aws: Clients,
+    pub notifier: Notifier,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -90,9 +94,12 @@ pub async fn run(
         journal,
         clock,
         aws,
+        notifier,
     } = services;
+    let config = Arc::new(config);
     let limits = config.server.clone();
     let build_wake = Arc::new(Notify::new());
+    let deploy_wake = Arc::new(Notify::new());
     let workers = CancellationToken::new();
     let mut worker_tasks = tokio::task::JoinSet::new();
     worker_tasks.spawn(
@@ -105,9 +112,44 @@ pub async fn run(
         }
         .run(workers.clone()),
     );
+    let deployer = Arc::new(Deployer::new(
+        journal.clone(),
+        &aws,
+        clock.clone(),
+        config.clone(),
+        notifier.clone(),
+        deploy_wake.clone(),
+    ));
+    worker_tasks.spawn(deployer.clone().run(workers.clone()));
+    let results = Arc::new(BuildResults {
+        journal: journal.clone(),
+        config: config.clone(),
+        clock: clock.clone(),
+        notifier: notifier.clone(),
+        deploy_wake: deploy_wake.clone(),
+    });
+    if let Some(queue_url) = &config.queue_url {
+        worker_tasks.spawn(
+            Consumer {
+                sqs: aws.sqs.clone(),
+                queue_url: queue_url.clone(),
+                results: results.clone(),
+            }
+            .run(workers.clone()),
+        );
+    } else {
+        tracing::warn!("no queue_url configured: build results come only from the reconciler");
+    }
+    worker_tasks.spawn(
+        Reconciler {
+            codebuild: aws.codebuild.clone(),
+            results,
+        }
+        .run(workers.clone()),
+    );
 
     let state = AppState {
-        config: Arc::new(config),
+        config,
         secrets: Arc::new(secrets),
         journal: journal.clone(),
         clock,
@@ -164,6 +206,7 @@ pub async fn run(
     }
     workers.cancel();
     while worker_tasks.join_next().await.is_some() {}
+    notifier.flush(std::time::Duration::from_secs(5)).await;
     journal.close();
     tracing::info!("stopped");
     Ok(())

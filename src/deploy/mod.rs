@@ -1,3 +1,707 @@
-//! Deploying one commit to an ECS service.
+//! Deploying one commit to an ECS service, and the worker that runs deploys.
+//!
+//! Every deploy is a journal record first (`pending`); this worker picks records up, one at a
+//! time per ECS service, and moves each to a terminal state: `succeeded` only when ECS says our
+//! deployment `COMPLETED`; otherwise `failed`, `rolled_back` or `superseded`, with the reason.
+//! A restart resumes `deploying` records where they stopped (the rollout timeout counts from
+//! the journaled start), so a crash never starts a second deploy of the same build.
 
+pub mod rollout;
 pub mod taskdef;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ecr::types::ImageIdentifier;
+use aws_sdk_ecs::types::TaskDefinitionField;
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::aws::AwsError;
+use crate::clock::SharedClock;
+use crate::config::{AppConfig, Config};
+use crate::image::ImageRef;
+use crate::journal::{deploy_state, millis, Deployment, DeploymentUpdate, Journal};
+use crate::notify::{EventKind, Notification, Notifier};
+use rollout::{evaluate, Rollout};
+use taskdef::NewRevision;
+
+/// Why a deploy stopped short of success, as the journal and the notification say it.
+#[derive(Debug)]
+enum Stop {
+    Failed(String),
+    Superseded(String),
+}
+
+impl From<AwsError> for Stop {
+    fn from(e: AwsError) -> Self {
+        Stop::Failed(e.message)
+    }
+}
+
+/// What the preflight found.
+struct Preflight {
+    /// The task definition the service runs now: the base of the new revision.
+    current_task_definition: String,
+    image: Option<String>,
+}
+
+pub struct Deployer {
+    pub journal: Journal,
+    pub ecs: aws_sdk_ecs::Client,
+    pub ecr: aws_sdk_ecr::Client,
+    pub clock: SharedClock,
+    pub config: Arc<Config>,
+    pub notifier: Notifier,
+    pub wake: Arc<Notify>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Retries a call while it fails with a retryable AWS error (throttling, 5xx, timeouts).
+async fn with_retries<T, F, Fut>(call: F) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AwsError>>,
+{
+    call.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(6)
+            .with_jitter(),
+    )
+    .when(|e: &AwsError| e.retryable)
+    .notify(|e: &AwsError, after: Duration| {
+        tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "AWS call failed; retrying");
+    })
+    .await
+}
+
+impl Deployer {
+    pub fn new(
+        journal: Journal,
+        aws: &crate::aws::Clients,
+        clock: SharedClock,
+        config: Arc<Config>,
+        notifier: Notifier,
+        wake: Arc<Notify>,
+    ) -> Deployer {
+        Deployer {
+            journal,
+            ecs: aws.ecs.clone(),
+            ecr: aws.ecr.clone(),
+            clock,
+            config,
+            notifier,
+            wake,
+            locks: Mutex::default(),
+        }
+    }
+
+    /// Runs every unfinished deploy in the journal, and new ones as they are asked for.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        loop {
+            match self.journal.unfinished_deployments().await {
+                Ok(list) => {
+                    for d in list {
+                        if !in_flight.lock().expect("in-flight set").insert(d.id) {
+                            continue;
+                        }
+                        let this = self.clone();
+                        let in_flight = in_flight.clone();
+                        let span = tracing::info_span!("deploy", deployment = d.id, app = %d.app,
+                            sha = %d.sha, build = d.build_id.as_deref().unwrap_or("-"));
+                        tasks.spawn(
+                            async move {
+                                this.drive(d.id).await;
+                                in_flight.lock().expect("in-flight set").remove(&d.id);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "deploy worker: cannot read the journal"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        // Deploys in flight stay `deploying` in the journal and resume at the next start.
+        tasks.shutdown().await;
+    }
+
+    fn lock_for(&self, service_key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("lock map")
+            .entry(service_key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn now(&self) -> i64 {
+        millis(self.clock.now())
+    }
+
+    /// Takes one deployment to a terminal state.
+    async fn drive(&self, id: i64) {
+        let Ok(Some(first)) = self.journal.deployment(id).await else {
+            return;
+        };
+        let lock = self.lock_for(&first.service_key);
+        let _one_at_a_time = lock.lock().await;
+        // Re-read: it may have moved on while this waited for the service.
+        let d = match self.journal.deployment(id).await {
+            Ok(Some(d)) if !deploy_state::is_terminal(&d.state) => d,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the deployment");
+                return;
+            }
+        };
+        let Some(app) = self.config.app(&d.app).cloned() else {
+            return self
+                .finish(
+                    &d,
+                    deploy_state::FAILED,
+                    format!("app {} is no longer configured", d.app),
+                )
+                .await;
+        };
+        let result = if d.state == deploy_state::PENDING {
+            self.start(&d, &app).await
+        } else {
+            tracing::info!("resuming a deploy that was in progress");
+            self.resume(&d, &app).await
+        };
+        match result {
+            Ok(()) => {}
+            Err(Stop::Superseded(reason)) => {
+                self.finish(&d, deploy_state::SUPERSEDED, reason).await
+            }
+            Err(Stop::Failed(reason)) => self.finish(&d, deploy_state::FAILED, reason).await,
+        }
+    }
+
+    async fn start(&self, d: &Deployment, app: &AppConfig) -> Result<(), Stop> {
+        if let Some(newer) = self
+            .journal
+            .newer_deployment(d)
+            .await
+            .map_err(journal_stop)?
+        {
+            return Err(Stop::Superseded(format!(
+                "superseded by deployment {} of {} ({})",
+                newer.id,
+                short(&newer.sha),
+                newer.state
+            )));
+        }
+        let pre = self.preflight(d, app).await?;
+        let (image, to_td) = match &d.target_task_definition {
+            // A rollback puts a task definition that already ran back, as it is.
+            Some(target) => {
+                self.update(
+                    d,
+                    DeploymentUpdate {
+                        state: Some(deploy_state::DEPLOYING),
+                        from_task_definition: Some(pre.current_task_definition.clone()),
+                        to_task_definition: Some(target.clone()),
+                        started: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                (None, target.clone())
+            }
+            None => {
+                let image = pre.image.clone().expect("preflight resolves the image");
+                let revision = self
+                    .new_revision(&pre.current_task_definition, app, &image, &d.image_tag)
+                    .await?;
+                self.update(
+                    d,
+                    DeploymentUpdate {
+                        state: Some(deploy_state::DEPLOYING),
+                        image: Some(image.clone()),
+                        from_task_definition: Some(pre.current_task_definition.clone()),
+                        started: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let to_td = self.register(revision).await?;
+                tracing::info!(task_definition = %to_td, "registered a new revision");
+                self.update(
+                    d,
+                    DeploymentUpdate {
+                        to_task_definition: Some(to_td.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                (Some(image), to_td)
+            }
+        };
+        self.notify(d, EventKind::DeployStarted, image.clone(), None);
+        let ecs_id = self.update_service(app, &to_td).await?;
+        self.update(
+            d,
+            DeploymentUpdate {
+                ecs_deployment_id: Some(ecs_id.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let d = self.reload(d.id).await?;
+        self.watch(&d, app, &pre.current_task_definition, &to_td, &ecs_id)
+            .await
+    }
+
+    async fn resume(&self, d: &Deployment, app: &AppConfig) -> Result<(), Stop> {
+        let (Some(from_td), Some(to_td)) = (&d.from_task_definition, &d.to_task_definition) else {
+            // Stopped before the new revision was recorded: start over.
+            return self.start(d, app).await;
+        };
+        let ecs_id = match &d.ecs_deployment_id {
+            Some(id) => id.clone(),
+            None => {
+                let service = self.describe_service(app).await?;
+                let primary = service
+                    .deployments()
+                    .iter()
+                    .find(|x| {
+                        x.status() == Some("PRIMARY") && x.task_definition() == Some(to_td.as_str())
+                    })
+                    .and_then(|x| x.id.clone());
+                let id = match primary {
+                    Some(id) => id,
+                    None => self.update_service(app, to_td).await?,
+                };
+                self.update(
+                    d,
+                    DeploymentUpdate {
+                        ecs_deployment_id: Some(id.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                id
+            }
+        };
+        let d = self.reload(d.id).await?;
+        self.watch(&d, app, from_td, to_td, &ecs_id).await
+    }
+
+    async fn reload(&self, id: i64) -> Result<Deployment, Stop> {
+        self.journal
+            .deployment(id)
+            .await
+            .map_err(journal_stop)?
+            .ok_or_else(|| Stop::Failed("the deployment record disappeared".into()))
+    }
+
+    /// ECR image, cluster and service, checked concurrently.
+    async fn preflight(&self, d: &Deployment, app: &AppConfig) -> Result<Preflight, Stop> {
+        let rollback = d.target_task_definition.is_some();
+        let (image, cluster, service) = tokio::join!(
+            async {
+                if rollback {
+                    Ok(None)
+                } else {
+                    self.resolve_image(app, &d.image_tag).await.map(Some)
+                }
+            },
+            self.check_cluster(app),
+            self.describe_service(app),
+        );
+        let image = image?;
+        cluster?;
+        let service = service?;
+        let status = service.status().unwrap_or("UNKNOWN");
+        if status != "ACTIVE" {
+            return Err(Stop::Failed(format!(
+                "service {} in cluster {} is {status}, not ACTIVE",
+                app.service, app.cluster
+            )));
+        }
+        let current = service.task_definition().ok_or_else(|| {
+            Stop::Failed(format!("service {} has no task definition", app.service))
+        })?;
+        Ok(Preflight {
+            current_task_definition: current.to_owned(),
+            image,
+        })
+    }
+
+    /// The image to deploy: `<repository uri>:<tag>`, or `@<digest>` with `pin_digest`.
+    async fn resolve_image(&self, app: &AppConfig, tag: &str) -> Result<String, Stop> {
+        let repo = &app.ecr_repository;
+        let not_found = |e: &AwsError| e.code.as_deref() == Some("RepositoryNotFoundException");
+        let (repos, images) = tokio::join!(
+            with_retries(|| async {
+                self.ecr
+                    .describe_repositories()
+                    .repository_names(repo)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("ECR DescribeRepositories", &e))
+            }),
+            with_retries(|| async {
+                self.ecr
+                    .describe_images()
+                    .repository_name(repo)
+                    .image_ids(ImageIdentifier::builder().image_tag(tag).build())
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("ECR DescribeImages", &e))
+            }),
+        );
+        let repos = repos.map_err(|e| {
+            if not_found(&e) {
+                Stop::Failed(format!("ECR repository {repo} not found"))
+            } else {
+                Stop::from(e)
+            }
+        })?;
+        let images = images.map_err(|e| match e.code.as_deref() {
+            Some("ImageNotFoundException") => {
+                Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
+            }
+            Some("RepositoryNotFoundException") => {
+                Stop::Failed(format!("ECR repository {repo} not found"))
+            }
+            _ => Stop::from(e),
+        })?;
+        let uri = repos
+            .repositories()
+            .first()
+            .and_then(|r| r.repository_uri())
+            .ok_or_else(|| Stop::Failed(format!("ECR repository {repo} not found")))?;
+        let detail = images
+            .image_details()
+            .first()
+            .ok_or_else(|| Stop::Failed(format!("image {repo}:{tag} not found in ECR")))?;
+        let image = if app.pin_digest {
+            let digest = detail.image_digest().ok_or_else(|| {
+                Stop::Failed(format!("ECR did not give the digest of {repo}:{tag}"))
+            })?;
+            ImageRef::with_digest(uri, digest)
+        } else {
+            ImageRef::with_tag(uri, tag)
+        }
+        .map_err(|e| Stop::Failed(e.to_string()))?;
+        Ok(image.to_string())
+    }
+
+    async fn check_cluster(&self, app: &AppConfig) -> Result<(), Stop> {
+        let out = with_retries(|| async {
+            self.ecs
+                .describe_clusters()
+                .clusters(&app.cluster)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ECS DescribeClusters", &e))
+        })
+        .await?;
+        if let Some(f) = out.failures().first() {
+            return Err(Stop::Failed(format!(
+                "cluster {} not found ({})",
+                app.cluster,
+                f.reason().unwrap_or("MISSING")
+            )));
+        }
+        match out.clusters().first().and_then(|c| c.status()) {
+            Some("ACTIVE") => Ok(()),
+            Some(other) => Err(Stop::Failed(format!(
+                "cluster {} is {other}, not ACTIVE",
+                app.cluster
+            ))),
+            None => Err(Stop::Failed(format!("cluster {} not found", app.cluster))),
+        }
+    }
+
+    async fn describe_service(&self, app: &AppConfig) -> Result<aws_sdk_ecs::types::Service, Stop> {
+        let out = with_retries(|| self.describe_service_once(app)).await?;
+        if let Some(f) = out.failures().first() {
+            return Err(Stop::Failed(format!(
+                "service {} not found in cluster {} ({})",
+                app.service,
+                app.cluster,
+                f.reason().unwrap_or("MISSING")
+            )));
+        }
+        out.services
+            .and_then(|s| s.into_iter().next())
+            .ok_or_else(|| {
+                Stop::Failed(format!(
+                    "service {} not found in cluster {}",
+                    app.service, app.cluster
+                ))
+            })
+    }
+
+    async fn describe_service_once(
+        &self,
+        app: &AppConfig,
+    ) -> Result<aws_sdk_ecs::operation::describe_services::DescribeServicesOutput, AwsError> {
+        self.ecs
+            .describe_services()
+            .cluster(&app.cluster)
+            .services(&app.service)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ECS DescribeServices", &e))
+    }
+
+    /// The base (the task definition the service runs now, with its tags) with the new image.
+    async fn new_revision(
+        &self,
+        current: &str,
+        app: &AppConfig,
+        image: &str,
+        version: &str,
+    ) -> Result<NewRevision, Stop> {
+        let out = with_retries(|| async {
+            self.ecs
+                .describe_task_definition()
+                .task_definition(current)
+                .include(TaskDefinitionField::Tags)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ECS DescribeTaskDefinition", &e))
+        })
+        .await?;
+        let td = out
+            .task_definition()
+            .ok_or_else(|| Stop::Failed(format!("task definition {current} not found")))?;
+        NewRevision::from_current(td, out.tags(), &app.container, image, version)
+            .map_err(|e| Stop::Failed(format!("{e} ({current})")))
+    }
+
+    async fn register(&self, revision: NewRevision) -> Result<String, Stop> {
+        let out = with_retries(|| async {
+            revision
+                .clone()
+                .apply(self.ecs.register_task_definition())
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ECS RegisterTaskDefinition", &e))
+        })
+        .await?;
+        out.task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| Stop::Failed("RegisterTaskDefinition returned no ARN".into()))
+    }
+
+    /// Points the service at `task_definition`; returns the id of ECS's new deployment.
+    async fn update_service(&self, app: &AppConfig, task_definition: &str) -> Result<String, Stop> {
+        let out = with_retries(|| async {
+            self.ecs
+                .update_service()
+                .cluster(&app.cluster)
+                .service(&app.service)
+                .task_definition(task_definition)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ECS UpdateService", &e))
+        })
+        .await?;
+        let service = out
+            .service()
+            .ok_or_else(|| Stop::Failed("UpdateService returned no service".into()))?;
+        service
+            .deployments()
+            .iter()
+            .find(|x| x.status() == Some("PRIMARY") && x.task_definition() == Some(task_definition))
+            .or_else(|| {
+                service
+                    .deployments()
+                    .iter()
+                    .find(|x| x.status() == Some("PRIMARY"))
+            })
+            .and_then(|x| x.id.clone())
+            .ok_or_else(|| Stop::Failed("UpdateService returned no PRIMARY deployment".into()))
+    }
+
+    /// Polls the rollout until it ends or `rollout_timeout` (counted from the journaled start).
+    async fn watch(
+        &self,
+        d: &Deployment,
+        app: &AppConfig,
+        from_td: &str,
+        to_td: &str,
+        ecs_id: &str,
+    ) -> Result<(), Stop> {
+        let started = d.started_ms.unwrap_or_else(|| self.now());
+        let deadline = started + app.rollout_timeout.as_millis() as i64;
+        let timing = &self.config.deploy;
+        let mut delay = timing.poll_initial;
+        tracing::info!(ecs_deployment = %ecs_id, "watching the rollout");
+        loop {
+            let left = deadline - self.now();
+            if left <= 0 {
+                let why = format!(
+                    "rollout did not complete within {}s",
+                    app.rollout_timeout.as_secs()
+                );
+                return self.roll_back(d, app, from_td, why).await;
+            }
+            tokio::time::sleep(delay.min(Duration::from_millis(left as u64))).await;
+            delay = (delay * 2).min(timing.poll_max);
+            let out = match self.describe_service_once(app).await {
+                Ok(out) => out,
+                Err(e) if e.retryable => {
+                    if e.is_throttling() {
+                        delay = timing.poll_max;
+                    }
+                    tracing::warn!(error = %e, "polling the rollout failed; will poll again");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(service) = out.services().first() else {
+                return Err(Stop::Failed(format!("service {} disappeared", app.service)));
+            };
+            match evaluate(service.deployments(), ecs_id, from_td, to_td) {
+                Rollout::InProgress(p) => {
+                    tracing::debug!(
+                        running = p.running,
+                        desired = p.desired,
+                        failed = p.failed,
+                        "rollout in progress"
+                    );
+                    self.update(
+                        d,
+                        DeploymentUpdate {
+                            progress: Some((p.running, p.desired, p.failed)),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
+                Rollout::Completed(p) => {
+                    self.update(
+                        d,
+                        DeploymentUpdate {
+                            progress: Some((p.running, p.desired, p.failed)),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                    self.finish(
+                        d,
+                        deploy_state::SUCCEEDED,
+                        format!("rollout completed: {to_td}"),
+                    )
+                    .await;
+                    return Ok(());
+                }
+                Rollout::RolledBackByEcs(why) | Rollout::Replaced(why) => {
+                    return Err(Stop::Failed(why));
+                }
+                Rollout::NeedsRollback(why) => return self.roll_back(d, app, from_td, why).await,
+            }
+        }
+    }
+
+    async fn roll_back(
+        &self,
+        d: &Deployment,
+        app: &AppConfig,
+        from_td: &str,
+        why: String,
+    ) -> Result<(), Stop> {
+        tracing::warn!(reason = %why, to = %from_td, "rolling back");
+        match self.update_service(app, from_td).await {
+            Ok(_) => {
+                self.finish(
+                    d,
+                    deploy_state::ROLLED_BACK,
+                    format!("{why}; rolled back to {from_td}"),
+                )
+                .await;
+                Ok(())
+            }
+            Err(Stop::Failed(e)) | Err(Stop::Superseded(e)) => Err(Stop::Failed(format!(
+                "{why}; rolling back to {from_td} failed: {e}"
+            ))),
+        }
+    }
+
+    async fn update(&self, d: &Deployment, u: DeploymentUpdate) -> Result<(), Stop> {
+        self.journal
+            .update_deployment(d.id, u, self.now())
+            .await
+            .map_err(journal_stop)
+    }
+
+    /// Records a terminal state and says so (logs and notification).
+    async fn finish(&self, d: &Deployment, state: &'static str, reason: String) {
+        match state {
+            deploy_state::SUCCEEDED => tracing::info!(%reason, "deploy succeeded"),
+            deploy_state::SUPERSEDED => tracing::info!(%reason, "deploy superseded"),
+            _ => tracing::error!(%reason, state, "deploy did not succeed"),
+        }
+        let update = DeploymentUpdate {
+            state: Some(state),
+            reason: Some(reason.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .journal
+            .update_deployment(d.id, update, self.now())
+            .await
+        {
+            tracing::error!(error = %e, "could not journal the deploy's outcome");
+        }
+        let image = match self.journal.deployment(d.id).await {
+            Ok(Some(now)) => now.image,
+            _ => d.image.clone(),
+        };
+        let kind = match state {
+            deploy_state::SUCCEEDED => EventKind::DeploySucceeded,
+            deploy_state::ROLLED_BACK => EventKind::RolledBack,
+            deploy_state::SUPERSEDED => EventKind::Superseded,
+            _ => EventKind::DeployFailed,
+        };
+        self.notify(d, kind, image, Some(reason));
+    }
+
+    fn notify(
+        &self,
+        d: &Deployment,
+        kind: EventKind,
+        image: Option<String>,
+        reason: Option<String>,
+    ) {
+        self.notifier.send(Notification {
+            kind,
+            app: d.app.clone(),
+            sha: d.sha.clone(),
+            image,
+            reason,
+            log_link: d.log_link.clone(),
+            deployment: Some(d.id),
+            build_id: d.build_id.clone(),
+        });
+    }
+}
+
+fn journal_stop(e: crate::journal::JournalError) -> Stop {
+    Stop::Failed(format!("journal: {e}"))
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}

@@ -122,6 +122,8 @@ pub struct DeliverySummary {
     pub build_id: Option<String>,
     pub attempts: Option<u32>,
     pub reason: Option<String>,
+    pub deployment: Option<i64>,
+    pub deploy_state: Option<String>,
 }
 
 fn token_for(dedup_key: &str, app: &str) -> String {
@@ -406,10 +408,11 @@ impl Journal {
             let mut stmt = c.prepare_cached(
                 "SELECT d.id, d.received_ms, d.delivery_id, d.event, d.source, d.outcome,
                         b.app, b.sha, b.state, b.build_id, b.attempts,
-                        COALESCE(b.reason, d.reason)
+                        COALESCE(dp.reason, b.reason, d.reason), dp.id, dp.state
                  FROM (SELECT * FROM deliveries ORDER BY id DESC LIMIT ?1) d
                  LEFT JOIN builds b ON b.dedup_key = d.dedup_key
                       AND d.outcome IN ('accepted', 'duplicate')
+                 LEFT JOIN deployments dp ON dp.build_row = b.id
                  ORDER BY d.id DESC, b.id",
             )?;
             let rows = stmt
@@ -427,6 +430,8 @@ impl Journal {
                         build_id: r.get(9)?,
                         attempts: r.get(10)?,
                         reason: r.get(11)?,
+                        deployment: r.get(12)?,
+                        deploy_state: r.get(13)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -10,6 +10,7 @@
 //! (DynamoDB, for several replicas) can stand behind the same calls later.
 
 mod deliveries;
+mod deployments;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
 
 pub use deliveries::*;
+pub use deployments::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

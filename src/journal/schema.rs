@@ -53,6 +53,40 @@ CREATE TABLE builds (
 );
 CREATE INDEX builds_by_state ON builds (state, next_attempt_ms);
 CREATE UNIQUE INDEX builds_by_build_id ON builds (build_id) WHERE build_id IS NOT NULL;
+
+-- Every deploy, however it was started: what it deployed, from/to, and how it ended.
+CREATE TABLE deployments (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    app                TEXT NOT NULL,
+    service_key        TEXT NOT NULL,     -- cluster "/" service: one deploy at a time per key
+    sha                TEXT NOT NULL,
+    image_tag          TEXT NOT NULL,
+    trigger            TEXT NOT NULL,     -- push | foreign_build | operator | rollback
+    actor              TEXT,
+    build_row          INTEGER REFERENCES builds(id),
+    build_id           TEXT,
+    delivery_id        TEXT,
+    order_key          INTEGER NOT NULL,  -- newer wins: (order_key, id) ranks deploys of a service
+    target_task_definition TEXT,          -- a rollback redeploys this one as it is
+    image              TEXT,
+    from_task_definition TEXT,
+    to_task_definition TEXT,
+    ecs_deployment_id  TEXT,
+    state              TEXT NOT NULL,     -- pending | deploying | succeeded | failed | rolled_back | superseded
+    reason             TEXT,
+    log_link           TEXT,
+    running_count      INTEGER,
+    desired_count      INTEGER,
+    failed_tasks       INTEGER,
+    created_ms         INTEGER NOT NULL,
+    updated_ms         INTEGER NOT NULL,
+    started_ms         INTEGER,
+    finished_ms        INTEGER
+);
+CREATE UNIQUE INDEX deployments_by_build_row ON deployments (build_row) WHERE build_row IS NOT NULL;
+CREATE UNIQUE INDEX deployments_by_build_id ON deployments (build_id) WHERE build_id IS NOT NULL;
+CREATE INDEX deployments_by_state ON deployments (state);
+CREATE INDEX deployments_by_service ON deployments (service_key, order_key);
 "#];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

@@ -4,4 +4,7 @@
 
 mod support;
 
+mod deploy;
+mod deploy_files;
 mod intake;
+mod proxy_selftest;

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod emulator;
+pub mod listener;
 pub mod proxy;
 pub mod slipway;
+pub mod world;
 
 use std::time::{Duration, Instant};
 

@@ -4,18 +4,58 @@
 //! the emulator cannot do: throttling, 5xx, latency, and (for the deploy tests) rollout
 //! outcomes. Operations are named by their AWS name (`StartBuild`, `DescribeServices`, …),
 //! taken from the `X-Amz-Target` header of the JSON protocols.
+//!
+//! # ECS deployment overlay
+//!
+//! The emulator's `UpdateService` changes the service's task definition but never starts a
+//! deployment, so rollouts never progress. For every service the proxy has seen an
+//! `UpdateService` for, it keeps its own deployment list and rewrites the `deployments` and
+//! `taskDefinition` of that service in the `UpdateService` and `DescribeServices` answers:
+//!
+//! - `UpdateService` with a `taskDefinition` (or `forceNewDeployment`) is forwarded first; if
+//!   the emulator accepts it, a new `PRIMARY` deployment (`IN_PROGRESS`, running 0) is put in
+//!   front of the list and the previous `PRIMARY` becomes `ACTIVE`. The outcome of that
+//!   deployment is the next [`Rollout`] queued with [`Proxy::rollouts`] (any service), or
+//!   `Rollout::Complete { after: 1 }` when the queue is empty.
+//! - Each `DescribeServices` call advances every known service it names by one step before
+//!   it is answered; `after: n` means the `n`-th such call is the first to show the outcome
+//!   (`after: 0` behaves like `after: 1`: `UpdateService` itself always answers `IN_PROGRESS`).
+//! - The first time a service is updated, the proxy asks the emulator for the service and
+//!   takes its current deployment as the baseline: `PRIMARY`, `COMPLETED`, running the
+//!   service's current task definition at its desired count (a service steady before the
+//!   deploy).
+//! - Whenever an outcome makes the `PRIMARY` deployment run another task definition without an
+//!   `UpdateService` (ECS rolling back, a foreign deploy, a vanished deployment), the proxy also
+//!   sends the emulator an `UpdateService` to that task definition so the two agree (best
+//!   effort: a made-up revision such as `:999` is refused by the emulator and only lives in the
+//!   rewritten answers).
+//! - Faults scripted with [`Proxy::script`] / [`Proxy::fail`] are applied before all of this: a
+//!   faulted call never reaches the emulator and does not advance any rollout.
+//!
+//! The proxy also runs standalone (`#[path = ".../proxy.rs"] mod proxy;` and
+//! [`serve_forever`]); then `POST /_proxy/rollouts` with a JSON array such as
+//! `["complete:3", "rollback:2", "foreign:1", "never"]` queues outcomes (see
+//! [`Rollout::from_str`](std::str::FromStr)), and `GET /_proxy/deployments` shows the overlay.
 
-use std::collections::VecDeque;
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
+
+const ECS_TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
+const AMZ_JSON: &str = "application/x-amz-json-1.1";
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -31,11 +71,101 @@ pub enum Fault {
     Delay(Duration),
 }
 
+/// What happens to the deployment started by one `UpdateService`.
+///
+/// `after` counts the `DescribeServices` calls naming the service, starting with the first one
+/// after the update: the `after`-th call is the first to show the outcome (0 behaves like 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollout {
+    /// The deployment becomes `COMPLETED`, running = desired; older deployments are removed.
+    Complete { after: u32 },
+    /// The deployment becomes `FAILED` (3 failed tasks) and stays `PRIMARY`: no rollback.
+    Fail { after: u32 },
+    /// ECS's circuit breaker rolls back: the deployment becomes `FAILED` and `ACTIVE`, a new
+    /// `PRIMARY` deployment of the task definition that was `PRIMARY` before the update appears
+    /// `IN_PROGRESS`, and completes at the next call (the other deployments are then removed).
+    EcsRollsBack { after: u32 },
+    /// Someone else deploys: a new `PRIMARY` deployment of the same family at revision 999
+    /// appears `IN_PROGRESS` (this one becomes `ACTIVE`), and completes at the next call.
+    Foreign { after: u32 },
+    /// Like `Foreign`, with the given task definition ARN.
+    ForeignTo { after: u32, task_definition: String },
+    /// The deployment disappears; only the previous `PRIMARY` is left, `PRIMARY` again.
+    Vanish { after: u32 },
+    /// Stays `IN_PROGRESS` forever, running creeping up to desired - 1.
+    Never,
+}
+
+impl Rollout {
+    fn after(&self) -> Option<u32> {
+        match self {
+            Rollout::Complete { after }
+            | Rollout::Fail { after }
+            | Rollout::EcsRollsBack { after }
+            | Rollout::Foreign { after }
+            | Rollout::ForeignTo { after, .. }
+            | Rollout::Vanish { after } => Some(*after),
+            Rollout::Never => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Rollout {
+    type Err = String;
+
+    /// `complete[:N]`, `fail[:N]`, `rollback[:N]`, `foreign[:N[:ARN]]`, `vanish[:N]`, `never`
+    /// (N defaults to 1).
+    fn from_str(s: &str) -> Result<Rollout, String> {
+        let mut parts = s.trim().splitn(3, ':');
+        let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+        let after = match parts.next() {
+            None | Some("") => 1,
+            Some(n) => n.parse().map_err(|_| format!("bad step count in {s:?}"))?,
+        };
+        let rest = parts.next();
+        Ok(match (kind.as_str(), rest) {
+            ("complete", None) => Rollout::Complete { after },
+            ("fail", None) => Rollout::Fail { after },
+            ("rollback" | "ecs-rolls-back", None) => Rollout::EcsRollsBack { after },
+            ("foreign", None) => Rollout::Foreign { after },
+            ("foreign", Some(arn)) => Rollout::ForeignTo {
+                after,
+                task_definition: arn.to_owned(),
+            },
+            ("vanish", None) => Rollout::Vanish { after },
+            ("never", None) => Rollout::Never,
+            _ => return Err(format!("unknown rollout outcome {s:?}")),
+        })
+    }
+}
+
+/// The rollout script of the newest deployment of a service.
+#[derive(Debug)]
+struct Script {
+    deployment: String,
+    /// Id and task definition of the deployment that was `PRIMARY` before the update.
+    previous: Option<(String, String)>,
+    outcome: Rollout,
+    seen: u32,
+}
+
+#[derive(Debug, Default)]
+struct ServiceOverlay {
+    /// Newest first.
+    deployments: Vec<Value>,
+    script: Option<Script>,
+    /// A deployment (rollback, foreign) that completes at the next step.
+    settling: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     upstream: String,
     recorded: Vec<Recorded>,
     faults: Vec<(String, VecDeque<Fault>)>,
+    rollouts: VecDeque<Rollout>,
+    /// Keyed by `cluster/service` (names, not ARNs).
+    overlays: HashMap<String, ServiceOverlay>,
 }
 
 #[derive(Clone)]
@@ -53,21 +183,29 @@ impl Drop for Proxy {
     }
 }
 
-fn operation_of(req: &Request<Incoming>) -> String {
-    req.headers()
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.rsplit('.').next())
-        .unwrap_or("")
-        .to_owned()
+/// Runs a proxy on `listen` (e.g. `127.0.0.1:4566`) in front of `upstream` until the process
+/// ends. For the local demo.
+pub async fn serve_forever(listen: &str, upstream: &str) -> std::io::Result<()> {
+    let proxy = Proxy::bind(listen, upstream).await?;
+    eprintln!("test proxy on {} -> {upstream}", proxy.url);
+    std::future::pending::<()>().await;
+    drop(proxy);
+    Ok(())
 }
 
 impl Proxy {
     pub async fn start(upstream: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        Proxy::bind("127.0.0.1:0", upstream)
+            .await
+            .expect("bind the test proxy")
+    }
+
+    /// A proxy listening on `listen` (`host:port`; port 0 picks a free one).
+    pub async fn bind(listen: &str, upstream: &str) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(listen).await?;
+        let url = format!("http://{}", listener.local_addr()?);
         let state = Arc::new(Mutex::new(State {
-            upstream: upstream.to_owned(),
+            upstream: upstream.trim_end_matches('/').to_owned(),
             ..State::default()
         }));
         let client = reqwest::Client::new();
@@ -91,11 +229,11 @@ impl Proxy {
                 });
             }
         });
-        Proxy {
+        Ok(Proxy {
             url,
             state,
             task: Arc::new(task),
-        }
+        })
     }
 
     /// The next `faults.len()` calls of `operation` get these faults, in order.
@@ -128,6 +266,43 @@ impl Proxy {
             .map(|r| r.body.clone())
             .collect()
     }
+
+    /// The bodies of the `UpdateService` requests that reached the proxy, in order.
+    pub fn update_service_calls(&self) -> Vec<serde_json::Value> {
+        self.requests("UpdateService")
+    }
+
+    /// Queues the outcomes of the next deployments, consumed in order by successive
+    /// `UpdateService` calls that start a deployment (on any service). Once the queue is
+    /// empty, deployments complete at the first `DescribeServices`.
+    pub fn rollouts(&self, outcomes: impl IntoIterator<Item = Rollout>) {
+        self.state.lock().unwrap().rollouts.extend(outcomes);
+    }
+
+    /// The overlay's current deployment list of a service (newest first; empty if the proxy
+    /// has seen no `UpdateService` for it). Cluster and service may be names or ARNs.
+    pub fn deployments(&self, cluster: &str, service: &str) -> Vec<serde_json::Value> {
+        let key = service_key(Some(cluster), service);
+        self.state
+            .lock()
+            .unwrap()
+            .overlays
+            .get(&key)
+            .map(|o| o.deployments.clone())
+            .unwrap_or_default()
+    }
+
+    /// ECS finishes deployment `id` now (as it would while slipway is down).
+    pub fn complete_now(&self, cluster: &str, service: &str, id: &str) {
+        let key = service_key(Some(cluster), service);
+        let mut state = self.state.lock().unwrap();
+        let overlay = state
+            .overlays
+            .get_mut(&key)
+            .expect("a service the proxy has seen");
+        overlay.script = None;
+        overlay.complete(id, now());
+    }
 }
 
 fn next_fault(state: &Mutex<State>, operation: &str) -> Option<Fault> {
@@ -142,32 +317,446 @@ fn next_fault(state: &Mutex<State>, operation: &str) -> Option<Fault> {
     None
 }
 
+// ---------------------------------------------------------------------------------------------
+// Helpers for the overlay.
+
+fn last_segment(s: &str) -> &str {
+    s.rsplit('/').next().unwrap_or(s)
+}
+
+/// `cluster/service` by name; the cluster defaults to `default`, as in ECS.
+fn service_key(cluster: Option<&str>, service: &str) -> String {
+    let cluster = cluster.filter(|c| !c.is_empty()).unwrap_or("default");
+    format!("{}/{}", last_segment(cluster), last_segment(service))
+}
+
+fn now() -> f64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    ms as f64 / 1000.0
+}
+
+/// `ecs-svc/` and 19 random digits, like ECS.
+fn deployment_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!(
+        "ecs-svc/{:019}",
+        hasher.finish() % 10_000_000_000_000_000_000
+    )
+}
+
+/// The same family at revision 999.
+fn foreign_revision(task_definition: &str) -> String {
+    match task_definition.rsplit_once(':') {
+        Some((family, rev)) if !rev.is_empty() && rev.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{family}:999")
+        }
+        _ => format!("{task_definition}:999"),
+    }
+}
+
+fn new_deployment(id: &str, status: &str, task_definition: &str, desired: i64, t: f64) -> Value {
+    json!({
+        "id": id,
+        "status": status,
+        "taskDefinition": task_definition,
+        "desiredCount": desired,
+        "pendingCount": 0,
+        "runningCount": 0,
+        "failedTasks": 0,
+        "launchType": "FARGATE",
+        "createdAt": t,
+        "updatedAt": t,
+        "rolloutState": "IN_PROGRESS",
+        "rolloutStateReason": format!("ECS deployment {id} in progress."),
+    })
+}
+
+fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field].as_str().unwrap_or("")
+}
+
+fn mark_completed(d: &mut Value, t: f64) {
+    let id = str_of(d, "id").to_owned();
+    d["status"] = json!("PRIMARY");
+    d["rolloutState"] = json!("COMPLETED");
+    d["rolloutStateReason"] = json!(format!("ECS deployment {id} completed."));
+    d["runningCount"] = d["desiredCount"].clone();
+    d["pendingCount"] = json!(0);
+    d["updatedAt"] = json!(t);
+}
+
+fn mark_failed(d: &mut Value, t: f64) {
+    d["rolloutState"] = json!("FAILED");
+    d["rolloutStateReason"] = json!("ECS deployment circuit breaker: tasks failed to start.");
+    d["failedTasks"] = json!(3);
+    d["runningCount"] = json!(0);
+    d["pendingCount"] = json!(0);
+    d["updatedAt"] = json!(t);
+}
+
+impl ServiceOverlay {
+    fn primary(&self) -> Option<&Value> {
+        self.deployments.iter().find(|d| d["status"] == "PRIMARY")
+    }
+
+    fn primary_task_definition(&self) -> Option<String> {
+        self.primary()
+            .and_then(|d| d["taskDefinition"].as_str())
+            .map(str::to_owned)
+    }
+
+    fn find_mut(&mut self, id: &str) -> Option<&mut Value> {
+        self.deployments.iter_mut().find(|d| d["id"] == id)
+    }
+
+    /// `id` completes; the others are removed, as ECS does once the new tasks are steady.
+    fn complete(&mut self, id: &str, t: f64) {
+        self.deployments.retain(|d| d["id"] == id);
+        if let Some(d) = self.find_mut(id) {
+            mark_completed(d, t);
+        }
+    }
+
+    /// Puts a new `PRIMARY` deployment in front; the others become `ACTIVE`.
+    fn push_primary(&mut self, task_definition: &str, desired: i64, reason: Option<String>) {
+        let t = now();
+        for d in self.deployments.iter_mut() {
+            if d["status"] == "PRIMARY" {
+                d["status"] = json!("ACTIVE");
+                d["updatedAt"] = json!(t);
+            }
+        }
+        let id = deployment_id();
+        let mut d = new_deployment(&id, "PRIMARY", task_definition, desired, t);
+        if let Some(reason) = reason {
+            d["rolloutStateReason"] = json!(reason);
+        }
+        self.deployments.insert(0, d);
+    }
+
+    fn newest_id(&self) -> String {
+        self.deployments
+            .first()
+            .map(|d| str_of(d, "id").to_owned())
+            .unwrap_or_default()
+    }
+
+    /// One `DescribeServices` step. Returns the task definition the emulator should be moved
+    /// to when the `PRIMARY` deployment changed on its own.
+    fn step(&mut self) -> Option<String> {
+        let t = now();
+        if let Some(id) = self.settling.take() {
+            self.complete(&id, t);
+            return None;
+        }
+        let script = self.script.as_mut()?;
+        script.seen += 1;
+        let seen = script.seen;
+        let id = script.deployment.clone();
+        let due = script
+            .outcome
+            .after()
+            .is_some_and(|after| seen >= after.max(1));
+        if !due {
+            if let Some(d) = self.find_mut(&id) {
+                if d["rolloutState"] == "IN_PROGRESS" {
+                    let desired = d["desiredCount"].as_i64().unwrap_or(0);
+                    let running = (i64::from(seen)).min(desired - 1).max(0);
+                    d["runningCount"] = json!(running);
+                    d["updatedAt"] = json!(t);
+                }
+            }
+            return None;
+        }
+        let script = self.script.take()?;
+        let desired = self
+            .deployments
+            .iter()
+            .find(|d| d["id"] == id.as_str())
+            .and_then(|d| d["desiredCount"].as_i64())
+            .unwrap_or(0);
+        match script.outcome {
+            Rollout::Complete { .. } => {
+                self.complete(&id, t);
+                None
+            }
+            Rollout::Fail { .. } => {
+                if let Some(d) = self.find_mut(&id) {
+                    mark_failed(d, t);
+                }
+                None
+            }
+            Rollout::EcsRollsBack { .. } => {
+                if let Some(d) = self.find_mut(&id) {
+                    mark_failed(d, t);
+                }
+                let (previous_id, previous_td) = script.previous?;
+                self.push_primary(
+                    &previous_td,
+                    desired,
+                    Some(format!(
+                        "ECS deployment circuit breaker: rolling back to deploymentId {previous_id}."
+                    )),
+                );
+                self.settling = Some(self.newest_id());
+                Some(previous_td)
+            }
+            Rollout::Foreign { .. } | Rollout::ForeignTo { .. } => {
+                let td = match script.outcome {
+                    Rollout::ForeignTo {
+                        task_definition, ..
+                    } => task_definition,
+                    _ => {
+                        let ours = self
+                            .deployments
+                            .iter()
+                            .find(|d| d["id"] == id.as_str())
+                            .map(|d| str_of(d, "taskDefinition").to_owned())
+                            .unwrap_or_default();
+                        foreign_revision(&ours)
+                    }
+                };
+                self.push_primary(&td, desired, None);
+                self.settling = Some(self.newest_id());
+                Some(td)
+            }
+            Rollout::Vanish { .. } => {
+                let (previous_id, previous_td) = script.previous?;
+                self.deployments.retain(|d| d["id"] == previous_id.as_str());
+                if let Some(d) = self.find_mut(&previous_id) {
+                    d["status"] = json!("PRIMARY");
+                    d["updatedAt"] = json!(t);
+                }
+                Some(previous_td)
+            }
+            Rollout::Never => None,
+        }
+    }
+
+    /// Rewrites a service object of an ECS answer.
+    fn rewrite(&self, service: &mut Value) {
+        service["deployments"] = Value::Array(self.deployments.clone());
+        if let Some(td) = self.primary_task_definition() {
+            service["taskDefinition"] = json!(td);
+        }
+        let sum = |field: &str| -> i64 {
+            self.deployments
+                .iter()
+                .filter_map(|d| d[field].as_i64())
+                .sum()
+        };
+        service["runningCount"] = json!(sum("runningCount"));
+        service["pendingCount"] = json!(sum("pendingCount"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forwarding.
+
+/// An answer of the emulator.
+struct Answer {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Option<Value> {
+        if self.status.is_success() {
+            serde_json::from_slice(&self.body).ok()
+        } else {
+            None
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut out = Response::builder().status(self.status);
+        for (name, value) in self.headers {
+            out = out.header(name, value);
+        }
+        out.body(Full::new(self.body)).unwrap()
+    }
+
+    fn with_body(mut self, body: &Value) -> Response<Full<Bytes>> {
+        self.body = Bytes::from(body.to_string());
+        self.into_response()
+    }
+}
+
+struct Ctx {
+    state: Arc<Mutex<State>>,
+    client: reqwest::Client,
+    upstream: String,
+}
+
+impl Ctx {
+    async fn forward(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        let mut forward = self
+            .client
+            .request(method.clone(), format!("{}{path_and_query}", self.upstream));
+        for (name, value) in headers.iter() {
+            if name != "host" && name != "content-length" {
+                forward = forward.header(name, value);
+            }
+        }
+        let resp = forward.body(body).send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != "content-length" && *name != "transfer-encoding")
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// An ECS call of the proxy's own, with the caller's headers (region, credentials).
+    async fn ecs(&self, headers: &HeaderMap, operation: &str, body: Value) -> Option<Value> {
+        let mut own = headers.clone();
+        own.insert(
+            "x-amz-target",
+            HeaderValue::from_str(&format!("{ECS_TARGET_PREFIX}{operation}")).ok()?,
+        );
+        own.insert("content-type", HeaderValue::from_static(AMZ_JSON));
+        self.forward(&Method::POST, "/", &own, Bytes::from(body.to_string()))
+            .await
+            .ok()?
+            .json()
+    }
+
+    /// The ARN of a task definition given as ARN, `family:revision` or family.
+    async fn resolve_task_definition(&self, headers: &HeaderMap, td: &str) -> String {
+        if td.starts_with("arn:") {
+            return td.to_owned();
+        }
+        self.ecs(
+            headers,
+            "DescribeTaskDefinition",
+            json!({ "taskDefinition": td }),
+        )
+        .await
+        .and_then(|v| {
+            v["taskDefinition"]["taskDefinitionArn"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| td.to_owned())
+    }
+
+    /// The deployment a service runs before the first update the proxy sees.
+    async fn baseline(
+        &self,
+        headers: &HeaderMap,
+        cluster: Option<&str>,
+        service: &str,
+    ) -> Option<Value> {
+        let mut request = json!({ "services": [service] });
+        if let Some(cluster) = cluster {
+            request["cluster"] = json!(cluster);
+        }
+        let answer = self.ecs(headers, "DescribeServices", request).await?;
+        let svc = answer["services"].get(0)?;
+        let td = self
+            .resolve_task_definition(headers, svc["taskDefinition"].as_str()?)
+            .await;
+        Some(baseline_from(svc, &td))
+    }
+}
+
+/// A `PRIMARY`, `COMPLETED` deployment of `td` made from the emulator's view of a service.
+fn baseline_from(service: &Value, td: &str) -> Value {
+    let moto = service["deployments"]
+        .get(0)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let id = moto["id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(deployment_id);
+    let created = moto["createdAt"]
+        .as_f64()
+        .or_else(|| service["createdAt"].as_f64())
+        .unwrap_or_else(now);
+    let desired = service["desiredCount"].as_i64().unwrap_or(0);
+    let mut d = new_deployment(&id, "PRIMARY", td, desired, created);
+    mark_completed(&mut d, created);
+    d
+}
+
+fn text_response(status: u16, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
     client: reqwest::Client,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let operation = operation_of(&req);
+    let target = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let operation = target.rsplit('.').next().unwrap_or("").to_owned();
+    let is_ecs = target.starts_with(ECS_TARGET_PREFIX);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    if parts.uri.path().starts_with("/_proxy/") {
+        return control(&state, &parts.method, parts.uri.path(), &body);
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let upstream = {
         let mut s = state.lock().unwrap();
         s.recorded.push(Recorded {
             operation: operation.clone(),
-            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            body: request.clone(),
         });
         s.upstream.clone()
     };
     match next_fault(&state, &operation) {
         Some(Fault::Error { status, code }) => {
-            let payload = serde_json::json!({ "__type": code, "message": format!("injected by the test proxy: {code}") });
+            let payload =
+                json!({ "__type": code, "message": format!("injected by the test proxy: {code}") });
             return Response::builder()
                 .status(status)
-                .header("content-type", "application/x-amz-json-1.1")
+                .header("content-type", AMZ_JSON)
                 .header("x-amzn-errortype", code)
                 .body(Full::new(Bytes::from(payload.to_string())))
                 .unwrap();
@@ -175,34 +764,202 @@ async fn handle(
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
     }
-    let uri = format!(
-        "{upstream}{}",
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let mut forward = client.request(parts.method.clone(), uri);
-    for (name, value) in parts.headers.iter() {
-        if name != "host" && name != "content-length" {
-            forward = forward.header(name, value);
-        }
-    }
-    match forward.body(body).send().await {
-        Ok(resp) => {
-            let mut out = Response::builder().status(resp.status());
-            for (name, value) in resp.headers() {
-                if name != "content-length" && name != "transfer-encoding" {
-                    out = out.header(name, value);
+    let ctx = Ctx {
+        state,
+        client,
+        upstream,
+    };
+    let headers = &parts.headers;
+    if is_ecs && operation == "DescribeServices" {
+        // Advance the rollouts of the known services named, before answering.
+        let cluster = request["cluster"].as_str();
+        let keys: BTreeSet<String> = request["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|s| service_key(cluster, s))
+            .collect();
+        let mut moves = vec![];
+        {
+            let mut s = ctx.state.lock().unwrap();
+            for key in keys {
+                if let Some(overlay) = s.overlays.get_mut(&key) {
+                    if let Some(td) = overlay.step() {
+                        moves.push((key, td));
+                    }
                 }
             }
-            let bytes = resp.bytes().await.unwrap_or_default();
-            out.body(Full::new(bytes)).unwrap()
         }
-        Err(e) => Response::builder()
-            .status(502)
-            .body(Full::new(Bytes::from(format!("proxy: {e}"))))
-            .unwrap(),
+        for (key, td) in moves {
+            let (cluster, service) = key.split_once('/').unwrap_or(("default", &key));
+            let _ = ctx
+                .ecs(
+                    headers,
+                    "UpdateService",
+                    json!({ "cluster": cluster, "service": service, "taskDefinition": td }),
+                )
+                .await;
+        }
+    }
+    let baseline = if is_ecs && operation == "UpdateService" && starts_deployment(&request) {
+        let cluster = request["cluster"].as_str();
+        let service = request["service"].as_str().unwrap_or("");
+        let key = service_key(cluster, service);
+        let known = ctx.state.lock().unwrap().overlays.contains_key(&key);
+        if known {
+            None
+        } else {
+            ctx.baseline(headers, cluster, service).await
+        }
+    } else {
+        None
+    };
+    let answer = match ctx
+        .forward(&parts.method, &path_and_query, headers, body)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(e) => return text_response(502, format!("proxy: {e}")),
+    };
+    if path_and_query.starts_with("/moto-api/reset") && answer.status.is_success() {
+        ctx.state.lock().unwrap().overlays.clear();
+    }
+    if !is_ecs {
+        return answer.into_response();
+    }
+    let Some(mut out) = answer.json() else {
+        return answer.into_response();
+    };
+    match operation.as_str() {
+        "UpdateService" => {
+            let key = service_key(
+                request["cluster"].as_str(),
+                request["service"].as_str().unwrap_or(""),
+            );
+            let service = &mut out["service"];
+            let td = match request["taskDefinition"].as_str() {
+                Some(_) => {
+                    let moto_td = service["taskDefinition"].as_str().unwrap_or("").to_owned();
+                    Some(ctx.resolve_task_definition(headers, &moto_td).await)
+                }
+                None => None,
+            };
+            let desired = service["desiredCount"].as_i64().unwrap_or(0);
+            let mut s = ctx.state.lock().unwrap();
+            if starts_deployment(&request) {
+                let outcome = s
+                    .rollouts
+                    .pop_front()
+                    .unwrap_or(Rollout::Complete { after: 1 });
+                let overlay = s.overlays.entry(key.clone()).or_default();
+                if overlay.deployments.is_empty() {
+                    let base = baseline.unwrap_or_else(|| {
+                        let moto_td = service["deployments"][0]["taskDefinition"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        baseline_from(service, &moto_td)
+                    });
+                    overlay.deployments.push(base);
+                }
+                let previous = overlay.primary().map(|d| {
+                    (
+                        str_of(d, "id").to_owned(),
+                        str_of(d, "taskDefinition").to_owned(),
+                    )
+                });
+                let td = td
+                    .or_else(|| overlay.primary_task_definition())
+                    .unwrap_or_default();
+                overlay.push_primary(&td, desired, None);
+                overlay.script = Some(Script {
+                    deployment: overlay.newest_id(),
+                    previous,
+                    outcome,
+                    seen: 0,
+                });
+                overlay.settling = None;
+            } else if let Some(overlay) = s.overlays.get_mut(&key) {
+                let t = now();
+                if let Some(primary) = overlay
+                    .deployments
+                    .iter_mut()
+                    .find(|d| d["status"] == "PRIMARY")
+                {
+                    primary["desiredCount"] = json!(desired);
+                    if primary["rolloutState"] == "COMPLETED" {
+                        primary["runningCount"] = json!(desired);
+                    }
+                    primary["updatedAt"] = json!(t);
+                }
+            }
+            if let Some(overlay) = s.overlays.get(&key) {
+                overlay.rewrite(service);
+            }
+        }
+        "DescribeServices" => {
+            let s = ctx.state.lock().unwrap();
+            if let Some(services) = out["services"].as_array_mut() {
+                for service in services {
+                    let key = service_key(
+                        service["clusterArn"].as_str(),
+                        service["serviceName"].as_str().unwrap_or(""),
+                    );
+                    if let Some(overlay) = s.overlays.get(&key) {
+                        overlay.rewrite(service);
+                    }
+                }
+            }
+        }
+        "DeleteService" => {
+            let key = service_key(
+                request["cluster"].as_str(),
+                request["service"].as_str().unwrap_or(""),
+            );
+            ctx.state.lock().unwrap().overlays.remove(&key);
+            return answer.into_response();
+        }
+        _ => return answer.into_response(),
+    }
+    answer.with_body(&out)
+}
+
+/// `UpdateService` starts a deployment when it names a task definition or forces one.
+fn starts_deployment(request: &Value) -> bool {
+    request["taskDefinition"].is_string() || request["forceNewDeployment"] == true
+}
+
+/// The control endpoints of the standalone proxy.
+fn control(
+    state: &Mutex<State>,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    match (method, path) {
+        (&Method::POST, "/_proxy/rollouts") => {
+            let parsed: Result<Vec<Rollout>, String> = serde_json::from_slice::<Vec<String>>(body)
+                .map_err(|e| format!("expected a JSON array of strings: {e}"))
+                .and_then(|list| list.iter().map(|s| s.parse()).collect());
+            match parsed {
+                Ok(outcomes) => {
+                    let n = outcomes.len();
+                    state.lock().unwrap().rollouts.extend(outcomes);
+                    text_response(200, format!("queued {n} rollout outcome(s)\n"))
+                }
+                Err(e) => text_response(400, format!("{e}\n")),
+            }
+        }
+        (&Method::GET, "/_proxy/deployments") => {
+            let s = state.lock().unwrap();
+            let all: serde_json::Map<String, Value> = s
+                .overlays
+                .iter()
+                .map(|(k, o)| (k.clone(), Value::Array(o.deployments.clone())))
+                .collect();
+            text_response(200, Value::Object(all).to_string())
+        }
+        _ => text_response(404, "unknown proxy control endpoint\n".to_owned()),
     }
 }

@@ -27,6 +27,7 @@ pub struct SlipwayBuilder {
     secret: Option<String>,
     apps: String,
     extra: String,
+    env: Vec<(String, String)>,
 }
 
 pub struct Slipway {
@@ -44,6 +45,7 @@ impl SlipwayBuilder {
             secret: Some(super::SECRET.to_owned()),
             apps: DEFAULT_APPS.to_owned(),
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -66,6 +68,12 @@ impl SlipwayBuilder {
     /// Top-level config lines, placed before the apps.
     pub fn extra(mut self, extra: &str) -> Self {
         self.extra = extra.to_owned();
+        self
+    }
+
+    /// An extra environment variable for slipway.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -102,6 +110,9 @@ impl SlipwayBuilder {
             .env("SLIPWAY_LOG", "info,slipway=debug,aws=warn");
         if let Some(secret) = &self.secret {
             cmd.env("SLIPWAY_WEBHOOK_SECRET", secret);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
         cmd
     }
@@ -165,16 +176,25 @@ impl SlipwayBuilder {
 
     /// `slipway deliveries --json`, parsed.
     pub fn deliveries(&self) -> Vec<serde_json::Value> {
+        self.json_lines("deliveries")
+    }
+
+    /// `slipway deployments --json`, parsed (newest first).
+    pub fn deployments(&self) -> Vec<serde_json::Value> {
+        self.json_lines("deployments")
+    }
+
+    fn json_lines(&self, subcommand: &str) -> Vec<serde_json::Value> {
         let config = self.config_path();
         let (status, out, err) = self.run(&[
-            "deliveries",
+            subcommand,
             "--json",
             "--limit",
             "1000",
             "--config",
             config.to_str().unwrap(),
         ]);
-        assert!(status.success(), "slipway deliveries failed: {err}");
+        assert!(status.success(), "slipway {subcommand} failed: {err}");
         out.lines()
             .map(|l| serde_json::from_str(l).expect("JSON line"))
             .collect()

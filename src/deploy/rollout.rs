@@ -1,0 +1,163 @@
+//! Reading an ECS rollout: what the service's deployment list says about ours.
+//!
+//! Success is only ever our deployment `COMPLETED` while it is `PRIMARY`. "Stable" is not
+//! "completed", and a rollback by ECS's circuit breaker is a failure, never a success.
+
+use aws_sdk_ecs::types::{Deployment, DeploymentRolloutState};
+
+/// Running / desired / failed tasks of our deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub running: i64,
+    pub desired: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollout {
+    InProgress(Progress),
+    Completed(Progress),
+    /// ECS already put the previous task definition back (circuit breaker).
+    RolledBackByEcs(String),
+    /// Ours failed (or vanished) and the service still runs it: slipway must roll back.
+    NeedsRollback(String),
+    /// Someone else's deployment replaced ours; rolling back would undo theirs.
+    Replaced(String),
+}
+
+fn progress(d: &Deployment) -> Progress {
+    Progress {
+        running: d.running_count as i64,
+        desired: d.desired_count as i64,
+        failed: d.failed_tasks as i64,
+    }
+}
+
+fn reason_of(d: Option<&Deployment>) -> String {
+    d.and_then(|d| d.rollout_state_reason.clone())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "no reason given".to_owned())
+}
+
+/// Judges the rollout of deployment `ours` (to `to_td`, from `from_td`).
+pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &str) -> Rollout {
+    let mine = deployments.iter().find(|d| d.id.as_deref() == Some(ours));
+    let primary = deployments
+        .iter()
+        .find(|d| d.status.as_deref() == Some("PRIMARY"));
+    let judge = |d: &Deployment| match d.rollout_state {
+        Some(DeploymentRolloutState::Completed) => Rollout::Completed(progress(d)),
+        Some(DeploymentRolloutState::Failed) => {
+            Rollout::NeedsRollback(format!("rollout failed: {}", reason_of(Some(d))))
+        }
+        _ => Rollout::InProgress(progress(d)),
+    };
+    match (mine, primary) {
+        (Some(m), Some(p)) if m.id == p.id => judge(m),
+        (_, Some(p)) if p.task_definition.as_deref() == Some(from_td) => {
+            Rollout::RolledBackByEcs(format!(
+                "ECS rolled the service back to {from_td}: {}",
+                reason_of(mine)
+            ))
+        }
+        // Another deployment of our own task definition took over (a forced redeploy): follow it.
+        (_, Some(p)) if p.task_definition.as_deref() == Some(to_td) => judge(p),
+        (_, Some(p)) => Rollout::Replaced(format!(
+            "another deployment ({}) replaced this one",
+            p.task_definition
+                .as_deref()
+                .unwrap_or("unknown task definition")
+        )),
+        (_, None) => Rollout::NeedsRollback(format!(
+            "the deployment vanished from the service: {}",
+            reason_of(mine)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FROM: &str = "arn:aws:ecs:eu-west-1:1:task-definition/web:1";
+    const TO: &str = "arn:aws:ecs:eu-west-1:1:task-definition/web:2";
+
+    fn dep(id: &str, status: &str, td: &str, state: DeploymentRolloutState) -> Deployment {
+        Deployment::builder()
+            .id(id)
+            .status(status)
+            .task_definition(td)
+            .rollout_state_reason(format!("{id} {state:?}"))
+            .rollout_state(state)
+            .running_count(1)
+            .desired_count(2)
+            .build()
+    }
+
+    #[test]
+    fn only_our_primary_completed_is_success() {
+        use DeploymentRolloutState::*;
+        let d = [dep("new", "PRIMARY", TO, Completed)];
+        assert!(matches!(
+            evaluate(&d, "new", FROM, TO),
+            Rollout::Completed(_)
+        ));
+        let d = [
+            dep("new", "PRIMARY", TO, InProgress),
+            dep("old", "ACTIVE", FROM, Completed),
+        ];
+        assert_eq!(
+            evaluate(&d, "new", FROM, TO),
+            Rollout::InProgress(Progress {
+                running: 1,
+                desired: 2,
+                failed: 0
+            })
+        );
+    }
+
+    #[test]
+    fn an_ecs_rollback_is_a_failure() {
+        use DeploymentRolloutState::*;
+        let d = [
+            dep("back", "PRIMARY", FROM, InProgress),
+            dep("new", "ACTIVE", TO, Failed),
+        ];
+        let r = evaluate(&d, "new", FROM, TO);
+        assert!(
+            matches!(&r, Rollout::RolledBackByEcs(m) if m.contains("new Failed")),
+            "{r:?}"
+        );
+        // Even when the old deployment finished, and ours is gone.
+        let d = [dep("back", "PRIMARY", FROM, Completed)];
+        assert!(matches!(
+            evaluate(&d, "new", FROM, TO),
+            Rollout::RolledBackByEcs(_)
+        ));
+    }
+
+    #[test]
+    fn failed_vanished_and_replaced() {
+        use DeploymentRolloutState::*;
+        let d = [dep("new", "PRIMARY", TO, Failed)];
+        assert!(matches!(
+            evaluate(&d, "new", FROM, TO),
+            Rollout::NeedsRollback(_)
+        ));
+        let d: [Deployment; 0] = [];
+        assert!(
+            matches!(evaluate(&d, "new", FROM, TO), Rollout::NeedsRollback(m) if m.contains("vanished"))
+        );
+        let other = "arn:aws:ecs:eu-west-1:1:task-definition/web:7";
+        let d = [
+            dep("x", "PRIMARY", other, InProgress),
+            dep("new", "ACTIVE", TO, InProgress),
+        ];
+        assert!(matches!(evaluate(&d, "new", FROM, TO), Rollout::Replaced(m) if m.contains(other)));
+        let d = [dep("forced", "PRIMARY", TO, Completed)];
+        assert!(matches!(
+            evaluate(&d, "new", FROM, TO),
+            Rollout::Completed(_)
+        ));
+    }
+}

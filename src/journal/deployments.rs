@@ -1,0 +1,465 @@
+//! Deployments: one record per deploy of a commit (or a rollback) to an ECS service.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{build_state, Journal, JournalError};
+
+/// Deployment states, as stored.
+pub mod deploy_state {
+    pub const PENDING: &str = "pending";
+    pub const DEPLOYING: &str = "deploying";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+    pub const ROLLED_BACK: &str = "rolled_back";
+    pub const SUPERSEDED: &str = "superseded";
+
+    pub fn is_terminal(state: &str) -> bool {
+        !matches!(state, PENDING | DEPLOYING)
+    }
+}
+
+/// How a deployment was started.
+pub mod trigger {
+    pub const PUSH: &str = "push";
+    pub const FOREIGN_BUILD: &str = "foreign_build";
+    pub const OPERATOR: &str = "operator";
+    pub const ROLLBACK: &str = "rollback";
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    pub id: i64,
+    pub app: String,
+    pub service_key: String,
+    pub sha: String,
+    pub image_tag: String,
+    pub trigger: String,
+    pub actor: Option<String>,
+    pub build_row: Option<i64>,
+    pub build_id: Option<String>,
+    pub delivery_id: Option<String>,
+    pub order_key: i64,
+    pub target_task_definition: Option<String>,
+    pub image: Option<String>,
+    pub from_task_definition: Option<String>,
+    pub to_task_definition: Option<String>,
+    pub ecs_deployment_id: Option<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub log_link: Option<String>,
+    pub running_count: Option<i64>,
+    pub desired_count: Option<i64>,
+    pub failed_tasks: Option<i64>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+const COLUMNS: &str = "id, app, service_key, sha, image_tag, trigger, actor, build_row, build_id,
+    delivery_id, order_key, target_task_definition, image, from_task_definition,
+    to_task_definition, ecs_deployment_id, state, reason, log_link, running_count,
+    desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
+    Ok(Deployment {
+        id: r.get(0)?,
+        app: r.get(1)?,
+        service_key: r.get(2)?,
+        sha: r.get(3)?,
+        image_tag: r.get(4)?,
+        trigger: r.get(5)?,
+        actor: r.get(6)?,
+        build_row: r.get(7)?,
+        build_id: r.get(8)?,
+        delivery_id: r.get(9)?,
+        order_key: r.get(10)?,
+        target_task_definition: r.get(11)?,
+        image: r.get(12)?,
+        from_task_definition: r.get(13)?,
+        to_task_definition: r.get(14)?,
+        ecs_deployment_id: r.get(15)?,
+        state: r.get(16)?,
+        reason: r.get(17)?,
+        log_link: r.get(18)?,
+        running_count: r.get(19)?,
+        desired_count: r.get(20)?,
+        failed_tasks: r.get(21)?,
+        created_ms: r.get(22)?,
+        updated_ms: r.get(23)?,
+        started_ms: r.get(24)?,
+        finished_ms: r.get(25)?,
+    })
+}
+
+/// A deploy to ask for.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub app: String,
+    pub service_key: String,
+    pub sha: String,
+    pub image_tag: String,
+    pub trigger: &'static str,
+    pub actor: Option<String>,
+    pub build_row: Option<i64>,
+    pub build_id: Option<String>,
+    pub delivery_id: Option<String>,
+    /// None: rank it after everything journaled so far (explicit deploys are the newest).
+    pub order_key: Option<i64>,
+    pub target_task_definition: Option<String>,
+    pub log_link: Option<String>,
+}
+
+/// A terminal CodeBuild state for a build, from an event or from the reconciler.
+#[derive(Debug, Clone)]
+pub struct BuildCompletion {
+    pub build_id: String,
+    pub succeeded: bool,
+    /// CodeBuild's status word (`FAILED`, `TIMED_OUT`, …), for the reason.
+    pub status: String,
+    pub log_link: Option<String>,
+    /// When slipway did not start the build: deploy it anyway as this (None: don't).
+    pub foreign: Option<NewDeployment>,
+    pub service_key: String,
+}
+
+/// What the journal made of a build completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompletionOutcome {
+    /// Slipway did not start this build, and the app does not deploy foreign builds.
+    Foreign,
+    /// The build failed; `first_time` is false for a repeated event.
+    Failed {
+        app: String,
+        sha: String,
+        first_time: bool,
+    },
+    /// The deployment this build leads to (`created` is false for a repeated event).
+    Deploy { deployment: i64, created: bool },
+}
+
+fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64, JournalError> {
+    let order_key = match d.order_key {
+        Some(k) => k,
+        None => c.query_row("SELECT COALESCE(MAX(id), 0) FROM builds", [], |r| r.get(0))?,
+    };
+    c.execute(
+        "INSERT INTO deployments (app, service_key, sha, image_tag, trigger, actor, build_row,
+             build_id, delivery_id, order_key, target_task_definition, log_link, state,
+             created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+        params![
+            d.app,
+            d.service_key,
+            d.sha,
+            d.image_tag,
+            d.trigger,
+            d.actor,
+            d.build_row,
+            d.build_id,
+            d.delivery_id,
+            order_key,
+            d.target_task_definition,
+            d.log_link,
+            deploy_state::PENDING,
+            now,
+        ],
+    )?;
+    Ok(c.last_insert_rowid())
+}
+
+fn complete_build(
+    c: &Connection,
+    done: &BuildCompletion,
+    now: i64,
+) -> Result<CompletionOutcome, JournalError> {
+    type BuildRow = (i64, String, String, String, String);
+    let row: Option<BuildRow> = c
+        .query_row(
+            "SELECT b.id, b.app, b.sha, b.image_tag, d.delivery_id
+             FROM builds b JOIN deliveries d ON d.id = b.delivery WHERE b.build_id = ?1",
+            [&done.build_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((build_row, app, sha, image_tag, delivery_id)) = row else {
+        let Some(foreign) = &done.foreign else {
+            return Ok(CompletionOutcome::Foreign);
+        };
+        if !done.succeeded {
+            return Ok(CompletionOutcome::Failed {
+                app: foreign.app.clone(),
+                sha: foreign.sha.clone(),
+                first_time: false,
+            });
+        }
+        let existing: Option<i64> = c
+            .query_row(
+                "SELECT id FROM deployments WHERE build_id = ?1",
+                [&done.build_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        return Ok(match existing {
+            Some(id) => CompletionOutcome::Deploy {
+                deployment: id,
+                created: false,
+            },
+            None => CompletionOutcome::Deploy {
+                deployment: insert_deployment(c, foreign, now)?,
+                created: true,
+            },
+        });
+    };
+    if !done.succeeded {
+        let changed = c.execute(
+            "UPDATE builds SET state = ?2, reason = ?3, log_link = COALESCE(?4, log_link),
+                 updated_ms = ?5
+             WHERE id = ?1 AND state != ?2",
+            params![
+                build_row,
+                build_state::BUILD_FAILED,
+                format!("build {}", done.status),
+                done.log_link,
+                now
+            ],
+        )?;
+        return Ok(CompletionOutcome::Failed {
+            app,
+            sha,
+            first_time: changed > 0,
+        });
+    }
+    c.execute(
+        "UPDATE builds SET state = ?2, log_link = COALESCE(?3, log_link), updated_ms = ?4
+         WHERE id = ?1 AND state != ?2",
+        params![build_row, build_state::SUCCEEDED, done.log_link, now],
+    )?;
+    let existing: Option<i64> = c
+        .query_row(
+            "SELECT id FROM deployments WHERE build_row = ?1",
+            [build_row],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(CompletionOutcome::Deploy {
+            deployment: id,
+            created: false,
+        });
+    }
+    let id = insert_deployment(
+        c,
+        &NewDeployment {
+            app,
+            service_key: done.service_key.clone(),
+            sha,
+            image_tag,
+            trigger: trigger::PUSH,
+            actor: None,
+            build_row: Some(build_row),
+            build_id: Some(done.build_id.clone()),
+            delivery_id: Some(delivery_id),
+            order_key: Some(build_row),
+            target_task_definition: None,
+            log_link: done.log_link.clone(),
+        },
+        now,
+    )?;
+    Ok(CompletionOutcome::Deploy {
+        deployment: id,
+        created: true,
+    })
+}
+
+/// A change to a deployment's record.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentUpdate {
+    pub state: Option<&'static str>,
+    pub reason: Option<String>,
+    pub image: Option<String>,
+    pub from_task_definition: Option<String>,
+    pub to_task_definition: Option<String>,
+    pub ecs_deployment_id: Option<String>,
+    pub started: bool,
+    pub progress: Option<(i64, i64, i64)>,
+}
+
+/// A build slipway started that has had no result for a while.
+#[derive(Debug, Clone)]
+pub struct InFlightBuild {
+    pub build_row: i64,
+    pub build_id: String,
+    pub app: String,
+}
+
+impl Journal {
+    /// Records a build's terminal state and, for a success, the deployment it leads to (once,
+    /// however often CodeBuild or SQS repeat themselves).
+    pub async fn complete_build(
+        &self,
+        done: BuildCompletion,
+        now_ms: i64,
+    ) -> Result<CompletionOutcome, JournalError> {
+        self.write(move |c| complete_build(c, &done, now_ms)).await
+    }
+
+    pub async fn request_deployment(
+        &self,
+        d: NewDeployment,
+        now_ms: i64,
+    ) -> Result<i64, JournalError> {
+        self.write(move |c| insert_deployment(c, &d, now_ms)).await
+    }
+
+    pub async fn deployment(&self, id: i64) -> Result<Option<Deployment>, JournalError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {COLUMNS} FROM deployments WHERE id = ?1"),
+                [id],
+                from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Deployments that are not finished: pending or deploying, oldest first.
+    pub async fn unfinished_deployments(&self) -> Result<Vec<Deployment>, JournalError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deployments WHERE state IN (?1, ?2) ORDER BY id"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![deploy_state::PENDING, deploy_state::DEPLOYING],
+                    from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// A deployment of the same service ranked after `d` that is going ahead or went ahead.
+    pub async fn newer_deployment(
+        &self,
+        d: &Deployment,
+    ) -> Result<Option<Deployment>, JournalError> {
+        let (key, order, id) = (d.service_key.clone(), d.order_key, d.id);
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM deployments
+                     WHERE service_key = ?1 AND state IN (?4, ?5, ?6)
+                       AND (order_key > ?2 OR (order_key = ?2 AND id > ?3))
+                     ORDER BY order_key DESC, id DESC LIMIT 1"
+                ),
+                params![
+                    key,
+                    order,
+                    id,
+                    deploy_state::PENDING,
+                    deploy_state::DEPLOYING,
+                    deploy_state::SUCCEEDED
+                ],
+                from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn update_deployment(
+        &self,
+        id: i64,
+        u: DeploymentUpdate,
+        now_ms: i64,
+    ) -> Result<(), JournalError> {
+        self.write(move |c| {
+            let finished = u.state.is_some_and(deploy_state::is_terminal);
+            let (running, desired, failed) = match u.progress {
+                Some((r, d, f)) => (Some(r), Some(d), Some(f)),
+                None => (None, None, None),
+            };
+            c.execute(
+                "UPDATE deployments SET
+                    state = COALESCE(?2, state),
+                    reason = COALESCE(?3, reason),
+                    image = COALESCE(?4, image),
+                    from_task_definition = COALESCE(?5, from_task_definition),
+                    to_task_definition = COALESCE(?6, to_task_definition),
+                    ecs_deployment_id = COALESCE(?7, ecs_deployment_id),
+                    started_ms = CASE WHEN ?8 AND started_ms IS NULL THEN ?9 ELSE started_ms END,
+                    finished_ms = CASE WHEN ?10 THEN ?9 ELSE finished_ms END,
+                    running_count = COALESCE(?11, running_count),
+                    desired_count = COALESCE(?12, desired_count),
+                    failed_tasks = COALESCE(?13, failed_tasks),
+                    updated_ms = ?9
+                 WHERE id = ?1",
+                params![
+                    id,
+                    u.state,
+                    u.reason,
+                    u.image,
+                    u.from_task_definition,
+                    u.to_task_definition,
+                    u.ecs_deployment_id,
+                    u.started,
+                    now_ms,
+                    finished,
+                    running,
+                    desired,
+                    failed,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Recent deployments, newest first, optionally of one app.
+    pub async fn recent_deployments(
+        &self,
+        app: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Deployment>, JournalError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deployments WHERE (?1 IS NULL OR app = ?1)
+                 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt
+                .query_map(params![app, limit], from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Builds started before `before_ms` whose result never arrived.
+    pub async fn builds_in_flight(
+        &self,
+        before_ms: i64,
+    ) -> Result<Vec<InFlightBuild>, JournalError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, build_id, app FROM builds
+                 WHERE state = ?1 AND build_id IS NOT NULL AND updated_ms <= ?2
+                 ORDER BY id LIMIT 100",
+            )?;
+            let rows = stmt
+                .query_map(params![build_state::STARTED, before_ms], |r| {
+                    Ok(InFlightBuild {
+                        build_row: r.get(0)?,
+                        build_id: r.get(1)?,
+                        app: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}

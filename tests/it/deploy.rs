@@ -1,0 +1,703 @@
+//! Issue: from CodeBuild completion to a safe Fargate deploy.
+
+use serde_json::Value;
+
+use crate::support::listener::Listener;
+use crate::support::proxy::{Fault, Rollout};
+use crate::support::slipway::{Slipway, DEFAULT_APPS};
+use crate::support::world::{CLUSTER, ECR_REPO, PROJECT, SERVICE};
+use crate::support::{eventually, fixture, Emulator, Proxy, SlipwayBuilder, MASTER_SHA};
+
+const OLDER_SHA: &str = "0a0b0c0d0e0f10111213141516171819202122ab";
+const NEWER_SHA: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+
+pub struct Deploy {
+    pub emulator: Emulator,
+    pub proxy: Proxy,
+    pub queue: String,
+    pub base_td: String,
+    pub builder: SlipwayBuilder,
+    pub notes: Listener,
+}
+
+pub struct Setup<'a> {
+    pub apps: String,
+    pub extra: &'a str,
+    pub container: &'a str,
+    pub images: &'a [&'a str],
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            apps: DEFAULT_APPS.to_owned(),
+            extra: "",
+            container: "web",
+            images: &[MASTER_SHA],
+        }
+    }
+}
+
+impl Deploy {
+    pub async fn new() -> Deploy {
+        Self::with(Setup::default()).await
+    }
+
+    pub async fn with(setup: Setup<'_>) -> Deploy {
+        let emulator = Emulator::start().await;
+        emulator.create_project(PROJECT, "octo-org/web").await;
+        for tag in setup.images {
+            emulator.push_image(ECR_REPO, tag).await;
+        }
+        let _ = emulator
+            .ecr()
+            .create_repository()
+            .repository_name(ECR_REPO)
+            .send()
+            .await;
+        let uri = emulator.repository_uri(ECR_REPO).await;
+        emulator.create_cluster(CLUSTER).await;
+        let base_td = emulator
+            .register_full_task_definition(setup.container, &format!("{uri}:previous"))
+            .await;
+        emulator.create_service(CLUSTER, SERVICE, &base_td).await;
+        let queue = emulator.create_event_route("slipway-events").await;
+        let proxy = Proxy::start(&emulator.url).await;
+        let notes = Listener::start().await;
+        let builder = SlipwayBuilder::new(&proxy.url)
+            .apps(&setup.apps)
+            .extra(&format!(
+                "queue_url = \"{queue}\"\n{}\n[deploy]\npoll_initial_ms = 50\npoll_max_ms = 200\n[events]\nvisibility_timeout_secs = 3\n[notify]\nwebhook_url_env = \"TEST_NOTIFY_URL\"\n",
+                setup.extra
+            ))
+            .env("TEST_NOTIFY_URL", &notes.url);
+        Deploy {
+            emulator,
+            proxy,
+            queue,
+            base_td,
+            builder,
+            notes,
+        }
+    }
+
+    /// Sends a signed push of `sha` and waits for its build to start; returns the build ARN.
+    pub async fn push(&self, s: &Slipway, delivery: &str, sha: &str) -> String {
+        let body = String::from_utf8(fixture("github/push_master.json"))
+            .unwrap()
+            .replace(MASTER_SHA, sha);
+        let r = s.deliver("push", delivery, body.as_bytes()).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        let build_id = eventually(&format!("build of {delivery} started"), || async {
+            s.deliveries()
+                .into_iter()
+                .find(|d| d["delivery"] == delivery && d["state"] == "build_started")
+                .map(|d| d["build_id"].as_str().unwrap().to_owned())
+        })
+        .await;
+        let builds = self.emulator.builds(PROJECT).await;
+        builds
+            .iter()
+            .find(|b| b.id() == Some(build_id.as_str()))
+            .and_then(|b| b.arn())
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn complete(&self, build_arn: &str, status: &str, sha: &str) {
+        self.emulator
+            .emit_build_event(build_arn, PROJECT, status, sha)
+            .await;
+    }
+
+    /// Waits until the deployment of `sha` ends; returns its record.
+    pub async fn finished(&self, sha: &str) -> Value {
+        eventually(&format!("deploy of {sha} finished"), || async {
+            self.builder.deployments().into_iter().find(|d| {
+                d["sha"] == sha && !matches!(d["state"].as_str(), Some("pending" | "deploying"))
+            })
+        })
+        .await
+    }
+
+    pub async fn service_td(&self) -> String {
+        self.emulator
+            .service(CLUSTER, SERVICE)
+            .await
+            .task_definition()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn image_uri(&self, tag: &str) -> String {
+        format!("{}:{tag}", self.emulator.repository_uri(ECR_REPO).await)
+    }
+
+    pub fn notes_of(&self, event: &str) -> Vec<Value> {
+        self.notes
+            .bodies()
+            .into_iter()
+            .filter(|b| b["event"] == event)
+            .collect()
+    }
+}
+
+fn image_of(td: &aws_sdk_ecs::types::TaskDefinition, container: &str) -> String {
+    td.container_definitions()
+        .iter()
+        .find(|c| c.name() == Some(container))
+        .and_then(|c| c.image())
+        .unwrap()
+        .to_owned()
+}
+
+fn version_tag(tags: &[aws_sdk_ecs::types::Tag]) -> Option<String> {
+    tags.iter()
+        .find(|t| t.key() == Some("Version"))
+        .and_then(|t| t.value())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_successful_build_is_deployed_and_the_rollout_completes() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "ok-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    assert_eq!(d["from_task_definition"], w.base_td.as_str());
+    let to = d["to_task_definition"].as_str().unwrap().to_owned();
+    assert_ne!(to, w.base_td);
+    assert_eq!(
+        w.service_td().await,
+        to,
+        "the service runs the new revision"
+    );
+    let (td, tags) = w.emulator.task_definition(&to).await;
+    let expected = w.image_uri(MASTER_SHA).await;
+    assert_eq!(image_of(&td, "web"), expected);
+    assert_eq!(d["image"], expected.as_str());
+    assert_eq!(version_tag(&tags).as_deref(), Some(MASTER_SHA));
+    assert!(d["ecs_deployment_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("ecs-svc/"));
+    assert_eq!(d["build_id"], arn.rsplit('/').next().unwrap());
+
+    // The delivery shows how far it got, and the message is gone from the queue.
+    let row = s
+        .deliveries()
+        .into_iter()
+        .find(|r| r["delivery"] == "ok-1")
+        .unwrap();
+    assert_eq!(
+        (row["state"].as_str(), row["deploy_state"].as_str()),
+        (Some("build_succeeded"), Some("succeeded"))
+    );
+    eventually("the event deleted from the queue", || async {
+        (w.emulator.queue_depth(&w.queue).await == 0).then_some(())
+    })
+    .await;
+    let started = eventually("notifications", || async {
+        let s = w.notes_of("deploy_succeeded");
+        (!s.is_empty()).then_some(w.notes_of("deploy_started"))
+    })
+    .await;
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0]["sha"], MASTER_SHA);
+}
+
+#[tokio::test]
+async fn the_new_revision_differs_from_the_old_only_in_the_image_and_version() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "fid-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let (mut old, old_tags) = w.emulator.task_definition(&w.base_td).await;
+    let (mut new, new_tags) = w
+        .emulator
+        .task_definition(d["to_task_definition"].as_str().unwrap())
+        .await;
+    assert_eq!(new.revision, old.revision + 1);
+    // Clear what AWS sets on every registration, then everything else must be equal
+    // except the app container's image.
+    for td in [&mut old, &mut new] {
+        td.task_definition_arn = None;
+        td.revision = 0;
+        td.registered_at = None;
+        td.registered_by = None;
+    }
+    let mut expected = old.clone();
+    let container = expected
+        .container_definitions
+        .as_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c.name() == Some("web"))
+        .unwrap();
+    container.image = Some(w.image_uri(MASTER_SHA).await);
+    assert_eq!(new, expected, "only the image may differ");
+    let sidecar = |td: &aws_sdk_ecs::types::TaskDefinition| image_of(td, "envoy");
+    assert_eq!(sidecar(&new), sidecar(&old));
+    // Every tag carried, Version set to the new tag.
+    let strip = |tags: &[aws_sdk_ecs::types::Tag]| {
+        let mut v: Vec<(String, String)> = tags
+            .iter()
+            .filter(|t| t.key() != Some("Version"))
+            .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(strip(&new_tags), strip(&old_tags));
+    assert_eq!(strip(&new_tags).len(), 2);
+    assert_eq!(version_tag(&new_tags).as_deref(), Some(MASTER_SHA));
+    // What slipway sent kept the empty environment value.
+    let sent = w.proxy.requests("RegisterTaskDefinition");
+    assert_eq!(sent.len(), 1);
+    let env = &sent[0]["containerDefinitions"][0]["environment"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "EMPTY_ON_PURPOSE" && e["value"] == ""),
+        "{env}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_rollout_is_rolled_back() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Fail { after: 2 }]);
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "fail-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("rollout failed") && reason.contains("rolled back to"),
+        "{reason}"
+    );
+    let calls = w.proxy.update_service_calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1]["taskDefinition"], w.base_td.as_str());
+    assert_eq!(w.service_td().await, w.base_td);
+    eventually("rolled_back notification", || async {
+        (!w.notes_of("rolled_back").is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ecs_rollback_is_reported_as_failed_not_success() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::EcsRollsBack { after: 2 }]);
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "ecsrb-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ECS rolled the service back"),
+        "{d}"
+    );
+    // ECS already put the old revision back: slipway does not update the service again.
+    assert_eq!(w.proxy.update_service_calls().len(), 1);
+    eventually("deploy_failed notification", || async {
+        (!w.notes_of("deploy_failed").is_empty()).then_some(())
+    })
+    .await;
+    assert!(w.notes_of("deploy_succeeded").is_empty());
+}
+
+#[tokio::test]
+async fn a_rollout_that_never_finishes_times_out_and_is_rolled_back() {
+    let apps = DEFAULT_APPS.replace(
+        "ecr_repository = \"web\"",
+        "ecr_repository = \"web\"\nrollout_timeout_secs = 2",
+    );
+    let w = Deploy::with(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "slow-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not complete within 2s"),
+        "{d}"
+    );
+    assert_eq!(w.service_td().await, w.base_td);
+}
+
+#[tokio::test]
+async fn a_foreign_deploy_replacing_ours_fails_without_undoing_theirs() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Foreign { after: 1 }]);
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "foreign-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("replaced"), "{d}");
+    assert_eq!(w.proxy.update_service_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_image_fails_before_anything_is_registered() {
+    let w = Deploy::with(Setup {
+        images: &[],
+        ..Setup::default()
+    })
+    .await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "noimg-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "failed");
+    assert_eq!(
+        d["reason"],
+        format!("image web:{MASTER_SHA} not found in ECR").as_str()
+    );
+    assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
+    assert!(w.proxy.update_service_calls().is_empty());
+    assert_eq!(w.service_td().await, w.base_td);
+}
+
+#[tokio::test]
+async fn a_missing_cluster_and_an_inactive_service_fail_clearly() {
+    let apps = DEFAULT_APPS.replace("cluster = \"web\"", "cluster = \"nope\"");
+    let w = Deploy::with(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "nocl-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "failed");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cluster nope not found"),
+        "{d}"
+    );
+    assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
+
+    let w = Deploy::new().await;
+    w.emulator
+        .ecs()
+        .delete_service()
+        .cluster(CLUSTER)
+        .service(SERVICE)
+        .force(true)
+        .send()
+        .await
+        .unwrap();
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "inactive-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "failed");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is INACTIVE, not ACTIVE"),
+        "{d}"
+    );
+    assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
+}
+
+#[tokio::test]
+async fn a_container_name_not_in_the_task_definition_fails_clearly() {
+    let w = Deploy::with(Setup {
+        container: "app",
+        ..Setup::default()
+    })
+    .await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "cont-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "failed");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("container \"web\" not found") && reason.contains("app, envoy"),
+        "{reason}"
+    );
+    assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
+}
+
+#[tokio::test]
+async fn builds_completing_out_of_order_never_put_the_older_commit_in_front() {
+    let w = Deploy::with(Setup {
+        images: &[OLDER_SHA, NEWER_SHA],
+        ..Setup::default()
+    })
+    .await;
+    let s = w.builder.start().await;
+    let older = w.push(&s, "ooo-1", OLDER_SHA).await;
+    let newer = w.push(&s, "ooo-2", NEWER_SHA).await;
+    w.complete(&newer, "SUCCEEDED", NEWER_SHA).await;
+    let d = w.finished(NEWER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    w.complete(&older, "SUCCEEDED", OLDER_SHA).await;
+    let d_old = w.finished(OLDER_SHA).await;
+    assert_eq!(d_old["state"], "superseded", "{d_old}");
+    assert!(
+        d_old["reason"].as_str().unwrap().contains("9f8e7d6"),
+        "{d_old}"
+    );
+    assert_eq!(
+        w.service_td().await,
+        d["to_task_definition"].as_str().unwrap()
+    );
+    assert_eq!(w.proxy.requests("RegisterTaskDefinition").len(), 1);
+    eventually("superseded notification", || async {
+        (!w.notes_of("superseded").is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_event_twice_deploys_once() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "twice-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded");
+    eventually("both messages deleted", || async {
+        (w.emulator.queue_depth(&w.queue).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(s.builder.deployments().len(), 1);
+    assert_eq!(w.proxy.requests("RegisterTaskDefinition").len(), 1);
+    assert_eq!(w.proxy.update_service_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn killed_mid_deploy_the_restart_finishes_the_same_deploy() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Complete { after: 1_000_000 }]);
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "kill-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = eventually("the deploy watching its rollout", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["ecs_deployment_id"].is_string())
+    })
+    .await;
+    assert_eq!(d["state"], "deploying");
+    s.kill();
+    // ECS finishes the rollout while slipway is down.
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
+    w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
+    let s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["id"], d["id"]);
+    assert_eq!(s.builder.deployments().len(), 1);
+    assert_eq!(w.proxy.requests("RegisterTaskDefinition").len(), 1);
+    assert_eq!(w.proxy.update_service_calls().len(), 1);
+    eventually("the redelivered message deleted", || async {
+        (w.emulator.queue_depth(&w.queue).await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_build_is_notified_and_not_deployed() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "bfail-1", MASTER_SHA).await;
+    w.complete(&arn, "FAILED", MASTER_SHA).await;
+    let note = eventually("build_failed notification", || async {
+        w.notes_of("build_failed").into_iter().next()
+    })
+    .await;
+    assert_eq!(note["app"], "web");
+    assert_eq!(note["sha"], MASTER_SHA);
+    assert!(note["log_link"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://console.aws.amazon.com/cloudwatch"));
+    let row = s
+        .deliveries()
+        .into_iter()
+        .find(|r| r["delivery"] == "bfail-1")
+        .unwrap();
+    assert_eq!(row["state"], "build_failed");
+    eventually("the event deleted", || async {
+        (w.emulator.queue_depth(&w.queue).await == 0).then_some(())
+    })
+    .await;
+    assert!(s.builder.deployments().is_empty());
+    assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_event_is_recovered_by_the_reconciler() {
+    let w = Deploy::with(Setup {
+        extra: "",
+        ..Setup::default()
+    })
+    .await;
+    let builder = w.builder.clone().extra(&format!(
+        "queue_url = \"{}\"\n[deploy]\npoll_initial_ms = 50\npoll_max_ms = 200\n[events]\nreconcile_after_secs = 1\n",
+        w.queue
+    ));
+    let s = builder.start().await;
+    w.push(&s, "lost-1", MASTER_SHA).await;
+    // No event is ever emitted; the emulator's BatchGetBuilds reports the build SUCCEEDED.
+    let d = eventually("the reconciler's deploy", || async {
+        builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["state"] == "succeeded")
+    })
+    .await;
+    assert_eq!(d["sha"], MASTER_SHA);
+    assert!(s.logs().contains("no event arrived for this build"));
+    assert!(!w.proxy.requests("BatchGetBuilds").is_empty());
+}
+
+#[tokio::test]
+async fn an_unparseable_message_is_left_for_the_dead_letter_queue_and_the_consumer_goes_on() {
+    let w = Deploy::new().await;
+    w.emulator
+        .sqs()
+        .send_message()
+        .queue_url(&w.queue)
+        .message_body("this is not an event")
+        .send()
+        .await
+        .unwrap();
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "poison-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    assert_eq!(w.finished(MASTER_SHA).await["state"], "succeeded");
+    assert!(s
+        .logs()
+        .contains("leaving it to the queue's redrive policy"));
+    // The event is deleted; the poison message stays for the redrive policy.
+    eventually("only the poison message left", || async {
+        (w.emulator.queue_depth(&w.queue).await == 1).then_some(())
+    })
+    .await;
+    drop(s);
+    let body = eventually("the poison message visible again", || async {
+        let out = w
+            .emulator
+            .sqs()
+            .receive_message()
+            .queue_url(&w.queue)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        out.messages()
+            .first()
+            .and_then(|m| m.body())
+            .map(str::to_owned)
+    })
+    .await;
+    assert_eq!(body, "this is not an event");
+}
+
+#[tokio::test]
+async fn throttled_polling_is_tolerated() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Complete { after: 3 }]);
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "thr-1", MASTER_SHA).await;
+    w.proxy
+        .fail("DescribeServices", 4, 400, "ThrottlingException");
+    w.proxy.script(
+        "RegisterTaskDefinition",
+        [Fault::Error {
+            status: 500,
+            code: "ServerException".into(),
+        }],
+    );
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    assert_eq!(w.finished(MASTER_SHA).await["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn foreign_builds_deploy_only_when_the_app_allows_it() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let hand = "arn:aws:codebuild:eu-west-1:123456789012:build/web-build:by-hand-1";
+    w.complete(hand, "SUCCEEDED", MASTER_SHA).await;
+    eventually("the event handled", || async {
+        (w.emulator.queue_depth(&w.queue).await == 0).then_some(())
+    })
+    .await;
+    assert!(s.builder.deployments().is_empty());
+    assert!(s.logs().contains("deploy_foreign_builds is off"));
+    drop(s);
+
+    let apps = DEFAULT_APPS.replace(
+        "ecr_repository = \"web\"",
+        "ecr_repository = \"web\"\ndeploy_foreign_builds = true",
+    );
+    let w = Deploy::with(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    let _s = w.builder.start().await;
+    w.complete(hand, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(
+        (d["state"].as_str(), d["trigger"].as_str()),
+        (Some("succeeded"), Some("foreign_build"))
+    );
+}
+
+#[tokio::test]
+async fn pin_digest_deploys_the_image_by_digest() {
+    let apps = DEFAULT_APPS.replace(
+        "ecr_repository = \"web\"",
+        "ecr_repository = \"web\"\npin_digest = true",
+    );
+    let w = Deploy::with(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "pin-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let image = d["image"].as_str().unwrap();
+    let uri = w.emulator.repository_uri(ECR_REPO).await;
+    assert!(image.starts_with(&format!("{uri}@sha256:")), "{image}");
+    let (td, _) = w
+        .emulator
+        .task_definition(d["to_task_definition"].as_str().unwrap())
+        .await;
+    assert_eq!(image_of(&td, "web"), image);
+}
