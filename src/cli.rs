@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::aws::Clients;
+use crate::client::Client;
 use crate::clock::SystemClock;
 use crate::config::{Config, WebhookSecrets};
 use crate::journal::{DeliverySummary, Journal};
@@ -39,6 +40,14 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// Where a running slipway is, for the commands that talk to it.
+#[derive(Debug, clap::Args)]
+pub struct ServerArg {
+    /// URL of a running slipway (the token comes from SLIPWAY_OPS_TOKEN).
+    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook receiver and the workers.
@@ -46,10 +55,13 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Recent deliveries from the journal.
+    /// Recent deliveries: from a running slipway with --server (or SLIPWAY_SERVER), else
+    /// straight from the journal of --config.
     Deliveries {
         #[command(flatten)]
         config: ConfigArg,
+        #[arg(long, env = "SLIPWAY_SERVER")]
+        server: Option<String>,
         /// How many deliveries.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -57,16 +69,62 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Recent deployments from the journal.
+    /// Recent deployments: from a running slipway with --server (or SLIPWAY_SERVER), else
+    /// straight from the journal of --config.
     Deployments {
         #[command(flatten)]
         config: ConfigArg,
+        #[arg(long, env = "SLIPWAY_SERVER")]
+        server: Option<String>,
         /// Only this app's deployments.
         #[arg(long)]
         app: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy a commit of an app (by SHA, 7 to 40 hex characters).
+    Deploy {
+        #[command(flatten)]
+        server: ServerArg,
+        app: String,
+        sha: String,
+        /// Follow the rollout; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Put back what ran before (or the deployment / commit given with --to).
+    Rollback {
+        #[command(flatten)]
+        server: ServerArg,
+        app: String,
+        /// A deployment id or a commit SHA to go back to.
+        #[arg(long)]
+        to: Option<String>,
+        /// Follow the rollout; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Run a stored delivery again (by id), or submit a payload saved by hand (--file).
+    Replay {
+        #[command(flatten)]
+        server: ServerArg,
+        /// The delivery's id (GitHub's GUID or slipway's row number).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        delivery: Option<String>,
+        /// A payload saved by hand, e.g. from GitHub's "Recent Deliveries" page.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The event of --file.
+        #[arg(long, default_value = "push", requires = "file")]
+        event: String,
+    },
+    /// What every app runs now.
+    Status {
+        #[command(flatten)]
+        server: ServerArg,
         #[arg(long)]
         json: bool,
     },
@@ -99,25 +157,105 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve(&config.config).await,
         Command::Deliveries {
             config,
+            server,
             limit,
             json,
         } => {
-            let config = Config::load(&config.config)?;
-            let journal = Journal::open_read_only(&config.state_dir)?;
-            let rows = journal.recent_deliveries(limit).await?;
+            let rows = match server {
+                Some(server) => {
+                    let v = Client::new(&server)?
+                        .get(&format!("/api/deliveries?limit={limit}"))
+                        .await?;
+                    serde_json::from_value(v["deliveries"].clone())?
+                }
+                None => {
+                    let config = Config::load(&config.config)?;
+                    let journal = Journal::open_read_only(&config.state_dir)?;
+                    journal.recent_deliveries(limit).await?
+                }
+            };
             print_deliveries(&rows, json);
             Ok(())
         }
         Command::Deployments {
             config,
+            server,
             app,
             limit,
             json,
         } => {
-            let config = Config::load(&config.config)?;
-            let journal = Journal::open_read_only(&config.state_dir)?;
-            let rows = journal.recent_deployments(app, limit).await?;
+            let rows = match server {
+                Some(server) => {
+                    let mut path = format!("/api/deployments?limit={limit}");
+                    if let Some(app) = &app {
+                        path.push_str(&format!("&app={app}"));
+                    }
+                    let v = Client::new(&server)?.get(&path).await?;
+                    serde_json::from_value(v["deployments"].clone())?
+                }
+                None => {
+                    let config = Config::load(&config.config)?;
+                    let journal = Journal::open_read_only(&config.state_dir)?;
+                    journal.recent_deployments(app, limit).await?
+                }
+            };
             print_deployments(&rows, json);
+            Ok(())
+        }
+        Command::Deploy {
+            server,
+            app,
+            sha,
+            wait,
+        } => {
+            let client = Client::new(&server.server)?;
+            let v = client
+                .post(&format!("/api/apps/{app}/deploy"), &serde_json::json!({ "sha": sha }))
+                .await?;
+            follow(&client, &v, wait).await
+        }
+        Command::Rollback {
+            server,
+            app,
+            to,
+            wait,
+        } => {
+            let client = Client::new(&server.server)?;
+            let v = client
+                .post(&format!("/api/apps/{app}/rollback"), &serde_json::json!({ "to": to }))
+                .await?;
+            follow(&client, &v, wait).await
+        }
+        Command::Replay {
+            server,
+            delivery,
+            file,
+            event,
+        } => {
+            let client = Client::new(&server.server)?;
+            let v = match (delivery, file) {
+                (Some(id), _) => client.post(&format!("/api/deliveries/{id}/replay"), &serde_json::json!({})).await?,
+                (None, Some(file)) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let payload: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", file.display()))?;
+                    client
+                        .post("/api/replay", &serde_json::json!({ "event": event, "payload": payload }))
+                        .await?
+                }
+                (None, None) => anyhow::bail!("give a delivery id or --file"),
+            };
+            let r = &v["replay"];
+            println!("replay accepted as delivery {}", r["delivery"].as_str().unwrap_or("?"));
+            for b in r["builds"].as_array().into_iter().flatten() {
+                println!("  build of {} for {}", b["sha"].as_str().unwrap_or("?"), b["app"].as_str().unwrap_or("?"));
+            }
+            Ok(())
+        }
+        Command::Status { server, json } => {
+            let v = Client::new(&server.server)?.get("/api/apps").await?;
+            print_status(&v, json);
             Ok(())
         }
         Command::CheckConfig { config } => {
@@ -152,6 +290,8 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             clock: Arc::new(SystemClock),
             aws,
             notifier,
+            ops_tokens: crate::config::OpsTokens::from_env()?,
+            slack_secret: crate::config::slack_signing_secret_from_env(),
         },
         shutdown_signal(),
     )
@@ -282,4 +422,45 @@ pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+}
+
+/// Prints what a deploy or rollback request started, and follows it with `--wait`.
+async fn follow(client: &Client, accepted: &serde_json::Value, wait: bool) -> anyhow::Result<()> {
+    let id = accepted["deployment"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("the server did not return a deployment id"))?;
+    println!("deployment {id} accepted");
+    if wait {
+        client.wait(id).await?;
+    }
+    Ok(())
+}
+
+fn print_status(v: &serde_json::Value, json: bool) {
+    let apps = v["apps"].as_array().cloned().unwrap_or_default();
+    if json {
+        for app in &apps {
+            println!("{app}");
+        }
+        return;
+    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let rows: Vec<[String; 6]> = apps
+        .iter()
+        .map(|a| {
+            let last = &a["last_deployment"];
+            [
+                text(&a["app"]),
+                a["commit"].as_str().map(|s| s.chars().take(7).collect()).unwrap_or_else(|| "-".into()),
+                revision(&a["task_definition"].as_str().map(str::to_owned)),
+                text(&a["image"]),
+                match last["id"].as_i64() {
+                    Some(id) => format!("#{id} {}", text(&last["state"])),
+                    None => "-".into(),
+                },
+                a["error"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    print_table(&["APP", "COMMIT", "TASK DEFINITION", "IMAGE", "LAST DEPLOY", "ERROR"], &rows);
 }

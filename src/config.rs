@@ -54,6 +54,8 @@ struct RawConfig {
     events: RawEvents,
     #[serde(default)]
     notify: crate::notify::NotifyConfig,
+    #[serde(default)]
+    provision: RawProvision,
     #[serde(default, rename = "app")]
     apps: Vec<RawApp>,
 }
@@ -87,6 +89,15 @@ struct RawEvents {
     visibility_timeout_secs: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvision {
+    queue_name: Option<String>,
+    dead_letter_queue_name: Option<String>,
+    rule_name: Option<String>,
+    max_receive_count: Option<u32>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
@@ -102,6 +113,7 @@ struct RawApp {
     pin_digest: Option<bool>,
     deploy_foreign_builds: Option<bool>,
     rollout_timeout_secs: Option<u64>,
+    slack_users: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -116,7 +128,19 @@ pub struct Config {
     pub events: EventsConfig,
     /// Where notifications go (the URLs themselves come from the environment).
     pub notify: crate::notify::NotifyConfig,
+    /// Names of what `slipway provision` creates.
+    pub provision: ProvisionConfig,
     pub apps: Vec<AppConfig>,
+}
+
+/// The `[provision]` table: slipway's own queue, dead-letter queue and EventBridge rule.
+#[derive(Debug, Clone)]
+pub struct ProvisionConfig {
+    pub queue_name: String,
+    pub dead_letter_queue_name: String,
+    pub rule_name: String,
+    /// Receives of one message before SQS moves it to the dead-letter queue.
+    pub max_receive_count: u32,
 }
 
 /// How often a rollout is polled: starts at `poll_initial`, backs off to `poll_max`.
@@ -163,6 +187,9 @@ pub struct AppConfig {
     pub pin_digest: bool,
     pub deploy_foreign_builds: bool,
     pub rollout_timeout: Duration,
+    /// Slack user ids allowed to deploy and roll back this app from chat (None: everyone
+    /// in the workspace that can run the slash command).
+    pub slack_users: Option<Vec<String>>,
 }
 
 impl AppConfig {
@@ -318,6 +345,7 @@ impl RawConfig {
                 "SQS allows at most 43200 (12 hours)",
             ));
         }
+        let provision = self.provision.validate()?;
         let mut names = HashSet::new();
         let mut apps = Vec::with_capacity(self.apps.len());
         for (i, raw) in self.apps.into_iter().enumerate() {
@@ -342,6 +370,7 @@ impl RawConfig {
             deploy,
             events,
             notify: self.notify,
+            provision,
             apps,
         })
     }
@@ -352,6 +381,69 @@ fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, Co
         None => Ok(default),
         Some(0) => Err(invalid(key, "must be greater than 0")),
         Some(v) => Ok(v),
+    }
+}
+
+impl RawProvision {
+    fn validate(self) -> Result<ProvisionConfig, ConfigError> {
+        let sqs_name = |key: &str, name: String| {
+            let name = non_empty(key.to_owned(), name)?;
+            let ok = name.len() <= 80
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if ok {
+                Ok(name)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("\"{name}\" is not a standard SQS queue name (up to 80 of A-Z a-z 0-9 - _)"),
+                ))
+            }
+        };
+        let queue_name = sqs_name(
+            "provision.queue_name",
+            self.queue_name.unwrap_or_else(|| "slipway-events".into()),
+        )?;
+        let dead_letter_queue_name = sqs_name(
+            "provision.dead_letter_queue_name",
+            self.dead_letter_queue_name
+                .unwrap_or_else(|| format!("{queue_name}-dlq")),
+        )?;
+        if dead_letter_queue_name == queue_name {
+            return Err(invalid(
+                "provision.dead_letter_queue_name",
+                "must differ from provision.queue_name",
+            ));
+        }
+        let rule_name = non_empty(
+            "provision.rule_name".into(),
+            self.rule_name
+                .unwrap_or_else(|| "slipway-codebuild".into()),
+        )?;
+        let rule_ok = rule_name.len() <= 64
+            && rule_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !rule_ok {
+            return Err(invalid(
+                "provision.rule_name",
+                format!("\"{rule_name}\" is not an EventBridge rule name (up to 64 of A-Z a-z 0-9 . - _)"),
+            ));
+        }
+        let max_receive_count = self.max_receive_count.unwrap_or(5);
+        if !(1..=1000).contains(&max_receive_count) {
+            return Err(invalid(
+                "provision.max_receive_count",
+                "must be between 1 and 1000",
+            ));
+        }
+        Ok(ProvisionConfig {
+            queue_name,
+            dead_letter_queue_name,
+            rule_name,
+            max_receive_count,
+        })
     }
 }
 
@@ -428,6 +520,7 @@ impl RawApp {
             pin_digest: self.pin_digest.unwrap_or(false),
             deploy_foreign_builds: self.deploy_foreign_builds.unwrap_or(false),
             rollout_timeout: Duration::from_secs(rollout),
+            slack_users: self.slack_users,
             name,
         })
     }
@@ -558,4 +651,91 @@ ecr_repository = "web"
         let printed = format!("{s:?}");
         assert!(!printed.contains("old-secret") && !printed.contains("new-secret"));
     }
+}
+
+/// Environment variable holding the ops API tokens: `token` or `label:token`, comma-separated.
+pub const OPS_TOKENS_ENV: &str = "SLIPWAY_OPS_TOKENS";
+
+/// The ops API's bearer tokens. Empty means the ops API is disabled (never open).
+#[derive(Clone, Default)]
+pub struct OpsTokens(Vec<(String, [u8; 32])>);
+
+impl fmt::Debug for OpsTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let labels: Vec<&str> = self.0.iter().map(|(l, _)| l.as_str()).collect();
+        f.debug_struct("OpsTokens").field("labels", &labels).finish()
+    }
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token).into()
+}
+
+impl OpsTokens {
+    pub fn parse(value: Option<&str>) -> Result<OpsTokens, ConfigError> {
+        let mut tokens = Vec::new();
+        for entry in value.unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (label, token) = match entry.split_once(':') {
+                Some((label, token)) => (label.trim(), token.trim()),
+                None => ("ops", entry),
+            };
+            if label.is_empty() || token.len() < 16 {
+                return Err(ConfigError::Secret(format!(
+                    "{OPS_TOKENS_ENV}: every entry must be `token` or `label:token`, with tokens of at least 16 characters (entry {} is not)",
+                    tokens.len() + 1
+                )));
+            }
+            tokens.push((label.to_owned(), digest(token.as_bytes())));
+        }
+        Ok(OpsTokens(tokens))
+    }
+
+    pub fn from_env() -> Result<OpsTokens, ConfigError> {
+        Self::parse(std::env::var(OPS_TOKENS_ENV).ok().as_deref())
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The label of the token that matches, compared in constant time against every token.
+    pub fn check(&self, presented: &str) -> Option<String> {
+        use subtle::ConstantTimeEq;
+        let presented = digest(presented.as_bytes());
+        let mut found = None;
+        for (label, token) in &self.0 {
+            if bool::from(token.ct_eq(&presented)) {
+                found = Some(label.clone());
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod ops_token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_labels_and_are_compared_whole() {
+        let t = OpsTokens::parse(Some("alice:aaaaaaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbbbb")).unwrap();
+        assert_eq!(t.check("aaaaaaaaaaaaaaaaaaaa").as_deref(), Some("alice"));
+        assert_eq!(t.check("bbbbbbbbbbbbbbbbbbbb").as_deref(), Some("ops"));
+        assert_eq!(t.check("aaaaaaaaaaaaaaaaaaa"), None);
+        assert!(!format!("{t:?}").contains("aaaa"));
+        assert!(!OpsTokens::parse(None).unwrap().is_enabled());
+        assert!(OpsTokens::parse(Some("short")).is_err());
+    }
+}
+
+/// Environment variable holding Slack's signing secret for the slash command.
+pub const SLACK_SIGNING_SECRET_ENV: &str = "SLIPWAY_SLACK_SIGNING_SECRET";
+
+/// Slack's signing secret, if the slash command is enabled.
+pub fn slack_signing_secret_from_env() -> Option<Secret> {
+    std::env::var(SLACK_SIGNING_SECRET_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Secret::new(s.trim()))
 }

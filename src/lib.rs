@@ -4,9 +4,11 @@
 //! `webhook` (intake) → `journal` (durable state) → `build` (StartBuild worker) →
 //! `events` (CodeBuild completion via SQS) → `deploy` (task definition swap, rollout watch).
 
+pub mod api;
 pub mod aws;
 pub mod build;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod deploy;
@@ -15,5 +17,6 @@ pub mod ids;
 pub mod image;
 pub mod journal;
 pub mod notify;
+pub mod ops;
 pub mod server;
 pub mod webhook;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aws::Clients;
 use crate::build::BuildStarter;
 use crate::clock::SharedClock;
-use crate::config::{Config, ServerLimits, WebhookSecrets};
+use crate::config::{Config, OpsTokens, ServerLimits, WebhookSecrets};
 use crate::deploy::Deployer;
 use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
@@ -37,6 +37,10 @@ pub struct AppState {
     pub clock: SharedClock,
     pub build_wake: Arc<Notify>,
     pub limits: ServerLimits,
+    pub ops: crate::ops::Ops,
+    pub ops_tokens: Arc<OpsTokens>,
+    /// Slack's signing secret; None disables `/chat/slack`.
+    pub slack_secret: Option<Arc<crate::config::Secret>>,
 }
 
 /// Everything `run` needs from outside.
@@ -47,6 +51,8 @@ pub struct Services {
     pub clock: SharedClock,
     pub aws: Clients,
     pub notifier: Notifier,
+    pub ops_tokens: OpsTokens,
+    pub slack_secret: Option<crate::config::Secret>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -54,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/github", post(crate::webhook::handle))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::api::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -95,6 +102,8 @@ pub async fn run(
         clock,
         aws,
         notifier,
+        ops_tokens,
+        slack_secret,
     } = services;
     let config = Arc::new(config);
     let limits = config.server.clone();
@@ -148,6 +157,17 @@ pub async fn run(
         .run(workers.clone()),
     );
 
+    let ops = crate::ops::Ops {
+        config: config.clone(),
+        journal: journal.clone(),
+        aws: aws.clone(),
+        clock: clock.clone(),
+        build_wake: build_wake.clone(),
+        deploy_wake: deploy_wake.clone(),
+    };
+    if !ops_tokens.is_enabled() {
+        tracing::info!("the ops API is disabled (SLIPWAY_OPS_TOKENS is not set)");
+    }
     let state = AppState {
         config,
         secrets: Arc::new(secrets),
@@ -155,6 +175,9 @@ pub async fn run(
         clock,
         build_wake,
         limits: limits.clone(),
+        ops,
+        ops_tokens: Arc::new(ops_tokens),
+        slack_secret: slack_secret.map(Arc::new),
     };
     let app = router(state);
 

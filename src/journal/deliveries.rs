@@ -1,7 +1,7 @@
 //! Deliveries (what reached the webhook) and the builds they asked for.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Journal, JournalError};
@@ -108,7 +108,7 @@ pub struct PendingBuild {
 }
 
 /// One line of `slipway deliveries`: a delivery and, if it asked for one, a build.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliverySummary {
     pub row: i64,
     pub received_at: String,
@@ -434,6 +434,102 @@ impl Journal {
                         deploy_state: r.get(13)?,
                     })
                 })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+/// A delivery as stored, with its payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRecord {
+    pub row: i64,
+    pub delivery: String,
+    pub hook_id: String,
+    pub event: String,
+    pub source: String,
+    pub actor: Option<String>,
+    pub replay_of: Option<i64>,
+    pub received_at: String,
+    pub content_type: String,
+    pub headers: serde_json::Value,
+    pub outcome: String,
+    pub reason: Option<String>,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+impl Journal {
+    /// A delivery by journal row (digits) or by GitHub delivery id (the newest with that id).
+    pub async fn delivery(&self, id: &str) -> Result<Option<DeliveryRecord>, JournalError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let by_row = id.parse::<i64>().ok();
+            let rec = c
+                .query_row(
+                    "SELECT id, delivery_id, hook_id, event, source, actor, replay_of, received_ms,
+                            content_type, headers, outcome, reason, body
+                     FROM deliveries WHERE id = ?1 OR delivery_id = ?2
+                     ORDER BY (id = ?1) DESC, id DESC LIMIT 1",
+                    params![by_row.unwrap_or(-1), id],
+                    |r| {
+                        Ok(DeliveryRecord {
+                            row: r.get(0)?,
+                            delivery: r.get(1)?,
+                            hook_id: r.get(2)?,
+                            event: r.get(3)?,
+                            source: r.get(4)?,
+                            actor: r.get(5)?,
+                            replay_of: r.get(6)?,
+                            received_at: super::format_millis(r.get(7)?),
+                            content_type: r.get(8)?,
+                            headers: serde_json::from_str(&r.get::<_, String>(9)?)
+                                .unwrap_or(serde_json::Value::Null),
+                            outcome: r.get(10)?,
+                            reason: r.get(11)?,
+                            body: r.get(12)?,
+                        })
+                    },
+                )
+                .optional()?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Deliveries (newest first, one line per build), filtered by app and by state (a build
+    /// state, a deploy state or a delivery outcome).
+    pub async fn find_deliveries(
+        &self,
+        app: Option<String>,
+        state: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<DeliverySummary>, JournalError> {
+        let rows = self.recent_deliveries(limit.saturating_mul(20).max(1000)).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| app.is_none() || r.app == app)
+            .filter(|r| match &state {
+                None => true,
+                Some(s) => {
+                    r.state.as_ref() == Some(s) || r.deploy_state.as_ref() == Some(s) || &r.outcome == s
+                }
+            })
+            .take(limit as usize)
+            .collect())
+    }
+
+    /// Full commit SHAs of `app` in the journal that start with `prefix`.
+    pub async fn shas_with_prefix(&self, app: &str, prefix: &str) -> Result<Vec<String>, JournalError> {
+        let (app, pattern) = (app.to_owned(), format!("{}%", prefix.to_ascii_lowercase()));
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT sha FROM builds WHERE app = ?1 AND sha LIKE ?2
+                 UNION SELECT sha FROM deployments WHERE app = ?1 AND sha LIKE ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![app, pattern], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })

@@ -1,7 +1,7 @@
 //! Deployments: one record per deploy of a commit (or a rollback) to an ECS service.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{build_state, Journal, JournalError};
 
@@ -27,7 +27,7 @@ pub mod trigger {
     pub const ROLLBACK: &str = "rollback";
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deployment {
     pub id: i64,
     pub app: String,
@@ -457,6 +457,40 @@ impl Journal {
                         app: r.get(2)?,
                     })
                 })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+impl Journal {
+    /// Succeeded deployments of `app`, newest first.
+    pub async fn successful_deployments(&self, app: &str) -> Result<Vec<Deployment>, JournalError> {
+        let app = app.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deployments WHERE app = ?1 AND state = ?2
+                 AND to_task_definition IS NOT NULL ORDER BY id DESC LIMIT 100"
+            ))?;
+            let rows = stmt
+                .query_map(params![app, deploy_state::SUCCEEDED], from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Deployments that came from the builds of one delivery key.
+    pub async fn deployments_of_delivery(&self, delivery_row: i64) -> Result<Vec<Deployment>, JournalError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deployments WHERE build_row IN
+                   (SELECT b.id FROM builds b JOIN deliveries d ON d.dedup_key = b.dedup_key
+                    WHERE d.id = ?1) ORDER BY id"
+            ))?;
+            let rows = stmt
+                .query_map([delivery_row], from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
