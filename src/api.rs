@@ -40,9 +40,10 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
         }
         response
     }
@@ -266,7 +267,11 @@ async fn replay(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let replayed = state.ops.replay(&id, &who).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted", "replay": replayed }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "accepted", "replay": replayed })),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -289,7 +294,11 @@ async fn replay_payload(
     let body: ReplayPayload = parse(&body)?;
     let payload = serde_json::to_vec(&body.payload).expect("serializable");
     let replayed = state.ops.replay_payload(&body.event, payload, &who).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted", "replay": replayed }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "accepted", "replay": replayed })),
+    )
+        .into_response())
 }
 
 async fn deployments(
@@ -313,7 +322,11 @@ async fn deployment(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id: i64 = id.parse().map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("\"{id}\" is not a deployment id"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("\"{id}\" is not a deployment id"),
+        )
     })?;
     Ok(Json(state.ops.deployment(id).await?))
 }

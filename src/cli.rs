@@ -133,6 +133,17 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Create or update slipway's queue and EventBridge rule; check the apps' AWS resources.
+    Provision {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Change nothing; report what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn init_tracing(format: LogFormat) {
@@ -210,7 +221,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = Client::new(&server.server)?;
             let v = client
-                .post(&format!("/api/apps/{app}/deploy"), &serde_json::json!({ "sha": sha }))
+                .post(
+                    &format!("/api/apps/{app}/deploy"),
+                    &serde_json::json!({ "sha": sha }),
+                )
                 .await?;
             follow(&client, &v, wait).await
         }
@@ -222,7 +236,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = Client::new(&server.server)?;
             let v = client
-                .post(&format!("/api/apps/{app}/rollback"), &serde_json::json!({ "to": to }))
+                .post(
+                    &format!("/api/apps/{app}/rollback"),
+                    &serde_json::json!({ "to": to }),
+                )
                 .await?;
             follow(&client, &v, wait).await
         }
@@ -234,22 +251,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = Client::new(&server.server)?;
             let v = match (delivery, file) {
-                (Some(id), _) => client.post(&format!("/api/deliveries/{id}/replay"), &serde_json::json!({})).await?,
+                (Some(id), _) => {
+                    client
+                        .post(
+                            &format!("/api/deliveries/{id}/replay"),
+                            &serde_json::json!({}),
+                        )
+                        .await?
+                }
                 (None, Some(file)) => {
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("reading {}", file.display()))?;
                     let payload: serde_json::Value = serde_json::from_str(&text)
                         .with_context(|| format!("{} is not JSON", file.display()))?;
                     client
-                        .post("/api/replay", &serde_json::json!({ "event": event, "payload": payload }))
+                        .post(
+                            "/api/replay",
+                            &serde_json::json!({ "event": event, "payload": payload }),
+                        )
                         .await?
                 }
                 (None, None) => anyhow::bail!("give a delivery id or --file"),
             };
             let r = &v["replay"];
-            println!("replay accepted as delivery {}", r["delivery"].as_str().unwrap_or("?"));
+            println!(
+                "replay accepted as delivery {}",
+                r["delivery"].as_str().unwrap_or("?")
+            );
             for b in r["builds"].as_array().into_iter().flatten() {
-                println!("  build of {} for {}", b["sha"].as_str().unwrap_or("?"), b["app"].as_str().unwrap_or("?"));
+                println!(
+                    "  build of {} for {}",
+                    b["sha"].as_str().unwrap_or("?"),
+                    b["app"].as_str().unwrap_or("?")
+                );
             }
             Ok(())
         }
@@ -267,6 +301,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Provision {
+            config,
+            dry_run,
+            json,
+        } => crate::provision::command(&config.config, dry_run, json).await,
     }
 }
 
@@ -451,7 +490,10 @@ fn print_status(v: &serde_json::Value, json: bool) {
             let last = &a["last_deployment"];
             [
                 text(&a["app"]),
-                a["commit"].as_str().map(|s| s.chars().take(7).collect()).unwrap_or_else(|| "-".into()),
+                a["commit"]
+                    .as_str()
+                    .map(|s| s.chars().take(7).collect())
+                    .unwrap_or_else(|| "-".into()),
                 revision(&a["task_definition"].as_str().map(str::to_owned)),
                 text(&a["image"]),
                 match last["id"].as_i64() {
@@ -462,5 +504,15 @@ fn print_status(v: &serde_json::Value, json: bool) {
             ]
         })
         .collect();
-    print_table(&["APP", "COMMIT", "TASK DEFINITION", "IMAGE", "LAST DEPLOY", "ERROR"], &rows);
+    print_table(
+        &[
+            "APP",
+            "COMMIT",
+            "TASK DEFINITION",
+            "IMAGE",
+            "LAST DEPLOY",
+            "ERROR",
+        ],
+        &rows,
+    );
 }

@@ -111,7 +111,9 @@ pub fn progress_line(d: &Value) -> String {
         d["app"].as_str().unwrap_or("?"),
         d["state"].as_str().unwrap_or("?")
     );
-    if let (Some(running), Some(desired)) = (d["running_count"].as_i64(), d["desired_count"].as_i64()) {
+    if let (Some(running), Some(desired)) =
+        (d["running_count"].as_i64(), d["desired_count"].as_i64())
+    {
         line.push_str(&format!(
             ", {running}/{desired} tasks running, {} failed",
             d["failed_tasks"].as_i64().unwrap_or(0)

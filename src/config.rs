@@ -397,7 +397,9 @@ impl RawProvision {
             } else {
                 Err(invalid(
                     key,
-                    format!("\"{name}\" is not a standard SQS queue name (up to 80 of A-Z a-z 0-9 - _)"),
+                    format!(
+                        "\"{name}\" is not a standard SQS queue name (up to 80 of A-Z a-z 0-9 - _)"
+                    ),
                 ))
             }
         };
@@ -418,8 +420,7 @@ impl RawProvision {
         }
         let rule_name = non_empty(
             "provision.rule_name".into(),
-            self.rule_name
-                .unwrap_or_else(|| "slipway-codebuild".into()),
+            self.rule_name.unwrap_or_else(|| "slipway-codebuild".into()),
         )?;
         let rule_ok = rule_name.len() <= 64
             && rule_name
@@ -663,7 +664,9 @@ pub struct OpsTokens(Vec<(String, [u8; 32])>);
 impl fmt::Debug for OpsTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let labels: Vec<&str> = self.0.iter().map(|(l, _)| l.as_str()).collect();
-        f.debug_struct("OpsTokens").field("labels", &labels).finish()
+        f.debug_struct("OpsTokens")
+            .field("labels", &labels)
+            .finish()
     }
 }
 
@@ -675,7 +678,12 @@ fn digest(token: &[u8]) -> [u8; 32] {
 impl OpsTokens {
     pub fn parse(value: Option<&str>) -> Result<OpsTokens, ConfigError> {
         let mut tokens = Vec::new();
-        for entry in value.unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in value
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
             let (label, token) = match entry.split_once(':') {
                 Some((label, token)) => (label.trim(), token.trim()),
                 None => ("ops", entry),

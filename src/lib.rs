@@ -7,6 +7,7 @@
 pub mod api;
 pub mod aws;
 pub mod build;
+pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -18,5 +19,6 @@ pub mod image;
 pub mod journal;
 pub mod notify;
 pub mod ops;
+pub mod provision;
 pub mod server;
 pub mod webhook;

@@ -14,8 +14,8 @@ use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
 use crate::ids::{CommitSha, DeliveryId, HookId};
 use crate::journal::{
-    deploy_state, millis, trigger, Admission, Deployment, Journal, JournalError, NewDeployment,
-    NewDelivery, Source, Verdict,
+    deploy_state, millis, trigger, Admission, Deployment, Journal, JournalError, NewDelivery,
+    NewDeployment, Source, Verdict,
 };
 use crate::webhook::{decide, ContentType};
 
@@ -126,7 +126,11 @@ impl Ops {
             let e = AwsError::from_sdk("ECR DescribeImages", &e);
             return Err(match e.code.as_deref() {
                 Some("ImageNotFoundException") | Some("RepositoryNotFoundException") => {
-                    OpsError::NoImage(format!("no image for {} in {}", full.short(), app.ecr_repository))
+                    OpsError::NoImage(format!(
+                        "no image for {} in {}",
+                        full.short(),
+                        app.ecr_repository
+                    ))
                 }
                 _ => e.into(),
             });
@@ -162,14 +166,20 @@ impl Ops {
         if sha.len() == 40 {
             return CommitSha::parse(sha).map_err(|e| OpsError::BadRequest(e.0));
         }
-        let mut candidates = self.journal.shas_with_prefix(app.name.as_str(), sha).await?;
+        let mut candidates = self
+            .journal
+            .shas_with_prefix(app.name.as_str(), sha)
+            .await?;
         if app.image_tag == "{sha}" {
             candidates.extend(self.ecr_tags_with_prefix(app, sha).await?);
         }
         candidates.sort();
         candidates.dedup();
         match candidates.as_slice() {
-            [] => Err(OpsError::NoImage(format!("no image for {sha} in {}", app.ecr_repository))),
+            [] => Err(OpsError::NoImage(format!(
+                "no image for {sha} in {}",
+                app.ecr_repository
+            ))),
             [one] => CommitSha::parse(one).map_err(|e| OpsError::BadRequest(e.0)),
             many => Err(OpsError::Conflict(format!(
                 "{sha} is ambiguous: {}",
@@ -178,14 +188,22 @@ impl Ops {
         }
     }
 
-    async fn ecr_tags_with_prefix(&self, app: &AppConfig, prefix: &str) -> Result<Vec<String>, OpsError> {
+    async fn ecr_tags_with_prefix(
+        &self,
+        app: &AppConfig,
+        prefix: &str,
+    ) -> Result<Vec<String>, OpsError> {
         let mut found = Vec::new();
         let mut pages = self
             .aws
             .ecr
             .list_images()
             .repository_name(&app.ecr_repository)
-            .filter(ListImagesFilter::builder().tag_status(TagStatus::Tagged).build())
+            .filter(
+                ListImagesFilter::builder()
+                    .tag_status(TagStatus::Tagged)
+                    .build(),
+            )
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
@@ -213,16 +231,26 @@ impl Ops {
     /// Puts back the task definition of an earlier successful deployment: by default the
     /// newest one that is not what the service runs now; or the one `to` names (a deployment
     /// id or a commit SHA).
-    pub async fn rollback(&self, app: &str, to: Option<&str>, actor: &str) -> Result<i64, OpsError> {
+    pub async fn rollback(
+        &self,
+        app: &str,
+        to: Option<&str>,
+        actor: &str,
+    ) -> Result<i64, OpsError> {
         let app = self.app(app)?.clone();
-        let candidates = self.journal.successful_deployments(app.name.as_str()).await?;
+        let candidates = self
+            .journal
+            .successful_deployments(app.name.as_str())
+            .await?;
         let target = match to.map(str::trim).filter(|t| !t.is_empty()) {
             Some(to) => {
                 let by_id = to.parse::<i64>().ok();
                 let lower = to.to_ascii_lowercase();
                 candidates
                     .into_iter()
-                    .find(|d| Some(d.id) == by_id || (lower.len() >= 7 && d.sha.starts_with(&lower)))
+                    .find(|d| {
+                        Some(d.id) == by_id || (lower.len() >= 7 && d.sha.starts_with(&lower))
+                    })
                     .ok_or_else(|| {
                         OpsError::Conflict(format!(
                             "nothing to roll back to: no successful deployment of {} matches {to}",
@@ -342,7 +370,9 @@ impl Ops {
                     .and_then(|c| c.image())
                     .map(str::to_owned);
             }
-            Err(e) => status.error = Some(AwsError::from_sdk("ECS DescribeTaskDefinition", &e).message),
+            Err(e) => {
+                status.error = Some(AwsError::from_sdk("ECS DescribeTaskDefinition", &e).message)
+            }
         }
         // The commit: the newest successful deployment that put this task definition there.
         if let Ok(done) = self.journal.successful_deployments(app.name.as_str()).await {
@@ -362,9 +392,16 @@ impl Ops {
             .delivery(id)
             .await?
             .ok_or_else(|| OpsError::NotFound(format!("no delivery {id}")))?;
-        let content_type = ContentType::from_header(Some(&original.content_type)).unwrap_or(ContentType::Json);
-        self.admit_replay(original.event, content_type, original.body, Some(original.row), actor)
-            .await
+        let content_type =
+            ContentType::from_header(Some(&original.content_type)).unwrap_or(ContentType::Json);
+        self.admit_replay(
+            original.event,
+            content_type,
+            original.body,
+            Some(original.row),
+            actor,
+        )
+        .await
     }
 
     /// Submits a payload saved by hand (e.g. from GitHub's Recent Deliveries page).
@@ -375,7 +412,9 @@ impl Ops {
         actor: &str,
     ) -> Result<Replayed, OpsError> {
         if event.is_empty() || event.len() > 64 {
-            return Err(OpsError::BadRequest("event must be a GitHub event name".into()));
+            return Err(OpsError::BadRequest(
+                "event must be a GitHub event name".into(),
+            ));
         }
         self.admit_replay(event.to_owned(), ContentType::Json, payload, None, actor)
             .await
@@ -396,7 +435,9 @@ impl Ops {
                 return Err(OpsError::Conflict(format!("it would be ignored: {reason}")))
             }
             Verdict::Rejected(reason) => {
-                return Err(OpsError::Conflict(format!("it would be rejected: {reason}")))
+                return Err(OpsError::Conflict(format!(
+                    "it would be rejected: {reason}"
+                )))
             }
             Verdict::Pong => {
                 return Err(OpsError::Conflict("it is a ping: nothing to build".into()))

@@ -58,6 +58,7 @@ pub struct Services {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/github", post(crate::webhook::handle))
+        .route("/chat/slack", post(crate::chat::slack))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(crate::api::routes())

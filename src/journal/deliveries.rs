@@ -506,14 +506,18 @@ impl Journal {
         state: Option<String>,
         limit: u32,
     ) -> Result<Vec<DeliverySummary>, JournalError> {
-        let rows = self.recent_deliveries(limit.saturating_mul(20).max(1000)).await?;
+        let rows = self
+            .recent_deliveries(limit.saturating_mul(20).max(1000))
+            .await?;
         Ok(rows
             .into_iter()
             .filter(|r| app.is_none() || r.app == app)
             .filter(|r| match &state {
                 None => true,
                 Some(s) => {
-                    r.state.as_ref() == Some(s) || r.deploy_state.as_ref() == Some(s) || &r.outcome == s
+                    r.state.as_ref() == Some(s)
+                        || r.deploy_state.as_ref() == Some(s)
+                        || &r.outcome == s
                 }
             })
             .take(limit as usize)
@@ -521,7 +525,11 @@ impl Journal {
     }
 
     /// Full commit SHAs of `app` in the journal that start with `prefix`.
-    pub async fn shas_with_prefix(&self, app: &str, prefix: &str) -> Result<Vec<String>, JournalError> {
+    pub async fn shas_with_prefix(
+        &self,
+        app: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, JournalError> {
         let (app, pattern) = (app.to_owned(), format!("{}%", prefix.to_ascii_lowercase()));
         self.read(move |c| {
             let mut stmt = c.prepare_cached(

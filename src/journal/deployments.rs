@@ -482,7 +482,10 @@ impl Journal {
     }
 
     /// Deployments that came from the builds of one delivery key.
-    pub async fn deployments_of_delivery(&self, delivery_row: i64) -> Result<Vec<Deployment>, JournalError> {
+    pub async fn deployments_of_delivery(
+        &self,
+        delivery_row: i64,
+    ) -> Result<Vec<Deployment>, JournalError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM deployments WHERE build_row IN

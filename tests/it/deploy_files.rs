@@ -27,6 +27,7 @@ const RUN_ACTIONS: &[&str] = &[
     "sqs:GetQueueUrl",
     "ecr:DescribeImages",
     "ecr:DescribeRepositories",
+    "ecr:ListImages",
     "ecs:DescribeClusters",
     "ecs:DescribeServices",
     "ecs:DescribeTaskDefinition",

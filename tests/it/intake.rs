@@ -614,3 +614,38 @@ async fn one_push_feeds_every_app_of_its_repository() {
         "PLAINTEXT".into()
     )));
 }
+
+#[tokio::test]
+async fn killed_after_codebuild_started_the_build_but_before_the_answer_no_second_build() {
+    let w = world().await;
+    // CodeBuild starts the build, but slipway dies before it hears so.
+    w.proxy.script(
+        "StartBuild",
+        [Fault::DelayAnswer(std::time::Duration::from_secs(600))],
+    );
+    let builder = SlipwayBuilder::new(&w.proxy.url);
+    let mut s = builder.start().await;
+    assert_eq!(
+        s.deliver("push", "lost-answer", &fixture("github/push_master.json"))
+            .await
+            .status,
+        202
+    );
+    started_builds(&w, 1).await;
+    s.kill();
+    assert_eq!(builder.deliveries()[0]["state"], "pending");
+
+    let s = builder.start().await;
+    let row = delivery_state(&s.builder, "lost-answer", "build_started").await;
+    let builds = w.emulator.builds("web-build").await;
+    assert_eq!(
+        builds.len(),
+        1,
+        "the restart found the build instead of starting another"
+    );
+    assert_eq!(row["build_id"].as_str(), builds[0].id());
+    assert_eq!(w.proxy.requests("StartBuild").len(), 1);
+    assert!(s
+        .logs()
+        .contains("found the build a previous attempt started"));
+}

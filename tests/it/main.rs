@@ -4,7 +4,11 @@
 
 mod support;
 
+mod chat;
 mod deploy;
 mod deploy_files;
+mod iam_policy;
 mod intake;
+mod ops;
+mod provision;
 mod proxy_selftest;

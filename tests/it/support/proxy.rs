@@ -69,6 +69,9 @@ pub enum Fault {
     Error { status: u16, code: String },
     /// Wait, then forward.
     Delay(Duration),
+    /// Forward (AWS acts on the request), then wait before answering: the caller may die
+    /// before it hears the answer.
+    DelayAnswer(Duration),
 }
 
 /// What happens to the deployment started by one `UpdateService`.
@@ -166,6 +169,12 @@ struct State {
     rollouts: VecDeque<Rollout>,
     /// Keyed by `cluster/service` (names, not ARNs).
     overlays: HashMap<String, ServiceOverlay>,
+    /// `deploymentConfiguration` as last set by CreateService / UpdateService: the emulator
+    /// drops it (and with it the circuit breaker), so the proxy answers with it.
+    deployment_configs: HashMap<String, Value>,
+    /// StartBuild's environment overrides by build id: the emulator drops them, AWS shows
+    /// them in the build's environment.
+    build_env: HashMap<String, Value>,
 }
 
 #[derive(Clone)]
@@ -750,6 +759,7 @@ async fn handle(
         });
         s.upstream.clone()
     };
+    let mut delay_answer = None;
     match next_fault(&state, &operation) {
         Some(Fault::Error { status, code }) => {
             let payload =
@@ -762,6 +772,7 @@ async fn handle(
                 .unwrap();
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::DelayAnswer(d)) => delay_answer = Some(d),
         None => {}
     }
     let ctx = Ctx {
@@ -802,6 +813,20 @@ async fn handle(
                 .await;
         }
     }
+    if is_ecs && (operation == "CreateService" || operation == "UpdateService") {
+        if let Some(config) = request.get("deploymentConfiguration") {
+            let name = request["serviceName"]
+                .as_str()
+                .or(request["service"].as_str())
+                .unwrap_or("");
+            let key = service_key(request["cluster"].as_str(), name);
+            ctx.state
+                .lock()
+                .unwrap()
+                .deployment_configs
+                .insert(key, config.clone());
+        }
+    }
     let baseline = if is_ecs && operation == "UpdateService" && starts_deployment(&request) {
         let cluster = request["cluster"].as_str();
         let service = request["service"].as_str().unwrap_or("");
@@ -825,13 +850,46 @@ async fn handle(
     if path_and_query.starts_with("/moto-api/reset") && answer.status.is_success() {
         ctx.state.lock().unwrap().overlays.clear();
     }
+    if target.starts_with("CodeBuild_") {
+        // What AWS did is recorded before the answer is held back.
+        let response = codebuild_answer(&ctx.state, &operation, &request, answer);
+        if let Some(d) = delay_answer {
+            tokio::time::sleep(d).await;
+        }
+        return response;
+    }
+    if let Some(d) = delay_answer {
+        tokio::time::sleep(d).await;
+    }
     if !is_ecs {
         return answer.into_response();
     }
     let Some(mut out) = answer.json() else {
         return answer.into_response();
     };
+    {
+        let s = ctx.state.lock().unwrap();
+        let fill = |service: &mut Value| {
+            let key = service_key(
+                service["clusterArn"].as_str(),
+                service["serviceName"].as_str().unwrap_or(""),
+            );
+            if let Some(config) = s.deployment_configs.get(&key) {
+                service["deploymentConfiguration"] = config.clone();
+            }
+        };
+        match operation.as_str() {
+            "CreateService" | "UpdateService" => fill(&mut out["service"]),
+            "DescribeServices" => out["services"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .for_each(fill),
+            _ => {}
+        }
+    }
     match operation.as_str() {
+        "CreateService" => {}
         "UpdateService" => {
             let key = service_key(
                 request["cluster"].as_str(),
@@ -922,6 +980,40 @@ async fn handle(
         }
         _ => return answer.into_response(),
     }
+    answer.with_body(&out)
+}
+
+/// Puts StartBuild's environment overrides into the builds CodeBuild describes, as AWS does.
+fn codebuild_answer(
+    state: &Mutex<State>,
+    operation: &str,
+    request: &Value,
+    answer: Answer,
+) -> Response<Full<Bytes>> {
+    let Some(mut out) = answer.json() else {
+        return answer.into_response();
+    };
+    let mut s = state.lock().unwrap();
+    let builds: Vec<&mut Value> = match operation {
+        "StartBuild" => {
+            if let (Some(id), Some(env)) = (
+                out["build"]["id"].as_str(),
+                request.get("environmentVariablesOverride"),
+            ) {
+                s.build_env.insert(id.to_owned(), env.clone());
+            }
+            vec![&mut out["build"]]
+        }
+        "BatchGetBuilds" => out["builds"].as_array_mut().into_iter().flatten().collect(),
+        _ => return answer.into_response(),
+    };
+    for build in builds {
+        let id = build["id"].as_str().unwrap_or("").to_owned();
+        if let Some(env) = s.build_env.get(&id) {
+            build["environment"]["environmentVariables"] = env.clone();
+        }
+    }
+    drop(s);
     answer.with_body(&out)
 }
 

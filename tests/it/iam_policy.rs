@@ -1,0 +1,576 @@
+//! Issue: the IAM policy in `deploy/iam-policy.json` grants every AWS call the code makes.
+//!
+//! The source under `src/` is scanned for SDK calls (`self.ecs.describe_services()`,
+//! `aws.sqs\n    .receive_message()`, …): a `.method()` with empty parentheses whose name is an
+//! operation of one of the five SDK clients. The operations, and their IAM action names, come
+//! from the SDK crates themselves (`src/operation/*.rs` of the versions in `Cargo.lock`); a
+//! hand-written map is the fallback when the crates' sources cannot be found, and then any
+//! `.xxx()` on a client variable the map does not know fails the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// An SDK client slipway uses: crate, IAM service prefix, names of variables holding it.
+struct Client {
+    krate: &'static str,
+    prefix: &'static str,
+    receivers: &'static [&'static str],
+}
+
+const CLIENTS: &[Client] = &[
+    Client {
+        krate: "aws-sdk-codebuild",
+        prefix: "codebuild",
+        receivers: &["codebuild"],
+    },
+    Client {
+        krate: "aws-sdk-ecs",
+        prefix: "ecs",
+        receivers: &["ecs"],
+    },
+    Client {
+        krate: "aws-sdk-ecr",
+        prefix: "ecr",
+        receivers: &["ecr"],
+    },
+    Client {
+        krate: "aws-sdk-sqs",
+        prefix: "sqs",
+        receivers: &["sqs"],
+    },
+    Client {
+        krate: "aws-sdk-eventbridge",
+        prefix: "events",
+        receivers: &["events", "eventbridge"],
+    },
+];
+
+/// Methods of a client (or of a field that happens to share a client's name) that are not
+/// AWS calls.
+const NOT_OPERATIONS: &[&str] = &[
+    "clone", "config", "as_ref", "to_owned", "iter", "len", "is_empty",
+];
+
+/// The fallback: snake_case SDK method → IAM action.
+const HAND_MAP: &[(&str, &str)] = &[
+    ("start_build", "codebuild:StartBuild"),
+    ("stop_build", "codebuild:StopBuild"),
+    ("batch_get_builds", "codebuild:BatchGetBuilds"),
+    ("list_builds_for_project", "codebuild:ListBuildsForProject"),
+    ("batch_get_projects", "codebuild:BatchGetProjects"),
+    ("describe_images", "ecr:DescribeImages"),
+    ("list_images", "ecr:ListImages"),
+    ("describe_repositories", "ecr:DescribeRepositories"),
+    ("batch_get_image", "ecr:BatchGetImage"),
+    ("describe_clusters", "ecs:DescribeClusters"),
+    ("describe_services", "ecs:DescribeServices"),
+    ("describe_task_definition", "ecs:DescribeTaskDefinition"),
+    ("register_task_definition", "ecs:RegisterTaskDefinition"),
+    ("update_service", "ecs:UpdateService"),
+    ("list_services", "ecs:ListServices"),
+    ("list_tasks", "ecs:ListTasks"),
+    ("describe_tasks", "ecs:DescribeTasks"),
+    ("list_service_deployments", "ecs:ListServiceDeployments"),
+    (
+        "describe_service_deployments",
+        "ecs:DescribeServiceDeployments",
+    ),
+    ("receive_message", "sqs:ReceiveMessage"),
+    ("delete_message", "sqs:DeleteMessage"),
+    ("change_message_visibility", "sqs:ChangeMessageVisibility"),
+    ("send_message", "sqs:SendMessage"),
+    ("get_queue_attributes", "sqs:GetQueueAttributes"),
+    ("get_queue_url", "sqs:GetQueueUrl"),
+    ("create_queue", "sqs:CreateQueue"),
+    ("set_queue_attributes", "sqs:SetQueueAttributes"),
+    ("list_queues", "sqs:ListQueues"),
+    ("put_rule", "events:PutRule"),
+    ("put_targets", "events:PutTargets"),
+    ("remove_targets", "events:RemoveTargets"),
+    ("describe_rule", "events:DescribeRule"),
+    ("list_rules", "events:ListRules"),
+    ("list_targets_by_rule", "events:ListTargetsByRule"),
+    ("put_events", "events:PutEvents"),
+];
+
+/// Operations per IAM prefix: snake_case method → action (`ecs:DescribeServices`).
+type Operations = BTreeMap<&'static str, BTreeMap<String, String>>;
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The version of `krate` in Cargo.lock.
+fn locked_version(krate: &str) -> Option<String> {
+    let lock = std::fs::read_to_string(manifest_dir().join("Cargo.lock")).ok()?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == format!("name = \"{krate}\"") {
+            let version = lines.next()?.trim();
+            return version
+                .strip_prefix("version = \"")
+                .and_then(|v| v.strip_suffix('"'))
+                .map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// `src/operation` of the locked version of `krate` in cargo's registry.
+fn operation_dir(krate: &str) -> Option<PathBuf> {
+    let version = locked_version(krate)?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_HOME").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+    let registries = std::fs::read_dir(cargo_home.join("registry").join("src")).ok()?;
+    registries
+        .filter_map(Result::ok)
+        .map(|r| {
+            r.path()
+                .join(format!("{krate}-{version}"))
+                .join("src")
+                .join("operation")
+        })
+        .find(|p| p.is_dir())
+}
+
+/// The operations of `krate` from its sources: every `src/operation/<name>.rs` names its
+/// operation in `Metadata::new("<Operation>", "<service>")` (possibly across lines).
+fn sdk_operations(krate: &str, prefix: &str) -> Option<BTreeMap<String, String>> {
+    let dir = operation_dir(krate)?;
+    let mut ops = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).ok()?.filter_map(Result::ok) {
+        let path = entry.path();
+        let Some(module) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".rs"))
+        else {
+            continue;
+        };
+        if module == "mod" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        let marker = "Metadata::new(";
+        let after = &text[text.find(marker)? + marker.len()..];
+        let after = after.trim_start().strip_prefix('"')?;
+        let name = &after[..after.find('"')?];
+        ops.insert(module.to_owned(), format!("{prefix}:{name}"));
+    }
+    (ops.len() > 10).then_some(ops)
+}
+
+/// (operations, whether they came from the SDK crates).
+fn operations() -> (Operations, bool) {
+    let mut from_sdk = Operations::new();
+    for c in CLIENTS {
+        match sdk_operations(c.krate, c.prefix) {
+            Some(ops) => {
+                from_sdk.insert(c.prefix, ops);
+            }
+            None => break,
+        }
+    }
+    if from_sdk.len() == CLIENTS.len() {
+        return (from_sdk, true);
+    }
+    eprintln!("SDK sources not found in cargo's registry: using the hand-written operation map");
+    let mut hand = Operations::new();
+    for (method, action) in HAND_MAP {
+        let prefix = action.split(':').next().unwrap();
+        let prefix = CLIENTS.iter().find(|c| c.prefix == prefix).unwrap().prefix;
+        hand.entry(prefix)
+            .or_default()
+            .insert((*method).to_owned(), (*action).to_owned());
+    }
+    (hand, false)
+}
+
+/// An AWS call found in the source.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Call {
+    action: String,
+    at: String,
+}
+
+/// What the scan found: calls, and problems (calls it cannot attribute to an action).
+#[derive(Debug, Default)]
+struct Scan {
+    calls: Vec<Call>,
+    problems: Vec<String>,
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// The text without `//` comments (doc comments included), same lines.
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let mut in_string = false;
+            let bytes = line.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' if in_string => i += 1,
+                    b'"' => in_string = !in_string,
+                    b'/' if !in_string && bytes.get(i + 1) == Some(&b'/') => {
+                        return &line[..i];
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Finds `.method()` calls (whitespace and newlines allowed around the dot and inside the
+/// parentheses) and attributes them to a client's action.
+fn scan_text(file: &str, text: &str, ops: &Operations, strict: bool, scan: &mut Scan) {
+    let text = strip_comments(text);
+    let bytes = text.as_bytes();
+    let line_of = |pos: usize| text[..pos].bytes().filter(|b| *b == b'\n').count() + 1;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'.' || bytes.get(i + 1) == Some(&b'.') {
+            i += 1;
+            continue;
+        }
+        let dot = i;
+        i += 1;
+        let start = i;
+        while i < bytes.len() && is_ident(bytes[i]) {
+            i += 1;
+        }
+        if start == i || bytes[start].is_ascii_digit() {
+            continue;
+        }
+        let method = &text[start..i];
+        let mut j = i;
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if bytes.get(j) != Some(&b'(') {
+            continue;
+        }
+        j += 1;
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if bytes.get(j) != Some(&b')') {
+            continue;
+        }
+        // The receiver: the identifier right before the dot.
+        let mut k = dot;
+        while k > 0 && bytes[k - 1].is_ascii_whitespace() {
+            k -= 1;
+        }
+        let end = k;
+        while k > 0 && is_ident(bytes[k - 1]) {
+            k -= 1;
+        }
+        let receiver = &text[k..end];
+        let at = format!("{file}:{}", line_of(start));
+        let client = CLIENTS.iter().find(|c| c.receivers.contains(&receiver));
+        let owners: Vec<&str> = ops
+            .iter()
+            .filter(|(_, m)| m.contains_key(method))
+            .map(|(p, _)| *p)
+            .collect();
+        let prefix = match (client, owners.as_slice()) {
+            (Some(c), _) if ops[c.prefix].contains_key(method) => Some(c.prefix),
+            (Some(c), _) => {
+                if strict && !NOT_OPERATIONS.contains(&method) {
+                    scan.problems.push(format!(
+                        "{at}: .{receiver}.{method}() is not an operation the map knows for {}",
+                        c.krate
+                    ));
+                }
+                None
+            }
+            (None, []) => None,
+            (None, [one]) => Some(*one),
+            (None, many) => {
+                scan.problems.push(format!(
+                    "{at}: .{method}() on `{receiver}` could be {}: name the client variable \
+                     codebuild/ecs/ecr/sqs/events",
+                    many.join(" or ")
+                ));
+                None
+            }
+        };
+        if let Some(prefix) = prefix {
+            scan.calls.push(Call {
+                action: ops[prefix][method].clone(),
+                at,
+            });
+        }
+    }
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn scan_sources(ops: &Operations, strict: bool) -> Scan {
+    let root = manifest_dir();
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut scan = Scan::default();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.strip_prefix(&root).unwrap().display().to_string();
+        scan_text(&name, &text, ops, strict, &mut scan);
+    }
+    scan
+}
+
+/// `*` and `?` wildcards, case-insensitive (IAM action names are).
+fn glob(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+/// The actions the policy's `Allow` statements grant (patterns, as written).
+fn granted(policy: &Value) -> Vec<String> {
+    let statements = match &policy["Statement"] {
+        Value::Array(s) => s.clone(),
+        single @ Value::Object(_) => vec![single.clone()],
+        _ => vec![],
+    };
+    statements
+        .iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .flat_map(|s| match &s["Action"] {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+/// The required actions no statement grants.
+fn missing_actions<'a>(policy: &Value, required: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let granted = granted(policy);
+    required
+        .into_iter()
+        .filter(|action| !granted.iter().any(|g| glob(g, action)))
+        .map(str::to_owned)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn policy() -> Value {
+    let path = manifest_dir().join("deploy/iam-policy.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every action the code needs, with where it is called.
+fn required_actions() -> BTreeMap<String, Vec<String>> {
+    let (ops, from_sdk) = operations();
+    let scan = scan_sources(&ops, true);
+    assert!(
+        scan.problems.is_empty(),
+        "AWS calls the test cannot attribute (operations from the SDK: {from_sdk}):\n{}",
+        scan.problems.join("\n")
+    );
+    let mut required: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for call in scan.calls {
+        required.entry(call.action).or_default().push(call.at);
+    }
+    // RegisterTaskDefinition with tags also needs ecs:TagResource.
+    if required.contains_key("ecs:RegisterTaskDefinition") {
+        required
+            .entry("ecs:TagResource".to_owned())
+            .or_default()
+            .push("(RegisterTaskDefinition with tags)".to_owned());
+    }
+    required
+}
+
+#[test]
+fn the_policy_grants_every_call_the_code_makes() {
+    let required = required_actions();
+    // The scan found the calls we know are there (else it is broken, not the policy right).
+    for action in [
+        "codebuild:StartBuild",
+        "codebuild:BatchGetBuilds",
+        "ecs:DescribeServices",
+        "ecs:UpdateService",
+        "ecs:RegisterTaskDefinition",
+        "ecr:DescribeImages",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+    ] {
+        assert!(
+            required.contains_key(action),
+            "the scan did not find {action}: {required:#?}"
+        );
+    }
+    let missing = missing_actions(&policy(), required.keys().map(String::as_str));
+    let report: Vec<String> = missing
+        .iter()
+        .map(|a| format!("  {a}  (called at {})", required[a].join(", ")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/iam-policy.json does not grant:\n{}",
+        report.join("\n")
+    );
+    assert!(
+        missing_actions(&policy(), ["ecs:TagResource"]).is_empty(),
+        "RegisterTaskDefinition with tags needs ecs:TagResource"
+    );
+}
+
+#[test]
+fn a_policy_without_one_of_the_actions_fails_the_check() {
+    let required = required_actions();
+    let full = policy();
+    for removed in ["sqs:ReceiveMessage", "ecs:TagResource", "events:PutRule"] {
+        assert!(required.contains_key(removed), "{removed} is not required");
+        // A copy of the policy without the action, wherever it appears.
+        let mut copy = full.clone();
+        for statement in copy["Statement"].as_array_mut().unwrap() {
+            match &mut statement["Action"] {
+                Value::Array(actions) => actions.retain(|a| a != removed),
+                single @ Value::String(_) if single == removed => *single = Value::Array(vec![]),
+                _ => {}
+            }
+        }
+        let before = missing_actions(&full, required.keys().map(String::as_str));
+        let missing = missing_actions(&copy, required.keys().map(String::as_str));
+        assert!(
+            missing.contains(&removed.to_owned()) && missing.len() == before.len() + 1,
+            "without {removed}: {missing:?}"
+        );
+    }
+    // Wildcards grant.
+    let wild = serde_json::json!({"Statement": [
+        {"Effect": "Allow", "Action": ["sqs:*", "ecs:Describe*"]},
+        {"Effect": "Allow", "Action": "codebuild:StartBuild"},
+        {"Effect": "Deny", "Action": "events:*"},
+    ]});
+    assert_eq!(
+        missing_actions(
+            &wild,
+            [
+                "sqs:ReceiveMessage",
+                "ecs:DescribeServices",
+                "codebuild:startbuild",
+                "ecs:UpdateService",
+                "events:PutRule",
+            ]
+        ),
+        vec!["ecs:UpdateService".to_owned(), "events:PutRule".to_owned()]
+    );
+}
+
+#[test]
+fn the_scanner_reads_calls_across_lines_and_refuses_what_it_cannot_attribute() {
+    let (ops, from_sdk) = operations();
+    let text = r#"
+        // self.ecs.delete_service() in a comment is not a call
+        let out = self
+            .ecs
+            .describe_services ( )
+            .cluster("c");
+        let q = aws.sqs
+            .receive_message()
+            .send();
+        revision.apply(self.ecs.register_task_definition());
+        self.update_service(app, td); // a method of ours, with arguments
+        let x = "self.ecs.list_tasks()"; let y = out.failures();
+        self.events.put_rule();
+    "#;
+    let mut scan = Scan::default();
+    scan_text("sample.rs", text, &ops, true, &mut scan);
+    let actions: Vec<&str> = scan.calls.iter().map(|c| c.action.as_str()).collect();
+    assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+    // A string that looks like a call counts (erring on the side of asking for more).
+    assert_eq!(
+        actions,
+        [
+            "ecs:DescribeServices",
+            "sqs:ReceiveMessage",
+            "ecs:RegisterTaskDefinition",
+            "ecs:ListTasks",
+            "events:PutRule",
+        ]
+    );
+    assert_eq!(scan.calls[0].at, "sample.rs:5");
+
+    // An operation several clients have, on a variable that names none of them.
+    let mut scan = Scan::default();
+    scan_text(
+        "s.rs",
+        "client.tag_resource().send();",
+        &ops,
+        true,
+        &mut scan,
+    );
+    if from_sdk {
+        assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
+        assert!(scan.problems[0].contains("could be"), "{:?}", scan.problems);
+    }
+    // A call on a client that is no operation the map knows.
+    let mut scan = Scan::default();
+    scan_text(
+        "s.rs",
+        "self.ecs.frobnicate_cluster()",
+        &ops,
+        true,
+        &mut scan,
+    );
+    assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
+}
+
+#[test]
+fn the_hand_map_agrees_with_the_sdk() {
+    let (ops, from_sdk) = operations();
+    if !from_sdk {
+        eprintln!("SDK sources not found: nothing to compare the hand map with");
+        return;
+    }
+    for (method, action) in HAND_MAP {
+        let prefix = action.split(':').next().unwrap();
+        assert_eq!(
+            ops[prefix].get(*method).map(String::as_str),
+            Some(*action),
+            "{method}"
+        );
+    }
+}

@@ -1,0 +1,863 @@
+//! Issue: `slipway provision` sets up slipway's queue, dead-letter queue and EventBridge rule,
+//! idempotently, and checks (never changes) the AWS resources each app needs.
+
+use std::collections::HashMap;
+use std::process::ExitStatus;
+
+use aws_sdk_ecs::types::{ContainerDefinition, DeploymentCircuitBreaker, DeploymentConfiguration};
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_json::{json, Value};
+
+use crate::support::{eventually, Emulator, Proxy, SlipwayBuilder, MASTER_SHA};
+
+const QUEUE: &str = "slipway-events";
+const DLQ: &str = "slipway-events-dlq";
+const RULE: &str = "slipway-codebuild";
+const TARGET: &str = "slipway-codebuild/slipway";
+
+/// One app of the test world and the AWS resources it gets.
+#[derive(Clone)]
+struct App {
+    name: &'static str,
+    repository: &'static str,
+    project: &'static str,
+    cluster: &'static str,
+    service: &'static str,
+    container: &'static str,
+    ecr: &'static str,
+}
+
+impl App {
+    /// Everything present and right: repository `octo-org/<name>`, project `<name>-build`,
+    /// cluster `main`, service, container and ECR repository `<name>`.
+    fn good(name: &'static str) -> App {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        App {
+            name,
+            repository: leak(format!("octo-org/{name}")),
+            project: leak(format!("{name}-build")),
+            cluster: "main",
+            service: name,
+            container: name,
+            ecr: name,
+        }
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "\n[[app]]\nname = \"{}\"\nrepository = \"{}\"\ncodebuild_project = \"{}\"\ncluster = \"{}\"\nservice = \"{}\"\ncontainer = \"{}\"\necr_repository = \"{}\"\n",
+            self.name,
+            self.repository,
+            self.project,
+            self.cluster,
+            self.service,
+            self.container,
+            self.ecr
+        )
+    }
+}
+
+fn apps_toml(apps: &[App]) -> String {
+    apps.iter().map(App::toml).collect()
+}
+
+/// What to leave out or get wrong when building an app's resources.
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    no_project: bool,
+    project_repository: Option<&'static str>,
+    no_ecr: bool,
+    no_cluster: bool,
+    no_service: bool,
+    inactive_service: bool,
+    containers: Option<&'static [&'static str]>,
+    no_circuit_breaker: bool,
+}
+
+/// Creates the resources `app` needs in the emulator, but for `faults`.
+async fn build_app(emu: &Emulator, app: &App, faults: Faults) {
+    if !faults.no_project {
+        let repository = faults.project_repository.unwrap_or(app.repository);
+        emu.create_project(app.project, repository).await;
+    }
+    if !faults.no_ecr {
+        emu.push_image(app.ecr, MASTER_SHA).await;
+    }
+    if faults.no_cluster {
+        return;
+    }
+    emu.create_cluster(app.cluster).await;
+    if faults.no_service {
+        return;
+    }
+    let containers: Vec<&str> = faults
+        .containers
+        .map(|c| c.to_vec())
+        .unwrap_or_else(|| vec![app.container]);
+    let mut register = emu.ecs().register_task_definition().family(app.name);
+    for name in containers {
+        register = register.container_definitions(
+            ContainerDefinition::builder()
+                .name(name)
+                .image(format!(
+                    "123456789012.dkr.ecr.eu-west-1.amazonaws.com/{}:1",
+                    app.ecr
+                ))
+                .memory(256)
+                .build(),
+        );
+    }
+    let td = register
+        .send()
+        .await
+        .expect("RegisterTaskDefinition")
+        .task_definition()
+        .unwrap()
+        .task_definition_arn()
+        .unwrap()
+        .to_owned();
+    emu.create_service(app.cluster, app.service, &td).await;
+    // The emulator ignores CreateService's deployment configuration but keeps UpdateService's.
+    if !faults.no_circuit_breaker {
+        emu.ecs()
+            .update_service()
+            .cluster(app.cluster)
+            .service(app.service)
+            .deployment_configuration(
+                DeploymentConfiguration::builder()
+                    .deployment_circuit_breaker(
+                        DeploymentCircuitBreaker::builder()
+                            .enable(true)
+                            .rollback(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("UpdateService (circuit breaker)");
+    }
+    if faults.inactive_service {
+        emu.ecs()
+            .delete_service()
+            .cluster(app.cluster)
+            .service(app.service)
+            .force(true)
+            .send()
+            .await
+            .expect("DeleteService");
+    }
+}
+
+/// An emulator with `web` (the default app) complete.
+async fn world() -> (Emulator, SlipwayBuilder) {
+    let emu = Emulator::start().await;
+    let web = App::good("web");
+    build_app(&emu, &web, Faults::default()).await;
+    let builder = SlipwayBuilder::new(&emu.url).apps(&apps_toml(&[web]));
+    (emu, builder)
+}
+
+struct Run {
+    status: ExitStatus,
+    report: Value,
+    stderr: String,
+}
+
+impl Run {
+    /// The status of the item of `kind` named `name`.
+    fn status(&self, kind: &str, name: &str) -> String {
+        self.item(kind, name)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn item(&self, kind: &str, name: &str) -> &Value {
+        self.report["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|i| i["kind"] == kind && i["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in {:#}", self.report))
+    }
+
+    fn detail(&self, kind: &str, name: &str) -> String {
+        self.item(kind, name)["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// `(kind, name) -> status` of every item.
+    fn statuses(&self) -> HashMap<(String, String), String> {
+        self.report["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| {
+                (
+                    (
+                        i["kind"].as_str().unwrap().to_owned(),
+                        i["name"].as_str().unwrap().to_owned(),
+                    ),
+                    i["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Runs `slipway` off the test's runtime thread, so that the proxy (a task on it) can answer.
+async fn slipway(builder: &SlipwayBuilder, args: &[&str]) -> (ExitStatus, String, String) {
+    let builder = builder.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        builder.run(&args)
+    })
+    .await
+    .expect("slipway run")
+}
+
+async fn provision(builder: &SlipwayBuilder, flags: &[&str]) -> Run {
+    let config = builder.write_config();
+    let mut args = vec!["provision", "--json", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    let (status, stdout, stderr) = slipway(builder, &args).await;
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("provision --json printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    Run {
+        status,
+        report,
+        stderr,
+    }
+}
+
+async fn queue_url(emu: &Emulator, name: &str) -> Option<String> {
+    emu.sqs()
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .ok()
+        .and_then(|o| o.queue_url)
+}
+
+async fn queue_attributes(emu: &Emulator, url: &str) -> HashMap<String, String> {
+    emu.sqs()
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .expect("GetQueueAttributes")
+        .attributes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v))
+        .collect()
+}
+
+async fn rule_pattern(emu: &Emulator, rule: &str) -> Value {
+    let out = emu
+        .events()
+        .describe_rule()
+        .name(rule)
+        .send()
+        .await
+        .expect("DescribeRule");
+    serde_json::from_str(out.event_pattern().expect("a pattern")).expect("pattern JSON")
+}
+
+async fn rule_arn(emu: &Emulator, rule: &str) -> String {
+    emu.events()
+        .describe_rule()
+        .name(rule)
+        .send()
+        .await
+        .expect("DescribeRule")
+        .arn()
+        .unwrap()
+        .to_owned()
+}
+
+async fn target_arn(emu: &Emulator, rule: &str) -> Option<String> {
+    emu.events()
+        .list_targets_by_rule()
+        .rule(rule)
+        .send()
+        .await
+        .expect("ListTargetsByRule")
+        .targets()
+        .iter()
+        .find(|t| t.id() == "slipway")
+        .map(|t| t.arn().to_owned())
+}
+
+fn expected_pattern(projects: &[&str]) -> Value {
+    json!({
+        "source": ["aws.codebuild"],
+        "detail-type": ["CodeBuild Build State Change"],
+        "detail": {
+            "project-name": projects,
+            "build-status": ["SUCCEEDED", "FAILED", "FAULT", "STOPPED", "TIMED_OUT"],
+        },
+    })
+}
+
+#[tokio::test]
+async fn fresh_account_gets_queue_dead_letter_queue_rule_and_target() {
+    let (emu, builder) = world().await;
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
+    assert_eq!(run.report["success"], true);
+    assert_eq!(run.status("dead_letter_queue", DLQ), "created");
+    assert_eq!(run.status("queue", QUEUE), "created");
+    assert_eq!(run.status("queue_policy", QUEUE), "created");
+    assert_eq!(run.status("rule", RULE), "created");
+    assert_eq!(run.status("rule_target", TARGET), "created");
+    for (kind, name) in [
+        ("codebuild_project", "web-build"),
+        ("ecr_repository", "web"),
+        ("cluster", "main"),
+        ("service", "main/web"),
+        ("container", "web"),
+        ("circuit_breaker", "main/web"),
+    ] {
+        assert_eq!(
+            run.status(kind, name),
+            "ok",
+            "{kind} {name}: {:#}",
+            run.report
+        );
+        assert_eq!(run.item(kind, name)["app"], "web");
+    }
+
+    // What was created, seen through the SDK.
+    let url = queue_url(&emu, QUEUE)
+        .await
+        .expect("the events queue exists");
+    assert_eq!(run.report["queue_url"], url.as_str());
+    let dlq_url = queue_url(&emu, DLQ)
+        .await
+        .expect("the dead-letter queue exists");
+    let dlq_arn = queue_attributes(&emu, &dlq_url).await["QueueArn"].clone();
+    let attrs = queue_attributes(&emu, &url).await;
+    let queue_arn = attrs["QueueArn"].clone();
+    let redrive: Value = serde_json::from_str(&attrs["RedrivePolicy"]).unwrap();
+    assert_eq!(redrive["deadLetterTargetArn"], dlq_arn.as_str());
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "5"
+    );
+
+    let arn = rule_arn(&emu, RULE).await;
+    assert_eq!(run.report["rule_arn"], arn.as_str());
+    let policy: Value = serde_json::from_str(&attrs["Policy"]).unwrap();
+    let statement = &policy["Statement"][0];
+    assert_eq!(statement["Effect"], "Allow");
+    assert_eq!(statement["Principal"]["Service"], "events.amazonaws.com");
+    assert_eq!(statement["Action"], "sqs:SendMessage");
+    assert_eq!(statement["Resource"], queue_arn.as_str());
+    assert_eq!(
+        statement["Condition"]["ArnEquals"]["aws:SourceArn"],
+        arn.as_str()
+    );
+    assert_eq!(policy["Statement"].as_array().unwrap().len(), 1);
+
+    assert_eq!(
+        rule_pattern(&emu, RULE).await,
+        expected_pattern(&["web-build"])
+    );
+    assert_eq!(target_arn(&emu, RULE).await, Some(queue_arn));
+}
+
+#[tokio::test]
+async fn second_run_changes_nothing() {
+    let emu = Emulator::start().await;
+    let proxy = Proxy::start(&emu.url).await;
+    let web = App::good("web");
+    build_app(&emu, &web, Faults::default()).await;
+    let builder = SlipwayBuilder::new(&proxy.url).apps(&apps_toml(&[web]));
+    let first = provision(&builder, &[]).await;
+    assert!(first.status.success(), "{:#}", first.report);
+    let writes = ["CreateQueue", "SetQueueAttributes", "PutRule", "PutTargets"];
+    let before: Vec<usize> = writes.iter().map(|op| proxy.requests(op).len()).collect();
+    assert_eq!(before, [2, 1, 1, 1], "first run's writes");
+
+    // The user puts the printed URL into the config, as the text output tells.
+    let url = first.report["queue_url"].as_str().unwrap().to_owned();
+    let builder = builder.extra(&format!("queue_url = \"{url}\"\n"));
+    let second = provision(&builder, &[]).await;
+    assert!(second.status.success(), "{:#}", second.report);
+    for ((kind, name), status) in second.statuses() {
+        assert!(
+            status == "unchanged" || status == "ok",
+            "{kind} {name} is {status} on the second run: {:#}",
+            second.report
+        );
+    }
+    assert_eq!(second.status("rule", RULE), "unchanged");
+    assert_eq!(second.status("rule_target", TARGET), "unchanged");
+    assert_eq!(second.status("queue_policy", QUEUE), "unchanged");
+    assert_eq!(second.status("config", "queue_url"), "ok");
+    let after: Vec<usize> = writes.iter().map(|op| proxy.requests(op).len()).collect();
+    assert_eq!(after, before, "the second run wrote to AWS");
+
+    // The text form: one line per item, a summary, the queue URL.
+    let config = builder.write_config();
+    let (status, text, _) = slipway(
+        &builder,
+        &["provision", "--config", config.to_str().unwrap()],
+    )
+    .await;
+    assert!(status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("KIND"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rule ") && l.contains(" unchanged ")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("queue URL: {url}")), "{text}");
+    assert!(text.contains("ok: "), "{text}");
+    assert!(!text.contains("put it in slipway.toml"), "{text}");
+    // Columns are aligned: the STATUS column starts at the same offset on every item line.
+    let offset = lines[0].find("STATUS").unwrap();
+    let rule_line = lines.iter().find(|l| l.starts_with("rule ")).unwrap();
+    assert_eq!(&rule_line[offset..offset + "unchanged".len()], "unchanged");
+    assert_eq!(proxy.requests("PutRule").len(), 1);
+}
+
+#[tokio::test]
+async fn drift_is_reported_and_repaired() {
+    let (emu, builder) = world().await;
+    let first = provision(&builder, &[]).await;
+    assert!(first.status.success(), "{:#}", first.report);
+    let url = queue_url(&emu, QUEUE).await.unwrap();
+    let dlq_url = queue_url(&emu, DLQ).await.unwrap();
+    let dlq_arn = queue_attributes(&emu, &dlq_url).await["QueueArn"].clone();
+    let queue_arn = queue_attributes(&emu, &url).await["QueueArn"].clone();
+
+    // Someone edits the rule's pattern, points the target elsewhere and changes the redrive.
+    let edited = json!({"source": ["aws.codebuild"], "detail": {"project-name": ["web-build"]}});
+    emu.events()
+        .put_rule()
+        .name(RULE)
+        .event_pattern(edited.to_string())
+        .send()
+        .await
+        .unwrap();
+    emu.events()
+        .put_targets()
+        .rule(RULE)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("slipway")
+                .arn(&dlq_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // (Restating the policy: the emulator, unlike SQS, drops a policy that is not restated.)
+    let policy = queue_attributes(&emu, &url).await["Policy"].clone();
+    emu.sqs()
+        .set_queue_attributes()
+        .queue_url(&url)
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 99}).to_string(),
+        )
+        .attributes(QueueAttributeName::Policy, policy)
+        .send()
+        .await
+        .unwrap();
+
+    // A dry run sees it and touches nothing.
+    let dry = provision(&builder, &["--dry-run"]).await;
+    assert!(dry.status.success(), "{:#}", dry.report);
+    assert_eq!(dry.status("rule", RULE), "would_update");
+    assert!(
+        dry.detail("rule", RULE).contains("pattern"),
+        "{:#}",
+        dry.report
+    );
+    assert_eq!(dry.status("rule_target", TARGET), "would_update");
+    assert_eq!(dry.status("queue", QUEUE), "would_update");
+    assert_eq!(dry.status("queue_policy", QUEUE), "unchanged");
+    assert_eq!(rule_pattern(&emu, RULE).await, edited);
+    assert_eq!(
+        target_arn(&emu, RULE).await.as_deref(),
+        Some(dlq_arn.as_str())
+    );
+
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}", run.report);
+    assert_eq!(run.status("rule", RULE), "updated");
+    assert_eq!(run.status("rule_target", TARGET), "updated");
+    assert_eq!(run.status("queue", QUEUE), "updated");
+    assert_eq!(run.status("dead_letter_queue", DLQ), "unchanged");
+    assert_eq!(run.status("queue_policy", QUEUE), "unchanged");
+    assert_eq!(
+        rule_pattern(&emu, RULE).await,
+        expected_pattern(&["web-build"])
+    );
+    assert_eq!(target_arn(&emu, RULE).await, Some(queue_arn));
+    let redrive: Value =
+        serde_json::from_str(&queue_attributes(&emu, &url).await["RedrivePolicy"]).unwrap();
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "5"
+    );
+
+    // A policy that lets anyone's rule send is replaced by the one naming slipway's rule.
+    let arn = rule_arn(&emu, RULE).await;
+    let loose = json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"},
+        "Action": "sqs:SendMessage", "Resource": queue_attributes(&emu, &url).await["QueueArn"],
+    }]});
+    emu.sqs()
+        .set_queue_attributes()
+        .queue_url(&url)
+        .attributes(QueueAttributeName::Policy, loose.to_string())
+        .send()
+        .await
+        .unwrap();
+    let run = provision(&builder, &[]).await;
+    assert_eq!(
+        run.status("queue_policy", QUEUE),
+        "updated",
+        "{:#}",
+        run.report
+    );
+    let policy: Value =
+        serde_json::from_str(&queue_attributes(&emu, &url).await["Policy"]).unwrap();
+    assert_eq!(
+        policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"],
+        arn.as_str()
+    );
+
+    // The rule follows the configured projects.
+    let builder = builder.apps(&apps_toml(&[App::good("web"), App::good("api")]));
+    build_app(&emu, &App::good("api"), Faults::default()).await;
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}", run.report);
+    assert_eq!(run.status("rule", RULE), "updated");
+    assert_eq!(
+        rule_pattern(&emu, RULE).await,
+        expected_pattern(&["api-build", "web-build"])
+    );
+}
+
+#[tokio::test]
+async fn every_missing_user_resource_is_reported_in_one_run() {
+    let emu = Emulator::start().await;
+    let mut apps = Vec::new();
+    let mut add = |name: &'static str, faults: Faults| {
+        let app = App::good(name);
+        apps.push((app, faults));
+    };
+    add("good", Faults::default());
+    add(
+        "noproject",
+        Faults {
+            no_project: true,
+            ..Faults::default()
+        },
+    );
+    add(
+        "otherrepo",
+        Faults {
+            project_repository: Some("octo-org/otherrepo-two"),
+            ..Faults::default()
+        },
+    );
+    add(
+        "noecr",
+        Faults {
+            no_ecr: true,
+            ..Faults::default()
+        },
+    );
+    add(
+        "noservice",
+        Faults {
+            no_service: true,
+            ..Faults::default()
+        },
+    );
+    add(
+        "inactive",
+        Faults {
+            inactive_service: true,
+            ..Faults::default()
+        },
+    );
+    add(
+        "nocontainer",
+        Faults {
+            containers: Some(&["app", "envoy"]),
+            ..Faults::default()
+        },
+    );
+    add(
+        "nobreaker",
+        Faults {
+            no_circuit_breaker: true,
+            ..Faults::default()
+        },
+    );
+    let mut nocluster = App::good("nocluster");
+    nocluster.cluster = "gone";
+    apps.push((
+        nocluster,
+        Faults {
+            no_cluster: true,
+            ..Faults::default()
+        },
+    ));
+    for (app, faults) in &apps {
+        build_app(&emu, app, *faults).await;
+    }
+    let config: Vec<App> = apps.iter().map(|(a, _)| a.clone()).collect();
+    let builder = SlipwayBuilder::new(&emu.url).apps(&apps_toml(&config));
+
+    let run = provision(&builder, &[]).await;
+    assert!(!run.status.success(), "{:#}", run.report);
+    assert_eq!(run.report["success"], false);
+    assert!(run.stderr.contains("missing"), "{}", run.stderr);
+    let expect = |kind: &str, name: &str, status: &str, detail: &str| {
+        assert_eq!(
+            run.status(kind, name),
+            status,
+            "{kind} {name}: {:#}",
+            run.report
+        );
+        let d = run.detail(kind, name);
+        assert!(d.contains(detail), "{kind} {name}: {d:?} lacks {detail:?}");
+    };
+    expect("codebuild_project", "good-build", "ok", "octo-org/good");
+    expect(
+        "codebuild_project",
+        "noproject-build",
+        "missing",
+        "not found",
+    );
+    expect(
+        "codebuild_project",
+        "otherrepo-build",
+        "warning",
+        "github.com/octo-org/otherrepo-two",
+    );
+    expect("ecr_repository", "noecr", "missing", "not found");
+    expect("ecr_repository", "good", "ok", "");
+    expect("cluster", "gone", "missing", "MISSING");
+    expect("cluster", "main", "ok", "ACTIVE");
+    expect("service", "main/noservice", "missing", "not found");
+    expect("service", "main/inactive", "missing", "INACTIVE");
+    expect("container", "nocontainer", "missing", "app, envoy");
+    expect(
+        "circuit_breaker",
+        "main/nobreaker",
+        "warning",
+        "rollout timeout",
+    );
+    expect("circuit_breaker", "main/good", "ok", "rollback");
+    // The shared cluster is one line naming every app that uses it.
+    let cluster_apps = run.item("cluster", "main")["app"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cluster_apps.contains("good") && cluster_apps.contains("nobreaker"),
+        "{cluster_apps}"
+    );
+    // The plumbing is still set up.
+    assert_eq!(run.status("rule", RULE), "created");
+    assert_eq!(
+        rule_pattern(&emu, RULE).await["detail"]["project-name"]
+            .as_array()
+            .unwrap()
+            .len(),
+        9
+    );
+
+    // Warnings only: exit 0. A queue_url naming another queue is a warning too.
+    let warnings_only: Vec<App> = apps
+        .iter()
+        .filter(|(a, _)| ["good", "otherrepo", "nobreaker"].contains(&a.name))
+        .map(|(a, _)| a.clone())
+        .collect();
+    let builder = builder
+        .apps(&apps_toml(&warnings_only))
+        .extra("queue_url = \"https://sqs.eu-west-1.amazonaws.com/123456789012/other-queue\"\n");
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
+    assert_eq!(run.status("config", "queue_url"), "warning");
+    assert_eq!(
+        run.status("codebuild_project", "otherrepo-build"),
+        "warning"
+    );
+    assert_eq!(run.status("circuit_breaker", "main/nobreaker"), "warning");
+    assert_eq!(run.status("rule", RULE), "updated");
+}
+
+#[tokio::test]
+async fn a_failing_aws_call_is_an_error_and_the_other_checks_still_run() {
+    let emu = Emulator::start().await;
+    let proxy = Proxy::start(&emu.url).await;
+    build_app(&emu, &App::good("web"), Faults::default()).await;
+    let builder = SlipwayBuilder::new(&proxy.url).apps(&apps_toml(&[App::good("web")]));
+    proxy.fail("DescribeClusters", 1, 400, "AccessDeniedException");
+    proxy.fail("PutRule", 1, 400, "AccessDeniedException");
+    let run = provision(&builder, &[]).await;
+    assert!(!run.status.success(), "{:#}", run.report);
+    assert_eq!(run.status("cluster", "main"), "error");
+    assert!(run.detail("cluster", "main").contains("AccessDenied"));
+    assert_eq!(run.status("rule", RULE), "error");
+    assert_eq!(run.status("queue", QUEUE), "created");
+    assert_eq!(run.status("codebuild_project", "web-build"), "ok");
+    assert_eq!(run.status("ecr_repository", "web"), "ok");
+
+    // The next run finishes the job.
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}", run.report);
+    assert_eq!(run.status("queue", QUEUE), "unchanged");
+    assert_eq!(run.status("rule", RULE), "created");
+    assert_eq!(run.status("queue_policy", QUEUE), "created");
+    assert_eq!(run.status("rule_target", TARGET), "created");
+}
+
+#[tokio::test]
+async fn dry_run_on_a_fresh_account_changes_nothing() {
+    let (emu, builder) = world().await;
+    let run = provision(&builder, &["--dry-run"]).await;
+    assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
+    assert_eq!(run.report["dry_run"], true);
+    for (kind, name) in [
+        ("dead_letter_queue", DLQ),
+        ("queue", QUEUE),
+        ("queue_policy", QUEUE),
+        ("rule", RULE),
+        ("rule_target", TARGET),
+    ] {
+        assert_eq!(
+            run.status(kind, name),
+            "would_create",
+            "{kind}: {:#}",
+            run.report
+        );
+    }
+    // The checks of what the user owns still ran.
+    assert_eq!(run.status("codebuild_project", "web-build"), "ok");
+    assert_eq!(run.status("service", "main/web"), "ok");
+    assert_eq!(run.report["queue_url"], Value::Null);
+
+    let queues = emu.sqs().list_queues().send().await.unwrap();
+    assert!(queues.queue_urls().is_empty(), "{:?}", queues.queue_urls());
+    let rules = emu.events().list_rules().send().await.unwrap();
+    assert!(rules.rules().is_empty(), "{:?}", rules.rules());
+
+    let config = builder.write_config();
+    let (status, text, _) = slipway(
+        &builder,
+        &[
+            "provision",
+            "--dry-run",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(status.success(), "{text}");
+    assert!(text.starts_with("dry run: nothing was changed"), "{text}");
+    assert!(text.contains("would_create"), "{text}");
+
+    // Missing user resources fail a dry run too.
+    let builder = builder.apps(&apps_toml(&[App::good("web"), App::good("ghost")]));
+    let run = provision(&builder, &["--dry-run"]).await;
+    assert!(!run.status.success());
+    assert_eq!(run.status("codebuild_project", "ghost-build"), "missing");
+    assert!(emu
+        .sqs()
+        .list_queues()
+        .send()
+        .await
+        .unwrap()
+        .queue_urls()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn provision_names_come_from_the_provision_table() {
+    let (emu, builder) = world().await;
+    let builder = builder.extra(
+        "[provision]\nqueue_name = \"slipway-custom\"\nrule_name = \"slipway-other\"\nmax_receive_count = 3\n",
+    );
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}", run.report);
+    assert_eq!(run.status("queue", "slipway-custom"), "created");
+    assert_eq!(
+        run.status("dead_letter_queue", "slipway-custom-dlq"),
+        "created"
+    );
+    assert_eq!(run.status("rule", "slipway-other"), "created");
+    let url = queue_url(&emu, "slipway-custom").await.unwrap();
+    let redrive: Value =
+        serde_json::from_str(&queue_attributes(&emu, &url).await["RedrivePolicy"]).unwrap();
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "3"
+    );
+    assert!(queue_url(&emu, QUEUE).await.is_none());
+}
+
+/// The proof that rule, target and policy fit together: a CodeBuild state change for a
+/// configured project lands in the queue; other projects' and unfinished builds' do not.
+#[tokio::test]
+async fn a_codebuild_event_lands_in_the_queue() {
+    let (emu, builder) = world().await;
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}", run.report);
+    let url = run.report["queue_url"].as_str().unwrap().to_owned();
+    let build_arn = "arn:aws:codebuild:eu-west-1:123456789012:build/web-build:1";
+    emu.emit_build_event(
+        "arn:aws:codebuild:eu-west-1:123456789012:build/other:1",
+        "other-build",
+        "SUCCEEDED",
+        MASTER_SHA,
+    )
+    .await;
+    emu.emit_build_event(build_arn, "web-build", "IN_PROGRESS", MASTER_SHA)
+        .await;
+    emu.emit_build_event(build_arn, "web-build", "SUCCEEDED", MASTER_SHA)
+        .await;
+    let message = eventually("the event in the queue", || async {
+        emu.sqs()
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .ok()?
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+    })
+    .await;
+    let body: Value = serde_json::from_str(message.body().unwrap()).unwrap();
+    assert_eq!(body["source"], "aws.codebuild");
+    assert_eq!(body["detail"]["project-name"], "web-build");
+    assert_eq!(body["detail"]["build-status"], "SUCCEEDED");
+    assert_eq!(
+        body["detail"]["additional-information"]["source-version"],
+        MASTER_SHA
+    );
+    // Only that one: the other project's and the unfinished build's events were not routed.
+    assert_eq!(emu.queue_depth(&url).await, 1);
+}
