@@ -139,11 +139,15 @@ impl BuildStarter {
                 }
             }
         }
-        self.record(
-            self.journal
-                .build_start_requested(build.id, self.now())
-                .await,
-        );
+        if let Err(e) = self
+            .journal
+            .build_start_requested(build.id, self.now())
+            .await
+        {
+            // Without this record a crash could start the build twice; try again later.
+            tracing::error!(error = %e, "cannot journal the start; not calling StartBuild yet");
+            return;
+        }
         let result = self
             .codebuild
             .start_build()

@@ -259,13 +259,24 @@ impl Ops {
                     })?
             }
             None => {
+                // Go back from what runs now: to the newest success older than the first
+                // deploy that put the running task definition there (so a second rollback
+                // goes further back, not forward again).
                 let running = self.running_task_definition(&app).await?;
+                let anchor = candidates
+                    .iter()
+                    .filter(|d| d.to_task_definition.as_deref() == Some(running.as_str()))
+                    .map(|d| d.id)
+                    .min()
+                    .unwrap_or(i64::MAX);
                 candidates
                     .into_iter()
-                    .find(|d| d.to_task_definition.as_deref() != Some(running.as_str()))
+                    .find(|d| {
+                        d.id < anchor && d.to_task_definition.as_deref() != Some(running.as_str())
+                    })
                     .ok_or_else(|| {
                         OpsError::Conflict(format!(
-                            "nothing to roll back to: {} has no earlier successful deployment",
+                            "nothing to roll back to: {} has no successful deployment before the one running now",
                             app.name
                         ))
                     })?

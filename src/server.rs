@@ -28,6 +28,9 @@ use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
 use crate::notify::Notifier;
 
+/// Webhook bodies read at once: bounds the memory unauthenticated requests can take.
+const MAX_BODY_READS: usize = 16;
+
 /// What every request handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -39,6 +42,8 @@ pub struct AppState {
     pub limits: ServerLimits,
     pub ops: crate::ops::Ops,
     pub ops_tokens: Arc<OpsTokens>,
+    /// Bounds the webhook bodies read at once (each up to 25 MiB, before the signature check).
+    pub body_reads: Arc<Semaphore>,
     /// Slack's signing secret; None disables `/chat/slack`.
     pub slack_secret: Option<Arc<crate::config::Secret>>,
 }
@@ -179,6 +184,7 @@ pub async fn run(
         ops,
         ops_tokens: Arc::new(ops_tokens),
         slack_secret: slack_secret.map(Arc::new),
+        body_reads: Arc::new(Semaphore::new(MAX_BODY_READS)),
     };
     let app = router(state);
 

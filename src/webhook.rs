@@ -77,6 +77,8 @@ pub fn verify(
 struct PushPayload {
     #[serde(rename = "ref")]
     git_ref: String,
+    #[serde(default)]
+    before: Option<String>,
     after: String,
     #[serde(default)]
     deleted: bool,
@@ -93,6 +95,8 @@ struct RepositoryField {
 pub struct Push {
     pub repository: String,
     pub git_ref: String,
+    /// The commit the branch pointed at before (None for a new branch).
+    pub before: Option<CommitSha>,
     pub after: CommitSha,
     pub deleted: bool,
 }
@@ -126,9 +130,15 @@ impl Push {
             path: "after".into(),
             message: e.0,
         })?;
+        let before = raw
+            .before
+            .as_deref()
+            .and_then(|b| CommitSha::parse(b).ok())
+            .filter(|b| !b.is_zero());
         Ok(Push {
             repository: raw.repository.full_name,
             git_ref: raw.git_ref,
+            before,
             after,
             deleted: raw.deleted,
         })
@@ -161,6 +171,8 @@ impl Push {
                 sha: self.after.clone(),
                 project: a.codebuild_project.clone(),
                 image_tag: a.tag_for(&self.after),
+                service_key: a.service_key(),
+                before: self.before.as_ref().map(|b| b.to_string()),
             })
             .collect();
         if matched.is_empty() {
@@ -273,10 +285,13 @@ pub async fn read_body(
             StatusCode::REQUEST_TIMEOUT,
             "request body not received in time",
         )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body is larger than {limit} bytes"),
-        )),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            tracing::warn!(limit, "request body too large; refused while reading it");
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body is larger than {limit} bytes"),
+            ))
+        }
         Ok(Err(_)) => Err(error(
             StatusCode::BAD_REQUEST,
             "could not read the request body",
@@ -301,6 +316,7 @@ pub async fn handle(State(state): State<AppState>, request: axum::extract::Reque
             "content type must be application/json or application/x-www-form-urlencoded",
         );
     };
+    let reading = state.body_reads.acquire().await;
     let body = match read_body(body, MAX_BODY_BYTES, state.limits.body_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -313,6 +329,7 @@ pub async fn handle(State(state): State<AppState>, request: axum::extract::Reque
         tracing::warn!(reason = %e, "webhook: signature check failed");
         return error(StatusCode::UNAUTHORIZED, &e.to_string());
     }
+    drop(reading);
     let Some(event) = header(&headers, "x-github-event").filter(|e| !e.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
     };

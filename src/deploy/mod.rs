@@ -35,6 +35,14 @@ use taskdef::NewRevision;
 enum Stop {
     Failed(String),
     Superseded(String),
+    /// The journal could not record a step: leave the deploy as it is; it resumes later.
+    Interrupted(String),
+}
+
+/// How following one ECS deployment ended.
+enum Followed {
+    Ended(Rollout),
+    TimedOut,
 }
 
 impl From<AwsError> for Stop {
@@ -189,6 +197,12 @@ impl Deployer {
                 self.finish(&d, deploy_state::SUPERSEDED, reason).await
             }
             Err(Stop::Failed(reason)) => self.finish(&d, deploy_state::FAILED, reason).await,
+            Err(Stop::Interrupted(reason)) => {
+                tracing::error!(%reason, "deploy interrupted; it resumes from the journal");
+                // Give the journal a moment before the worker picks it up again.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -520,21 +534,99 @@ impl Deployer {
         let service = out
             .service()
             .ok_or_else(|| Stop::Failed("UpdateService returned no service".into()))?;
+        // Only a PRIMARY deployment of this task definition is ours to follow.
         service
             .deployments()
             .iter()
             .find(|x| x.status() == Some("PRIMARY") && x.task_definition() == Some(task_definition))
-            .or_else(|| {
-                service
-                    .deployments()
-                    .iter()
-                    .find(|x| x.status() == Some("PRIMARY"))
-            })
             .and_then(|x| x.id.clone())
-            .ok_or_else(|| Stop::Failed("UpdateService returned no PRIMARY deployment".into()))
+            .ok_or_else(|| {
+                Stop::Failed(format!(
+                    "UpdateService returned no PRIMARY deployment of {task_definition}"
+                ))
+            })
     }
 
-    /// Polls the rollout until it ends or `rollout_timeout` (counted from the journaled start).
+    /// Polls ECS until deployment `ecs_id` (from `from_td` to `to_td`) ends, or `deadline`
+    /// passes (then one last look decides). Records progress when `d` is given.
+    async fn follow(
+        &self,
+        d: Option<&Deployment>,
+        app: &AppConfig,
+        ecs_id: &str,
+        (from_td, to_td): (&str, &str),
+        deadline: i64,
+    ) -> Result<Followed, Stop> {
+        let timing = &self.config.deploy;
+        let mut delay = timing.poll_initial;
+        loop {
+            let left = deadline - self.now();
+            if left > 0 {
+                tokio::time::sleep(delay.min(Duration::from_millis(left as u64))).await;
+                delay = (delay * 2).min(timing.poll_max);
+            }
+            let past_deadline = deadline <= self.now();
+            let out = match self.describe_service_once(app).await {
+                Ok(out) => out,
+                Err(e) => {
+                    if e.is_throttling() {
+                        delay = timing.poll_max;
+                    }
+                    tracing::warn!(error = %e, "polling the rollout failed; will poll again");
+                    if past_deadline {
+                        return Ok(Followed::TimedOut);
+                    }
+                    continue;
+                }
+            };
+            let Some(service) = out.services().first() else {
+                return Ok(Followed::Ended(Rollout::Replaced(format!(
+                    "service {} disappeared",
+                    app.service
+                ))));
+            };
+            match evaluate(service.deployments(), ecs_id, from_td, to_td) {
+                Rollout::InProgress(p) => {
+                    tracing::debug!(
+                        running = p.running,
+                        desired = p.desired,
+                        failed = p.failed,
+                        "rollout in progress"
+                    );
+                    if let Some(d) = d {
+                        self.progress(d, p).await;
+                    }
+                    if past_deadline {
+                        return Ok(Followed::TimedOut);
+                    }
+                }
+                other => {
+                    if let (Some(d), Rollout::Completed(p)) = (d, &other) {
+                        self.progress(d, *p).await;
+                    }
+                    return Ok(Followed::Ended(other));
+                }
+            }
+        }
+    }
+
+    /// Best effort: progress is for people watching, not for correctness.
+    async fn progress(&self, d: &Deployment, p: rollout::Progress) {
+        let update = DeploymentUpdate {
+            progress: Some((p.running, p.desired, p.failed)),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .journal
+            .update_deployment(d.id, update, self.now())
+            .await
+        {
+            tracing::warn!(error = %e, "could not journal the rollout's progress");
+        }
+    }
+
+    /// Watches the rollout until it ends or `rollout_timeout` (counted from the journaled
+    /// start, so a restart does not extend it).
     async fn watch(
         &self,
         d: &Deployment,
@@ -545,86 +637,62 @@ impl Deployer {
     ) -> Result<(), Stop> {
         let started = d.started_ms.unwrap_or_else(|| self.now());
         let deadline = started + app.rollout_timeout.as_millis() as i64;
-        let timing = &self.config.deploy;
-        let mut delay = timing.poll_initial;
         tracing::info!(ecs_deployment = %ecs_id, "watching the rollout");
-        loop {
-            let left = deadline - self.now();
-            if left <= 0 {
+        match self
+            .follow(Some(d), app, ecs_id, (from_td, to_td), deadline)
+            .await?
+        {
+            Followed::Ended(Rollout::Completed(_)) => {
+                self.finish(
+                    d,
+                    deploy_state::SUCCEEDED,
+                    format!("rollout completed: {to_td}"),
+                )
+                .await;
+                Ok(())
+            }
+            Followed::Ended(Rollout::RolledBackByEcs(why) | Rollout::Replaced(why)) => {
+                Err(Stop::Failed(why))
+            }
+            Followed::Ended(Rollout::NeedsRollback(why)) => {
+                self.roll_back(d, app, from_td, to_td, why).await
+            }
+            Followed::Ended(Rollout::InProgress(_)) | Followed::TimedOut => {
                 let why = format!(
                     "rollout did not complete within {}s",
                     app.rollout_timeout.as_secs()
                 );
-                return self.roll_back(d, app, from_td, why).await;
-            }
-            tokio::time::sleep(delay.min(Duration::from_millis(left as u64))).await;
-            delay = (delay * 2).min(timing.poll_max);
-            let out = match self.describe_service_once(app).await {
-                Ok(out) => out,
-                Err(e) if e.retryable => {
-                    if e.is_throttling() {
-                        delay = timing.poll_max;
-                    }
-                    tracing::warn!(error = %e, "polling the rollout failed; will poll again");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let Some(service) = out.services().first() else {
-                return Err(Stop::Failed(format!("service {} disappeared", app.service)));
-            };
-            match evaluate(service.deployments(), ecs_id, from_td, to_td) {
-                Rollout::InProgress(p) => {
-                    tracing::debug!(
-                        running = p.running,
-                        desired = p.desired,
-                        failed = p.failed,
-                        "rollout in progress"
-                    );
-                    self.update(
-                        d,
-                        DeploymentUpdate {
-                            progress: Some((p.running, p.desired, p.failed)),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                }
-                Rollout::Completed(p) => {
-                    self.update(
-                        d,
-                        DeploymentUpdate {
-                            progress: Some((p.running, p.desired, p.failed)),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                    self.finish(
-                        d,
-                        deploy_state::SUCCEEDED,
-                        format!("rollout completed: {to_td}"),
-                    )
-                    .await;
-                    return Ok(());
-                }
-                Rollout::RolledBackByEcs(why) | Rollout::Replaced(why) => {
-                    return Err(Stop::Failed(why));
-                }
-                Rollout::NeedsRollback(why) => return self.roll_back(d, app, from_td, why).await,
+                self.roll_back(d, app, from_td, to_td, why).await
             }
         }
     }
 
+    /// Puts `from_td` back and waits for that rollout too: `rolled_back` only once ECS says
+    /// the previous task definition runs again.
     async fn roll_back(
         &self,
         d: &Deployment,
         app: &AppConfig,
         from_td: &str,
+        to_td: &str,
         why: String,
     ) -> Result<(), Stop> {
         tracing::warn!(reason = %why, to = %from_td, "rolling back");
-        match self.update_service(app, from_td).await {
-            Ok(_) => {
+        let rollback_id = match self.update_service(app, from_td).await {
+            Ok(id) => id,
+            Err(Stop::Interrupted(e)) => return Err(Stop::Interrupted(e)),
+            Err(Stop::Failed(e)) | Err(Stop::Superseded(e)) => {
+                return Err(Stop::Failed(format!(
+                    "{why}; rolling back to {from_td} failed: {e}"
+                )))
+            }
+        };
+        let deadline = self.now() + app.rollout_timeout.as_millis() as i64;
+        let followed = self
+            .follow(None, app, &rollback_id, (to_td, from_td), deadline)
+            .await?;
+        match followed {
+            Followed::Ended(Rollout::Completed(_)) => {
                 self.finish(
                     d,
                     deploy_state::ROLLED_BACK,
@@ -633,9 +701,17 @@ impl Deployer {
                 .await;
                 Ok(())
             }
-            Err(Stop::Failed(e)) | Err(Stop::Superseded(e)) => Err(Stop::Failed(format!(
-                "{why}; rolling back to {from_td} failed: {e}"
+            Followed::Ended(
+                Rollout::NeedsRollback(e) | Rollout::RolledBackByEcs(e) | Rollout::Replaced(e),
+            ) => Err(Stop::Failed(format!(
+                "{why}; the rollback to {from_td} failed: {e}"
             ))),
+            Followed::Ended(Rollout::InProgress(_)) | Followed::TimedOut => {
+                Err(Stop::Failed(format!(
+                    "{why}; the rollback to {from_td} did not complete within {}s",
+                    app.rollout_timeout.as_secs()
+                )))
+            }
         }
     }
 
@@ -699,7 +775,7 @@ impl Deployer {
 }
 
 fn journal_stop(e: crate::journal::JournalError) -> Stop {
-    Stop::Failed(format!("journal: {e}"))
+    Stop::Interrupted(format!("journal: {e}"))
 }
 
 fn short(sha: &str) -> &str {

@@ -44,6 +44,8 @@ pub struct BuildResult {
     pub status: BuildStatus,
     pub commit: Option<String>,
     pub log_link: Option<String>,
+    /// The build's `SLIPWAY_RUN` environment variable, when it has one.
+    pub run_token: Option<String>,
 }
 
 impl BuildResults {
@@ -88,7 +90,7 @@ impl BuildResults {
             status: result.status.as_str().to_owned(),
             log_link: result.log_link.clone(),
             foreign,
-            service_key: app.service_key(),
+            run_token: result.run_token.clone(),
         };
         let outcome = self
             .journal
@@ -218,6 +220,7 @@ impl Consumer {
                 status: event.status.clone(),
                 commit: event.commit().map(str::to_owned),
                 log_link: event.log_link.clone(),
+                run_token: event.env_var("SLIPWAY_RUN").map(str::to_owned),
             };
             match self.results.record(&app, result).await {
                 Err(e) => {
@@ -322,6 +325,20 @@ impl Reconciler {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("CodeBuild BatchGetBuilds", &e))?;
+        let now = millis(self.results.clock.now());
+        for missing in out.builds_not_found() {
+            if let Some(mine) = stale.iter().find(|b| b.build_id == *missing) {
+                tracing::warn!(build = %missing, "reconciler: CodeBuild does not know this build");
+                self.results
+                    .journal
+                    .build_unknown_to_codebuild(mine.build_row, now)
+                    .await?;
+            }
+        }
+        self.results
+            .journal
+            .builds_checked(stale.iter().map(|b| b.build_row).collect(), now)
+            .await?;
         for build in out.builds() {
             let Some(id) = build.id() else { continue };
             let Some(mine) = stale.iter().find(|b| b.build_id == id) else {
@@ -347,6 +364,14 @@ impl Reconciler {
                         .or(build.source_version())
                         .map(str::to_owned),
                     log_link: build.logs().and_then(|l| l.deep_link()).map(str::to_owned),
+                    run_token: build
+                        .environment()
+                        .and_then(|e| {
+                            e.environment_variables()
+                                .iter()
+                                .find(|v| v.name() == "SLIPWAY_RUN")
+                        })
+                        .map(|v| v.value().to_owned()),
                 };
                 if let Err(e) = self.results.record(&app, result).await {
                     tracing::error!(error = %e, "reconciler: cannot journal the build result");

@@ -61,6 +61,9 @@ pub struct BuildRequest {
     pub sha: CommitSha,
     pub project: String,
     pub image_tag: String,
+    pub service_key: String,
+    /// The push's `before`, when it had one.
+    pub before: Option<String>,
 }
 
 /// What the journal made of a delivery.
@@ -191,6 +194,26 @@ fn admit_in(
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
+        // The same push sent by two hooks (a repository's and its organisation's): one build.
+        let existing = match existing {
+            Some(found) => Some(found),
+            None if d.source == Source::Github => tx
+                .query_row(
+                    "SELECT id, state FROM builds
+                     WHERE app = ?1 AND sha = ?2 AND before_sha IS ?3 AND state != ?4
+                       AND dedup_key IN (SELECT dedup_key FROM deliveries WHERE source = 'github')
+                     ORDER BY id DESC LIMIT 1",
+                    params![
+                        req.app.as_str(),
+                        req.sha.as_str(),
+                        req.before,
+                        build_state::FAILED
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?,
+            None => None,
+        };
         plan.push((req, existing));
     }
     let all_started = plan.iter().all(|(_, existing)| {
@@ -214,8 +237,8 @@ fn admit_in(
             None => {
                 tx.execute(
                     "INSERT INTO builds (delivery, dedup_key, app, sha, project, image_tag, token,
-                         state, next_attempt_ms, created_ms, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
+                         state, next_attempt_ms, created_ms, updated_ms, service_key, before_sha)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11)",
                     params![
                         row,
                         key,
@@ -226,6 +249,8 @@ fn admit_in(
                         token_for(&key, req.app.as_str()),
                         build_state::PENDING,
                         now,
+                        req.service_key,
+                        req.before,
                     ],
                 )?;
                 accepted.push(AcceptedBuild {

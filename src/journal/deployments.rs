@@ -105,7 +105,7 @@ pub struct NewDeployment {
     pub build_row: Option<i64>,
     pub build_id: Option<String>,
     pub delivery_id: Option<String>,
-    /// None: rank it after everything journaled so far (explicit deploys are the newest).
+    /// None: rank it after every push journaled so far (explicit deploys are the newest).
     pub order_key: Option<i64>,
     pub target_task_definition: Option<String>,
     pub log_link: Option<String>,
@@ -121,7 +121,9 @@ pub struct BuildCompletion {
     pub log_link: Option<String>,
     /// When slipway did not start the build: deploy it anyway as this (None: don't).
     pub foreign: Option<NewDeployment>,
-    pub service_key: String,
+    /// The build's `SLIPWAY_RUN`: finds a build whose id was never journaled (slipway stopped
+    /// between StartBuild and recording its answer).
+    pub run_token: Option<String>,
 }
 
 /// What the journal made of a build completion.
@@ -139,10 +141,20 @@ pub enum CompletionOutcome {
     Deploy { deployment: i64, created: bool },
 }
 
+/// The rank of a push's deploy: journal order of the push.
+fn push_rank(build_row: i64) -> i64 {
+    2 * build_row
+}
+
 fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64, JournalError> {
     let order_key = match d.order_key {
         Some(k) => k,
-        None => c.query_row("SELECT COALESCE(MAX(id), 0) FROM builds", [], |r| r.get(0))?,
+        // Explicit deploys rank above every push journaled so far (and below later ones).
+        None => {
+            let newest: i64 =
+                c.query_row("SELECT COALESCE(MAX(id), 0) FROM builds", [], |r| r.get(0))?;
+            push_rank(newest) + 1
+        }
     };
     c.execute(
         "INSERT INTO deployments (app, service_key, sha, image_tag, trigger, actor, build_row,
@@ -174,16 +186,43 @@ fn complete_build(
     done: &BuildCompletion,
     now: i64,
 ) -> Result<CompletionOutcome, JournalError> {
-    type BuildRow = (i64, String, String, String, String);
+    type BuildRow = (i64, String, String, String, String, String, Option<String>);
     let row: Option<BuildRow> = c
         .query_row(
-            "SELECT b.id, b.app, b.sha, b.image_tag, d.delivery_id
-             FROM builds b JOIN deliveries d ON d.id = b.delivery WHERE b.build_id = ?1",
-            [&done.build_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            "SELECT b.id, b.app, b.sha, b.image_tag, d.delivery_id, b.service_key, b.build_id
+             FROM builds b JOIN deliveries d ON d.id = b.delivery
+             WHERE b.build_id = ?1 OR (b.build_id IS NULL AND b.token = ?2)
+             ORDER BY (b.build_id = ?1) DESC LIMIT 1",
+            params![done.build_id, done.run_token.as_deref().unwrap_or("-")],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
         )
         .optional()?;
-    let Some((build_row, app, sha, image_tag, delivery_id)) = row else {
+    if let Some((build_row, .., None)) = &row {
+        // Started by slipway, but the answer was never journaled: adopt it now.
+        c.execute(
+            "UPDATE builds SET build_id = ?2, state = CASE WHEN state = ?3 THEN ?4 ELSE state END,
+                 updated_ms = ?5
+             WHERE id = ?1",
+            params![
+                build_row,
+                done.build_id,
+                build_state::PENDING,
+                build_state::STARTED,
+                now
+            ],
+        )?;
+    }
+    let Some((build_row, app, sha, image_tag, delivery_id, service_key, _)) = row else {
         let Some(foreign) = &done.foreign else {
             return Ok(CompletionOutcome::Foreign);
         };
@@ -253,7 +292,7 @@ fn complete_build(
         c,
         &NewDeployment {
             app,
-            service_key: done.service_key.clone(),
+            service_key,
             sha,
             image_tag,
             trigger: trigger::PUSH,
@@ -261,7 +300,7 @@ fn complete_build(
             build_row: Some(build_row),
             build_id: Some(done.build_id.clone()),
             delivery_id: Some(delivery_id),
-            order_key: Some(build_row),
+            order_key: Some(push_rank(build_row)),
             target_task_definition: None,
             log_link: done.log_link.clone(),
         },
@@ -342,19 +381,24 @@ impl Journal {
         .await
     }
 
-    /// A deployment of the same service ranked after `d` that is going ahead or went ahead.
+    /// A deployment of the same service that is newer than `d` and is going ahead or went
+    /// ahead: ranked after it, or (for pushes) the deploy of a push that followed `d`'s commit
+    /// (its `before` is `d`'s commit), whatever order GitHub delivered them in.
     pub async fn newer_deployment(
         &self,
         d: &Deployment,
     ) -> Result<Option<Deployment>, JournalError> {
-        let (key, order, id) = (d.service_key.clone(), d.order_key, d.id);
+        let (key, order, id, sha) = (d.service_key.clone(), d.order_key, d.id, d.sha.clone());
+        let automatic = d.trigger == trigger::PUSH || d.trigger == trigger::FOREIGN_BUILD;
         self.read(move |c| {
             Ok(c.query_row(
                 &format!(
-                    "SELECT {COLUMNS} FROM deployments
-                     WHERE service_key = ?1 AND state IN (?4, ?5, ?6)
-                       AND (order_key > ?2 OR (order_key = ?2 AND id > ?3))
-                     ORDER BY order_key DESC, id DESC LIMIT 1"
+                    "SELECT {COLUMNS} FROM deployments n
+                     WHERE n.service_key = ?1 AND n.id != ?3 AND n.state IN (?4, ?5, ?6)
+                       AND (n.order_key > ?2 OR (n.order_key = ?2 AND n.id > ?3)
+                            OR (?7 AND EXISTS (SELECT 1 FROM builds b
+                                    WHERE b.id = n.build_row AND b.before_sha = ?8)))
+                     ORDER BY n.order_key DESC, n.id DESC LIMIT 1"
                 ),
                 params![
                     key,
@@ -362,7 +406,9 @@ impl Journal {
                     id,
                     deploy_state::PENDING,
                     deploy_state::DEPLOYING,
-                    deploy_state::SUCCEEDED
+                    deploy_state::SUCCEEDED,
+                    automatic,
+                    sha,
                 ],
                 from_row,
             )
@@ -447,7 +493,7 @@ impl Journal {
             let mut stmt = c.prepare_cached(
                 "SELECT id, build_id, app FROM builds
                  WHERE state = ?1 AND build_id IS NOT NULL AND updated_ms <= ?2
-                 ORDER BY id LIMIT 100",
+                 ORDER BY updated_ms LIMIT 100",
             )?;
             let rows = stmt
                 .query_map(params![build_state::STARTED, before_ms], |r| {
@@ -496,6 +542,40 @@ impl Journal {
                 .query_map([delivery_row], from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+}
+
+impl Journal {
+    /// Marks builds as asked about, so the reconciler's next pass starts with others.
+    pub async fn builds_checked(&self, rows: Vec<i64>, now_ms: i64) -> Result<(), JournalError> {
+        self.write(move |c| {
+            for row in rows {
+                c.execute(
+                    "UPDATE builds SET updated_ms = ?2 WHERE id = ?1 AND state = ?3",
+                    params![row, now_ms, build_state::STARTED],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// A build CodeBuild says it does not know: it will never end, so it failed.
+    pub async fn build_unknown_to_codebuild(
+        &self,
+        row: i64,
+        now_ms: i64,
+    ) -> Result<(), JournalError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE builds SET state = ?2, reason = 'CodeBuild does not know this build',
+                     updated_ms = ?3
+                 WHERE id = ?1 AND state = ?4",
+                params![row, build_state::BUILD_FAILED, now_ms, build_state::STARTED],
+            )?;
+            Ok(())
         })
         .await
     }

@@ -41,7 +41,8 @@ pub enum JournalError {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&mut Transaction<'_>) -> Completion + Send>;
+/// A write. It gets None when its group's transaction was lost before its turn.
+type Job = Box<dyn FnOnce(Option<&mut Transaction<'_>>) -> Completion + Send>;
 
 /// Most jobs one transaction takes; the rest wait for the next.
 const MAX_GROUP: usize = 512;
@@ -55,6 +56,8 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     reader: Mutex<Connection>,
     path: PathBuf,
+    /// Held while the journal is open for writing.
+    _lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -79,6 +82,28 @@ impl Journal {
             path: state_dir.to_owned(),
             source,
         })?;
+        // One slipway per journal: a second one would run the same builds and deploys.
+        let lock_path = state_dir.join("slipway.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| JournalError::Create {
+                path: lock_path.clone(),
+                source,
+            })?;
+        if let Err(e) = lock.try_lock() {
+            return Err(JournalError::Invalid(match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "another slipway is using {} (only one may run per state_dir)",
+                    state_dir.display()
+                ),
+                std::fs::TryLockError::Error(e) => {
+                    format!("cannot lock {}: {e}", lock_path.display())
+                }
+            }));
+        }
         let path = state_dir.join("journal.db");
         let mut writer = open(
             &path,
@@ -98,6 +123,7 @@ impl Journal {
                 writer: Mutex::new(Some(tx)),
                 reader: Mutex::new(reader),
                 path,
+                _lock: Some(lock),
             }),
         })
     }
@@ -117,6 +143,7 @@ impl Journal {
                 writer: Mutex::new(None),
                 reader: Mutex::new(reader),
                 path,
+                _lock: None,
             }),
         })
     }
@@ -133,7 +160,14 @@ impl Journal {
         F: FnOnce(&Connection) -> Result<R, JournalError> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel::<Result<R, JournalError>>();
-        let job: Job = Box::new(move |tx: &mut Transaction<'_>| {
+        let job: Job = Box::new(move |tx: Option<&mut Transaction<'_>>| {
+            let Some(tx) = tx else {
+                return Box::new(move |_: Result<(), String>| {
+                    let _ = done_tx.send(Err(JournalError::Commit(
+                        "the transaction was rolled back before this write ran".into(),
+                    )));
+                }) as Completion;
+            };
             let outcome = match tx.savepoint() {
                 Ok(mut sp) => match f(&sp) {
                     Ok(value) => match sp.commit() {
@@ -214,13 +248,33 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         let mut tx = match conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
-                // The jobs never ran; dropping them tells their callers the write failed.
                 tracing::error!(error = %e, "journal: cannot begin a transaction");
+                let message = e.to_string();
+                for job in jobs {
+                    job(None)(Err(message.clone()));
+                }
                 continue;
             }
         };
-        let completions: Vec<Completion> = jobs.into_iter().map(|job| job(&mut tx)).collect();
-        let committed = tx.commit().map_err(|e| e.to_string());
+        let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+        let mut lost = false;
+        for job in jobs {
+            if lost {
+                completions.push(job(None));
+                continue;
+            }
+            completions.push(job(Some(&mut tx)));
+            // SQLite rolls the whole transaction back by itself on some errors (full disk,
+            // I/O): later writes must not run outside it, each committing on its own.
+            lost = tx.is_autocommit();
+        }
+        let committed = if lost {
+            tracing::error!("journal: the transaction was rolled back by SQLite");
+            drop(tx);
+            Err("the transaction was rolled back".to_owned())
+        } else {
+            tx.commit().map_err(|e| e.to_string())
+        };
         if let Err(e) = &committed {
             tracing::error!(error = %e, "journal: commit failed");
         }

@@ -38,6 +38,8 @@ CREATE TABLE builds (
     sha                TEXT NOT NULL,
     project            TEXT NOT NULL,
     image_tag          TEXT NOT NULL,     -- the tag the build pushes (IMAGE_TAG)
+    service_key        TEXT NOT NULL,     -- the app's cluster "/" service when it was pushed
+    before_sha         TEXT,              -- the push's `before`: the commit this one follows
     token              TEXT NOT NULL,     -- StartBuild idempotency token, also SLIPWAY_RUN
     state              TEXT NOT NULL,     -- pending | build_started | build_succeeded | build_failed | failed
     build_id           TEXT,

@@ -701,3 +701,221 @@ async fn pin_digest_deploys_the_image_by_digest() {
         .await;
     assert_eq!(image_of(&td, "web"), image);
 }
+
+#[tokio::test]
+async fn a_rollback_that_fails_too_is_reported_as_failed() {
+    let w = Deploy::new().await;
+    w.proxy
+        .rollouts([Rollout::Fail { after: 1 }, Rollout::Fail { after: 1 }]);
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "rbfail-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("rollout failed") && reason.contains("the rollback to"),
+        "{reason}"
+    );
+    assert_eq!(w.proxy.update_service_calls().len(), 2);
+}
+
+#[tokio::test]
+async fn past_the_timeout_a_restart_looks_before_rolling_back() {
+    let apps = DEFAULT_APPS.replace(
+        "ecr_repository = \"web\"",
+        "ecr_repository = \"web\"\nrollout_timeout_secs = 1",
+    );
+    let w = Deploy::with(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    w.proxy.rollouts([Rollout::Never]);
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "late-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = eventually("the deploy watching its rollout", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["ecs_deployment_id"].is_string())
+    })
+    .await;
+    s.kill();
+    // While slipway is down the timeout passes, and ECS completes the rollout.
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
+    w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        1,
+        "no rollback of a completed rollout"
+    );
+}
+
+#[tokio::test]
+async fn an_older_push_delivered_late_does_not_replace_the_newer_one() {
+    let w = Deploy::with(Setup {
+        images: &[OLDER_SHA, NEWER_SHA],
+        ..Setup::default()
+    })
+    .await;
+    let s = w.builder.start().await;
+    // The newer push (its `before` is the older commit) arrives and deploys first ...
+    let body = String::from_utf8(fixture("github/push_master.json")).unwrap();
+    let before = serde_json::from_str::<Value>(&body).unwrap()["before"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let newer = body
+        .replace(&before, OLDER_SHA)
+        .replace(MASTER_SHA, NEWER_SHA);
+    let r = s.deliver("push", "late-newer", newer.as_bytes()).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let newer_arn = eventually("the newer build", || async {
+        w.emulator
+            .builds(PROJECT)
+            .await
+            .first()
+            .and_then(|b| b.arn().map(str::to_owned))
+    })
+    .await;
+    w.complete(&newer_arn, "SUCCEEDED", NEWER_SHA).await;
+    assert_eq!(w.finished(NEWER_SHA).await["state"], "succeeded");
+    // ... then the older push is redelivered by hand, later in journal order.
+    let older_arn = w.push(&s, "late-older", OLDER_SHA).await;
+    w.complete(&older_arn, "SUCCEEDED", OLDER_SHA).await;
+    let d = w.finished(OLDER_SHA).await;
+    assert_eq!(d["state"], "superseded", "{d}");
+    assert_eq!(w.proxy.requests("RegisterTaskDefinition").len(), 1);
+}
+
+#[tokio::test]
+async fn an_event_for_a_build_whose_start_was_never_recorded_is_recognised() {
+    let w = Deploy::new().await;
+    // CodeBuild starts the build but slipway does not hear back (yet).
+    w.proxy.script(
+        "StartBuild",
+        [Fault::DelayAnswer(std::time::Duration::from_secs(600))],
+    );
+    let s = w.builder.start().await;
+    let body = fixture("github/push_master.json");
+    assert_eq!(s.deliver("push", "unheard-1", &body).await.status, 202);
+    let build = eventually("the build in CodeBuild", || async {
+        w.emulator.builds(PROJECT).await.into_iter().next()
+    })
+    .await;
+    let run = w.proxy.requests("StartBuild")[0]["idempotencyToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.emulator
+        .emit_build_event_with_env(
+            build.arn().unwrap(),
+            PROJECT,
+            "SUCCEEDED",
+            MASTER_SHA,
+            &[("SLIPWAY_RUN", &run)],
+        )
+        .await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(
+        (d["state"].as_str(), d["trigger"].as_str()),
+        (Some("succeeded"), Some("push")),
+        "{d}"
+    );
+    assert_eq!(d["build_id"].as_str(), build.id());
+}
+
+#[tokio::test]
+async fn an_operator_deploy_ranks_above_a_push_still_building() {
+    let w = Deploy::with(Setup {
+        images: &[MASTER_SHA, NEWER_SHA],
+        ..Setup::default()
+    })
+    .await;
+    let s = w
+        .builder
+        .clone()
+        .env("SLIPWAY_OPS_TOKENS", "ops-token-0123456789abc")
+        .start()
+        .await;
+    let arn = w.push(&s, "building-1", MASTER_SHA).await;
+    // While that push builds, an operator deploys another commit.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/apps/web/deploy", s.url))
+        .bearer_auth("ops-token-0123456789abc")
+        .json(&serde_json::json!({ "sha": NEWER_SHA }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(w.finished(NEWER_SHA).await["state"], "succeeded");
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = w.finished(MASTER_SHA).await;
+    assert_eq!(d["state"], "superseded", "{d}");
+}
+
+#[tokio::test]
+async fn apps_sharing_a_codebuild_project_each_deploy_their_own_service() {
+    let apps = format!(
+        "{DEFAULT_APPS}\n[[app]]\nname = \"worker\"\nrepository = \"octo-org/web\"\ncodebuild_project = \"web-build\"\ncluster = \"web\"\nservice = \"worker\"\ncontainer = \"web\"\necr_repository = \"web\"\n"
+    );
+    let w = Deploy::with(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    w.emulator
+        .create_service(CLUSTER, "worker", &w.base_td)
+        .await;
+    let s = w.builder.start().await;
+    let r = s
+        .deliver("push", "mono-1", &fixture("github/push_master.json"))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let builds = eventually("two builds", || async {
+        let b = w.emulator.builds(PROJECT).await;
+        (b.len() == 2).then_some(b)
+    })
+    .await;
+    for b in &builds {
+        w.complete(b.arn().unwrap(), "SUCCEEDED", MASTER_SHA).await;
+    }
+    let done = eventually("both deploys finished", || async {
+        let d = w.builder.deployments();
+        (d.len() == 2 && d.iter().all(|d| d["state"] == "succeeded")).then_some(d)
+    })
+    .await;
+    let mut keys: Vec<(&str, &str)> = done
+        .iter()
+        .map(|d| {
+            (
+                d["app"].as_str().unwrap(),
+                d["service_key"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, [("web", "web/web"), ("worker", "web/worker")]);
+    for d in &done {
+        let service = d["service_key"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .nth(1)
+            .unwrap();
+        let td = w
+            .emulator
+            .service(CLUSTER, service)
+            .await
+            .task_definition()
+            .unwrap()
+            .to_owned();
+        assert_eq!(td, d["to_task_definition"].as_str().unwrap(), "{service}");
+    }
+}

@@ -333,22 +333,34 @@ async fn oversized_bodies_get_413_whether_declared_or_streamed() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
 
-    // Streamed without a length: cut off once past the cap.
+    // Streamed without a length: cut off once past the cap. The server answers 413 and
+    // closes while the client is still sending, so the client sees the 413 or, when the
+    // close overtakes it, a reset; either way the log says the body was refused mid-stream.
     let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
     let stream =
         futures_util::stream::iter((0..26).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let r = client
+    let sent = client
         .post(&url)
         .header("content-type", "application/json")
         .header("x-github-event", "push")
         .header("x-github-delivery", "big-2")
         .body(reqwest::Body::wrap_stream(stream))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 413);
-    let text = r.text().await.unwrap();
-    assert!(text.contains("larger than"), "{text}");
+        .await;
+    match sent {
+        Ok(r) => {
+            assert_eq!(r.status().as_u16(), 413);
+            let text = r.text().await.unwrap();
+            assert!(text.contains("larger than"), "{text}");
+        }
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+    eventually("the refusal logged", || async {
+        s.logs()
+            .contains("request body too large; refused while reading it")
+            .then_some(())
+    })
+    .await;
 
     assert!(s.deliveries().is_empty());
     let r = s
@@ -372,7 +384,11 @@ async fn a_redelivery_of_a_started_build_is_a_duplicate() {
         r.text
     );
 
-    // The same delivery id from another hook is another delivery.
+    // The same delivery id from another hook is another delivery (here, another push).
+    let body = String::from_utf8(body)
+        .unwrap()
+        .replace(MASTER_SHA, "2222222222222222222222222222222222222222")
+        .into_bytes();
     let signature = slipway::webhook::sign(SECRET.as_bytes(), &body);
     let r = s
         .post(
@@ -648,4 +664,33 @@ async fn killed_after_codebuild_started_the_build_but_before_the_answer_no_secon
     assert!(s
         .logs()
         .contains("found the build a previous attempt started"));
+}
+
+#[tokio::test]
+async fn the_same_push_from_two_hooks_builds_once() {
+    let w = world().await;
+    let s = SlipwayBuilder::new(&w.proxy.url).start().await;
+    let body = fixture("github/push_master.json");
+    assert_eq!(s.deliver("push", "repo-hook-1", &body).await.status, 202);
+    delivery_state(&s.builder, "repo-hook-1", "build_started").await;
+    // The organisation's hook sends the same push with its own delivery id.
+    let r = s.deliver("push", "org-hook-7", &body).await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("duplicate")),
+        "{}",
+        r.text
+    );
+    assert_eq!(w.proxy.requests("StartBuild").len(), 1);
+}
+
+#[tokio::test]
+async fn a_second_slipway_on_the_same_state_dir_refuses_to_start() {
+    let w = world().await;
+    let builder = SlipwayBuilder::new(&w.proxy.url);
+    let _first = builder.start().await;
+    let config = builder.config_path();
+    let (status, _, err) = builder.run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(err.contains("another slipway is using"), "{err}");
 }

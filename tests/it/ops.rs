@@ -112,6 +112,7 @@ async fn the_ops_api_needs_a_valid_token_and_is_never_open() {
     assert!(!s.logs().contains(TOKEN), "tokens are never logged");
 
     // No tokens configured: every ops route refuses, the rest still serves.
+    drop(s);
     let s = w.builder.start().await;
     for token in [None, Some(TOKEN)] {
         let (status, body) = call(&s, "GET", "/api/apps", token, None).await;

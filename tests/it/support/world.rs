@@ -274,6 +274,23 @@ impl Emulator {
 
     /// Plays CodeBuild's completion event onto the bus, as AWS would emit it.
     pub async fn emit_build_event(&self, build_arn: &str, project: &str, status: &str, sha: &str) {
+        self.emit_build_event_with_env(build_arn, project, status, sha, &[])
+            .await
+    }
+
+    /// Like `emit_build_event`, with the build's environment variables in the event.
+    pub async fn emit_build_event_with_env(
+        &self,
+        build_arn: &str,
+        project: &str,
+        status: &str,
+        sha: &str,
+        env: &[(&str, &str)],
+    ) {
+        let env: Vec<serde_json::Value> = env
+            .iter()
+            .map(|(k, v)| serde_json::json!({ "name": k, "value": v, "type": "PLAINTEXT" }))
+            .collect();
         let detail = serde_json::json!({
             "build-status": status,
             "project-name": project,
@@ -292,6 +309,7 @@ impl Emulator {
                 },
                 "timeout-in-minutes": 60.0,
                 "build-number": 7.0,
+                "environment": { "environment-variables": env },
             },
         });
         let out = self
