@@ -280,28 +280,32 @@ impl RawConfig {
         }
         let server = ServerLimits {
             max_connections: positive("server.max_connections", self.server.max_connections, 512)?,
-            header_timeout: Duration::from_secs(positive(
+            header_timeout: duration(
                 "server.header_timeout_secs",
-                self.server.header_timeout_secs.map(|v| v as usize),
+                self.server.header_timeout_secs,
                 10,
-            )? as u64),
-            body_timeout: Duration::from_secs(positive(
+                Duration::from_secs,
+            )?,
+            body_timeout: duration(
                 "server.body_timeout_secs",
-                self.server.body_timeout_secs.map(|v| v as usize),
+                self.server.body_timeout_secs,
                 30,
-            )? as u64),
+                Duration::from_secs,
+            )?,
         };
         let build = BuildRetry {
-            initial: Duration::from_secs(positive(
+            initial: duration(
                 "build.retry_initial_secs",
-                self.build.retry_initial_secs.map(|v| v as usize),
+                self.build.retry_initial_secs,
                 1,
-            )? as u64),
-            max: Duration::from_secs(positive(
+                Duration::from_secs,
+            )?,
+            max: duration(
                 "build.retry_max_secs",
-                self.build.retry_max_secs.map(|v| v as usize),
+                self.build.retry_max_secs,
                 300,
-            )? as u64),
+                Duration::from_secs,
+            )?,
         };
         if build.max < build.initial {
             return Err(invalid(
@@ -310,16 +314,18 @@ impl RawConfig {
             ));
         }
         let deploy = DeployTiming {
-            poll_initial: Duration::from_millis(positive(
+            poll_initial: duration(
                 "deploy.poll_initial_ms",
-                self.deploy.poll_initial_ms.map(|v| v as usize),
+                self.deploy.poll_initial_ms,
                 5_000,
-            )? as u64),
-            poll_max: Duration::from_millis(positive(
+                Duration::from_millis,
+            )?,
+            poll_max: duration(
                 "deploy.poll_max_ms",
-                self.deploy.poll_max_ms.map(|v| v as usize),
+                self.deploy.poll_max_ms,
                 30_000,
-            )? as u64),
+                Duration::from_millis,
+            )?,
         };
         if deploy.poll_max < deploy.poll_initial {
             return Err(invalid(
@@ -328,16 +334,18 @@ impl RawConfig {
             ));
         }
         let events = EventsConfig {
-            reconcile_after: Duration::from_secs(positive(
+            reconcile_after: duration(
                 "events.reconcile_after_secs",
-                self.events.reconcile_after_secs.map(|v| v as usize),
+                self.events.reconcile_after_secs,
                 30 * 60,
-            )? as u64),
-            visibility_timeout: Duration::from_secs(positive(
+                Duration::from_secs,
+            )?,
+            visibility_timeout: duration(
                 "events.visibility_timeout_secs",
-                self.events.visibility_timeout_secs.map(|v| v as usize),
+                self.events.visibility_timeout_secs,
                 120,
-            )? as u64),
+                Duration::from_secs,
+            )?,
         };
         if events.visibility_timeout > Duration::from_secs(12 * 3600) {
             return Err(invalid(
@@ -374,6 +382,16 @@ impl RawConfig {
             apps,
         })
     }
+}
+
+/// A positive number of `unit`s (`Duration::from_secs` or `from_millis`), or the default.
+fn duration(
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    unit: fn(u64) -> Duration,
+) -> Result<Duration, ConfigError> {
+    positive(key, value.map(|v| v as usize), default as usize).map(|v| unit(v as u64))
 }
 
 fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {

@@ -110,6 +110,14 @@ impl Deploy {
             .await;
     }
 
+    /// A push of `sha`, its build succeeding, and the deploy that follows; returns the
+    /// deployment once it ended.
+    pub async fn ship(&self, s: &Slipway, delivery: &str, sha: &str) -> Value {
+        let arn = self.push(s, delivery, sha).await;
+        self.complete(&arn, "SUCCEEDED", sha).await;
+        self.finished(sha).await
+    }
+
     /// Waits until the deployment of `sha` ends; returns its record.
     pub async fn finished(&self, sha: &str) -> Value {
         eventually(&format!("deploy of {sha} finished"), || async {
@@ -212,9 +220,7 @@ async fn a_successful_build_is_deployed_and_the_rollout_completes() {
 async fn the_new_revision_differs_from_the_old_only_in_the_image_and_version() {
     let w = Deploy::new().await;
     let s = w.builder.start().await;
-    let arn = w.push(&s, "fid-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "fid-1", MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded", "{d}");
     let (mut old, old_tags) = w.emulator.task_definition(&w.base_td).await;
     let (mut new, new_tags) = w
@@ -273,9 +279,7 @@ async fn a_failed_rollout_is_rolled_back() {
     let w = Deploy::new().await;
     w.proxy.rollouts([Rollout::Fail { after: 2 }]);
     let s = w.builder.start().await;
-    let arn = w.push(&s, "fail-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "fail-1", MASTER_SHA).await;
     assert_eq!(d["state"], "rolled_back", "{d}");
     let reason = d["reason"].as_str().unwrap();
     assert!(
@@ -297,9 +301,7 @@ async fn an_ecs_rollback_is_reported_as_failed_not_success() {
     let w = Deploy::new().await;
     w.proxy.rollouts([Rollout::EcsRollsBack { after: 2 }]);
     let s = w.builder.start().await;
-    let arn = w.push(&s, "ecsrb-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "ecsrb-1", MASTER_SHA).await;
     assert_eq!(d["state"], "failed", "{d}");
     assert!(
         d["reason"]
@@ -330,9 +332,7 @@ async fn a_rollout_that_never_finishes_times_out_and_is_rolled_back() {
     .await;
     w.proxy.rollouts([Rollout::Never]);
     let s = w.builder.start().await;
-    let arn = w.push(&s, "slow-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "slow-1", MASTER_SHA).await;
     assert_eq!(d["state"], "rolled_back", "{d}");
     assert!(
         d["reason"]
@@ -349,9 +349,7 @@ async fn a_foreign_deploy_replacing_ours_fails_without_undoing_theirs() {
     let w = Deploy::new().await;
     w.proxy.rollouts([Rollout::Foreign { after: 1 }]);
     let s = w.builder.start().await;
-    let arn = w.push(&s, "foreign-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "foreign-1", MASTER_SHA).await;
     assert_eq!(d["state"], "failed", "{d}");
     assert!(d["reason"].as_str().unwrap().contains("replaced"), "{d}");
     assert_eq!(w.proxy.update_service_calls().len(), 1);
@@ -365,9 +363,7 @@ async fn a_missing_image_fails_before_anything_is_registered() {
     })
     .await;
     let s = w.builder.start().await;
-    let arn = w.push(&s, "noimg-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "noimg-1", MASTER_SHA).await;
     assert_eq!(d["state"], "failed");
     assert_eq!(
         d["reason"],
@@ -387,9 +383,7 @@ async fn a_missing_cluster_and_an_inactive_service_fail_clearly() {
     })
     .await;
     let s = w.builder.start().await;
-    let arn = w.push(&s, "nocl-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "nocl-1", MASTER_SHA).await;
     assert_eq!(d["state"], "failed");
     assert!(
         d["reason"]
@@ -411,9 +405,7 @@ async fn a_missing_cluster_and_an_inactive_service_fail_clearly() {
         .await
         .unwrap();
     let s = w.builder.start().await;
-    let arn = w.push(&s, "inactive-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "inactive-1", MASTER_SHA).await;
     assert_eq!(d["state"], "failed");
     assert!(
         d["reason"]
@@ -433,9 +425,7 @@ async fn a_container_name_not_in_the_task_definition_fails_clearly() {
     })
     .await;
     let s = w.builder.start().await;
-    let arn = w.push(&s, "cont-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "cont-1", MASTER_SHA).await;
     assert_eq!(d["state"], "failed");
     let reason = d["reason"].as_str().unwrap();
     assert!(
@@ -688,9 +678,7 @@ async fn pin_digest_deploys_the_image_by_digest() {
     })
     .await;
     let s = w.builder.start().await;
-    let arn = w.push(&s, "pin-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "pin-1", MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded", "{d}");
     let image = d["image"].as_str().unwrap();
     let uri = w.emulator.repository_uri(ECR_REPO).await;
@@ -708,9 +696,7 @@ async fn a_rollback_that_fails_too_is_reported_as_failed() {
     w.proxy
         .rollouts([Rollout::Fail { after: 1 }, Rollout::Fail { after: 1 }]);
     let s = w.builder.start().await;
-    let arn = w.push(&s, "rbfail-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = w.finished(MASTER_SHA).await;
+    let d = w.ship(&s, "rbfail-1", MASTER_SHA).await;
     assert_eq!(d["state"], "failed", "{d}");
     let reason = d["reason"].as_str().unwrap();
     assert!(

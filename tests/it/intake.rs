@@ -694,3 +694,48 @@ async fn a_second_slipway_on_the_same_state_dir_refuses_to_start() {
     assert!(!status.success());
     assert!(err.contains("another slipway is using"), "{err}");
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world().await;
+    let s = SlipwayBuilder::new(&w.proxy.url)
+        .extra("[server]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\n")
+        .start()
+        .await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+
+    // Headers that never finish: the connection is closed.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: slipway\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        conn.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the server kept a half-sent request open");
+
+    // A body that never finishes: 408.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(
+        b"POST /webhooks/github HTTP/1.1\r\nHost: slipway\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ref\":",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    assert!(s.deliveries().is_empty());
+    let r = s
+        .deliver("push", "after-slow", &fixture("github/push_master.json"))
+        .await;
+    assert_eq!(r.status, 202);
+}
