@@ -202,7 +202,8 @@ struct SlashCommand {
 }
 
 impl SlashCommand {
-    /// Who is acting, as journaled: `slack:<user_name>`, or `slack:<user_id>` without one.
+    /// Who is acting, as journaled: `slack:<user_id>` (ids are unique and cannot be edited),
+    /// with the display name after it for people: `slack:U123(ada)`.
     fn actor(&self) -> String {
         let clean = |s: &str| -> String {
             s.chars()
@@ -210,16 +211,11 @@ impl SlashCommand {
                 .take(64)
                 .collect()
         };
-        let name = clean(&self.user_name);
-        let who = if name.is_empty() {
-            clean(&self.user_id)
-        } else {
-            name
-        };
-        if who.is_empty() {
-            "slack:unknown".to_owned()
-        } else {
-            format!("slack:{who}")
+        let (id, name) = (clean(&self.user_id), clean(&self.user_name));
+        match (id.is_empty(), name.is_empty()) {
+            (true, _) => "slack:unknown".to_owned(),
+            (false, true) => format!("slack:{id}"),
+            (false, false) => format!("slack:{id}({name})"),
         }
     }
 
@@ -340,6 +336,23 @@ pub async fn slack(State(state): State<AppState>, request: axum::extract::Reques
     ) {
         tracing::warn!(reason = %e, "chat: Slack signature check failed");
         return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+    }
+    // A signed request is good for 5 minutes: refuse the same one a second time.
+    let seen_key = format!(
+        "{}:{}",
+        header(&headers, "x-slack-request-timestamp").unwrap_or(""),
+        header(&headers, "x-slack-signature").unwrap_or("")
+    );
+    if !state
+        .slack_seen
+        .first_time(seen_key, state.clock.now().unix_timestamp())
+    {
+        tracing::warn!("chat: a Slack request was sent again; refused");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this request was already received",
+        );
     }
     if ContentType::from_header(header(&headers, "content-type")) != Some(ContentType::Form) {
         return error(
@@ -725,6 +738,8 @@ fn client() -> &'static reqwest::Client {
     CLIENT.get_or_init(|| {
         reqwest::Client::builder()
             .timeout(POST_TIMEOUT)
+            // A redirect could send the outcome somewhere Slack's URL did not name.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("slipway/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default()
@@ -997,10 +1012,13 @@ mod tests {
             user_name: name.into(),
             ..Default::default()
         };
-        assert_eq!(form("U2CERLKJA", "roadrunner").actor(), "slack:roadrunner");
+        assert_eq!(
+            form("U2CERLKJA", "roadrunner").actor(),
+            "slack:U2CERLKJA(roadrunner)"
+        );
         assert_eq!(form("U2CERLKJA", "").actor(), "slack:U2CERLKJA");
         assert_eq!(form("U2CERLKJA", "<>\n").actor(), "slack:U2CERLKJA");
-        assert_eq!(form("", "").actor(), "slack:unknown");
+        assert_eq!(form("", "roadrunner").actor(), "slack:unknown");
         assert_eq!(
             form("U2CERLKJA", "x").mention().as_deref(),
             Some("<@U2CERLKJA>")
@@ -1030,5 +1048,18 @@ mod tests {
             text.contains("was rolled back: tasks &lt;failed&gt;"),
             "{text}"
         );
+    }
+}
+
+/// Slack requests already handled, kept for as long as their timestamp is accepted.
+#[derive(Debug, Default)]
+pub struct SeenRequests(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+impl SeenRequests {
+    /// True the first time `key` is seen within the accepted clock skew.
+    pub fn first_time(&self, key: String, now: i64) -> bool {
+        let mut seen = self.0.lock().expect("seen requests");
+        seen.retain(|_, at| now - *at <= 2 * MAX_CLOCK_SKEW_SECS);
+        seen.insert(key, now).is_none()
     }
 }

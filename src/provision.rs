@@ -354,8 +354,28 @@ pub async fn run(config: &Config, aws: &Clients, dry_run: bool) -> Report {
         dry_run,
         report: &mut report,
     };
-    // A failed call stops the plumbing (its steps build on each other); the checks still run.
-    let _ = plumbing.run(&projects).await;
+    // A failed call stops the plumbing (its steps build on each other); the checks still run,
+    // and every step not attempted says so.
+    if plumbing.run(&projects).await.is_err() {
+        let names = &config.provision;
+        let target = format!("{}/{TARGET_ID}", names.rule_name);
+        for (kind, name) in [
+            (Kind::DeadLetterQueue, names.dead_letter_queue_name.as_str()),
+            (Kind::Queue, names.queue_name.as_str()),
+            (Kind::Rule, names.rule_name.as_str()),
+            (Kind::QueuePolicy, names.queue_name.as_str()),
+            (Kind::RuleTarget, target.as_str()),
+        ] {
+            if !report.items.iter().any(|i| i.kind == kind) {
+                report.push(
+                    kind,
+                    name,
+                    Status::Error,
+                    "not attempted: an earlier step failed",
+                );
+            }
+        }
+    }
     check_config(config, &mut report);
     check_projects(config, aws, &mut report).await;
     check_repositories(config, aws, &mut report).await;
@@ -1054,7 +1074,9 @@ fn check_config(config: &Config, report: &mut Report) {
             Kind::Config,
             "queue_url",
             Status::Warning,
-            format!("{configured} is not the queue provision manages ({name})"),
+            format!(
+                "{configured} is not the queue provision manages ({name}): slipway would read a queue the rule does not feed, and deploys would wait for the reconciler"
+            ),
         );
     }
 }
@@ -1276,7 +1298,24 @@ async fn check_service(app: &AppConfig, aws: &Clients, report: &mut Report) {
     };
     let task_definition = service.task_definition().unwrap_or_default();
     let revision = last_segment(task_definition);
+    let controller = service
+        .deployment_controller()
+        .map(|c| c.r#type())
+        .map(|t| t.as_str().to_owned());
     match service.status() {
+        Some("ACTIVE") if controller.as_deref().is_some_and(|c| c != "ECS") => {
+            report.push_app(
+                app,
+                Kind::Service,
+                &name,
+                Status::Missing,
+                format!(
+                    "deployment controller {}: slipway deploys with UpdateService, which needs the ECS controller",
+                    controller.unwrap_or_default()
+                ),
+            );
+            return;
+        }
         Some("ACTIVE") => report.push_app(
             app,
             Kind::Service,

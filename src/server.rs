@@ -44,6 +44,8 @@ pub struct AppState {
     pub ops_tokens: Arc<OpsTokens>,
     /// Bounds the webhook bodies read at once (each up to 25 MiB, before the signature check).
     pub body_reads: Arc<Semaphore>,
+    /// Slack requests already handled (replay protection).
+    pub slack_seen: Arc<crate::chat::SeenRequests>,
     /// Slack's signing secret; None disables `/chat/slack`.
     pub slack_secret: Option<Arc<crate::config::Secret>>,
 }
@@ -185,6 +187,7 @@ pub async fn run(
         ops_tokens: Arc::new(ops_tokens),
         slack_secret: slack_secret.map(Arc::new),
         body_reads: Arc::new(Semaphore::new(MAX_BODY_READS)),
+        slack_seen: Arc::default(),
     };
     let app = router(state);
 

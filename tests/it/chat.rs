@@ -152,7 +152,7 @@ async fn a_signed_deploy_command_deploys_the_commit_and_reports_the_outcome() {
     let d = c.w.finished(MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded", "{d}");
     assert_eq!(d["id"], id);
-    assert_eq!(d["actor"], "slack:ada", "{d}");
+    assert_eq!(d["actor"], "slack:U2CERLKJA(ada)", "{d}");
     assert_eq!(d["trigger"], "operator", "{d}");
 
     let outcome = c.outcome(id).await;
@@ -195,7 +195,7 @@ async fn rollback_from_chat_puts_back_the_previous_commit() {
             d["actor"].as_str(),
             d["sha"].as_str()
         ),
-        (Some("rollback"), Some("slack:grace"), Some(MASTER_SHA))
+        (Some("rollback"), Some("slack:U1(grace)"), Some(MASTER_SHA))
     );
 }
 
@@ -308,7 +308,7 @@ async fn only_listed_users_may_deploy_but_anyone_may_ask_for_status() {
     let id = deployment_id(a.ephemeral());
     let d = c.w.finished(MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded", "{d}");
-    assert_eq!(d["actor"], "slack:ada");
+    assert_eq!(d["actor"], "slack:UALLOWED(ada)");
     assert!(c.outcome(id).await.contains("succeeded"));
     assert_eq!(c.deployments().len(), 1);
 }
@@ -372,4 +372,21 @@ async fn status_help_unknown_commands_and_refused_operations_answer_ephemerally(
         c.hook.bodies().is_empty(),
         "nothing was posted to response_url"
     );
+}
+
+#[tokio::test]
+async fn the_same_signed_request_is_accepted_once() {
+    let c = chat(Setup::default()).await;
+    let body = form("status", "U1", "ada", &c.hook.url);
+    let headers = signed(SLACK_SECRET, now(), &body);
+    let first = post(&c.s, &headers, &body).await;
+    assert_eq!(first.status, 200);
+    // Captured and sent again within the 5 minutes its timestamp is good for.
+    let again = post(&c.s, &headers, &body).await;
+    assert_eq!(again.status, 401);
+    assert_eq!(again.body["code"], "unauthorized");
+    assert!(again.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("already received"));
 }

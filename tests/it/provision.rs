@@ -719,6 +719,11 @@ async fn a_failing_aws_call_is_an_error_and_the_other_checks_still_run() {
     assert_eq!(run.status("cluster", "main"), "error");
     assert!(run.detail("cluster", "main").contains("AccessDenied"));
     assert_eq!(run.status("rule", RULE), "error");
+    // The steps after the failed one say they were not attempted.
+    for (kind, name) in [("queue_policy", QUEUE), ("rule_target", TARGET)] {
+        assert_eq!(run.status(kind, name), "error");
+        assert!(run.detail(kind, name).contains("not attempted"));
+    }
     assert_eq!(run.status("queue", QUEUE), "created");
     assert_eq!(run.status("codebuild_project", "web-build"), "ok");
     assert_eq!(run.status("ecr_repository", "web"), "ok");
@@ -816,8 +821,9 @@ async fn provision_names_come_from_the_provision_table() {
     assert!(queue_url(&emu, QUEUE).await.is_none());
 }
 
-/// The proof that rule, target and policy fit together: a CodeBuild state change for a
-/// configured project lands in the queue; other projects' and unfinished builds' do not.
+/// Rule and target fit together: a CodeBuild state change for a configured project lands in
+/// the queue; other projects' and unfinished builds' do not. (The emulator does not enforce
+/// queue policies; the policy's condition is checked structurally in the first test.)
 #[tokio::test]
 async fn a_codebuild_event_lands_in_the_queue() {
     let (emu, builder) = world().await;
@@ -860,4 +866,53 @@ async fn a_codebuild_event_lands_in_the_queue() {
     );
     // Only that one: the other project's and the unfinished build's events were not routed.
     assert_eq!(emu.queue_depth(&url).await, 1);
+}
+
+#[tokio::test]
+async fn a_service_deployed_by_codedeploy_is_reported_missing() {
+    let (emu, _) = world().await;
+    let blue = App {
+        name: "blue",
+        repository: "octo-org/web",
+        project: "web-build",
+        cluster: "main",
+        service: "blue",
+        container: "web",
+        ecr: "web",
+    };
+    let td = emu
+        .ecs()
+        .describe_services()
+        .cluster("main")
+        .services("web")
+        .send()
+        .await
+        .unwrap()
+        .services()[0]
+        .task_definition()
+        .unwrap()
+        .to_owned();
+    emu.ecs()
+        .create_service()
+        .cluster("main")
+        .service_name("blue")
+        .task_definition(td)
+        .desired_count(1)
+        .deployment_controller(
+            aws_sdk_ecs::types::DeploymentController::builder()
+                .r#type(aws_sdk_ecs::types::DeploymentControllerType::CodeDeploy)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let builder = SlipwayBuilder::new(&emu.url).apps(&apps_toml(&[App::good("web"), blue]));
+    let run = provision(&builder, &[]).await;
+    assert!(!run.status.success(), "{:#}", run.report);
+    assert_eq!(run.status("service", "main/blue"), "missing");
+    assert!(run
+        .detail("service", "main/blue")
+        .contains("deployment controller CODE_DEPLOY"));
+    assert_eq!(run.status("service", "main/web"), "ok");
 }
