@@ -150,6 +150,11 @@ impl Deploy {
     }
 }
 
+/// The default `web` app with extra settings (TOML lines).
+pub fn web_with(settings: &str) -> String {
+    format!("{DEFAULT_APPS}{settings}\n")
+}
+
 fn image_of(td: &aws_sdk_ecs::types::TaskDefinition, container: &str) -> String {
     td.container_definitions()
         .iter()
@@ -321,10 +326,7 @@ async fn an_ecs_rollback_is_reported_as_failed_not_success() {
 
 #[tokio::test]
 async fn a_rollout_that_never_finishes_times_out_and_is_rolled_back() {
-    let apps = DEFAULT_APPS.replace(
-        "ecr_repository = \"web\"",
-        "ecr_repository = \"web\"\nrollout_timeout_secs = 2",
-    );
+    let apps = web_with("rollout_timeout_secs = 2");
     let w = Deploy::with(Setup {
         apps,
         ..Setup::default()
@@ -648,10 +650,7 @@ async fn foreign_builds_deploy_only_when_the_app_allows_it() {
     assert!(s.logs().contains("deploy_foreign_builds is off"));
     drop(s);
 
-    let apps = DEFAULT_APPS.replace(
-        "ecr_repository = \"web\"",
-        "ecr_repository = \"web\"\ndeploy_foreign_builds = true",
-    );
+    let apps = web_with("deploy_foreign_builds = true");
     let w = Deploy::with(Setup {
         apps,
         ..Setup::default()
@@ -668,10 +667,7 @@ async fn foreign_builds_deploy_only_when_the_app_allows_it() {
 
 #[tokio::test]
 async fn pin_digest_deploys_the_image_by_digest() {
-    let apps = DEFAULT_APPS.replace(
-        "ecr_repository = \"web\"",
-        "ecr_repository = \"web\"\npin_digest = true",
-    );
+    let apps = web_with("pin_digest = true");
     let w = Deploy::with(Setup {
         apps,
         ..Setup::default()
@@ -708,10 +704,7 @@ async fn a_rollback_that_fails_too_is_reported_as_failed() {
 
 #[tokio::test]
 async fn past_the_timeout_a_restart_looks_before_rolling_back() {
-    let apps = DEFAULT_APPS.replace(
-        "ecr_repository = \"web\"",
-        "ecr_repository = \"web\"\nrollout_timeout_secs = 1",
-    );
+    let apps = web_with("rollout_timeout_secs = 1");
     let w = Deploy::with(Setup {
         apps,
         ..Setup::default()
