@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use backon::{ExponentialBuilder, Retryable};
@@ -28,7 +28,7 @@ use crate::config::AppConfig;
 use crate::journal::deploy_state;
 use crate::ops::{AppStatus, Ops, OpsError};
 use crate::server::AppState;
-use crate::webhook::ContentType;
+use crate::webhook::{header, ContentType};
 
 /// Slash command bodies are small.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -98,13 +98,8 @@ pub fn verify(
         return Err(SignatureError::Malformed);
     }
     let sent_at: i64 = timestamp.parse().map_err(|_| SignatureError::Malformed)?;
-    let hex_part = signature
-        .strip_prefix("v0=")
-        .ok_or(SignatureError::Malformed)?;
-    if hex_part.len() != 64 {
-        return Err(SignatureError::Malformed);
-    }
-    let presented = hex::decode(hex_part).map_err(|_| SignatureError::Malformed)?;
+    let presented =
+        crate::webhook::signature_bytes(signature, "v0=").ok_or(SignatureError::Malformed)?;
     if (now - sent_at).abs() > MAX_CLOCK_SKEW_SECS {
         return Err(SignatureError::Stale);
     }
@@ -284,10 +279,6 @@ fn ephemeral(text: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 /// Text from outside (app names, SHAs, error messages) made safe for Slack's markup.
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -440,64 +431,76 @@ async fn run(
             ephemeral(answer_within(work, reply_to).await)
         }
         Command::Deploy { app, sha } => {
-            let app = match may_change(&state, &form, &app) {
-                Ok(app) => app,
-                Err(text) => return ephemeral(text),
+            let typed = sha.clone();
+            let start = move |ops: Ops, app: String, actor: String| async move {
+                ops.deploy_sha(&app, &sha, &actor).await
             };
-            let ops = state.ops.clone();
-            let actor = form.actor();
-            let mention = form.mention();
-            let follow_to = reply_to.clone();
-            let work = tokio::spawn(async move {
-                match ops.deploy_sha(app.name.as_str(), &sha, &actor).await {
-                    Ok(id) => {
-                        let sha = match ops.deployment(id).await {
-                            Ok(d) => d["sha"].as_str().unwrap_or(&sha).to_owned(),
-                            Err(_) => sha.clone(),
-                        };
-                        let tail = follow(&ops, &app, id, follow_to, mention);
-                        format!(
-                            "Deploying `{}` to *{}* (deployment {id}). {tail}",
-                            code(short_sha(&sha)),
-                            escape(app.name.as_str()),
-                        )
-                    }
-                    Err(e) => failed("deploy", app.name.as_str(), &e),
-                }
-            });
-            ephemeral(answer_within(work, reply_to).await)
+            let announce = move |app: &AppConfig, id: i64, d: Option<&Value>| {
+                let sha = d.and_then(|d| d["sha"].as_str()).unwrap_or(&typed);
+                format!(
+                    "Deploying `{}` to *{}* (deployment {id}).",
+                    code(short_sha(sha)),
+                    escape(app.name.as_str()),
+                )
+            };
+            change(&state, &form, &app, reply_to, "deploy", start, announce).await
         }
         Command::Rollback { app, to } => {
-            let app = match may_change(&state, &form, &app) {
-                Ok(app) => app,
-                Err(text) => return ephemeral(text),
+            let start = move |ops: Ops, app: String, actor: String| async move {
+                ops.rollback(&app, to.as_deref(), &actor).await
             };
-            let ops = state.ops.clone();
-            let actor = form.actor();
-            let mention = form.mention();
-            let follow_to = reply_to.clone();
-            let work = tokio::spawn(async move {
-                match ops.rollback(app.name.as_str(), to.as_deref(), &actor).await {
-                    Ok(id) => {
-                        let target = match ops.deployment(id).await {
-                            Ok(d) => format!(
-                                " to `{}`",
-                                code(short_sha(d["sha"].as_str().unwrap_or_default()))
-                            ),
-                            Err(_) => String::new(),
-                        };
-                        let tail = follow(&ops, &app, id, follow_to, mention);
+            let announce = |app: &AppConfig, id: i64, d: Option<&Value>| {
+                let target = d
+                    .map(|d| {
                         format!(
-                            "Rolling back *{}*{target} (deployment {id}). {tail}",
-                            escape(app.name.as_str()),
+                            " to `{}`",
+                            code(short_sha(d["sha"].as_str().unwrap_or_default()))
                         )
-                    }
-                    Err(e) => failed("roll back", app.name.as_str(), &e),
-                }
-            });
-            ephemeral(answer_within(work, reply_to).await)
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "Rolling back *{}*{target} (deployment {id}).",
+                    escape(app.name.as_str()),
+                )
+            };
+            change(&state, &form, &app, reply_to, "roll back", start, announce).await
         }
     }
+}
+
+/// Deploy and rollback from chat: checks the user may change `app`, starts the change through
+/// the ops engine, answers within Slack's patience (`announce` says what started), and follows
+/// the deployment to `response_url`.
+async fn change<F>(
+    state: &AppState,
+    form: &SlashCommand,
+    app: &str,
+    reply_to: Option<ResponseUrl>,
+    what: &'static str,
+    start: impl FnOnce(Ops, String, String) -> F + Send + 'static,
+    announce: impl FnOnce(&AppConfig, i64, Option<&Value>) -> String + Send + 'static,
+) -> Response
+where
+    F: std::future::Future<Output = Result<i64, OpsError>> + Send,
+{
+    let app = match may_change(state, form, app) {
+        Ok(app) => app,
+        Err(text) => return ephemeral(text),
+    };
+    let (ops, actor, mention) = (state.ops.clone(), form.actor(), form.mention());
+    let follow_to = reply_to.clone();
+    let work = tokio::spawn(async move {
+        match start(ops.clone(), app.name.to_string(), actor).await {
+            Ok(id) => {
+                let record = ops.deployment(id).await.ok();
+                let head = announce(&app, id, record.as_ref());
+                let tail = follow(&ops, &app, id, follow_to, mention);
+                format!("{head} {tail}")
+            }
+            Err(e) => failed(what, app.name.as_str(), &e),
+        }
+    });
+    ephemeral(answer_within(work, reply_to).await)
 }
 
 fn app_names(state: &AppState) -> String {

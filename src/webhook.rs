@@ -51,13 +51,7 @@ pub fn verify(
     body: &[u8],
 ) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_part = header
-        .strip_prefix("sha256=")
-        .ok_or(SignatureError::Malformed)?;
-    if hex_part.len() != 64 {
-        return Err(SignatureError::Malformed);
-    }
-    let expected = hex::decode(hex_part).map_err(|_| SignatureError::Malformed)?;
+    let expected = signature_bytes(header, "sha256=").ok_or(SignatureError::Malformed)?;
     // Check every secret, so the time taken does not tell which one matched.
     let mut matched = false;
     for secret in secrets.iter() {
@@ -250,7 +244,16 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The 32 bytes of a `<prefix><64 hex>` HMAC-SHA256 signature header, if it is one.
+pub(crate) fn signature_bytes(header: &str, prefix: &str) -> Option<Vec<u8>> {
+    let hex_part = header.strip_prefix(prefix)?;
+    if hex_part.len() != 64 {
+        return None;
+    }
+    hex::decode(hex_part).ok()
+}
+
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

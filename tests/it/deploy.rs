@@ -550,11 +550,7 @@ async fn a_failed_build_is_notified_and_not_deployed() {
 
 #[tokio::test]
 async fn a_lost_event_is_recovered_by_the_reconciler() {
-    let w = Deploy::with(Setup {
-        extra: "",
-        ..Setup::default()
-    })
-    .await;
+    let w = Deploy::new().await;
     let builder = w.builder.clone().extra(&format!(
         "queue_url = \"{}\"\n[deploy]\npoll_initial_ms = 50\npoll_max_ms = 200\n[events]\nreconcile_after_secs = 1\n",
         w.queue

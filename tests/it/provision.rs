@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::process::ExitStatus;
 
-use aws_sdk_ecs::types::{ContainerDefinition, DeploymentCircuitBreaker, DeploymentConfiguration};
+use aws_sdk_ecs::types::ContainerDefinition;
+
+use crate::support::world::circuit_breaker_on;
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{json, Value};
 
@@ -123,16 +125,7 @@ async fn build_app(emu: &Emulator, app: &App, faults: Faults) {
             .update_service()
             .cluster(app.cluster)
             .service(app.service)
-            .deployment_configuration(
-                DeploymentConfiguration::builder()
-                    .deployment_circuit_breaker(
-                        DeploymentCircuitBreaker::builder()
-                            .enable(true)
-                            .rollback(true)
-                            .build(),
-                    )
-                    .build(),
-            )
+            .deployment_configuration(circuit_breaker_on())
             .send()
             .await
             .expect("UpdateService (circuit breaker)");

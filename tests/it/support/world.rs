@@ -17,6 +17,18 @@ pub const FAMILY: &str = "web";
 pub const ECR_REPO: &str = "web";
 pub const PROJECT: &str = "web-build";
 
+/// The deployment circuit breaker on, with rollback: what a careful user configures.
+pub fn circuit_breaker_on() -> DeploymentConfiguration {
+    DeploymentConfiguration::builder()
+        .deployment_circuit_breaker(
+            DeploymentCircuitBreaker::builder()
+                .enable(true)
+                .rollback(true)
+                .build(),
+        )
+        .build()
+}
+
 pub fn ecs(config: &aws_config::SdkConfig) -> aws_sdk_ecs::Client {
     aws_sdk_ecs::Client::new(config)
 }
@@ -206,16 +218,7 @@ impl Emulator {
             .task_definition(task_definition)
             .desired_count(2)
             .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
-            .deployment_configuration(
-                DeploymentConfiguration::builder()
-                    .deployment_circuit_breaker(
-                        DeploymentCircuitBreaker::builder()
-                            .enable(true)
-                            .rollback(true)
-                            .build(),
-                    )
-                    .build(),
-            )
+            .deployment_configuration(circuit_breaker_on())
             .send()
             .await
             .expect("CreateService");
