@@ -235,11 +235,11 @@ async fn delivery(
         .ok_or_else(|| OpsError::NotFound(format!("no delivery {id}")))?;
     let builds: Vec<_> = state
         .journal
-        .find_deliveries(None, None, 1000)
+        .delivery_summary(record.row)
         .await
         .map_err(OpsError::from)?
         .into_iter()
-        .filter(|r| r.row == record.row && r.app.is_some())
+        .filter(|r| r.app.is_some())
         .collect();
     let deployments = state
         .journal

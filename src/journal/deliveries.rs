@@ -429,19 +429,34 @@ impl Journal {
         &self,
         limit: u32,
     ) -> Result<Vec<DeliverySummary>, JournalError> {
+        self.summaries(None, limit).await
+    }
+
+    /// The lines of one delivery (by journal row): what came of it, however old it is.
+    pub async fn delivery_summary(&self, row: i64) -> Result<Vec<DeliverySummary>, JournalError> {
+        self.summaries(Some(row), 1).await
+    }
+
+    /// Delivery lines, newest first: of the newest `limit` deliveries, or of row `only`.
+    async fn summaries(
+        &self,
+        only: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeliverySummary>, JournalError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT d.id, d.received_ms, d.delivery_id, d.event, d.source, d.outcome,
                         b.app, b.sha, b.state, b.build_id, b.attempts,
                         COALESCE(dp.reason, b.reason, d.reason), dp.id, dp.state
-                 FROM (SELECT * FROM deliveries ORDER BY id DESC LIMIT ?1) d
+                 FROM (SELECT * FROM deliveries WHERE ?2 IS NULL OR id = ?2
+                       ORDER BY id DESC LIMIT ?1) d
                  LEFT JOIN builds b ON b.dedup_key = d.dedup_key
                       AND d.outcome IN ('accepted', 'duplicate')
                  LEFT JOIN deployments dp ON dp.build_row = b.id
                  ORDER BY d.id DESC, b.id",
             )?;
             let rows = stmt
-                .query_map([limit], |r| {
+                .query_map(params![limit, only], |r| {
                     Ok(DeliverySummary {
                         row: r.get(0)?,
                         received_at: super::format_millis(r.get(1)?),
