@@ -10,8 +10,8 @@ use crate::aws::Clients;
 use crate::client::Client;
 use crate::clock::SystemClock;
 use crate::config::{Config, WebhookSecrets};
+use crate::http::{self as server, Services};
 use crate::journal::{DeliverySummary, Journal};
-use crate::server::{self, Services};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -3,22 +3,24 @@
 //! The file tree follows the flow (see `docs/design.md`):
 //! `webhook` (intake) → `journal` (durable state) → `build` (StartBuild worker) →
 //! `events` (CodeBuild completion via SQS) → `deploy` (task definition swap, rollout watch).
+//! `http` is the only module that knows HTTP; `webhook`, `chat` and `ops` are its domains.
+//! Modules are private unless the binary or the tests use them (some stay `pub` only because
+//! they hold items used by nothing else yet).
 
-pub mod api;
-pub mod aws;
-pub mod build;
+mod aws;
+mod build;
 pub mod chat;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod events;
+mod http;
 pub mod ids;
 pub mod image;
-pub mod journal;
-pub mod notify;
-pub mod ops;
+mod journal;
+mod notify;
+mod ops;
 pub mod provision;
-pub mod server;
 pub mod webhook;

@@ -1,26 +1,15 @@
-//! `POST /webhooks/github`: verify, parse at the edge, journal, answer.
+//! The push domain: GitHub's signature, the push parsed at the edge, and the verdict on it.
 //!
-//! The handler never waits on AWS: it commits the delivery (and the builds it asks for) to the
-//! journal and wakes the build worker, which does the rest from durable state.
+//! Nothing here knows HTTP: `http::webhook` reads the request, calls [`verify`] and
+//! [`decide`], journals and answers.
 
-use std::time::Duration;
-
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
-use serde_json::json;
 use sha2::Sha256;
-use tracing::Instrument;
 
 use crate::config::{AppConfig, Config, WebhookSecrets};
-use crate::ids::{CommitSha, DeliveryId, HookId};
-use crate::journal::{Admission, BuildRequest, NewDelivery, Source, Verdict};
-use crate::server::AppState;
+use crate::ids::CommitSha;
+use crate::journal::{BuildRequest, Verdict};
 
 /// GitHub's payload cap.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -240,10 +229,6 @@ impl ContentType {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
-}
-
 /// The 32 bytes of a `<prefix><64 hex>` HMAC-SHA256 signature header, if it is one.
 pub(crate) fn signature_bytes(header: &str, prefix: &str) -> Option<Vec<u8>> {
     let hex_part = header.strip_prefix(prefix)?;
@@ -251,174 +236,6 @@ pub(crate) fn signature_bytes(header: &str, prefix: &str) -> Option<Vec<u8>> {
         return None;
     }
     hex::decode(hex_part).ok()
-}
-
-pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The headers kept with a delivery in the journal (never the signature).
-fn kept_headers(headers: &HeaderMap) -> serde_json::Value {
-    let mut kept = serde_json::Map::new();
-    for name in [
-        "x-github-event",
-        "x-github-delivery",
-        "x-github-hook-id",
-        "x-github-hook-installation-target-id",
-        "x-github-hook-installation-target-type",
-        "user-agent",
-        "content-type",
-    ] {
-        if let Some(v) = header(headers, name) {
-            kept.insert(name.to_owned(), v.into());
-        }
-    }
-    serde_json::Value::Object(kept)
-}
-
-/// Reads the body, refusing more than `limit` bytes without buffering the excess.
-pub async fn read_body(
-    body: Body,
-    limit: usize,
-    timeout: Duration,
-) -> Result<bytes::Bytes, Response> {
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
-    match collected {
-        Err(_) => Err(error(
-            StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time",
-        )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            tracing::warn!(limit, "request body too large; refused while reading it");
-            Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body is larger than {limit} bytes"),
-            ))
-        }
-        Ok(Err(_)) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "could not read the request body",
-        )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-    }
-}
-
-pub async fn handle(State(state): State<AppState>, request: axum::extract::Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let declared = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body is larger than {MAX_BODY_BYTES} bytes"),
-        );
-    }
-    let Some(content_type) = ContentType::from_header(header(&headers, "content-type")) else {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "content type must be application/json or application/x-www-form-urlencoded",
-        );
-    };
-    let reading = state.body_reads.acquire().await;
-    let body = match read_body(body, MAX_BODY_BYTES, state.limits.body_timeout).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    if let Err(e) = verify(
-        &state.secrets,
-        header(&headers, "x-hub-signature-256"),
-        &body,
-    ) {
-        tracing::warn!(reason = %e, "webhook: signature check failed");
-        return error(StatusCode::UNAUTHORIZED, &e.to_string());
-    }
-    drop(reading);
-    let Some(event) = header(&headers, "x-github-event").filter(|e| !e.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
-    };
-    let delivery_id = match header(&headers, "x-github-delivery").map(DeliveryId::parse) {
-        None => return error(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery header"),
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &e.0),
-        Some(Ok(id)) => id,
-    };
-    let hook_id = match HookId::parse(header(&headers, "x-github-hook-id")) {
-        Ok(id) => id,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.0),
-    };
-    let span = tracing::info_span!("delivery", delivery = %delivery_id, hook = %hook_id, event);
-    let delivery = NewDelivery {
-        delivery_id,
-        hook_id,
-        event: event.to_owned(),
-        source: Source::Github,
-        actor: None,
-        replay_of: None,
-        received_ms: crate::journal::millis(state.clock.now()),
-        content_type: content_type.as_str().to_owned(),
-        headers: kept_headers(&headers),
-        body: body.to_vec(),
-    };
-    admit(&state, delivery, content_type).instrument(span).await
-}
-
-/// Decides, journals and answers one authentic delivery (a webhook or an operator's replay).
-pub async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentType) -> Response {
-    let verdict = decide(&state.config, &delivery.event, content_type, &delivery.body);
-    let delivery_id = delivery.delivery_id.clone();
-    let admission = match state.journal.admit(delivery, verdict).await {
-        Ok((_, admission)) => admission,
-        Err(e) => {
-            tracing::error!(error = %e, "webhook: could not journal the delivery");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the delivery could not be stored; redeliver it later",
-            );
-        }
-    };
-    match admission {
-        Admission::Pong => {
-            tracing::info!("ping");
-            (StatusCode::OK, Json(json!({ "status": "pong" }))).into_response()
-        }
-        Admission::Ignored(reason) => {
-            tracing::info!(%reason, "ignored");
-            (
-                StatusCode::OK,
-                Json(json!({ "status": "ignored", "reason": reason })),
-            )
-                .into_response()
-        }
-        Admission::Rejected(reason) => {
-            tracing::warn!(%reason, "rejected: malformed payload");
-            error(StatusCode::BAD_REQUEST, &reason)
-        }
-        Admission::Duplicate => {
-            tracing::info!("duplicate: builds already started");
-            (StatusCode::OK, Json(json!({ "status": "duplicate" }))).into_response()
-        }
-        Admission::Accepted(builds) => {
-            state.build_wake.notify_one();
-            let list: Vec<_> = builds
-                .iter()
-                .map(|b| {
-                    tracing::info!(app = %b.app, sha = %b.sha, retry = b.retry, "accepted");
-                    json!({ "app": b.app, "sha": b.sha, "retry": b.retry })
-                })
-                .collect();
-            let first = &builds[0];
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "status": "accepted",
-                    "delivery": delivery_id,
-                    "app": first.app,
-                    "sha": first.sha,
-                    "builds": list,
-                })),
-            )
-                .into_response()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::AppState;
 use crate::ops::OpsError;
-use crate::server::AppState;
+use crate::webhook::{payload_json, ContentType};
 
 /// An API error: `{"error": "<message>", "code": "<stable_code>"}` with a fitting status.
 #[derive(Debug)]
@@ -120,7 +121,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-pub fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/apps", get(apps))
         .route("/api/apps/{app}/deploy", post(deploy))
@@ -246,9 +247,8 @@ async fn delivery(
         .deployments_of_delivery(record.row)
         .await
         .map_err(OpsError::from)?;
-    let payload = crate::webhook::payload_json(
-        crate::webhook::ContentType::from_header(Some(&record.content_type))
-            .unwrap_or(crate::webhook::ContentType::Json),
+    let payload = payload_json(
+        ContentType::from_header(Some(&record.content_type)).unwrap_or(ContentType::Json),
         &record.body,
     )
     .ok()

@@ -1,4 +1,6 @@
-//! The HTTP server and the workers behind it, wired together.
+//! The HTTP edge: the state every handler reaches, the routes, and the server with the workers
+//! behind it, wired together. One file per surface (`webhook`, `slack`, `api`); `body` holds
+//! what they share. Nothing outside this module imports axum.
 //!
 //! `run` takes its listener and its shutdown signal from the caller, so tests bind port 0 and
 //! stop it cleanly; the AWS clients and the clock are injected the same way.
@@ -18,6 +20,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+mod api;
+mod body;
+mod slack;
+mod webhook;
 
 use crate::aws::Clients;
 use crate::build::BuildStarter;
@@ -46,6 +53,8 @@ pub struct AppState {
     pub body_reads: Arc<Semaphore>,
     /// Slack requests already handled (replay protection).
     pub slack_seen: Arc<crate::chat::SeenRequests>,
+    /// The chat domain: what a verified slash command does.
+    pub chat: crate::chat::Chat,
     /// Slack's signing secret; None disables `/chat/slack`.
     pub slack_secret: Option<Arc<crate::config::Secret>>,
 }
@@ -64,11 +73,11 @@ pub struct Services {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/webhooks/github", post(crate::webhook::handle))
-        .route("/chat/slack", post(crate::chat::slack))
+        .route("/webhooks/github", post(webhook::handle))
+        .route("/chat/slack", post(slack::slack))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(crate::api::routes())
+        .merge(api::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -176,8 +185,13 @@ pub async fn run(
     if !ops_tokens.is_enabled() {
         tracing::info!("the ops API is disabled (SLIPWAY_OPS_TOKENS is not set)");
     }
+    let chat = crate::chat::Chat {
+        config: config.clone(),
+        ops: ops.clone(),
+    };
     let state = AppState {
         config,
+        chat,
         secrets: Arc::new(secrets),
         journal: journal.clone(),
         clock,

@@ -1,0 +1,122 @@
+//! `POST /chat/slack`: read within limits, check Slack's signature and replays, parse the form,
+//! and hand the command to [`crate::chat`].
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::body::{header, read_body};
+use super::AppState;
+use crate::chat::{verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES};
+use crate::webhook::ContentType;
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
+    (status, Json(json!({ "error": message, "code": code }))).into_response()
+}
+
+fn ephemeral(text: impl Into<String>) -> Response {
+    (
+        StatusCode::OK,
+        Json(json!({ "response_type": "ephemeral", "text": text.into() })),
+    )
+        .into_response()
+}
+
+pub(super) async fn slack(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    let Some(secret) = state.slack_secret.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "chat_disabled",
+            "the Slack command is disabled: set SLIPWAY_SLACK_SIGNING_SECRET to enable it",
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let declared = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("body is larger than {MAX_BODY_BYTES} bytes"),
+        );
+    }
+    let body = match read_body(body, MAX_BODY_BYTES, state.limits.body_timeout).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if let Err(e) = verify(
+        secret.expose(),
+        header(&headers, "x-slack-request-timestamp"),
+        header(&headers, "x-slack-signature"),
+        &body,
+        state.clock.now().unix_timestamp(),
+    ) {
+        tracing::warn!(reason = %e, "chat: Slack signature check failed");
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+    }
+    // A signed request is good for 5 minutes: refuse the same one a second time.
+    let seen_key = format!(
+        "{}:{}",
+        header(&headers, "x-slack-request-timestamp").unwrap_or(""),
+        header(&headers, "x-slack-signature").unwrap_or("")
+    );
+    if !state
+        .slack_seen
+        .first_time(seen_key, state.clock.now().unix_timestamp())
+    {
+        tracing::warn!("chat: a Slack request was sent again; refused");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this request was already received",
+        );
+    }
+    if ContentType::from_header(header(&headers, "content-type")) != Some(ContentType::Form) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "content type must be application/x-www-form-urlencoded",
+        );
+    }
+    let form: SlashCommand = match serde_urlencoded::from_bytes(&body) {
+        Ok(form) => form,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("invalid form body: {e}"),
+            )
+        }
+    };
+    if form.user_id.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "missing user_id");
+    }
+    let command = Command::parse(&form.text);
+    tracing::info!(
+        user_id = %form.user_id,
+        user_name = %form.user_name,
+        team_id = %form.team_id,
+        channel_id = %form.channel_id,
+        command = command.name(),
+        text = %form.text.chars().take(200).collect::<String>(),
+        "chat: slash command"
+    );
+    let reply_to = if form.response_url.is_empty() {
+        None
+    } else {
+        let parsed = ResponseUrl::parse(&form.response_url);
+        if parsed.is_none() {
+            tracing::warn!(
+                user_id = %form.user_id,
+                "chat: response_url is not an https URL (or local http); outcomes will not be posted"
+            );
+        }
+        parsed
+    };
+    ephemeral(state.chat.run(form, command, reply_to).await)
+}

@@ -1,0 +1,157 @@
+//! `POST /webhooks/github`: read within limits, verify, parse at the edge, journal, answer.
+//!
+//! The handler never waits on AWS: it commits the delivery (and the builds it asks for) to the
+//! journal and wakes the build worker, which does the rest from durable state.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tracing::Instrument;
+
+use super::body::{error, header, read_body};
+use super::AppState;
+use crate::ids::{DeliveryId, HookId};
+use crate::journal::{Admission, NewDelivery, Source};
+use crate::webhook::{decide, verify, ContentType, MAX_BODY_BYTES};
+
+/// The headers kept with a delivery in the journal (never the signature).
+fn kept_headers(headers: &HeaderMap) -> serde_json::Value {
+    let mut kept = serde_json::Map::new();
+    for name in [
+        "x-github-event",
+        "x-github-delivery",
+        "x-github-hook-id",
+        "x-github-hook-installation-target-id",
+        "x-github-hook-installation-target-type",
+        "user-agent",
+        "content-type",
+    ] {
+        if let Some(v) = header(headers, name) {
+            kept.insert(name.to_owned(), v.into());
+        }
+    }
+    serde_json::Value::Object(kept)
+}
+
+pub(super) async fn handle(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let declared = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body is larger than {MAX_BODY_BYTES} bytes"),
+        );
+    }
+    let Some(content_type) = ContentType::from_header(header(&headers, "content-type")) else {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content type must be application/json or application/x-www-form-urlencoded",
+        );
+    };
+    let reading = state.body_reads.acquire().await;
+    let body = match read_body(body, MAX_BODY_BYTES, state.limits.body_timeout).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if let Err(e) = verify(
+        &state.secrets,
+        header(&headers, "x-hub-signature-256"),
+        &body,
+    ) {
+        tracing::warn!(reason = %e, "webhook: signature check failed");
+        return error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    drop(reading);
+    let Some(event) = header(&headers, "x-github-event").filter(|e| !e.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
+    };
+    let delivery_id = match header(&headers, "x-github-delivery").map(DeliveryId::parse) {
+        None => return error(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery header"),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &e.0),
+        Some(Ok(id)) => id,
+    };
+    let hook_id = match HookId::parse(header(&headers, "x-github-hook-id")) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.0),
+    };
+    let span = tracing::info_span!("delivery", delivery = %delivery_id, hook = %hook_id, event);
+    let delivery = NewDelivery {
+        delivery_id,
+        hook_id,
+        event: event.to_owned(),
+        source: Source::Github,
+        actor: None,
+        replay_of: None,
+        received_ms: crate::journal::millis(state.clock.now()),
+        content_type: content_type.as_str().to_owned(),
+        headers: kept_headers(&headers),
+        body: body.to_vec(),
+    };
+    admit(&state, delivery, content_type).instrument(span).await
+}
+
+/// Decides, journals and answers one authentic delivery (a webhook or an operator's replay).
+async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentType) -> Response {
+    let verdict = decide(&state.config, &delivery.event, content_type, &delivery.body);
+    let delivery_id = delivery.delivery_id.clone();
+    let admission = match state.journal.admit(delivery, verdict).await {
+        Ok((_, admission)) => admission,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook: could not journal the delivery");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the delivery could not be stored; redeliver it later",
+            );
+        }
+    };
+    match admission {
+        Admission::Pong => {
+            tracing::info!("ping");
+            (StatusCode::OK, Json(json!({ "status": "pong" }))).into_response()
+        }
+        Admission::Ignored(reason) => {
+            tracing::info!(%reason, "ignored");
+            (
+                StatusCode::OK,
+                Json(json!({ "status": "ignored", "reason": reason })),
+            )
+                .into_response()
+        }
+        Admission::Rejected(reason) => {
+            tracing::warn!(%reason, "rejected: malformed payload");
+            error(StatusCode::BAD_REQUEST, &reason)
+        }
+        Admission::Duplicate => {
+            tracing::info!("duplicate: builds already started");
+            (StatusCode::OK, Json(json!({ "status": "duplicate" }))).into_response()
+        }
+        Admission::Accepted(builds) => {
+            state.build_wake.notify_one();
+            let list: Vec<_> = builds
+                .iter()
+                .map(|b| {
+                    tracing::info!(app = %b.app, sha = %b.sha, retry = b.retry, "accepted");
+                    json!({ "app": b.app, "sha": b.sha, "retry": b.retry })
+                })
+                .collect();
+            let first = &builds[0];
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "status": "accepted",
+                    "delivery": delivery_id,
+                    "app": first.app,
+                    "sha": first.sha,
+                    "builds": list,
+                })),
+            )
+                .into_response()
+        }
+    }
+}
