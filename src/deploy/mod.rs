@@ -37,6 +37,9 @@ enum Stop {
     Superseded(String),
     /// The journal could not record a step: leave the deploy as it is; it resumes later.
     Interrupted(String),
+    /// Another deploy of the service was already under way when slipway stopped: it goes
+    /// first; this one stays pending and runs after it.
+    Wait,
 }
 
 /// How following one ECS deployment ended.
@@ -197,6 +200,11 @@ impl Deployer {
                 self.finish(&d, deploy_state::SUPERSEDED, reason).await
             }
             Err(Stop::Failed(reason)) => self.finish(&d, deploy_state::FAILED, reason).await,
+            Err(Stop::Wait) => {
+                tracing::info!("another deploy of this service resumes first");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.wake.notify_one();
+            }
             Err(Stop::Interrupted(reason)) => {
                 tracing::error!(%reason, "deploy interrupted; it resumes from the journal");
                 // Give the journal a moment before the worker picks it up again.
@@ -207,6 +215,20 @@ impl Deployer {
     }
 
     async fn start(&self, d: &Deployment, app: &AppConfig) -> Result<(), Stop> {
+        // After a restart, a deploy of this service that was already under way finishes first,
+        // whichever of the two took the service's lock first.
+        let under_way = self
+            .journal
+            .unfinished_deployments()
+            .await
+            .map_err(journal_stop)?
+            .into_iter()
+            .any(|o| {
+                o.id != d.id && o.service_key == d.service_key && o.state == deploy_state::DEPLOYING
+            });
+        if under_way && d.state == deploy_state::PENDING {
+            return Err(Stop::Wait);
+        }
         if let Some(newer) = self
             .journal
             .newer_deployment(d)
@@ -221,7 +243,7 @@ impl Deployer {
             )));
         }
         let pre = self.preflight(d, app).await?;
-        let (image, to_td) = match &d.target_task_definition {
+        let (image, from_td, to_td) = match &d.target_task_definition {
             // A rollback puts a task definition that already ran back, as it is.
             Some(target) => {
                 self.update(
@@ -235,19 +257,28 @@ impl Deployer {
                     },
                 )
                 .await?;
-                (None, target.clone())
+                (None, pre.current_task_definition.clone(), target.clone())
             }
             None => {
                 let image = pre.image.clone().expect("preflight resolves the image");
-                let revision = self
+                let (revision, rollback_copy) = self
                     .new_revision(&pre.current_task_definition, app, &image, &d.image_tag)
                     .await?;
+                let from_td = match rollback_copy {
+                    Some(copy) => {
+                        let arn = self.register(copy).await?;
+                        tracing::warn!(inactive = %pre.current_task_definition, copy = %arn,
+                            "the running revision is deregistered; registered a copy to roll back to");
+                        arn
+                    }
+                    None => pre.current_task_definition.clone(),
+                };
                 self.update(
                     d,
                     DeploymentUpdate {
                         state: Some(deploy_state::DEPLOYING),
                         image: Some(image.clone()),
-                        from_task_definition: Some(pre.current_task_definition.clone()),
+                        from_task_definition: Some(from_td.clone()),
                         started: true,
                         ..Default::default()
                     },
@@ -263,7 +294,7 @@ impl Deployer {
                     },
                 )
                 .await?;
-                (Some(image), to_td)
+                (Some(image), from_td, to_td)
             }
         };
         self.notify(d, EventKind::DeployStarted, image.clone(), None);
@@ -277,41 +308,94 @@ impl Deployer {
         )
         .await?;
         let d = self.reload(d.id).await?;
-        self.watch(&d, app, &pre.current_task_definition, &to_td, &ecs_id)
-            .await
+        self.watch(&d, app, &from_td, &to_td, &ecs_id).await
     }
 
+    /// Picks up a deploy that was `deploying` when slipway stopped. UpdateService is sent
+    /// again only when it never reached ECS: the service still runs `from_td` from before this
+    /// deploy started, and this deploy is still the newest for the service. Anything else that
+    /// happened meanwhile (an operator's hotfix, ECS's circuit breaker, a newer deploy) is
+    /// reported as it is and left alone.
     async fn resume(&self, d: &Deployment, app: &AppConfig) -> Result<(), Stop> {
         let (Some(from_td), Some(to_td)) = (&d.from_task_definition, &d.to_task_definition) else {
-            // Stopped before the new revision was recorded: start over.
+            // Stopped before the new revision was recorded: nothing reached ECS; start over.
             return self.start(d, app).await;
         };
-        let ecs_id = match &d.ecs_deployment_id {
-            Some(id) => id.clone(),
-            None => {
-                let service = self.describe_service(app).await?;
-                let primary = service
-                    .deployments()
-                    .iter()
-                    .find(|x| {
-                        x.status() == Some("PRIMARY") && x.task_definition() == Some(to_td.as_str())
-                    })
-                    .and_then(|x| x.id.clone());
-                let id = match primary {
-                    Some(id) => id,
-                    None => self.update_service(app, to_td).await?,
-                };
+        if let Some(ecs_id) = &d.ecs_deployment_id {
+            let d = self.reload(d.id).await?;
+            return self.watch(&d, app, from_td, to_td, ecs_id).await;
+        }
+        let service = self.describe_service(app).await?;
+        let deployments = service.deployments();
+        let primary = deployments.iter().find(|x| x.status() == Some("PRIMARY"));
+        let started_ms = d.started_ms.unwrap_or(0);
+        let created_since_start = |x: &aws_sdk_ecs::types::Deployment| {
+            x.created_at()
+                .is_some_and(|t| t.to_millis().unwrap_or(0) >= started_ms)
+        };
+        let ecs_id = match primary {
+            // Our UpdateService reached ECS before slipway stopped: follow that deployment.
+            Some(p) if p.task_definition() == Some(to_td.as_str()) => {
+                p.id.clone().unwrap_or_default()
+            }
+            // The service runs what it ran before this deploy, and nothing new happened to it.
+            Some(p) if p.task_definition() == Some(from_td.as_str()) && !created_since_start(p) => {
+                if let Some(newer) = self
+                    .journal
+                    .newer_deployment(d)
+                    .await
+                    .map_err(journal_stop)?
+                {
+                    return Err(Stop::Superseded(format!(
+                        "superseded by deployment {} of {} ({}) while slipway was stopped; \
+                         nothing was changed",
+                        newer.id,
+                        short(&newer.sha),
+                        newer.state
+                    )));
+                }
+                let id = self.update_service(app, to_td).await?;
+                // The rollout starts now: the timeout counts from here, not from before the
+                // downtime.
                 self.update(
                     d,
                     DeploymentUpdate {
-                        ecs_deployment_id: Some(id.clone()),
+                        restart_clock: true,
                         ..Default::default()
                     },
                 )
                 .await?;
                 id
             }
+            // ECS (circuit breaker) put the old revision back after our update reached it.
+            Some(p) if p.task_definition() == Some(from_td.as_str()) => {
+                return Err(Stop::Failed(format!(
+                    "ECS rolled the service back to {from_td} while slipway was stopped; \
+                     nothing was changed"
+                )));
+            }
+            Some(p) => {
+                return Err(Stop::Failed(format!(
+                    "replaced while slipway was stopped: the service now runs {}; nothing was \
+                     changed",
+                    p.task_definition().unwrap_or("an unknown task definition")
+                )));
+            }
+            None => {
+                return Err(Stop::Failed(format!(
+                    "service {} has no PRIMARY deployment; nothing was changed",
+                    app.service
+                )));
+            }
         };
+        self.update(
+            d,
+            DeploymentUpdate {
+                ecs_deployment_id: Some(ecs_id.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
         let d = self.reload(d.id).await?;
         self.watch(&d, app, from_td, to_td, &ecs_id).await
     }
@@ -327,7 +411,7 @@ impl Deployer {
     /// ECR image, cluster and service, checked concurrently.
     async fn preflight(&self, d: &Deployment, app: &AppConfig) -> Result<Preflight, Stop> {
         let rollback = d.target_task_definition.is_some();
-        let (image, cluster, service) = tokio::join!(
+        let (image, service) = tokio::join!(
             async {
                 if rollback {
                     Ok(None)
@@ -335,12 +419,22 @@ impl Deployer {
                     self.resolve_image(app, &d.image_tag).await.map(Some)
                 }
             },
-            self.check_cluster(app),
             self.describe_service(app),
         );
         let image = image?;
-        cluster?;
         let service = service?;
+        if let Some(controller) = service.deployment_controller().map(|c| c.r#type()) {
+            use aws_sdk_ecs::types::DeploymentControllerType as Controller;
+            if matches!(controller, Controller::CodeDeploy | Controller::External) {
+                return Err(Stop::Failed(format!(
+                    "service {} uses the {} deployment controller, which slipway cannot deploy \
+                     with UpdateService; use the ECS controller (ECS's own blue/green: \
+                     deploymentConfiguration.strategy = BLUE_GREEN, or rolling)",
+                    app.service,
+                    controller.as_str()
+                )));
+            }
+        }
         let status = service.status().unwrap_or("UNKNOWN");
         if status != "ACTIVE" {
             return Err(Stop::Failed(format!(
@@ -358,36 +452,20 @@ impl Deployer {
     }
 
     /// The image to deploy: `<repository uri>:<tag>`, or `@<digest>` with `pin_digest`.
+    /// One call: the repository URI follows from the registry id ECR reports and the region.
     async fn resolve_image(&self, app: &AppConfig, tag: &str) -> Result<String, Stop> {
         let repo = &app.ecr_repository;
-        let not_found = |e: &AwsError| e.code.as_deref() == Some("RepositoryNotFoundException");
-        let (repos, images) = tokio::join!(
-            with_retries(|| async {
-                self.ecr
-                    .describe_repositories()
-                    .repository_names(repo)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("ECR DescribeRepositories", &e))
-            }),
-            with_retries(|| async {
-                self.ecr
-                    .describe_images()
-                    .repository_name(repo)
-                    .image_ids(ImageIdentifier::builder().image_tag(tag).build())
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("ECR DescribeImages", &e))
-            }),
-        );
-        let repos = repos.map_err(|e| {
-            if not_found(&e) {
-                Stop::Failed(format!("ECR repository {repo} not found"))
-            } else {
-                Stop::from(e)
-            }
-        })?;
-        let images = images.map_err(|e| match e.code.as_deref() {
+        let images = with_retries(|| async {
+            self.ecr
+                .describe_images()
+                .repository_name(repo)
+                .image_ids(ImageIdentifier::builder().image_tag(tag).build())
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ECR DescribeImages", &e))
+        })
+        .await
+        .map_err(|e| match e.code.as_deref() {
             Some("ImageNotFoundException") => {
                 Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
             }
@@ -396,56 +474,42 @@ impl Deployer {
             }
             _ => Stop::from(e),
         })?;
-        let uri = repos
-            .repositories()
-            .first()
-            .and_then(|r| r.repository_uri())
-            .ok_or_else(|| Stop::Failed(format!("ECR repository {repo} not found")))?;
         let detail = images
             .image_details()
             .first()
             .ok_or_else(|| Stop::Failed(format!("image {repo}:{tag} not found in ECR")))?;
+        let registry = detail
+            .registry_id()
+            .ok_or_else(|| Stop::Failed(format!("ECR did not say which registry holds {repo}")))?;
+        let region = self
+            .ecr
+            .config()
+            .region()
+            .map(|r| r.to_string())
+            .ok_or_else(|| Stop::Failed("no AWS region configured".into()))?;
+        let uri = repository_uri(registry, &region, repo);
         let image = if app.pin_digest {
             let digest = detail.image_digest().ok_or_else(|| {
                 Stop::Failed(format!("ECR did not give the digest of {repo}:{tag}"))
             })?;
-            ImageRef::with_digest(uri, digest)
+            ImageRef::with_digest(&uri, digest)
         } else {
-            ImageRef::with_tag(uri, tag)
+            ImageRef::with_tag(&uri, tag)
         }
         .map_err(|e| Stop::Failed(e.to_string()))?;
         Ok(image.to_string())
     }
 
-    async fn check_cluster(&self, app: &AppConfig) -> Result<(), Stop> {
-        let out = with_retries(|| async {
-            self.ecs
-                .describe_clusters()
-                .clusters(&app.cluster)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("ECS DescribeClusters", &e))
-        })
-        .await?;
-        if let Some(f) = out.failures().first() {
-            return Err(Stop::Failed(format!(
-                "cluster {} not found ({})",
-                app.cluster,
-                f.reason().unwrap_or("MISSING")
-            )));
-        }
-        match out.clusters().first().and_then(|c| c.status()) {
-            Some("ACTIVE") => Ok(()),
-            Some(other) => Err(Stop::Failed(format!(
-                "cluster {} is {other}, not ACTIVE",
-                app.cluster
-            ))),
-            None => Err(Stop::Failed(format!("cluster {} not found", app.cluster))),
-        }
-    }
-
     async fn describe_service(&self, app: &AppConfig) -> Result<aws_sdk_ecs::types::Service, Stop> {
-        let out = with_retries(|| self.describe_service_once(app)).await?;
+        let out = with_retries(|| self.describe_service_once(app))
+            .await
+            .map_err(|e| match e.code.as_deref() {
+                // DescribeServices says so when the cluster is missing: no DescribeClusters.
+                Some("ClusterNotFoundException") => {
+                    Stop::Failed(format!("cluster {} not found", app.cluster))
+                }
+                _ => Stop::from(e),
+            })?;
         if let Some(f) = out.failures().first() {
             return Err(Stop::Failed(format!(
                 "service {} not found in cluster {} ({})",
@@ -484,7 +548,7 @@ impl Deployer {
         app: &AppConfig,
         image: &str,
         version: &str,
-    ) -> Result<NewRevision, Stop> {
+    ) -> Result<(NewRevision, Option<NewRevision>), Stop> {
         let out = with_retries(|| async {
             self.ecs
                 .describe_task_definition()
@@ -498,8 +562,19 @@ impl Deployer {
         let td = out
             .task_definition()
             .ok_or_else(|| Stop::Failed(format!("task definition {current} not found")))?;
-        NewRevision::from_current(td, out.tags(), &app.container, image, version)
-            .map_err(|e| Stop::Failed(format!("{e} ({current})")))
+        let revision = NewRevision::from_current(td, out.tags(), &app.container, image, version)
+            .map_err(|e| Stop::Failed(format!("{e} ({current})")))?;
+        // A deregistered revision can't be rolled back to: a copy of it can.
+        let rollback_copy =
+            if td.status() == Some(&aws_sdk_ecs::types::TaskDefinitionStatus::Inactive) {
+                Some(
+                    NewRevision::copy_of(td, out.tags(), &app.container)
+                        .map_err(|e| Stop::Failed(format!("{e} ({current})")))?,
+                )
+            } else {
+                None
+            };
+        Ok((revision, rollback_copy))
     }
 
     async fn register(&self, revision: NewRevision) -> Result<String, Stop> {
@@ -566,7 +641,14 @@ impl Deployer {
                 delay = (delay * 2).min(timing.poll_max);
             }
             let past_deadline = deadline <= self.now();
-            let out = match self.describe_service_once(app).await {
+            // The last look decides between success and a rollback: a failing DescribeServices
+            // is retried then, never taken as the rollout's failure.
+            let look = if past_deadline {
+                with_retries(|| self.describe_service_once(app)).await
+            } else {
+                self.describe_service_once(app).await
+            };
+            let out = match look {
                 Ok(out) => out,
                 Err(e) => {
                     if e.is_throttling() {
@@ -601,7 +683,9 @@ impl Deployer {
                     }
                 }
                 other => {
-                    if let (Some(d), Rollout::Completed(p)) = (d, &other) {
+                    if let (Some(d), Rollout::Completed(p) | Rollout::CompletedThenReplaced(p, _)) =
+                        (d, &other)
+                    {
                         self.progress(d, *p).await;
                     }
                     return Ok(Followed::Ended(other));
@@ -642,18 +726,21 @@ impl Deployer {
             .follow(Some(d), app, ecs_id, (from_td, to_td), deadline)
             .await?
         {
-            Followed::Ended(Rollout::Completed(_)) => {
-                self.finish(
-                    d,
-                    deploy_state::SUCCEEDED,
-                    format!("rollout completed: {to_td}"),
-                )
-                .await;
+            Followed::Ended(Rollout::Completed(p)) => {
+                self.finish(d, deploy_state::SUCCEEDED, completed(to_td, p, None))
+                    .await;
                 Ok(())
             }
-            Followed::Ended(Rollout::RolledBackByEcs(why) | Rollout::Replaced(why)) => {
-                Err(Stop::Failed(why))
+            Followed::Ended(Rollout::CompletedThenReplaced(p, note)) => {
+                self.finish(d, deploy_state::SUCCEEDED, completed(to_td, p, Some(&note)))
+                    .await;
+                Ok(())
             }
+            Followed::Ended(
+                Rollout::RolledBackByEcs(why)
+                | Rollout::EcsRollbackFailed(why)
+                | Rollout::Replaced(why),
+            ) => Err(Stop::Failed(why)),
             Followed::Ended(Rollout::NeedsRollback(why)) => {
                 self.roll_back(d, app, from_td, to_td, why).await
             }
@@ -681,6 +768,7 @@ impl Deployer {
         let rollback_id = match self.update_service(app, from_td).await {
             Ok(id) => id,
             Err(Stop::Interrupted(e)) => return Err(Stop::Interrupted(e)),
+            Err(Stop::Wait) => return Err(Stop::Wait),
             Err(Stop::Failed(e)) | Err(Stop::Superseded(e)) => {
                 return Err(Stop::Failed(format!(
                     "{why}; rolling back to {from_td} failed: {e}"
@@ -692,7 +780,7 @@ impl Deployer {
             .follow(None, app, &rollback_id, (to_td, from_td), deadline)
             .await?;
         match followed {
-            Followed::Ended(Rollout::Completed(_)) => {
+            Followed::Ended(Rollout::Completed(_) | Rollout::CompletedThenReplaced(..)) => {
                 self.finish(
                     d,
                     deploy_state::ROLLED_BACK,
@@ -702,7 +790,10 @@ impl Deployer {
                 Ok(())
             }
             Followed::Ended(
-                Rollout::NeedsRollback(e) | Rollout::RolledBackByEcs(e) | Rollout::Replaced(e),
+                Rollout::NeedsRollback(e)
+                | Rollout::RolledBackByEcs(e)
+                | Rollout::EcsRollbackFailed(e)
+                | Rollout::Replaced(e),
             ) => Err(Stop::Failed(format!(
                 "{why}; the rollback to {from_td} failed: {e}"
             ))),
@@ -776,6 +867,29 @@ impl Deployer {
 
 fn journal_stop(e: crate::journal::JournalError) -> Stop {
     Stop::Interrupted(format!("journal: {e}"))
+}
+
+/// An ECR repository's URI, as ECR itself forms it.
+fn repository_uri(registry: &str, region: &str, repo: &str) -> String {
+    let domain = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("{registry}.dkr.ecr.{region}.{domain}/{repo}")
+}
+
+/// What a completed rollout says: a service scaled to zero completed without running anything.
+fn completed(to_td: &str, p: rollout::Progress, note: Option<&str>) -> String {
+    let mut reason = format!("rollout completed: {to_td}");
+    if p.desired == 0 {
+        reason.push_str("; desired count 0: no task started");
+    }
+    if let Some(note) = note {
+        reason.push_str("; ");
+        reason.push_str(note);
+    }
+    reason
 }
 
 fn short(sha: &str) -> &str {

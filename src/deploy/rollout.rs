@@ -17,8 +17,13 @@ pub struct Progress {
 pub enum Rollout {
     InProgress(Progress),
     Completed(Progress),
-    /// ECS already put the previous task definition back (circuit breaker).
+    /// Ours completed, then someone else's deployment took over before slipway looked again:
+    /// ours did succeed; the note says what replaced it.
+    CompletedThenReplaced(Progress, String),
+    /// ECS put the previous task definition back (circuit breaker) and that rollback completed.
     RolledBackByEcs(String),
+    /// ECS tried to put the previous task definition back and that failed too.
+    EcsRollbackFailed(String),
     /// Ours failed (or vanished) and the service still runs it: slipway must roll back.
     NeedsRollback(String),
     /// Someone else's deployment replaced ours; rolling back would undo theirs.
@@ -54,14 +59,34 @@ pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &s
     };
     match (mine, primary) {
         (Some(m), Some(p)) if m.id == p.id => judge(m),
-        (_, Some(p)) if p.task_definition.as_deref() == Some(from_td) => {
-            Rollout::RolledBackByEcs(format!(
+        // ECS is putting the previous task definition back: only its completion is a rollback;
+        // until then the service is still moving and nothing else may start on top of it.
+        (_, Some(p)) if p.task_definition.as_deref() == Some(from_td) => match p.rollout_state {
+            Some(DeploymentRolloutState::Completed) => Rollout::RolledBackByEcs(format!(
                 "ECS rolled the service back to {from_td}: {}",
                 reason_of(mine)
-            ))
-        }
+            )),
+            Some(DeploymentRolloutState::Failed) => Rollout::EcsRollbackFailed(format!(
+                "ECS's rollback to {from_td} failed: {} (the deployment of {to_td}: {})",
+                reason_of(Some(p)),
+                reason_of(mine)
+            )),
+            _ => Rollout::InProgress(progress(p)),
+        },
         // Another deployment of our own task definition took over (a forced redeploy): follow it.
         (_, Some(p)) if p.task_definition.as_deref() == Some(to_td) => judge(p),
+        // Ours had completed before someone else's deployment replaced it.
+        (Some(m), Some(p)) if m.rollout_state == Some(DeploymentRolloutState::Completed) => {
+            Rollout::CompletedThenReplaced(
+                progress(m),
+                format!(
+                    "then replaced by another deployment ({})",
+                    p.task_definition
+                        .as_deref()
+                        .unwrap_or("unknown task definition")
+                ),
+            )
+        }
         (_, Some(p)) => Rollout::Replaced(format!(
             "another deployment ({}) replaced this one",
             p.task_definition
@@ -123,9 +148,25 @@ mod tests {
             dep("back", "PRIMARY", FROM, InProgress),
             dep("new", "ACTIVE", TO, Failed),
         ];
+        // Still rolling back: not reported yet.
+        let r = evaluate(&d, "new", FROM, TO);
+        assert!(matches!(&r, Rollout::InProgress(_)), "{r:?}");
+        let d = [
+            dep("back", "PRIMARY", FROM, Completed),
+            dep("new", "ACTIVE", TO, Failed),
+        ];
         let r = evaluate(&d, "new", FROM, TO);
         assert!(
             matches!(&r, Rollout::RolledBackByEcs(m) if m.contains("new Failed")),
+            "{r:?}"
+        );
+        let d = [
+            dep("back", "PRIMARY", FROM, Failed),
+            dep("new", "ACTIVE", TO, Failed),
+        ];
+        let r = evaluate(&d, "new", FROM, TO);
+        assert!(
+            matches!(&r, Rollout::EcsRollbackFailed(m) if m.contains("back Failed")),
             "{r:?}"
         );
         // Even when the old deployment finished, and ours is gone.
@@ -154,6 +195,14 @@ mod tests {
             dep("new", "ACTIVE", TO, InProgress),
         ];
         assert!(matches!(evaluate(&d, "new", FROM, TO), Rollout::Replaced(m) if m.contains(other)));
+        // Ours completed, then someone else deployed before the next look.
+        let d = [
+            dep("x", "PRIMARY", other, InProgress),
+            dep("new", "ACTIVE", TO, Completed),
+        ];
+        assert!(
+            matches!(evaluate(&d, "new", FROM, TO), Rollout::CompletedThenReplaced(_, m) if m.contains(other))
+        );
         let d = [dep("forced", "PRIMARY", TO, Completed)];
         assert!(matches!(
             evaluate(&d, "new", FROM, TO),

@@ -81,7 +81,16 @@ pub enum TaskDefError {
     },
     #[error("invalid {VERSION_TAG_KEY} tag value {value:?}: must be 1 to 256 characters")]
     VersionTag { value: String },
+    #[error(
+        "the task definition already has {count} tags, the most ECS allows, and no \
+         {VERSION_TAG_KEY} tag: remove a tag (or add {VERSION_TAG_KEY}) so slipway can tag the \
+         new revision"
+    )]
+    TooManyTags { count: usize },
 }
+
+/// The most tags ECS allows on a resource.
+pub const MAX_TAGS: usize = 50;
 
 /// The input of `RegisterTaskDefinition` for the next revision.
 #[derive(Debug, Clone)]
@@ -118,6 +127,13 @@ impl NewRevision {
             });
         }
 
+        let has_version = tags
+            .iter()
+            .any(|t| t.key.as_deref() == Some(VERSION_TAG_KEY));
+        if !has_version && tags.len() >= MAX_TAGS {
+            return Err(TaskDefError::TooManyTags { count: tags.len() });
+        }
+
         let mut base = current.clone();
         let definitions = base.container_definitions.get_or_insert_with(Vec::new);
         let Some(target) = definitions
@@ -144,6 +160,35 @@ impl NewRevision {
             tags: with_version(tags, version_tag),
             container: container.to_owned(),
             old_image,
+            new_image,
+        })
+    }
+
+    /// An exact copy of `current` (same containers, images and tags), registered as a new
+    /// revision when `current` was deregistered: ECS refuses to go back to an INACTIVE
+    /// revision, so the copy is what a rollback returns to.
+    pub fn copy_of(
+        current: &TaskDefinition,
+        tags: &[Tag],
+        container: &str,
+    ) -> Result<NewRevision, TaskDefError> {
+        let image = current
+            .container_definitions()
+            .iter()
+            .find(|c| c.name() == Some(container))
+            .and_then(|c| c.image())
+            .ok_or_else(|| TaskDefError::NoImage {
+                container: container.to_owned(),
+            })?;
+        let new_image = ImageRef::parse(image).map_err(|error| TaskDefError::CurrentImage {
+            container: container.to_owned(),
+            error,
+        })?;
+        Ok(NewRevision {
+            base: current.clone(),
+            tags: tags.to_vec(),
+            container: container.to_owned(),
+            old_image: image.to_owned(),
             new_image,
         })
     }

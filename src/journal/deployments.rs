@@ -322,6 +322,9 @@ pub struct DeploymentUpdate {
     pub to_task_definition: Option<String>,
     pub ecs_deployment_id: Option<String>,
     pub started: bool,
+    /// The rollout (re)starts now: `started_ms` is set to now even if it was set before (a
+    /// resumed deploy whose UpdateService never reached ECS).
+    pub restart_clock: bool,
     pub progress: Option<(i64, i64, i64)>,
 }
 
@@ -437,7 +440,7 @@ impl Journal {
                     from_task_definition = COALESCE(?5, from_task_definition),
                     to_task_definition = COALESCE(?6, to_task_definition),
                     ecs_deployment_id = COALESCE(?7, ecs_deployment_id),
-                    started_ms = CASE WHEN ?8 AND started_ms IS NULL THEN ?9 ELSE started_ms END,
+                    started_ms = CASE WHEN ?14 THEN ?9 WHEN ?8 AND started_ms IS NULL THEN ?9 ELSE started_ms END,
                     finished_ms = CASE WHEN ?10 THEN ?9 ELSE finished_ms END,
                     running_count = COALESCE(?11, running_count),
                     desired_count = COALESCE(?12, desired_count),
@@ -458,6 +461,7 @@ impl Journal {
                     running,
                     desired,
                     failed,
+                    u.restart_clock,
                 ],
             )?;
             Ok(())

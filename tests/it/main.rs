@@ -7,6 +7,7 @@ mod support;
 mod chat;
 mod deploy;
 mod deploy_files;
+mod deploy_safety;
 mod iam_policy;
 mod intake;
 mod ops;

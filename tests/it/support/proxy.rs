@@ -88,6 +88,13 @@ pub enum Rollout {
     /// `PRIMARY` deployment of the task definition that was `PRIMARY` before the update appears
     /// `IN_PROGRESS`, and completes at the next call (the other deployments are then removed).
     EcsRollsBack { after: u32 },
+    /// Like `EcsRollsBack`, but ECS's rollback deployment fails too (`FAILED`, still `PRIMARY`)
+    /// at the next call.
+    EcsRollbackFails { after: u32 },
+    /// The deployment `COMPLETED`, and in the same moment someone else deployed: a new
+    /// `PRIMARY` deployment of revision 999 appears `IN_PROGRESS` and ours stays `ACTIVE`,
+    /// `COMPLETED`.
+    CompleteThenForeign { after: u32 },
     /// Someone else deploys: a new `PRIMARY` deployment of the same family at revision 999
     /// appears `IN_PROGRESS` (this one becomes `ACTIVE`), and completes at the next call.
     Foreign { after: u32 },
@@ -105,6 +112,8 @@ impl Rollout {
             Rollout::Complete { after }
             | Rollout::Fail { after }
             | Rollout::EcsRollsBack { after }
+            | Rollout::EcsRollbackFails { after }
+            | Rollout::CompleteThenForeign { after }
             | Rollout::Foreign { after }
             | Rollout::ForeignTo { after, .. }
             | Rollout::Vanish { after } => Some(*after),
@@ -130,6 +139,8 @@ impl std::str::FromStr for Rollout {
             ("complete", None) => Rollout::Complete { after },
             ("fail", None) => Rollout::Fail { after },
             ("rollback" | "ecs-rolls-back", None) => Rollout::EcsRollsBack { after },
+            ("rollback-fails", None) => Rollout::EcsRollbackFails { after },
+            ("complete-then-foreign", None) => Rollout::CompleteThenForeign { after },
             ("foreign", None) => Rollout::Foreign { after },
             ("foreign", Some(arn)) => Rollout::ForeignTo {
                 after,
@@ -159,6 +170,8 @@ struct ServiceOverlay {
     script: Option<Script>,
     /// A deployment (rollback, foreign) that completes at the next step.
     settling: Option<String>,
+    /// A deployment (a rollback by ECS) that fails at the next step.
+    failing: Option<String>,
 }
 
 #[derive(Default)]
@@ -265,6 +278,17 @@ impl Proxy {
     }
 
     /// The requests of `operation` that reached the proxy, in order.
+    /// Every operation seen, in order.
+    pub fn operations(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .recorded
+            .iter()
+            .map(|r| r.operation.clone())
+            .collect()
+    }
+
     pub fn requests(&self, operation: &str) -> Vec<serde_json::Value> {
         self.state
             .lock()
@@ -470,6 +494,14 @@ impl ServiceOverlay {
             self.complete(&id, t);
             return None;
         }
+        if let Some(id) = self.failing.take() {
+            if let Some(d) = self.find_mut(&id) {
+                mark_failed(d, t);
+                d["rolloutStateReason"] =
+                    json!("ECS deployment circuit breaker: the rollback's tasks failed to start.");
+            }
+            return None;
+        }
         let script = self.script.as_mut()?;
         script.seen += 1;
         let seen = script.seen;
@@ -521,6 +553,34 @@ impl ServiceOverlay {
                 );
                 self.settling = Some(self.newest_id());
                 Some(previous_td)
+            }
+            Rollout::EcsRollbackFails { .. } => {
+                if let Some(d) = self.find_mut(&id) {
+                    mark_failed(d, t);
+                }
+                let (previous_id, previous_td) = script.previous?;
+                self.push_primary(
+                    &previous_td,
+                    desired,
+                    Some(format!(
+                        "ECS deployment circuit breaker: rolling back to deploymentId {previous_id}."
+                    )),
+                );
+                self.failing = Some(self.newest_id());
+                Some(previous_td)
+            }
+            Rollout::CompleteThenForeign { .. } => {
+                let ours = self
+                    .deployments
+                    .iter()
+                    .find(|d| d["id"] == id.as_str())
+                    .map(|d| str_of(d, "taskDefinition").to_owned())
+                    .unwrap_or_default();
+                self.complete(&id, t);
+                let td = foreign_revision(&ours);
+                self.push_primary(&td, desired, None);
+                self.settling = Some(self.newest_id());
+                Some(td)
             }
             Rollout::Foreign { .. } | Rollout::ForeignTo { .. } => {
                 let td = match script.outcome {
@@ -858,12 +918,29 @@ async fn handle(
         }
         return response;
     }
+    if !is_ecs {
+        if let Some(d) = delay_answer {
+            tokio::time::sleep(d).await;
+        }
+        return answer.into_response();
+    }
+    // For ECS too, what AWS did (the overlay's deployments) is recorded before the answer is
+    // held back: the caller may die before it hears it, as with a lost answer.
+    let response = ecs_answer(&ctx, headers, &operation, &request, baseline, answer).await;
     if let Some(d) = delay_answer {
         tokio::time::sleep(d).await;
     }
-    if !is_ecs {
-        return answer.into_response();
-    }
+    response
+}
+
+async fn ecs_answer(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    operation: &str,
+    request: &Value,
+    baseline: Option<Value>,
+    answer: Answer,
+) -> Response<Full<Bytes>> {
     let Some(mut out) = answer.json() else {
         return answer.into_response();
     };
@@ -878,7 +955,7 @@ async fn handle(
                 service["deploymentConfiguration"] = config.clone();
             }
         };
-        match operation.as_str() {
+        match operation {
             "CreateService" | "UpdateService" => fill(&mut out["service"]),
             "DescribeServices" => out["services"]
                 .as_array_mut()
@@ -888,7 +965,7 @@ async fn handle(
             _ => {}
         }
     }
-    match operation.as_str() {
+    match operation {
         "CreateService" => {}
         "UpdateService" => {
             let key = service_key(
@@ -905,7 +982,7 @@ async fn handle(
             };
             let desired = service["desiredCount"].as_i64().unwrap_or(0);
             let mut s = ctx.state.lock().unwrap();
-            if starts_deployment(&request) {
+            if starts_deployment(request) {
                 let outcome = s
                     .rollouts
                     .pop_front()

@@ -1,0 +1,451 @@
+//! Issue 9: deploys that stay right through restarts, ECS rollbacks and every ECS setup.
+//! Each test names the defect it guards against; rollouts are scripted through the proxy.
+
+use std::time::Duration;
+
+use aws_sdk_ecs::types::{DeploymentController, DeploymentControllerType, Tag};
+use serde_json::Value;
+
+use crate::deploy::{web_with, Deploy, Setup};
+use crate::support::proxy::{Fault, Rollout};
+use crate::support::world::{CLUSTER, SERVICE};
+use crate::support::{eventually, sdk_config, MASTER_SHA};
+
+/// The deploy, once it has recorded its new revision but not (yet) heard from UpdateService.
+async fn registered(w: &Deploy) -> Value {
+    eventually("the deploy's new revision recorded", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["to_task_definition"].is_string() && d["state"] == "deploying")
+    })
+    .await
+}
+
+/// An operator (or another tool) deploys `task_definition` straight through ECS.
+async fn operator_deploys(w: &Deploy, task_definition: &str) {
+    let ecs = aws_sdk_ecs::Client::new(&sdk_config(&w.proxy.url).await);
+    ecs.update_service()
+        .cluster(CLUSTER)
+        .service(SERVICE)
+        .task_definition(task_definition)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Someone looks at the service through the proxy (ECS moves on while slipway is down).
+async fn look(w: &Deploy) {
+    let ecs = aws_sdk_ecs::Client::new(&sdk_config(&w.proxy.url).await);
+    ecs.describe_services()
+        .cluster(CLUSTER)
+        .services(SERVICE)
+        .send()
+        .await
+        .unwrap();
+}
+
+fn reason(d: &Value) -> &str {
+    d["reason"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_restart_never_puts_its_revision_over_an_operators_hotfix() {
+    let w = Deploy::new().await;
+    // ECS applies slipway's UpdateService, but slipway dies before it hears the answer.
+    w.proxy.script(
+        "UpdateService",
+        [Fault::DelayAnswer(Duration::from_secs(60))],
+    );
+    w.proxy.rollouts([Rollout::Never]);
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "hotfix-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = registered(&w).await;
+    eventually("UpdateService sent", || async {
+        (!w.proxy.update_service_calls().is_empty()).then_some(())
+    })
+    .await;
+    s.kill();
+    // The operator ships a hotfix through ECS while slipway is down.
+    let hotfix = w
+        .emulator
+        .register_full_task_definition("web", &w.image_uri("hotfix").await)
+        .await;
+    operator_deploys(&w, &hotfix).await;
+    look(&w).await;
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["id"], d["id"]);
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(reason(&done).contains(&hotfix), "{done}");
+    assert!(reason(&done).contains("nothing was changed"), "{done}");
+    assert_eq!(w.service_td().await, hotfix, "the hotfix still runs");
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "slipway's lost call and the operator's, nothing after the restart"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_never_reapplies_what_ecs_already_rolled_back() {
+    let w = Deploy::new().await;
+    w.proxy.script(
+        "UpdateService",
+        [Fault::DelayAnswer(Duration::from_secs(60))],
+    );
+    w.proxy.rollouts([Rollout::EcsRollsBack { after: 1 }]);
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "cb-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    registered(&w).await;
+    eventually("UpdateService sent", || async {
+        (!w.proxy.update_service_calls().is_empty()).then_some(())
+    })
+    .await;
+    s.kill();
+    // The circuit breaker fails the deployment and completes its rollback meanwhile.
+    look(&w).await;
+    look(&w).await;
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        reason(&done).contains("ECS rolled the service back"),
+        "{done}"
+    );
+    assert_eq!(w.service_td().await, w.base_td);
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        1,
+        "nothing re-applied"
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_that_never_reached_ecs_gets_a_fresh_rollout_clock_after_downtime() {
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 2"),
+        ..Setup::default()
+    })
+    .await;
+    // UpdateService is held before it reaches ECS; slipway dies waiting.
+    w.proxy
+        .script("UpdateService", [Fault::Delay(Duration::from_secs(600))]);
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "clock-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    registered(&w).await;
+    eventually("UpdateService sent", || async {
+        (!w.proxy.update_service_calls().is_empty()).then_some(())
+    })
+    .await;
+    s.kill();
+    assert_eq!(
+        w.service_td().await,
+        w.base_td,
+        "the held call never reached ECS"
+    );
+    // Down for longer than the rollout timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The rollout then takes two looks to complete.
+    w.proxy.rollouts([Rollout::Complete { after: 2 }]);
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        w.service_td().await,
+        done["to_task_definition"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn an_ecs_rollback_is_reported_only_once_it_completed() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::EcsRollsBack { after: 1 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "cbdone-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(reason(&d).contains("ECS rolled the service back"), "{d}");
+    let deployments = w.proxy.deployments(CLUSTER, SERVICE);
+    let primary = deployments
+        .iter()
+        .find(|x| x["status"] == "PRIMARY")
+        .unwrap();
+    assert_eq!(primary["rolloutState"], "COMPLETED", "{deployments:?}");
+}
+
+#[tokio::test]
+async fn a_failed_ecs_rollback_is_reported_with_ecs_reason() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::EcsRollbackFails { after: 1 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "cbfail-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        reason(&d).contains("rollback")
+            && reason(&d).contains("failed")
+            && reason(&d).contains("the rollback's tasks failed to start"),
+        "{d}"
+    );
+    let note = eventually("the failure notified", || async {
+        w.notes_of("deploy_failed").into_iter().next()
+    })
+    .await;
+    assert!(
+        note["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the rollback's tasks failed to start"),
+        "{note}"
+    );
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        1,
+        "slipway adds no rollback of its own"
+    );
+}
+
+#[tokio::test]
+async fn a_service_scaled_to_zero_says_no_task_started() {
+    let w = Deploy::new().await;
+    w.emulator
+        .ecs()
+        .update_service()
+        .cluster(CLUSTER)
+        .service(SERVICE)
+        .desired_count(0)
+        .send()
+        .await
+        .unwrap();
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "zero-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    assert!(
+        reason(&d).contains("desired count 0: no task started"),
+        "{d}"
+    );
+    let note = eventually("the success notified", || async {
+        w.notes_of("deploy_succeeded").into_iter().next()
+    })
+    .await;
+    assert!(
+        note["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("desired count 0"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn past_the_timeout_a_failing_last_look_is_retried_not_taken_as_failure() {
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 1"),
+        ..Setup::default()
+    })
+    .await;
+    w.proxy.rollouts([Rollout::Never]);
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "look-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = eventually("the deploy watching its rollout", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["ecs_deployment_id"].is_string())
+    })
+    .await;
+    s.kill();
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
+    w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The first looks after the restart fail, more often than the SDK retries on its own.
+    w.proxy.fail("DescribeServices", 5, 500, "ServerException");
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(w.proxy.update_service_calls().len(), 1, "no rollback");
+}
+
+#[tokio::test]
+async fn a_rollout_that_completed_then_was_replaced_is_a_success_with_a_note() {
+    let w = Deploy::new().await;
+    w.proxy
+        .rollouts([Rollout::CompleteThenForeign { after: 1 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "thenrep-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    assert!(
+        reason(&d).contains("then replaced by another deployment"),
+        "{d}"
+    );
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        1,
+        "theirs is not undone"
+    );
+}
+
+#[tokio::test]
+async fn fifty_tags_are_refused_before_anything_is_registered() {
+    let w = Deploy::new().await;
+    let td = w.emulator.task_definition(&w.base_td).await;
+    let tags: Vec<Tag> = (0..50)
+        .map(|i| Tag::builder().key(format!("k{i}")).value("v").build())
+        .collect();
+    let full = w
+        .emulator
+        .ecs()
+        .register_task_definition()
+        .family("web")
+        .set_container_definitions(Some(td.0.container_definitions().to_vec()))
+        .set_requires_compatibilities(Some(td.0.requires_compatibilities().to_vec()))
+        .set_network_mode(td.0.network_mode().cloned())
+        .set_cpu(td.0.cpu().map(str::to_owned))
+        .set_memory(td.0.memory().map(str::to_owned))
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .unwrap()
+        .task_definition()
+        .unwrap()
+        .task_definition_arn()
+        .unwrap()
+        .to_owned();
+    w.emulator
+        .ecs()
+        .update_service()
+        .cluster(CLUSTER)
+        .service(SERVICE)
+        .task_definition(&full)
+        .send()
+        .await
+        .unwrap();
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "tags-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(reason(&d).contains("already has 50 tags"), "{d}");
+    assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
+    assert!(w.proxy.update_service_calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_code_deploy_service_is_refused_before_anything_is_registered() {
+    let w = Deploy::new().await;
+    w.emulator
+        .ecs()
+        .create_service()
+        .cluster(CLUSTER)
+        .service_name("blue")
+        .task_definition(&w.base_td)
+        .desired_count(1)
+        .deployment_controller(
+            DeploymentController::builder()
+                .r#type(DeploymentControllerType::CodeDeploy)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let builder = w.builder.clone().apps(
+        &crate::support::slipway::DEFAULT_APPS.replace("service = \"web\"", "service = \"blue\""),
+    );
+    let s = builder.start().await;
+    let arn = w.push(&s, "cd-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = eventually("the deploy ended", || async {
+        builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["state"] == "failed")
+    })
+    .await;
+    assert!(
+        reason(&d).contains("CODE_DEPLOY deployment controller"),
+        "{d}"
+    );
+    assert!(reason(&d).contains("BLUE_GREEN"), "{d}");
+    assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
+    assert!(w.proxy.update_service_calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_deregistered_running_revision_is_copied_so_a_rollback_can_return() {
+    let w = Deploy::new().await;
+    w.emulator
+        .ecs()
+        .deregister_task_definition()
+        .task_definition(&w.base_td)
+        .send()
+        .await
+        .unwrap();
+    w.proxy.rollouts([Rollout::Fail { after: 1 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "inactive-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    let copy = d["from_task_definition"].as_str().unwrap().to_owned();
+    assert_ne!(copy, w.base_td, "{d}");
+    assert_eq!(
+        w.service_td().await,
+        copy,
+        "the rollback returned to the copy"
+    );
+    let copy_td = w.emulator.task_definition(&copy).await;
+    assert_eq!(
+        copy_td.0.status(),
+        Some(&aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+    );
+    assert_eq!(
+        copy_td.0.container_definitions()[0].image(),
+        w.emulator
+            .task_definition(&w.base_td)
+            .await
+            .0
+            .container_definitions()[0]
+            .image()
+    );
+    assert_eq!(w.proxy.requests("RegisterTaskDefinition").len(), 2);
+}
+
+#[tokio::test]
+async fn from_event_to_update_service_takes_few_calls() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "calls-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let calls = w.proxy.operations();
+    let until_update = calls
+        .iter()
+        .position(|op| op == "UpdateService")
+        .expect("UpdateService called");
+    // The calls between the completion event and UpdateService (the build's StartBuild and
+    // SQS traffic aside).
+    let deploy_calls: Vec<&String> = calls[..=until_update]
+        .iter()
+        .filter(|op| {
+            matches!(
+                op.as_str(),
+                "BatchGetBuilds"
+                    | "DescribeImages"
+                    | "DescribeRepositories"
+                    | "DescribeClusters"
+                    | "DescribeServices"
+                    | "DescribeTaskDefinition"
+                    | "RegisterTaskDefinition"
+                    | "UpdateService"
+            )
+        })
+        .collect();
+    assert!(deploy_calls.len() <= 6, "{deploy_calls:?}");
+    assert!(
+        !calls.iter().any(|op| op == "DescribeClusters"),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|op| op == "DescribeRepositories"),
+        "{calls:?}"
+    );
+}
