@@ -7,6 +7,8 @@ mod support;
 mod chat;
 mod deploy;
 mod deploy_files;
+mod event_trust;
+mod hardening;
 mod iam_policy;
 mod intake;
 mod ops;

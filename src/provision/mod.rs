@@ -9,6 +9,8 @@
 //!
 //! `--dry-run` makes no change at all and reports what a real run would do.
 
+pub mod policy;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -78,10 +80,13 @@ pub enum Status {
     Missing,
     Warning,
     Error,
+    /// A step skipped because an earlier one failed: reported, not counted as a failure
+    /// (the failed step is).
+    NotAttempted,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Created,
         Status::Updated,
         Status::Unchanged,
@@ -91,6 +96,7 @@ impl Status {
         Status::Warning,
         Status::Missing,
         Status::Error,
+        Status::NotAttempted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +110,7 @@ impl Status {
             Status::Missing => "missing",
             Status::Warning => "warning",
             Status::Error => "error",
+            Status::NotAttempted => "not_attempted",
         }
     }
 
@@ -370,7 +377,7 @@ pub async fn run(config: &Config, aws: &Clients, dry_run: bool) -> Report {
                 report.push(
                     kind,
                     name,
-                    Status::Error,
+                    Status::NotAttempted,
                     "not attempted: an earlier step failed",
                 );
             }
