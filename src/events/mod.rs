@@ -278,9 +278,13 @@ impl Running {
                 }
                 Ok(None) if event.status.is_success() => {
                     // Succeeded, confirmed, yet nothing to deploy: a foreign build the app
-                    // does not accept.
-                    reject("a build slipway did not start, and deploy_foreign_builds is off".into())
-                        .await
+                    // does not accept, or one without a commit to deploy.
+                    let reason = if app.deploy_foreign_builds {
+                        "a build slipway did not start, and CodeBuild shows no commit SHA for it"
+                    } else {
+                        "a build slipway did not start, and deploy_foreign_builds is off"
+                    };
+                    reject(reason.into()).await
                 }
                 Ok(None) => self.delete(&receipt).await,
                 Ok(Some(deployment)) => {

@@ -116,6 +116,7 @@ impl Deploy {
             .codebuild()
             .start_build()
             .project_name(PROJECT)
+            .source_version(MASTER_SHA)
             .send()
             .await
             .expect("StartBuild")

@@ -43,7 +43,7 @@ async fn durations_beyond_their_maximum_are_refused_naming_the_key() {
         ),
         (
             "",
-            "[server]\nheader_timeout_secs = 18446744073709551615\n",
+            "[server]\nheader_timeout_secs = 9223372036854775807\n",
             "server.header_timeout_secs",
         ),
     ] {
