@@ -702,10 +702,60 @@ ecr_repository = "web"
     fn secrets_are_required_and_never_printed() {
         assert!(WebhookSecrets::parse(None).is_err());
         assert!(WebhookSecrets::parse(Some(" , ")).is_err());
-        let s = WebhookSecrets::parse(Some("old-secret, new-secret")).unwrap();
+        let s = WebhookSecrets::parse(Some("old-webhook-secret, new-webhook-secret")).unwrap();
         assert_eq!(s.iter().count(), 2);
         let printed = format!("{s:?}");
         assert!(!printed.contains("old-secret") && !printed.contains("new-secret"));
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    const APP: &str = r#"
+state_dir = "/tmp/slipway"
+[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "web"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#;
+
+    #[test]
+    fn webhook_secrets_need_16_bytes_each() {
+        let long = "0123456789abcdef";
+        assert!(WebhookSecrets::parse(Some(long)).is_ok());
+        let e = WebhookSecrets::parse(Some(&format!("{long},short")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secret 2 of 2 is shorter than 16 bytes"), "{e}");
+        assert!(!e.contains("short,") && !e.contains(long), "{e}");
+    }
+
+    #[test]
+    fn durations_have_a_maximum_named_by_key() {
+        let e = Config::parse(&format!(
+            "{APP}rollout_timeout_secs = 9223372036854775807\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("app[0] (web).rollout_timeout_secs: 9223372036854775807 is too large"),
+            "{e}"
+        );
+        let at_max = format!(
+            "{APP}rollout_timeout_secs = {}\n",
+            max::ROLLOUT_TIMEOUT_SECS
+        );
+        assert!(Config::parse(&at_max).is_ok());
+        let e = Config::parse(&format!("{APP}[events]\nvisibility_timeout_secs = 43201\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("events.visibility_timeout_secs"), "{e}");
     }
 }
 

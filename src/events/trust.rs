@@ -67,8 +67,7 @@ pub fn account_from_queue_url(url: &str) -> Option<String> {
     let path = url.split_once("://").map_or(url, |(_, rest)| rest);
     let mut segments = path.split('/').skip(1).filter(|s| !s.is_empty());
     let account = segments.next()?;
-    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| account.to_owned())
+    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then(|| account.to_owned())
 }
 
 /// Keeps what an untrusted event says short in logs and the journal.
@@ -166,11 +165,13 @@ mod tests {
             Some("123456789012")
         );
         assert_eq!(
-            account_from_queue_url("http://127.0.0.1:5000/123456789012/slipway-events")
-                .as_deref(),
+            account_from_queue_url("http://127.0.0.1:5000/123456789012/slipway-events").as_deref(),
             Some("123456789012")
         );
-        assert_eq!(account_from_queue_url("http://localhost/queue/slipway"), None);
+        assert_eq!(
+            account_from_queue_url("http://localhost/queue/slipway"),
+            None
+        );
     }
 
     fn event(source: &str, account: &str, region: &str) -> BuildStateChange {

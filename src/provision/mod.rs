@@ -15,10 +15,10 @@ pub mod policy;
 mod report;
 
 pub use checks::github_repository;
-pub use plumbing::{event_pattern, normalize, queue_policy, redrive_policy};
-pub use report::{Item, Kind, Report, Status};
 use checks::*;
 use plumbing::*;
+pub use plumbing::{event_pattern, normalize, queue_policy, redrive_policy};
+pub use report::{Item, Kind, Report, Status};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;

@@ -71,7 +71,13 @@ fn resources(config: &Config, env: &Environment) -> Resources {
     Resources {
         projects: apps
             .iter()
-            .map(|a| arn(env, "codebuild", &format!("project/{}", a.codebuild_project)))
+            .map(|a| {
+                arn(
+                    env,
+                    "codebuild",
+                    &format!("project/{}", a.codebuild_project),
+                )
+            })
             .collect(),
         services: apps
             .iter()
@@ -252,9 +258,9 @@ pub async fn discover(config: &Config, aws: &Clients, region: &str) -> anyhow::R
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("ECS DescribeTaskDefinition", &e))?;
-        let td = out.task_definition().ok_or_else(|| {
-            anyhow::anyhow!("app {}: task definition {td} not found", app.name)
-        })?;
+        let td = out
+            .task_definition()
+            .ok_or_else(|| anyhow::anyhow!("app {}: task definition {td} not found", app.name))?;
         if let Some(family) = td.family() {
             env.families.insert(family.to_owned());
         }

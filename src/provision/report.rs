@@ -134,7 +134,13 @@ impl Report {
         }
     }
 
-    pub(super) fn push(&mut self, kind: Kind, name: &str, status: Status, detail: impl Into<String>) {
+    pub(super) fn push(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        status: Status,
+        detail: impl Into<String>,
+    ) {
         self.items.push(Item {
             kind,
             name: name.to_owned(),

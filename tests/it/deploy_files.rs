@@ -123,7 +123,9 @@ fn iam_policies_grant_exactly_what_slipway_calls() {
             .as_array()
             .expect("Statement is an array");
         for statement in statements {
-            let sid = statement["Sid"].as_str().expect("every statement has a Sid");
+            let sid = statement["Sid"]
+                .as_str()
+                .expect("every statement has a Sid");
             assert!(sid.starts_with(prefix), "{file}: statement {sid}");
             assert_eq!(statement["Effect"], "Allow", "{statement}");
             assert!(
@@ -298,7 +300,11 @@ fn resource_block<'a>(template: &'a str, name: &str) -> Vec<&'a str> {
     let start = format!("  {name}:");
     let mut lines = template.lines().skip_while(|l| *l != start);
     let mut out: Vec<&str> = lines.next().into_iter().collect();
-    out.extend(lines.take_while(|l| l.is_empty() || l.starts_with("    ") || l.trim_start().starts_with('#')));
+    out.extend(
+        lines.take_while(|l| {
+            l.is_empty() || l.starts_with("    ") || l.trim_start().starts_with('#')
+        }),
+    );
     assert!(!out.is_empty(), "no resource {name}");
     out
 }
@@ -308,14 +314,23 @@ fn cloudformation_is_https_only_with_two_public_paths_and_a_private_admin_port()
     let t = read("deploy/cloudformation.yml");
     // A certificate is required.
     let cert = resource_block(&t, "CertificateArn").join("\n");
-    assert!(!cert.contains("Default:"), "CertificateArn has a default:\n{cert}");
+    assert!(
+        !cert.contains("Default:"),
+        "CertificateArn has a default:\n{cert}"
+    );
     assert!(!t.contains("HasCertificate"), "HTTPS is still optional");
     // Port 80 only redirects.
     let http = resource_block(&t, "HttpListener").join("\n");
-    assert!(http.contains("Type: redirect") && !http.contains("forward"), "{http}");
+    assert!(
+        http.contains("Type: redirect") && !http.contains("forward"),
+        "{http}"
+    );
     // HTTPS forwards only the two public endpoints; the default answers 404.
     let https = resource_block(&t, "HttpsListener").join("\n");
-    assert!(https.contains("Type: fixed-response") && !https.contains("Type: forward"), "{https}");
+    assert!(
+        https.contains("Type: fixed-response") && !https.contains("Type: forward"),
+        "{https}"
+    );
     let rule = resource_block(&t, "PublicEndpointsRule").join("\n");
     assert!(
         rule.contains("Values: [/webhooks/github, /chat/slack]") && rule.contains("Type: forward"),
@@ -324,24 +339,41 @@ fn cloudformation_is_https_only_with_two_public_paths_and_a_private_admin_port()
     let forwards = t.matches("Type: forward").count();
     assert_eq!(forwards, 1, "something else is forwarded to slipway");
     // The admin port is never mapped or opened.
-    assert!(!t.contains("9090\n") && !t.contains("Port: 9090"), "the admin port is exposed");
+    assert!(
+        !t.contains("9090\n") && !t.contains("Port: 9090"),
+        "the admin port is exposed"
+    );
     let task_sg = resource_block(&t, "TaskSecurityGroup").join("\n");
     assert_eq!(task_sg.matches("FromPort:").count(), 1, "{task_sg}");
     assert!(task_sg.contains("FromPort: 8080"), "{task_sg}");
     // Secrets from Secrets Manager, read-only root.
     let td = resource_block(&t, "TaskDefinition").join("\n");
-    assert!(td.contains("Secrets:") && td.contains("ValueFrom: !Ref WebhookSecretArn"), "{td}");
+    assert!(
+        td.contains("Secrets:") && td.contains("ValueFrom: !Ref WebhookSecretArn"),
+        "{td}"
+    );
     assert!(td.contains("ReadonlyRootFilesystem: true"), "{td}");
 }
 
 #[test]
 fn cloudformation_grants_exact_resources_and_a_separate_provisioning_role() {
     let t = read("deploy/cloudformation.yml");
-    for wildcard in ["project/*", "service/*", "repository/*", "cluster/*", "task-definition/*"] {
+    for wildcard in [
+        "project/*",
+        "service/*",
+        "repository/*",
+        "cluster/*",
+        "task-definition/*",
+    ] {
         assert!(!t.contains(wildcard), "the template grants {wildcard}");
     }
     let task_role = resource_block(&t, "TaskRole").join("\n");
-    for action in ["sqs:CreateQueue", "sqs:SetQueueAttributes", "events:PutRule", "events:PutTargets"] {
+    for action in [
+        "sqs:CreateQueue",
+        "sqs:SetQueueAttributes",
+        "events:PutRule",
+        "events:PutTargets",
+    ] {
         assert!(!task_role.contains(action), "the task role may {action}");
     }
     let provision = resource_block(&t, "ProvisionRole").join("\n");

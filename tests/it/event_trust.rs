@@ -127,7 +127,9 @@ async fn a_succeeded_event_for_a_build_codebuild_does_not_know_is_not_deployed()
     })
     .await;
     assert!(
-        rejected.reason.contains("CodeBuild does not know build web-build:made-up-1"),
+        rejected
+            .reason
+            .contains("CodeBuild does not know build web-build:made-up-1"),
         "{}",
         rejected.reason
     );

@@ -23,7 +23,10 @@ async fn a_short_webhook_secret_is_refused_at_start() {
         );
         assert!(err.contains("shorter than 16 bytes"), "{err}");
         // Never echoed.
-        assert!(!err.contains("tiny") && !err.contains("short-secret"), "{err}");
+        assert!(
+            !err.contains("tiny") && !err.contains("short-secret"),
+            "{err}"
+        );
     }
 }
 
@@ -35,7 +38,11 @@ async fn durations_beyond_their_maximum_are_refused_naming_the_key() {
             "",
             "app[0] (web).rollout_timeout_secs",
         ),
-        ("", "[deploy]\npoll_max_ms = 86400000000\n", "deploy.poll_max_ms"),
+        (
+            "",
+            "[deploy]\npoll_max_ms = 86400000000\n",
+            "deploy.poll_max_ms",
+        ),
         (
             "",
             "[events]\nreconcile_after_secs = 99999999999\n",
@@ -60,7 +67,10 @@ async fn durations_beyond_their_maximum_are_refused_naming_the_key() {
         // serve refuses the same file before doing anything.
         let (status, _, err) = b.run(&["serve", "--config", config.to_str().unwrap()]);
         assert!(!status.success() && err.contains(key), "{key}: {err}");
-        assert!(!b.state_dir().exists(), "serve created its state before refusing");
+        assert!(
+            !b.state_dir().exists(),
+            "serve created its state before refusing"
+        );
     }
     // The largest value accepted still passes.
     let b = SlipwayBuilder::new("http://127.0.0.1:9")
@@ -105,7 +115,12 @@ async fn the_journal_is_private_whatever_the_umask() {
     })
     .await;
     assert_eq!(mode(&state), 0o700, "state_dir");
-    for file in ["journal.db", "journal.db-wal", "journal.db-shm", "slipway.lock"] {
+    for file in [
+        "journal.db",
+        "journal.db-wal",
+        "journal.db-shm",
+        "slipway.lock",
+    ] {
         assert_eq!(mode(&state.join(file)), 0o600, "{file}");
     }
     let _ = child.kill();

@@ -597,7 +597,12 @@ async fn generated_policies() -> (Value, Value) {
     let builder = w.builder.clone();
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
         let config = builder.write_config();
-        builder.run(&["provision", "--policy", "--config", config.to_str().unwrap()])
+        builder.run(&[
+            "provision",
+            "--policy",
+            "--config",
+            config.to_str().unwrap(),
+        ])
     })
     .await
     .unwrap();
@@ -633,11 +638,15 @@ fn resources_for(policy: &Value, action: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn generated_policies_name_exact_resources_and_match_the_examples() {
     let (runtime, provisioning) = generated_policies().await;
-    let set = |items: &[&str]| -> BTreeSet<String> { items.iter().map(|s| s.to_string()).collect() };
+    let set =
+        |items: &[&str]| -> BTreeSet<String> { items.iter().map(|s| s.to_string()).collect() };
     let arn = |rest: &str| format!("arn:aws:{rest}");
     for action in ["codebuild:StartBuild", "ecs:UpdateService", "iam:PassRole"] {
         let resources = resources_for(&runtime, action);
-        assert!(!resources.is_empty(), "{action} is not granted: {runtime:#}");
+        assert!(
+            !resources.is_empty(),
+            "{action} is not granted: {runtime:#}"
+        );
         assert!(
             resources.iter().all(|r| !r.contains('*')),
             "{action} is granted on a wildcard: {resources:?}"

@@ -533,7 +533,11 @@ async fn several_secrets_are_accepted_for_rotation() {
         .start()
         .await;
     let body = fixture("github/ping.json");
-    for (secret, status) in [("old-webhook-secret-1", 200), (SECRET, 200), ("retired", 401)] {
+    for (secret, status) in [
+        ("old-webhook-secret-1", 200),
+        (SECRET, 200),
+        ("retired", 401),
+    ] {
         let signature = slipway::webhook::sign(secret.as_bytes(), &body);
         let r = s
             .post(

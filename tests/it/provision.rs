@@ -719,7 +719,11 @@ async fn a_failing_aws_call_is_an_error_and_the_other_checks_still_run() {
     }
     // Only the two failed calls count as errors; the steps never tried are counted apart.
     assert_eq!(run.report["summary"]["error"], 2, "{:#}", run.report);
-    assert_eq!(run.report["summary"]["not_attempted"], 2, "{:#}", run.report);
+    assert_eq!(
+        run.report["summary"]["not_attempted"], 2,
+        "{:#}",
+        run.report
+    );
     assert!(
         run.stderr.contains("2 failed AWS call(s)"),
         "{}",
