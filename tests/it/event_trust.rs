@@ -135,3 +135,27 @@ async fn a_succeeded_event_for_a_build_codebuild_does_not_know_is_not_deployed()
     );
     assert!(s.builder.deployments().is_empty());
 }
+
+#[tokio::test]
+async fn a_build_without_this_runs_slipway_run_is_not_deployed() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "trust-3", MASTER_SHA).await;
+    let id = arn.split_once(":build/").unwrap().1;
+    // The build slipway journaled under this id says it belongs to another run.
+    w.proxy
+        .build_env(id, &[("SLIPWAY_RUN", "someone-elses-run")]);
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let rejected = eventually("journaled as rejected", || async {
+        w.rejections().await.into_iter().next()
+    })
+    .await;
+    assert!(
+        rejected
+            .reason
+            .contains("does not carry the SLIPWAY_RUN slipway started it with"),
+        "{}",
+        rejected.reason
+    );
+    assert!(s.builder.deployments().is_empty());
+}

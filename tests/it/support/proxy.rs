@@ -303,6 +303,20 @@ impl Proxy {
             .unwrap_or_default()
     }
 
+    /// From now on CodeBuild reports build `id` (`project:uuid`) with these environment
+    /// variables (name, value), as if it had been started with them.
+    pub fn build_env(&self, id: &str, vars: &[(&str, &str)]) {
+        let vars: Vec<Value> = vars
+            .iter()
+            .map(|(k, v)| json!({ "name": k, "value": v, "type": "PLAINTEXT" }))
+            .collect();
+        self.state
+            .lock()
+            .unwrap()
+            .build_env
+            .insert(id.to_owned(), Value::Array(vars));
+    }
+
     /// From now on CodeBuild reports build `id` (`project:uuid`) with this status.
     pub fn build_status(&self, id: &str, status: &str) {
         self.state
