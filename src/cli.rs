@@ -143,6 +143,10 @@ pub enum Command {
         /// The report as JSON.
         #[arg(long)]
         json: bool,
+        /// Print the IAM policies slipway needs (`runtime` and `provisioning`, exact ARNs from
+        /// the config and the services' task definitions) and change nothing.
+        #[arg(long, conflicts_with_all = ["dry_run", "json"])]
+        policy: bool,
     },
 }
 
@@ -294,17 +298,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config.config)?;
+            let n = loaded.apps.len();
             println!(
-                "{}: ok ({} apps)",
+                "{}: ok ({n} app{})",
                 config.config.display(),
-                loaded.apps.len()
+                if n == 1 { "" } else { "s" }
             );
             Ok(())
         }
         Command::Provision {
             config,
+            policy: true,
+            ..
+        } => {
+            let loaded = Config::load(&config.config)?;
+            crate::provision::policy::command(&loaded).await
+        }
+        Command::Provision {
+            config,
             dry_run,
             json,
+            policy: false,
         } => crate::provision::command(&config.config, dry_run, json).await,
     }
 }

@@ -15,6 +15,10 @@ use crate::ids::AppName;
 /// Environment variable holding the GitHub webhook secret(s), comma-separated for rotation.
 pub const WEBHOOK_SECRET_ENV: &str = "SLIPWAY_WEBHOOK_SECRET";
 
+/// The shortest webhook secret accepted: a short secret can be guessed offline from one
+/// signed delivery.
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -285,12 +289,14 @@ impl RawConfig {
                 self.server.header_timeout_secs,
                 10,
                 Duration::from_secs,
+                max::HEADER_TIMEOUT_SECS,
             )?,
             body_timeout: duration(
                 "server.body_timeout_secs",
                 self.server.body_timeout_secs,
                 30,
                 Duration::from_secs,
+                max::BODY_TIMEOUT_SECS,
             )?,
         };
         let build = BuildRetry {
@@ -299,12 +305,14 @@ impl RawConfig {
                 self.build.retry_initial_secs,
                 1,
                 Duration::from_secs,
+                max::RETRY_SECS,
             )?,
             max: duration(
                 "build.retry_max_secs",
                 self.build.retry_max_secs,
                 300,
                 Duration::from_secs,
+                max::RETRY_SECS,
             )?,
         };
         if build.max < build.initial {
@@ -319,12 +327,14 @@ impl RawConfig {
                 self.deploy.poll_initial_ms,
                 5_000,
                 Duration::from_millis,
+                max::POLL_MS,
             )?,
             poll_max: duration(
                 "deploy.poll_max_ms",
                 self.deploy.poll_max_ms,
                 30_000,
                 Duration::from_millis,
+                max::POLL_MS,
             )?,
         };
         if deploy.poll_max < deploy.poll_initial {
@@ -339,20 +349,16 @@ impl RawConfig {
                 self.events.reconcile_after_secs,
                 30 * 60,
                 Duration::from_secs,
+                max::RECONCILE_AFTER_SECS,
             )?,
             visibility_timeout: duration(
                 "events.visibility_timeout_secs",
                 self.events.visibility_timeout_secs,
                 120,
                 Duration::from_secs,
+                max::VISIBILITY_TIMEOUT_SECS,
             )?,
         };
-        if events.visibility_timeout > Duration::from_secs(12 * 3600) {
-            return Err(invalid(
-                "events.visibility_timeout_secs",
-                "SQS allows at most 43200 (12 hours)",
-            ));
-        }
         let provision = self.provision.validate()?;
         let mut names = HashSet::new();
         let mut apps = Vec::with_capacity(self.apps.len());
@@ -384,14 +390,34 @@ impl RawConfig {
     }
 }
 
-/// A positive number of `unit`s (`Duration::from_secs` or `from_millis`), or the default.
+/// The largest value each duration key accepts, in the key's own unit. Far above any sensible
+/// setting, low enough that arithmetic on them (deadlines, backoff) cannot overflow.
+pub mod max {
+    pub const HEADER_TIMEOUT_SECS: u64 = 300;
+    pub const BODY_TIMEOUT_SECS: u64 = 600;
+    /// StartBuild retry delays (initial and max).
+    pub const RETRY_SECS: u64 = 24 * 3600;
+    /// Rollout polling intervals (initial and max).
+    pub const POLL_MS: u64 = 10 * 60 * 1000;
+    pub const RECONCILE_AFTER_SECS: u64 = 7 * 24 * 3600;
+    /// What SQS allows.
+    pub const VISIBILITY_TIMEOUT_SECS: u64 = 12 * 3600;
+    pub const ROLLOUT_TIMEOUT_SECS: u64 = 24 * 3600;
+}
+
+/// A number of `unit`s (`Duration::from_secs` or `from_millis`) in `1..=max`, or the default.
 fn duration(
     key: &str,
     value: Option<u64>,
     default: u64,
     unit: fn(u64) -> Duration,
+    max: u64,
 ) -> Result<Duration, ConfigError> {
-    positive(key, value.map(|v| v as usize), default as usize).map(|v| unit(v as u64))
+    match value {
+        Some(0) => Err(invalid(key, "must be greater than 0")),
+        Some(v) if v > max => Err(invalid(key, format!("{v} is too large (at most {max})"))),
+        v => Ok(unit(v.unwrap_or(default))),
+    }
 }
 
 fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
@@ -520,13 +546,13 @@ impl RawApp {
                 format!("\"{image_tag}\" does not make a valid image tag"),
             ));
         }
-        let rollout = self.rollout_timeout_secs.unwrap_or(15 * 60);
-        if rollout == 0 {
-            return Err(invalid(
-                key("rollout_timeout_secs"),
-                "must be greater than 0",
-            ));
-        }
+        let rollout_timeout = duration(
+            &key("rollout_timeout_secs"),
+            self.rollout_timeout_secs,
+            15 * 60,
+            Duration::from_secs,
+            max::ROLLOUT_TIMEOUT_SECS,
+        )?;
         Ok(AppConfig {
             repository,
             branch,
@@ -538,7 +564,7 @@ impl RawApp {
             image_tag,
             pin_digest: self.pin_digest.unwrap_or(false),
             deploy_foreign_builds: self.deploy_foreign_builds.unwrap_or(false),
-            rollout_timeout: Duration::from_secs(rollout),
+            rollout_timeout,
             slack_users: self.slack_users,
             name,
         })
@@ -585,6 +611,17 @@ impl WebhookSecrets {
         if secrets.is_empty() {
             return Err(ConfigError::Secret(format!(
                 "{WEBHOOK_SECRET_ENV} is empty: slipway will not accept unsigned webhooks"
+            )));
+        }
+        if let Some(i) = secrets
+            .iter()
+            .position(|s| s.expose().len() < MIN_WEBHOOK_SECRET_BYTES)
+        {
+            return Err(ConfigError::Secret(format!(
+                "{WEBHOOK_SECRET_ENV}: secret {} of {} is shorter than {MIN_WEBHOOK_SECRET_BYTES} bytes; \
+                 use a long random value (e.g. `openssl rand -hex 32`)",
+                i + 1,
+                secrets.len()
             )));
         }
         Ok(Self(secrets))
@@ -665,10 +702,60 @@ ecr_repository = "web"
     fn secrets_are_required_and_never_printed() {
         assert!(WebhookSecrets::parse(None).is_err());
         assert!(WebhookSecrets::parse(Some(" , ")).is_err());
-        let s = WebhookSecrets::parse(Some("old-secret, new-secret")).unwrap();
+        let s = WebhookSecrets::parse(Some("old-webhook-secret, new-webhook-secret")).unwrap();
         assert_eq!(s.iter().count(), 2);
         let printed = format!("{s:?}");
         assert!(!printed.contains("old-secret") && !printed.contains("new-secret"));
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    const APP: &str = r#"
+state_dir = "/tmp/slipway"
+[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "web"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#;
+
+    #[test]
+    fn webhook_secrets_need_16_bytes_each() {
+        let long = "0123456789abcdef";
+        assert!(WebhookSecrets::parse(Some(long)).is_ok());
+        let e = WebhookSecrets::parse(Some(&format!("{long},short")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secret 2 of 2 is shorter than 16 bytes"), "{e}");
+        assert!(!e.contains("short,") && !e.contains(long), "{e}");
+    }
+
+    #[test]
+    fn durations_have_a_maximum_named_by_key() {
+        let e = Config::parse(&format!(
+            "{APP}rollout_timeout_secs = 9223372036854775807\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("app[0] (web).rollout_timeout_secs: 9223372036854775807 is too large"),
+            "{e}"
+        );
+        let at_max = format!(
+            "{APP}rollout_timeout_secs = {}\n",
+            max::ROLLOUT_TIMEOUT_SECS
+        );
+        assert!(Config::parse(&at_max).is_ok());
+        let e = Config::parse(&format!("{APP}[events]\nvisibility_timeout_secs = 43201\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("events.visibility_timeout_secs"), "{e}");
     }
 }
 

@@ -19,7 +19,7 @@ pub mod events;
 mod http;
 pub mod ids;
 pub mod image;
-mod journal;
+pub mod journal;
 mod notify;
 mod ops;
 pub mod provision;

@@ -256,10 +256,16 @@ mod tests {
 
     #[test]
     fn verify_accepts_any_configured_secret_and_nothing_else() {
-        let secrets = WebhookSecrets::parse(Some("old,new")).unwrap();
+        let secrets = WebhookSecrets::parse(Some("old-webhook-secret,new-webhook-secret")).unwrap();
         let body = b"{}";
-        assert_eq!(verify(&secrets, Some(&sign(b"old", body)), body), Ok(()));
-        assert_eq!(verify(&secrets, Some(&sign(b"new", body)), body), Ok(()));
+        assert_eq!(
+            verify(&secrets, Some(&sign(b"old-webhook-secret", body)), body),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&secrets, Some(&sign(b"new-webhook-secret", body)), body),
+            Ok(())
+        );
         assert_eq!(
             verify(&secrets, Some(&sign(b"other", body)), body),
             Err(SignatureError::Mismatch)

@@ -78,6 +78,12 @@ impl std::fmt::Display for BuildStatus {
 pub struct BuildStateChange {
     /// The EventBridge event `id`.
     pub event_id: String,
+    /// The event's `source` (`aws.codebuild` when CodeBuild emitted it; empty if absent).
+    pub source: String,
+    /// The account the event came from (empty if absent).
+    pub account: String,
+    /// The region the event came from (empty if absent).
+    pub region: String,
     /// `detail.build-id`: the build ARN.
     pub build_arn: String,
     /// `detail.project-name`.
@@ -172,6 +178,12 @@ struct Envelope {
 #[derive(Deserialize)]
 struct RawEvent {
     id: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    account: String,
+    #[serde(default)]
+    region: String,
     detail: RawDetail,
 }
 
@@ -218,8 +230,8 @@ struct RawLogs {
 
 /// Parses an SQS message body holding a whole EventBridge `CodeBuild Build State Change` event.
 ///
-/// The `source` is not checked (events replayed with `PutEvents` cannot use `aws.*`); the
-/// `detail-type` is.
+/// Only the `detail-type` is checked here; where the event came from (`source`, `account`,
+/// `region`) is kept for the consumer to judge (see `events::trust`).
 pub fn parse_event(body: &str) -> Result<BuildStateChange, EventParseError> {
     let value: serde_json::Value = serde_json::from_str(body).map_err(EventParseError::NotJson)?;
 
@@ -259,6 +271,9 @@ pub fn parse_event(body: &str) -> Result<BuildStateChange, EventParseError> {
 
     Ok(BuildStateChange {
         event_id: raw.id,
+        source: raw.source,
+        account: raw.account,
+        region: raw.region,
         build_arn: detail.build_id,
         project: detail.project_name,
         status: BuildStatus::parse(&detail.build_status),

@@ -6,6 +6,7 @@
 //! slipway dies, the message comes back and the journal makes the retry join the same deploy.
 
 pub mod codebuild;
+pub mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,13 +144,38 @@ impl BuildResults {
 /// Long-polls the queue and hands each message its own task.
 pub struct Consumer {
     pub sqs: aws_sdk_sqs::Client,
+    /// Confirms `SUCCEEDED` events before anything is deployed.
+    pub codebuild: aws_sdk_codebuild::Client,
     pub queue_url: String,
     pub results: Arc<BuildResults>,
 }
 
+/// The consumer with where its events must come from.
+struct Running {
+    consumer: Consumer,
+    origin: trust::Origin,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Consumer;
+    fn deref(&self) -> &Consumer {
+        &self.consumer
+    }
+}
+
 impl Consumer {
     pub async fn run(self, shutdown: CancellationToken) {
-        let this = Arc::new(self);
+        let origin = trust::Origin::new(
+            &self.queue_url,
+            self.sqs.config().region().map(|r| r.as_ref()),
+        );
+        if origin.account.is_none() {
+            tracing::warn!(queue = %self.queue_url, "the queue URL shows no account; events are checked for source and region only");
+        }
+        let this = Arc::new(Running {
+            consumer: self,
+            origin,
+        });
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
         tracing::info!(queue = %this.queue_url, "consuming CodeBuild events");
@@ -169,7 +195,10 @@ impl Consumer {
             let messages = match received {
                 Ok(out) => {
                     failures = 0;
-                    out.messages.unwrap_or_default()
+                    let messages = out.messages.unwrap_or_default();
+                    metrics::counter!("slipway_sqs_messages_received_total")
+                        .increment(messages.len() as u64);
+                    messages
                 }
                 Err(e) => {
                     let e = AwsError::from_sdk("SQS ReceiveMessage", &e);
@@ -195,7 +224,9 @@ impl Consumer {
         // makes that retry continue where this one stopped.
         tasks.shutdown().await;
     }
+}
 
+impl Running {
     async fn handle(&self, message: Message, shutdown: CancellationToken) {
         let Some(receipt) = message.receipt_handle().map(str::to_owned) else {
             return;
@@ -211,21 +242,49 @@ impl Consumer {
         let build_id = build_id_from_arn(&event.build_arn).to_owned();
         let span = tracing::info_span!("build", build = %build_id, status = event.status.as_str());
         async {
+            let reject = |reason: String| self.reject(&message, &event, &receipt, reason);
+            if let Err(reason) = self.origin.check(&event) {
+                return reject(reason).await;
+            }
             let Some(app) = self.results.config.app_for_project(&event.project).cloned() else {
                 tracing::info!(project = %event.project, "no app builds in this project; ignoring the event");
                 return self.delete(&receipt).await;
             };
-            let result = BuildResult {
+            let mut result = BuildResult {
                 build_id: build_id.clone(),
                 status: event.status.clone(),
                 commit: event.commit().map(str::to_owned),
                 log_link: event.log_link.clone(),
                 run_token: event.env_var("SLIPWAY_RUN").map(str::to_owned),
             };
+            if event.status.is_success() {
+                match self.confirmed(&app, &event).await {
+                    Err(e) => {
+                        // Not deleted: it comes back and CodeBuild is asked again.
+                        return tracing::warn!(error = %e, "cannot confirm the build with CodeBuild");
+                    }
+                    Ok(Err(reason)) => return reject(reason).await,
+                    Ok(Ok(confirmed)) => {
+                        result.commit = confirmed.commit;
+                        result.run_token = confirmed.run_token;
+                        result.log_link = confirmed.log_link.or(result.log_link);
+                    }
+                }
+            }
             match self.results.record(&app, result).await {
                 Err(e) => {
                     // Not deleted: it comes back and is recorded then.
                     tracing::error!(error = %e, "cannot journal the build result");
+                }
+                Ok(None) if event.status.is_success() => {
+                    // Succeeded, confirmed, yet nothing to deploy: a foreign build the app
+                    // does not accept, or one without a commit to deploy.
+                    let reason = if app.deploy_foreign_builds {
+                        "a build slipway did not start, and CodeBuild shows no commit SHA for it"
+                    } else {
+                        "a build slipway did not start, and deploy_foreign_builds is off"
+                    };
+                    reject(reason.into()).await
                 }
                 Ok(None) => self.delete(&receipt).await,
                 Ok(Some(deployment)) => {
@@ -237,6 +296,62 @@ impl Consumer {
         }
         .instrument(span)
         .await
+    }
+
+    /// CodeBuild's view of a `SUCCEEDED` build: Ok(Err(reason)) when it is not to be deployed.
+    async fn confirmed(
+        &self,
+        app: &AppConfig,
+        event: &codebuild::BuildStateChange,
+    ) -> Result<Result<trust::Confirmed, String>, anyhow::Error> {
+        let confirmed = match trust::confirm(&self.codebuild, event).await? {
+            trust::Confirmation::Rejected(reason) => return Ok(Err(reason)),
+            trust::Confirmation::Confirmed(c) => c,
+        };
+        let mine = self.results.journal.run_token_of(event.build_id()).await?;
+        match (&mine, &confirmed.run_token) {
+            (Some(token), Some(run)) if token == run => {}
+            (Some(_), _) => {
+                return Ok(Err(
+                    "the build does not carry the SLIPWAY_RUN slipway started it with".into(),
+                ))
+            }
+            // Not journaled under this id: either slipway's answer to StartBuild was lost
+            // (the journal finds the build by its SLIPWAY_RUN) or a foreign build, deployed
+            // only when the app allows it.
+            (None, _) => {
+                if confirmed.run_token.is_none() && !app.deploy_foreign_builds {
+                    return Ok(Err(
+                        "a build slipway did not start, and deploy_foreign_builds is off".into(),
+                    ));
+                }
+            }
+        }
+        Ok(Ok(confirmed))
+    }
+
+    /// Journals why the message is not acted on, then deletes it. If the journal cannot take
+    /// the record, the message stays and is judged again when it comes back.
+    async fn reject(
+        &self,
+        message: &Message,
+        event: &codebuild::BuildStateChange,
+        receipt: &str,
+        reason: String,
+    ) {
+        tracing::warn!(%reason, source = %event.source, account = %event.account, "event rejected; not deploying");
+        let record = crate::journal::RejectedEvent {
+            message_id: message.message_id().map(str::to_owned),
+            build_id: Some(event.build_id().to_owned()),
+            source: Some(event.source.clone()),
+            account: Some(event.account.clone()),
+            reason,
+            received_ms: millis(self.results.clock.now()),
+        };
+        match self.results.journal.event_rejected(record).await {
+            Ok(()) => self.delete(receipt).await,
+            Err(e) => tracing::error!(error = %e, "cannot journal the rejected event"),
+        }
     }
 
     /// Keeps the message invisible until the deploy ends. False if slipway is stopping.

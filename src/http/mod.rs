@@ -158,6 +158,7 @@ pub async fn run(
         worker_tasks.spawn(
             Consumer {
                 sqs: aws.sqs.clone(),
+                codebuild: aws.codebuild.clone(),
                 queue_url: queue_url.clone(),
                 results: results.clone(),
             }

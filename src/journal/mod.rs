@@ -11,6 +11,7 @@
 
 mod deliveries;
 mod deployments;
+mod events;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use tokio::sync::oneshot;
 
 pub use deliveries::*;
 pub use deployments::*;
+pub use events::RejectedEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -68,6 +70,41 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+/// Sets `path`'s permission bits to `mode`.
+fn private(path: &Path, mode: u32) -> Result<(), JournalError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        JournalError::Create {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Creates `path` if needed (0600 from the start) and makes it 0600 if it existed.
+fn create_private(path: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| JournalError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        if file.exists() {
+            private(&file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, JournalError> {
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -82,6 +119,8 @@ impl Journal {
             path: state_dir.to_owned(),
             source,
         })?;
+        // The journal holds private repositories' payloads: owner-only, whatever the umask.
+        private(state_dir, 0o700)?;
         // One slipway per journal: a second one would run the same builds and deploys.
         let lock_path = state_dir.join("slipway.lock");
         let lock = std::fs::OpenOptions::new()
@@ -105,6 +144,11 @@ impl Journal {
             }));
         }
         let path = state_dir.join("journal.db");
+        // SQLite gives the -wal and -shm files the database file's mode, so creating it 0600
+        // first keeps all three private.
+        for file in [&lock_path, &path] {
+            create_private(file)?;
+        }
         let mut writer = open(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,

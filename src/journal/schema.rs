@@ -4,7 +4,8 @@ use rusqlite::Connection;
 
 use super::JournalError;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -89,7 +90,20 @@ CREATE UNIQUE INDEX deployments_by_build_row ON deployments (build_row) WHERE bu
 CREATE UNIQUE INDEX deployments_by_build_id ON deployments (build_id) WHERE build_id IS NOT NULL;
 CREATE INDEX deployments_by_state ON deployments (state);
 CREATE INDEX deployments_by_service ON deployments (service_key, order_key);
-"#];
+"#,
+    // SQS trust (issue 8): CodeBuild events that were refused, and why.
+    r#"
+CREATE TABLE rejected_events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id   TEXT,
+    build_id     TEXT,
+    source       TEXT,
+    account      TEXT,
+    reason       TEXT NOT NULL,
+    received_ms  INTEGER NOT NULL
+);
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
     let tx = conn.transaction()?;

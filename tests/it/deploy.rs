@@ -110,6 +110,22 @@ impl Deploy {
             .await;
     }
 
+    /// A build of the project started outside slipway; returns its ARN.
+    pub async fn build_by_hand(&self) -> String {
+        self.emulator
+            .codebuild()
+            .start_build()
+            .project_name(PROJECT)
+            .source_version(MASTER_SHA)
+            .send()
+            .await
+            .expect("StartBuild")
+            .build_value()
+            .and_then(|b| b.arn())
+            .unwrap()
+            .to_owned()
+    }
+
     /// A push of `sha`, its build succeeding, and the deploy that follows; returns the
     /// deployment once it ended.
     pub async fn ship(&self, s: &Slipway, delivery: &str, sha: &str) -> Value {
@@ -636,8 +652,9 @@ async fn throttled_polling_is_tolerated() {
 async fn foreign_builds_deploy_only_when_the_app_allows_it() {
     let w = Deploy::new().await;
     let s = w.builder.start().await;
-    let hand = "arn:aws:codebuild:eu-west-1:123456789012:build/web-build:by-hand-1";
-    w.complete(hand, "SUCCEEDED", MASTER_SHA).await;
+    // Someone starts a build by hand (CodeBuild must know it: slipway asks before deploying).
+    let hand = w.build_by_hand().await;
+    w.complete(&hand, "SUCCEEDED", MASTER_SHA).await;
     eventually("the event handled", || async {
         (w.emulator.queue_depth(&w.queue).await == 0).then_some(())
     })
@@ -653,7 +670,8 @@ async fn foreign_builds_deploy_only_when_the_app_allows_it() {
     })
     .await;
     let _s = w.builder.start().await;
-    w.complete(hand, "SUCCEEDED", MASTER_SHA).await;
+    let hand = w.build_by_hand().await;
+    w.complete(&hand, "SUCCEEDED", MASTER_SHA).await;
     let d = w.finished(MASTER_SHA).await;
     assert_eq!(
         (d["state"].as_str(), d["trigger"].as_str()),

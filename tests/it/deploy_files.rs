@@ -106,40 +106,40 @@ fn actions_under(policy: &serde_json::Value, prefix: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn iam_policy_grants_exactly_what_slipway_calls() {
-    let text = read("deploy/iam-policy.json");
-    let policy: serde_json::Value =
-        serde_json::from_str(&text).expect("deploy/iam-policy.json is valid JSON");
-    assert_eq!(policy["Version"], "2012-10-17");
-    let statements = policy["Statement"]
-        .as_array()
-        .expect("Statement is an array");
-    let sids: Vec<&str> = statements
-        .iter()
-        .map(|s| s["Sid"].as_str().expect("every statement has a Sid"))
-        .collect();
-    for sid in ["SlipwayRun", "SlipwayProvision"] {
-        assert!(sids.contains(&sid), "no statement with Sid {sid}: {sids:?}");
-    }
-    for statement in statements {
-        assert_eq!(statement["Effect"], "Allow", "{statement}");
-        assert!(
-            statement.get("NotAction").is_none() && statement.get("NotResource").is_none(),
-            "{statement}"
-        );
-    }
-
-    for (prefix, expected) in [
-        ("SlipwayRun", RUN_ACTIONS),
-        ("SlipwayProvision", PROVISION_ACTIONS),
+fn iam_policies_grant_exactly_what_slipway_calls() {
+    for (file, prefix, expected) in [
+        ("deploy/iam-policy-runtime.json", "SlipwayRun", RUN_ACTIONS),
+        (
+            "deploy/iam-policy-provision.json",
+            "SlipwayProvision",
+            PROVISION_ACTIONS,
+        ),
     ] {
+        let text = read(file);
+        let policy: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(policy["Version"], "2012-10-17");
+        let statements = policy["Statement"]
+            .as_array()
+            .expect("Statement is an array");
+        for statement in statements {
+            let sid = statement["Sid"]
+                .as_str()
+                .expect("every statement has a Sid");
+            assert!(sid.starts_with(prefix), "{file}: statement {sid}");
+            assert_eq!(statement["Effect"], "Allow", "{statement}");
+            assert!(
+                statement.get("NotAction").is_none() && statement.get("NotResource").is_none(),
+                "{statement}"
+            );
+        }
         let granted = actions_under(&policy, prefix);
         let expected: BTreeSet<String> = expected.iter().map(|a| (*a).to_owned()).collect();
         let missing: Vec<_> = expected.difference(&granted).collect();
         let extra: Vec<_> = granted.difference(&expected).collect();
         assert!(
             missing.is_empty() && extra.is_empty(),
-            "{prefix}* statements: missing {missing:?}, not called by slipway {extra:?}"
+            "{file}: missing {missing:?}, not called by slipway {extra:?}"
         );
     }
 }
@@ -248,6 +248,7 @@ fn systemd_unit_serves_with_a_config_file() {
         "StateDirectory=slipway",
         "NoNewPrivileges=yes",
         "KillSignal=SIGTERM",
+        "MemoryMax=512M",
     ] {
         assert!(
             unit.lines().any(|l| l.trim() == line),
@@ -265,4 +266,121 @@ fn buildspec_tags_with_image_tag_falling_back_to_the_commit() {
          $CODEBUILD_RESOLVED_SOURCE_VERSION"
     );
     assert!(buildspec.lines().any(|l| l.trim() == "version: 0.2"));
+}
+
+#[test]
+fn dockerfile_base_images_are_pinned_by_digest() {
+    let instructions = dockerfile_instructions(&read("deploy/Dockerfile"));
+    let args: Vec<(&str, &str)> = instruction(&instructions, "ARG")
+        .into_iter()
+        .filter_map(|a| a.split_once('='))
+        .collect();
+    let froms = instruction(&instructions, "FROM");
+    for from in &froms {
+        let image = from.split_whitespace().next().unwrap();
+        let resolved = match image.strip_prefix("${").and_then(|i| i.strip_suffix('}')) {
+            Some(arg) => args
+                .iter()
+                .find(|(name, _)| *name == arg)
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("FROM {image}: no ARG {arg} with a default")),
+            None => image,
+        };
+        let digest = resolved.split_once("@sha256:").map(|(_, d)| d);
+        assert!(
+            digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())),
+            "FROM {from} ({resolved}) is not pinned by digest"
+        );
+    }
+}
+
+/// The lines of the template between `start` (a line equal to it, trimmed) and the next
+/// resource at the same indentation.
+fn resource_block<'a>(template: &'a str, name: &str) -> Vec<&'a str> {
+    let start = format!("  {name}:");
+    let mut lines = template.lines().skip_while(|l| *l != start);
+    let mut out: Vec<&str> = lines.next().into_iter().collect();
+    out.extend(
+        lines.take_while(|l| {
+            l.is_empty() || l.starts_with("    ") || l.trim_start().starts_with('#')
+        }),
+    );
+    assert!(!out.is_empty(), "no resource {name}");
+    out
+}
+
+#[test]
+fn cloudformation_is_https_only_with_two_public_paths_and_a_private_admin_port() {
+    let t = read("deploy/cloudformation.yml");
+    // A certificate is required.
+    let cert = resource_block(&t, "CertificateArn").join("\n");
+    assert!(
+        !cert.contains("Default:"),
+        "CertificateArn has a default:\n{cert}"
+    );
+    assert!(!t.contains("HasCertificate"), "HTTPS is still optional");
+    // Port 80 only redirects.
+    let http = resource_block(&t, "HttpListener").join("\n");
+    assert!(
+        http.contains("Type: redirect") && !http.contains("forward"),
+        "{http}"
+    );
+    // HTTPS forwards only the two public endpoints; the default answers 404.
+    let https = resource_block(&t, "HttpsListener").join("\n");
+    assert!(
+        https.contains("Type: fixed-response") && !https.contains("Type: forward"),
+        "{https}"
+    );
+    let rule = resource_block(&t, "PublicEndpointsRule").join("\n");
+    assert!(
+        rule.contains("Values: [/webhooks/github, /chat/slack]") && rule.contains("Type: forward"),
+        "{rule}"
+    );
+    let forwards = t.matches("Type: forward").count();
+    assert_eq!(forwards, 1, "something else is forwarded to slipway");
+    // The admin port is never mapped or opened.
+    assert!(
+        !t.contains("9090\n") && !t.contains("Port: 9090"),
+        "the admin port is exposed"
+    );
+    let task_sg = resource_block(&t, "TaskSecurityGroup").join("\n");
+    assert_eq!(task_sg.matches("FromPort:").count(), 1, "{task_sg}");
+    assert!(task_sg.contains("FromPort: 8080"), "{task_sg}");
+    // Secrets from Secrets Manager, read-only root.
+    let td = resource_block(&t, "TaskDefinition").join("\n");
+    assert!(
+        td.contains("Secrets:") && td.contains("ValueFrom: !Ref WebhookSecretArn"),
+        "{td}"
+    );
+    assert!(td.contains("ReadonlyRootFilesystem: true"), "{td}");
+}
+
+#[test]
+fn cloudformation_grants_exact_resources_and_a_separate_provisioning_role() {
+    let t = read("deploy/cloudformation.yml");
+    for wildcard in [
+        "project/*",
+        "service/*",
+        "repository/*",
+        "cluster/*",
+        "task-definition/*",
+    ] {
+        assert!(!t.contains(wildcard), "the template grants {wildcard}");
+    }
+    let task_role = resource_block(&t, "TaskRole").join("\n");
+    for action in [
+        "sqs:CreateQueue",
+        "sqs:SetQueueAttributes",
+        "events:PutRule",
+        "events:PutTargets",
+    ] {
+        assert!(!task_role.contains(action), "the task role may {action}");
+    }
+    let provision = resource_block(&t, "ProvisionRole").join("\n");
+    for action in PROVISION_ACTIONS {
+        assert!(provision.contains(action), "ProvisionRole lacks {action}");
+    }
+    for action in ["codebuild:StartBuild", "ecs:UpdateService", "iam:PassRole"] {
+        assert!(!provision.contains(action), "ProvisionRole may {action}");
+    }
 }

@@ -1,4 +1,6 @@
-//! Issue: the IAM policy in `deploy/iam-policy.json` grants every AWS call the code makes.
+//! Issue: the IAM policies in `deploy/iam-policy-runtime.json` and
+//! `deploy/iam-policy-provision.json` (what `slipway provision --policy` generates) grant every
+//! AWS call the code makes, and only on the configured resources.
 //!
 //! The source under `src/` is scanned for SDK calls (`self.ecs.describe_services()`,
 //! `aws.sqs\n    .receive_message()`, …): a `.method()` with empty parentheses whose name is an
@@ -392,11 +394,24 @@ fn missing_actions<'a>(policy: &Value, required: impl IntoIterator<Item = &'a st
         .collect()
 }
 
+/// The statements of both example policies in one document.
 fn policy() -> Value {
-    let path = manifest_dir().join("deploy/iam-policy.json");
-    let text = std::fs::read_to_string(&path).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let mut statements = Vec::new();
+    for file in POLICY_FILES {
+        let path = manifest_dir().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        statements.extend(v["Statement"].as_array().cloned().unwrap_or_default());
+    }
+    serde_json::json!({ "Version": "2012-10-17", "Statement": statements })
 }
+
+/// The generated examples: runtime, then provisioning.
+const POLICY_FILES: [&str; 2] = [
+    "deploy/iam-policy-runtime.json",
+    "deploy/iam-policy-provision.json",
+];
 
 /// Every action the code needs, with where it is called.
 fn required_actions() -> BTreeMap<String, Vec<String>> {
@@ -447,7 +462,7 @@ fn the_policy_grants_every_call_the_code_makes() {
         .collect();
     assert!(
         missing.is_empty(),
-        "deploy/iam-policy.json does not grant:\n{}",
+        "deploy/iam-policy-*.json do not grant:\n{}",
         report.join("\n")
     );
     assert!(
@@ -571,6 +586,137 @@ fn the_hand_map_agrees_with_the_sdk() {
             ops[prefix].get(*method).map(String::as_str),
             Some(*action),
             "{method}"
+        );
+    }
+}
+
+/// `slipway provision --policy` against the test world (app `web`: project `web-build`,
+/// service `web/web` whose task definition uses the roles `web-task` and `web-exec`).
+async fn generated_policies() -> (Value, Value) {
+    let w = crate::deploy::Deploy::new().await;
+    let builder = w.builder.clone();
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let config = builder.write_config();
+        builder.run(&[
+            "provision",
+            "--policy",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "provision --policy failed: {stderr}");
+    let out: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("provision --policy printed no JSON ({e}):\n{stdout}"));
+    (out["runtime"].clone(), out["provisioning"].clone())
+}
+
+/// The resources of the statements granting `action`.
+fn resources_for(policy: &Value, action: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for s in policy["Statement"].as_array().unwrap() {
+        let grants = match &s["Action"] {
+            Value::String(a) => a == action,
+            Value::Array(list) => list.iter().any(|a| a == action),
+            _ => false,
+        };
+        if !grants {
+            continue;
+        }
+        match &s["Resource"] {
+            Value::String(r) => {
+                out.insert(r.clone());
+            }
+            Value::Array(list) => out.extend(list.iter().map(|r| r.as_str().unwrap().to_owned())),
+            other => panic!("unexpected Resource {other}"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn generated_policies_name_exact_resources_and_match_the_examples() {
+    let (runtime, provisioning) = generated_policies().await;
+    let set =
+        |items: &[&str]| -> BTreeSet<String> { items.iter().map(|s| s.to_string()).collect() };
+    let arn = |rest: &str| format!("arn:aws:{rest}");
+    for action in ["codebuild:StartBuild", "ecs:UpdateService", "iam:PassRole"] {
+        let resources = resources_for(&runtime, action);
+        assert!(
+            !resources.is_empty(),
+            "{action} is not granted: {runtime:#}"
+        );
+        assert!(
+            resources.iter().all(|r| !r.contains('*')),
+            "{action} is granted on a wildcard: {resources:?}"
+        );
+    }
+    assert_eq!(
+        resources_for(&runtime, "codebuild:StartBuild"),
+        set(&[&arn("codebuild:eu-west-1:123456789012:project/web-build")])
+    );
+    assert_eq!(
+        resources_for(&runtime, "ecs:UpdateService"),
+        set(&[&arn("ecs:eu-west-1:123456789012:service/web/web")])
+    );
+    assert_eq!(
+        resources_for(&runtime, "iam:PassRole"),
+        set(&[
+            "arn:aws:iam::123456789012:role/web-exec",
+            "arn:aws:iam::123456789012:role/web-task"
+        ])
+    );
+    let pass = runtime["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Action"].to_string().contains("iam:PassRole"))
+        .unwrap();
+    assert_eq!(
+        pass["Condition"]["StringEquals"]["iam:PassedToService"],
+        "ecs-tasks.amazonaws.com"
+    );
+    assert_eq!(
+        resources_for(&runtime, "ecs:TagResource"),
+        set(&[&arn("ecs:eu-west-1:123456789012:task-definition/web:*")])
+    );
+    assert_eq!(
+        resources_for(&runtime, "sqs:ReceiveMessage"),
+        set(&[&arn("sqs:eu-west-1:123456789012:slipway-events")])
+    );
+    assert_eq!(
+        resources_for(&runtime, "ecr:DescribeImages"),
+        set(&[&arn("ecr:eu-west-1:123456789012:repository/web")])
+    );
+    // Runtime cannot create queues or rules; provisioning cannot build or deploy.
+    assert!(resources_for(&runtime, "sqs:CreateQueue").is_empty());
+    assert!(resources_for(&runtime, "events:PutRule").is_empty());
+    assert!(resources_for(&provisioning, "codebuild:StartBuild").is_empty());
+    assert!(resources_for(&provisioning, "ecs:UpdateService").is_empty());
+    assert_eq!(
+        resources_for(&provisioning, "sqs:SetQueueAttributes"),
+        set(&[
+            &arn("sqs:eu-west-1:123456789012:slipway-events"),
+            &arn("sqs:eu-west-1:123456789012:slipway-events-dlq")
+        ])
+    );
+    assert_eq!(
+        resources_for(&provisioning, "events:PutRule"),
+        set(&[&arn("events:eu-west-1:123456789012:rule/slipway-codebuild")])
+    );
+
+    // The examples in deploy/ are exactly this output (SLIPWAY_BLESS=1 rewrites them).
+    for (file, generated) in POLICY_FILES.iter().zip([&runtime, &provisioning]) {
+        let path = manifest_dir().join(file);
+        let text = format!("{}\n", serde_json::to_string_pretty(generated).unwrap());
+        if std::env::var_os("SLIPWAY_BLESS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            on_disk, text,
+            "{file} is not what `slipway provision --policy` generates (SLIPWAY_BLESS=1 rewrites it)"
         );
     }
 }

@@ -8,6 +8,8 @@ mod chat;
 mod deploy;
 mod deploy_files;
 mod deploy_safety;
+mod event_trust;
+mod hardening;
 mod iam_policy;
 mod intake;
 mod ops;

@@ -714,9 +714,21 @@ async fn a_failing_aws_call_is_an_error_and_the_other_checks_still_run() {
     assert_eq!(run.status("rule", RULE), "error");
     // The steps after the failed one say they were not attempted.
     for (kind, name) in [("queue_policy", QUEUE), ("rule_target", TARGET)] {
-        assert_eq!(run.status(kind, name), "error");
+        assert_eq!(run.status(kind, name), "not_attempted");
         assert!(run.detail(kind, name).contains("not attempted"));
     }
+    // Only the two failed calls count as errors; the steps never tried are counted apart.
+    assert_eq!(run.report["summary"]["error"], 2, "{:#}", run.report);
+    assert_eq!(
+        run.report["summary"]["not_attempted"], 2,
+        "{:#}",
+        run.report
+    );
+    assert!(
+        run.stderr.contains("2 failed AWS call(s)"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.status("queue", QUEUE), "created");
     assert_eq!(run.status("codebuild_project", "web-build"), "ok");
     assert_eq!(run.status("ecr_repository", "web"), "ok");

@@ -188,6 +188,8 @@ struct State {
     /// StartBuild's environment overrides by build id: the emulator drops them, AWS shows
     /// them in the build's environment.
     build_env: HashMap<String, Value>,
+    /// `buildStatus` overrides by build id: the emulator reports every build SUCCEEDED.
+    build_status: HashMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -323,6 +325,29 @@ impl Proxy {
             .get(&key)
             .map(|o| o.deployments.clone())
             .unwrap_or_default()
+    }
+
+    /// From now on CodeBuild reports build `id` (`project:uuid`) with these environment
+    /// variables (name, value), as if it had been started with them.
+    pub fn build_env(&self, id: &str, vars: &[(&str, &str)]) {
+        let vars: Vec<Value> = vars
+            .iter()
+            .map(|(k, v)| json!({ "name": k, "value": v, "type": "PLAINTEXT" }))
+            .collect();
+        self.state
+            .lock()
+            .unwrap()
+            .build_env
+            .insert(id.to_owned(), Value::Array(vars));
+    }
+
+    /// From now on CodeBuild reports build `id` (`project:uuid`) with this status.
+    pub fn build_status(&self, id: &str, status: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .build_status
+            .insert(id.to_owned(), status.to_owned());
     }
 
     /// ECS finishes deployment `id` now (as it would while slipway is down).
@@ -918,6 +943,12 @@ async fn handle(
         }
         return response;
     }
+    if target == "AmazonSQS.ReceiveMessage" {
+        if let Some(d) = delay_answer {
+            tokio::time::sleep(d).await;
+        }
+        return sqs_answer(&request, answer);
+    }
     if !is_ecs {
         if let Some(d) = delay_answer {
             tokio::time::sleep(d).await;
@@ -1089,8 +1120,37 @@ fn codebuild_answer(
         if let Some(env) = s.build_env.get(&id) {
             build["environment"]["environmentVariables"] = env.clone();
         }
+        if let Some(status) = s.build_status.get(&id) {
+            build["buildStatus"] = Value::String(status.clone());
+        }
     }
     drop(s);
+    answer.with_body(&out)
+}
+
+/// EventBridge events as AWS writes them into a queue: the emulator leaves `account` empty;
+/// AWS sets the account the event came from (the queue's, for slipway's own rule).
+fn sqs_answer(request: &Value, answer: Answer) -> Response<Full<Bytes>> {
+    let Some(mut out) = answer.json() else {
+        return answer.into_response();
+    };
+    let account = request["QueueUrl"]
+        .as_str()
+        .and_then(|u| u.split('/').rev().nth(1))
+        .unwrap_or("123456789012")
+        .to_owned();
+    for message in out["Messages"].as_array_mut().into_iter().flatten() {
+        let Some(mut body) = message["Body"]
+            .as_str()
+            .and_then(|b| serde_json::from_str::<Value>(b).ok())
+        else {
+            continue;
+        };
+        if body.get("detail-type").is_some() && body["account"].as_str().unwrap_or("").is_empty() {
+            body["account"] = Value::String(account.clone());
+            message["Body"] = Value::String(body.to_string());
+        }
+    }
     answer.with_body(&out)
 }
 

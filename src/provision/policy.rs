@@ -1,0 +1,357 @@
+//! `slipway provision --policy`: the two IAM policies slipway needs, generated from the
+//! config with exact ARNs.
+//!
+//! - **runtime**, for the role `slipway serve` runs as: the configured CodeBuild projects,
+//!   ECS services, ECR repositories and slipway's queue only; `iam:PassRole` only for the task
+//!   and execution roles the services' task definitions use, and only to ECS tasks.
+//! - **provisioning**, for whoever runs `slipway provision`: the queue, the dead-letter queue,
+//!   their attributes (the queue policy), the EventBridge rule and its target, and the
+//!   read-only checks of what the apps use.
+//!
+//! The task definition families and roles are read from AWS (the services' current task
+//! definitions), so the policies match what slipway will register and pass.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::aws::{AwsError, Clients};
+use crate::config::Config;
+
+/// What the policies are generated from besides the config.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub partition: String,
+    pub region: String,
+    pub account: String,
+    /// Task definition families of the configured services.
+    pub families: BTreeSet<String>,
+    /// Task and execution role ARNs of those task definitions.
+    pub roles: BTreeSet<String>,
+}
+
+/// The two policies, ready to print.
+pub fn policies(config: &Config, env: &Environment) -> Value {
+    json!({
+        "runtime": runtime(config, env),
+        "provisioning": provisioning(config, env),
+    })
+}
+
+fn arn(env: &Environment, service: &str, resource: &str) -> String {
+    format!(
+        "arn:{}:{service}:{}:{}:{resource}",
+        env.partition, env.region, env.account
+    )
+}
+
+fn statement(sid: &str, actions: &[&str], resources: impl IntoIterator<Item = String>) -> Value {
+    let resources: BTreeSet<String> = resources.into_iter().collect();
+    json!({
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": resources,
+    })
+}
+
+struct Resources {
+    projects: Vec<String>,
+    services: Vec<String>,
+    clusters: Vec<String>,
+    repositories: Vec<String>,
+    queue: String,
+    dead_letter_queue: String,
+    rule: String,
+}
+
+fn resources(config: &Config, env: &Environment) -> Resources {
+    let apps = &config.apps;
+    let p = &config.provision;
+    Resources {
+        projects: apps
+            .iter()
+            .map(|a| {
+                arn(
+                    env,
+                    "codebuild",
+                    &format!("project/{}", a.codebuild_project),
+                )
+            })
+            .collect(),
+        services: apps
+            .iter()
+            .map(|a| arn(env, "ecs", &format!("service/{}/{}", a.cluster, a.service)))
+            .collect(),
+        clusters: apps
+            .iter()
+            .map(|a| arn(env, "ecs", &format!("cluster/{}", a.cluster)))
+            .collect(),
+        repositories: apps
+            .iter()
+            .map(|a| arn(env, "ecr", &format!("repository/{}", a.ecr_repository)))
+            .collect(),
+        queue: arn(env, "sqs", &p.queue_name),
+        dead_letter_queue: arn(env, "sqs", &p.dead_letter_queue_name),
+        rule: arn(env, "events", &format!("rule/{}", p.rule_name)),
+    }
+}
+
+/// What `slipway serve` calls.
+pub fn runtime(config: &Config, env: &Environment) -> Value {
+    let r = resources(config, env);
+    let mut statements = vec![
+        statement(
+            "SlipwayRunBuilds",
+            &[
+                "codebuild:StartBuild",
+                "codebuild:BatchGetBuilds",
+                "codebuild:ListBuildsForProject",
+            ],
+            r.projects.clone(),
+        ),
+        statement(
+            "SlipwayRunServices",
+            &["ecs:DescribeServices", "ecs:UpdateService"],
+            r.services.clone(),
+        ),
+        statement("SlipwayRunClusters", &["ecs:DescribeClusters"], r.clusters),
+        // ECS supports no resource-level permission for these two.
+        statement(
+            "SlipwayRunTaskDefinitions",
+            &["ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"],
+            ["*".to_owned()],
+        ),
+        statement(
+            "SlipwayRunImages",
+            &[
+                "ecr:DescribeImages",
+                "ecr:DescribeRepositories",
+                "ecr:ListImages",
+            ],
+            r.repositories,
+        ),
+        statement(
+            "SlipwayRunQueue",
+            &[
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+                "sqs:GetQueueUrl",
+            ],
+            [r.queue],
+        ),
+    ];
+    // Tags on RegisterTaskDefinition need TagResource on the new revision, of these families.
+    let mut tag = statement(
+        "SlipwayRunTagOnRegister",
+        &["ecs:TagResource"],
+        env.families
+            .iter()
+            .map(|f| arn(env, "ecs", &format!("task-definition/{f}:*"))),
+    );
+    tag["Condition"] = json!({"StringEquals": {"ecs:CreateAction": "RegisterTaskDefinition"}});
+    if !env.families.is_empty() {
+        statements.push(tag);
+    }
+    if !env.roles.is_empty() {
+        let mut pass = statement(
+            "SlipwayRunPassTaskRoles",
+            &["iam:PassRole"],
+            env.roles.iter().cloned(),
+        );
+        pass["Condition"] =
+            json!({"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}});
+        statements.push(pass);
+    }
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// What `slipway provision` calls.
+pub fn provisioning(config: &Config, env: &Environment) -> Value {
+    let r = resources(config, env);
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            statement(
+                "SlipwayProvisionQueues",
+                &[
+                    "sqs:CreateQueue",
+                    "sqs:SetQueueAttributes",
+                    "sqs:GetQueueAttributes",
+                    "sqs:GetQueueUrl",
+                    "sqs:TagQueue",
+                ],
+                [r.queue, r.dead_letter_queue],
+            ),
+            statement(
+                "SlipwayProvisionRule",
+                &[
+                    "events:PutRule",
+                    "events:PutTargets",
+                    "events:DescribeRule",
+                    "events:ListTargetsByRule",
+                ],
+                [r.rule],
+            ),
+            statement("SlipwayProvisionCheckProjects", &["codebuild:BatchGetProjects"], r.projects),
+            statement(
+                "SlipwayProvisionCheckRepositories",
+                &["ecr:DescribeRepositories"],
+                r.repositories,
+            ),
+            statement(
+                "SlipwayProvisionCheckEcs",
+                &["ecs:DescribeClusters", "ecs:DescribeServices"],
+                r.clusters.into_iter().chain(r.services),
+            ),
+            // ECS supports no resource-level permission for it.
+            statement(
+                "SlipwayProvisionCheckTaskDefinitions",
+                &["ecs:DescribeTaskDefinition"],
+                ["*".to_owned()],
+            ),
+        ],
+    })
+}
+
+/// The partition, region and account, and what the services' task definitions use.
+pub async fn discover(config: &Config, aws: &Clients, region: &str) -> anyhow::Result<Environment> {
+    let mut env = Environment {
+        partition: partition_of(region).to_owned(),
+        region: region.to_owned(),
+        account: config
+            .queue_url
+            .as_deref()
+            .and_then(crate::events::trust::account_from_queue_url)
+            .unwrap_or_default(),
+        ..Environment::default()
+    };
+    for app in &config.apps {
+        let out = aws
+            .ecs
+            .describe_services()
+            .cluster(&app.cluster)
+            .services(&app.service)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ECS DescribeServices", &e))?;
+        let service = out.services().first().ok_or_else(|| {
+            anyhow::anyhow!(
+                "app {}: service {} not found in cluster {}",
+                app.name,
+                app.service,
+                app.cluster
+            )
+        })?;
+        if env.account.is_empty() {
+            if let Some(account) = service.service_arn().and_then(|a| a.split(':').nth(4)) {
+                env.account = account.to_owned();
+            }
+        }
+        let td = service.task_definition().unwrap_or_default();
+        let out = aws
+            .ecs
+            .describe_task_definition()
+            .task_definition(td)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ECS DescribeTaskDefinition", &e))?;
+        let td = out
+            .task_definition()
+            .ok_or_else(|| anyhow::anyhow!("app {}: task definition {td} not found", app.name))?;
+        if let Some(family) = td.family() {
+            env.families.insert(family.to_owned());
+        }
+        env.roles.extend(
+            [td.task_role_arn(), td.execution_role_arn()]
+                .into_iter()
+                .flatten()
+                .map(str::to_owned),
+        );
+    }
+    if env.account.is_empty() {
+        anyhow::bail!("cannot tell the AWS account: set queue_url, or check the services exist");
+    }
+    Ok(env)
+}
+
+fn partition_of(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
+/// `slipway provision --policy`.
+pub async fn command(config: &Config) -> anyhow::Result<()> {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let region = shared
+        .region()
+        .map(|r| r.as_ref().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("no AWS region configured (set AWS_REGION)"))?;
+    let aws = Clients::from_config(&shared);
+    let env = discover(config, &aws, &region).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&policies(config, &env)).expect("policies serialize")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"
+state_dir = "/tmp/x"
+queue_url = "https://sqs.eu-west-1.amazonaws.com/123456789012/slipway-events"
+[[app]]
+name = "web"
+repository = "o/web"
+codebuild_project = "web-build"
+cluster = "prod"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn env() -> Environment {
+        Environment {
+            partition: "aws".into(),
+            region: "eu-west-1".into(),
+            account: "123456789012".into(),
+            families: ["web".to_owned()].into(),
+            roles: ["arn:aws:iam::123456789012:role/web-task".to_owned()].into(),
+        }
+    }
+
+    #[test]
+    fn runtime_names_exact_resources() {
+        let p = runtime(&config(), &env());
+        let text = p.to_string();
+        assert!(text.contains("arn:aws:codebuild:eu-west-1:123456789012:project/web-build"));
+        assert!(text.contains("arn:aws:ecs:eu-west-1:123456789012:service/prod/web"));
+        assert!(text.contains("arn:aws:ecs:eu-west-1:123456789012:task-definition/web:*"));
+        assert!(text.contains("arn:aws:sqs:eu-west-1:123456789012:slipway-events"));
+        assert!(text.contains("ecs-tasks.amazonaws.com"));
+    }
+
+    #[test]
+    fn the_partition_follows_the_region() {
+        assert_eq!(partition_of("cn-north-1"), "aws-cn");
+        assert_eq!(partition_of("us-gov-west-1"), "aws-us-gov");
+        assert_eq!(partition_of("eu-west-1"), "aws");
+    }
+}
