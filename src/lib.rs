@@ -8,6 +8,7 @@
 //! they hold items used by nothing else yet).
 
 mod aws;
+mod aws_error;
 mod build;
 pub mod chat;
 pub mod cli;
@@ -23,4 +24,6 @@ mod journal;
 mod notify;
 mod ops;
 pub mod provision;
+mod readiness;
+mod startup;
 pub mod webhook;
