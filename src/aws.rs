@@ -30,21 +30,18 @@ impl Clients {
 /// The SDK configuration from the environment (region, credential chain, `AWS_ENDPOINT_URL`),
 /// with slipway's timeouts.
 pub async fn shared_config() -> aws_config::SdkConfig {
-        // Attempts may take longer than an SQS long poll (20 s).
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .operation_attempt_timeout(Duration::from_secs(30))
-            .operation_timeout(Duration::from_secs(90))
-            .build();
-        let shared = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load()
-            .await;
-        crate::aws_error::record_endpoint(
-            shared.endpoint_url(),
-            shared.region().map(|r| r.as_ref()),
-        );
-        shared
+    // Attempts may take longer than an SQS long poll (20 s).
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(90))
+        .build();
+    let shared = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
+    crate::aws_error::record_endpoint(shared.endpoint_url(), shared.region().map(|r| r.as_ref()));
+    shared
 }
 
 impl Clients {

@@ -96,14 +96,18 @@ pub struct SourceArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook receiver and the workers.
-    #[command(after_help = "Examples:\n  AWS_REGION=eu-west-1 SLIPWAY_WEBHOOK_SECRET=… slipway serve --config /etc/slipway/slipway.toml")]
+    #[command(
+        after_help = "Examples:\n  AWS_REGION=eu-west-1 SLIPWAY_WEBHOOK_SECRET=… slipway serve --config /etc/slipway/slipway.toml"
+    )]
     Serve {
         #[command(flatten)]
         config: ConfigArg,
     },
     /// Recent deliveries: from a running slipway with --server (or SLIPWAY_SERVER), else
     /// straight from the journal of --config.
-    #[command(after_help = "Examples:\n  slipway deliveries --config slipway.toml\n  slipway deliveries --server http://127.0.0.1:9090 --limit 50 --json")]
+    #[command(
+        after_help = "Examples:\n  slipway deliveries --config slipway.toml\n  slipway deliveries --server http://127.0.0.1:9090 --limit 50 --json"
+    )]
     Deliveries {
         #[command(flatten)]
         source: SourceArg,
@@ -116,7 +120,9 @@ pub enum Command {
     },
     /// Recent deployments: from a running slipway with --server (or SLIPWAY_SERVER), else
     /// straight from the journal of --config.
-    #[command(after_help = "Examples:\n  slipway deployments --app web\n  slipway deployments --server http://127.0.0.1:9090 --json")]
+    #[command(
+        after_help = "Examples:\n  slipway deployments --app web\n  slipway deployments --server http://127.0.0.1:9090 --json"
+    )]
     Deployments {
         #[command(flatten)]
         source: SourceArg,
@@ -131,7 +137,9 @@ pub enum Command {
         json: bool,
     },
     /// Deploy a commit of an app (by SHA, 7 to 40 hex characters).
-    #[command(after_help = "Examples:\n  slipway deploy web 1f2e3d4\n  slipway deploy web 1f2e3d4c5b6a --wait --timeout 20m")]
+    #[command(
+        after_help = "Examples:\n  slipway deploy web 1f2e3d4\n  slipway deploy web 1f2e3d4c5b6a --wait --timeout 20m"
+    )]
     Deploy {
         #[command(flatten)]
         server: ServerArg,
@@ -148,7 +156,9 @@ pub enum Command {
         timeout: Duration,
     },
     /// Put back what ran before (or the deployment / commit given with --to).
-    #[command(after_help = "Examples:\n  slipway rollback web --wait\n  slipway rollback web --to 41\n  slipway rollback web --to 1f2e3d4")]
+    #[command(
+        after_help = "Examples:\n  slipway rollback web --wait\n  slipway rollback web --to 41\n  slipway rollback web --to 1f2e3d4"
+    )]
     Rollback {
         #[command(flatten)]
         server: ServerArg,
@@ -165,7 +175,9 @@ pub enum Command {
         timeout: Duration,
     },
     /// Run a stored delivery again (by id), or submit a payload saved by hand (--file).
-    #[command(after_help = "Examples:\n  slipway replay 72d3162e-cc78-11e3-81ab-4c9367dc0958\n  slipway replay --file push.json --event push")]
+    #[command(
+        after_help = "Examples:\n  slipway replay 72d3162e-cc78-11e3-81ab-4c9367dc0958\n  slipway replay --file push.json --event push"
+    )]
     Replay {
         #[command(flatten)]
         server: ServerArg,
@@ -180,7 +192,9 @@ pub enum Command {
         event: String,
     },
     /// What every app runs now; exits 1 if any app has an error.
-    #[command(after_help = "Examples:\n  slipway status\n  slipway status --json | jq '.[] | select(.error)'")]
+    #[command(
+        after_help = "Examples:\n  slipway status\n  slipway status --json | jq '.[] | select(.error)'"
+    )]
     Status {
         #[command(flatten)]
         server: ServerArg,
@@ -189,7 +203,9 @@ pub enum Command {
         json: bool,
     },
     /// Check the configuration file and the environment `serve` needs, and exit.
-    #[command(after_help = "Examples:\n  slipway check-config --config slipway.toml\n  slipway check-config --aws   # also check the named AWS resources exist")]
+    #[command(
+        after_help = "Examples:\n  slipway check-config --config slipway.toml\n  slipway check-config --aws   # also check the named AWS resources exist"
+    )]
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
@@ -210,7 +226,9 @@ pub enum Command {
         json: bool,
     },
     /// Print a shell completion script.
-    #[command(after_help = "Examples:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway\n  slipway completions zsh > ~/.zfunc/_slipway")]
+    #[command(
+        after_help = "Examples:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway\n  slipway completions zsh > ~/.zfunc/_slipway"
+    )]
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
@@ -360,7 +378,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         )
                         .await?
                 }
-                (None, None) => return Err(UsageError("give a delivery id or --file".into()).into()),
+                (None, None) => {
+                    return Err(UsageError("give a delivery id or --file".into()).into())
+                }
             };
             let r = &v["replay"];
             println!(
@@ -408,7 +428,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::provision::command(&config.config, dry_run, json).await
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "slipway", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "slipway",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     }
@@ -684,4 +709,41 @@ fn print_status(apps: &[serde_json::Value], json: bool) {
         ],
         &rows,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument and flag of every command says what it is, and every command shows
+    /// examples.
+    #[test]
+    fn every_argument_has_help_and_every_command_examples() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        for sub in cli.get_subcommands() {
+            assert!(
+                sub.get_after_help().is_some(),
+                "{} has no examples",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments() {
+                if matches!(arg.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} {} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_failures_1() {
+        assert_eq!(exit_code(&UsageError("x".into()).into()), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("x")), 1);
+    }
 }

@@ -141,7 +141,10 @@ impl Client {
         let mut last = String::new();
         let mut last_error: Option<RequestError>;
         loop {
-            match self.send(self.http.get(self.url(&format!("/api/deployments/{id}")))).await {
+            match self
+                .send(self.http.get(self.url(&format!("/api/deployments/{id}"))))
+                .await
+            {
                 Ok(d) => {
                     last_error = None;
                     let line = progress_line(&d);
@@ -176,7 +179,9 @@ impl Client {
                 if live {
                     println!();
                 }
-                let why = last_error.map(|e| format!(" (last poll: {e})")).unwrap_or_default();
+                let why = last_error
+                    .map(|e| format!(" (last poll: {e})"))
+                    .unwrap_or_default();
                 bail!(
                     "gave up following deployment {id} after {}{why}; it goes on in slipway: \
                      see `slipway deployments`",

@@ -82,8 +82,10 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             }
         };
-        assert!(credential_source(env(&[("AWS_ACCESS_KEY_ID", "x"), ("AWS_PROFILE", "p")]))
-            .contains("AWS_ACCESS_KEY_ID"));
+        assert!(
+            credential_source(env(&[("AWS_ACCESS_KEY_ID", "x"), ("AWS_PROFILE", "p")]))
+                .contains("AWS_ACCESS_KEY_ID")
+        );
         assert!(credential_source(env(&[("AWS_PROFILE", "ops")])).contains("\"ops\""));
         assert!(credential_source(env(&[])).contains("default chain"));
     }

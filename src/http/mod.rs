@@ -95,8 +95,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.journal.check_writable(now).await {
         Ok(()) if !facts.problems().is_empty() => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "error": facts.problems().join("; "),
-                         "warnings": facts.warnings() })),
+            Json(
+                json!({ "status": "not ready", "error": facts.problems().join("; "),
+                         "warnings": facts.warnings() }),
+            ),
         )
             .into_response(),
         Ok(()) => (
