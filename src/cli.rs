@@ -225,6 +225,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a commented slipway.toml for an existing ECS service (when moving from
+    /// CodePipeline): reads the service, its task definition and the CodeBuild projects.
+    #[command(
+        after_help = "Examples:\n  slipway init --cluster prod --service web\n  slipway init --cluster prod --service web --repository octo-org/web --output web.toml"
+    )]
+    Init {
+        /// The ECS cluster the service runs in.
+        #[arg(long)]
+        cluster: String,
+        /// The ECS service slipway will deploy.
+        #[arg(long)]
+        service: String,
+        /// The GitHub repository (owner/name) whose pushes deploy; picks the CodeBuild project
+        /// building it. Without it, the project named like the service is taken.
+        #[arg(long)]
+        repository: Option<String>,
+        /// Where to write the file.
+        #[arg(long, default_value = "slipway.toml")]
+        output: PathBuf,
+        /// Overwrite --output if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway\n  slipway completions zsh > ~/.zfunc/_slipway"
@@ -426,6 +449,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             require_region().await?;
             crate::provision::command(&config.config, dry_run, json).await
+        }
+        Command::Init {
+            cluster,
+            service,
+            repository,
+            output,
+            force,
+        } => {
+            let shared = require_region().await?;
+            let aws = Clients::from_config(&shared);
+            crate::init::command(
+                &aws,
+                &cluster,
+                &service,
+                repository.as_deref(),
+                &output,
+                force,
+            )
+            .await
         }
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -20,6 +20,7 @@ pub mod events;
 mod http;
 pub mod ids;
 pub mod image;
+mod init;
 mod journal;
 mod notify;
 mod ops;

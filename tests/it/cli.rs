@@ -423,3 +423,77 @@ async fn text_logs_have_no_colour_codes_outside_a_terminal() {
     assert!(!seen.contains('\u{1b}'), "{seen:?}");
     assert!(seen.contains("INFO"), "{seen}");
 }
+
+/// `slipway init` reads the real service and projects and writes a file check-config accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_writes_a_config_for_an_existing_service_that_check_config_accepts() {
+    let w = Deploy::new().await;
+    let b = SlipwayBuilder::new(&w.emulator.url);
+    let out = b.state_dir().with_file_name("written.toml");
+    let out = out.to_str().unwrap();
+    let (code, stdout, err) = cli(
+        &b,
+        &[],
+        &[
+            "init",
+            "--cluster",
+            "web",
+            "--service",
+            "web",
+            "--repository",
+            "Octo-Org/web",
+            "--output",
+            out,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{err}");
+    let text = std::fs::read_to_string(out).unwrap();
+    for line in [
+        "repository = \"octo-org/web\"",
+        "codebuild_project = \"web-build\"",
+        "cluster = \"web\"",
+        "container = \"web\"",
+        "ecr_repository = \"web\"",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert!(text.contains("# "), "commented:\n{text}");
+
+    // Not overwritten by accident.
+    let (code, _, err) = cli(
+        &b,
+        &[],
+        &[
+            "init",
+            "--cluster",
+            "web",
+            "--service",
+            "web",
+            "--output",
+            out,
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("exists"), "{err}");
+
+    let (code, stdout, err) = cli(&b, &[], &["check-config", "--aws", "--config", out]);
+    assert_eq!(code, Some(0), "{stdout}{err}");
+
+    // A service that does not exist says so.
+    let (code, _, err) = cli(
+        &b,
+        &[],
+        &[
+            "init",
+            "--cluster",
+            "web",
+            "--service",
+            "nope",
+            "--output",
+            out,
+            "--force",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no service nope in cluster web"), "{err}");
+}
