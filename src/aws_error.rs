@@ -95,6 +95,8 @@ pub enum Cause {
     },
     AccessDenied {
         action: String,
+        /// The service's code (`AccessDeniedException`, …), None for a bare 403.
+        code: Option<String>,
         message: String,
     },
     /// The credential chain produced nothing, or AWS rejected what it produced.
@@ -122,10 +124,18 @@ impl std::fmt::Display for Cause {
                 }
                 Ok(())
             }
-            Cause::AccessDenied { action, message } => {
+            Cause::AccessDenied {
+                action,
+                code,
+                message,
+            } => {
                 write!(f, "access denied: {action}")?;
-                if !message.is_empty() {
-                    write!(f, " ({message})")?;
+                let detail: Vec<&str> = [code.as_deref().unwrap_or(""), message.as_str()]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if !detail.is_empty() {
+                    write!(f, " ({})", detail.join(": "))?;
                 }
                 Ok(())
             }
@@ -154,6 +164,7 @@ where
             if ACCESS_DENIED_CODES.contains(&code_str) || (code.is_none() && status == 403) {
                 Cause::AccessDenied {
                     action: iam_action(operation),
+                    code,
                     message,
                 }
             } else if CREDENTIAL_CODES.contains(&code_str) {
@@ -228,11 +239,13 @@ mod tests {
     fn causes_read_as_sentences() {
         let denied = Cause::AccessDenied {
             action: "ecs:UpdateService".into(),
+            code: Some("AccessDeniedException".into()),
             message: "User: arn:aws:iam::1:user/x is not authorized".into(),
         };
         assert_eq!(
             denied.to_string(),
-            "access denied: ecs:UpdateService (User: arn:aws:iam::1:user/x is not authorized)"
+            "access denied: ecs:UpdateService (AccessDeniedException: User: \
+             arn:aws:iam::1:user/x is not authorized)"
         );
         assert_eq!(
             Cause::CouldNotConnect("http://127.0.0.1:9".into()).to_string(),
