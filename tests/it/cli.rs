@@ -497,3 +497,82 @@ async fn init_writes_a_config_for_an_existing_service_that_check_config_accepts(
     assert_eq!(code, Some(1));
     assert!(err.contains("no service nope in cluster web"), "{err}");
 }
+
+/// `--wait` rides out a slipway that answers 503 for a while (a restart behind a load
+/// balancer), and a 4xx still ends it. The server is a stand-in with slipway's API shape: a
+/// real slipway cannot be made to answer 503 on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_rides_out_transient_poll_errors() {
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let polls = Arc::new(AtomicU32::new(0));
+    let app = Router::new()
+        .route(
+            "/api/apps/{app}/deploy",
+            post(|Path(app): Path<String>| async move {
+                // "gone": a deployment the server then says does not exist.
+                let id = if app == "gone" { 8 } else { 7 };
+                (
+                    StatusCode::ACCEPTED,
+                    Json(serde_json::json!({ "deployment": id })),
+                )
+            }),
+        )
+        .route(
+            "/api/deployments/{id}",
+            get(
+                |State(polls): State<Arc<AtomicU32>>, Path(id): Path<i64>| async move {
+                    if id == 8 {
+                        return (
+                            StatusCode::NOT_FOUND,
+                            Json(serde_json::json!({ "error": "no deployment 8" })),
+                        );
+                    }
+                    match polls.fetch_add(1, Ordering::SeqCst) {
+                        0 | 1 => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(serde_json::json!({ "error": "restarting" })),
+                        ),
+                        _ => (
+                            StatusCode::OK,
+                            Json(serde_json::json!({
+                                "id": 7, "app": "web", "sha": MASTER_SHA,
+                                "state": "succeeded", "finished": true
+                            })),
+                        ),
+                    }
+                },
+            ),
+        )
+        .with_state(polls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let b = SlipwayBuilder::new(&closed_endpoint());
+    let (code, out, err) = cli(
+        &b,
+        &[("SLIPWAY_OPS_TOKEN", TOKEN)],
+        &["deploy", "web", MASTER_SHA, "--wait", "--server", &url],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(err.matches("503: restarting").count(), 2, "{err}");
+    assert_eq!(polls.load(Ordering::SeqCst), 3);
+
+    // An answer that will not change (404) ends the wait at once.
+    let (code, _, err) = cli(
+        &b,
+        &[("SLIPWAY_OPS_TOKEN", TOKEN)],
+        &["deploy", "gone", MASTER_SHA, "--wait", "--server", &url],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404: no deployment 8"), "{err}");
+    assert!(!err.contains("still following"), "{err}");
+    server.abort();
+}
