@@ -118,6 +118,10 @@ impl AwsError {
             (Cause::AccessDenied { .. } | Cause::NoCredentials(_), SdkError::ServiceError(s)) => {
                 (false, s.err().code().map(str::to_owned))
             }
+            // The credential chain came up empty before sending (an instance metadata hiccup,
+            // a role not yet assumed): as retryable as any failure to send, so a pending build
+            // waits for fixed credentials instead of failing for good.
+            (Cause::NoCredentials(_), SdkError::DispatchFailure(f)) => (!f.is_user(), None),
             (Cause::AccessDenied { .. } | Cause::NoCredentials(_), _) => (false, None),
             (Cause::CouldNotConnect(_) | Cause::TimedOut, _) => (true, None),
             (Cause::Other(_), SdkError::DispatchFailure(f)) => (!f.is_user(), None),

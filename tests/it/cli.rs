@@ -101,6 +101,18 @@ async fn without_credentials_readyz_says_why_and_the_log_names_the_source_tried(
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
+    // Its build waits for working credentials (retried), and the reason says why.
+    let row = eventually("the failed StartBuild attempt recorded", || async {
+        s.deliveries()
+            .into_iter()
+            .find(|d| d["delivery"] == "no-creds-1" && d["reason"].as_str().is_some())
+    })
+    .await;
+    assert_eq!(row["state"], "pending", "{row}");
+    assert_eq!(
+        row["reason"], "CodeBuild StartBuild: no credentials found",
+        "{row}"
+    );
     let (status, _) = s.get("/healthz").await;
     assert_eq!(status, 200);
 }
