@@ -262,7 +262,11 @@ pub fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLIPWAY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+        // The SDK's region lookup in instance metadata warns in Debug form when there is none;
+        // slipway says so itself (no AWS region: set AWS_REGION).
+        .unwrap_or_else(|_| {
+            EnvFilter::new("info,aws_config=warn,aws_config::imds=error,aws_smithy_runtime=warn")
+        });
     // Colour only for a person at a terminal: under systemd, in files and pipes, escape codes
     // are noise.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
