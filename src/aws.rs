@@ -18,23 +18,33 @@ pub struct Clients {
     pub ecr: aws_sdk_ecr::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub events: aws_sdk_eventbridge::Client,
+    pub sts: aws_sdk_sts::Client,
 }
 
 impl Clients {
     pub async fn from_env() -> Clients {
-        // Attempts may take longer than an SQS long poll (20 s).
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .operation_attempt_timeout(Duration::from_secs(30))
-            .operation_timeout(Duration::from_secs(90))
-            .build();
-        let shared = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load()
-            .await;
-        Clients::from_config(&shared)
+        Clients::from_config(&shared_config().await)
     }
+}
 
+/// The SDK configuration from the environment (region, credential chain, `AWS_ENDPOINT_URL`),
+/// with slipway's timeouts.
+pub async fn shared_config() -> aws_config::SdkConfig {
+    // Attempts may take longer than an SQS long poll (20 s).
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(90))
+        .build();
+    let shared = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
+    crate::aws_error::record_endpoint(shared.endpoint_url(), shared.region().map(|r| r.as_ref()));
+    shared
+}
+
+impl Clients {
     pub fn from_config(shared: &aws_config::SdkConfig) -> Clients {
         Clients {
             codebuild: aws_sdk_codebuild::Client::new(shared),
@@ -42,6 +52,7 @@ impl Clients {
             ecr: aws_sdk_ecr::Client::new(shared),
             sqs: aws_sdk_sqs::Client::new(shared),
             events: aws_sdk_eventbridge::Client::new(shared),
+            sts: aws_sdk_sts::Client::new(shared),
         }
     }
 }
@@ -86,63 +97,41 @@ impl AwsError {
     }
 
     /// Sorts an SDK error. Throttling, 5xx, timeouts and connection failures are retryable;
-    /// everything else (no such resource, access denied, invalid input) is permanent.
+    /// everything else (no such resource, access denied, invalid input, no credentials) is
+    /// permanent. `operation` is `"<Service> <Operation>"`; the message is
+    /// `"<operation>: <cause>"` with the cause from [`crate::aws_error::cause`].
     pub fn from_sdk<E>(operation: &str, err: &SdkError<E, HttpResponse>) -> AwsError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        match err {
-            SdkError::ServiceError(service) => {
-                let inner = service.err();
-                let status = service.raw().status().as_u16();
-                let code = inner.code().map(str::to_owned);
-                let text = inner.message().unwrap_or("").to_owned();
-                let retryable = status >= 500
-                    || status == 429
+        use crate::aws_error::Cause;
+        let cause = crate::aws_error::cause(operation, err);
+        let (retryable, code) = match (&cause, err) {
+            (Cause::Service { code, status, .. }, _) => (
+                *status >= 500
+                    || *status == 429
                     || code
                         .as_deref()
-                        .is_some_and(|c| RETRYABLE_CODES.contains(&c));
-                let label = code.clone().unwrap_or_else(|| format!("HTTP {status}"));
-                let message = if text.is_empty() {
-                    format!("{operation}: {label}")
-                } else {
-                    format!("{operation}: {label}: {text}")
-                };
-                AwsError {
-                    retryable,
-                    code,
-                    message,
-                }
+                        .is_some_and(|c| RETRYABLE_CODES.contains(&c)),
+                code.clone(),
+            ),
+            (Cause::AccessDenied { .. } | Cause::NoCredentials(_), SdkError::ServiceError(s)) => {
+                (false, s.err().code().map(str::to_owned))
             }
-            SdkError::TimeoutError(_) => AwsError {
-                retryable: true,
-                code: None,
-                message: format!("{operation}: timed out"),
-            },
-            SdkError::DispatchFailure(failure) => AwsError {
-                retryable: !failure.is_user(),
-                code: None,
-                message: format!(
-                    "{operation}: could not reach AWS: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(err)
-                ),
-            },
-            SdkError::ResponseError(_) => AwsError {
-                retryable: true,
-                code: None,
-                message: format!(
-                    "{operation}: unreadable response: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(err)
-                ),
-            },
-            _ => AwsError {
-                retryable: false,
-                code: None,
-                message: format!(
-                    "{operation}: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(err)
-                ),
-            },
+            // The credential chain came up empty before sending (an instance metadata hiccup,
+            // a role not yet assumed): as retryable as any failure to send, so a pending build
+            // waits for fixed credentials instead of failing for good.
+            (Cause::NoCredentials(_), SdkError::DispatchFailure(f)) => (!f.is_user(), None),
+            (Cause::AccessDenied { .. } | Cause::NoCredentials(_), _) => (false, None),
+            (Cause::CouldNotConnect(_) | Cause::TimedOut, _) => (true, None),
+            (Cause::Other(_), SdkError::DispatchFailure(f)) => (!f.is_user(), None),
+            (Cause::Other(_), SdkError::ResponseError(_)) => (true, None),
+            (Cause::Other(_), _) => (false, None),
+        };
+        AwsError {
+            retryable,
+            code,
+            message: format!("{operation}: {cause}"),
         }
     }
 

@@ -176,7 +176,7 @@ impl BuildStarter {
                 );
             }
             Err(e) => {
-                self.failed_attempt(&build, AwsError::from_sdk("StartBuild", &e))
+                self.failed_attempt(&build, AwsError::from_sdk("CodeBuild StartBuild", &e))
                     .await
             }
         }
@@ -215,7 +215,7 @@ impl BuildStarter {
             .sort_order(SortOrderType::Descending)
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk("ListBuildsForProject", &e))?
+            .map_err(|e| AwsError::from_sdk("CodeBuild ListBuildsForProject", &e))?
             .ids
             .unwrap_or_default();
         if ids.is_empty() {
@@ -227,7 +227,7 @@ impl BuildStarter {
             .set_ids(Some(ids.into_iter().take(100).collect()))
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk("BatchGetBuilds", &e))?
+            .map_err(|e| AwsError::from_sdk("CodeBuild BatchGetBuilds", &e))?
             .builds
             .unwrap_or_default();
         Ok(builds.into_iter().find_map(|b| {

@@ -1,10 +1,16 @@
 //! The `slipway` command line.
+//!
+//! Conventions (issue 10): exit 0 only when everything asked for is fine, 1 when something is
+//! not (an app in error, a failed deployment, an unknown app), 2 for a usage or setup error
+//! (bad arguments, no AWS region); `--json` always prints one valid JSON document; empty tables
+//! say so.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::aws::Clients;
 use crate::client::Client;
@@ -13,14 +19,34 @@ use crate::config::{Config, WebhookSecrets};
 use crate::http::{self as server, Services};
 use crate::journal::{DeliverySummary, Journal};
 
+/// Where the CLI looks for a running slipway unless `--server` or `SLIPWAY_SERVER` says
+/// otherwise: the admin listener.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:9090";
+
+/// An error in how slipway was called or set up (exit status 2), as opposed to something that
+/// failed (exit status 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit status for an error returned by [`run`].
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<UsageError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "slipway",
     version,
-    about = "GitHub push → CodeBuild → ECS Fargate, without CodePipeline"
+    about = "GitHub push → CodeBuild → ECS Fargate, without CodePipeline",
+    after_help = "Examples:\n  slipway check-config --config slipway.toml\n  slipway serve --config slipway.toml\n  SLIPWAY_OPS_TOKEN=… slipway status\n  slipway completions bash > /etc/bash_completion.d/slipway"
 )]
 pub struct Cli {
-    /// Log format.
+    /// Log format (text logs are coloured only on a terminal).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLIPWAY_LOG_FORMAT")]
     pub log_format: LogFormat,
     #[command(subcommand)]
@@ -29,7 +55,9 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line, with the span fields.
     Json,
 }
 
@@ -43,62 +71,98 @@ pub struct ConfigArg {
 /// Where a running slipway is, for the commands that talk to it.
 #[derive(Debug, clap::Args)]
 pub struct ServerArg {
-    /// URL of a running slipway (the token comes from SLIPWAY_OPS_TOKEN).
-    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    /// URL of a running slipway's admin listener (the token comes from SLIPWAY_OPS_TOKEN).
+    #[arg(long, env = "SLIPWAY_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    /// Allow sending the token over plain http:// to a host other than this machine.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// For the listing commands: a running slipway if one is named, else the journal.
+#[derive(Debug, clap::Args)]
+pub struct SourceArg {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Ask this running slipway (its admin listener, e.g. http://127.0.0.1:9090) instead of
+    /// reading the journal of --config.
+    #[arg(long, env = "SLIPWAY_SERVER")]
+    pub server: Option<String>,
+    /// Allow sending the token over plain http:// to a host other than this machine.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook receiver and the workers.
+    #[command(
+        after_help = "Examples:\n  AWS_REGION=eu-west-1 SLIPWAY_WEBHOOK_SECRET=… slipway serve --config /etc/slipway/slipway.toml"
+    )]
     Serve {
         #[command(flatten)]
         config: ConfigArg,
     },
     /// Recent deliveries: from a running slipway with --server (or SLIPWAY_SERVER), else
     /// straight from the journal of --config.
+    #[command(
+        after_help = "Examples:\n  slipway deliveries --config slipway.toml\n  slipway deliveries --server http://127.0.0.1:9090 --limit 50 --json"
+    )]
     Deliveries {
         #[command(flatten)]
-        config: ConfigArg,
-        #[arg(long, env = "SLIPWAY_SERVER")]
-        server: Option<String>,
-        /// How many deliveries.
+        source: SourceArg,
+        /// How many deliveries, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        /// JSON lines instead of a table.
+        /// A JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Recent deployments: from a running slipway with --server (or SLIPWAY_SERVER), else
     /// straight from the journal of --config.
+    #[command(
+        after_help = "Examples:\n  slipway deployments --app web\n  slipway deployments --server http://127.0.0.1:9090 --json"
+    )]
     Deployments {
         #[command(flatten)]
-        config: ConfigArg,
-        #[arg(long, env = "SLIPWAY_SERVER")]
-        server: Option<String>,
-        /// Only this app's deployments.
+        source: SourceArg,
+        /// Only this app's deployments (an app named in slipway.toml).
         #[arg(long)]
         app: Option<String>,
+        /// How many deployments, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        /// JSON lines instead of a table.
+        /// A JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Deploy a commit of an app (by SHA, 7 to 40 hex characters).
+    #[command(
+        after_help = "Examples:\n  slipway deploy web 1f2e3d4\n  slipway deploy web 1f2e3d4c5b6a --wait --timeout 20m"
+    )]
     Deploy {
         #[command(flatten)]
         server: ServerArg,
+        /// The app, as named in slipway.toml.
         app: String,
+        /// The commit to deploy: 7 to 40 hex characters of a SHA that was built.
         sha: String,
         /// Follow the rollout; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up following after this long (e.g. 90s, 20m, 1h); the deployment
+        /// goes on.
+        #[arg(long, default_value = "20m", value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Duration,
     },
     /// Put back what ran before (or the deployment / commit given with --to).
+    #[command(
+        after_help = "Examples:\n  slipway rollback web --wait\n  slipway rollback web --to 41\n  slipway rollback web --to 1f2e3d4"
+    )]
     Rollback {
         #[command(flatten)]
         server: ServerArg,
+        /// The app, as named in slipway.toml.
         app: String,
         /// A deployment id or a commit SHA to go back to.
         #[arg(long)]
@@ -106,8 +170,14 @@ pub enum Command {
         /// Follow the rollout; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up following after this long (e.g. 90s, 20m, 1h).
+        #[arg(long, default_value = "20m", value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Duration,
     },
     /// Run a stored delivery again (by id), or submit a payload saved by hand (--file).
+    #[command(
+        after_help = "Examples:\n  slipway replay 72d3162e-cc78-11e3-81ab-4c9367dc0958\n  slipway replay --file push.json --event push"
+    )]
     Replay {
         #[command(flatten)]
         server: ServerArg,
@@ -121,19 +191,30 @@ pub enum Command {
         #[arg(long, default_value = "push", requires = "file")]
         event: String,
     },
-    /// What every app runs now.
+    /// What every app runs now; exits 1 if any app has an error.
+    #[command(
+        after_help = "Examples:\n  slipway status\n  slipway status --json | jq '.[] | select(.error)'"
+    )]
     Status {
         #[command(flatten)]
         server: ServerArg,
+        /// A JSON array of apps instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Check the configuration file and exit.
+    /// Check the configuration file and the environment `serve` needs, and exit.
+    #[command(
+        after_help = "Examples:\n  slipway check-config --config slipway.toml\n  slipway check-config --aws   # also check the named AWS resources exist"
+    )]
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also check that the AWS resources the config names exist (read-only calls).
+        #[arg(long)]
+        aws: bool,
     },
     /// Create or update slipway's queue and EventBridge rule; check the apps' AWS resources.
+    #[command(after_help = "Examples:\n  slipway provision --dry-run\n  slipway provision --json")]
     Provision {
         #[command(flatten)]
         config: ConfigArg,
@@ -148,14 +229,54 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["dry_run", "json"])]
         policy: bool,
     },
+    /// Write a commented slipway.toml for an existing ECS service (when moving from
+    /// CodePipeline): reads the service, its task definition and the CodeBuild projects.
+    #[command(
+        after_help = "Examples:\n  slipway init --cluster prod --service web\n  slipway init --cluster prod --service web --repository octo-org/web --output web.toml"
+    )]
+    Init {
+        /// The ECS cluster the service runs in.
+        #[arg(long)]
+        cluster: String,
+        /// The ECS service slipway will deploy.
+        #[arg(long)]
+        service: String,
+        /// The GitHub repository (owner/name) whose pushes deploy; picks the CodeBuild project
+        /// building it. Without it, the project named like the service is taken.
+        #[arg(long)]
+        repository: Option<String>,
+        /// Where to write the file.
+        #[arg(long, default_value = "slipway.toml")]
+        output: PathBuf,
+        /// Overwrite --output if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway\n  slipway completions zsh > ~/.zfunc/_slipway"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLIPWAY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+        // The SDK's region lookup in instance metadata warns in Debug form when there is none;
+        // slipway says so itself (no AWS region: set AWS_REGION).
+        .unwrap_or_else(|_| {
+            EnvFilter::new("info,aws_config=warn,aws_config::imds=error,aws_smithy_runtime=warn")
+        });
+    // Colour only for a person at a terminal: under systemd, in files and pipes, escape codes
+    // are noise.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -167,24 +288,29 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The client for `--server`, refusing to send a token in clear text to another machine.
+fn client(server: &str, insecure: bool) -> anyhow::Result<Client> {
+    Client::new(server, insecure)
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(&config.config).await,
         Command::Deliveries {
-            config,
-            server,
+            source,
             limit,
             json,
         } => {
-            let rows = match server {
+            let rows: Vec<DeliverySummary> = match &source.server {
                 Some(server) => {
-                    let v = Client::new(&server)?
+                    let v = client(server, source.insecure)?
                         .get(&format!("/api/deliveries?limit={limit}"))
                         .await?;
-                    serde_json::from_value(v["deliveries"].clone())?
+                    serde_json::from_value(v["deliveries"].clone())
+                        .context("the server's deliveries are not in the expected form")?
                 }
                 None => {
-                    let config = Config::load(&config.config)?;
+                    let config = Config::load(&source.config.config)?;
                     let journal = Journal::open_read_only(&config.state_dir)?;
                     journal.recent_deliveries(limit).await?
                 }
@@ -193,28 +319,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Deployments {
-            config,
-            server,
+            source,
             app,
             limit,
             json,
         } => {
-            let rows = match server {
+            let rows = match &source.server {
                 Some(server) => {
                     let mut path = format!("/api/deployments?limit={limit}");
                     if let Some(app) = &app {
-                        path.push_str(&format!("&app={app}"));
+                        path.push_str(&format!("&app={}", crate::client::encode(app)));
                     }
-                    let v = Client::new(&server)?.get(&path).await?;
-                    serde_json::from_value(v["deployments"].clone())?
+                    let v = client(server, source.insecure)?.get(&path).await?;
+                    serde_json::from_value(v["deployments"].clone())
+                        .context("the server's deployments are not in the expected form")?
                 }
                 None => {
-                    let config = Config::load(&config.config)?;
+                    let config = Config::load(&source.config.config)?;
+                    if let Some(app) = &app {
+                        // The same answer as the server gives (404 there).
+                        if config.app(app).is_none() {
+                            anyhow::bail!("unknown app {app}");
+                        }
+                    }
                     let journal = Journal::open_read_only(&config.state_dir)?;
-                    journal.recent_deployments(app, limit).await?
+                    journal.recent_deployments(app.clone(), limit).await?
                 }
             };
-            print_deployments(&rows, json);
+            print_deployments(&rows, app.as_deref(), json);
             Ok(())
         }
         Command::Deploy {
@@ -222,30 +354,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app,
             sha,
             wait,
+            timeout,
         } => {
-            let client = Client::new(&server.server)?;
+            let client = client(&server.server, server.insecure)?;
             let v = client
                 .post(
-                    &format!("/api/apps/{app}/deploy"),
+                    &format!("/api/apps/{}/deploy", crate::client::encode(&app)),
                     &serde_json::json!({ "sha": sha }),
                 )
                 .await?;
-            follow(&client, &v, wait).await
+            follow(&client, &v, wait.then_some(timeout)).await
         }
         Command::Rollback {
             server,
             app,
             to,
             wait,
+            timeout,
         } => {
-            let client = Client::new(&server.server)?;
+            let client = client(&server.server, server.insecure)?;
             let v = client
                 .post(
-                    &format!("/api/apps/{app}/rollback"),
+                    &format!("/api/apps/{}/rollback", crate::client::encode(&app)),
                     &serde_json::json!({ "to": to }),
                 )
                 .await?;
-            follow(&client, &v, wait).await
+            follow(&client, &v, wait.then_some(timeout)).await
         }
         Command::Replay {
             server,
@@ -253,12 +387,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             event,
         } => {
-            let client = Client::new(&server.server)?;
+            let client = client(&server.server, server.insecure)?;
             let v = match (delivery, file) {
                 (Some(id), _) => {
                     client
                         .post(
-                            &format!("/api/deliveries/{id}/replay"),
+                            &format!("/api/deliveries/{}/replay", crate::client::encode(&id)),
                             &serde_json::json!({}),
                         )
                         .await?
@@ -275,7 +409,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         )
                         .await?
                 }
-                (None, None) => anyhow::bail!("give a delivery id or --file"),
+                (None, None) => {
+                    return Err(UsageError("give a delivery id or --file".into()).into())
+                }
             };
             let r = &v["replay"];
             println!(
@@ -292,25 +428,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { server, json } => {
-            let v = Client::new(&server.server)?.get("/api/apps").await?;
-            print_status(&v, json);
-            Ok(())
+            let v = client(&server.server, server.insecure)?
+                .get("/api/apps")
+                .await?;
+            let apps = v["apps"].as_array().cloned().unwrap_or_default();
+            print_status(&apps, json);
+            let failing: Vec<&str> = apps
+                .iter()
+                .filter(|a| a["error"].as_str().is_some_and(|e| !e.is_empty()))
+                .map(|a| a["app"].as_str().unwrap_or("?"))
+                .collect();
+            if failing.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "{} of {} apps have an error: {}",
+                    failing.len(),
+                    apps.len(),
+                    failing.join(", ")
+                )
+            }
         }
-        Command::CheckConfig { config } => {
-            let loaded = Config::load(&config.config)?;
-            let n = loaded.apps.len();
-            println!(
-                "{}: ok ({n} app{})",
-                config.config.display(),
-                if n == 1 { "" } else { "s" }
-            );
-            Ok(())
-        }
+        Command::CheckConfig { config, aws } => check_config(&config.config, aws).await,
         Command::Provision {
             config,
             policy: true,
             ..
         } => {
+            require_region().await?;
             let loaded = Config::load(&config.config)?;
             crate::provision::policy::command(&loaded).await
         }
@@ -319,21 +464,101 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
             json,
             policy: false,
-        } => crate::provision::command(&config.config, dry_run, json).await,
+        } => {
+            require_region().await?;
+            crate::provision::command(&config.config, dry_run, json).await
+        }
+        Command::Init {
+            cluster,
+            service,
+            repository,
+            output,
+            force,
+        } => {
+            let shared = require_region().await?;
+            let aws = Clients::from_config(&shared);
+            crate::init::command(
+                &aws,
+                &cluster,
+                &service,
+                repository.as_deref(),
+                &output,
+                force,
+            )
+            .await
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "slipway",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 
+/// The SDK configuration, or a usage error (exit 2) naming AWS_REGION when there is no region.
+async fn require_region() -> anyhow::Result<aws_config::SdkConfig> {
+    let shared = crate::aws::shared_config().await;
+    if shared.region().is_none() {
+        return Err(UsageError(crate::config::NO_REGION.to_owned()).into());
+    }
+    Ok(shared)
+}
+
+async fn check_config(path: &std::path::Path, aws: bool) -> anyhow::Result<()> {
+    let loaded = Config::load(path)?;
+    let shared = crate::aws::shared_config().await;
+    let problems = crate::config::check_serve_environment(
+        &loaded,
+        |name| std::env::var(name).ok(),
+        shared.region().map(|r| r.as_ref()),
+    );
+    for p in &problems {
+        eprintln!("{}: {p}", path.display());
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{}: {} problem{} that serve would refuse",
+            path.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+    }
+    if aws {
+        let clients = Clients::from_config(&shared);
+        let report = crate::provision::run(&loaded, &clients, true).await;
+        print!("{}", report.render_text());
+        if !report.is_success() {
+            anyhow::bail!("{}: {}", path.display(), report.failure_message());
+        }
+    }
+    let n = loaded.apps.len();
+    println!(
+        "{}: ok ({n} app{})",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
 async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
     let secrets = WebhookSecrets::from_env()?;
+    let shared = require_region().await?;
     let journal = Journal::open(&config.state_dir)
         .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let aws = Clients::from_env().await;
+    let aws = Clients::from_config(&shared);
     let notifier =
         crate::notify::Notifier::from_config(&config.notify, |name| std::env::var(name).ok())?;
+    let readiness = Arc::new(crate::readiness::Readiness::default());
+    crate::startup::check_credentials(&aws, &readiness).await;
+    crate::startup::find_queue(&mut config, &aws, &readiness).await;
     server::run(
         listener,
         Services {
@@ -345,6 +570,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             notifier,
             ops_tokens: crate::config::OpsTokens::from_env()?,
             slack_secret: crate::config::slack_signing_secret_from_env(),
+            readiness,
         },
         shutdown_signal(),
     )
@@ -361,11 +587,17 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `rows` as one JSON array (`[]` when empty).
+fn print_json<T: serde::Serialize>(rows: &[T]) {
+    println!("{}", serde_json::to_string(rows).expect("serializable"));
+}
+
 fn print_deliveries(rows: &[DeliverySummary], json: bool) {
     if json {
-        for row in rows {
-            println!("{}", serde_json::to_string(row).expect("serializable"));
-        }
+        return print_json(rows);
+    }
+    if rows.is_empty() {
+        println!("no deliveries yet");
         return;
     }
     let dash = || "-".to_owned();
@@ -411,10 +643,14 @@ fn revision(arn: &Option<String>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-fn print_deployments(rows: &[crate::journal::Deployment], json: bool) {
+fn print_deployments(rows: &[crate::journal::Deployment], app: Option<&str>, json: bool) {
     if json {
-        for row in rows {
-            println!("{}", serde_json::to_string(row).expect("serializable"));
+        return print_json(rows);
+    }
+    if rows.is_empty() {
+        match app {
+            Some(app) => println!("no deployments of {app} yet"),
+            None => println!("no deployments yet"),
         }
         return;
     }
@@ -478,23 +714,27 @@ pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
 }
 
 /// Prints what a deploy or rollback request started, and follows it with `--wait`.
-async fn follow(client: &Client, accepted: &serde_json::Value, wait: bool) -> anyhow::Result<()> {
+async fn follow(
+    client: &Client,
+    accepted: &serde_json::Value,
+    wait: Option<Duration>,
+) -> anyhow::Result<()> {
     let id = accepted["deployment"]
         .as_i64()
         .ok_or_else(|| anyhow::anyhow!("the server did not return a deployment id"))?;
     println!("deployment {id} accepted");
-    if wait {
-        client.wait(id).await?;
+    if let Some(timeout) = wait {
+        client.wait(id, timeout).await?;
     }
     Ok(())
 }
 
-fn print_status(v: &serde_json::Value, json: bool) {
-    let apps = v["apps"].as_array().cloned().unwrap_or_default();
+fn print_status(apps: &[serde_json::Value], json: bool) {
     if json {
-        for app in &apps {
-            println!("{app}");
-        }
+        return print_json(apps);
+    }
+    if apps.is_empty() {
+        println!("no apps configured");
         return;
     }
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
@@ -529,4 +769,41 @@ fn print_status(v: &serde_json::Value, json: bool) {
         ],
         &rows,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument and flag of every command says what it is, and every command shows
+    /// examples.
+    #[test]
+    fn every_argument_has_help_and_every_command_examples() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        for sub in cli.get_subcommands() {
+            assert!(
+                sub.get_after_help().is_some(),
+                "{} has no examples",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments() {
+                if matches!(arg.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} {} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_failures_1() {
+        assert_eq!(exit_code(&UsageError("x".into()).into()), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("x")), 1);
+    }
 }

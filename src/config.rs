@@ -21,10 +21,11 @@ pub const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // Not a `#[source]`: the message already carries the cause, and `{:#}` would repeat it.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -217,9 +218,9 @@ impl AppConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -852,3 +853,35 @@ pub fn slack_signing_secret_from_env() -> Option<Secret> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| Secret::new(s.trim()))
 }
+
+// ---- check-config: everything `serve` checks before it starts (issue 10) ----
+
+/// What `serve` would refuse in the environment for `config`, without calling AWS: the webhook
+/// secrets, the ops tokens, the variables `[notify]` names and the AWS region. Every problem is
+/// one line naming the variable or key; the values are never shown. `region` is the region the
+/// SDK resolved (environment or profile). Must run inside a tokio runtime (the notifier check
+/// builds the notifier the way `serve` does).
+pub fn check_serve_environment(
+    config: &Config,
+    env: impl Fn(&str) -> Option<String>,
+    region: Option<&str>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = WebhookSecrets::parse(env(WEBHOOK_SECRET_ENV).as_deref()) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = OpsTokens::parse(env(OPS_TOKENS_ENV).as_deref()) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = crate::notify::Notifier::from_config(&config.notify, &env) {
+        problems.push(e.to_string());
+    }
+    if region.is_none_or(str::is_empty) {
+        problems.push(NO_REGION.to_owned());
+    }
+    problems
+}
+
+/// What `serve`, `provision` and `check-config` say when the SDK finds no region.
+pub const NO_REGION: &str =
+    "no AWS region: set AWS_REGION (or a region in the AWS profile slipway uses)";

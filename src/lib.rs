@@ -8,6 +8,7 @@
 //! they hold items used by nothing else yet).
 
 mod aws;
+mod aws_error;
 mod build;
 pub mod chat;
 pub mod cli;
@@ -19,8 +20,11 @@ pub mod events;
 mod http;
 pub mod ids;
 pub mod image;
+mod init;
 pub mod journal;
 mod notify;
 mod ops;
 pub mod provision;
+mod readiness;
+mod startup;
 pub mod webhook;

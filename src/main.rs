@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("slipway: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(slipway::cli::exit_code(&e))
         }
     }
 }

@@ -206,8 +206,9 @@ def slipway(args, env, check=True):
     return out
 
 
-def json_lines(text):
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def json_rows(text):
+    """`--json` output: one JSON array."""
+    return json.loads(text)
 
 
 def main():
@@ -317,7 +318,7 @@ def main():
     seen = set()
 
     def deployed():
-        rows = json_lines(slipway(["deployments", "--json", "--config", config], env).stdout)
+        rows = json_rows(slipway(["deployments", "--json", "--config", config], env).stdout)
         for d in rows:
             line = f"    deployment {d['id']}: {d['state']}"
             if d.get("running_count") is not None:

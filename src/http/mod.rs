@@ -57,6 +57,8 @@ pub struct AppState {
     pub chat: crate::chat::Chat,
     /// Slack's signing secret; None disables `/chat/slack`.
     pub slack_secret: Option<Arc<crate::config::Secret>>,
+    /// What `serve` found at start (credentials, queue), for `/readyz`.
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// Everything `run` needs from outside.
@@ -69,6 +71,7 @@ pub struct Services {
     pub notifier: Notifier,
     pub ops_tokens: OpsTokens,
     pub slack_secret: Option<crate::config::Secret>,
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -88,8 +91,21 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let now = crate::journal::millis(state.clock.now());
+    let facts = state.readiness.facts();
     match state.journal.check_writable(now).await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Ok(()) if !facts.problems().is_empty() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({ "status": "not ready", "error": facts.problems().join("; "),
+                         "warnings": facts.warnings() }),
+            ),
+        )
+            .into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "warnings": facts.warnings() })),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "readyz: journal not writable");
             (
@@ -121,6 +137,7 @@ pub async fn run(
         notifier,
         ops_tokens,
         slack_secret,
+        readiness,
     } = services;
     let config = Arc::new(config);
     let limits = config.server.clone();
@@ -203,6 +220,7 @@ pub async fn run(
         slack_secret: slack_secret.map(Arc::new),
         body_reads: Arc::new(Semaphore::new(MAX_BODY_READS)),
         slack_seen: Arc::default(),
+        readiness,
     };
     let app = router(state);
 

@@ -62,6 +62,7 @@ const HAND_MAP: &[(&str, &str)] = &[
     ("batch_get_builds", "codebuild:BatchGetBuilds"),
     ("list_builds_for_project", "codebuild:ListBuildsForProject"),
     ("batch_get_projects", "codebuild:BatchGetProjects"),
+    ("list_projects", "codebuild:ListProjects"),
     ("describe_images", "ecr:DescribeImages"),
     ("list_images", "ecr:ListImages"),
     ("describe_repositories", "ecr:DescribeRepositories"),

@@ -5,6 +5,7 @@
 mod support;
 
 mod chat;
+mod cli;
 mod deploy;
 mod deploy_files;
 mod deploy_safety;

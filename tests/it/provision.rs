@@ -711,6 +711,12 @@ async fn a_failing_aws_call_is_an_error_and_the_other_checks_still_run() {
     assert!(!run.status.success(), "{:#}", run.report);
     assert_eq!(run.status("cluster", "main"), "error");
     assert!(run.detail("cluster", "main").contains("AccessDenied"));
+    assert!(
+        run.detail("cluster", "main")
+            .contains("ECS DescribeClusters: access denied: ecs:DescribeClusters"),
+        "{}",
+        run.detail("cluster", "main")
+    );
     assert_eq!(run.status("rule", RULE), "error");
     // The steps after the failed one say they were not attempted.
     for (kind, name) in [("queue_policy", QUEUE), ("rule_target", TARGET)] {

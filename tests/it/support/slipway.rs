@@ -195,9 +195,7 @@ impl SlipwayBuilder {
             config.to_str().unwrap(),
         ]);
         assert!(status.success(), "slipway {subcommand} failed: {err}");
-        out.lines()
-            .map(|l| serde_json::from_str(l).expect("JSON line"))
-            .collect()
+        serde_json::from_str(&out).expect("--json prints one JSON array")
     }
 }
 
