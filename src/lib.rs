@@ -23,4 +23,5 @@ mod journal;
 mod notify;
 mod ops;
 pub mod provision;
+mod push_filter;
 pub mod webhook;

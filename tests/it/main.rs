@@ -10,6 +10,7 @@ mod deploy_files;
 mod deploy_safety;
 mod iam_policy;
 mod intake;
+mod monorepo;
 mod ops;
 mod provision;
 mod proxy_selftest;
