@@ -93,7 +93,7 @@ pub struct Ops {
     pub deploy_wake: Arc<Notify>,
     /// GitHub's compare API, when `[github]` credentials are configured: the full list of a
     /// push's changed files when its payload cannot prove them (monorepo filters).
-    pub changed_files: Option<Arc<dyn crate::push_filter::ChangedFiles>>,
+    pub changed_files: Option<Arc<dyn crate::push_filter::ChangedFilesSource>>,
 }
 
 impl Ops {

@@ -3,7 +3,7 @@
 //!
 //! The rule that governs everything here: never skip a build slipway cannot prove unneeded.
 //! When the payload's file lists may be incomplete (GitHub caps them), when a push lists no
-//! commits, when it is a force-push, or when it creates the branch, the app builds, unless a [`ChangedFiles`] source
+//! commits, when it is a force-push, or when it creates the branch, the app builds, unless a [`ChangedFilesSource`] source
 //! (GitHub's compare API) is configured and answers within [`COMPARE_DEADLINE`].
 
 use std::collections::BTreeSet;
@@ -235,7 +235,7 @@ pub struct CompareError(pub String);
 /// A source of the complete list of files changed between two commits: GitHub's compare API
 /// (`GET /repos/{repo}/compare/{base}...{head}`). An implementation must fail rather than
 /// return a list it knows to be cut short.
-pub trait ChangedFiles: Send + Sync {
+pub trait ChangedFilesSource: Send + Sync {
     fn changed_files<'a>(
         &'a self,
         repository: &'a str,
@@ -247,7 +247,7 @@ pub trait ChangedFiles: Send + Sync {
 /// Asks `source` for the files changed between `base` and `head`, within [`COMPARE_DEADLINE`].
 /// Anything but a full answer in time is `Changes::Unknown`, so the app builds.
 pub async fn compare(
-    source: &dyn ChangedFiles,
+    source: &dyn ChangedFilesSource,
     repository: &str,
     base: &str,
     head: &str,
@@ -381,7 +381,7 @@ mod tests {
     }
 
     struct Slow;
-    impl ChangedFiles for Slow {
+    impl ChangedFilesSource for Slow {
         fn changed_files<'a>(
             &'a self,
             _: &'a str,

@@ -10,7 +10,7 @@ use sha2::Sha256;
 use crate::config::{AppConfig, Config, WebhookSecrets};
 use crate::ids::CommitSha;
 use crate::journal::{BuildRequest, SkippedApp, Verdict};
-use crate::push_filter::{self, AppDecision, ChangedFiles, Changes, PushFiles, FILES_CAP};
+use crate::push_filter::{self, AppDecision, ChangedFilesSource, Changes, PushFiles, FILES_CAP};
 
 /// GitHub's payload cap.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -192,7 +192,7 @@ impl Push {
     pub async fn verdict_with(
         &self,
         config: &Config,
-        github: Option<&dyn ChangedFiles>,
+        github: Option<&dyn ChangedFilesSource>,
     ) -> Verdict {
         let mut changes = self.files.changes();
         let wants_files = !self.deleted
@@ -315,7 +315,7 @@ pub async fn decide(
     event: &str,
     content_type: ContentType,
     body: &[u8],
-    github: Option<&dyn ChangedFiles>,
+    github: Option<&dyn ChangedFilesSource>,
 ) -> Verdict {
     let json = match payload_json(content_type, body) {
         Ok(json) => json,
@@ -431,7 +431,7 @@ mod tests {
     /// GitHub's compare API as a fixed answer, counting calls.
     struct Compare(Vec<&'static str>, std::sync::atomic::AtomicUsize);
 
-    impl ChangedFiles for Compare {
+    impl ChangedFilesSource for Compare {
         fn changed_files<'a>(
             &'a self,
             repository: &'a str,

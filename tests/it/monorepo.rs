@@ -276,3 +276,30 @@ fn check_config_names_a_bad_glob() {
     assert!(status.success(), "{err}");
     assert!(out.contains("ok (2 apps)"), "{out}");
 }
+
+#[tokio::test]
+async fn the_cli_replays_a_saved_payload_by_the_same_rules_and_lists_what_it_skipped() {
+    let w = world().await;
+    let mut cmd = w.slipway.builder.command();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/github/monorepo/push_web.json");
+    cmd.env("SLIPWAY_SERVER", &w.slipway.url)
+        .env("SLIPWAY_OPS_TOKEN", TOKEN)
+        .args(["replay", "--file", file.to_str().unwrap()]);
+    // The CLI blocks; the proxy in this runtime keeps serving meanwhile.
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("replay accepted"), "{stdout}");
+    assert!(
+        stdout.contains("api skipped: no changed file matches api's paths (2 files changed)"),
+        "{stdout}"
+    );
+    assert_eq!(started_projects(&w, 1).await, ["web-build"]);
+}
