@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn globs_are_gitignore_style() {
+    fn globs_read_like_github_actions_paths() {
         let g = globs(&["services/web/**", "libs/", "*.md", "/Dockerfile"]).unwrap();
         assert!(g.is_match("services/web/src/app.ts"));
         assert!(!g.is_match("services/webhooks/x.ts"));
