@@ -425,6 +425,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     b["app"].as_str().unwrap_or("?")
                 );
             }
+            for skipped in r["skipped"].as_array().into_iter().flatten() {
+                println!(
+                    "  {} skipped: {}",
+                    skipped["app"].as_str().unwrap_or("?"),
+                    skipped["reason"].as_str().unwrap_or("?")
+                );
+            }
             Ok(())
         }
         Command::Status { server, json } => {

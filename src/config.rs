@@ -119,6 +119,10 @@ struct RawApp {
     deploy_foreign_builds: Option<bool>,
     rollout_timeout_secs: Option<u64>,
     slack_users: Option<Vec<String>>,
+    /// Monorepos (issue 12): build only for pushes that change these files.
+    paths: Option<Vec<String>>,
+    paths_ignore: Option<Vec<String>>,
+    honor_skip_markers: Option<bool>,
 }
 
 /// The validated configuration.
@@ -195,6 +199,8 @@ pub struct AppConfig {
     /// Slack user ids allowed to deploy and roll back this app from chat (None: everyone
     /// in the workspace that can run the slash command).
     pub slack_users: Option<Vec<String>>,
+    /// Which pushes build this app: `paths`, `paths_ignore`, `honor_skip_markers`.
+    pub path_rules: crate::push_filter::PathRules,
 }
 
 impl AppConfig {
@@ -554,7 +560,9 @@ impl RawApp {
             Duration::from_secs,
             max::ROLLOUT_TIMEOUT_SECS,
         )?;
+        let path_rules = path_rules(&key, self.paths, self.paths_ignore, self.honor_skip_markers)?;
         Ok(AppConfig {
+            path_rules,
             repository,
             branch,
             codebuild_project: non_empty(key("codebuild_project"), self.codebuild_project)?,
@@ -570,6 +578,34 @@ impl RawApp {
             name,
         })
     }
+}
+
+/// An app's `paths`, `paths_ignore` and `honor_skip_markers`, with a bad glob named.
+fn path_rules(
+    key: &dyn Fn(&str) -> String,
+    paths: Option<Vec<String>>,
+    paths_ignore: Option<Vec<String>>,
+    honor_skip_markers: Option<bool>,
+) -> Result<crate::push_filter::PathRules, ConfigError> {
+    use crate::push_filter::{Globs, PathRules};
+    let compile = |field: &str, list: Option<Vec<String>>| match list {
+        None => Ok(None),
+        Some(list) if list.is_empty() => Err(invalid(
+            key(field),
+            "must list at least one glob (leave it out to match every file)",
+        )),
+        Some(list) => Globs::new(list).map(Some).map_err(|e| {
+            invalid(
+                format!("{}[{}]", key(field), e.index),
+                format!("\"{}\" is not a valid glob: {}", e.pattern, e.message),
+            )
+        }),
+    };
+    Ok(PathRules {
+        paths: compile("paths", paths)?,
+        paths_ignore: compile("paths_ignore", paths_ignore)?,
+        honor_skip_markers: honor_skip_markers.unwrap_or(true),
+    })
 }
 
 /// A secret value: never printed, compared in constant time.
@@ -697,6 +733,28 @@ ecr_repository = "web"
         assert!(e.contains("at least one [[app]]"), "{e}");
         let e = err(&format!("{GOOD}branch = \"refs/heads/main\"\n"));
         assert!(e.contains("branch"), "{e}");
+    }
+
+    #[test]
+    fn path_globs_are_checked_and_a_bad_one_named() {
+        let c = Config::parse(&format!(
+            "{GOOD}paths = [\"services/web/**\", \"libs/\"]\npaths_ignore = [\"**/*.md\"]\n"
+        ))
+        .unwrap();
+        let rules = &c.apps[0].path_rules;
+        assert!(rules.wants("libs/auth/a.rs"));
+        assert!(!rules.wants("libs/auth/README.md"));
+        assert!(rules.honor_skip_markers);
+        let e = err(&format!(
+            "{GOOD}paths = [\"services/web/**\", \"src/[a\"]\n"
+        ));
+        assert!(e.contains("app[0] (web).paths[1]"), "{e}");
+        assert!(e.contains("\"src/[a\" is not a valid glob"), "{e}");
+        let e = err(&format!("{GOOD}paths_ignore = []\n"));
+        assert!(e.contains("app[0] (web).paths_ignore"), "{e}");
+        let c = Config::parse(&format!("{GOOD}honor_skip_markers = false\n")).unwrap();
+        assert!(!c.apps[0].path_rules.honor_skip_markers);
+        assert!(!c.apps[0].path_rules.filters_paths());
     }
 
     #[test]

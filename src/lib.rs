@@ -27,4 +27,5 @@ mod ops;
 pub mod provision;
 mod readiness;
 mod startup;
+mod push_filter;
 pub mod webhook;

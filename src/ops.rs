@@ -78,6 +78,9 @@ pub struct Replayed {
     pub row: i64,
     pub replay_of: Option<i64>,
     pub builds: Vec<serde_json::Value>,
+    /// Apps the payload reaches that do not build, and why: a replay is judged by the same
+    /// `paths`, `paths_ignore` and skip markers as a push.
+    pub skipped: Vec<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -88,6 +91,9 @@ pub struct Ops {
     pub clock: SharedClock,
     pub build_wake: Arc<Notify>,
     pub deploy_wake: Arc<Notify>,
+    /// GitHub's compare API, when `[github]` credentials are configured: the full list of a
+    /// push's changed files when its payload cannot prove them (monorepo filters).
+    pub changed_files: Option<Arc<dyn crate::push_filter::ChangedFilesSource>>,
 }
 
 impl Ops {
@@ -439,11 +445,14 @@ impl Ops {
         replay_of: Option<i64>,
         actor: &str,
     ) -> Result<Replayed, OpsError> {
-        let verdict = decide(&self.config, &event, content_type, &body);
+        let github = self.changed_files.as_deref();
+        let verdict = decide(&self.config, &event, content_type, &body, github).await;
         match &verdict {
-            Verdict::Build(_) => {}
+            Verdict::Build(_) | Verdict::BuildSome { .. } => {}
             Verdict::Ignored(reason) => {
-                return Err(OpsError::Conflict(format!("it would be ignored: {reason}")))
+                return Err(OpsError::Conflict(format!(
+                    "it would be ignored (replays follow the same rules as pushes): {reason}"
+                )))
             }
             Verdict::Rejected(reason) => {
                 return Err(OpsError::Conflict(format!(
@@ -467,6 +476,7 @@ impl Ops {
             headers: serde_json::json!({}),
             body,
         };
+        let skipped = crate::webhook::skipped_json(verdict.skipped());
         let (row, admission) = self.journal.admit(delivery, verdict).await?;
         let Admission::Accepted(builds) = admission else {
             return Err(OpsError::Conflict("the replay was not accepted".into()));
@@ -481,6 +491,7 @@ impl Ops {
                 .iter()
                 .map(|b| serde_json::json!({ "app": b.app, "sha": b.sha }))
                 .collect(),
+            skipped,
         })
     }
 

@@ -9,7 +9,8 @@ use sha2::Sha256;
 
 use crate::config::{AppConfig, Config, WebhookSecrets};
 use crate::ids::CommitSha;
-use crate::journal::{BuildRequest, Verdict};
+use crate::journal::{BuildRequest, SkippedApp, Verdict};
+use crate::push_filter::{self, AppDecision, ChangedFilesSource, Changes, PushFiles, FILES_CAP};
 
 /// GitHub's payload cap.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -65,12 +66,38 @@ struct PushPayload {
     after: String,
     #[serde(default)]
     deleted: bool,
+    #[serde(default)]
+    created: bool,
+    #[serde(default)]
+    forced: bool,
     repository: RepositoryField,
+    #[serde(default)]
+    commits: Option<Vec<CommitField>>,
+    #[serde(default)]
+    head_commit: Option<HeadCommitField>,
 }
 
 #[derive(Debug, Deserialize)]
 struct RepositoryField {
     full_name: String,
+    #[serde(default)]
+    default_branch: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CommitField {
+    #[serde(default)]
+    added: Option<Vec<String>>,
+    #[serde(default)]
+    removed: Option<Vec<String>>,
+    #[serde(default)]
+    modified: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HeadCommitField {
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// A push, parsed at the edge.
@@ -82,6 +109,10 @@ pub struct Push {
     pub before: Option<CommitSha>,
     pub after: CommitSha,
     pub deleted: bool,
+    /// The repository's default branch (a base to compare a new branch with).
+    pub default_branch: Option<String>,
+    /// What the payload says about the files this push changed (monorepo filters).
+    pub files: PushFiles,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,17 +149,77 @@ impl Push {
             .as_deref()
             .and_then(|b| CommitSha::parse(b).ok())
             .filter(|b| !b.is_zero());
+        let commits = raw.commits.unwrap_or_default();
+        let mut files = PushFiles {
+            commits: commits.len(),
+            created: raw.created || before.is_none(),
+            forced: raw.forced,
+            head_message: raw.head_commit.and_then(|c| c.message),
+            ..PushFiles::default()
+        };
+        for commit in commits {
+            for list in [commit.added, commit.removed, commit.modified] {
+                let list = list.unwrap_or_default();
+                files.files_capped |= list.len() >= FILES_CAP;
+                files.files.extend(list);
+            }
+        }
         Ok(Push {
             repository: raw.repository.full_name,
             git_ref: raw.git_ref,
             before,
             after,
             deleted: raw.deleted,
+            default_branch: raw.repository.default_branch,
+            files,
         })
     }
 
-    /// Which apps this push builds, or why none.
+    /// The commit to compare this push's head with: its `before`, or for a new branch the
+    /// repository's default branch (unless this is the default branch).
+    fn compare_base(&self) -> Option<String> {
+        if let Some(before) = &self.before {
+            return Some(before.to_string());
+        }
+        self.default_branch
+            .as_ref()
+            .filter(|b| format!("refs/heads/{b}") != self.git_ref)
+            .cloned()
+    }
+
+    /// [`Push::verdict`], after asking `github` for the changed files when the payload's lists
+    /// cannot prove them and some app filters by path.
+    pub async fn verdict_with(
+        &self,
+        config: &Config,
+        github: Option<&dyn ChangedFilesSource>,
+    ) -> Verdict {
+        let mut changes = self.files.changes();
+        let wants_files = !self.deleted
+            && !self.after.is_zero()
+            && config.apps.iter().any(|a| {
+                a.path_rules.filters_paths()
+                    && a.git_ref() == self.git_ref
+                    && a.repository.eq_ignore_ascii_case(&self.repository)
+            });
+        if let (Changes::Unknown(why), Some(github), true) = (&changes, github, wants_files) {
+            if let Some(base) = self.compare_base() {
+                tracing::info!(%why, %base, "asking GitHub's compare API for the changed files");
+                changes =
+                    push_filter::compare(github, &self.repository, &base, self.after.as_str())
+                        .await;
+            }
+        }
+        self.verdict_for(config, &changes)
+    }
+
+    /// Which apps this push builds, or why none, from the payload alone.
     pub fn verdict(&self, config: &Config) -> Verdict {
+        self.verdict_for(config, &self.files.changes())
+    }
+
+    /// Which apps this push builds, or why none, with the changed files as known.
+    fn verdict_for(&self, config: &Config, changes: &Changes) -> Verdict {
         if self.deleted || self.after.is_zero() {
             return Verdict::Ignored(format!("{} was deleted", self.git_ref));
         }
@@ -146,9 +237,26 @@ impl Push {
                 self.repository
             ));
         }
-        let matched: Vec<BuildRequest> = by_repo
+        let on_branch: Vec<&&AppConfig> = by_repo
             .iter()
             .filter(|a| a.git_ref() == self.git_ref)
+            .collect();
+        let mut skipped = Vec::new();
+        let matched: Vec<BuildRequest> = on_branch
+            .iter()
+            .filter(|a| {
+                let head = self.files.head_message.as_deref();
+                match push_filter::judge(a.name.as_str(), &a.path_rules, head, changes) {
+                    AppDecision::Build => true,
+                    AppDecision::Skip(reason) => {
+                        skipped.push(SkippedApp {
+                            app: a.name.clone(),
+                            reason,
+                        });
+                        false
+                    }
+                }
+            })
             .map(|a| BuildRequest {
                 app: a.name.clone(),
                 sha: self.after.clone(),
@@ -158,6 +266,22 @@ impl Push {
                 before: self.before.as_ref().map(|b| b.to_string()),
             })
             .collect();
+        if !skipped.is_empty() {
+            if matched.is_empty() {
+                let mut reasons: Vec<&str> = Vec::new();
+                for s in &skipped {
+                    // A skip marker gives every app the same reason: say it once.
+                    if !reasons.contains(&s.reason.as_str()) {
+                        reasons.push(&s.reason);
+                    }
+                }
+                return Verdict::Ignored(reasons.join("; "));
+            }
+            return Verdict::BuildSome {
+                builds: matched,
+                skipped,
+            };
+        }
         if matched.is_empty() {
             let branches: Vec<&str> = by_repo.iter().map(|a| a.branch.as_str()).collect();
             return Verdict::Ignored(format!(
@@ -184,8 +308,15 @@ pub fn payload_json(content_type: ContentType, body: &[u8]) -> Result<Vec<u8>, P
     }
 }
 
-/// Decides what to do with an authentic delivery from its event and payload.
-pub fn decide(config: &Config, event: &str, content_type: ContentType, body: &[u8]) -> Verdict {
+/// Decides what to do with an authentic delivery from its event and payload. `github`, when
+/// configured, completes the changed files of a push whose payload cannot prove them.
+pub async fn decide(
+    config: &Config,
+    event: &str,
+    content_type: ContentType,
+    body: &[u8],
+    github: Option<&dyn ChangedFilesSource>,
+) -> Verdict {
     let json = match payload_json(content_type, body) {
         Ok(json) => json,
         Err(e) => return Verdict::Rejected(e.to_string()),
@@ -196,7 +327,7 @@ pub fn decide(config: &Config, event: &str, content_type: ContentType, body: &[u
             Err(e) => Verdict::Rejected(PayloadError::Json(e.to_string()).to_string()),
         },
         "push" => match Push::parse(&json) {
-            Ok(push) => push.verdict(config),
+            Ok(push) => push.verdict_with(config, github).await,
             Err(e) => Verdict::Rejected(e.to_string()),
         },
         other => match serde_json::from_slice::<serde_json::Value>(&json) {
@@ -227,6 +358,14 @@ impl ContentType {
             ContentType::Form => "application/x-www-form-urlencoded",
         }
     }
+}
+
+/// The apps a push did not build, and why, as the 202 and a replay's answer list them.
+pub fn skipped_json(skipped: &[SkippedApp]) -> Vec<serde_json::Value> {
+    skipped
+        .iter()
+        .map(|s| serde_json::json!({ "app": s.app, "reason": s.reason }))
+        .collect()
 }
 
 /// The 32 bytes of a `<prefix><64 hex>` HMAC-SHA256 signature header, if it is one.
@@ -293,6 +432,113 @@ mod tests {
         );
         assert_eq!(ContentType::from_header(Some("text/plain")), None);
         assert_eq!(ContentType::from_header(None), None);
+    }
+
+    /// GitHub's compare API as a fixed answer, counting calls.
+    struct Compare(Vec<&'static str>, std::sync::atomic::AtomicUsize);
+
+    impl ChangedFilesSource for Compare {
+        fn changed_files<'a>(
+            &'a self,
+            repository: &'a str,
+            base: &'a str,
+            head: &'a str,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<Vec<String>, crate::push_filter::CompareError>,
+                    > + Send
+                    + 'a,
+            >,
+        > {
+            assert_eq!(repository, "octo-org/monorepo");
+            assert_eq!(base, "a3b1c2d4e5f60718293a4b5c6d7e8f9012345678");
+            assert_eq!(head, "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c");
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let files = self.0.iter().map(|f| f.to_string()).collect();
+            Box::pin(async move { Ok(files) })
+        }
+    }
+
+    fn monorepo_config() -> Config {
+        let app = |name: &str| {
+            format!(
+                "[[app]]\nname = \"{name}\"\nrepository = \"octo-org/monorepo\"\n\
+                 codebuild_project = \"{name}-build\"\ncluster = \"c\"\nservice = \"{name}\"\n\
+                 container = \"{name}\"\necr_repository = \"{name}\"\n\
+                 paths = [\"services/{name}/**\"]\n"
+            )
+        };
+        Config::parse(&format!("state_dir = \"/x\"\n{}{}", app("web"), app("api"))).unwrap()
+    }
+
+    fn built(verdict: &Verdict) -> Vec<String> {
+        match verdict {
+            Verdict::Build(b) | Verdict::BuildSome { builds: b, .. } => {
+                b.iter().map(|b| b.app.to_string()).collect()
+            }
+            other => panic!("no build: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capped_push_asks_the_compare_api_only_when_it_must() {
+        let config = monorepo_config();
+        let capped = Push::parse(include_bytes!(
+            "../fixtures/github/monorepo/push_capped.json"
+        ))
+        .unwrap();
+        let github = Compare(vec!["services/web/a.ts"], Default::default());
+        // Without credentials: every app builds.
+        assert_eq!(
+            built(&capped.verdict_with(&config, None).await),
+            ["web", "api"]
+        );
+        // With them: only what the compare API shows changed.
+        let verdict = capped.verdict_with(&config, Some(&github)).await;
+        assert_eq!(built(&verdict), ["web"]);
+        assert_eq!(verdict.skipped()[0].app.as_str(), "api");
+        assert_eq!(github.1.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A payload whose lists are complete is decided without asking.
+        let web = Push::parse(include_bytes!("../fixtures/github/monorepo/push_web.json")).unwrap();
+        assert_eq!(
+            built(&web.verdict_with(&config, Some(&github)).await),
+            ["web"]
+        );
+        assert_eq!(github.1.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Nor is a branch deletion (its empty commit list proves nothing, and builds nothing).
+        let deleted = Push::parse(
+            br#"{"ref":"refs/heads/master","before":"a3b1c2d4e5f60718293a4b5c6d7e8f9012345678",
+                 "after":"0000000000000000000000000000000000000000","deleted":true,
+                 "repository":{"full_name":"octo-org/monorepo"},"commits":[],"head_commit":null}"#,
+        )
+        .unwrap();
+        let verdict = deleted.verdict_with(&config, Some(&github)).await;
+        assert!(matches!(verdict, Verdict::Ignored(r) if r.contains("deleted")));
+        assert_eq!(github.1.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn push_parse_collects_the_changed_files() {
+        let push = Push::parse(
+            br#"{"ref":"refs/heads/master","before":"a3b1c2d4e5f60718293a4b5c6d7e8f9012345678",
+                 "after":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c","repository":{"full_name":"a/b"},
+                 "commits":[{"added":["x"],"removed":null,"modified":["y","x"]},{"removed":["z"]}],
+                 "head_commit":{"message":"m [no ci]"}}"#,
+        )
+        .unwrap();
+        let files: Vec<&str> = push.files.files.iter().map(String::as_str).collect();
+        assert_eq!(files, ["x", "y", "z"]);
+        assert_eq!(push.files.commits, 2);
+        assert!(!push.files.created && !push.files.files_capped);
+        assert_eq!(push.files.head_message.as_deref(), Some("m [no ci]"));
+        let bare = Push::parse(
+            br#"{"ref":"refs/heads/master","after":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c",
+                 "repository":{"full_name":"a/b"},"commits":null,"head_commit":null}"#,
+        )
+        .unwrap();
+        assert!(bare.files.created, "no before: treated as a new branch");
+        assert_eq!(bare.files.commits, 0);
     }
 
     #[test]

@@ -199,6 +199,9 @@ pub async fn run(
         clock: clock.clone(),
         build_wake: build_wake.clone(),
         deploy_wake: deploy_wake.clone(),
+        // The compare API client comes with the `[github]` credentials (issue 11); without
+        // them, a push whose payload cannot prove its changed files builds every app it reaches.
+        changed_files: None,
     };
     if !ops_tokens.is_enabled() {
         tracing::info!("the ops API is disabled (SLIPWAY_OPS_TOKENS is not set)");

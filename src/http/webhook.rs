@@ -14,7 +14,7 @@ use super::body::{error, header, read_body};
 use super::AppState;
 use crate::ids::{DeliveryId, HookId};
 use crate::journal::{Admission, NewDelivery, Source};
-use crate::webhook::{decide, verify, ContentType, MAX_BODY_BYTES};
+use crate::webhook::{decide, skipped_json, verify, ContentType, MAX_BODY_BYTES};
 
 /// The headers kept with a delivery in the journal (never the signature).
 fn kept_headers(headers: &HeaderMap) -> serde_json::Value {
@@ -98,7 +98,16 @@ pub(super) async fn handle(
 
 /// Decides, journals and answers one authentic delivery (a webhook or an operator's replay).
 async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentType) -> Response {
-    let verdict = decide(&state.config, &delivery.event, content_type, &delivery.body);
+    let github = state.ops.changed_files.as_deref();
+    let verdict = decide(
+        &state.config,
+        &delivery.event,
+        content_type,
+        &delivery.body,
+        github,
+    )
+    .await;
+    let skipped = verdict.skipped().to_vec();
     let delivery_id = delivery.delivery_id.clone();
     let admission = match state.journal.admit(delivery, verdict).await {
         Ok((_, admission)) => admission,
@@ -149,6 +158,7 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
                     "app": first.app,
                     "sha": first.sha,
                     "builds": list,
+                    "skipped": skipped_json(&skipped),
                 })),
             )
                 .into_response()

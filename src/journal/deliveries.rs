@@ -53,6 +53,28 @@ pub enum Verdict {
     Ignored(String),
     Rejected(String),
     Build(Vec<BuildRequest>),
+    /// Some of the apps a push reached build; the others' paths or skip markers rule them out.
+    BuildSome {
+        builds: Vec<BuildRequest>,
+        skipped: Vec<SkippedApp>,
+    },
+}
+
+impl Verdict {
+    /// The apps this verdict leaves out, and why.
+    pub fn skipped(&self) -> &[SkippedApp] {
+        match self {
+            Verdict::BuildSome { skipped, .. } => skipped,
+            _ => &[],
+        }
+    }
+}
+
+/// An app a push reached but does not build (monorepo paths or a skip marker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedApp {
+    pub app: AppName,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone)]
@@ -181,8 +203,16 @@ fn admit_in(
             let row = insert_delivery(tx, d, "rejected", Some(&reason))?;
             return Ok((row, Admission::Rejected(reason)));
         }
-        Verdict::Build(requests) => requests,
+        Verdict::Build(requests) => (requests, None),
+        Verdict::BuildSome { builds, skipped } => {
+            let note: Vec<String> = skipped
+                .iter()
+                .map(|s| format!("{} skipped: {}", s.app, s.reason))
+                .collect();
+            (builds, Some(note.join("; ")))
+        }
     };
+    let (requests, skipped_note) = requests;
     let key = d.dedup_key();
     // Decide per app first, so the delivery row records the overall outcome.
     let mut plan = Vec::with_capacity(requests.len());
@@ -229,7 +259,7 @@ fn admit_in(
         )?;
         return Ok((0, Admission::Duplicate));
     }
-    let row = insert_delivery(tx, d, "accepted", None)?;
+    let row = insert_delivery(tx, d, "accepted", skipped_note.as_deref())?;
     let now = d.received_ms;
     let mut accepted = Vec::new();
     for (req, existing) in plan {

@@ -13,6 +13,7 @@ mod event_trust;
 mod hardening;
 mod iam_policy;
 mod intake;
+mod monorepo;
 mod ops;
 mod provision;
 mod proxy_selftest;
