@@ -112,7 +112,9 @@ struct RawApp {
     codebuild_project: String,
     cluster: String,
     service: String,
-    container: String,
+    /// The container whose image is replaced; or `containers`, several (exactly one of the two).
+    container: Option<String>,
+    containers: Option<Vec<String>>,
     ecr_repository: String,
     image_tag: Option<String>,
     pin_digest: Option<bool>,
@@ -189,7 +191,11 @@ pub struct AppConfig {
     pub codebuild_project: String,
     pub cluster: String,
     pub service: String,
+    /// The first (or only) container whose image is replaced: its image is what `status`
+    /// shows as running.
     pub container: String,
+    /// Every container whose image is replaced (`container` first).
+    pub containers: Vec<String>,
     pub ecr_repository: String,
     /// `{sha}` or `{short_sha}` with optional literal text around it.
     pub image_tag: String,
@@ -561,6 +567,37 @@ impl RawApp {
             max::ROLLOUT_TIMEOUT_SECS,
         )?;
         let path_rules = path_rules(&key, self.paths, self.paths_ignore, self.honor_skip_markers)?;
+        let containers = match (self.container, self.containers) {
+            (Some(one), None) => vec![non_empty(key("container"), one)?],
+            (None, Some(list)) if !list.is_empty() => {
+                let mut seen = std::collections::BTreeSet::new();
+                for (i, c) in list.iter().enumerate() {
+                    if c.trim().is_empty() {
+                        return Err(invalid(key(&format!("containers[{i}]")), "must not be empty"));
+                    }
+                    if !seen.insert(c.as_str()) {
+                        return Err(invalid(
+                            key(&format!("containers[{i}]")),
+                            format!("{c:?} is listed twice"),
+                        ));
+                    }
+                }
+                list
+            }
+            (None, Some(_)) => return Err(invalid(key("containers"), "must list at least one container")),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key("container"),
+                    "set either `container` or `containers`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    key("container"),
+                    "missing: name the container whose image is replaced (`container = \"web\"`, or `containers = [\"web\", \"migrate\"]`)",
+                ))
+            }
+        };
         Ok(AppConfig {
             path_rules,
             repository,
@@ -568,7 +605,8 @@ impl RawApp {
             codebuild_project: non_empty(key("codebuild_project"), self.codebuild_project)?,
             cluster: non_empty(key("cluster"), self.cluster)?,
             service: non_empty(key("service"), self.service)?,
-            container: non_empty(key("container"), self.container)?,
+            container: containers[0].clone(),
+            containers,
             ecr_repository: non_empty(key("ecr_repository"), self.ecr_repository)?,
             image_tag,
             pin_digest: self.pin_digest.unwrap_or(false),

@@ -273,12 +273,18 @@ impl Deployer {
                     }
                     None => pre.current_task_definition.clone(),
                 };
+                // Notes ride in the reason until the outcome replaces or extends it.
+                let notes = revision.notes().join("; ");
+                for note in revision.notes() {
+                    tracing::warn!(%note, "a container keeps its image");
+                }
                 self.update(
                     d,
                     DeploymentUpdate {
                         state: Some(deploy_state::DEPLOYING),
                         image: Some(image.clone()),
                         from_task_definition: Some(from_td.clone()),
+                        reason: (!notes.is_empty()).then(|| format!("note: {notes}")),
                         started: true,
                         ..Default::default()
                     },
@@ -562,7 +568,7 @@ impl Deployer {
         let td = out
             .task_definition()
             .ok_or_else(|| Stop::Failed(format!("task definition {current} not found")))?;
-        let revision = NewRevision::from_current(td, out.tags(), &app.container, image, version)
+        let revision = NewRevision::for_containers(td, out.tags(), &app.containers, image, version)
             .map_err(|e| Stop::Failed(format!("{e} ({current})")))?;
         // A deregistered revision can't be rolled back to: a copy of it can.
         let rollback_copy =
@@ -727,13 +733,17 @@ impl Deployer {
             .await?
         {
             Followed::Ended(Rollout::Completed(p)) => {
-                self.finish(d, deploy_state::SUCCEEDED, completed(to_td, p, None))
-                    .await;
+                let reason = completed(to_td, p, d.reason.as_deref());
+                self.finish(d, deploy_state::SUCCEEDED, reason).await;
                 Ok(())
             }
             Followed::Ended(Rollout::CompletedThenReplaced(p, note)) => {
-                self.finish(d, deploy_state::SUCCEEDED, completed(to_td, p, Some(&note)))
-                    .await;
+                let note = match &d.reason {
+                    Some(earlier) => format!("{note}; {earlier}"),
+                    None => note,
+                };
+                let reason = completed(to_td, p, Some(&note));
+                self.finish(d, deploy_state::SUCCEEDED, reason).await;
                 Ok(())
             }
             Followed::Ended(

@@ -55,6 +55,16 @@ pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &s
         Some(DeploymentRolloutState::Failed) => {
             Rollout::NeedsRollback(format!("rollout failed: {}", reason_of(Some(d))))
         }
+        // ECS reports no rollout state for some services (behind a Classic Load Balancer, or
+        // older setups): then the deployments list is all there is, and ours alone, PRIMARY,
+        // with every desired task running is as complete as ECS will ever say.
+        None if deployments.len() == 1
+            && d.status.as_deref() == Some("PRIMARY")
+            && d.running_count == d.desired_count
+            && d.pending_count == 0 =>
+        {
+            Rollout::Completed(progress(d))
+        }
         _ => Rollout::InProgress(progress(d)),
     };
     match (mine, primary) {
@@ -174,6 +184,40 @@ mod tests {
         assert!(matches!(
             evaluate(&d, "new", FROM, TO),
             Rollout::RolledBackByEcs(_)
+        ));
+    }
+
+    #[test]
+    fn without_a_rollout_state_the_steady_deployment_list_decides() {
+        let plain = |id: &str, status: &str, td: &str, running: i32| {
+            Deployment::builder()
+                .id(id)
+                .status(status)
+                .task_definition(td)
+                .running_count(running)
+                .desired_count(2)
+                .build()
+        };
+        let d = [
+            plain("new", "PRIMARY", TO, 1),
+            plain("old", "ACTIVE", FROM, 2),
+        ];
+        assert!(matches!(
+            evaluate(&d, "new", FROM, TO),
+            Rollout::InProgress(_)
+        ));
+        let d = [
+            plain("new", "PRIMARY", TO, 2),
+            plain("old", "ACTIVE", FROM, 1),
+        ];
+        assert!(matches!(
+            evaluate(&d, "new", FROM, TO),
+            Rollout::InProgress(_)
+        ));
+        let d = [plain("new", "PRIMARY", TO, 2)];
+        assert!(matches!(
+            evaluate(&d, "new", FROM, TO),
+            Rollout::Completed(_)
         ));
     }
 

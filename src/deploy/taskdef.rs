@@ -102,14 +102,12 @@ pub struct NewRevision {
     container: String,
     old_image: String,
     new_image: ImageRef,
+    notes: Vec<String>,
 }
 
 impl NewRevision {
     /// Copies `current`, replacing the image of `container` with `new_image` and setting
     /// the `Version` tag (added if absent) among `tags` to `version_tag`.
-    ///
-    /// Errors: container not found (the message lists the container names that exist),
-    /// container has no image, current or new image not a valid reference, bad tag value.
     pub fn from_current(
         current: &TaskDefinition,
         tags: &[Tag],
@@ -117,8 +115,34 @@ impl NewRevision {
         new_image: &str,
         version_tag: &str,
     ) -> Result<NewRevision, TaskDefError> {
+        Self::for_containers(
+            current,
+            tags,
+            &[container.to_owned()],
+            new_image,
+            version_tag,
+        )
+    }
+
+    /// Copies `current`, replacing the image of every container in `containers` with
+    /// `new_image` and setting the `Version` tag (added if absent) among `tags` to
+    /// `version_tag`. A container not listed that runs the same repository keeps its image and
+    /// is named in `notes()`. The images the containers run now are only informational: one
+    /// slipway cannot parse does not stop the deploy.
+    ///
+    /// Errors: a container not found (the message lists the container names that exist), a
+    /// container without an image, a new image that is not a valid reference, a bad tag value,
+    /// no room for the `Version` tag.
+    pub fn for_containers(
+        current: &TaskDefinition,
+        tags: &[Tag],
+        containers: &[String],
+        new_image: &str,
+        version_tag: &str,
+    ) -> Result<NewRevision, TaskDefError> {
+        let first = containers.first().cloned().unwrap_or_default();
         let new_image = ImageRef::parse(new_image).map_err(|error| TaskDefError::NewImage {
-            container: container.to_owned(),
+            container: first.clone(),
             error,
         })?;
         if version_tag.is_empty() || version_tag.chars().count() > TAG_VALUE_MAX_LEN {
@@ -136,32 +160,63 @@ impl NewRevision {
 
         let mut base = current.clone();
         let definitions = base.container_definitions.get_or_insert_with(Vec::new);
-        let Some(target) = definitions
-            .iter_mut()
-            .find(|c| c.name.as_deref() == Some(container))
-        else {
-            return Err(TaskDefError::ContainerNotFound {
-                container: container.to_owned(),
-                available: definitions.iter().filter_map(|c| c.name.clone()).collect(),
-            });
+        let mut old_image = None;
+        for container in containers {
+            let Some(target) = definitions
+                .iter_mut()
+                .find(|c| c.name.as_deref() == Some(container.as_str()))
+            else {
+                return Err(TaskDefError::ContainerNotFound {
+                    container: container.to_owned(),
+                    available: definitions.iter().filter_map(|c| c.name.clone()).collect(),
+                });
+            };
+            let Some(old) = target.image.replace(new_image.to_string()) else {
+                return Err(TaskDefError::NoImage {
+                    container: container.to_owned(),
+                });
+            };
+            old_image.get_or_insert(old);
+        }
+        let same_repository = |image: &str| {
+            ImageRef::parse(image).is_ok_and(|i| {
+                i.registry() == new_image.registry() && i.repository() == new_image.repository()
+            })
         };
-        let Some(old_image) = target.image.replace(new_image.to_string()) else {
-            return Err(TaskDefError::NoImage {
-                container: container.to_owned(),
-            });
-        };
-        ImageRef::parse(&old_image).map_err(|error| TaskDefError::CurrentImage {
-            container: container.to_owned(),
-            error,
-        })?;
+        let notes = definitions
+            .iter()
+            .filter(|c| {
+                !containers
+                    .iter()
+                    .any(|n| c.name.as_deref() == Some(n.as_str()))
+            })
+            .filter_map(|c| {
+                let image = c.image.as_deref()?;
+                same_repository(image).then(|| {
+                    format!(
+                        "container {} also runs {} and keeps its image {image} (list it in \
+                         `containers` to deploy it too)",
+                        c.name.as_deref().unwrap_or("?"),
+                        new_image.repository()
+                    )
+                })
+            })
+            .collect();
 
         Ok(NewRevision {
             base,
             tags: with_version(tags, version_tag),
-            container: container.to_owned(),
-            old_image,
+            container: first,
+            old_image: old_image.unwrap_or_default(),
             new_image,
+            notes,
         })
+    }
+
+    /// Containers that run the deployed repository but are not deployed (they keep their
+    /// image), in words.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// An exact copy of `current` (same containers, images and tags), registered as a new
@@ -190,6 +245,7 @@ impl NewRevision {
             container: container.to_owned(),
             old_image: image.to_owned(),
             new_image,
+            notes: vec![],
         })
     }
 
@@ -704,11 +760,10 @@ mod tests {
         assert!(bad_new.to_string().contains("\"web::2\""), "{bad_new}");
 
         current.container_definitions.as_mut().unwrap()[0].image = Some("Web:1".into());
-        let bad_old = NewRevision::from_current(&current, &[], "web", NEW_WEB, "2").unwrap_err();
-        assert!(
-            matches!(bad_old, TaskDefError::CurrentImage { .. }),
-            "{bad_old:?}"
-        );
+        // The current image is only informational: one slipway cannot parse does not block.
+        let odd_old = NewRevision::from_current(&current, &[], "web", NEW_WEB, "2").unwrap();
+        assert_eq!(odd_old.old_image(), "Web:1");
+        assert_eq!(odd_old.new_image(), NEW_WEB);
     }
 
     #[test]

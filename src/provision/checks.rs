@@ -302,29 +302,31 @@ pub(super) async fn check_service(app: &AppConfig, aws: &Clients, report: &mut R
                 .iter()
                 .filter_map(|c| c.name())
                 .collect();
-            if containers.contains(&app.container.as_str()) {
-                report.push_app(
-                    app,
-                    Kind::Container,
-                    &app.container,
-                    Status::Ok,
-                    format!("in {revision}"),
-                );
-            } else {
-                report.push_app(
-                    app,
-                    Kind::Container,
-                    &app.container,
-                    Status::Missing,
-                    format!(
-                        "not in {revision}, which has: {}",
-                        if containers.is_empty() {
-                            "no containers".to_owned()
-                        } else {
-                            containers.join(", ")
-                        }
-                    ),
-                );
+            for wanted in &app.containers {
+                if containers.contains(&wanted.as_str()) {
+                    report.push_app(
+                        app,
+                        Kind::Container,
+                        wanted,
+                        Status::Ok,
+                        format!("in {revision}"),
+                    );
+                } else {
+                    report.push_app(
+                        app,
+                        Kind::Container,
+                        wanted,
+                        Status::Missing,
+                        format!(
+                            "not in {revision}, which has: {}",
+                            if containers.is_empty() {
+                                "no containers".to_owned()
+                            } else {
+                                containers.join(", ")
+                            }
+                        ),
+                    );
+                }
             }
         }
         Err(e) => {

@@ -449,3 +449,132 @@ async fn from_event_to_update_service_takes_few_calls() {
         "{calls:?}"
     );
 }
+
+#[tokio::test]
+async fn a_service_without_rollout_state_completes_when_its_deployment_list_is_steady() {
+    let w = Deploy::new().await;
+    w.proxy.hide_rollout_state();
+    w.proxy.rollouts([Rollout::Complete { after: 2 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "clb-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    assert_eq!(w.proxy.update_service_calls().len(), 1, "no rollback");
+}
+
+/// A task definition of family `web` with the given (name, image) containers; the service
+/// is moved to it. Returns its ARN.
+async fn service_with_containers(w: &Deploy, containers: &[(&str, &str)]) -> String {
+    use aws_sdk_ecs::types::ContainerDefinition;
+    let defs: Vec<ContainerDefinition> = containers
+        .iter()
+        .map(|(name, image)| {
+            ContainerDefinition::builder()
+                .name(*name)
+                .image(*image)
+                .memory(128)
+                .essential(*name == "web")
+                .build()
+        })
+        .collect();
+    let arn = w
+        .emulator
+        .ecs()
+        .register_task_definition()
+        .family("web")
+        .set_container_definitions(Some(defs))
+        .send()
+        .await
+        .unwrap()
+        .task_definition()
+        .unwrap()
+        .task_definition_arn()
+        .unwrap()
+        .to_owned();
+    w.emulator
+        .ecs()
+        .update_service()
+        .cluster(CLUSTER)
+        .service(SERVICE)
+        .task_definition(&arn)
+        .send()
+        .await
+        .unwrap();
+    arn
+}
+
+#[tokio::test]
+async fn every_listed_container_gets_the_image_and_an_unlisted_one_of_the_same_repository_is_noted()
+{
+    let apps = crate::support::slipway::DEFAULT_APPS
+        .replace("container = \"web\"", "containers = [\"web\", \"migrate\"]");
+    let w = Deploy::with(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    let previous = w.image_uri("previous").await;
+    service_with_containers(
+        &w,
+        &[
+            ("web", &previous),
+            ("migrate", &previous),
+            ("worker", &previous),
+        ],
+    )
+    .await;
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "many-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let td = w
+        .emulator
+        .task_definition(d["to_task_definition"].as_str().unwrap())
+        .await
+        .0;
+    let image = |name: &str| {
+        td.container_definitions()
+            .iter()
+            .find(|c| c.name() == Some(name))
+            .and_then(|c| c.image())
+            .unwrap()
+            .to_owned()
+    };
+    let new = w.image_uri(MASTER_SHA).await;
+    assert_eq!(image("web"), new);
+    assert_eq!(image("migrate"), new);
+    assert_eq!(image("worker"), previous, "not listed: keeps its image");
+    assert!(
+        reason(&d).contains("container worker also runs web and keeps its image"),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn an_image_slipway_cannot_parse_in_the_current_revision_does_not_block_the_deploy() {
+    let w = Deploy::new().await;
+    service_with_containers(&w, &[("web", "Not A Valid//Reference::")]).await;
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "oddimage-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+}
+
+#[tokio::test]
+async fn container_and_containers_together_are_refused_naming_the_key() {
+    let apps = format!(
+        "{}containers = [\"web\"]\n",
+        crate::support::slipway::DEFAULT_APPS
+    );
+    let w = Deploy::with(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    let config = w.builder.write_config();
+    let (status, _out, err) =
+        w.builder
+            .run(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(
+        err.contains("app[0] (web).container: set either `container` or `containers`, not both"),
+        "{err}"
+    );
+}

@@ -185,6 +185,8 @@ struct State {
     /// `deploymentConfiguration` as last set by CreateService / UpdateService: the emulator
     /// drops it (and with it the circuit breaker), so the proxy answers with it.
     deployment_configs: HashMap<String, Value>,
+    /// Answer deployments without `rolloutState` (as ECS does behind a Classic Load Balancer).
+    no_rollout_state: bool,
     /// StartBuild's environment overrides by build id: the emulator drops them, AWS shows
     /// them in the build's environment.
     build_env: HashMap<String, Value>,
@@ -280,6 +282,12 @@ impl Proxy {
     }
 
     /// The requests of `operation` that reached the proxy, in order.
+    /// From now on, deployments are shown without `rolloutState`/`rolloutStateReason`, as ECS
+    /// shows them for services behind a Classic Load Balancer.
+    pub fn hide_rollout_state(&self) {
+        self.state.lock().unwrap().no_rollout_state = true;
+    }
+
     /// Every operation seen, in order.
     pub fn operations(&self) -> Vec<String> {
         self.state
@@ -800,6 +808,15 @@ fn baseline_from(service: &Value, td: &str) -> Value {
     d
 }
 
+fn strip_rollout_state(service: &mut Value) {
+    for d in service["deployments"].as_array_mut().into_iter().flatten() {
+        if let Some(d) = d.as_object_mut() {
+            d.remove("rolloutState");
+            d.remove("rolloutStateReason");
+        }
+    }
+}
+
 fn text_response(status: u16, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -1063,6 +1080,9 @@ async fn ecs_answer(
             if let Some(overlay) = s.overlays.get(&key) {
                 overlay.rewrite(service);
             }
+            if s.no_rollout_state {
+                strip_rollout_state(service);
+            }
         }
         "DescribeServices" => {
             let s = ctx.state.lock().unwrap();
@@ -1074,6 +1094,9 @@ async fn ecs_answer(
                     );
                     if let Some(overlay) = s.overlays.get(&key) {
                         overlay.rewrite(service);
+                    }
+                    if s.no_rollout_state {
+                        strip_rollout_state(service);
                     }
                 }
             }
