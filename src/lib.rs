@@ -25,7 +25,7 @@ pub mod journal;
 mod notify;
 mod ops;
 pub mod provision;
+mod push_filter;
 mod readiness;
 mod startup;
-mod push_filter;
 pub mod webhook;
