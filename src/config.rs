@@ -775,7 +775,21 @@ ecr_repository = "web"
         assert_eq!(app.image_tag, "{sha}");
         assert_eq!(app.rollout_timeout, Duration::from_secs(900));
         assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.server.max_connections_per_ip, 64);
+        assert_eq!(c.server.unauthenticated_body_bytes, 64 * 1024 * 1024);
+        assert!(c.chat.slack_team_id.is_none());
         assert_eq!(app.git_ref(), "refs/heads/master");
+    }
+
+    #[test]
+    fn listener_and_proxy_errors_name_the_key() {
+        let e = err(&format!("admin_listen = \"nine\"\n{GOOD}"));
+        assert!(e.contains("admin_listen"), "{e}");
+        let e = err(&format!("{GOOD}\n[server]\ntrusted_proxies = [\"lb\"]\n"));
+        assert!(e.contains("server.trusted_proxies"), "{e}");
+        let e = err(&format!("{GOOD}\n[chat]\nslack_team_id = \"\"\n"));
+        assert!(e.contains("chat.slack_team_id"), "{e}");
     }
 
     #[test]

@@ -254,7 +254,7 @@ fn may_change(config: &Config, form: &SlashCommand, name: &str) -> Result<AppCon
 #[cfg(test)]
 mod tests {
     use super::command::{DEPLOY_USAGE, ROLLBACK_USAGE, STATUS_USAGE};
-    use super::reply::outcome;
+    use super::reply::{outcome, short_reason};
     use super::*;
     use serde_json::json;
 
@@ -495,6 +495,23 @@ mod tests {
         assert!(
             text.contains("was rolled back: tasks &lt;failed&gt;"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn reasons_for_the_channel_are_short_and_name_no_arns() {
+        let long = format!(
+            "service arn:aws:ecs:eu-west-1:123456789012:service/web/web failed: {}\nstack",
+            "x".repeat(300)
+        );
+        let r = short_reason(&long);
+        assert!(!r.contains("arn:"), "{r}");
+        assert!(!r.contains("123456789012"), "{r}");
+        assert!(!r.contains("stack"), "{r}");
+        assert!(r.chars().count() <= 161, "{r}");
+        assert_eq!(
+            short_reason("tasks failed to start"),
+            "tasks failed to start"
         );
     }
 }

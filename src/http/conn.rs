@@ -11,7 +11,7 @@
 //! checks keep answering while an abusive client holds the cap.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::config::ServerLimits;
 
@@ -72,17 +73,20 @@ impl Drop for IpSlot {
 
 /// Answers over-cap connections: the health routes, or 503.
 pub(super) fn reserved_router(health: Router) -> Router {
-    health.fallback(|| async {
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": "too many connections; retry later" })),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert("retry-after", "1".parse().expect("static header"));
-        response
-    })
+    health.fallback(|| async { too_many() })
+}
+
+/// 503 with `Retry-After`: this client holds too many connections (or requests).
+fn too_many() -> axum::response::Response {
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({ "error": "too many connections; retry later" })),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", "1".parse().expect("static header"));
+    response
 }
 
 /// Serves `listener` until `stop` is cancelled; connections finish under `graceful`.
@@ -141,6 +145,12 @@ pub(super) async fn serve(
                 }
             },
         };
+        let service = service.map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(Peer(peer));
+                request
+            },
+        );
         let conn =
             conn_builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
@@ -150,5 +160,97 @@ pub(super) async fn serve(
             }
             drop(guard);
         });
+    }
+}
+
+/// The address a connection came from (a load balancer's, behind one).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Peer(pub SocketAddr);
+
+/// The client behind a request: the peer, or, when the peer is a trusted proxy, the nearest
+/// `X-Forwarded-For` hop that is not one (proxies append the address they saw, so hops left
+/// of the first untrusted one could be written by the client).
+pub(super) fn client_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(forwarded) = forwarded else {
+        return peer;
+    };
+    for hop in forwarded.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+/// Requests in flight per client behind trusted proxies, where the connection cap cannot see
+/// clients (the load balancer holds all the connections).
+#[derive(Default)]
+pub(super) struct Forwarded(Arc<PerIp>);
+
+/// Middleware for the public listener: a client behind a trusted proxy may have
+/// `max_connections_per_ip` requests in flight; more get 503 with `Retry-After`.
+pub(super) async fn limit_forwarded(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let trusted = &state.limits.trusted_proxies;
+    let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() else {
+        return next.run(request).await;
+    };
+    if !trusted.contains(&peer.ip()) {
+        return next.run(request).await;
+    }
+    let forwarded = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = client_ip(peer.ip(), forwarded, trusted);
+    let Some(_slot) = state
+        .forwarded
+        .0
+        .take(client, state.limits.max_connections_per_ip)
+    else {
+        tracing::warn!(%client, "too many requests in flight from one client behind the proxy");
+        return too_many();
+    };
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_forwarded_hop() {
+        let lb: IpAddr = "10.0.0.5".parse().unwrap();
+        let lb2: IpAddr = "10.0.0.6".parse().unwrap();
+        let trusted = [lb, lb2];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Not a proxy: its own address, whatever it claims.
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(lb, Some("198.51.100.7"), &trusted),
+            ip("198.51.100.7")
+        );
+        // A forged leftmost hop does not count; the one the proxy appended does.
+        assert_eq!(
+            client_ip(lb, Some("1.2.3.4, 198.51.100.7"), &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(lb, Some("198.51.100.7, 10.0.0.6"), &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(client_ip(lb, None, &trusted), lb);
+        assert_eq!(client_ip(lb, Some("garbage"), &trusted), lb);
     }
 }

@@ -49,6 +49,8 @@ pub struct AppState {
     pub ops_tokens: Arc<OpsTokens>,
     /// Bounds the bytes of bodies held before their signature is checked, all requests together.
     pub body_budget: Arc<body::Budget>,
+    /// Requests in flight per client behind trusted proxies.
+    forwarded: Arc<conn::Forwarded>,
     /// The chat domain: what a verified slash command does.
     pub chat: crate::chat::Chat,
     /// Slack's signing secret; None disables `/chat/slack`.
@@ -77,7 +79,11 @@ fn public_router(state: AppState) -> Router {
             .route("/webhooks/github", post(webhook::handle))
             .route("/chat/slack", post(slack::slack))
             .merge(health_routes())
-            .fallback(not_found),
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                conn::limit_forwarded,
+            )),
     )
     .with_state(state)
 }
@@ -260,6 +266,7 @@ pub async fn run(
     let state = AppState {
         config,
         chat,
+        forwarded: Arc::default(),
         secrets: Arc::new(secrets),
         journal: journal.clone(),
         clock,

@@ -243,3 +243,49 @@ async fn sixteen_large_bodies_with_bad_signatures_stay_within_the_memory_budget(
     );
     push_accepted(&s, "55555555-0000-0000-0000-000000000005").await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_cap_counts_forwarded_clients() {
+    let s = SlipwayBuilder::new(NO_AWS)
+        .extra("[server]\nmax_connections_per_ip = 2\ntrusted_proxies = [\"127.0.0.1\"]\n")
+        .start()
+        .await;
+    let target = addr(&s.url);
+    // One client (as the load balancer names it) holds two requests open.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut socket = TcpStream::connect(&target).await.unwrap();
+        socket
+            .write_all(
+                b"POST /webhooks/github HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 198.51.100.7\r\n\
+                  content-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        held.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::new();
+    let health = |xff: &'static str| {
+        let client = client.clone();
+        let url = format!("{}/healthz", s.url);
+        async move {
+            let r = client
+                .get(url)
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.headers().get("retry-after").cloned())
+        }
+    };
+    // Its third request is refused; a forged hop to its left changes nothing.
+    let (status, retry) = health("198.51.100.7").await;
+    assert_eq!(status, 503);
+    assert!(retry.is_some());
+    assert_eq!(health("1.2.3.4, 198.51.100.7").await.0, 503);
+    // Another client behind the same proxy is served.
+    assert_eq!(health("198.51.100.8").await.0, 200);
+    drop(held);
+    push_accepted(&s, "66666666-0000-0000-0000-000000000006").await;
+}
