@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -95,31 +95,55 @@ fn too_slow() -> Response {
     )
 }
 
+/// A body as received: its chunks, not copied until the caller has checked the signature.
+pub(crate) struct Chunks {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The body in one piece (a copy: call it once the body is authenticated).
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        let mut whole = Vec::with_capacity(self.len);
+        for part in self.parts {
+            whole.extend_from_slice(&part);
+        }
+        whole
+    }
+}
+
 /// Reads the body, refusing more than `limit` bytes without buffering the excess. Every byte
-/// held counts against `budget` until the returned [`Held`] is dropped; `each` sees the chunks
-/// as they come (to compute a signature while streaming). A body that comes slower than
-/// 1 KiB/s after its first second, or not within `timeout`, is cut off with 408.
+/// held counts against `budget` (taken as the bytes arrive, so a slow client holds only what
+/// it sent) until the returned [`Held`] is dropped; `each` sees the chunks as they come (to
+/// compute a signature while streaming). A body that comes slower than 1 KiB/s after its
+/// first second, or not within `timeout`, is cut off with 408.
 pub(crate) async fn read_body(
     mut body: Body,
     limit: usize,
     timeout: Duration,
     budget: &Budget,
-    declared: Option<u64>,
     mut each: impl FnMut(&[u8]),
-) -> Result<(Bytes, Held), Response> {
+) -> Result<(Chunks, Held), Response> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut held = None;
     let mut held_kib: u64 = 0;
-    let initial = declared.unwrap_or(0).min(limit as u64);
-    // Ask for what the client declared at once, so two bodies never each hold half of what
-    // both need.
-    budget.grow(&mut held, &mut held_kib, initial).await?;
-    let mut buf = BytesMut::with_capacity(initial as usize);
+    let mut waited = Duration::ZERO;
+    let mut buf = Chunks {
+        parts: Vec::new(),
+        len: 0,
+    };
     loop {
         // The slowest a client may be: `RATE_GRACE` plus one second per KiB received so far.
-        let rate_deadline =
-            start + RATE_GRACE + Duration::from_millis(buf.len() as u64 * 1000 / MIN_BYTES_PER_SEC);
+        // Time spent waiting for budget is slipway's, not the client's.
+        let rate_deadline = start
+            + waited
+            + RATE_GRACE
+            + Duration::from_millis(buf.len() as u64 * 1000 / MIN_BYTES_PER_SEC);
         let frame =
             match tokio::time::timeout_at(rate_deadline.min(deadline).into(), body.frame()).await {
                 Err(_) => {
@@ -145,11 +169,14 @@ pub(crate) async fn read_body(
                 &format!("body is larger than {limit} bytes"),
             ));
         }
+        let asked = Instant::now();
         budget
             .grow(&mut held, &mut held_kib, (buf.len() + data.len()) as u64)
             .await?;
+        waited += asked.elapsed();
         each(&data);
-        buf.extend_from_slice(&data);
+        buf.len += data.len();
+        buf.parts.push(data);
     }
-    Ok((buf.freeze(), Held(held)))
+    Ok((buf, Held(held)))
 }

@@ -52,12 +52,11 @@ pub(super) async fn slack(
         MAX_BODY_BYTES,
         state.limits.body_timeout,
         &state.body_budget,
-        declared,
         |_| {},
     )
     .await
     {
-        Ok((body, _held)) => body,
+        Ok((body, _held)) => body.into_vec(),
         Err(response) => return response,
     };
     if let Err(e) = verify(

@@ -60,7 +60,6 @@ pub(super) async fn handle(
         MAX_BODY_BYTES,
         state.limits.body_timeout,
         &state.body_budget,
-        declared,
         |chunk| verifier.update(chunk),
     )
     .await
@@ -73,6 +72,7 @@ pub(super) async fn handle(
         return error(StatusCode::UNAUTHORIZED, &e.to_string());
     }
     drop(held);
+    let body = body.into_vec();
     let Some(event) = header(&headers, "x-github-event").filter(|e| !e.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
     };
@@ -96,7 +96,7 @@ pub(super) async fn handle(
         received_ms: crate::journal::millis(state.clock.now()),
         content_type: content_type.as_str().to_owned(),
         headers: kept_headers(&headers),
-        body: body.to_vec(),
+        body,
     };
     admit(&state, delivery, content_type).instrument(span).await
 }
