@@ -2,8 +2,9 @@
 //! behind it, wired together. One file per surface (`webhook`, `slack`, `api`); `body` holds
 //! what they share. Nothing outside this module imports axum.
 //!
-//! `run` takes its listener and its shutdown signal from the caller, so tests bind port 0 and
-//! stop it cleanly; the AWS clients and the clock are injected the same way.
+//! `run` takes its two listeners (public and admin) and its shutdown signal from the caller,
+//! so tests bind port 0 and stop it cleanly; the AWS clients and the clock are injected the
+//! same way. `conn` accepts connections within limits.
 
 use std::future::Future;
 use std::sync::Arc;
