@@ -560,6 +560,9 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding admin_listen {}", config.admin_listen))?;
     let aws = Clients::from_config(&shared);
     let notifier =
         crate::notify::Notifier::from_config(&config.notify, |name| std::env::var(name).ok())?;
@@ -568,6 +571,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     crate::startup::find_queue(&mut config, &aws, &readiness).await;
     server::run(
         listener,
+        admin,
         Services {
             config,
             secrets,

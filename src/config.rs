@@ -47,6 +47,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    /// The operators' listener (ops API, later metrics and the status page).
+    admin_listen: Option<String>,
     state_dir: PathBuf,
     queue_url: Option<String>,
     #[serde(default)]
@@ -63,6 +65,16 @@ struct RawConfig {
     provision: RawProvision,
     #[serde(default, rename = "app")]
     apps: Vec<RawApp>,
+    #[serde(default)]
+    chat: RawChat,
+}
+
+/// The `[chat]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChat {
+    /// The Slack workspace (`T…`) whose commands are accepted; required with a signing secret.
+    slack_team_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +83,13 @@ struct RawServer {
     max_connections: Option<usize>,
     header_timeout_secs: Option<u64>,
     body_timeout_secs: Option<u64>,
+    /// Open connections one client address may hold on the public listener.
+    max_connections_per_ip: Option<usize>,
+    /// Load balancers whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    /// Bytes of not-yet-authenticated bodies held in memory at once, all requests together.
+    unauthenticated_body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +150,7 @@ struct RawApp {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
     pub state_dir: PathBuf,
     pub queue_url: Option<String>,
     pub server: ServerLimits,
@@ -142,6 +162,14 @@ pub struct Config {
     /// Names of what `slipway provision` creates.
     pub provision: ProvisionConfig,
     pub apps: Vec<AppConfig>,
+    pub chat: ChatConfig,
+}
+
+/// The `[chat]` table.
+#[derive(Debug, Clone, Default)]
+pub struct ChatConfig {
+    /// Slack commands from any other workspace are refused.
+    pub slack_team_id: Option<String>,
 }
 
 /// The `[provision]` table: slipway's own queue, dead-letter queue and EventBridge rule.
@@ -174,6 +202,9 @@ pub struct ServerLimits {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    pub max_connections_per_ip: usize,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub unauthenticated_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +315,15 @@ impl RawConfig {
                 format!("\"{listen_text}\" is not an address like 0.0.0.0:8080"),
             )
         })?;
+        let admin_text = self
+            .admin_listen
+            .unwrap_or_else(|| "127.0.0.1:9090".to_owned());
+        let admin_listen: SocketAddr = admin_text.parse().map_err(|_| {
+            invalid(
+                "admin_listen",
+                format!("\"{admin_text}\" is not an address like 127.0.0.1:9090"),
+            )
+        })?;
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
         }
@@ -311,6 +351,36 @@ impl RawConfig {
                 Duration::from_secs,
                 max::BODY_TIMEOUT_SECS,
             )?,
+            max_connections_per_ip: positive(
+                "server.max_connections_per_ip",
+                self.server.max_connections_per_ip,
+                64,
+            )?,
+            trusted_proxies: self
+                .server
+                .trusted_proxies
+                .iter()
+                .map(|p| {
+                    p.parse().map_err(|_| {
+                        invalid(
+                            "server.trusted_proxies",
+                            format!("\"{p}\" is not an IP address"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            unauthenticated_body_bytes: positive(
+                "server.unauthenticated_body_bytes",
+                self.server.unauthenticated_body_bytes,
+                64 * 1024 * 1024,
+            )?,
+        };
+        let chat = ChatConfig {
+            slack_team_id: self
+                .chat
+                .slack_team_id
+                .map(|t| non_empty("chat.slack_team_id".into(), t))
+                .transpose()?,
         };
         let build = BuildRetry {
             initial: duration(
@@ -390,6 +460,8 @@ impl RawConfig {
         }
         Ok(Config {
             listen,
+            admin_listen,
+            chat,
             state_dir: self.state_dir,
             queue_url: self.queue_url,
             server,
@@ -741,7 +813,21 @@ ecr_repository = "web"
         assert_eq!(app.image_tag, "{sha}");
         assert_eq!(app.rollout_timeout, Duration::from_secs(900));
         assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.server.max_connections_per_ip, 64);
+        assert_eq!(c.server.unauthenticated_body_bytes, 64 * 1024 * 1024);
+        assert!(c.chat.slack_team_id.is_none());
         assert_eq!(app.git_ref(), "refs/heads/master");
+    }
+
+    #[test]
+    fn listener_and_proxy_errors_name_the_key() {
+        let e = err(&format!("admin_listen = \"nine\"\n{GOOD}"));
+        assert!(e.contains("admin_listen"), "{e}");
+        let e = err(&format!("{GOOD}\n[server]\ntrusted_proxies = [\"lb\"]\n"));
+        assert!(e.contains("server.trusted_proxies"), "{e}");
+        let e = err(&format!("{GOOD}\n[chat]\nslack_team_id = \"\"\n"));
+        assert!(e.contains("chat.slack_team_id"), "{e}");
     }
 
     #[test]

@@ -40,19 +40,43 @@ pub fn verify(
     header: Option<&str>,
     body: &[u8],
 ) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    let expected = signature_bytes(header, "sha256=").ok_or(SignatureError::Malformed)?;
-    // Check every secret, so the time taken does not tell which one matched.
-    let mut matched = false;
-    for secret in secrets.iter() {
-        let mut mac = HmacSha256::new_from_slice(secret.expose()).expect("any key length");
-        mac.update(body);
-        matched |= mac.verify_slice(&expected).is_ok();
+    let mut verifier = Verifier::new(secrets);
+    verifier.update(body);
+    verifier.finish(header)
+}
+
+/// [`verify`] for a body that arrives in pieces: the HMACs are computed as it streams.
+pub struct Verifier(Vec<HmacSha256>);
+
+impl Verifier {
+    pub fn new(secrets: &WebhookSecrets) -> Verifier {
+        Verifier(
+            secrets
+                .iter()
+                .map(|s| HmacSha256::new_from_slice(s.expose()).expect("any key length"))
+                .collect(),
+        )
     }
-    if matched {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        for mac in &mut self.0 {
+            mac.update(chunk);
+        }
+    }
+
+    /// Checks `header` against every secret, so the time taken does not tell which matched.
+    pub fn finish(self, header: Option<&str>) -> Result<(), SignatureError> {
+        let header = header.ok_or(SignatureError::Missing)?;
+        let expected = signature_bytes(header, "sha256=").ok_or(SignatureError::Malformed)?;
+        let mut matched = false;
+        for mac in self.0 {
+            matched |= mac.verify_slice(&expected).is_ok();
+        }
+        if matched {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
+        }
     }
 }
 

@@ -169,9 +169,10 @@ def seed(endpoint):
     return uri, td
 
 
-def write_config(path, work, port, queue_url=None):
+def write_config(path, work, port, admin_port, queue_url=None):
     lines = [
-        f'listen = "127.0.0.1:{port}"',
+        f'listen = "127.0.0.1:{port}"',  # public: the webhook
+        f'admin_listen = "127.0.0.1:{admin_port}"',  # the ops API and the CLI
         f'state_dir = "{os.path.join(work, "state")}"',
     ]
     if queue_url:
@@ -218,10 +219,11 @@ def main():
     ci = args.ci
 
     work = tempfile.mkdtemp(prefix="slipway-local-")
-    moto_port, proxy_port, port = free_port(), free_port(), free_port()
+    moto_port, proxy_port, port, admin_port = free_port(), free_port(), free_port(), free_port()
     moto_url = f"http://127.0.0.1:{moto_port}"
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     url = f"http://127.0.0.1:{port}"
+    admin_url = f"http://127.0.0.1:{admin_port}"
 
     step(f"starting the AWS emulator and the rollout proxy (logs in {work})")
     start("emulator", [MOTO, "-H", "127.0.0.1", "-p", str(moto_port)], work)
@@ -249,13 +251,13 @@ def main():
         SLIPWAY_OPS_TOKENS=f"you:{TOKEN}",
     )
     config = os.path.join(work, "slipway.toml")
-    write_config(config, work, port)
+    write_config(config, work, port, admin_port)
 
     step("slipway provision: the queue, its dead-letter queue and the EventBridge rule")
     out = slipway(["provision", "--config", config], env)
     say("    " + out.stdout.strip().replace("\n", "\n    "))
     queue_url = aws("sqs", proxy_url).get_queue_url(QueueName="slipway-events")["QueueUrl"]
-    write_config(config, work, port, queue_url)
+    write_config(config, work, port, admin_port, queue_url)
 
     step(f"slipway serve on {url}")
     start("slipway", [SLIPWAY, "serve", "--config", config], work, env)
@@ -349,7 +351,7 @@ def main():
         f"""
 slipway is running. In another terminal, try:
 
-    export SLIPWAY_SERVER={url} SLIPWAY_OPS_TOKEN={TOKEN}
+    export SLIPWAY_SERVER={admin_url} SLIPWAY_OPS_TOKEN={TOKEN}
     target/debug/slipway status
     target/debug/slipway deploy web {NEXT_SHA[:7]} --wait
     target/debug/slipway rollback web --wait

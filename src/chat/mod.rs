@@ -92,6 +92,17 @@ pub fn verify(
         .map_err(|_| SignatureError::Mismatch)
 }
 
+impl Chat {
+    /// Whether a command from Slack workspace `team_id` is taken (only the configured one).
+    pub fn allows_team(&self, team_id: &str) -> bool {
+        self.config
+            .chat
+            .slack_team_id
+            .as_deref()
+            .is_some_and(|t| t == team_id)
+    }
+}
+
 /// What a chat command can reach.
 #[derive(Clone)]
 pub struct Chat {
@@ -221,20 +232,21 @@ fn may_change(config: &Config, form: &SlashCommand, name: &str) -> Result<AppCon
     let Some(app) = config.app(name) else {
         return Err(unknown_app(config, name));
     };
-    if let Some(users) = &app.slack_users {
-        if !users.iter().any(|u| u == &form.user_id) {
-            tracing::warn!(
-                user_id = %form.user_id,
-                user_name = %form.user_name,
-                app = %app.name,
-                "chat: user not allowed to change this app"
-            );
-            let who = form.mention().unwrap_or_else(|| "there".to_owned());
-            return Err(format!(
-                "Sorry {who}, you're not on the list of people who can deploy {}.",
-                escape(app.name.as_str())
-            ));
-        }
+    // Deny by default: an app without `slack_users` cannot be changed from Slack at all;
+    // `["*"]` opens it to everyone in the workspace.
+    let users = app.slack_users.as_deref().unwrap_or_default();
+    if !users.iter().any(|u| u == "*" || u == &form.user_id) {
+        tracing::warn!(
+            user_id = %form.user_id,
+            user_name = %form.user_name,
+            app = %app.name,
+            "chat: user not allowed to change this app"
+        );
+        let who = form.mention().unwrap_or_else(|| "there".to_owned());
+        return Err(format!(
+            "Sorry {who}, you're not on the list of people who can deploy {}.",
+            escape(app.name.as_str())
+        ));
     }
     Ok(app.clone())
 }
@@ -242,7 +254,7 @@ fn may_change(config: &Config, form: &SlashCommand, name: &str) -> Result<AppCon
 #[cfg(test)]
 mod tests {
     use super::command::{DEPLOY_USAGE, ROLLBACK_USAGE, STATUS_USAGE};
-    use super::reply::outcome;
+    use super::reply::{outcome, short_reason};
     use super::*;
     use serde_json::json;
 
@@ -485,17 +497,21 @@ mod tests {
             "{text}"
         );
     }
-}
 
-/// Slack requests already handled, kept for as long as their timestamp is accepted.
-#[derive(Debug, Default)]
-pub struct SeenRequests(std::sync::Mutex<std::collections::HashMap<String, i64>>);
-
-impl SeenRequests {
-    /// True the first time `key` is seen within the accepted clock skew.
-    pub fn first_time(&self, key: String, now: i64) -> bool {
-        let mut seen = self.0.lock().expect("seen requests");
-        seen.retain(|_, at| now - *at <= 2 * MAX_CLOCK_SKEW_SECS);
-        seen.insert(key, now).is_none()
+    #[test]
+    fn reasons_for_the_channel_are_short_and_name_no_arns() {
+        let long = format!(
+            "service arn:aws:ecs:eu-west-1:123456789012:service/web/web failed: {}\nstack",
+            "x".repeat(300)
+        );
+        let r = short_reason(&long);
+        assert!(!r.contains("arn:"), "{r}");
+        assert!(!r.contains("123456789012"), "{r}");
+        assert!(!r.contains("stack"), "{r}");
+        assert!(r.chars().count() <= 161, "{r}");
+        assert_eq!(
+            short_reason("tasks failed to start"),
+            "tasks failed to start"
+        );
     }
 }

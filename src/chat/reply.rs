@@ -63,17 +63,38 @@ pub(super) fn failed(what: &str, app: &str, e: &OpsError) -> String {
     } else {
         tracing::info!(app, error = %e, "chat: {what} refused");
     }
-    format!(
-        "Couldn't {what} *{}*: {}",
-        escape(app),
-        escape(&e.to_string())
-    )
+    // Everyone in the channel may read the answer: AWS errors name accounts and ARNs, so
+    // those stay in the log, the journal and the ops API.
+    let why = match e {
+        OpsError::Aws(_) => {
+            "AWS refused or failed; the server log and `slipway deployments` say more".to_owned()
+        }
+        OpsError::Journal(_) => "slipway could not record it; try again shortly".to_owned(),
+        other => short_reason(&other.to_string()),
+    };
+    format!("Couldn't {what} *{}*: {}", escape(app), escape(&why))
+}
+
+/// A reason fit for a channel: its first line, ARNs replaced, at most 160 characters.
+pub(super) fn short_reason(reason: &str) -> String {
+    let first = reason.lines().next().unwrap_or_default();
+    let words: Vec<&str> = first
+        .split(' ')
+        .map(|w| if w.contains("arn:") { "[ARN]" } else { w })
+        .collect();
+    let text = words.join(" ");
+    if text.chars().count() > 160 {
+        format!("{}…", text.chars().take(160).collect::<String>())
+    } else {
+        text
+    }
 }
 
 pub(super) fn status_line(s: &AppStatus) -> String {
     let name = escape(&s.app);
-    if let Some(e) = &s.error {
-        return format!("• *{name}*: couldn't read the service: {}", escape(e));
+    if s.error.is_some() {
+        // The AWS error itself (accounts, ARNs) stays in the server log and the ops API.
+        return format!("• *{name}*: couldn't read the service right now");
     }
     let running = match (&s.commit, &s.image) {
         (Some(sha), _) => format!("runs `{}`", code(short_sha(sha))),
@@ -114,7 +135,7 @@ pub(super) fn outcome(d: &Value, mention: Option<&str>) -> String {
     let reason = d["reason"]
         .as_str()
         .filter(|r| !r.is_empty())
-        .map(|r| format!(": {}", escape(&r.chars().take(500).collect::<String>())))
+        .map(|r| format!(": {}", escape(&short_reason(r))))
         .unwrap_or_default();
     let (icon, what) = match state {
         deploy_state::SUCCEEDED => (":white_check_mark:", "succeeded".to_owned()),

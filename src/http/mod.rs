@@ -2,8 +2,9 @@
 //! behind it, wired together. One file per surface (`webhook`, `slack`, `api`); `body` holds
 //! what they share. Nothing outside this module imports axum.
 //!
-//! `run` takes its listener and its shutdown signal from the caller, so tests bind port 0 and
-//! stop it cleanly; the AWS clients and the clock are injected the same way.
+//! `run` takes its two listeners (public and admin) and its shutdown signal from the caller,
+//! so tests bind port 0 and stop it cleanly; the AWS clients and the clock are injected the
+//! same way. `conn` accepts connections within limits.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,16 +14,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 mod api;
 mod body;
+mod conn;
 mod slack;
 mod webhook;
 
@@ -35,9 +37,6 @@ use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
 use crate::notify::Notifier;
 
-/// Webhook bodies read at once: bounds the memory unauthenticated requests can take.
-const MAX_BODY_READS: usize = 16;
-
 /// What every request handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -49,10 +48,10 @@ pub struct AppState {
     pub limits: ServerLimits,
     pub ops: crate::ops::Ops,
     pub ops_tokens: Arc<OpsTokens>,
-    /// Bounds the webhook bodies read at once (each up to 25 MiB, before the signature check).
-    pub body_reads: Arc<Semaphore>,
-    /// Slack requests already handled (replay protection).
-    pub slack_seen: Arc<crate::chat::SeenRequests>,
+    /// Bounds the bytes of bodies held before their signature is checked, all requests together.
+    pub body_budget: Arc<body::Budget>,
+    /// Requests in flight per client behind trusted proxies.
+    forwarded: Arc<conn::Forwarded>,
     /// The chat domain: what a verified slash command does.
     pub chat: crate::chat::Chat,
     /// Slack's signing secret; None disables `/chat/slack`.
@@ -74,15 +73,63 @@ pub struct Services {
     pub readiness: Arc<crate::readiness::Readiness>,
 }
 
-pub fn router(state: AppState) -> Router {
+/// The public listener: what GitHub, Slack and the load balancer's health check reach.
+fn public_router(state: AppState) -> Router {
+    traced(
+        Router::new()
+            .route("/webhooks/github", post(webhook::handle))
+            .route("/chat/slack", post(slack::slack))
+            .merge(health_routes())
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                conn::limit_forwarded,
+            )),
+    )
+    .with_state(state)
+}
+
+/// The admin listener (`admin_listen`, loopback by default): operators only.
+fn admin_router(state: AppState) -> Router {
+    traced(
+        Router::new()
+            .merge(api::routes())
+            .merge(health_routes())
+            // Later admin surfaces (`/metrics`, the status page at `/`) are merged here.
+            .fallback(not_found),
+    )
+    .with_state(state)
+}
+
+fn health_routes() -> Router<AppState> {
     Router::new()
-        .route("/webhooks/github", post(webhook::handle))
-        .route("/chat/slack", post(slack::slack))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(api::routes())
-        .fallback(not_found)
-        .with_state(state)
+}
+
+/// A request id (`x-request-id`: the caller's, or a new UUID) on every request's span and
+/// answer, so one grep follows one request.
+fn traced(router: Router<AppState>) -> Router<AppState> {
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        request_id = %id,
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                    )
+                }),
+            )
+            .layer(PropagateRequestIdLayer::x_request_id()),
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -121,10 +168,11 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response()
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests, stops
-/// the workers (pending work stays in the journal) and returns.
+/// Serves `public` and `admin` until `shutdown` resolves, then stops accepting, finishes
+/// in-flight requests, stops the workers (pending work stays in the journal) and returns.
 pub async fn run(
-    listener: TcpListener,
+    public: TcpListener,
+    admin: TcpListener,
     services: Services,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -139,6 +187,12 @@ pub async fn run(
         slack_secret,
         readiness,
     } = services;
+    if slack_secret.is_some() && config.chat.slack_team_id.is_none() {
+        anyhow::bail!(
+            "[chat] slack_team_id is required when SLIPWAY_SLACK_SIGNING_SECRET is set \
+             (commands from other Slack workspaces must be refused)"
+        );
+    }
     let config = Arc::new(config);
     let limits = config.server.clone();
     let build_wake = Arc::new(Notify::new());
@@ -213,6 +267,7 @@ pub async fn run(
     let state = AppState {
         config,
         chat,
+        forwarded: Arc::default(),
         secrets: Arc::new(secrets),
         journal: journal.clone(),
         clock,
@@ -221,51 +276,34 @@ pub async fn run(
         ops,
         ops_tokens: Arc::new(ops_tokens),
         slack_secret: slack_secret.map(Arc::new),
-        body_reads: Arc::new(Semaphore::new(MAX_BODY_READS)),
-        slack_seen: Arc::default(),
+        body_budget: Arc::new(body::Budget::new(limits.unauthenticated_body_bytes)),
         readiness,
     };
-    let app = router(state);
+    let public_app = public_router(state.clone());
+    let admin_app = admin_router(state.clone());
+    let reserved = conn::reserved_router(health_routes().with_state(state));
 
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    tracing::info!(%addr, %admin_addr, "listening");
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = connections.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
+    let stop = CancellationToken::new();
+    let stopper = async {
+        shutdown.await;
+        stop.cancel();
+    };
+    tokio::join!(
+        stopper,
+        conn::serve(
+            public,
+            public_app,
+            reserved.clone(),
+            limits.clone(),
+            &graceful,
+            &stop
+        ),
+        conn::serve(admin, admin_app, reserved, limits, &graceful, &stop),
+    );
     tracing::info!("shutting down: finishing in-flight requests");
     if tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown())
         .await

@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::body::{header, read_body};
 use super::AppState;
-use crate::chat::{verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES};
+use crate::chat::{
+    verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES, MAX_CLOCK_SKEW_SECS,
+};
 use crate::webhook::ContentType;
 
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
@@ -45,8 +47,16 @@ pub(super) async fn slack(
             &format!("body is larger than {MAX_BODY_BYTES} bytes"),
         );
     }
-    let body = match read_body(body, MAX_BODY_BYTES, state.limits.body_timeout).await {
-        Ok(body) => body,
+    let body = match read_body(
+        body,
+        MAX_BODY_BYTES,
+        state.limits.body_timeout,
+        &state.body_budget,
+        |_| {},
+    )
+    .await
+    {
+        Ok((body, _held)) => body.into_vec(),
         Err(response) => return response,
     };
     if let Err(e) = verify(
@@ -59,22 +69,38 @@ pub(super) async fn slack(
         tracing::warn!(reason = %e, "chat: Slack signature check failed");
         return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
     }
-    // A signed request is good for 5 minutes: refuse the same one a second time.
-    let seen_key = format!(
-        "{}:{}",
-        header(&headers, "x-slack-request-timestamp").unwrap_or(""),
-        header(&headers, "x-slack-signature").unwrap_or("")
-    );
-    if !state
-        .slack_seen
-        .first_time(seen_key, state.clock.now().unix_timestamp())
+    // A signed request is good for 5 minutes: refuse the same one a second time, also after a
+    // restart. The key is the signature's bytes, so the same request with its hex re-cased
+    // is the same request.
+    let signature = header(&headers, "x-slack-signature")
+        .and_then(|v| crate::webhook::signature_bytes(v, "v0="))
+        .unwrap_or_default();
+    match state
+        .journal
+        .slack_first_time(
+            signature,
+            state.clock.now().unix_timestamp(),
+            2 * MAX_CLOCK_SKEW_SECS,
+        )
+        .await
     {
-        tracing::warn!("chat: a Slack request was sent again; refused");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this request was already received",
-        );
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!("chat: a Slack request was sent again; refused");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this request was already received",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "chat: could not record the Slack request");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "slipway could not record the request; try again",
+            );
+        }
     }
     if ContentType::from_header(header(&headers, "content-type")) != Some(ContentType::Form) {
         return error(
@@ -93,6 +119,14 @@ pub(super) async fn slack(
             )
         }
     };
+    if !state.chat.allows_team(&form.team_id) {
+        tracing::warn!(team_id = %form.team_id, "chat: a command from another Slack workspace; refused");
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this Slack workspace may not use slipway",
+        );
+    }
     if form.user_id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "bad_request", "missing user_id");
     }

@@ -14,7 +14,7 @@ use super::body::{error, header, read_body};
 use super::AppState;
 use crate::ids::{DeliveryId, HookId};
 use crate::journal::{Admission, NewDelivery, Source};
-use crate::webhook::{decide, skipped_json, verify, ContentType, MAX_BODY_BYTES};
+use crate::webhook::{decide, skipped_json, ContentType, Verifier, MAX_BODY_BYTES};
 
 /// The headers kept with a delivery in the journal (never the signature).
 fn kept_headers(headers: &HeaderMap) -> serde_json::Value {
@@ -54,20 +54,25 @@ pub(super) async fn handle(
             "content type must be application/json or application/x-www-form-urlencoded",
         );
     };
-    let reading = state.body_reads.acquire().await;
-    let body = match read_body(body, MAX_BODY_BYTES, state.limits.body_timeout).await {
-        Ok(body) => body,
+    let mut verifier = Verifier::new(&state.secrets);
+    let (body, held) = match read_body(
+        body,
+        MAX_BODY_BYTES,
+        state.limits.body_timeout,
+        &state.body_budget,
+        |chunk| verifier.update(chunk),
+    )
+    .await
+    {
+        Ok(read) => read,
         Err(response) => return response,
     };
-    if let Err(e) = verify(
-        &state.secrets,
-        header(&headers, "x-hub-signature-256"),
-        &body,
-    ) {
+    if let Err(e) = verifier.finish(header(&headers, "x-hub-signature-256")) {
         tracing::warn!(reason = %e, "webhook: signature check failed");
         return error(StatusCode::UNAUTHORIZED, &e.to_string());
     }
-    drop(reading);
+    drop(held);
+    let body = body.into_vec();
     let Some(event) = header(&headers, "x-github-event").filter(|e| !e.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
     };
@@ -91,7 +96,7 @@ pub(super) async fn handle(
         received_ms: crate::journal::millis(state.clock.now()),
         content_type: content_type.as_str().to_owned(),
         headers: kept_headers(&headers),
-        body: body.to_vec(),
+        body,
     };
     admit(&state, delivery, content_type).instrument(span).await
 }

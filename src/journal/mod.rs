@@ -13,6 +13,7 @@ mod deliveries;
 mod deployments;
 mod events;
 mod schema;
+mod slack;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};

@@ -103,6 +103,15 @@ CREATE TABLE rejected_events (
     received_ms  INTEGER NOT NULL
 );
 "#,
+    // Slack replay protection (issue 8): the signatures of Slack requests already handled, kept
+    // while their timestamp is still accepted, so a restart does not forget them.
+    r#"
+CREATE TABLE slack_seen (
+    signature  BLOB PRIMARY KEY,         -- the 32 decoded bytes of X-Slack-Signature
+    seen_at    INTEGER NOT NULL          -- Unix seconds
+);
+CREATE INDEX slack_seen_by_time ON slack_seen (seen_at);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

@@ -20,8 +20,28 @@ struct Chat {
     hook: Listener,
 }
 
+/// The Slack workspace slipway is configured for.
+const TEAM: &str = "T0001";
+
+/// slipway with the Slack command on for workspace `TEAM`. Apps without `slack_users` get
+/// `slack_users = ["*"]` (open to the workspace); see [`chat_as_configured`] for the default.
 async fn chat(setup: Setup<'_>) -> Chat {
-    let w = Deploy::with(setup).await;
+    let apps = if setup.apps.contains("slack_users") {
+        setup.apps.clone()
+    } else {
+        format!("{}slack_users = [\"*\"]\n", setup.apps)
+    };
+    chat_as_configured(Setup { apps, ..setup }).await
+}
+
+/// slipway with the Slack command on for workspace `TEAM`, apps exactly as `setup` says.
+async fn chat_as_configured(setup: Setup<'_>) -> Chat {
+    let extra = format!("{}\n[chat]\nslack_team_id = \"{TEAM}\"\n", setup.extra);
+    let w = Deploy::with(Setup {
+        extra: &extra,
+        ..setup
+    })
+    .await;
     let s = w
         .builder
         .clone()
@@ -41,9 +61,14 @@ fn now() -> i64 {
 
 /// A slash command body as Slack sends it.
 fn form(text: &str, user_id: &str, user_name: &str, response_url: &str) -> String {
+    form_from(TEAM, text, user_id, user_name, response_url)
+}
+
+/// A slash command body from Slack workspace `team`.
+fn form_from(team: &str, text: &str, user_id: &str, user_name: &str, response_url: &str) -> String {
     serde_urlencoded::to_string([
         ("token", "gIkuvaNzQIHg97ATvDxqgjtO"),
-        ("team_id", "T0001"),
+        ("team_id", team),
         ("team_domain", "example"),
         ("channel_id", "C2147483705"),
         ("channel_name", "deploys"),
@@ -389,4 +414,81 @@ async fn the_same_signed_request_is_accepted_once() {
         .as_str()
         .unwrap()
         .contains("already received"));
+}
+
+/// The upper-cased hex of a captured signature is the same request: refused, also after a
+/// restart (the seen signatures are kept in the journal).
+#[tokio::test]
+async fn a_replay_with_the_signature_re_cased_is_refused_also_after_a_restart() {
+    let mut c = chat(Setup::default()).await;
+    let body = form("status", "U1", "ada", &c.hook.url);
+    let headers = signed(SLACK_SECRET, now(), &body);
+    let first = post(&c.s, &headers, &body).await;
+    first.ephemeral();
+    let mut upper = headers.clone();
+    upper[1].1 = format!("v0={}", upper[1].1[3..].to_ascii_uppercase());
+    assert_ne!(upper[1].1, headers[1].1);
+    let again = post(&c.s, &upper, &body).await;
+    assert_eq!(again.status, 401, "{}", again.body);
+    assert!(again.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("already received"));
+
+    // A signed request not yet seen, then a restart: both forms of it stay refused.
+    let body = form("status web", "U1", "ada", &c.hook.url);
+    let headers = signed(SLACK_SECRET, now(), &body);
+    post(&c.s, &headers, &body).await.ephemeral();
+    assert!(c.s.terminate().success());
+    c.s = c.s.builder.start().await;
+    let mut upper = headers.clone();
+    upper[1].1 = format!("v0={}", upper[1].1[3..].to_ascii_uppercase());
+    for (what, h) in [("as captured", &headers), ("upper-cased", &upper)] {
+        let a = post(&c.s, h, &body).await;
+        assert_eq!(a.status, 401, "{what} after a restart: {}", a.body);
+    }
+    // slipway still answers new requests.
+    c.command("help", "U1", "ada").await.ephemeral();
+}
+
+/// Without `slack_users` nobody may deploy or roll back an app from Slack.
+#[tokio::test]
+async fn without_slack_users_nobody_may_deploy_from_slack() {
+    let c = chat_as_configured(Setup::default()).await;
+    for text in ["deploy web 1f2e3d4", "rollback web"] {
+        let a = c.command(text, "U2CERLKJA", "ada").await;
+        assert!(
+            a.ephemeral().contains("not on the list"),
+            "{text}: {}",
+            a.body
+        );
+    }
+    let a = c.command("status", "U2CERLKJA", "ada").await;
+    assert!(a.ephemeral().contains("*web*"), "{}", a.body);
+    assert!(c.deployments().is_empty(), "nothing was deployed");
+}
+
+/// A correctly signed command from another Slack workspace is refused.
+#[tokio::test]
+async fn commands_from_another_workspace_are_refused() {
+    let c = chat(Setup::default()).await;
+    let body = form_from("T0THER", "deploy web 1f2e3d4", "U1", "eve", &c.hook.url);
+    let a = post(&c.s, &signed(SLACK_SECRET, now(), &body), &body).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.body["code"], "forbidden", "{}", a.body);
+    assert!(c.deployments().is_empty(), "nothing was deployed");
+    assert!(c.hook.bodies().is_empty(), "nothing was posted");
+    // The configured workspace still gets through.
+    c.command("status", "U1", "ada").await.ephemeral();
+}
+
+/// A Slack signing secret without `[chat] slack_team_id` is a configuration error.
+#[tokio::test]
+async fn a_signing_secret_without_a_team_id_does_not_start() {
+    let builder = SlipwayBuilder::new("http://127.0.0.1:9")
+        .env(slipway::config::SLACK_SIGNING_SECRET_ENV, SLACK_SECRET);
+    let config = builder.config_path();
+    let (status, _, err) = builder.run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(err.contains("slack_team_id"), "{err}");
 }

@@ -840,7 +840,7 @@ async fn an_operator_deploy_ranks_above_a_push_still_building() {
     let arn = w.push(&s, "building-1", MASTER_SHA).await;
     // While that push builds, an operator deploys another commit.
     let resp = reqwest::Client::new()
-        .post(format!("{}/api/apps/web/deploy", s.url))
+        .post(format!("{}/api/apps/web/deploy", s.admin_url))
         .bearer_auth("ops-token-0123456789abc")
         .json(&serde_json::json!({ "sha": NEWER_SHA }))
         .send()

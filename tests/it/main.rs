@@ -9,6 +9,7 @@ mod cli;
 mod deploy;
 mod deploy_files;
 mod deploy_safety;
+mod edge;
 mod event_trust;
 mod hardening;
 mod iam_policy;

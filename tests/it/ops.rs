@@ -38,7 +38,7 @@ async fn call(
     body: Option<Value>,
 ) -> (u16, Value) {
     let client = reqwest::Client::new();
-    let url = format!("{}{path}", s.url);
+    let url = format!("{}{path}", s.admin_url);
     let mut req = match method {
         "GET" => client.get(url),
         _ => client.post(url),
@@ -208,7 +208,7 @@ async fn bad_requests_get_clear_errors() {
         );
     }
     let resp = reqwest::Client::new()
-        .post(format!("{}/api/apps/web/deploy", s.url))
+        .post(format!("{}/api/apps/web/deploy", s.admin_url))
         .bearer_auth(TOKEN)
         .body("{not json")
         .send()
@@ -469,7 +469,7 @@ async fn the_cli_talks_to_a_running_slipway() {
     let (w, s) = ops_world(&[MASTER_SHA, OTHER]).await;
     let cli = |args: &[&str], token: Option<&str>| {
         let mut cmd = s.builder.command();
-        cmd.env("SLIPWAY_SERVER", &s.url)
+        cmd.env("SLIPWAY_SERVER", &s.admin_url)
             .env_remove("SLIPWAY_OPS_TOKEN");
         if let Some(t) = token {
             cmd.env("SLIPWAY_OPS_TOKEN", t);

@@ -32,7 +32,10 @@ pub struct SlipwayBuilder {
 
 pub struct Slipway {
     child: Child,
+    /// The public listener: webhooks, Slack, health.
     pub url: String,
+    /// The admin listener: the ops API, health.
+    pub admin_url: String,
     pub builder: SlipwayBuilder,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -87,7 +90,7 @@ impl SlipwayBuilder {
 
     pub fn write_config(&self) -> PathBuf {
         let text = format!(
-            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n{}\n[build]\nretry_initial_secs = 1\nretry_max_secs = 2\n{}",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n{}\n[build]\nretry_initial_secs = 1\nretry_max_secs = 2\n{}",
             self.state_dir().display(),
             self.extra,
             self.apps
@@ -130,7 +133,7 @@ impl SlipwayBuilder {
             .spawn()
             .expect("start slipway");
         let logs: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<(String, String)>();
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
         std::thread::spawn(move || {
@@ -138,14 +141,15 @@ impl SlipwayBuilder {
                 eprintln!("slipway| {line}");
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["fields"]["message"] == "listening" {
-                        let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+                        let field = |k: &str| v["fields"][k].as_str().unwrap_or("").to_owned();
+                        let _ = addr_tx.send((field("addr"), field("admin_addr")));
                     }
                 }
                 sink.lock().unwrap().push(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
+        let (addr, admin_addr) = loop {
             if let Ok(addr) = addr_rx.try_recv() {
                 break addr;
             }
@@ -158,6 +162,7 @@ impl SlipwayBuilder {
         Slipway {
             child,
             url: format!("http://{addr}"),
+            admin_url: format!("http://{admin_addr}"),
             builder: self.clone(),
             logs,
         }
@@ -275,10 +280,14 @@ impl Slipway {
         }
     }
 
+    /// GETs `path`: `/api/…` from the admin listener, anything else from the public one.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let resp = reqwest::get(format!("{}{path}", self.url))
-            .await
-            .expect("GET");
+        let base = if path.starts_with("/api/") {
+            &self.admin_url
+        } else {
+            &self.url
+        };
+        let resp = reqwest::get(format!("{base}{path}")).await.expect("GET");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
