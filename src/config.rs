@@ -35,7 +35,7 @@ pub enum ConfigError {
     Secret(String),
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -63,6 +63,8 @@ struct RawConfig {
     provision: RawProvision,
     #[serde(default, rename = "app")]
     apps: Vec<RawApp>,
+    /// Optional GitHub API access (issue 11): statuses, deployments, recovery.
+    github: Option<crate::github::RawGithubConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +125,8 @@ struct RawApp {
     paths: Option<Vec<String>>,
     paths_ignore: Option<Vec<String>>,
     honor_skip_markers: Option<bool>,
+    /// The GitHub Deployments environment; the app's name when unset.
+    environment: Option<String>,
 }
 
 /// The validated configuration.
@@ -140,6 +144,8 @@ pub struct Config {
     /// Names of what `slipway provision` creates.
     pub provision: ProvisionConfig,
     pub apps: Vec<AppConfig>,
+    /// The `[github]` table, validated; None when absent.
+    pub github: Option<crate::github::GithubConfig>,
 }
 
 /// The `[provision]` table: slipway's own queue, dead-letter queue and EventBridge rule.
@@ -201,6 +207,8 @@ pub struct AppConfig {
     pub slack_users: Option<Vec<String>>,
     /// Which pushes build this app: `paths`, `paths_ignore`, `honor_skip_markers`.
     pub path_rules: crate::push_filter::PathRules,
+    /// The GitHub Deployments environment (`environment`, default: the app's name).
+    pub environment: String,
 }
 
 impl AppConfig {
@@ -393,6 +401,7 @@ impl RawConfig {
             notify: self.notify,
             provision,
             apps,
+            github: self.github.map(|g| g.validate()).transpose()?,
         })
     }
 }
@@ -575,6 +584,10 @@ impl RawApp {
             deploy_foreign_builds: self.deploy_foreign_builds.unwrap_or(false),
             rollout_timeout,
             slack_users: self.slack_users,
+            environment: match self.environment {
+                None => name.to_string(),
+                Some(env) => non_empty(key("environment"), env)?,
+            },
             name,
         })
     }

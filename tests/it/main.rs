@@ -10,6 +10,7 @@ mod deploy;
 mod deploy_files;
 mod deploy_safety;
 mod event_trust;
+mod github;
 mod hardening;
 mod iam_policy;
 mod intake;
