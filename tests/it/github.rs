@@ -793,3 +793,64 @@ async fn a_redelivery_that_fails_again_is_asked_for_again_at_most_three_times() 
     }
     assert!(w.emulator.builds(PROJECT).await.is_empty());
 }
+
+#[tokio::test]
+async fn with_credentials_a_capped_push_asks_the_compare_api_and_builds_only_what_changed() {
+    let apps = r#"
+[[app]]
+name = "web"
+repository = "octo-org/monorepo"
+codebuild_project = "web-build"
+cluster = "prod"
+service = "web"
+container = "web"
+ecr_repository = "web"
+paths = ["services/web/**"]
+
+[[app]]
+name = "api"
+repository = "octo-org/monorepo"
+codebuild_project = "api-build"
+cluster = "prod"
+service = "api"
+container = "api"
+ecr_repository = "api"
+paths = ["services/api/**"]
+"#;
+    let emulator = crate::support::Emulator::start().await;
+    emulator
+        .create_project("web-build", "octo-org/monorepo")
+        .await;
+    emulator
+        .create_project("api-build", "octo-org/monorepo")
+        .await;
+    let gh = GithubFake::start().await;
+    gh.compare(vec![json!({ "filename": "services/api/main.rs" })], 1);
+    let s = crate::support::SlipwayBuilder::new(&emulator.url)
+        .apps(apps)
+        .extra(&format!("[github]\napi_url = \"{}\"\n", gh.url))
+        .env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN)
+        .start()
+        .await;
+    // 20 commits: the payload may have left some out, so slipway asks GitHub.
+    let r = s
+        .deliver(
+            "push",
+            "capped-gh",
+            &fixture("github/monorepo/push_capped.json"),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let built: Vec<&str> = r.body["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["app"].as_str().unwrap())
+        .collect();
+    assert_eq!(built, ["api"], "{}", r.text);
+    assert_eq!(
+        gh.requests_to("GET", "/repos/octo-org/monorepo/compare/")
+            .len(),
+        1
+    );
+}
