@@ -6,9 +6,10 @@
 #
 #   deploy/local-pipeline.sh          interactive
 #   deploy/local-pipeline.sh --ci     check the result and exit (CI runs this)
+#   deploy/local-pipeline.sh --github also show the GitHub statuses and deployments (against a fake)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-emulator.sh
 echo "building slipway (the first build takes a few minutes)"
-cargo build --quiet --bin slipway --example emulator_proxy
+cargo build --quiet --bin slipway --example emulator_proxy --example github_fake
 exec .venv/bin/python deploy/local/pipeline.py "$@"

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-emulator.sh
+scripts/setup-github-contract.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets -- --test-threads "${SLIPWAY_TEST_THREADS:-4}"
 echo "local pipeline (deploy/local-pipeline.sh --ci):"
-deploy/local-pipeline.sh --ci
+deploy/local-pipeline.sh --ci --github

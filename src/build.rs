@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::aws::AwsError;
 use crate::clock::SharedClock;
 use crate::config::BuildRetry;
+use crate::github::BuildState;
 use crate::journal::{millis, Journal, PendingBuild};
 
 /// Most StartBuild calls in flight at once.
@@ -29,6 +30,8 @@ pub struct BuildStarter {
     pub clock: SharedClock,
     pub wake: Arc<Notify>,
     pub retry: BuildRetry,
+    /// The commit's `slipway/build` status goes pending when the build starts.
+    pub github: crate::github::GithubSink,
 }
 
 /// The delay before attempt number `attempts + 1`: capped exponential, with jitter.
@@ -169,6 +172,8 @@ impl BuildStarter {
                     return self.failed_attempt(&build, e).await;
                 };
                 tracing::info!(build_id = %id, "build started");
+                self.github
+                    .build(BuildState::Started, &build.app, &build.sha, None, None);
                 self.record(
                     self.journal
                         .build_started(build.id, id, arn, self.now())

@@ -191,6 +191,20 @@ pub enum Command {
         #[arg(long, default_value = "push", requires = "file")]
         event: String,
     },
+    /// Failed webhook deliveries slipway asked GitHub to redeliver (needs [github]).
+    #[command(
+        after_help = "Examples:\n  slipway recoveries\n  slipway recoveries --limit 50 --json"
+    )]
+    Recoveries {
+        #[command(flatten)]
+        server: ServerArg,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// What every app runs now; exits 1 if any app has an error.
     #[command(
         after_help = "Examples:\n  slipway status\n  slipway status --json | jq '.[] | select(.error)'"
@@ -434,12 +448,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Recoveries {
+            server,
+            limit,
+            json,
+        } => {
+            let v = client(&server.server, server.insecure)?
+                .get(&format!("/api/github/recoveries?limit={limit}"))
+                .await?;
+            print_recoveries(&v, json);
+            Ok(())
+        }
         Command::Status { server, json } => {
             let v = client(&server.server, server.insecure)?
                 .get("/api/apps")
                 .await?;
             let apps = v["apps"].as_array().cloned().unwrap_or_default();
             print_status(&apps, json);
+            if !json {
+                print_github(&v);
+            }
             let failing: Vec<&str> = apps
                 .iter()
                 .filter(|a| a["error"].as_str().is_some_and(|e| !e.is_empty()))
@@ -569,6 +597,9 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let readiness = Arc::new(crate::readiness::Readiness::default());
     crate::startup::check_credentials(&aws, &readiness).await;
     crate::startup::find_queue(&mut config, &aws, &readiness).await;
+    let github = crate::github::Credentials::from_env(config.github.as_ref(), |name| {
+        std::env::var(name).ok()
+    })?;
     server::run(
         listener,
         admin,
@@ -582,6 +613,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             ops_tokens: crate::config::OpsTokens::from_env()?,
             slack_secret: crate::config::slack_signing_secret_from_env(),
             readiness,
+            github,
         },
         shutdown_signal(),
     )
@@ -740,6 +772,44 @@ async fn follow(
     Ok(())
 }
 
+fn print_recoveries(v: &serde_json::Value, json: bool) {
+    let rows = v["recoveries"].as_array().cloned().unwrap_or_default();
+    if json {
+        return print_json(&rows);
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let rows: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                text(&r["requested_at"]),
+                text(&r["hook_id"]),
+                text(&r["delivery"]),
+                text(&r["status_code"]),
+                text(&r["actor"]),
+                text(&r["outcome"]),
+                text(&r["reason"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "REQUESTED",
+            "HOOK",
+            "DELIVERY",
+            "WAS",
+            "ACTOR",
+            "OUTCOME",
+            "REASON",
+        ],
+        &rows,
+    );
+}
+
 fn print_status(apps: &[serde_json::Value], json: bool) {
     if json {
         return print_json(apps);
@@ -780,6 +850,22 @@ fn print_status(apps: &[serde_json::Value], json: bool) {
         ],
         &rows,
     );
+}
+
+/// The `github` line of `slipway status`: how GitHub calls are going (when configured).
+fn print_github(v: &serde_json::Value) {
+    let github = &v["github"];
+    if github.is_object() {
+        let failed = github["requests_failed"].as_u64().unwrap_or(0);
+        let ok = github["requests_succeeded"].as_u64().unwrap_or(0);
+        match github["last_error"].as_str() {
+            Some(e) => println!(
+                "github: {ok} requests ok, {failed} failed; last failure at {}: {e}",
+                github["last_error_at"].as_str().unwrap_or("?")
+            ),
+            None => println!("github: {ok} requests ok, {failed} failed"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub enum ConfigError {
     Secret(String),
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -67,6 +67,8 @@ struct RawConfig {
     apps: Vec<RawApp>,
     #[serde(default)]
     chat: RawChat,
+    /// Optional GitHub API access (issue 11): statuses, deployments, recovery.
+    github: Option<crate::github::RawGithubConfig>,
 }
 
 /// The `[chat]` table.
@@ -144,6 +146,8 @@ struct RawApp {
     paths: Option<Vec<String>>,
     paths_ignore: Option<Vec<String>>,
     honor_skip_markers: Option<bool>,
+    /// The GitHub Deployments environment; the app's name when unset.
+    environment: Option<String>,
 }
 
 /// The validated configuration.
@@ -163,6 +167,8 @@ pub struct Config {
     pub provision: ProvisionConfig,
     pub apps: Vec<AppConfig>,
     pub chat: ChatConfig,
+    /// The `[github]` table, validated; None when absent.
+    pub github: Option<crate::github::GithubConfig>,
 }
 
 /// The `[chat]` table.
@@ -238,6 +244,8 @@ pub struct AppConfig {
     pub slack_users: Option<Vec<String>>,
     /// Which pushes build this app: `paths`, `paths_ignore`, `honor_skip_markers`.
     pub path_rules: crate::push_filter::PathRules,
+    /// The GitHub Deployments environment (`environment`, default: the app's name).
+    pub environment: String,
 }
 
 impl AppConfig {
@@ -471,6 +479,7 @@ impl RawConfig {
             notify: self.notify,
             provision,
             apps,
+            github: self.github.map(|g| g.validate()).transpose()?,
         })
     }
 }
@@ -685,6 +694,10 @@ impl RawApp {
             deploy_foreign_builds: self.deploy_foreign_builds.unwrap_or(false),
             rollout_timeout,
             slack_users: self.slack_users,
+            environment: match self.environment {
+                None => name.to_string(),
+                Some(env) => non_empty(key("environment"), env)?,
+            },
             name,
         })
     }

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod events;
+pub mod github;
 mod http;
 pub mod ids;
 pub mod image;

@@ -94,6 +94,8 @@ pub enum NotifyError {
 #[derive(Clone)]
 pub struct Notifier {
     inner: Option<Arc<Inner>>,
+    /// GitHub statuses and deployments: a second sink for the same events.
+    github: crate::github::GithubSink,
 }
 
 struct Inner {
@@ -177,17 +179,32 @@ impl Notifier {
         runtime.spawn(deliver_all(rx, client, targets, pending));
         Ok(Notifier {
             inner: Some(Arc::new(inner)),
+            github: Default::default(),
         })
     }
 
     /// A notifier that discards everything.
     pub fn disabled() -> Notifier {
-        Notifier { inner: None }
+        Notifier {
+            inner: None,
+            github: Default::default(),
+        }
+    }
+
+    /// Also feeds every notification to GitHub (statuses and deployments).
+    pub fn with_github(self, github: crate::github::GithubSink) -> Notifier {
+        Notifier { github, ..self }
+    }
+
+    /// The GitHub sink, for the build events that are not notifications.
+    pub fn github(&self) -> &crate::github::GithubSink {
+        &self.github
     }
 
     /// Queues `n` for delivery and returns at once. Never blocks and never fails: if the queue
     /// is full the notification is dropped with a warning.
     pub fn send(&self, n: Notification) {
+        self.github.notification(&n);
         let Some(inner) = &self.inner else {
             return;
         };

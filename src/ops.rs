@@ -94,9 +94,16 @@ pub struct Ops {
     /// GitHub's compare API, when `[github]` credentials are configured: the full list of a
     /// push's changed files when its payload cannot prove them (monorepo filters).
     pub changed_files: Option<Arc<dyn crate::push_filter::ChangedFilesSource>>,
+    /// How GitHub calls are going; None when GitHub is not configured.
+    pub github: Option<Arc<crate::github::Health>>,
 }
 
 impl Ops {
+    /// GitHub's health for `slipway status`; None when GitHub is not configured.
+    pub fn github_status(&self) -> Option<crate::github::HealthReport> {
+        self.github.as_ref().map(|h| h.report())
+    }
+
     fn app(&self, name: &str) -> Result<&AppConfig, OpsError> {
         self.config
             .app(name)

@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug")
 SLIPWAY = os.path.join(TARGET, "slipway")
 PROXY = os.path.join(TARGET, "examples", "emulator_proxy")
+GITHUB_FAKE = os.path.join(TARGET, "examples", "github_fake")
+GITHUB_TOKEN = "github_pat_test"  # what the GitHub fake accepts
 MOTO = os.path.join(ROOT, ".venv", "bin", "moto_server")
 
 SHA = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c"  # the commit in fixtures/github/push_master.json
@@ -169,7 +171,7 @@ def seed(endpoint):
     return uri, td
 
 
-def write_config(path, work, port, admin_port, queue_url=None):
+def write_config(path, work, port, admin_port, queue_url=None, github_url=None):
     lines = [
         f'listen = "127.0.0.1:{port}"',  # public: the webhook
         f'admin_listen = "127.0.0.1:{admin_port}"',  # the ops API and the CLI
@@ -177,6 +179,8 @@ def write_config(path, work, port, admin_port, queue_url=None):
     ]
     if queue_url:
         lines.append(f'queue_url = "{queue_url}"')
+    if github_url:
+        lines += ["", "[github]", f'api_url = "{github_url}"', f'public_url = "http://127.0.0.1:{port}"']
     lines += [
         "",
         "[deploy]",
@@ -212,11 +216,41 @@ def json_rows(text):
     return json.loads(text)
 
 
+def show_github(github_url):
+    """Prints what slipway posted to the GitHub fake; True if the statuses are complete."""
+    step("what GitHub was told (commit statuses, deployments, deployment statuses)")
+
+    def posted():
+        with urllib.request.urlopen(f"{github_url}/_fake/requests") as resp:
+            requests = json.loads(resp.read())
+        statuses = [r for r in requests if r["method"] == "POST" and "/statuses/" in r["path"] and "/deployments/" not in r["path"]]
+        done = {(r["body"]["context"], r["body"]["state"]) for r in statuses}
+        return requests if {("slipway/build", "success"), ("slipway/deploy/web", "success")} <= done else None
+
+    try:
+        requests = wait_for("the statuses", posted, timeout=60, interval=0.5)
+    except SystemExit:
+        return False
+    for r in requests:
+        body = r["body"]
+        if r["path"].endswith("/deployments"):
+            say(f"    deployment of {body['ref'][:7]} to {body['environment']}")
+        elif "/deployments/" in r["path"]:
+            say(f"    deployment {r['path'].split('/')[-2]}: {body['state']}: {body.get('description', '')}")
+        elif "/statuses/" in r["path"]:
+            say(f"    {body['context']}: {body['state']}: {body.get('description', '')}")
+    return True
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ci", action="store_true", help="check the result and exit")
+    parser.add_argument(
+        "--github", action="store_true", help="post commit statuses and deployments to a local GitHub fake"
+    )
     args = parser.parse_args()
     ci = args.ci
+    github_url = None
 
     work = tempfile.mkdtemp(prefix="slipway-local-")
     moto_port, proxy_port, port, admin_port = free_port(), free_port(), free_port(), free_port()
@@ -236,6 +270,12 @@ def main():
     )
     urllib.request.urlopen(req).close()
 
+    if args.github:
+        github_url = f"http://127.0.0.1:{free_port()}"
+        step(f"starting the GitHub fake on {github_url}")
+        start("github", [GITHUB_FAKE, github_url.removeprefix("http://")], work)
+        wait_for("the GitHub fake", lambda: http_ok(f"{github_url}/_fake/requests"))
+
     step("creating what you already have in AWS: ECR image, cluster, service, CodeBuild project")
     uri, first_td = seed(proxy_url)  # through the proxy, which keeps what the emulator drops
     say(f"    service web runs {first_td.rsplit('/', 1)[-1]} ({uri}:previous)")
@@ -250,6 +290,8 @@ def main():
         SLIPWAY_WEBHOOK_SECRET=SECRET,
         SLIPWAY_OPS_TOKENS=f"you:{TOKEN}",
     )
+    if github_url:
+        env["SLIPWAY_GITHUB_TOKEN"] = GITHUB_TOKEN
     config = os.path.join(work, "slipway.toml")
     write_config(config, work, port, admin_port)
 
@@ -257,7 +299,7 @@ def main():
     out = slipway(["provision", "--config", config], env)
     say("    " + out.stdout.strip().replace("\n", "\n    "))
     queue_url = aws("sqs", proxy_url).get_queue_url(QueueName="slipway-events")["QueueUrl"]
-    write_config(config, work, port, admin_port, queue_url)
+    write_config(config, work, port, admin_port, queue_url, github_url)
 
     step(f"slipway serve on {url}")
     start("slipway", [SLIPWAY, "serve", "--config", config], work, env)
@@ -342,6 +384,9 @@ def main():
     say(f"    service web now runs {running.rsplit('/', 1)[-1]}")
     if not ok:
         say(f"\nlocal pipeline: the deploy did not end as expected; see {work}/slipway.log")
+        return 1
+    if github_url and not show_github(github_url):
+        say(f"\nlocal pipeline: GitHub did not get the expected statuses; see {work}/slipway.log")
         return 1
     if ci:
         say("\nlocal pipeline: ok")

@@ -133,6 +133,7 @@ impl BuildResults {
             } => {
                 if created {
                     tracing::info!(deployment, "build succeeded; deploy requested");
+                    self.notifier.github().build_succeeded(deployment);
                     self.deploy_wake.notify_one();
                 }
                 Ok(Some(deployment))

@@ -135,10 +135,36 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/api/deployments", get(deployments))
         .route("/api/deployments/{id}", get(deployment))
+        .route("/api/github/recoveries", get(github_recoveries))
 }
 
 async fn apps(_: Operator, State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "apps": state.ops.status().await }))
+    Json(json!({ "apps": state.ops.status().await, "github": state.ops.github_status() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoveriesQuery {
+    limit: Option<u32>,
+}
+
+/// Failed deliveries slipway asked GitHub to redeliver (actor `github-recovery`), newest first.
+async fn github_recoveries(
+    _: Operator,
+    State(state): State<AppState>,
+    Query(q): Query<RecoveriesQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = limit(&ListQuery {
+        app: None,
+        state: None,
+        limit: q.limit,
+    })?;
+    let rows = state
+        .journal
+        .recoveries(limit)
+        .await
+        .map_err(OpsError::from)?;
+    Ok(Json(json!({ "recoveries": rows })))
 }
 
 #[derive(Deserialize)]

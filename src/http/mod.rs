@@ -71,6 +71,8 @@ pub struct Services {
     pub ops_tokens: OpsTokens,
     pub slack_secret: Option<crate::config::Secret>,
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// GitHub API credentials; None: no statuses, deployments or recovery.
+    pub github: Option<crate::github::Credentials>,
 }
 
 /// The public listener: what GitHub, Slack and the load balancer's health check reach.
@@ -186,6 +188,7 @@ pub async fn run(
         ops_tokens,
         slack_secret,
         readiness,
+        github,
     } = services;
     if slack_secret.is_some() && config.chat.slack_team_id.is_none() {
         anyhow::bail!(
@@ -194,6 +197,17 @@ pub async fn run(
         );
     }
     let config = Arc::new(config);
+    let github = match github {
+        Some(credentials) => Some(crate::github::Github::start(
+            credentials,
+            config.github.clone().unwrap_or_default(),
+            config.clone(),
+            journal.clone(),
+        )?),
+        None => None,
+    };
+    let github_sink = github.as_ref().map(|g| g.sink.clone()).unwrap_or_default();
+    let notifier = notifier.with_github(github_sink.clone());
     let limits = config.server.clone();
     let build_wake = Arc::new(Notify::new());
     let deploy_wake = Arc::new(Notify::new());
@@ -206,9 +220,17 @@ pub async fn run(
             clock: clock.clone(),
             wake: build_wake.clone(),
             retry: config.build.clone(),
+            github: github_sink.clone(),
         }
         .run(workers.clone()),
     );
+    let github_health = github.as_ref().map(|g| g.health.clone());
+    let github_client = github
+        .as_ref()
+        .map(|g| g.client.clone() as Arc<dyn crate::push_filter::ChangedFilesSource>);
+    if let Some(recovery) = github.and_then(|g| g.recovery) {
+        worker_tasks.spawn(recovery.run(workers.clone()));
+    }
     let deployer = Arc::new(Deployer::new(
         journal.clone(),
         &aws,
@@ -255,7 +277,8 @@ pub async fn run(
         deploy_wake: deploy_wake.clone(),
         // The compare API client comes with the `[github]` credentials (issue 11); without
         // them, a push whose payload cannot prove its changed files builds every app it reaches.
-        changed_files: None,
+        changed_files: github_client,
+        github: github_health,
     };
     if !ops_tokens.is_enabled() {
         tracing::info!("the ops API is disabled (SLIPWAY_OPS_TOKENS is not set)");
@@ -314,6 +337,7 @@ pub async fn run(
     workers.cancel();
     while worker_tasks.join_next().await.is_some() {}
     notifier.flush(std::time::Duration::from_secs(5)).await;
+    github_sink.flush(std::time::Duration::from_secs(5)).await;
     journal.close();
     tracing::info!("stopped");
     Ok(())

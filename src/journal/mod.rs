@@ -12,6 +12,7 @@
 mod deliveries;
 mod deployments;
 mod events;
+mod github;
 mod schema;
 mod slack;
 
@@ -25,6 +26,7 @@ use tokio::sync::oneshot;
 pub use deliveries::*;
 pub use deployments::*;
 pub use events::RejectedEvent;
+pub use github::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

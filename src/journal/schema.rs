@@ -112,6 +112,38 @@ CREATE TABLE slack_seen (
 );
 CREATE INDEX slack_seen_by_time ON slack_seen (seen_at);
 "#,
+    // GitHub statuses, deployments and delivery recovery (issue 11).
+    r#"
+-- The GitHub deployment made for a slipway deployment: statuses go to the same one after a
+-- restart, and the one a newer deploy replaced can be marked inactive.
+CREATE TABLE github_deployments (
+    deployment  INTEGER PRIMARY KEY REFERENCES deployments(id),
+    app         TEXT NOT NULL,
+    repository  TEXT NOT NULL,
+    github_id   INTEGER NOT NULL,
+    state       TEXT NOT NULL,     -- the last deployment status posted
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE INDEX github_deployments_by_app ON github_deployments (app, deployment);
+
+-- Failed webhook deliveries slipway asked GitHub to redeliver.
+CREATE TABLE github_recoveries (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    hook_id       TEXT NOT NULL,
+    delivery_id   TEXT NOT NULL,     -- the GUID (X-GitHub-Delivery) the redelivery repeats
+    attempt_id    INTEGER NOT NULL,  -- GitHub's id of the failed attempt
+    event         TEXT NOT NULL,
+    status_code   INTEGER,           -- what slipway (or nobody) answered then
+    delivered_ms  INTEGER NOT NULL,  -- when GitHub tried
+    actor         TEXT NOT NULL,
+    outcome       TEXT NOT NULL,     -- requested | failed
+    reason        TEXT,
+    requests      INTEGER NOT NULL DEFAULT 1,  -- how many times slipway asked
+    requested_ms  INTEGER NOT NULL,
+    UNIQUE (hook_id, delivery_id)
+);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

@@ -212,6 +212,13 @@ pub fn provisioning(config: &Config, env: &Environment) -> Value {
                 &["ecs:DescribeTaskDefinition"],
                 ["*".to_owned()],
             ),
+            // `slipway init` looks for the project that builds the repository; ListProjects
+            // supports no resource-level permission.
+            statement(
+                "SlipwayInitListProjects",
+                &["codebuild:ListProjects"],
+                ["*".to_owned()],
+            ),
         ],
     })
 }

@@ -11,6 +11,7 @@ mod deploy_files;
 mod deploy_safety;
 mod edge;
 mod event_trust;
+mod github;
 mod hardening;
 mod iam_policy;
 mod intake;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod emulator;
+pub mod github_fake;
 pub mod listener;
 pub mod proxy;
 pub mod slipway;

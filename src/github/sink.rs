@@ -1,0 +1,484 @@
+//! Commit statuses and GitHub Deployments, fed by the same events as the notifications.
+//!
+//! [`GithubSink`] only enqueues; one background task posts, in order, so GitHub sees the
+//! states of a commit in the order they happened. The GitHub deployment made for each slipway
+//! deployment is journaled, so its later statuses (and `inactive` when a newer deploy replaces
+//! it) go to the same one after a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use super::client::{As, Client};
+use super::GithubError;
+use crate::config::{AppConfig, Config};
+use crate::journal::{millis, GithubDeployment, Journal};
+use crate::notify::{EventKind, Notification};
+
+/// Events waiting to be posted; more are dropped (with a warning), like notifications.
+const QUEUE_CAPACITY: usize = 1024;
+/// GitHub rejects longer status descriptions.
+const MAX_DESCRIPTION: usize = 140;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildState {
+    Started,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug)]
+enum Event {
+    Build {
+        app: String,
+        sha: String,
+        state: BuildState,
+        log_link: Option<String>,
+        reason: Option<String>,
+    },
+    /// The build of this deployment succeeded (its app, commit and log come from the journal).
+    BuildOfDeployment(i64),
+    Deploy(Notification),
+}
+
+/// Feeds GitHub in the background. Cheap to clone; a disabled sink discards everything.
+#[derive(Clone, Default)]
+pub struct GithubSink {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Event>,
+    pending: Arc<watch::Sender<usize>>,
+}
+
+impl std::fmt::Debug for GithubSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubSink")
+            .field("enabled", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl GithubSink {
+    pub fn disabled() -> GithubSink {
+        GithubSink::default()
+    }
+
+    /// Spawns the posting task on the current tokio runtime.
+    pub(super) fn start(client: Arc<Client>, config: Arc<Config>, journal: Journal) -> GithubSink {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let pending = Arc::new(watch::Sender::new(0));
+        let worker = Worker {
+            client,
+            config,
+            journal,
+        };
+        tokio::spawn(worker.run(rx, pending.clone()));
+        GithubSink {
+            inner: Some(Arc::new(Inner { tx, pending })),
+        }
+    }
+
+    /// A build changed state: the commit's `slipway/build` status follows.
+    pub fn build(
+        &self,
+        state: BuildState,
+        app: &str,
+        sha: &str,
+        log_link: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        self.enqueue(|| Event::Build {
+            app: app.to_owned(),
+            sha: sha.to_owned(),
+            state,
+            log_link: log_link.map(str::to_owned),
+            reason: reason.map(str::to_owned),
+        });
+    }
+
+    /// The build behind deployment `deployment` succeeded.
+    pub fn build_succeeded(&self, deployment: i64) {
+        self.enqueue(|| Event::BuildOfDeployment(deployment));
+    }
+
+    /// A deploy or build notification: statuses and deployment statuses follow.
+    pub fn notification(&self, n: &Notification) {
+        self.enqueue(|| Event::Deploy(n.clone()));
+    }
+
+    fn enqueue(&self, event: impl FnOnce() -> Event) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        inner.pending.send_modify(|p| *p += 1);
+        if let Err(e) = inner.tx.try_send(event()) {
+            inner.pending.send_modify(|p| *p -= 1);
+            metrics::counter!("slipway_github_requests_total", "result" => "dropped").increment(1);
+            tracing::warn!(event = ?e.into_inner(), "GitHub queue full: dropping the update");
+        }
+    }
+
+    /// Waits until everything queued has been posted or given up on, at most `timeout`.
+    pub async fn flush(&self, timeout: Duration) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let mut rx = inner.pending.subscribe();
+        if tokio::time::timeout(timeout, rx.wait_for(|p| *p == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                outstanding = *inner.pending.borrow(),
+                "GitHub updates still unposted after {timeout:?}"
+            );
+        }
+    }
+}
+
+struct Worker {
+    client: Arc<Client>,
+    config: Arc<Config>,
+    journal: Journal,
+}
+
+/// A commit status: what GitHub shows next to the commit.
+struct Status<'a> {
+    state: &'static str,
+    context: String,
+    description: String,
+    target_url: Option<&'a str>,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Event>, pending: Arc<watch::Sender<usize>>) {
+        while let Some(event) = rx.recv().await {
+            // Failures are logged, counted and shown by the client; nothing waits on them.
+            let _ = self.handle(event).await;
+            pending.send_modify(|p| *p = p.saturating_sub(1));
+        }
+    }
+
+    fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.config.apps.iter().find(|a| a.name.as_str() == name)
+    }
+
+    async fn handle(&self, event: Event) -> Result<(), GithubError> {
+        match event {
+            Event::Build {
+                app,
+                sha,
+                state,
+                log_link,
+                reason,
+            } => {
+                let Some(app) = self.app(&app) else {
+                    return Ok(());
+                };
+                self.build_status(app, &sha, state, log_link.as_deref(), reason.as_deref())
+                    .await
+            }
+            Event::BuildOfDeployment(id) => {
+                let d = match self.journal.deployment(id).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, deployment = id, "GitHub: cannot read the deployment");
+                        return Ok(());
+                    }
+                };
+                let Some(app) = self.app(&d.app) else {
+                    return Ok(());
+                };
+                self.build_status(
+                    app,
+                    &d.sha,
+                    BuildState::Succeeded,
+                    d.log_link.as_deref(),
+                    None,
+                )
+                .await
+            }
+            Event::Deploy(n) => {
+                let Some(app) = self.app(&n.app) else {
+                    return Ok(());
+                };
+                if n.kind == EventKind::BuildFailed {
+                    let reason = n.reason.as_deref();
+                    return self
+                        .build_status(
+                            app,
+                            &n.sha,
+                            BuildState::Failed,
+                            n.log_link.as_deref(),
+                            reason,
+                        )
+                        .await;
+                }
+                self.deploy(app, &n).await
+            }
+        }
+    }
+
+    /// The build context: `slipway/build`, or `slipway/build/<app>` when several apps build
+    /// from the same repository (their statuses would otherwise overwrite each other).
+    fn build_context(&self, app: &AppConfig) -> String {
+        let shared = self
+            .config
+            .apps
+            .iter()
+            .filter(|a| a.repository.eq_ignore_ascii_case(&app.repository))
+            .count()
+            > 1;
+        if shared {
+            format!("slipway/build/{}", app.name)
+        } else {
+            "slipway/build".to_owned()
+        }
+    }
+
+    async fn build_status(
+        &self,
+        app: &AppConfig,
+        sha: &str,
+        state: BuildState,
+        log_link: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(), GithubError> {
+        let (state, description) = match state {
+            BuildState::Started => ("pending", "building".to_owned()),
+            BuildState::Succeeded => ("success", "build succeeded".to_owned()),
+            BuildState::Failed => ("failure", with_reason("build failed", reason)),
+        };
+        let status = Status {
+            state,
+            context: self.build_context(app),
+            description,
+            target_url: log_link,
+        };
+        self.post_status(&app.repository, sha, status).await
+    }
+
+    async fn post_status(
+        &self,
+        repository: &str,
+        sha: &str,
+        status: Status<'_>,
+    ) -> Result<(), GithubError> {
+        let mut body = json!({
+            "state": status.state,
+            "context": status.context,
+            "description": clip(&status.description),
+        });
+        if let Some(url) = status.target_url {
+            body["target_url"] = json!(url);
+        }
+        let path = format!("/repos/{repository}/statuses/{sha}");
+        self.client
+            .request(Method::POST, &path, Some(&body), As::Installation)
+            .await
+            .map(drop)
+    }
+
+    async fn deploy(&self, app: &AppConfig, n: &Notification) -> Result<(), GithubError> {
+        let (status_state, deployment_state, description) = match n.kind {
+            EventKind::DeployStarted => (
+                "pending",
+                "in_progress",
+                format!("deploying {}", short(&n.sha)),
+            ),
+            EventKind::DeploySucceeded => {
+                ("success", "success", format!("deployed {}", short(&n.sha)))
+            }
+            EventKind::DeployFailed => (
+                "failure",
+                "failure",
+                with_reason("failed", n.reason.as_deref()),
+            ),
+            EventKind::RolledBack => (
+                "failure",
+                "failure",
+                with_reason("rolled back", n.reason.as_deref()),
+            ),
+            // Superseded is not the commit's fault: "error", with slipway's reason
+            // ("superseded by deployment 7 of 1f2e3d4 (...)").
+            EventKind::Superseded => (
+                "error",
+                "error",
+                n.reason.clone().unwrap_or_else(|| "superseded".to_owned()),
+            ),
+            EventKind::BuildFailed => return Ok(()),
+        };
+        let target_url = self.deployment_link(n.deployment);
+        self.post_status(
+            &app.repository,
+            &n.sha,
+            Status {
+                state: status_state,
+                context: format!("slipway/deploy/{}", app.name),
+                description: description.clone(),
+                target_url: target_url.as_deref(),
+            },
+        )
+        .await?;
+        let Some(id) = n.deployment else {
+            return Ok(());
+        };
+        let gh = self.github_deployment(app, id, &n.sha).await?;
+        self.deployment_status(
+            &gh,
+            deployment_state,
+            &description,
+            n.log_link.as_deref(),
+            target_url.as_deref(),
+        )
+        .await?;
+        self.record_state(id, deployment_state).await;
+        if deployment_state == "success" {
+            let replaced = self
+                .journal
+                .replaced_github_deployments(app.name.to_string(), id)
+                .await
+                .unwrap_or_default();
+            for old in replaced {
+                let description = format!("replaced by {}", short(&n.sha));
+                self.deployment_status(&old, "inactive", &description, None, None)
+                    .await?;
+                self.record_state(old.deployment, "inactive").await;
+            }
+        }
+        Ok(())
+    }
+
+    fn deployment_link(&self, deployment: Option<i64>) -> Option<String> {
+        let base = self.config.github.as_ref()?.public_url.as_ref()?;
+        Some(format!("{base}/api/deployments/{}", deployment?))
+    }
+
+    /// The GitHub deployment for slipway deployment `id`, created the first time.
+    async fn github_deployment(
+        &self,
+        app: &AppConfig,
+        id: i64,
+        sha: &str,
+    ) -> Result<GithubDeployment, GithubError> {
+        if let Ok(Some(existing)) = self.journal.github_deployment(id).await {
+            return Ok(existing);
+        }
+        let body = json!({
+            "ref": sha,
+            "environment": app.environment,
+            "auto_merge": false,
+            "required_contexts": [],
+            "description": clip(&format!("slipway deployment {id} of {}", app.name)),
+            "payload": { "slipway_deployment": id },
+        });
+        let path = format!("/repos/{}/deployments", app.repository);
+        let reply = self
+            .client
+            .request(Method::POST, &path, Some(&body), As::Installation)
+            .await?;
+        let github_id = reply
+            .body
+            .get("id")
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| GithubError::Decode("the created deployment has no id".into()))?;
+        let gh = GithubDeployment {
+            deployment: id,
+            repository: app.repository.clone(),
+            github_id,
+            state: "created".to_owned(),
+        };
+        let now = millis(time::OffsetDateTime::now_utc());
+        if let Err(e) = self
+            .journal
+            .record_github_deployment(id, app.name.to_string(), gh.clone(), now)
+            .await
+        {
+            tracing::warn!(error = %e, deployment = id, "cannot journal the GitHub deployment");
+        }
+        Ok(gh)
+    }
+
+    async fn deployment_status(
+        &self,
+        gh: &GithubDeployment,
+        state: &'static str,
+        description: &str,
+        log_url: Option<&str>,
+        target: Option<&str>,
+    ) -> Result<(), GithubError> {
+        let mut body = json!({ "state": state, "description": clip(description) });
+        if let Some(url) = log_url {
+            body["log_url"] = json!(url);
+        }
+        if let Some(url) = target {
+            body["environment_url"] = json!(url);
+        }
+        let path = format!(
+            "/repos/{}/deployments/{}/statuses",
+            gh.repository, gh.github_id
+        );
+        self.client
+            .request(Method::POST, &path, Some(&body), As::Installation)
+            .await
+            .map(drop)
+    }
+
+    async fn record_state(&self, deployment: i64, state: &'static str) {
+        let now = millis(time::OffsetDateTime::now_utc());
+        if let Err(e) = self
+            .journal
+            .set_github_deployment_state(deployment, state, now)
+            .await
+        {
+            tracing::warn!(error = %e, deployment, "cannot journal the GitHub deployment's state");
+        }
+    }
+}
+
+fn with_reason(what: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) if !r.trim().is_empty() => format!("{what}: {}", r.trim()),
+        _ => what.to_owned(),
+    }
+}
+
+/// One line, at most [`MAX_DESCRIPTION`] characters.
+fn clip(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= MAX_DESCRIPTION {
+        return line;
+    }
+    let mut out: String = line.chars().take(MAX_DESCRIPTION - 1).collect();
+    out.push('…');
+    out
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_one_short_line() {
+        assert_eq!(
+            clip("rolled back:\n circuit breaker"),
+            "rolled back: circuit breaker"
+        );
+        let long = clip(&"x".repeat(500));
+        assert_eq!(long.chars().count(), MAX_DESCRIPTION);
+        assert!(long.ends_with('…'));
+        assert_eq!(with_reason("failed", Some(" boom ")), "failed: boom");
+        assert_eq!(with_reason("failed", Some("")), "failed");
+        assert_eq!(with_reason("failed", None), "failed");
+    }
+}
