@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 mod api;
 mod body;
 mod slack;
+mod status;
 mod webhook;
 
 use crate::aws::Clients;
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api::routes())
+        .merge(status::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -139,6 +141,7 @@ pub async fn run(
         slack_secret,
         readiness,
     } = services;
+    crate::metrics::install(&config);
     let config = Arc::new(config);
     let limits = config.server.clone();
     let build_wake = Arc::new(Notify::new());

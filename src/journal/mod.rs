@@ -13,6 +13,7 @@ mod deliveries;
 mod deployments;
 mod events;
 mod schema;
+mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 pub use deliveries::*;
 pub use deployments::*;
 pub use events::RejectedEvent;
+pub use stats::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
