@@ -56,6 +56,15 @@ const DEPLOYMENT_OUTCOMES: &[&str] = &[
 pub const RESULT_OK: &str = "ok";
 pub const RESULT_ERROR: &str = "error";
 
+/// `slipway_aws_calls_total` series present from the first scrape (`service` is the SDK's
+/// service name, lowercased).
+const WATCHED_AWS_CALLS: &[(&str, &str)] = &[
+    ("codebuild", "StartBuild"),
+    ("sqs", "ReceiveMessage"),
+    ("ecs", "DescribeServices"),
+    ("ecs", "UpdateService"),
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process (later calls return the same handle),
@@ -63,10 +72,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install(config: &Config) -> &'static PrometheusHandle {
     let handle = HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(WEBHOOK_DURATION.to_owned()),
-                FAST_BUCKETS,
-            )
+            .set_buckets_for_metric(Matcher::Full(WEBHOOK_DURATION.to_owned()), FAST_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     Matcher::Full(JOURNAL_COMMIT_DURATION.to_owned()),
@@ -146,16 +152,23 @@ fn register_zero(config: &Config) {
     for result in [RESULT_OK, RESULT_ERROR] {
         metrics::counter!(GITHUB_REQUESTS, "result" => result).increment(0);
     }
+    // The calls an alert would watch; other operations appear with their first call.
+    for (service, operation) in WATCHED_AWS_CALLS {
+        for result in [RESULT_OK, RESULT_ERROR] {
+            metrics::counter!(AWS_CALLS, "service" => *service, "operation" => *operation, "result" => result)
+                .increment(0);
+        }
+    }
     for app in &config.apps {
         let app = app.name.to_string();
         for outcome in DEPLOYMENT_OUTCOMES {
             metrics::counter!(DEPLOYMENTS, "app" => app.clone(), "outcome" => *outcome)
                 .increment(0);
         }
-        metrics::histogram!(DEPLOYMENT_DURATION, "app" => app);
+        let _ = metrics::histogram!(DEPLOYMENT_DURATION, "app" => app);
     }
-    metrics::histogram!(WEBHOOK_DURATION);
-    metrics::histogram!(JOURNAL_COMMIT_DURATION);
+    let _ = metrics::histogram!(WEBHOOK_DURATION);
+    let _ = metrics::histogram!(JOURNAL_COMMIT_DURATION);
     metrics::gauge!(DEPLOYMENTS_IN_PROGRESS).increment(0.0);
     metrics::gauge!(BUILDS_PENDING).increment(0.0);
     metrics::gauge!(OLDEST_PENDING_BUILD_AGE).increment(0.0);
@@ -192,7 +205,7 @@ impl Intercept for AwsCallCounter {
     ) -> Result<(), BoxError> {
         let (service, operation) = cfg
             .load::<Metadata>()
-            .map(|m| (m.service().to_owned(), m.name().to_owned()))
+            .map(|m| (m.service().to_ascii_lowercase(), m.name().to_owned()))
             .unwrap_or_else(|| ("unknown".to_owned(), "unknown".to_owned()));
         let result = match context.output_or_error() {
             Some(Ok(_)) => RESULT_OK,

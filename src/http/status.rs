@@ -38,7 +38,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let now = crate::journal::millis(state.clock.now());
     match crate::metrics::render(&state.journal, now).await {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

@@ -162,10 +162,8 @@ fn page(title: &str, refresh: bool, body: Markup) -> String {
 fn state_badge(state: &str) -> Markup {
     let class = match state {
         deploy_state::SUCCEEDED | build_state::SUCCEEDED => "st ok",
-        deploy_state::FAILED
-        | deploy_state::ROLLED_BACK
-        | build_state::BUILD_FAILED
-        | build_state::FAILED => "st bad",
+        // build_state::FAILED is "failed" too.
+        deploy_state::FAILED | deploy_state::ROLLED_BACK | build_state::BUILD_FAILED => "st bad",
         deploy_state::PENDING | deploy_state::DEPLOYING | build_state::STARTED => "st run",
         _ => "st",
     };
@@ -173,10 +171,12 @@ fn state_badge(state: &str) -> Markup {
 }
 
 fn in_progress(run: &Run) -> bool {
-    let building = run
-        .build
-        .as_ref()
-        .is_some_and(|b| matches!(b.state.as_str(), build_state::PENDING | build_state::STARTED));
+    let building = run.build.as_ref().is_some_and(|b| {
+        matches!(
+            b.state.as_str(),
+            build_state::PENDING | build_state::STARTED
+        )
+    });
     let deploying = run
         .deployment
         .as_ref()

@@ -136,7 +136,10 @@ async fn a_push_build_and_deploy_move_the_aws_call_counters() {
         ("operation", "StartBuild"),
         ("result", "ok"),
     ];
-    assert_eq!(sample(&before, "slipway_aws_calls_total", &start_build), None);
+    assert_eq!(
+        sample(&before, "slipway_aws_calls_total", &start_build),
+        Some(0.0)
+    );
 
     let d = w.ship(&s, "metrics-1", MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded", "{d}");
@@ -163,7 +166,11 @@ async fn a_push_build_and_deploy_move_the_aws_call_counters() {
         sample(
             &after,
             "slipway_aws_calls_total",
-            &[("service", "ecs"), ("operation", "DescribeServices"), ("result", "ok")]
+            &[
+                ("service", "ecs"),
+                ("operation", "DescribeServices"),
+                ("result", "ok")
+            ]
         )
         .unwrap()
             >= 1.0
@@ -177,7 +184,11 @@ async fn a_build_codebuild_refuses_to_start_shows_as_pending_and_as_failed_calls
     w.proxy.fail("StartBuild", 1_000, 500, "InternalFailure");
     let s = w.builder.start().await;
     let r = s
-        .deliver("push", "metrics-pending", &fixture("github/push_master.json"))
+        .deliver(
+            "push",
+            "metrics-pending",
+            &fixture("github/push_master.json"),
+        )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
     let text = eventually("a failed StartBuild counted", || async {
@@ -196,7 +207,11 @@ async fn a_build_codebuild_refuses_to_start_shows_as_pending_and_as_failed_calls
     })
     .await;
     promtool_check(&text);
-    assert_eq!(sample(&text, "slipway_builds_pending", &[]), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "slipway_builds_pending", &[]),
+        Some(1.0),
+        "{text}"
+    );
     assert!(sample(&text, "slipway_oldest_pending_build_age_seconds", &[]).unwrap() >= 0.0);
     // Still serving, and the webhook still works.
     let (status, _) = s.get("/healthz").await;
