@@ -19,7 +19,8 @@ h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:1.5rem}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{text-align:left;padding:.3rem .4rem;border-bottom:1px solid #ddd;vertical-align:top}
 .wrap{overflow-x:auto}
-code{font-size:.85rem;word-break:break-all}
+code{font-size:.85rem;overflow-wrap:anywhere}
+.sha{white-space:nowrap}
 .st{display:inline-block;padding:0 .35rem;border-radius:.25rem;background:#eee;white-space:nowrap}
 .ok{background:#d4f4d4}.bad{background:#f8d0d0}.run{background:#fff0b3}
 .why{color:#a00;font-size:.85rem}
@@ -45,7 +46,7 @@ pub async fn status(ops: &Ops, journal: &Journal) -> Result<String, crate::journ
                 @for (app, since) in apps.iter().zip(&since) {
                     tr {
                         td { strong { (app.app) } br; span.muted { (app.cluster) " / " (app.service) } }
-                        td { @if let Some(c) = &app.commit { code { (short(c)) } } @else { span.muted { "unknown" } } }
+                        td { @if let Some(c) = &app.commit { code.sha title=(c) { (short(c)) } } @else { span.muted { "unknown" } } }
                         td { @if let Some(i) = &app.image { code { (i) } } }
                         td { @if let Some(td) = &app.task_definition { code { (revision(td)) } } }
                         td {
@@ -81,7 +82,7 @@ pub async fn deployment(
         p { a href="/" { "← all apps" } }
         h1 { "Deployment " (d.id) " of " (d.app) }
         p { (state_badge(&d.state)) }
-        @if let Some(why) = &d.reason { p.why { (why) } }
+        @if let Some(why) = &d.reason { (reason(&d.state, why)) }
         (rollout(&d))
         table {
             tr { th { "Commit" } td { code { (d.sha) } } }
@@ -123,19 +124,19 @@ fn run_row(run: &Run) -> Markup {
     html! {
         tr {
             td { (format_millis(run.started_ms)) }
-            td { (run.app) br; code { (short(&run.sha)) } }
+            td { (run.app) br; code.sha title=(run.sha) { (short(&run.sha)) } }
             td { (run.trigger) @if let Some(a) = &run.actor { br; span.muted { (a) } } }
             td {
                 @if let Some(b) = &run.build {
                     (state_badge(&b.state))
                     @if let Some(l) = &b.log_link { " " a href=(l) { "logs" } }
-                    @if let Some(why) = &b.reason { div.why { (why) } }
+                    @if let Some(why) = &b.reason { (reason(&b.state, why)) }
                 } @else { span.muted { "—" } }
             }
             td {
                 @if let Some(d) = &run.deployment {
                     a href={ "/deployments/" (d.id) } { (state_badge(&d.state)) }
-                    @if let Some(why) = &d.reason { div.why { (why) } }
+                    @if let Some(why) = &d.reason { (reason(&d.state, why)) }
                 } @else { span.muted { "—" } }
             }
         }
@@ -160,14 +161,27 @@ fn page(title: &str, refresh: bool, body: Markup) -> String {
 }
 
 fn state_badge(state: &str) -> Markup {
-    let class = match state {
+    html! { span class=(state_class(state)) { (state) } }
+}
+
+fn state_class(state: &str) -> &'static str {
+    match state {
         deploy_state::SUCCEEDED | build_state::SUCCEEDED => "st ok",
         // build_state::FAILED is "failed" too.
         deploy_state::FAILED | deploy_state::ROLLED_BACK | build_state::BUILD_FAILED => "st bad",
         deploy_state::PENDING | deploy_state::DEPLOYING | build_state::STARTED => "st run",
         _ => "st",
+    }
+}
+
+/// Why a build or deploy is where it is: red when it went wrong.
+fn reason(state: &str, why: &str) -> Markup {
+    let class = if state_class(state) == "st bad" {
+        "why"
+    } else {
+        "muted"
     };
-    html! { span class=(class) { (state) } }
+    html! { div class=(class) { (why) } }
 }
 
 fn in_progress(run: &Run) -> bool {
@@ -200,8 +214,11 @@ async fn running_since(
         .and_then(|d| d.finished_ms))
 }
 
-fn short(sha: &str) -> &str {
-    sha.get(..12).unwrap_or(sha)
+/// The abbreviation git shows, for a journal SHA (always 40 hex characters).
+fn short(sha: &str) -> String {
+    crate::ids::CommitSha::parse(sha)
+        .map(|c| c.short().to_owned())
+        .unwrap_or_else(|_| sha.to_owned())
 }
 
 /// `family:revision` from a task definition ARN.
