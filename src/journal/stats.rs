@@ -146,7 +146,7 @@ impl Journal {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             runs.extend(others);
-            runs.sort_by(|a, b| b.started_ms.cmp(&a.started_ms));
+            runs.sort_by_key(|r| std::cmp::Reverse(r.started_ms));
             runs.truncate(limit as usize);
             Ok(runs)
         })
