@@ -27,7 +27,7 @@ mod notify;
 mod ops;
 mod page;
 pub mod provision;
+mod push_filter;
 mod readiness;
 mod startup;
-mod push_filter;
 pub mod webhook;
