@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-emulator.sh
 scripts/setup-github-contract.sh
+scripts/setup-test-tools.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets -- --test-threads "${SLIPWAY_TEST_THREADS:-4}"

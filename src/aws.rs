@@ -46,13 +46,39 @@ pub async fn shared_config() -> aws_config::SdkConfig {
 
 impl Clients {
     pub fn from_config(shared: &aws_config::SdkConfig) -> Clients {
+        // Every call is counted in `slipway_aws_calls_total` (issue 10).
+        let calls = crate::metrics::AwsCallCounter;
         Clients {
-            codebuild: aws_sdk_codebuild::Client::new(shared),
-            ecs: aws_sdk_ecs::Client::new(shared),
-            ecr: aws_sdk_ecr::Client::new(shared),
-            sqs: aws_sdk_sqs::Client::new(shared),
-            events: aws_sdk_eventbridge::Client::new(shared),
-            sts: aws_sdk_sts::Client::new(shared),
+            codebuild: aws_sdk_codebuild::Client::from_conf(
+                aws_sdk_codebuild::config::Builder::from(shared)
+                    .interceptor(calls)
+                    .build(),
+            ),
+            ecs: aws_sdk_ecs::Client::from_conf(
+                aws_sdk_ecs::config::Builder::from(shared)
+                    .interceptor(calls)
+                    .build(),
+            ),
+            ecr: aws_sdk_ecr::Client::from_conf(
+                aws_sdk_ecr::config::Builder::from(shared)
+                    .interceptor(calls)
+                    .build(),
+            ),
+            sqs: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(shared)
+                    .interceptor(calls)
+                    .build(),
+            ),
+            events: aws_sdk_eventbridge::Client::from_conf(
+                aws_sdk_eventbridge::config::Builder::from(shared)
+                    .interceptor(calls)
+                    .build(),
+            ),
+            sts: aws_sdk_sts::Client::from_conf(
+                aws_sdk_sts::config::Builder::from(shared)
+                    .interceptor(calls)
+                    .build(),
+            ),
         }
     }
 }

@@ -217,6 +217,7 @@ impl Notifier {
         };
         inner.pending.send_modify(|p| *p -= 1);
         let dropped = inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!(crate::metrics::NOTIFICATIONS_DROPPED).increment(1);
         // A flood of drops would otherwise be a flood of warnings.
         if dropped == 1 || dropped % 100 == 0 {
             tracing::warn!(

@@ -394,7 +394,8 @@ def main():
 
     say(
         f"""
-slipway is running. In another terminal, try:
+slipway is running. The status page: {url}/  (metrics: {url}/metrics)
+In another terminal, try:
 
     export SLIPWAY_SERVER={admin_url} SLIPWAY_OPS_TOKEN={TOKEN}
     target/debug/slipway status

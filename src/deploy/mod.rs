@@ -188,12 +188,15 @@ impl Deployer {
                 )
                 .await;
         };
+        let in_progress = metrics::gauge!(crate::metrics::DEPLOYMENTS_IN_PROGRESS);
+        in_progress.increment(1.0);
         let result = if d.state == deploy_state::PENDING {
             self.start(&d, &app).await
         } else {
             tracing::info!("resuming a deploy that was in progress");
             self.resume(&d, &app).await
         };
+        in_progress.decrement(1.0);
         match result {
             Ok(()) => {}
             Err(Stop::Superseded(reason)) => {
@@ -842,9 +845,17 @@ impl Deployer {
         {
             tracing::error!(error = %e, "could not journal the deploy's outcome");
         }
-        let image = match self.journal.deployment(d.id).await {
-            Ok(Some(now)) => now.image,
-            _ => d.image.clone(),
+        let now = self.journal.deployment(d.id).await.ok().flatten();
+        metrics::counter!(crate::metrics::DEPLOYMENTS, "app" => d.app.clone(), "outcome" => state)
+            .increment(1);
+        if let Some(started) = now.as_ref().and_then(|n| n.started_ms).or(d.started_ms) {
+            let secs = (self.now() - started).max(0) as f64 / 1000.0;
+            metrics::histogram!(crate::metrics::DEPLOYMENT_DURATION, "app" => d.app.clone())
+                .record(secs);
+        }
+        let image = match now {
+            Some(now) => now.image,
+            None => d.image.clone(),
         };
         let kind = match state {
             deploy_state::SUCCEEDED => EventKind::DeploySucceeded,

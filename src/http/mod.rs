@@ -26,6 +26,7 @@ mod api;
 mod body;
 mod conn;
 mod slack;
+mod status;
 mod webhook;
 
 use crate::aws::Clients;
@@ -97,7 +98,8 @@ fn admin_router(state: AppState) -> Router {
         Router::new()
             .merge(api::routes())
             .merge(health_routes())
-            // Later admin surfaces (`/metrics`, the status page at `/`) are merged here.
+            // `/metrics`, the status page at `/` and `/deployments/{id}`.
+            .merge(status::routes())
             .fallback(not_found),
     )
     .with_state(state)
@@ -196,6 +198,7 @@ pub async fn run(
              (commands from other Slack workspaces must be refused)"
         );
     }
+    crate::metrics::install(&config);
     let config = Arc::new(config);
     let github = match github {
         Some(credentials) => Some(crate::github::Github::start(

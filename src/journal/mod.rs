@@ -15,6 +15,7 @@ mod events;
 mod github;
 mod schema;
 mod slack;
+mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -27,6 +28,7 @@ pub use deliveries::*;
 pub use deployments::*;
 pub use events::RejectedEvent;
 pub use github::*;
+pub use stats::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

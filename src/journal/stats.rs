@@ -1,0 +1,155 @@
+//! Read-only views for issue 10: the scrape-time build gauges and the pipeline runs the status
+//! page lists.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{build_state, Journal, JournalError};
+
+/// Builds waiting for CodeBuild StartBuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingBuilds {
+    pub count: u64,
+    /// How long the oldest one has waited; 0 when none waits.
+    pub oldest_age_ms: i64,
+}
+
+/// One pipeline run: a push (or an operator's deploy, or a rollback), its build when there is
+/// one, and the deployment that followed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub app: String,
+    pub sha: String,
+    /// push | replay | operator | rollback | foreign_build
+    pub trigger: String,
+    /// Who pushed, replayed or deployed, when the journal knows.
+    pub actor: Option<String>,
+    pub started_ms: i64,
+    pub delivery: Option<String>,
+    pub build: Option<RunBuild>,
+    pub deployment: Option<RunDeployment>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunBuild {
+    pub state: String,
+    pub build_id: Option<String>,
+    pub log_link: Option<String>,
+    pub reason: Option<String>,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDeployment {
+    pub id: i64,
+    pub state: String,
+    pub reason: Option<String>,
+    pub log_link: Option<String>,
+    pub updated_ms: i64,
+}
+
+impl Journal {
+    /// How many builds wait for StartBuild, and for how long the oldest has.
+    pub async fn pending_builds(&self, now_ms: i64) -> Result<PendingBuilds, JournalError> {
+        self.read(move |c| {
+            let (count, oldest): (i64, Option<i64>) = c.query_row(
+                "SELECT COUNT(*), MIN(created_ms) FROM builds WHERE state = ?1",
+                params![build_state::PENDING],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(PendingBuilds {
+                count: count.max(0) as u64,
+                oldest_age_ms: oldest.map_or(0, |t| (now_ms - t).max(0)),
+            })
+        })
+        .await
+    }
+
+    /// The newest `limit` pipeline runs, newest first: builds with the delivery that asked for
+    /// them and their deployment, and deployments no build started (operator deploys,
+    /// rollbacks).
+    pub async fn recent_runs(&self, limit: u32) -> Result<Vec<Run>, JournalError> {
+        self.read(move |c| {
+            // Who pushed is in the payload (`pusher.name`); a replay names its operator.
+            let mut stmt = c.prepare_cached(
+                "SELECT b.app, b.sha, d.source,
+                        COALESCE(d.actor,
+                          CASE WHEN json_valid(CAST(d.body AS TEXT))
+                               THEN json_extract(CAST(d.body AS TEXT), '$.pusher.name') END),
+                        d.received_ms, d.delivery_id,
+                        b.state, b.build_id, b.log_link, b.reason, b.updated_ms,
+                        dp.id, dp.state, dp.reason, dp.log_link, dp.updated_ms
+                 FROM builds b
+                 JOIN deliveries d ON d.id = b.delivery
+                 LEFT JOIN deployments dp ON dp.build_row = b.id
+                 ORDER BY b.id DESC LIMIT ?1",
+            )?;
+            let mut runs = stmt
+                .query_map(params![limit], |r| {
+                    let source: String = r.get(2)?;
+                    let deployment = match r.get::<_, Option<i64>>(11)? {
+                        Some(id) => Some(RunDeployment {
+                            id,
+                            state: r.get(12)?,
+                            reason: r.get(13)?,
+                            log_link: r.get(14)?,
+                            updated_ms: r.get(15)?,
+                        }),
+                        None => None,
+                    };
+                    Ok(Run {
+                        app: r.get(0)?,
+                        sha: r.get(1)?,
+                        trigger: if source == "github" {
+                            "push".to_owned()
+                        } else {
+                            source
+                        },
+                        actor: r.get(3)?,
+                        started_ms: r.get(4)?,
+                        delivery: Some(r.get(5)?),
+                        build: Some(RunBuild {
+                            state: r.get(6)?,
+                            build_id: r.get(7)?,
+                            log_link: r.get(8)?,
+                            reason: r.get(9)?,
+                            updated_ms: r.get(10)?,
+                        }),
+                        deployment,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = c.prepare_cached(
+                "SELECT app, sha, trigger, actor, created_ms, delivery_id,
+                        id, state, reason, log_link, updated_ms
+                 FROM deployments WHERE build_row IS NULL
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let others = stmt
+                .query_map(params![limit], |r| {
+                    Ok(Run {
+                        app: r.get(0)?,
+                        sha: r.get(1)?,
+                        trigger: r.get(2)?,
+                        actor: r.get(3)?,
+                        started_ms: r.get(4)?,
+                        delivery: r.get(5)?,
+                        build: None,
+                        deployment: Some(RunDeployment {
+                            id: r.get(6)?,
+                            state: r.get(7)?,
+                            reason: r.get(8)?,
+                            log_link: r.get(9)?,
+                            updated_ms: r.get(10)?,
+                        }),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            runs.extend(others);
+            runs.sort_by_key(|r| std::cmp::Reverse(r.started_ms));
+            runs.truncate(limit as usize);
+            Ok(runs)
+        })
+        .await
+    }
+}

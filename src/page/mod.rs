@@ -1,0 +1,227 @@
+//! The status page: what every app runs now, the recent pipeline runs, and one deployment's
+//! rollout. Server-rendered HTML (maud: the markup is Rust checked at compile time and every
+//! interpolated value is escaped), no JavaScript; pages with work in progress refresh
+//! themselves. Read-only: it only reads ECS (through `Ops::status`) and the journal.
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use crate::journal::{build_state, deploy_state, format_millis, Deployment, Journal, Run};
+use crate::ops::{AppStatus, Ops};
+
+/// Runs listed on the front page.
+const RECENT_RUNS: u32 = 30;
+/// Seconds between reloads while something is in progress.
+const REFRESH_SECS: u32 = 5;
+
+const STYLE: &str = "
+body{font-family:system-ui,sans-serif;margin:0 auto;max-width:70rem;padding:.5rem 1rem;color:#222}
+h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:1.5rem}
+table{border-collapse:collapse;width:100%;font-size:.9rem}
+th,td{text-align:left;padding:.3rem .4rem;border-bottom:1px solid #ddd;vertical-align:top}
+.wrap{overflow-x:auto}
+code{font-size:.85rem;overflow-wrap:anywhere}
+.sha{white-space:nowrap}
+.st{display:inline-block;padding:0 .35rem;border-radius:.25rem;background:#eee;white-space:nowrap}
+.ok{background:#d4f4d4}.bad{background:#f8d0d0}.run{background:#fff0b3}
+.why{color:#a00;font-size:.85rem}
+.muted{color:#777;font-size:.85rem}
+progress{width:12rem;max-width:100%}
+";
+
+/// GET /: every app and the recent runs.
+pub async fn status(ops: &Ops, journal: &Journal) -> Result<String, crate::journal::JournalError> {
+    let apps = ops.status().await;
+    let mut since = Vec::with_capacity(apps.len());
+    for app in &apps {
+        since.push(running_since(journal, app).await?);
+    }
+    let runs = journal.recent_runs(RECENT_RUNS).await?;
+    let busy = runs.iter().any(in_progress);
+    let body = html! {
+        h1 { "slipway" }
+        h2 { "Apps" }
+        div.wrap { table {
+            thead { tr { th { "App" } th { "Commit" } th { "Image" } th { "Task definition" } th { "Since" } } }
+            tbody {
+                @for (app, since) in apps.iter().zip(&since) {
+                    tr {
+                        td { strong { (app.app) } br; span.muted { (app.cluster) " / " (app.service) } }
+                        td { @if let Some(c) = &app.commit { code.sha title=(c) { (short(c)) } } @else { span.muted { "unknown" } } }
+                        td { @if let Some(i) = &app.image { code { (i) } } }
+                        td { @if let Some(td) = &app.task_definition { code { (revision(td)) } } }
+                        td {
+                            @if let Some(t) = since { (format_millis(*t)) }
+                            @if let Some(e) = &app.error { div.why { (e) } }
+                        }
+                    }
+                }
+            }
+        } }
+        h2 { "Recent runs" }
+        @if runs.is_empty() { p.muted { "Nothing has run yet." } }
+        @else {
+            div.wrap { table {
+                thead { tr { th { "When" } th { "App" } th { "Trigger" } th { "Build" } th { "Deploy" } } }
+                tbody { @for run in &runs { (run_row(run)) } }
+            } }
+        }
+    };
+    Ok(page("slipway status", busy, body))
+}
+
+/// GET /deployments/{id}: one deployment and its rollout. None when there is no such id.
+pub async fn deployment(
+    journal: &Journal,
+    id: i64,
+) -> Result<Option<String>, crate::journal::JournalError> {
+    let Some(d) = journal.deployment(id).await? else {
+        return Ok(None);
+    };
+    let busy = !deploy_state::is_terminal(&d.state);
+    let body = html! {
+        p { a href="/" { "← all apps" } }
+        h1 { "Deployment " (d.id) " of " (d.app) }
+        p { (state_badge(&d.state)) }
+        @if let Some(why) = &d.reason { (reason(&d.state, why)) }
+        (rollout(&d))
+        table {
+            tr { th { "Commit" } td { code { (d.sha) } } }
+            tr { th { "Image" } td { code { (d.image.as_deref().unwrap_or(&d.image_tag)) } } }
+            tr { th { "Service" } td { (d.service_key) } }
+            tr { th { "Trigger" } td { (d.trigger) @if let Some(a) = &d.actor { " by " (a) } } }
+            tr { th { "From" } td { @if let Some(t) = &d.from_task_definition { code { (revision(t)) } } } }
+            tr { th { "To" } td { @if let Some(t) = &d.to_task_definition { code { (revision(t)) } } } }
+            tr { th { "ECS deployment" } td { @if let Some(e) = &d.ecs_deployment_id { code { (e) } } } }
+            tr { th { "Build" } td {
+                @if let Some(b) = &d.build_id { code { (b) } }
+                @if let Some(l) = &d.log_link { " " a href=(l) { "logs" } }
+            } }
+            tr { th { "Requested" } td { (format_millis(d.created_ms)) } }
+            tr { th { "Started" } td { @if let Some(t) = d.started_ms { (format_millis(t)) } } }
+            tr { th { "Finished" } td { @if let Some(t) = d.finished_ms { (format_millis(t)) } } }
+        }
+    };
+    Ok(Some(page(&format!("deployment {}", d.id), busy, body)))
+}
+
+fn rollout(d: &Deployment) -> Markup {
+    let (running, desired) = (d.running_count.unwrap_or(0), d.desired_count.unwrap_or(0));
+    html! {
+        h2 { "Rollout" }
+        @if d.desired_count.is_some() {
+            p {
+                progress max=(desired.max(1)) value=(running.min(desired.max(1))) {}
+                " " (running) " of " (desired) " tasks running"
+                @if let Some(f) = d.failed_tasks { @if f > 0 { ", " span.why { (f) " failed" } } }
+            }
+        } @else {
+            p.muted { "No rollout progress yet." }
+        }
+    }
+}
+
+fn run_row(run: &Run) -> Markup {
+    html! {
+        tr {
+            td { (format_millis(run.started_ms)) }
+            td { (run.app) br; code.sha title=(run.sha) { (short(&run.sha)) } }
+            td { (run.trigger) @if let Some(a) = &run.actor { br; span.muted { (a) } } }
+            td {
+                @if let Some(b) = &run.build {
+                    (state_badge(&b.state))
+                    @if let Some(l) = &b.log_link { " " a href=(l) { "logs" } }
+                    @if let Some(why) = &b.reason { (reason(&b.state, why)) }
+                } @else { span.muted { "—" } }
+            }
+            td {
+                @if let Some(d) = &run.deployment {
+                    a href={ "/deployments/" (d.id) } { (state_badge(&d.state)) }
+                    @if let Some(why) = &d.reason { (reason(&d.state, why)) }
+                } @else { span.muted { "—" } }
+            }
+        }
+    }
+}
+
+fn page(title: &str, refresh: bool, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if refresh { meta http-equiv="refresh" content=(REFRESH_SECS); }
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body { (body) }
+        }
+    }
+    .into_string()
+}
+
+fn state_badge(state: &str) -> Markup {
+    html! { span class=(state_class(state)) { (state) } }
+}
+
+fn state_class(state: &str) -> &'static str {
+    match state {
+        deploy_state::SUCCEEDED | build_state::SUCCEEDED => "st ok",
+        // build_state::FAILED is "failed" too.
+        deploy_state::FAILED | deploy_state::ROLLED_BACK | build_state::BUILD_FAILED => "st bad",
+        deploy_state::PENDING | deploy_state::DEPLOYING | build_state::STARTED => "st run",
+        _ => "st",
+    }
+}
+
+/// Why a build or deploy is where it is: red when it went wrong.
+fn reason(state: &str, why: &str) -> Markup {
+    let class = if state_class(state) == "st bad" {
+        "why"
+    } else {
+        "muted"
+    };
+    html! { div class=(class) { (why) } }
+}
+
+fn in_progress(run: &Run) -> bool {
+    let building = run.build.as_ref().is_some_and(|b| {
+        matches!(
+            b.state.as_str(),
+            build_state::PENDING | build_state::STARTED
+        )
+    });
+    let deploying = run
+        .deployment
+        .as_ref()
+        .is_some_and(|d| !deploy_state::is_terminal(&d.state));
+    building || deploying
+}
+
+/// When the task definition the app runs now was put there by slipway, if it was.
+async fn running_since(
+    journal: &Journal,
+    app: &AppStatus,
+) -> Result<Option<i64>, crate::journal::JournalError> {
+    let Some(td) = &app.task_definition else {
+        return Ok(None);
+    };
+    Ok(journal
+        .successful_deployments(&app.app)
+        .await?
+        .into_iter()
+        .find(|d| d.to_task_definition.as_deref() == Some(td.as_str()))
+        .and_then(|d| d.finished_ms))
+}
+
+/// The abbreviation git shows, for a journal SHA (always 40 hex characters).
+fn short(sha: &str) -> String {
+    crate::ids::CommitSha::parse(sha)
+        .map(|c| c.short().to_owned())
+        .unwrap_or_else(|_| sha.to_owned())
+}
+
+/// `family:revision` from a task definition ARN.
+fn revision(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}

@@ -1,0 +1,169 @@
+//! Issue 10: the status page at GET / and GET /deployments/{id}, rendered by headless chromium.
+
+use std::process::Command;
+
+use crate::deploy::Deploy;
+use crate::support::proxy::Rollout;
+use crate::support::slipway::Slipway;
+use crate::support::{eventually, fixture, MASTER_SHA};
+
+/// The DOM chromium builds from `url` (headless, no network beyond the URL).
+async fn render(url: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        let profile = tempfile::tempdir().unwrap();
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("--dump-dom")
+            .arg(&url)
+            .output()
+            .expect("chromium (scripts/setup-test-tools.sh installs it)");
+        assert!(
+            out.status.success(),
+            "chromium {url}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+async fn page(s: &Slipway, path: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("{}{path}", s.admin_url))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+fn refreshes(html: &str) -> bool {
+    html.contains(r#"http-equiv="refresh""#)
+}
+
+#[tokio::test]
+async fn after_a_deploy_the_page_shows_what_runs_and_the_run_that_put_it_there() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "page-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let to = d["to_task_definition"].as_str().unwrap();
+    let revision = to.rsplit('/').next().unwrap();
+
+    let dom = render(format!("{}/", s.admin_url)).await;
+    assert!(dom.contains(r#"name="viewport""#), "{dom}");
+    for expected in [
+        "<strong>web</strong>",
+        &MASTER_SHA[..7],
+        revision,
+        d["image"].as_str().unwrap(),
+        "octocat",
+        "build_succeeded",
+        "succeeded",
+        &format!(r#"href="/deployments/{}""#, d["id"]),
+    ] {
+        assert!(dom.contains(expected), "{expected} missing from:\n{dom}");
+    }
+    assert!(!refreshes(&dom), "nothing is in progress:\n{dom}");
+
+    let dom = render(format!("{}/deployments/{}", s.admin_url, d["id"])).await;
+    for expected in [
+        MASTER_SHA,
+        revision,
+        w.base_td.rsplit('/').next().unwrap(),
+        d["ecs_deployment_id"].as_str().unwrap(),
+        "<progress",
+        "tasks running",
+    ] {
+        assert!(dom.contains(expected), "{expected} missing from:\n{dom}");
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_in_progress_refreshes_and_a_failed_build_says_why() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "page-slow", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let id = eventually("a deploy rolling out", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["state"] == "deploying")
+            .map(|d| d["id"].as_i64().unwrap())
+    })
+    .await;
+    let dom = render(format!("{}/", s.admin_url)).await;
+    assert!(refreshes(&dom), "{dom}");
+    assert!(dom.contains("deploying"), "{dom}");
+    let dom = render(format!("{}/deployments/{id}", s.admin_url)).await;
+    assert!(refreshes(&dom), "{dom}");
+
+    // A second push whose build fails: its row names the state and the reason.
+    const OTHER: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+    let arn = w.push(&s, "page-failed", OTHER).await;
+    w.complete(&arn, "FAILED", OTHER).await;
+    let row = eventually("the build failed", || async {
+        s.deliveries()
+            .into_iter()
+            .find(|d| d["delivery"] == "page-failed" && d["state"] == "build_failed")
+    })
+    .await;
+    let dom = render(format!("{}/", s.admin_url)).await;
+    assert!(dom.contains("build_failed"), "{dom}");
+    let reason = row["reason"].as_str().expect("a failed build has a reason");
+    assert!(dom.contains(reason), "{reason} missing from:\n{dom}");
+}
+
+#[tokio::test]
+async fn bad_deployment_ids_are_not_found_and_payload_text_is_escaped() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    for path in ["/deployments/abc", "/deployments/999", "/deployments/-1"] {
+        let (status, _) = page(&s, path).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    // Whatever a pusher calls themselves is text on the page, never markup.
+    let body = String::from_utf8(fixture("github/push_master.json"))
+        .unwrap()
+        .replacen("\"octocat\"", "\"<img src=x onerror=alert(1)>\"", 1);
+    let r = s.deliver("push", "page-evil", body.as_bytes()).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let (status, html) = page(&s, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<img"), "{html}");
+    let (status, _) = s.get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_page_and_the_metrics_are_not_on_the_public_listener() {
+    let emulator = crate::support::Emulator::start().await;
+    let s = crate::support::SlipwayBuilder::new(&emulator.url)
+        .start()
+        .await;
+    for path in ["/", "/metrics", "/deployments/1"] {
+        let public = reqwest::get(format!("{}{path}", s.url)).await.unwrap();
+        assert_eq!(public.status(), 404, "{path} on the public listener");
+    }
+    let admin = reqwest::get(format!("{}/metrics", s.admin_url))
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+}
