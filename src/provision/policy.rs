@@ -215,7 +215,7 @@ pub fn provisioning(config: &Config, env: &Environment) -> Value {
             // `slipway init` looks for the project that builds the repository; ListProjects
             // supports no resource-level permission.
             statement(
-                "SlipwayInitListProjects",
+                "SlipwayProvisionInitListProjects",
                 &["codebuild:ListProjects"],
                 ["*".to_owned()],
             ),

@@ -169,7 +169,7 @@ async fn a_dead_aws_endpoint_reads_as_one_sentence_everywhere() {
         "{body}"
     );
 
-    let server = s.url.clone();
+    let server = s.admin_url.clone();
     let (code, out, err) = cli(
         &b,
         &[("SLIPWAY_OPS_TOKEN", TOKEN), ("SLIPWAY_SERVER", &server)],
@@ -278,7 +278,7 @@ async fn empty_lists_say_so_and_json_is_always_valid() {
     let b = SlipwayBuilder::new(&closed_endpoint())
         .env("SLIPWAY_OPS_TOKENS", &format!("alice:{TOKEN}"));
     let mut s = b.start().await;
-    let server = s.url.clone();
+    let server = s.admin_url.clone();
     let config = b.config_path();
     let config = config.to_str().unwrap();
     let journal = ["--config", config];
@@ -318,7 +318,7 @@ async fn the_client_encodes_paths_hints_at_labels_and_keeps_tokens_off_plain_htt
     let b = SlipwayBuilder::new(&closed_endpoint())
         .env("SLIPWAY_OPS_TOKENS", &format!("alice:{TOKEN}"));
     let s = b.start().await;
-    let server = s.url.clone();
+    let server = s.admin_url.clone();
     let env = |token: &'static str| [("SLIPWAY_OPS_TOKEN", token)];
 
     // The server's `label:token` form given to the CLI: a hint, not only a 401.
@@ -360,7 +360,10 @@ async fn deploy_wait_gives_up_after_its_timeout_and_the_deployment_goes_on() {
     w.proxy.rollouts([Rollout::Never]);
     let (code, out, err) = cli(
         &b,
-        &[("SLIPWAY_OPS_TOKEN", TOKEN), ("SLIPWAY_SERVER", &s.url)],
+        &[
+            ("SLIPWAY_OPS_TOKEN", TOKEN),
+            ("SLIPWAY_SERVER", &s.admin_url),
+        ],
         &["deploy", "web", MASTER_SHA, "--wait", "--timeout", "2s"],
     );
     assert_eq!(code, Some(1), "{out}{err}");

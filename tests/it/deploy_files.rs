@@ -53,6 +53,7 @@ const PROVISION_ACTIONS: &[&str] = &[
     "ecs:DescribeClusters",
     "ecs:DescribeServices",
     "ecs:DescribeTaskDefinition",
+    "codebuild:ListProjects", // slipway init
 ];
 
 #[test]

@@ -41,7 +41,7 @@ async fn world(api_url: &str, github_extra: &str, images: &'static [&'static str
 
 async fn api(s: &Slipway, path: &str) -> Value {
     reqwest::Client::new()
-        .get(format!("{}{path}", s.url))
+        .get(format!("{}{path}", s.admin_url))
         .bearer_auth(OPS_TOKEN)
         .send()
         .await
@@ -54,7 +54,7 @@ async fn api(s: &Slipway, path: &str) -> Value {
 /// Runs `slipway <command>` against `s` without blocking the runtime the fakes run on.
 async fn cli(s: &Slipway, command: &str) -> std::process::Output {
     let mut cmd = s.builder.command();
-    cmd.env("SLIPWAY_SERVER", &s.url)
+    cmd.env("SLIPWAY_SERVER", &s.admin_url)
         .env("SLIPWAY_OPS_TOKEN", OPS_TOKEN)
         .arg(command);
     tokio::process::Command::from(cmd).output().await.unwrap()

@@ -223,7 +223,7 @@ async fn replay(w: &World, delivery: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(format!(
             "{}/api/deliveries/{delivery}/replay",
-            w.slipway.url
+            w.slipway.admin_url
         ))
         .bearer_auth(TOKEN)
         .send()
@@ -283,7 +283,7 @@ async fn the_cli_replays_a_saved_payload_by_the_same_rules_and_lists_what_it_ski
     let mut cmd = w.slipway.builder.command();
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/github/monorepo/push_web.json");
-    cmd.env("SLIPWAY_SERVER", &w.slipway.url)
+    cmd.env("SLIPWAY_SERVER", &w.slipway.admin_url)
         .env("SLIPWAY_OPS_TOKEN", TOKEN)
         .args(["replay", "--file", file.to_str().unwrap()]);
     // The CLI blocks; the proxy in this runtime keeps serving meanwhile.
