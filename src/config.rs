@@ -58,6 +58,8 @@ struct RawConfig {
     provision: RawProvision,
     #[serde(default, rename = "app")]
     apps: Vec<RawApp>,
+    #[serde(default)]
+    journal: JournalConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +133,8 @@ pub struct Config {
     /// Names of what `slipway provision` creates.
     pub provision: ProvisionConfig,
     pub apps: Vec<AppConfig>,
+    /// Retention and queueing of the journal.
+    pub journal: JournalConfig,
 }
 
 /// The `[provision]` table: slipway's own queue, dead-letter queue and EventBridge rule.
@@ -380,7 +384,44 @@ impl RawConfig {
             notify: self.notify,
             provision,
             apps,
+            journal: self.journal.validate()?,
         })
+    }
+}
+
+/// `[journal]`: how long the journal keeps what, and how many deliveries may wait for its
+/// writer (issue 13). Days count from when a delivery was received.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Bodies of older deliveries are dropped; their metadata and dedup keys stay.
+    pub keep_bodies_days: u64,
+    /// Ignored, ping and duplicate deliveries older than this are deleted, rows and bodies.
+    pub keep_ignored_days: u64,
+    /// Deliveries waiting for the journal writer before new ones get 503.
+    pub max_queued_deliveries: usize,
+    /// How often the background pruning pass runs.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            keep_bodies_days: 90,
+            keep_ignored_days: 14,
+            max_queued_deliveries: 1024,
+            prune_interval_secs: 60,
+        }
+    }
+}
+
+impl JournalConfig {
+    fn validate(self) -> Result<JournalConfig, ConfigError> {
+        positive("journal.keep_bodies_days", Some(self.keep_bodies_days as usize), 0)?;
+        positive("journal.keep_ignored_days", Some(self.keep_ignored_days as usize), 0)?;
+        positive("journal.max_queued_deliveries", Some(self.max_queued_deliveries), 0)?;
+        positive("journal.prune_interval_secs", Some(self.prune_interval_secs as usize), 0)?;
+        Ok(self)
     }
 }
 
