@@ -400,3 +400,6 @@ pub fn format_millis(ms: i64) -> String {
         .map(crate::clock::format)
         .unwrap_or_else(|_| ms.to_string())
 }
+
+#[cfg(test)]
+mod tests;

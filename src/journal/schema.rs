@@ -104,7 +104,7 @@ CREATE TABLE bodies (
 );
 INSERT INTO bodies (sha256, refs, body)
     SELECT slipway_sha256(body), COUNT(*), body FROM deliveries GROUP BY slipway_sha256(body);
-ALTER TABLE deliveries ADD COLUMN body_id INTEGER REFERENCES bodies(id);   -- NULL: pruned
+ALTER TABLE deliveries ADD COLUMN body_id INTEGER;   -- bodies.id (counted in refs); NULL: pruned
 UPDATE deliveries SET body_id = (SELECT id FROM bodies WHERE sha256 = slipway_sha256(deliveries.body));
 ALTER TABLE deliveries DROP COLUMN body;
 -- The same push from two hooks: builds of (app, sha, before), newest first.
@@ -119,6 +119,11 @@ CREATE INDEX deliveries_by_outcome ON deliveries (outcome, received_ms);
 "#];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Applies the migrations up to version `target` (a test builds yesterday's journal with it).
+pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), JournalError> {
     conn.create_scalar_function(
         "slipway_sha256",
         1,
@@ -137,7 +142,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
              run a newer slipway"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(version as usize) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
