@@ -9,6 +9,7 @@ mod deploy;
 mod deploy_files;
 mod iam_policy;
 mod intake;
+mod intake_history;
 mod ops;
 mod provision;
 mod proxy_selftest;
