@@ -12,7 +12,10 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-async fn handle(secret: Arc<Vec<u8>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    secret: Arc<Vec<u8>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let signature = req
         .headers()
         .get("x-hub-signature-256")
@@ -41,8 +44,14 @@ fn reply(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
-    let secret = Arc::new(std::env::var("SLIPWAY_WEBHOOK_SECRET").unwrap_or_default().into_bytes());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".into());
+    let secret = Arc::new(
+        std::env::var("SLIPWAY_WEBHOOK_SECRET")
+            .unwrap_or_default()
+            .into_bytes(),
+    );
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;

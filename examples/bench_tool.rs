@@ -26,7 +26,10 @@ fn push(template: &Value, branch: &str, after: &str) -> Vec<u8> {
 }
 
 fn template() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/github/push_master.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/github/push_master.json"
+    );
     serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json")
 }
 
@@ -38,7 +41,8 @@ fn requests(file: &str, n: u64, branch: &str, prefix: &str) {
     for i in 0..n {
         let body = push(&template, branch, &sha(i, salt));
         let sig = slipway::webhook::sign(secret.as_bytes(), &body);
-        out.write_all(format!("{prefix}-{i}\t{sig}\t").as_bytes()).unwrap();
+        out.write_all(format!("{prefix}-{i}\t{sig}\t").as_bytes())
+            .unwrap();
         out.write_all(&body).unwrap();
         out.write_all(b"\n").unwrap();
     }

@@ -43,7 +43,9 @@ impl Breaker {
     pub fn failure(&mut self, retry: &BuildRetry) -> Option<Duration> {
         self.streak += 1;
         let trips = self.streak / MAX_IN_FLIGHT as u32;
-        (self.streak % MAX_IN_FLIGHT as u32 == 0).then(|| backoff(retry, trips - 1))
+        self.streak
+            .is_multiple_of(MAX_IN_FLIGHT as u32)
+            .then(|| backoff(retry, trips - 1))
     }
 }
 
@@ -118,7 +120,9 @@ impl BuildStarter {
                 }
             }
             while !paused && tasks.len() < MAX_IN_FLIGHT {
-                let Some(build) = queue.pop_front() else { break };
+                let Some(build) = queue.pop_front() else {
+                    break;
+                };
                 if !in_flight.lock().expect("in-flight set").insert(build.id) {
                     continue;
                 }
@@ -325,7 +329,9 @@ mod tests {
         for _ in 0..MAX_IN_FLIGHT - 1 {
             assert_eq!(breaker.failure(&retry), None);
         }
-        let first = breaker.failure(&retry).expect("pauses after a full round of failures");
+        let first = breaker
+            .failure(&retry)
+            .expect("pauses after a full round of failures");
         for _ in 0..MAX_IN_FLIGHT * 5 - 1 {
             breaker.failure(&retry);
         }

@@ -417,10 +417,26 @@ impl Default for JournalConfig {
 
 impl JournalConfig {
     fn validate(self) -> Result<JournalConfig, ConfigError> {
-        positive("journal.keep_bodies_days", Some(self.keep_bodies_days as usize), 0)?;
-        positive("journal.keep_ignored_days", Some(self.keep_ignored_days as usize), 0)?;
-        positive("journal.max_queued_deliveries", Some(self.max_queued_deliveries), 0)?;
-        positive("journal.prune_interval_secs", Some(self.prune_interval_secs as usize), 0)?;
+        positive(
+            "journal.keep_bodies_days",
+            Some(self.keep_bodies_days as usize),
+            0,
+        )?;
+        positive(
+            "journal.keep_ignored_days",
+            Some(self.keep_ignored_days as usize),
+            0,
+        )?;
+        positive(
+            "journal.max_queued_deliveries",
+            Some(self.max_queued_deliveries),
+            0,
+        )?;
+        positive(
+            "journal.prune_interval_secs",
+            Some(self.prune_interval_secs as usize),
+            0,
+        )?;
         Ok(self)
     }
 }

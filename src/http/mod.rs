@@ -96,7 +96,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         std::time::Duration::from_secs(3),
         state.journal.check_writable(now),
     );
-    match writable.await.unwrap_or_else(|_| Err(crate::journal::JournalError::Busy("".into()))) {
+    match writable
+        .await
+        .unwrap_or_else(|_| Err(crate::journal::JournalError::Busy("".into())))
+    {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "readyz: journal not writable");

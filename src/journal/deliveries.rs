@@ -167,28 +167,27 @@ fn insert_delivery(
              received_ms, content_type, headers, body_id, dedup_key, outcome, reason)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
-    .execute(
-        params![
-            d.delivery_id.as_str(),
-            d.hook_id.as_str(),
-            d.event,
-            d.source.as_str(),
-            d.actor,
-            d.replay_of,
-            d.received_ms,
-            d.content_type,
-            d.headers.to_string(),
-            body_id,
-            d.dedup_key(),
-            outcome,
-            reason,
-        ],
-    )?;
+    .execute(params![
+        d.delivery_id.as_str(),
+        d.hook_id.as_str(),
+        d.event,
+        d.source.as_str(),
+        d.actor,
+        d.replay_of,
+        d.received_ms,
+        d.content_type,
+        d.headers.to_string(),
+        body_id,
+        d.dedup_key(),
+        outcome,
+        reason,
+    ])?;
     Ok(tx.last_insert_rowid())
 }
 
 /// The intake queries, by name, for the query-plan test: each must use an index.
-pub(crate) const FIND_BY_KEY: &str = "SELECT id, state FROM builds WHERE dedup_key = ?1 AND app = ?2";
+pub(crate) const FIND_BY_KEY: &str =
+    "SELECT id, state FROM builds WHERE dedup_key = ?1 AND app = ?2";
 /// The same push from two GitHub hooks: a build of (app, sha, before) from a GitHub delivery.
 pub(crate) const FIND_SAME_PUSH: &str = "SELECT b.id, b.state FROM builds b
      JOIN deliveries d ON d.id = b.delivery

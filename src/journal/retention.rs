@@ -66,7 +66,9 @@ fn prune_batch(
              WHERE d.outcome IN ({DISPOSABLE}) AND d.received_ms < ?1 AND NOT {TIED}
              LIMIT ?2"
         ))?
-        .query_map(params![ignored_before, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![ignored_before, BATCH], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<Result<_, _>>()?;
     for (id, body_id) in doomed {
         // A replay of it outlives it; the link goes with the original.
@@ -84,7 +86,9 @@ fn prune_batch(
              WHERE d.body_id IS NOT NULL AND d.received_ms < ?1 AND NOT {TIED}
              ORDER BY d.received_ms LIMIT ?2"
         ))?
-        .query_map(params![bodies_before, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![bodies_before, BATCH], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<Result<_, _>>()?;
     for (id, body_id) in old {
         c.prepare_cached("UPDATE deliveries SET body_id = NULL WHERE id = ?1")?

@@ -6,7 +6,8 @@ use sha2::{Digest, Sha256};
 
 use super::JournalError;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -92,10 +93,10 @@ CREATE UNIQUE INDEX deployments_by_build_id ON deployments (build_id) WHERE buil
 CREATE INDEX deployments_by_state ON deployments (state);
 CREATE INDEX deployments_by_service ON deployments (service_key, order_key);
 "#,
-// Issue 13 (intake that stays fast with years of history): bodies in their own table, stored
-// once per SHA-256 and counted, so retention can drop them; indexes for every intake and
-// pruning query. `slipway_sha256` is registered on the connection before migrating.
-r#"
+    // Issue 13 (intake that stays fast with years of history): bodies in their own table, stored
+    // once per SHA-256 and counted, so retention can drop them; indexes for every intake and
+    // pruning query. `slipway_sha256` is registered on the connection before migrating.
+    r#"
 CREATE TABLE bodies (
     id     INTEGER PRIMARY KEY,
     sha256 BLOB NOT NULL UNIQUE,     -- SHA-256 of the body: an identical body is stored once
@@ -116,7 +117,8 @@ CREATE INDEX deliveries_by_delivery_id ON deliveries (delivery_id);
 -- Retention: deliveries still holding a body, and deliveries by outcome, oldest first.
 CREATE INDEX deliveries_with_body ON deliveries (received_ms) WHERE body_id IS NOT NULL;
 CREATE INDEX deliveries_by_outcome ON deliveries (outcome, received_ms);
-"#];
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
     migrate_to(conn, MIGRATIONS.len())
@@ -142,7 +144,12 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), Jou
              run a newer slipway"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(version as usize) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target)
+        .skip(version as usize)
+    {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
@@ -164,8 +171,7 @@ pub fn incremental_vacuum(conn: &Connection) -> Result<(), JournalError> {
         return Ok(());
     }
     conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
-    let tables: i64 =
-        conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get(0))?;
     if tables > 0 {
         tracing::info!("journal: converting to incremental vacuum (a one-time VACUUM)");
         conn.execute_batch("VACUUM")?;

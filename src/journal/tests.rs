@@ -158,9 +158,11 @@ async fn set_build(journal: &Journal, delivery_row: i64, state: &'static str) ->
                 "UPDATE builds SET state = ?2 WHERE delivery = ?1",
                 params![delivery_row, state],
             )?;
-            Ok(c.query_row("SELECT id FROM builds WHERE delivery = ?1", [delivery_row], |r| {
-                r.get(0)
-            })?)
+            Ok(c.query_row(
+                "SELECT id FROM builds WHERE delivery = ?1",
+                [delivery_row],
+                |r| r.get(0),
+            )?)
         })
         .await
         .unwrap()
@@ -187,7 +189,10 @@ async fn retention_drops_old_bodies_and_ignored_deliveries_but_not_unfinished_wo
     let journal = Journal::open(dir.path()).unwrap();
     let settings = JournalConfig::default();
     let (ignored, _) = journal
-        .admit(delivery("ign", "1", T0, b"ignored"), Verdict::Ignored("branch".into()))
+        .admit(
+            delivery("ign", "1", T0, b"ignored"),
+            Verdict::Ignored("branch".into()),
+        )
         .await
         .unwrap();
     let (done, _) = journal
@@ -207,21 +212,32 @@ async fn retention_drops_old_bodies_and_ignored_deliveries_but_not_unfinished_wo
         .await
         .unwrap();
     let (recent, _) = journal
-        .admit(delivery("recent", "1", T0 + 95 * DAY_MS, b"recent"), Verdict::Ignored("x".into()))
+        .admit(
+            delivery("recent", "1", T0 + 95 * DAY_MS, b"recent"),
+            Verdict::Ignored("x".into()),
+        )
         .await
         .unwrap();
 
     // 20 days on: only the ignored delivery is past its time.
     let p = journal.prune(T0 + 20 * DAY_MS, &settings).await.unwrap();
     assert_eq!((p.deliveries_deleted, p.bodies_dropped), (1, 0));
-    assert!(journal.delivery(&ignored.to_string()).await.unwrap().is_none());
+    assert!(journal
+        .delivery(&ignored.to_string())
+        .await
+        .unwrap()
+        .is_none());
 
     // 100 days on: the finished delivery's body goes, its row and dedup key stay.
     let p = journal.prune(T0 + 100 * DAY_MS, &settings).await.unwrap();
     assert_eq!((p.deliveries_deleted, p.bodies_dropped), (0, 1));
     let rec = journal.delivery("done").await.unwrap().unwrap();
     assert!(matches!(rec.payload(), Err(JournalError::PayloadNotKept)));
-    for (row, body) in [(deploying, &b"deploying"[..]), (pending, b"pending"), (recent, b"recent")] {
+    for (row, body) in [
+        (deploying, &b"deploying"[..]),
+        (pending, b"pending"),
+        (recent, b"recent"),
+    ] {
         let rec = journal.delivery(&row.to_string()).await.unwrap().unwrap();
         assert_eq!(rec.payload().unwrap(), body, "row {row} is kept");
     }
@@ -232,7 +248,10 @@ async fn retention_drops_old_bodies_and_ignored_deliveries_but_not_unfinished_wo
     assert_eq!(bodies, 3);
     // GitHub redelivers the old delivery: still a duplicate.
     let (_, again) = journal
-        .admit(delivery("done", "1", T0 + 100 * DAY_MS, b"done"), build('a'))
+        .admit(
+            delivery("done", "1", T0 + 100 * DAY_MS, b"done"),
+            build('a'),
+        )
         .await
         .unwrap();
     assert_eq!(again, Admission::Duplicate);
@@ -266,7 +285,10 @@ async fn a_stalled_writer_turns_new_deliveries_away_and_loses_none_it_queued() {
     let turned_away = journal
         .admit(delivery("q-3", "1", T0, b"q-3"), build('c'))
         .await;
-    assert!(matches!(turned_away, Err(JournalError::Busy(_))), "{turned_away:?}");
+    assert!(
+        matches!(turned_away, Err(JournalError::Busy(_))),
+        "{turned_away:?}"
+    );
     std::fs::remove_file(&hold).unwrap();
     for task in queued {
         let _ = task.await.unwrap();

@@ -25,14 +25,23 @@ async fn a_stalled_journal_answers_503_with_retry_after_and_readyz_says_why() {
             (status == 503).then_some(v)
         })
         .await;
-        assert!(why["error"].as_str().unwrap().contains("waiting for the journal"), "{why}");
+        assert!(
+            why["error"]
+                .as_str()
+                .unwrap()
+                .contains("waiting for the journal"),
+            "{why}"
+        );
         let resp = reqwest::Client::new()
             .post(format!("{}/webhooks/github", s.url))
             .header("content-type", "application/json")
             .header("x-github-event", "push")
             .header("x-github-delivery", "held-2")
             .header("x-github-hook-id", "4242")
-            .header("x-hub-signature-256", slipway::webhook::sign(SECRET.as_bytes(), &body))
+            .header(
+                "x-hub-signature-256",
+                slipway::webhook::sign(SECRET.as_bytes(), &body),
+            )
             .body(body.clone())
             .send()
             .await
@@ -50,7 +59,10 @@ async fn a_stalled_journal_answers_503_with_retry_after_and_readyz_says_why() {
     assert!(held.status == 202 || held.status == 503, "{}", held.text);
 
     std::fs::remove_file(&hold).unwrap();
-    eventually("ready again", || async { (s.get("/readyz").await.0 == 200).then_some(()) }).await;
+    eventually("ready again", || async {
+        (s.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
     // GitHub redelivers what got 503: accepted now, and built once.
     let again = s.deliver("push", "held-1", &body).await;
     assert_eq!(again.status, 202, "{}", again.text);
