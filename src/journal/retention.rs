@@ -41,6 +41,24 @@ const TIED: &str = "EXISTS (SELECT 1 FROM builds b WHERE b.delivery = d.id AND (
         OR EXISTS (SELECT 1 FROM deployments dp WHERE dp.build_row = b.id
                    AND dp.state IN ('pending', 'deploying'))))";
 
+/// Ignored, ping and duplicate deliveries received before ?1, at most ?2.
+pub(crate) fn disposable_sql() -> String {
+    format!(
+        "SELECT d.id, d.body_id FROM deliveries d
+         WHERE d.outcome IN ({DISPOSABLE}) AND d.received_ms < ?1 AND NOT {TIED}
+         LIMIT ?2"
+    )
+}
+
+/// Deliveries received before ?1 that still hold a body, oldest first, at most ?2.
+pub(crate) fn old_bodies_sql() -> String {
+    format!(
+        "SELECT d.id, d.body_id FROM deliveries d
+         WHERE d.body_id IS NOT NULL AND d.received_ms < ?1 AND NOT {TIED}
+         ORDER BY d.received_ms LIMIT ?2"
+    )
+}
+
 fn release_body(c: &Connection, body_id: Option<i64>) -> Result<(), JournalError> {
     let Some(body_id) = body_id else {
         return Ok(());
@@ -61,11 +79,7 @@ fn prune_batch(
     let mut pruned = Pruned::default();
     let ignored_before = now_ms - settings.keep_ignored_days as i64 * DAY_MS;
     let doomed: Vec<(i64, Option<i64>)> = c
-        .prepare_cached(&format!(
-            "SELECT d.id, d.body_id FROM deliveries d
-             WHERE d.outcome IN ({DISPOSABLE}) AND d.received_ms < ?1 AND NOT {TIED}
-             LIMIT ?2"
-        ))?
+        .prepare_cached(&disposable_sql())?
         .query_map(params![ignored_before, BATCH], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?
@@ -81,11 +95,7 @@ fn prune_batch(
     }
     let bodies_before = now_ms - settings.keep_bodies_days as i64 * DAY_MS;
     let old: Vec<(i64, Option<i64>)> = c
-        .prepare_cached(&format!(
-            "SELECT d.id, d.body_id FROM deliveries d
-             WHERE d.body_id IS NOT NULL AND d.received_ms < ?1 AND NOT {TIED}
-             ORDER BY d.received_ms LIMIT ?2"
-        ))?
+        .prepare_cached(&old_bodies_sql())?
         .query_map(params![bodies_before, BATCH], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?

@@ -52,12 +52,20 @@ fn intake_queries_use_an_index_never_a_scan() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
     let c = Connection::open(journal.path()).unwrap();
+    let vacuum: i64 = c
+        .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+        .unwrap();
+    assert_eq!(vacuum, 2, "a new journal vacuums incrementally");
     for sql in [
         deliveries::FIND_BY_KEY,
         deliveries::FIND_SAME_PUSH,
         "INSERT INTO bodies (sha256, refs, body) VALUES (?1, 1, ?2)
          ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1 RETURNING id",
         "UPDATE builds SET state = 'pending' WHERE id = ?1",
+        "DELETE FROM deliveries WHERE id = ?1",
+        "UPDATE deliveries SET replay_of = NULL WHERE replay_of = ?1",
+        &retention::disposable_sql(),
+        &retention::old_bodies_sql(),
     ] {
         let steps = plan(&c, sql);
         assert!(
