@@ -75,3 +75,65 @@ async fn a_stalled_journal_answers_503_with_retry_after_and_readyz_says_why() {
         "a delivery answered 503 is not kept"
     );
 }
+
+#[tokio::test]
+async fn replaying_a_delivery_whose_payload_was_pruned_answers_409() {
+    const TOKEN: &str = "alice-token-0123456789";
+    let emulator = Emulator::start().await; // no CodeBuild project: the build fails for good
+    let proxy = Proxy::start(&emulator.url).await;
+    let builder = SlipwayBuilder::new(&proxy.url).env("SLIPWAY_OPS_TOKENS", TOKEN);
+    let mut s = builder.start().await;
+    let body = fixture("github/push_master.json");
+    assert_eq!(s.deliver("push", "old-1", &body).await.status, 202);
+    eventually("the build failed for good", || async {
+        s.deliveries()
+            .into_iter()
+            .find(|d| d["delivery"] == "old-1" && d["state"] == "failed")
+    })
+    .await;
+    s.terminate();
+
+    // A hundred days later (the clock is injected into pruning), with the default retention.
+    {
+        let journal = slipway::journal::Journal::open(&builder.state_dir()).unwrap();
+        let later = slipway::journal::millis(time::OffsetDateTime::now_utc()) + 100 * 86_400_000;
+        let settings = slipway::config::JournalConfig::default();
+        let pruned = journal.prune(later, &settings).await.unwrap();
+        assert_eq!(pruned.bodies_dropped, 1);
+        journal.close();
+    }
+
+    let s = builder.start().await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/deliveries/old-1/replay", s.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("payload no longer kept"),
+        "{v}"
+    );
+    // Its metadata is still there, and a redelivery still dedups against it.
+    let (status, rec) = {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/api/deliveries/old-1", s.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["payload"], serde_json::Value::Null);
+    assert_eq!(rec["outcome"], "accepted");
+}
