@@ -5,7 +5,8 @@
 //! `delivery_id<TAB>signature<TAB>compact JSON body`. Secret from SLIPWAY_WEBHOOK_SECRET.
 //!
 //! `bench_tool seed STATE_DIR N`: adds N deliveries to the journal through its own API (9 of
-//! 10 ignored, 1 of 10 accepted with its build started), received over the last 10 days.
+//! 10 ignored, 1 of 10 accepted with its build started), received over the last year in time
+//! order, pruning with the default `[journal]` retention as it goes (as a running slipway would).
 
 use std::io::Write;
 
@@ -53,6 +54,7 @@ async fn seed(state_dir: &str, n: u64) {
     let template = template();
     let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
     let started = std::time::Instant::now();
+    let settings = slipway::config::JournalConfig::default();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let after = sha(i, 0x5eed);
@@ -65,7 +67,7 @@ async fn seed(state_dir: &str, n: u64) {
             source: Source::Github,
             actor: None,
             replay_of: None,
-            received_ms: now - ((n - i) as i64 * 10 * 86_400_000 / n as i64),
+            received_ms: now - ((n - i) as i64 * 365 * 86_400_000 / n as i64),
             content_type: "application/json".into(),
             headers: serde_json::json!({}),
             body: push(&template, branch, &after),
@@ -82,8 +84,9 @@ async fn seed(state_dir: &str, n: u64) {
         } else {
             Verdict::Ignored("branch feature is not deployed".into())
         };
-        let journal = journal.clone();
+        let j = journal.clone();
         tasks.spawn(async move {
+            let journal = j;
             loop {
                 match journal.admit(delivery.clone(), verdict.clone()).await {
                     Ok((_, slipway::journal::Admission::Accepted(builds))) => {
@@ -106,13 +109,18 @@ async fn seed(state_dir: &str, n: u64) {
         while tasks.len() >= 512 {
             tasks.join_next().await.expect("task").expect("seed task");
         }
-        if i % 100_000 == 0 && i > 0 {
-            eprintln!("seeded {i} in {:.1?}", started.elapsed());
+        if i % 50_000 == 0 && i > 0 {
+            while let Some(t) = tasks.join_next().await {
+                t.expect("seed task");
+            }
+            let pruned = journal.prune(now, &settings).await.expect("prune");
+            eprintln!("seeded {i} in {:.1?} ({pruned:?})", started.elapsed());
         }
     }
     while let Some(t) = tasks.join_next().await {
         t.expect("seed task");
     }
+    journal.prune(now, &settings).await.expect("prune");
     journal.close();
     eprintln!("seeded {n} deliveries in {:.1?}", started.elapsed());
 }
