@@ -19,7 +19,7 @@ pub mod events;
 mod http;
 pub mod ids;
 pub mod image;
-mod journal;
+pub mod journal; // pub for the benchmark's seeder (examples/bench_tool.rs) and the retention test
 mod notify;
 mod ops;
 pub mod provision;
