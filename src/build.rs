@@ -4,7 +4,7 @@
 //! its next attempt scheduled in the journal, so a restart resumes the schedule. Permanent
 //! failures mark it `failed` with AWS's words.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,32 @@ use crate::journal::{millis, Journal, PendingBuild};
 
 /// Most StartBuild calls in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
+/// Due builds read from the journal at once (one query per batch, not per build).
+const BATCH: u32 = 64;
+
+/// Stops the worker hammering a CodeBuild that fails every call (unreachable, throttling):
+/// after `MAX_IN_FLIGHT` retryable failures in a row it pauses all starts for a backoff that
+/// grows with the streak (with jitter), so thousands of pending builds cost a few calls per
+/// pause, not a busy core. Any success closes it again.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    streak: u32,
+}
+
+impl Breaker {
+    pub fn success(&mut self) {
+        self.streak = 0;
+    }
+
+    /// Records a retryable failure; returns how long to pause every start, if at all.
+    pub fn failure(&mut self, retry: &BuildRetry) -> Option<Duration> {
+        self.streak += 1;
+        let trips = self.streak / MAX_IN_FLIGHT as u32;
+        self.streak
+            .is_multiple_of(MAX_IN_FLIGHT as u32)
+            .then(|| backoff(retry, trips - 1))
+    }
+}
 
 pub struct BuildStarter {
     pub journal: Journal,
@@ -68,48 +94,83 @@ pub fn build_environment(build: &PendingBuild) -> Vec<EnvironmentVariable> {
     .collect()
 }
 
+/// How one start attempt ended, for the breaker.
+enum Attempt {
+    /// CodeBuild answered with a build.
+    Done,
+    /// A retryable failure: the build stays pending.
+    Retry,
+    /// Anything else (a permanent failure, the journal unavailable).
+    Other,
+}
+
 impl BuildStarter {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let mut tasks = JoinSet::new();
+        // Due builds read in one batch, started as slots free up.
+        let mut queue: VecDeque<PendingBuild> = VecDeque::new();
+        let mut breaker = Breaker::default();
+        let mut paused_until: Option<tokio::time::Instant> = None;
         loop {
             let now = millis(this.clock.now());
-            match this.journal.due_builds(now, 32).await {
-                Ok(due) => {
-                    for build in due {
-                        if tasks.len() >= MAX_IN_FLIGHT {
-                            break;
-                        }
-                        if !in_flight.lock().expect("in-flight set").insert(build.id) {
-                            continue;
-                        }
-                        let this = this.clone();
-                        let in_flight = in_flight.clone();
-                        let span = tracing::info_span!("build", delivery = %build.delivery_id,
-                            app = %build.app, sha = %build.sha, run = build.id);
-                        tasks.spawn(
-                            async move {
-                                let id = build.id;
-                                this.start_one(build).await;
-                                in_flight.lock().expect("in-flight set").remove(&id);
-                            }
-                            .instrument(span),
-                        );
-                    }
+            let paused = paused_until.is_some_and(|t| t > tokio::time::Instant::now());
+            if !paused && queue.is_empty() && tasks.len() < MAX_IN_FLIGHT {
+                match this.journal.due_builds(now, BATCH).await {
+                    Ok(due) => queue.extend(due),
+                    Err(e) => tracing::error!(error = %e, "build worker: cannot read the journal"),
                 }
-                Err(e) => tracing::error!(error = %e, "build worker: cannot read the journal"),
             }
-            let wait = match this.journal.next_due_ms().await {
-                Ok(Some(due)) => Duration::from_millis((due - now).clamp(100, 30_000) as u64),
-                Ok(None) => Duration::from_secs(30),
-                Err(_) => Duration::from_secs(1),
+            while !paused && tasks.len() < MAX_IN_FLIGHT {
+                let Some(build) = queue.pop_front() else {
+                    break;
+                };
+                if !in_flight.lock().expect("in-flight set").insert(build.id) {
+                    continue;
+                }
+                let this = this.clone();
+                let in_flight = in_flight.clone();
+                let span = tracing::info_span!("build", delivery = %build.delivery_id,
+                    app = %build.app, sha = %build.sha, run = build.id);
+                tasks.spawn(
+                    async move {
+                        let id = build.id;
+                        let started = this.start_one(build).await;
+                        in_flight.lock().expect("in-flight set").remove(&id);
+                        started
+                    }
+                    .instrument(span),
+                );
+            }
+            let wait = if let Some(until) = paused_until.filter(|_| paused) {
+                until - tokio::time::Instant::now()
+            } else if !queue.is_empty() {
+                Duration::from_secs(30) // a slot frees up first
+            } else {
+                match this.journal.next_due_ms().await {
+                    Ok(Some(due)) => Duration::from_millis((due - now).clamp(100, 30_000) as u64),
+                    Ok(None) => Duration::from_secs(30),
+                    Err(_) => Duration::from_secs(1),
+                }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = this.wake.notified() => {}
+                _ = this.wake.notified(), if !paused => {}
                 _ = tokio::time::sleep(wait) => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                    Ok(Attempt::Retry) => {
+                        if let Some(pause) = breaker.failure(&this.retry) {
+                            tracing::warn!(pause_ms = pause.as_millis() as u64,
+                                "StartBuild keeps failing; pausing all starts");
+                            paused_until = Some(tokio::time::Instant::now() + pause);
+                            // Re-read after the pause: the schedule may have moved.
+                            queue.clear();
+                        }
+                    }
+                    Ok(Attempt::Done) => breaker.success(),
+                    Ok(Attempt::Other) | Err(_) => {}
+                },
             }
         }
         // Let calls already sent to CodeBuild record their answer; anything else stays
@@ -123,7 +184,7 @@ impl BuildStarter {
         }
     }
 
-    async fn start_one(&self, build: PendingBuild) {
+    async fn start_one(&self, build: PendingBuild) -> Attempt {
         if build.start_requested {
             // A previous attempt may have reached CodeBuild before slipway stopped.
             match self.find_started(&build).await {
@@ -134,7 +195,7 @@ impl BuildStarter {
                             .build_started(build.id, id, arn, self.now())
                             .await,
                     );
-                    return;
+                    return Attempt::Done;
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -149,7 +210,7 @@ impl BuildStarter {
         {
             // Without this record a crash could start the build twice; try again later.
             tracing::error!(error = %e, "cannot journal the start; not calling StartBuild yet");
-            return;
+            return Attempt::Other;
         }
         let result = self
             .codebuild
@@ -179,6 +240,7 @@ impl BuildStarter {
                         .build_started(build.id, id, arn, self.now())
                         .await,
                 );
+                Attempt::Done
             }
             Err(e) => {
                 self.failed_attempt(&build, AwsError::from_sdk("CodeBuild StartBuild", &e))
@@ -187,8 +249,9 @@ impl BuildStarter {
         }
     }
 
-    async fn failed_attempt(&self, build: &PendingBuild, e: AwsError) {
+    async fn failed_attempt(&self, build: &PendingBuild, e: AwsError) -> Attempt {
         if e.retryable {
+            metrics::counter!("slipway_build_start_retries_total").increment(1);
             let delay = backoff(&self.retry, build.attempts);
             tracing::warn!(error = %e, attempt = build.attempts + 1, retry_in_ms = delay.as_millis() as u64,
                 "StartBuild failed; will retry");
@@ -198,6 +261,7 @@ impl BuildStarter {
                     .build_retry_later(build.id, e.message, next, self.now())
                     .await,
             );
+            Attempt::Retry
         } else {
             tracing::error!(error = %e, "StartBuild failed for good");
             self.record(
@@ -205,6 +269,7 @@ impl BuildStarter {
                     .build_failed_to_start(build.id, e.message, self.now())
                     .await,
             );
+            Attempt::Other
         }
     }
 
@@ -252,5 +317,32 @@ impl BuildStarter {
         if let Err(e) = result {
             tracing::error!(error = %e, "build worker: could not journal the outcome");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_pauses_after_a_run_of_failures_and_longer_each_time() {
+        let retry = BuildRetry {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        };
+        let mut breaker = Breaker::default();
+        for _ in 0..MAX_IN_FLIGHT - 1 {
+            assert_eq!(breaker.failure(&retry), None);
+        }
+        let first = breaker
+            .failure(&retry)
+            .expect("pauses after a full round of failures");
+        for _ in 0..MAX_IN_FLIGHT * 5 - 1 {
+            breaker.failure(&retry);
+        }
+        let later = breaker.failure(&retry).expect("pauses again");
+        assert!(later > first, "{later:?} > {first:?}");
+        breaker.success();
+        assert_eq!(breaker.failure(&retry), None, "a success closes it");
     }
 }

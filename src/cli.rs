@@ -583,7 +583,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let mut config = Config::load(path)?;
     let secrets = WebhookSecrets::from_env()?;
     let shared = require_region().await?;
-    let journal = Journal::open(&config.state_dir)
+    let journal = Journal::open_with(&config.state_dir, &config.journal)
         .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

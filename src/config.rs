@@ -67,6 +67,8 @@ struct RawConfig {
     apps: Vec<RawApp>,
     #[serde(default)]
     chat: RawChat,
+    #[serde(default)]
+    journal: JournalConfig,
     /// Optional GitHub API access (issue 11): statuses, deployments, recovery.
     github: Option<crate::github::RawGithubConfig>,
 }
@@ -169,6 +171,8 @@ pub struct Config {
     pub chat: ChatConfig,
     /// The `[github]` table, validated; None when absent.
     pub github: Option<crate::github::GithubConfig>,
+    /// Retention and queueing of the journal.
+    pub journal: JournalConfig,
 }
 
 /// The `[chat]` table.
@@ -480,7 +484,77 @@ impl RawConfig {
             provision,
             apps,
             github: self.github.map(|g| g.validate()).transpose()?,
+            journal: self.journal.validate()?,
         })
+    }
+}
+
+/// `[journal]`: how long the journal keeps what, and how many deliveries may wait for its
+/// writer (issue 13). Days count from when a delivery was received.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Bodies of older deliveries are dropped; their metadata and dedup keys stay.
+    pub keep_bodies_days: u64,
+    /// Ignored, ping and duplicate deliveries older than this are deleted, rows and bodies.
+    pub keep_ignored_days: u64,
+    /// Deliveries waiting for the journal writer before new ones get 503.
+    pub max_queued_deliveries: usize,
+    /// How often the background pruning pass runs.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            keep_bodies_days: 90,
+            keep_ignored_days: 14,
+            max_queued_deliveries: 1024,
+            prune_interval_secs: 60,
+        }
+    }
+}
+
+impl JournalConfig {
+    fn validate(self) -> Result<JournalConfig, ConfigError> {
+        positive(
+            "journal.keep_bodies_days",
+            Some(self.keep_bodies_days as usize),
+            0,
+        )?;
+        positive(
+            "journal.keep_ignored_days",
+            Some(self.keep_ignored_days as usize),
+            0,
+        )?;
+        positive(
+            "journal.max_queued_deliveries",
+            Some(self.max_queued_deliveries),
+            0,
+        )?;
+        positive(
+            "journal.prune_interval_secs",
+            Some(self.prune_interval_secs as usize),
+            0,
+        )?;
+        // Day counts become milliseconds: keep them far from overflowing.
+        for (key, value, max) in [
+            ("journal.keep_bodies_days", self.keep_bodies_days, 36_500),
+            ("journal.keep_ignored_days", self.keep_ignored_days, 36_500),
+            (
+                "journal.prune_interval_secs",
+                self.prune_interval_secs,
+                86_400,
+            ),
+        ] {
+            if value > max {
+                return Err(invalid(
+                    key,
+                    format!("{value} is too large (at most {max})"),
+                ));
+            }
+        }
+        Ok(self)
     }
 }
 

@@ -418,10 +418,15 @@ impl Ops {
             .ok_or_else(|| OpsError::NotFound(format!("no delivery {id}")))?;
         let content_type =
             ContentType::from_header(Some(&original.content_type)).unwrap_or(ContentType::Json);
+        // Retention may have dropped the body (409 "payload no longer kept").
+        let body = original
+            .payload()
+            .map_err(|e| OpsError::Conflict(e.to_string()))?
+            .to_vec();
         self.admit_replay(
             original.event,
             content_type,
-            original.body,
+            body,
             Some(original.row),
             actor,
         )

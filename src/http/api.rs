@@ -273,13 +273,19 @@ async fn delivery(
         .deployments_of_delivery(record.row)
         .await
         .map_err(OpsError::from)?;
-    let payload = payload_json(
-        ContentType::from_header(Some(&record.content_type)).unwrap_or(ContentType::Json),
-        &record.body,
-    )
-    .ok()
-    .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-    .unwrap_or_else(|| String::from_utf8_lossy(&record.body).into_owned().into());
+    // Null once retention dropped the body.
+    let payload = record
+        .body
+        .as_deref()
+        .map_or(serde_json::Value::Null, |body| {
+            payload_json(
+                ContentType::from_header(Some(&record.content_type)).unwrap_or(ContentType::Json),
+                body,
+            )
+            .ok()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned().into())
+        });
     let mut v = serde_json::to_value(&record).expect("serializable");
     v["builds"] = serde_json::to_value(builds).expect("serializable");
     v["deployments"] = serde_json::to_value(deployments).expect("serializable");

@@ -141,9 +141,20 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    if let Some(why) = state.journal.backpressure() {
+        let body = json!({ "status": "not ready", "error": why });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let now = crate::journal::millis(state.clock.now());
     let facts = state.readiness.facts();
-    match state.journal.check_writable(now).await {
+    let writable = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        state.journal.check_writable(now),
+    );
+    match writable
+        .await
+        .unwrap_or_else(|_| Err(crate::journal::JournalError::Busy("".into())))
+    {
         Ok(()) if !facts.problems().is_empty() => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(
@@ -271,6 +282,14 @@ pub async fn run(
         .run(workers.clone()),
     );
 
+    worker_tasks.spawn(
+        crate::journal::Retention {
+            journal: journal.clone(),
+            clock: clock.clone(),
+            settings: config.journal.clone(),
+        }
+        .run(workers.clone()),
+    );
     let ops = crate::ops::Ops {
         config: config.clone(),
         journal: journal.clone(),

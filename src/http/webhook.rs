@@ -116,6 +116,15 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
     let delivery_id = delivery.delivery_id.clone();
     let admission = match state.journal.admit(delivery, verdict).await {
         Ok((_, admission)) => admission,
+        Err(crate::journal::JournalError::Busy(why)) => {
+            tracing::warn!(%why, "webhook: journal busy; asking GitHub to retry");
+            let mut busy = error(StatusCode::SERVICE_UNAVAILABLE, &format!("busy: {why}"));
+            busy.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+            return busy;
+        }
         Err(e) => {
             tracing::error!(error = %e, "webhook: could not journal the delivery");
             return error(

@@ -156,51 +156,85 @@ fn token_for(dedup_key: &str, app: &str) -> String {
     hex::encode(&digest[..16])
 }
 
+/// How long a delivery may wait for the writer before it is answered 503 (GitHub gives up
+/// after 10 s; this leaves room for the answer).
+const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A delivery about to be stored, with its body's digest (computed before the writer).
+struct Incoming {
+    delivery: NewDelivery,
+    digest: [u8; 32],
+}
+
+/// Stores the body once per digest and counts the delivery pointing at it.
+fn store_body(tx: &Connection, digest: &[u8; 32], body: &[u8]) -> Result<i64, JournalError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO bodies (sha256, refs, body) VALUES (?1, 1, ?2)
+         ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1
+         RETURNING id",
+    )?;
+    Ok(stmt.query_row(params![digest.as_slice(), body], |r| r.get(0))?)
+}
+
 fn insert_delivery(
     tx: &Connection,
-    d: &NewDelivery,
+    incoming: &Incoming,
     outcome: &str,
     reason: Option<&str>,
 ) -> Result<i64, JournalError> {
-    tx.execute(
+    let d = &incoming.delivery;
+    let body_id = store_body(tx, &incoming.digest, &d.body)?;
+    tx.prepare_cached(
         "INSERT INTO deliveries (delivery_id, hook_id, event, source, actor, replay_of,
-             received_ms, content_type, headers, body, dedup_key, outcome, reason)
+             received_ms, content_type, headers, body_id, dedup_key, outcome, reason)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        params![
-            d.delivery_id.as_str(),
-            d.hook_id.as_str(),
-            d.event,
-            d.source.as_str(),
-            d.actor,
-            d.replay_of,
-            d.received_ms,
-            d.content_type,
-            d.headers.to_string(),
-            d.body,
-            d.dedup_key(),
-            outcome,
-            reason,
-        ],
-    )?;
+    )?
+    .execute(params![
+        d.delivery_id.as_str(),
+        d.hook_id.as_str(),
+        d.event,
+        d.source.as_str(),
+        d.actor,
+        d.replay_of,
+        d.received_ms,
+        d.content_type,
+        d.headers.to_string(),
+        body_id,
+        d.dedup_key(),
+        outcome,
+        reason,
+    ])?;
     Ok(tx.last_insert_rowid())
 }
 
+/// The intake queries, by name, for the query-plan test: each must use an index.
+pub(crate) const FIND_BY_KEY: &str =
+    "SELECT id, state FROM builds WHERE dedup_key = ?1 AND app = ?2";
+/// The same push from two GitHub hooks: a build of (app, sha, before) from a GitHub delivery.
+pub(crate) const FIND_SAME_PUSH: &str = "SELECT b.id, b.state FROM builds b
+     JOIN deliveries d ON d.id = b.delivery
+     WHERE b.app = ?1 AND b.sha = ?2 AND b.before_sha IS ?3 AND b.state != ?4
+       AND d.source = 'github'
+     ORDER BY b.id DESC LIMIT 1";
+
 fn admit_in(
     tx: &Connection,
-    d: &NewDelivery,
+    incoming: &Incoming,
     verdict: Verdict,
 ) -> Result<(i64, Admission), JournalError> {
+    let d = &incoming.delivery;
+    let d_in = incoming;
     let requests = match verdict {
         Verdict::Pong => {
-            let row = insert_delivery(tx, d, "pong", None)?;
+            let row = insert_delivery(tx, d_in, "pong", None)?;
             return Ok((row, Admission::Pong));
         }
         Verdict::Ignored(reason) => {
-            let row = insert_delivery(tx, d, "ignored", Some(&reason))?;
+            let row = insert_delivery(tx, d_in, "ignored", Some(&reason))?;
             return Ok((row, Admission::Ignored(reason)));
         }
         Verdict::Rejected(reason) => {
-            let row = insert_delivery(tx, d, "rejected", Some(&reason))?;
+            let row = insert_delivery(tx, d_in, "rejected", Some(&reason))?;
             return Ok((row, Admission::Rejected(reason)));
         }
         Verdict::Build(requests) => (requests, None),
@@ -218,21 +252,17 @@ fn admit_in(
     let mut plan = Vec::with_capacity(requests.len());
     for req in requests {
         let existing: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT id, state FROM builds WHERE dedup_key = ?1 AND app = ?2",
-                params![key, req.app.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached(FIND_BY_KEY)?
+            .query_row(params![key, req.app.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         // The same push sent by two hooks (a repository's and its organisation's): one build.
         let existing = match existing {
             Some(found) => Some(found),
             None if d.source == Source::Github => tx
+                .prepare_cached(FIND_SAME_PUSH)?
                 .query_row(
-                    "SELECT id, state FROM builds
-                     WHERE app = ?1 AND sha = ?2 AND before_sha IS ?3 AND state != ?4
-                       AND dedup_key IN (SELECT dedup_key FROM deliveries WHERE source = 'github')
-                     ORDER BY id DESC LIMIT 1",
                     params![
                         req.app.as_str(),
                         req.sha.as_str(),
@@ -253,13 +283,13 @@ fn admit_in(
     if all_started && !plan.is_empty() {
         insert_delivery(
             tx,
-            d,
+            d_in,
             "duplicate",
             Some("every build this delivery asks for was already started"),
         )?;
         return Ok((0, Admission::Duplicate));
     }
-    let row = insert_delivery(tx, d, "accepted", skipped_note.as_deref())?;
+    let row = insert_delivery(tx, d_in, "accepted", skipped_note.as_deref())?;
     let now = d.received_ms;
     let mut accepted = Vec::new();
     for (req, existing) in plan {
@@ -333,7 +363,35 @@ impl Journal {
         delivery: NewDelivery,
         verdict: Verdict,
     ) -> Result<(i64, Admission), JournalError> {
-        self.write(move |tx| admit_in(tx, &delivery, verdict)).await
+        let permit = self.admission_permit()?;
+        let incoming = Incoming {
+            digest: super::schema::body_digest(&delivery.body),
+            delivery,
+        };
+        let write = self.write(move |tx| {
+            // Out of the queue once the writer has it.
+            drop(permit);
+            admit_in(tx, &incoming, verdict)
+        });
+        let result = match tokio::time::timeout(ADMIT_WAIT, write).await {
+            Ok(result) => result,
+            // It may still be stored later; a redelivery then dedups against it.
+            Err(_) => Err(JournalError::Busy(format!(
+                "the journal writer did not commit within {} s",
+                ADMIT_WAIT.as_secs()
+            ))),
+        };
+        let outcome = match &result {
+            Ok((_, Admission::Pong)) => "pong",
+            Ok((_, Admission::Ignored(_))) => "ignored",
+            Ok((_, Admission::Rejected(_))) => "rejected",
+            Ok((_, Admission::Duplicate)) => "duplicate",
+            Ok((_, Admission::Accepted(_))) => "accepted",
+            Err(JournalError::Busy(_)) => "busy",
+            Err(_) => "error",
+        };
+        metrics::counter!("slipway_deliveries_total", "outcome" => outcome).increment(1);
+        result
     }
 
     /// Pending builds whose next attempt is due, oldest first.
@@ -526,8 +584,16 @@ pub struct DeliveryRecord {
     pub headers: serde_json::Value,
     pub outcome: String,
     pub reason: Option<String>,
+    /// The raw body; None once retention dropped it (see [`DeliveryRecord::payload`]).
     #[serde(skip)]
-    pub body: Vec<u8>,
+    pub body: Option<Vec<u8>>,
+}
+
+impl DeliveryRecord {
+    /// The body as received, or `PayloadNotKept` once retention dropped it.
+    pub fn payload(&self) -> Result<&[u8], JournalError> {
+        self.body.as_deref().ok_or(JournalError::PayloadNotKept)
+    }
 }
 
 impl Journal {
@@ -539,7 +605,8 @@ impl Journal {
             let rec = c
                 .query_row(
                     "SELECT id, delivery_id, hook_id, event, source, actor, replay_of, received_ms,
-                            content_type, headers, outcome, reason, body
+                            content_type, headers, outcome, reason,
+                            (SELECT body FROM bodies WHERE bodies.id = deliveries.body_id)
                      FROM deliveries WHERE id = ?1 OR delivery_id = ?2
                      ORDER BY (id = ?1) DESC, id DESC LIMIT 1",
                     params![by_row.unwrap_or(-1), id],

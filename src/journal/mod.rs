@@ -13,13 +13,16 @@ mod deliveries;
 mod deployments;
 mod events;
 mod github;
+mod retention;
 mod schema;
 mod slack;
 mod stats;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
@@ -28,6 +31,7 @@ pub use deliveries::*;
 pub use deployments::*;
 pub use events::RejectedEvent;
 pub use github::*;
+pub use retention::*;
 pub use stats::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,12 @@ pub enum JournalError {
     Closed,
     #[error("journal: {0}")]
     Invalid(String),
+    /// The writer is behind (a slow or stalled disk): try again shortly. Nothing was stored.
+    #[error("journal is busy: {0}")]
+    Busy(String),
+    /// Retention dropped this delivery's body; its metadata is still there.
+    #[error("payload no longer kept (older than the journal's keep_bodies_days)")]
+    PayloadNotKept,
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -63,6 +73,12 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     reader: Mutex<Connection>,
     path: PathBuf,
+    /// Deliveries waiting for the writer, bounded: a permit per delivery until its write runs.
+    admissions: Arc<tokio::sync::Semaphore>,
+    max_admissions: usize,
+    /// When the writer took its current group (ms since `epoch`), or -1 while it waits for work.
+    busy_since: Arc<AtomicI64>,
+    epoch: Instant,
     /// Held while the journal is open for writing.
     _lock: Option<std::fs::File>,
 }
@@ -117,9 +133,24 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, JournalError> {
     Ok(conn)
 }
 
+/// How long the writer may sit on one group before the journal counts as stalled.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+
+/// While this file exists in `state_dir`, the writer takes no new group: a documented way to
+/// make the journal's disk "stall" on purpose (backpressure tests, drills). Remove it to resume.
+pub const HOLD_FILE: &str = "journal.hold";
+
 impl Journal {
-    /// Opens (creating if needed) the journal in `state_dir`.
+    /// Opens (creating if needed) the journal in `state_dir`, with the default settings.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        Journal::open_with(state_dir, &crate::config::JournalConfig::default())
+    }
+
+    /// Opens (creating if needed) the journal in `state_dir`.
+    pub fn open_with(
+        state_dir: &Path,
+        settings: &crate::config::JournalConfig,
+    ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Create {
             path: state_dir.to_owned(),
             source,
@@ -158,20 +189,32 @@ impl Journal {
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
+        schema::incremental_vacuum(&writer)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         schema::migrate(&mut writer)?;
         let reader = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let epoch = Instant::now();
+        let busy_since = Arc::new(AtomicI64::new(-1));
+        let writer_state = WriterState {
+            hold: state_dir.join(HOLD_FILE),
+            busy_since: busy_since.clone(),
+            epoch,
+        };
         thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, writer_state))
             .map_err(|e| JournalError::Invalid(format!("cannot start writer thread: {e}")))?;
         Ok(Journal {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some(tx)),
                 reader: Mutex::new(reader),
                 path,
+                admissions: Arc::new(tokio::sync::Semaphore::new(settings.max_queued_deliveries)),
+                max_admissions: settings.max_queued_deliveries,
+                busy_since,
+                epoch,
                 _lock: Some(lock),
             }),
         })
@@ -192,6 +235,10 @@ impl Journal {
                 writer: Mutex::new(None),
                 reader: Mutex::new(reader),
                 path,
+                admissions: Arc::new(tokio::sync::Semaphore::new(0)),
+                max_admissions: 0,
+                busy_since: Arc::new(AtomicI64::new(-1)),
+                epoch: Instant::now(),
                 _lock: None,
             }),
         })
@@ -274,6 +321,47 @@ impl Journal {
         .await
     }
 
+    /// Why the journal cannot take deliveries right now, if it cannot: too many waiting for
+    /// the writer, or the writer stuck on one group (a stalled disk). For `/readyz` and intake.
+    pub fn backpressure(&self) -> Option<String> {
+        let inner = &self.inner;
+        let since = inner.busy_since.load(Ordering::Acquire);
+        if since >= 0 {
+            let now = inner.epoch.elapsed().as_millis() as i64;
+            let stuck = Duration::from_millis((now - since).max(0) as u64);
+            if stuck >= STALLED_AFTER {
+                return Some(format!(
+                    "the journal writer has not committed for {} s (slow or stalled disk)",
+                    stuck.as_secs()
+                ));
+            }
+        }
+        if inner.max_admissions > 0 && inner.admissions.available_permits() == 0 {
+            return Some(format!(
+                "{} deliveries are waiting for the journal writer (the most it queues)",
+                inner.max_admissions
+            ));
+        }
+        None
+    }
+
+    /// Takes a place in the bounded queue of deliveries waiting for the writer.
+    fn admission_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, JournalError> {
+        if let Some(why) = self.backpressure() {
+            return Err(JournalError::Busy(why));
+        }
+        self.inner
+            .admissions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                JournalError::Busy(format!(
+                    "{} deliveries are waiting for the journal writer (the most it queues)",
+                    self.inner.max_admissions
+                ))
+            })
+    }
+
     /// Stops the writer after the jobs already queued are committed.
     pub fn close(&self) {
         self.inner
@@ -284,8 +372,21 @@ impl Journal {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+struct WriterState {
+    hold: PathBuf,
+    busy_since: Arc<AtomicI64>,
+    epoch: Instant,
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, state: WriterState) {
     while let Ok(first) = rx.recv() {
+        state
+            .busy_since
+            .store(state.epoch.elapsed().as_millis() as i64, Ordering::Release);
+        while state.hold.exists() {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let started = Instant::now();
         let mut jobs = Vec::with_capacity(16);
         jobs.push(first);
         while jobs.len() < MAX_GROUP {
@@ -302,6 +403,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
                 for job in jobs {
                     job(None)(Err(message.clone()));
                 }
+                state.busy_since.store(-1, Ordering::Release);
                 continue;
             }
         };
@@ -327,6 +429,9 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         if let Err(e) = &committed {
             tracing::error!(error = %e, "journal: commit failed");
         }
+        metrics::histogram!("slipway_journal_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        state.busy_since.store(-1, Ordering::Release);
         for done in completions {
             done(committed.clone());
         }
@@ -344,3 +449,6 @@ pub fn format_millis(ms: i64) -> String {
         .map(crate::clock::format)
         .unwrap_or_else(|_| ms.to_string())
 }
+
+#[cfg(test)]
+mod tests;

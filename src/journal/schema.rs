@@ -1,6 +1,8 @@
 //! The journal's tables. A new version appends a migration; old ones never change.
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::Connection;
+use sha2::{Digest, Sha256};
 
 use super::JournalError;
 
@@ -144,9 +146,48 @@ CREATE TABLE github_recoveries (
     UNIQUE (hook_id, delivery_id)
 );
 "#,
+    // Issue 13 (intake that stays fast with years of history): bodies in their own table, stored
+    // once per SHA-256 and counted, so retention can drop them; indexes for every intake and
+    // pruning query. `slipway_sha256` is registered on the connection before migrating.
+    r#"
+CREATE TABLE bodies (
+    id     INTEGER PRIMARY KEY,
+    sha256 BLOB NOT NULL UNIQUE,     -- SHA-256 of the body: an identical body is stored once
+    refs   INTEGER NOT NULL,         -- deliveries pointing at it; 0 means it can go
+    body   BLOB NOT NULL
+);
+INSERT INTO bodies (sha256, refs, body)
+    SELECT slipway_sha256(body), COUNT(*), body FROM deliveries GROUP BY slipway_sha256(body);
+ALTER TABLE deliveries ADD COLUMN body_id INTEGER;   -- bodies.id (counted in refs); NULL: pruned
+UPDATE deliveries SET body_id = (SELECT id FROM bodies WHERE sha256 = slipway_sha256(deliveries.body));
+ALTER TABLE deliveries DROP COLUMN body;
+-- The same push from two hooks: builds of (app, sha, before), newest first.
+CREATE INDEX builds_by_push ON builds (app, sha, before_sha);
+-- Foreign keys point here: deleting a delivery must not scan to check them.
+CREATE INDEX builds_by_delivery ON builds (delivery);
+CREATE INDEX deliveries_by_replay_of ON deliveries (replay_of) WHERE replay_of IS NOT NULL;
+CREATE INDEX deliveries_by_delivery_id ON deliveries (delivery_id);
+-- Retention: deliveries still holding a body, and deliveries by outcome, oldest first.
+CREATE INDEX deliveries_with_body ON deliveries (received_ms) WHERE body_id IS NOT NULL;
+CREATE INDEX deliveries_by_outcome ON deliveries (outcome, received_ms);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Applies the migrations up to version `target` (a test builds yesterday's journal with it).
+pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), JournalError> {
+    conn.create_scalar_function(
+        "slipway_sha256",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let body = ctx.get_raw(0).as_bytes_or_null()?.unwrap_or_default();
+            Ok(body_digest(body).to_vec())
+        },
+    )?;
     let tx = conn.transaction()?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
@@ -156,10 +197,37 @@ pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
              run a newer slipway"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target)
+        .skip(version as usize)
+    {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// The key a body is stored under.
+pub fn body_digest(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
+}
+
+/// Turns on incremental vacuum (so pruning can give disk back). Changing it on a journal that
+/// already has tables takes a VACUUM, once; a new journal gets it before its first table.
+pub fn incremental_vacuum(conn: &Connection) -> Result<(), JournalError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
+    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    if tables > 0 {
+        tracing::info!("journal: converting to incremental vacuum (a one-time VACUUM)");
+        conn.execute_batch("VACUUM")?;
+    }
     Ok(())
 }

@@ -15,6 +15,7 @@ mod github;
 mod hardening;
 mod iam_policy;
 mod intake;
+mod intake_history;
 mod metrics;
 mod monorepo;
 mod ops;

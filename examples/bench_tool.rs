@@ -1,0 +1,139 @@
+//! Helpers for scripts/bench-intake.sh.
+//!
+//! `bench_tool requests FILE N BRANCH PREFIX`: N distinct signed pushes (the recorded
+//! push_master.json with its `after` SHA and branch changed per request), one per line:
+//! `delivery_id<TAB>signature<TAB>compact JSON body`. Secret from SLIPWAY_WEBHOOK_SECRET.
+//!
+//! `bench_tool seed STATE_DIR N`: adds N deliveries to the journal through its own API (9 of
+//! 10 ignored, 1 of 10 accepted with its build started), received over the last year in time
+//! order, pruning with the default `[journal]` retention as it goes (as a running slipway would).
+
+use std::io::Write;
+
+use serde_json::Value;
+use slipway::ids::{AppName, CommitSha, DeliveryId, HookId};
+use slipway::journal::{BuildRequest, Journal, NewDelivery, Source, Verdict};
+
+fn sha(n: u64, salt: u64) -> String {
+    format!("{:016x}{:016x}{:08x}", n, salt, (n ^ salt) as u32)
+}
+
+fn push(template: &Value, branch: &str, after: &str) -> Vec<u8> {
+    let mut v = template.clone();
+    v["ref"] = format!("refs/heads/{branch}").into();
+    v["after"] = after.into();
+    v["head_commit"]["id"] = after.into();
+    serde_json::to_vec(&v).expect("serializable")
+}
+
+fn template() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/github/push_master.json"
+    );
+    serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json")
+}
+
+fn requests(file: &str, n: u64, branch: &str, prefix: &str) {
+    let secret = std::env::var("SLIPWAY_WEBHOOK_SECRET").expect("SLIPWAY_WEBHOOK_SECRET");
+    let template = template();
+    let salt = std::process::id() as u64 ^ prefix.len() as u64;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file).expect("create"));
+    for i in 0..n {
+        let body = push(&template, branch, &sha(i, salt));
+        let sig = slipway::webhook::sign(secret.as_bytes(), &body);
+        out.write_all(format!("{prefix}-{i}\t{sig}\t").as_bytes())
+            .unwrap();
+        out.write_all(&body).unwrap();
+        out.write_all(b"\n").unwrap();
+    }
+}
+
+async fn seed(state_dir: &str, n: u64) {
+    let journal = Journal::open(std::path::Path::new(state_dir)).expect("open the journal");
+    let template = template();
+    let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
+    let started = std::time::Instant::now();
+    let settings = slipway::config::JournalConfig::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let after = sha(i, 0x5eed);
+        let accepted = i % 10 == 0;
+        let branch = if accepted { "master" } else { "feature" };
+        let delivery = NewDelivery {
+            delivery_id: DeliveryId::parse(&format!("seed-{i}")).expect("id"),
+            hook_id: HookId::parse(Some("1")).expect("hook"),
+            event: "push".into(),
+            source: Source::Github,
+            actor: None,
+            replay_of: None,
+            received_ms: now - ((n - i) as i64 * 365 * 86_400_000 / n as i64),
+            content_type: "application/json".into(),
+            headers: serde_json::json!({}),
+            body: push(&template, branch, &after),
+        };
+        let verdict = if accepted {
+            Verdict::Build(vec![BuildRequest {
+                app: AppName::parse("web").expect("app"),
+                sha: CommitSha::parse(&after).expect("sha"),
+                project: "web-build".into(),
+                image_tag: after.clone(),
+                service_key: "main/web".into(),
+                before: None,
+            }])
+        } else {
+            Verdict::Ignored("branch feature is not deployed".into())
+        };
+        let j = journal.clone();
+        tasks.spawn(async move {
+            let journal = j;
+            loop {
+                match journal.admit(delivery.clone(), verdict.clone()).await {
+                    Ok((_, slipway::journal::Admission::Accepted(builds))) => {
+                        for b in builds {
+                            journal
+                                .build_started(b.build_row, format!("web-build:{i}"), None, now)
+                                .await
+                                .expect("started");
+                        }
+                        return;
+                    }
+                    Ok(_) => return,
+                    Err(slipway::journal::JournalError::Busy(_)) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                    }
+                    Err(e) => panic!("seed: {e}"),
+                }
+            }
+        });
+        while tasks.len() >= 512 {
+            tasks.join_next().await.expect("task").expect("seed task");
+        }
+        if i % 50_000 == 0 && i > 0 {
+            while let Some(t) = tasks.join_next().await {
+                t.expect("seed task");
+            }
+            let pruned = journal.prune(now, &settings).await.expect("prune");
+            eprintln!("seeded {i} in {:.1?} ({pruned:?})", started.elapsed());
+        }
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.expect("seed task");
+    }
+    journal.prune(now, &settings).await.expect("prune");
+    journal.close();
+    eprintln!("seeded {n} deliveries in {:.1?}", started.elapsed());
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("requests") => requests(&args[2], args[3].parse().expect("N"), &args[4], &args[5]),
+        Some("seed") => seed(&args[2], args[3].parse().expect("N")).await,
+        _ => {
+            eprintln!("usage: bench_tool requests FILE N BRANCH PREFIX | seed STATE_DIR N");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Intake benchmark (issue 13): slipway (release) beside a bare hyper+HMAC baseline, same load,
+# same run: distinct signed pushes (fixtures/github/push_master.json, a new `after` per request),
+# unique delivery ids, 32 connections; accepted path (master) and ignored path (another branch);
+# then again after seeding the journal with $SEED deliveries through the journal's API.
+# CodeBuild is unreachable on purpose (intake only): accepted builds stay pending.
+#
+# Usage: scripts/bench-intake.sh            (env: DURATION=5s REQUESTS=20000 SEED=1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5s}
+REQUESTS=${REQUESTS:-20000}
+SEED=${SEED:-1000000}
+CONNECTIONS=32
+THREADS=2
+command -v wrk >/dev/null || { sudo apt-get install -y wrk || apt-get install -y wrk; }
+
+cargo build --release --quiet --bin slipway --example bench_baseline --example bench_tool
+BIN=${CARGO_TARGET_DIR:-target}/release
+WORK=$(mktemp -d)
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+export SLIPWAY_WEBHOOK_SECRET=bench-secret
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SLIPWAY_PORT=$(free_port)
+BASE_PORT=$(free_port)
+cat >"$WORK/slipway.toml" <<TOML
+listen = "127.0.0.1:$SLIPWAY_PORT"
+state_dir = "$WORK/state"
+[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "web"
+service = "web"
+container = "web"
+ecr_repository = "web"
+TOML
+
+start_slipway() {
+  AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_REGION=eu-west-1 AWS_ACCESS_KEY_ID=x \
+    AWS_SECRET_ACCESS_KEY=x AWS_EC2_METADATA_DISABLED=true SLIPWAY_LOG=warn \
+    "$BIN/slipway" serve --config "$WORK/slipway.toml" >>"$WORK/slipway.log" 2>&1 &
+  SLIPWAY_PID=$!
+  PIDS+=("$SLIPWAY_PID")
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$SLIPWAY_PORT/healthz" >/dev/null && return; sleep 0.1; done
+  echo "slipway did not start:"; cat "$WORK/slipway.log"; exit 1
+}
+stop_slipway() { kill "$SLIPWAY_PID"; wait "$SLIPWAY_PID" 2>/dev/null || true; }
+hwm() { awk '/VmHWM/ {printf "%.1f MB", $2/1024}' "/proc/$1/status"; }
+size() { du -sh "$WORK/state" | cut -f1; }
+
+"$BIN/bench_baseline" "127.0.0.1:$BASE_PORT" & BASE_PID=$!; PIDS+=("$BASE_PID")
+
+run() { # label port requests-file
+  BENCH_REQUESTS=$3 BENCH_THREADS=$THREADS wrk -t$THREADS -c$CONNECTIONS -d"$DURATION" \
+    -s scripts/bench-intake.lua "http://127.0.0.1:$2" | awk -v l="$1" '/^RESULT/ {$1=""; print l ":" $0}'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+rps() { sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$1"; }
+
+round() { # label prefix
+  "$BIN/bench_tool" requests "$WORK/accepted.txt" "$REQUESTS" master "$2-acc"
+  "$BIN/bench_tool" requests "$WORK/ignored.txt" "$REQUESTS" feature "$2-ign"
+  local base acc ign
+  base=$(run baseline "$BASE_PORT" "$WORK/accepted.txt")
+  acc=$(run "slipway accepted" "$SLIPWAY_PORT" "$WORK/accepted.txt")
+  ign=$(run "slipway ignored" "$SLIPWAY_PORT" "$WORK/ignored.txt")
+  echo "== $1"
+  echo "$base"
+  echo "$acc  ratio=$(ratio "$(rps "$acc")" "$(rps "$base")")"
+  echo "$ign  ratio=$(ratio "$(rps "$ign")" "$(rps "$base")")"
+  echo "slipway peak RSS: $(hwm "$SLIPWAY_PID"); baseline peak RSS: $(hwm "$BASE_PID"); journal: $(size)"
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(uname -sr); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $REQUESTS distinct signed pushes per path"
+start_slipway
+round "empty journal" r1
+stop_slipway
+START=$(date +%s)
+"$BIN/bench_tool" seed "$WORK/state" "$SEED"
+echo "seeded $SEED deliveries in $(( $(date +%s) - START )) s; journal: $(size)"
+start_slipway
+round "after seeding $SEED deliveries" r2
+stop_slipway

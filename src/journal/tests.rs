@@ -1,0 +1,315 @@
+//! Issue 13: the intake queries' plans, the bodies migration, retention and backpressure.
+
+use rusqlite::{params, Connection};
+use serde_json::json;
+
+use super::*;
+use crate::config::JournalConfig;
+use crate::ids::{AppName, CommitSha, DeliveryId, HookId};
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+const T0: i64 = 1_700_000_000_000;
+
+fn delivery(id: &str, hook: &str, received_ms: i64, body: &[u8]) -> NewDelivery {
+    NewDelivery {
+        delivery_id: DeliveryId::parse(id).unwrap(),
+        hook_id: HookId::parse(Some(hook)).unwrap(),
+        event: "push".into(),
+        source: Source::Github,
+        actor: None,
+        replay_of: None,
+        received_ms,
+        content_type: "application/json".into(),
+        headers: json!({}),
+        body: body.to_vec(),
+    }
+}
+
+fn build(sha: char) -> Verdict {
+    let sha: String = std::iter::repeat_n(sha, 40).collect();
+    Verdict::Build(vec![BuildRequest {
+        app: AppName::parse("web").unwrap(),
+        sha: CommitSha::parse(&sha).unwrap(),
+        project: "web-build".into(),
+        image_tag: sha.clone(),
+        service_key: "main/web".into(),
+        before: Some("1".repeat(40)),
+    }])
+}
+
+fn plan(c: &Connection, sql: &str) -> Vec<String> {
+    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let n = stmt.parameter_count();
+    let nulls: Vec<rusqlite::types::Value> = vec![rusqlite::types::Value::Null; n];
+    stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn intake_queries_use_an_index_never_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let c = Connection::open(journal.path()).unwrap();
+    let vacuum: i64 = c
+        .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+        .unwrap();
+    assert_eq!(vacuum, 2, "a new journal vacuums incrementally");
+    for sql in [
+        deliveries::FIND_BY_KEY,
+        deliveries::FIND_SAME_PUSH,
+        "INSERT INTO bodies (sha256, refs, body) VALUES (?1, 1, ?2)
+         ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1 RETURNING id",
+        "UPDATE builds SET state = 'pending' WHERE id = ?1",
+        "DELETE FROM deliveries WHERE id = ?1",
+        "UPDATE deliveries SET replay_of = NULL WHERE replay_of = ?1",
+        &retention::disposable_sql(),
+        &retention::old_bodies_sql(),
+    ] {
+        let steps = plan(&c, sql);
+        assert!(
+            !steps.iter().any(|s| s.starts_with("SCAN")),
+            "{sql}\nscans: {steps:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn same_push_from_two_hooks_builds_once_and_redelivery_dedups() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (_, first) = journal
+        .admit(delivery("d-1", "1", T0, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    assert!(matches!(first, Admission::Accepted(_)));
+    // The organisation's hook: another hook and delivery id, the same push, a pending build.
+    let (_, org) = journal
+        .admit(delivery("d-2", "2", T0, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    match org {
+        Admission::Accepted(b) => assert!(b[0].retry, "the pending build is retried, not doubled"),
+        other => panic!("{other:?}"),
+    }
+    let builds: i64 = journal
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(builds, 1);
+    // Identical bodies are stored once.
+    let bodies: i64 = journal
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM bodies", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(bodies, 1);
+}
+
+#[tokio::test]
+async fn a_journal_from_the_first_schema_is_converted_and_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    {
+        let mut c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        schema::migrate_to(&mut c, 1).unwrap();
+        for (i, body) in [&b"same"[..], b"same", b"other"].iter().enumerate() {
+            c.execute(
+                "INSERT INTO deliveries (delivery_id, hook_id, event, source, received_ms,
+                     content_type, headers, body, dedup_key, outcome)
+                 VALUES (?1, 'h', 'push', 'github', ?2, 'application/json', '{}', ?3, ?4, 'accepted')",
+                params![format!("d-{i}"), T0 + i as i64, body, format!("h/d-{i}")],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO builds (delivery, dedup_key, app, sha, project, image_tag, service_key,
+                 token, state, next_attempt_ms, created_ms, updated_ms)
+             VALUES (1, 'h/d-0', 'web', 'abc', 'p', 't', 'c/s', 'tok', 'build_started', 0, 0, 0)",
+            [],
+        )
+        .unwrap();
+    }
+    let journal = Journal::open(dir.path()).unwrap();
+    let (deliveries, bodies, builds, version, vacuum): (i64, i64, i64, i64, i64) = journal
+        .read(|c| {
+            Ok((
+                c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?,
+                c.query_row("SELECT COUNT(*) FROM bodies", [], |r| r.get(0))?,
+                c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0))?,
+                c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+                c.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!((deliveries, bodies, builds), (3, 2, 1));
+    assert_eq!(version, 2);
+    assert_eq!(vacuum, 2, "incremental auto_vacuum");
+    for (id, body) in [("d-0", &b"same"[..]), ("d-1", b"same"), ("d-2", b"other")] {
+        let rec = journal.delivery(id).await.unwrap().unwrap();
+        assert_eq!(rec.payload().unwrap(), body);
+    }
+    // And it takes new deliveries.
+    let (_, a) = journal
+        .admit(delivery("d-9", "h", T0 + 10, b"same"), build('b'))
+        .await
+        .unwrap();
+    assert!(matches!(a, Admission::Accepted(_)));
+}
+
+async fn set_build(journal: &Journal, delivery_row: i64, state: &'static str) -> i64 {
+    journal
+        .write(move |c| {
+            c.execute(
+                "UPDATE builds SET state = ?2 WHERE delivery = ?1",
+                params![delivery_row, state],
+            )?;
+            Ok(c.query_row(
+                "SELECT id FROM builds WHERE delivery = ?1",
+                [delivery_row],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap()
+}
+
+async fn add_deployment(journal: &Journal, build_row: i64, state: &'static str) {
+    journal
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO deployments (app, service_key, sha, image_tag, trigger, build_row,
+                     order_key, state, created_ms, updated_ms)
+                 VALUES ('web', 'main/web', 'x', 'x', 'push', ?1, 0, ?2, 0, 0)",
+                params![build_row, state],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn retention_drops_old_bodies_and_ignored_deliveries_but_not_unfinished_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let settings = JournalConfig::default();
+    let (ignored, _) = journal
+        .admit(
+            delivery("ign", "1", T0, b"ignored"),
+            Verdict::Ignored("branch".into()),
+        )
+        .await
+        .unwrap();
+    let (done, _) = journal
+        .admit(delivery("done", "1", T0, b"done"), build('a'))
+        .await
+        .unwrap();
+    let b = set_build(&journal, done, build_state::SUCCEEDED).await;
+    add_deployment(&journal, b, "succeeded").await;
+    let (deploying, _) = journal
+        .admit(delivery("deploying", "1", T0, b"deploying"), build('b'))
+        .await
+        .unwrap();
+    let b = set_build(&journal, deploying, build_state::SUCCEEDED).await;
+    add_deployment(&journal, b, "deploying").await;
+    let (pending, _) = journal
+        .admit(delivery("pending", "1", T0, b"pending"), build('c'))
+        .await
+        .unwrap();
+    let (recent, _) = journal
+        .admit(
+            delivery("recent", "1", T0 + 95 * DAY_MS, b"recent"),
+            Verdict::Ignored("x".into()),
+        )
+        .await
+        .unwrap();
+
+    // 20 days on: only the ignored delivery is past its time.
+    let p = journal.prune(T0 + 20 * DAY_MS, &settings).await.unwrap();
+    assert_eq!((p.deliveries_deleted, p.bodies_dropped), (1, 0));
+    assert!(journal
+        .delivery(&ignored.to_string())
+        .await
+        .unwrap()
+        .is_none());
+
+    // 100 days on: the finished delivery's body goes, its row and dedup key stay.
+    let p = journal.prune(T0 + 100 * DAY_MS, &settings).await.unwrap();
+    assert_eq!((p.deliveries_deleted, p.bodies_dropped), (0, 1));
+    let rec = journal.delivery("done").await.unwrap().unwrap();
+    assert!(matches!(rec.payload(), Err(JournalError::PayloadNotKept)));
+    for (row, body) in [
+        (deploying, &b"deploying"[..]),
+        (pending, b"pending"),
+        (recent, b"recent"),
+    ] {
+        let rec = journal.delivery(&row.to_string()).await.unwrap().unwrap();
+        assert_eq!(rec.payload().unwrap(), body, "row {row} is kept");
+    }
+    let bodies: i64 = journal
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM bodies", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(bodies, 3);
+    // GitHub redelivers the old delivery: still a duplicate.
+    let (_, again) = journal
+        .admit(
+            delivery("done", "1", T0 + 100 * DAY_MS, b"done"),
+            build('a'),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Admission::Duplicate);
+}
+
+#[tokio::test]
+async fn a_stalled_writer_turns_new_deliveries_away_and_loses_none_it_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = JournalConfig {
+        max_queued_deliveries: 2,
+        ..JournalConfig::default()
+    };
+    let journal = Journal::open_with(dir.path(), &settings).unwrap();
+    let hold = dir.path().join(HOLD_FILE);
+    std::fs::write(&hold, b"").unwrap();
+    let queued: Vec<_> = ["q-1", "q-2"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                journal
+                    .admit(delivery(id, "1", T0, id.as_bytes()), build(['a', 'b'][i]))
+                    .await
+            })
+        })
+        .collect();
+    while journal.backpressure().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let turned_away = journal
+        .admit(delivery("q-3", "1", T0, b"q-3"), build('c'))
+        .await;
+    assert!(
+        matches!(turned_away, Err(JournalError::Busy(_))),
+        "{turned_away:?}"
+    );
+    std::fs::remove_file(&hold).unwrap();
+    for task in queued {
+        let _ = task.await.unwrap();
+    }
+    for id in ["q-1", "q-2"] {
+        let stored = loop {
+            if let Some(rec) = journal.delivery(id).await.unwrap() {
+                break rec;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(stored.payload().unwrap(), id.as_bytes());
+    }
+    assert!(journal.delivery("q-3").await.unwrap().is_none());
+    assert!(journal.backpressure().is_none());
+}
