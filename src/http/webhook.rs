@@ -39,6 +39,13 @@ pub(super) async fn handle(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let response = handle_request(state, request).await;
+    metrics::histogram!(crate::metrics::WEBHOOK_DURATION).record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle_request(state: AppState, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     let declared = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());

@@ -6,6 +6,10 @@ use sha2::{Digest, Sha256};
 
 use super::JournalError;
 
+/// The schema version a fully migrated journal is at.
+#[cfg(test)]
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE meta (

@@ -145,7 +145,11 @@ async fn a_journal_from_the_first_schema_is_converted_and_keeps_every_row() {
         .await
         .unwrap();
     assert_eq!((deliveries, bodies, builds), (3, 2, 1));
-    assert_eq!(version, 2);
+    assert_eq!(
+        version,
+        super::schema::VERSION,
+        "migrated to the newest schema"
+    );
     assert_eq!(vacuum, 2, "incremental auto_vacuum");
     for (id, body) in [("d-0", &b"same"[..]), ("d-1", b"same"), ("d-2", b"other")] {
         let rec = journal.delivery(id).await.unwrap().unwrap();

@@ -176,6 +176,24 @@ async fn a_push_build_and_deploy_move_the_aws_call_counters() {
         Some(0.0),
         "{after}"
     );
+    assert_eq!(
+        sample(
+            &after,
+            "slipway_webhook_request_duration_seconds_count",
+            &[]
+        ),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "slipway_deliveries_total",
+            &[("outcome", "accepted")]
+        ),
+        Some(1.0),
+        "{after}"
+    );
     for op in ["RegisterTaskDefinition", "UpdateService"] {
         assert_eq!(
             sample(
