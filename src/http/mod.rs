@@ -170,9 +170,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "readyz: journal not writable");
+            // A writer that sat on this very check long enough says why itself.
+            let why = state
+                .journal
+                .backpressure()
+                .unwrap_or_else(|| "journal is not writable".to_owned());
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not ready", "error": "journal is not writable" })),
+                Json(json!({ "status": "not ready", "error": why })),
             )
                 .into_response()
         }
