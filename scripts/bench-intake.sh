@@ -51,7 +51,7 @@ stop_slipway() { kill "$SLIPWAY_PID"; wait "$SLIPWAY_PID" 2>/dev/null || true; }
 hwm() { awk '/VmHWM/ {printf "%.1f MB", $2/1024}' "/proc/$1/status"; }
 size() { du -sh "$WORK/state" | cut -f1; }
 
-"$BIN/bench_baseline" "127.0.0.1:$BASE_PORT" & BASE_PID=$!; PIDS+=("$BASE_PID")
+"$BIN/examples/bench_baseline" "127.0.0.1:$BASE_PORT" & BASE_PID=$!; PIDS+=("$BASE_PID")
 
 run() { # label port requests-file
   BENCH_REQUESTS=$3 BENCH_THREADS=$THREADS wrk -t$THREADS -c$CONNECTIONS -d"$DURATION" \
@@ -61,8 +61,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 rps() { sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$1"; }
 
 round() { # label prefix
-  "$BIN/bench_tool" requests "$WORK/accepted.txt" "$REQUESTS" master "$2-acc"
-  "$BIN/bench_tool" requests "$WORK/ignored.txt" "$REQUESTS" feature "$2-ign"
+  "$BIN/examples/bench_tool" requests "$WORK/accepted.txt" "$REQUESTS" master "$2-acc"
+  "$BIN/examples/bench_tool" requests "$WORK/ignored.txt" "$REQUESTS" feature "$2-ign"
   local base acc ign
   base=$(run baseline "$BASE_PORT" "$WORK/accepted.txt")
   acc=$(run "slipway accepted" "$SLIPWAY_PORT" "$WORK/accepted.txt")
@@ -80,7 +80,7 @@ start_slipway
 round "empty journal" r1
 stop_slipway
 START=$(date +%s)
-"$BIN/bench_tool" seed "$WORK/state" "$SEED"
+"$BIN/examples/bench_tool" seed "$WORK/state" "$SEED"
 echo "seeded $SEED deliveries in $(( $(date +%s) - START )) s; journal: $(size)"
 start_slipway
 round "after seeding $SEED deliveries" r2
