@@ -22,6 +22,19 @@ async fn registered(w: &Deploy) -> Value {
     .await
 }
 
+/// Waits until ECS (the proxy's view of it) has applied slipway's UpdateService to
+/// `task_definition`, whose answer the proxy holds back.
+async fn ecs_applied(w: &Deploy, task_definition: &str) {
+    eventually("ECS applied slipway's UpdateService", || async {
+        w.proxy
+            .deployments(CLUSTER, SERVICE)
+            .iter()
+            .any(|d| d["taskDefinition"] == task_definition)
+            .then_some(())
+    })
+    .await;
+}
+
 /// An operator (or another tool) deploys `task_definition` straight through ECS.
 async fn operator_deploys(w: &Deploy, task_definition: &str) {
     let ecs = aws_sdk_ecs::Client::new(&sdk_config(&w.proxy.url).await);
@@ -62,10 +75,7 @@ async fn a_restart_never_puts_its_revision_over_an_operators_hotfix() {
     let arn = w.push(&s, "hotfix-1", MASTER_SHA).await;
     w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
     let d = registered(&w).await;
-    eventually("UpdateService sent", || async {
-        (!w.proxy.update_service_calls().is_empty()).then_some(())
-    })
-    .await;
+    ecs_applied(&w, d["to_task_definition"].as_str().unwrap()).await;
     s.kill();
     // The operator ships a hotfix through ECS while slipway is down.
     let hotfix = w
@@ -99,11 +109,8 @@ async fn a_restart_never_reapplies_what_ecs_already_rolled_back() {
     let mut s = w.builder.start().await;
     let arn = w.push(&s, "cb-1", MASTER_SHA).await;
     w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    registered(&w).await;
-    eventually("UpdateService sent", || async {
-        (!w.proxy.update_service_calls().is_empty()).then_some(())
-    })
-    .await;
+    let d = registered(&w).await;
+    ecs_applied(&w, d["to_task_definition"].as_str().unwrap()).await;
     s.kill();
     // The circuit breaker fails the deployment and completes its rollback meanwhile.
     look(&w).await;

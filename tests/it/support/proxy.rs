@@ -572,7 +572,7 @@ impl ServiceOverlay {
                 }
                 None
             }
-            Rollout::EcsRollsBack { .. } => {
+            Rollout::EcsRollsBack { .. } | Rollout::EcsRollbackFails { .. } => {
                 if let Some(d) = self.find_mut(&id) {
                     mark_failed(d, t);
                 }
@@ -584,22 +584,13 @@ impl ServiceOverlay {
                         "ECS deployment circuit breaker: rolling back to deploymentId {previous_id}."
                     )),
                 );
-                self.settling = Some(self.newest_id());
-                Some(previous_td)
-            }
-            Rollout::EcsRollbackFails { .. } => {
-                if let Some(d) = self.find_mut(&id) {
-                    mark_failed(d, t);
+                // ECS's rollback deployment completes, or fails too, at the next step.
+                let rollback = Some(self.newest_id());
+                if matches!(script.outcome, Rollout::EcsRollbackFails { .. }) {
+                    self.failing = rollback;
+                } else {
+                    self.settling = rollback;
                 }
-                let (previous_id, previous_td) = script.previous?;
-                self.push_primary(
-                    &previous_td,
-                    desired,
-                    Some(format!(
-                        "ECS deployment circuit breaker: rolling back to deploymentId {previous_id}."
-                    )),
-                );
-                self.failing = Some(self.newest_id());
                 Some(previous_td)
             }
             Rollout::CompleteThenForeign { .. } => {
