@@ -20,13 +20,16 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
-export SLIPWAY_WEBHOOK_SECRET=bench-secret
+# slipway refuses webhook secrets shorter than 16 bytes.
+export SLIPWAY_WEBHOOK_SECRET=bench-secret-0123456789abcdef
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SLIPWAY_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
 BASE_PORT=$(free_port)
 cat >"$WORK/slipway.toml" <<TOML
 listen = "127.0.0.1:$SLIPWAY_PORT"
+admin_listen = "127.0.0.1:$ADMIN_PORT"
 state_dir = "$WORK/state"
 [[app]]
 name = "web"

@@ -302,7 +302,7 @@ async fn fifty_tags_are_refused_before_anything_is_registered() {
     let tags: Vec<Tag> = (0..50)
         .map(|i| Tag::builder().key(format!("k{i}")).value("v").build())
         .collect();
-    let full = w
+    let register = w
         .emulator
         .ecs()
         .register_task_definition()
@@ -312,24 +312,8 @@ async fn fifty_tags_are_refused_before_anything_is_registered() {
         .set_network_mode(td.0.network_mode().cloned())
         .set_cpu(td.0.cpu().map(str::to_owned))
         .set_memory(td.0.memory().map(str::to_owned))
-        .set_tags(Some(tags))
-        .send()
-        .await
-        .unwrap()
-        .task_definition()
-        .unwrap()
-        .task_definition_arn()
-        .unwrap()
-        .to_owned();
-    w.emulator
-        .ecs()
-        .update_service()
-        .cluster(CLUSTER)
-        .service(SERVICE)
-        .task_definition(&full)
-        .send()
-        .await
-        .unwrap();
+        .set_tags(Some(tags));
+    service_runs(&w, register).await;
     let s = w.builder.start().await;
     let d = w.ship(&s, "tags-1", MASTER_SHA).await;
     assert_eq!(d["state"], "failed", "{d}");
@@ -483,12 +467,22 @@ async fn service_with_containers(w: &Deploy, containers: &[(&str, &str)]) -> Str
                 .build()
         })
         .collect();
-    let arn = w
+    let register = w
         .emulator
         .ecs()
         .register_task_definition()
         .family("web")
-        .set_container_definitions(Some(defs))
+        .set_container_definitions(Some(defs));
+    service_runs(w, register).await
+}
+
+/// Registers the task definition `register` describes and moves the service to it; returns
+/// its ARN.
+async fn service_runs(
+    w: &Deploy,
+    register: aws_sdk_ecs::operation::register_task_definition::builders::RegisterTaskDefinitionFluentBuilder,
+) -> String {
+    let arn = register
         .send()
         .await
         .unwrap()
