@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_codebuild::error::{ProvideErrorMetadata, SdkError};
@@ -27,8 +28,13 @@ impl Clients {
     }
 }
 
+/// How often the SDK tries one call: the only retry layer under slipway's own schedules (the
+/// journaled StartBuild retries, the rollout polls). Throttling, 5xx, timeouts and connection
+/// failures are retried with jittered exponential backoff.
+pub const MAX_ATTEMPTS: u32 = 5;
+
 /// The SDK configuration from the environment (region, credential chain, `AWS_ENDPOINT_URL`),
-/// with slipway's timeouts.
+/// with slipway's timeouts and retries.
 pub async fn shared_config() -> aws_config::SdkConfig {
     // Attempts may take longer than an SQS long poll (20 s).
     let timeouts = TimeoutConfig::builder()
@@ -36,8 +42,13 @@ pub async fn shared_config() -> aws_config::SdkConfig {
         .operation_attempt_timeout(Duration::from_secs(30))
         .operation_timeout(Duration::from_secs(90))
         .build();
+    let retries = RetryConfig::standard()
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(10));
     let shared = aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(timeouts)
+        .retry_config(retries)
         .load()
         .await;
     crate::aws_error::record_endpoint(shared.endpoint_url(), shared.region().map(|r| r.as_ref()));

@@ -193,7 +193,8 @@ impl Client {
     }
 }
 
-/// `deployment 12 web 1f2e3d4: deploying, 1/2 tasks running, 0 failed, 35s`
+/// `deployment 12 web 1f2e3d4: deploying, 1/2 tasks running, 0 failed, stage BAKE_TIME, 35s`
+/// (the stage while ECS's blue/green, linear or canary deployment runs).
 pub fn progress_line(d: &Value) -> String {
     let sha: String = d["sha"].as_str().unwrap_or("").chars().take(7).collect();
     let mut line = format!(
@@ -210,6 +211,9 @@ pub fn progress_line(d: &Value) -> String {
             d["failed_tasks"].as_i64().unwrap_or(0)
         ));
     }
+    if let Some(stage) = d["stage"].as_str() {
+        line.push_str(&format!(", stage {stage}"));
+    }
     if let Some(secs) = d["elapsed_secs"].as_i64() {
         line.push_str(&format!(", {secs}s"));
     }
@@ -219,4 +223,30 @@ pub fn progress_line(d: &Value) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+
+    #[test]
+    fn progress_shows_ecs_lifecycle_stage_while_it_runs() {
+        let d = serde_json::json!({
+            "id": 12, "app": "web", "sha": "1f2e3d4c5b", "state": "deploying",
+            "running_count": 1, "desired_count": 2, "failed_tasks": 0,
+            "stage": "BAKE_TIME", "elapsed_secs": 35, "finished": false,
+        });
+        assert_eq!(
+            progress_line(&d),
+            "deployment 12 web 1f2e3d4: deploying, 1/2 tasks running, 0 failed, stage BAKE_TIME, 35s"
+        );
+        let done = serde_json::json!({
+            "id": 12, "app": "web", "sha": "1f2e3d4c5b", "state": "succeeded",
+            "stage": null, "finished": true, "reason": "rollout completed",
+        });
+        assert_eq!(
+            progress_line(&done),
+            "deployment 12 web 1f2e3d4: succeeded (rollout completed)"
+        );
+    }
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use aws_sdk_ecr::types::ImageIdentifier;
 use aws_sdk_ecs::types::TaskDefinitionField;
-use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +26,8 @@ use crate::config::{AppConfig, Config};
 use crate::image::ImageRef;
 use crate::journal::{deploy_state, millis, Deployment, DeploymentUpdate, Journal};
 use crate::notify::{EventKind, Notification, Notifier};
-use rollout::{evaluate, Rollout};
+use aws_sdk_ecs::types::ServiceDeployment;
+use rollout::{evaluate, Rollout, Verdict};
 use taskdef::NewRevision;
 
 /// Why a deploy stopped short of success, as the journal and the notification say it.
@@ -40,6 +40,41 @@ enum Stop {
     /// Another deploy of the service was already under way when slipway stopped: it goes
     /// first; this one stays pending and runs after it.
     Wait,
+}
+
+/// How a rollout is watched.
+enum Source {
+    /// DescribeServices: the service's deployments list. `allow_sd`: switch to the service
+    /// deployment when the list shows it judges better.
+    List { allow_sd: bool },
+    /// ECS's service deployment of ours; its ARN once found.
+    ServiceDeployment { arn: Option<String>, misses: u32 },
+}
+
+impl Source {
+    fn list() -> Source {
+        Source::List { allow_sd: true }
+    }
+
+    fn service_deployment() -> Source {
+        Source::ServiceDeployment {
+            arn: None,
+            misses: 0,
+        }
+    }
+}
+
+/// Polls in which ECS may not list a new service deployment yet before the list is watched.
+const SD_MISSES: u32 = 3;
+/// Looks past the rollout timeout before a failing look counts as "did not complete".
+const LAST_LOOKS: u32 = 3;
+
+/// What one look at the rollout found.
+enum Looked {
+    /// Nothing to judge yet (the service deployment is not listed yet, or the watch just
+    /// switched to it).
+    Nothing,
+    Rollout(Rollout, Option<String>),
 }
 
 /// How following one ECS deployment ended.
@@ -70,26 +105,6 @@ pub struct Deployer {
     pub notifier: Notifier,
     pub wake: Arc<Notify>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Retries a call while it fails with a retryable AWS error (throttling, 5xx, timeouts).
-async fn with_retries<T, F, Fut>(call: F) -> Result<T, AwsError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, AwsError>>,
-{
-    call.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(10))
-            .with_max_times(6)
-            .with_jitter(),
-    )
-    .when(|e: &AwsError| e.retryable)
-    .notify(|e: &AwsError, after: Duration| {
-        tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "AWS call failed; retrying");
-    })
-    .await
 }
 
 impl Deployer {
@@ -307,7 +322,7 @@ impl Deployer {
             }
         };
         self.notify(d, EventKind::DeployStarted, image.clone(), None);
-        let ecs_id = self.update_service(app, &to_td).await?;
+        let (ecs_id, source) = self.update_service(app, &to_td).await?;
         self.update(
             d,
             DeploymentUpdate {
@@ -317,7 +332,8 @@ impl Deployer {
         )
         .await?;
         let d = self.reload(d.id).await?;
-        self.watch(&d, app, &from_td, &to_td, &ecs_id).await
+        self.watch(&d, app, (&from_td, &to_td), &ecs_id, source)
+            .await
     }
 
     /// Picks up a deploy that was `deploying` when slipway stopped. UpdateService is sent
@@ -332,7 +348,9 @@ impl Deployer {
         };
         if let Some(ecs_id) = &d.ecs_deployment_id {
             let d = self.reload(d.id).await?;
-            return self.watch(&d, app, from_td, to_td, ecs_id).await;
+            return self
+                .watch(&d, app, (from_td, to_td), ecs_id, Source::list())
+                .await;
         }
         let service = self.describe_service(app).await?;
         let deployments = service.deployments();
@@ -342,10 +360,10 @@ impl Deployer {
             x.created_at()
                 .is_some_and(|t| t.to_millis().unwrap_or(0) >= started_ms)
         };
-        let ecs_id = match primary {
+        let (ecs_id, source) = match primary {
             // Our UpdateService reached ECS before slipway stopped: follow that deployment.
             Some(p) if p.task_definition() == Some(to_td.as_str()) => {
-                p.id.clone().unwrap_or_default()
+                (p.id.clone().unwrap_or_default(), Source::list())
             }
             // The service runs what it ran before this deploy, and nothing new happened to it.
             Some(p) if p.task_definition() == Some(from_td.as_str()) && !created_since_start(p) => {
@@ -363,7 +381,7 @@ impl Deployer {
                         newer.state
                     )));
                 }
-                let id = self.update_service(app, to_td).await?;
+                let started = self.update_service(app, to_td).await?;
                 // The rollout starts now: the timeout counts from here, not from before the
                 // downtime.
                 self.update(
@@ -374,7 +392,7 @@ impl Deployer {
                     },
                 )
                 .await?;
-                id
+                started
             }
             // ECS (circuit breaker) put the old revision back after our update reached it.
             Some(p) if p.task_definition() == Some(from_td.as_str()) => {
@@ -406,7 +424,7 @@ impl Deployer {
         )
         .await?;
         let d = self.reload(d.id).await?;
-        self.watch(&d, app, from_td, to_td, &ecs_id).await
+        self.watch(&d, app, (from_td, to_td), &ecs_id, source).await
     }
 
     async fn reload(&self, id: i64) -> Result<Deployment, Stop> {
@@ -464,7 +482,7 @@ impl Deployer {
     /// One call: the repository URI follows from the registry id ECR reports and the region.
     async fn resolve_image(&self, app: &AppConfig, tag: &str) -> Result<String, Stop> {
         let repo = &app.ecr_repository;
-        let images = with_retries(|| async {
+        let images = (async {
             self.ecr
                 .describe_images()
                 .repository_name(repo)
@@ -510,7 +528,8 @@ impl Deployer {
     }
 
     async fn describe_service(&self, app: &AppConfig) -> Result<aws_sdk_ecs::types::Service, Stop> {
-        let out = with_retries(|| self.describe_service_once(app))
+        let out = self
+            .describe_service_once(app)
             .await
             .map_err(|e| match e.code.as_deref() {
                 // DescribeServices says so when the cluster is missing: no DescribeClusters.
@@ -558,7 +577,7 @@ impl Deployer {
         image: &str,
         version: &str,
     ) -> Result<(NewRevision, Option<NewRevision>), Stop> {
-        let out = with_retries(|| async {
+        let out = (async {
             self.ecs
                 .describe_task_definition()
                 .task_definition(current)
@@ -587,7 +606,7 @@ impl Deployer {
     }
 
     async fn register(&self, revision: NewRevision) -> Result<String, Stop> {
-        let out = with_retries(|| async {
+        let out = (async {
             revision
                 .clone()
                 .apply(self.ecs.register_task_definition())
@@ -602,9 +621,14 @@ impl Deployer {
             .ok_or_else(|| Stop::Failed("RegisterTaskDefinition returned no ARN".into()))
     }
 
-    /// Points the service at `task_definition`; returns the id of ECS's new deployment.
-    async fn update_service(&self, app: &AppConfig, task_definition: &str) -> Result<String, Stop> {
-        let out = with_retries(|| async {
+    /// Points the service at `task_definition`; returns the id of ECS's new deployment and how
+    /// to watch it.
+    async fn update_service(
+        &self,
+        app: &AppConfig,
+        task_definition: &str,
+    ) -> Result<(String, Source), Stop> {
+        let out = (async {
             self.ecs
                 .update_service()
                 .cluster(&app.cluster)
@@ -619,7 +643,7 @@ impl Deployer {
             .service()
             .ok_or_else(|| Stop::Failed("UpdateService returned no service".into()))?;
         // Only a PRIMARY deployment of this task definition is ours to follow.
-        service
+        let id = service
             .deployments()
             .iter()
             .find(|x| x.status() == Some("PRIMARY") && x.task_definition() == Some(task_definition))
@@ -628,11 +652,18 @@ impl Deployer {
                 Stop::Failed(format!(
                     "UpdateService returned no PRIMARY deployment of {task_definition}"
                 ))
-            })
+            })?;
+        let source = if rollout::wants_service_deployment(service, &id) {
+            Source::service_deployment()
+        } else {
+            Source::list()
+        };
+        Ok((id, source))
     }
 
     /// Polls ECS until deployment `ecs_id` (from `from_td` to `to_td`) ends, or `deadline`
-    /// passes (then one last look decides). Records progress when `d` is given.
+    /// passes (then one last look decides). Records progress when `d` is given. One AWS call a
+    /// poll (two at the first poll of a service deployment: finding it, then reading it).
     async fn follow(
         &self,
         d: Option<&Deployment>,
@@ -640,62 +671,65 @@ impl Deployer {
         ecs_id: &str,
         (from_td, to_td): (&str, &str),
         deadline: i64,
+        mut source: Source,
     ) -> Result<Followed, Stop> {
         let timing = &self.config.deploy;
         let mut delay = timing.poll_initial;
+        let mut last_looks = 0;
         loop {
             let left = deadline - self.now();
             if left > 0 {
                 tokio::time::sleep(delay.min(Duration::from_millis(left as u64))).await;
-                delay = (delay * 2).min(timing.poll_max);
+                delay = next_poll(delay, timing);
+            } else if last_looks > 0 {
+                // The last look failed: look again soon, a few times, before giving up.
+                tokio::time::sleep(timing.poll_initial).await;
             }
             let past_deadline = deadline <= self.now();
-            // The last look decides between success and a rollback: a failing DescribeServices
-            // is retried then, never taken as the rollout's failure.
-            let look = if past_deadline {
-                with_retries(|| self.describe_service_once(app)).await
-            } else {
-                self.describe_service_once(app).await
-            };
-            let out = match look {
-                Ok(out) => out,
+            let looked = match self.look(app, ecs_id, (from_td, to_td), &mut source).await {
+                Ok(looked) => looked,
                 Err(e) => {
                     if e.is_throttling() {
                         delay = timing.poll_max;
                     }
                     tracing::warn!(error = %e, "polling the rollout failed; will poll again");
+                    // The last look decides between success and a rollback: a failing look is
+                    // tried again then, never taken as the rollout's failure.
                     if past_deadline {
-                        return Ok(Followed::TimedOut);
+                        last_looks += 1;
+                        if last_looks >= LAST_LOOKS {
+                            return Ok(Followed::TimedOut);
+                        }
                     }
                     continue;
                 }
             };
-            let Some(service) = out.services().first() else {
-                return Ok(Followed::Ended(Rollout::Replaced(format!(
-                    "service {} disappeared",
-                    app.service
-                ))));
-            };
-            match evaluate(service.deployments(), ecs_id, from_td, to_td) {
-                Rollout::InProgress(p) => {
+            match looked {
+                Looked::Nothing => {
+                    if past_deadline {
+                        return Ok(Followed::TimedOut);
+                    }
+                }
+                Looked::Rollout(Rollout::InProgress(p), stage) => {
                     tracing::debug!(
                         running = p.running,
                         desired = p.desired,
                         failed = p.failed,
+                        stage = stage.as_deref().unwrap_or("-"),
                         "rollout in progress"
                     );
                     if let Some(d) = d {
-                        self.progress(d, p).await;
+                        self.progress(d, p, stage).await;
                     }
                     if past_deadline {
                         return Ok(Followed::TimedOut);
                     }
                 }
-                other => {
+                Looked::Rollout(other, _) => {
                     if let (Some(d), Rollout::Completed(p) | Rollout::CompletedThenReplaced(p, _)) =
                         (d, &other)
                     {
-                        self.progress(d, *p).await;
+                        self.progress(d, *p, None).await;
                     }
                     return Ok(Followed::Ended(other));
                 }
@@ -703,10 +737,125 @@ impl Deployer {
         }
     }
 
+    /// One look at the rollout: ECS's service deployment where it judges better than the
+    /// deployments list (see [`rollout::wants_service_deployment`]), the list otherwise and
+    /// whenever the service deployment cannot be read.
+    async fn look(
+        &self,
+        app: &AppConfig,
+        ecs_id: &str,
+        (from_td, to_td): (&str, &str),
+        source: &mut Source,
+    ) -> Result<Looked, AwsError> {
+        // Why ECS's service deployment stopped, when it did: the list then decides.
+        let mut stopped = None;
+        if let Source::ServiceDeployment { arn, misses } = source {
+            match self.read_service_deployment(app, ecs_id, arn).await {
+                Ok(Some(sd)) => match rollout::evaluate_service_deployment(&sd, from_td, to_td) {
+                    Verdict::Rollout(r, stage) => return Ok(Looked::Rollout(r, stage)),
+                    Verdict::AskTheService(why) => {
+                        tracing::info!(%why, "asking the service's deployments list");
+                        stopped = Some(why);
+                        *source = Source::List { allow_sd: false };
+                    }
+                },
+                Ok(None) => {
+                    *misses += 1;
+                    if *misses < SD_MISSES {
+                        return Ok(Looked::Nothing);
+                    }
+                    tracing::warn!(
+                        "ECS lists no service deployment of {ecs_id}; watching the deployments list"
+                    );
+                    *source = Source::List { allow_sd: false };
+                }
+                Err(e) if e.retryable => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e,
+                        "cannot read ECS's service deployments; watching the deployments list");
+                    *source = Source::List { allow_sd: false };
+                }
+            }
+        }
+        let out = self.describe_service_once(app).await?;
+        let Some(service) = out.services().first() else {
+            return Ok(Looked::Rollout(
+                Rollout::Replaced(format!("service {} disappeared", app.service)),
+                None,
+            ));
+        };
+        if matches!(source, Source::List { allow_sd: true })
+            && rollout::wants_service_deployment(service, ecs_id)
+        {
+            tracing::info!("watching ECS's service deployment");
+            *source = Source::service_deployment();
+            // The list's verdict is not trusted here; the service deployment's comes next poll.
+            return Ok(Looked::Nothing);
+        }
+        let ours_primary_without_state = service.deployments().iter().any(|x| {
+            x.id.as_deref() == Some(ecs_id)
+                && x.status() == Some("PRIMARY")
+                && x.rollout_state.is_none()
+        });
+        let verdict = evaluate(service.deployments(), ecs_id, from_td, to_td);
+        Ok(match (stopped, verdict) {
+            // ECS stopped ours and still runs it: it failed without a rollback by ECS.
+            (Some(why), Rollout::InProgress(_) | Rollout::Completed(_))
+                if ours_primary_without_state =>
+            {
+                Looked::Rollout(Rollout::NeedsRollback(why), None)
+            }
+            (_, verdict) => Looked::Rollout(verdict, None),
+        })
+    }
+
+    /// Our service deployment: found once by its target revision (ListServiceDeployments),
+    /// then read by ARN (DescribeServiceDeployments). `None` while ECS does not list it yet.
+    async fn read_service_deployment(
+        &self,
+        app: &AppConfig,
+        ecs_id: &str,
+        arn: &mut Option<String>,
+    ) -> Result<Option<ServiceDeployment>, AwsError> {
+        if arn.is_none() {
+            let out = self
+                .ecs
+                .list_service_deployments()
+                .cluster(&app.cluster)
+                .service(&app.service)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ECS ListServiceDeployments", &e))?;
+            *arn = out
+                .service_deployments()
+                .iter()
+                .find(|b| rollout::targets(b.target_service_revision_arn(), ecs_id))
+                .and_then(|b| b.service_deployment_arn().map(str::to_owned));
+            match arn {
+                Some(found) => {
+                    tracing::info!(service_deployment = %found, "found ECS's service deployment")
+                }
+                None => return Ok(None),
+            }
+        }
+        let Some(found) = arn.as_deref() else {
+            return Ok(None);
+        };
+        let out = self
+            .ecs
+            .describe_service_deployments()
+            .service_deployment_arns(found)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ECS DescribeServiceDeployments", &e))?;
+        Ok(out.service_deployments().first().cloned())
+    }
+
     /// Best effort: progress is for people watching, not for correctness.
-    async fn progress(&self, d: &Deployment, p: rollout::Progress) {
+    async fn progress(&self, d: &Deployment, p: rollout::Progress, stage: Option<String>) {
         let update = DeploymentUpdate {
             progress: Some((p.running, p.desired, p.failed)),
+            stage,
             ..Default::default()
         };
         if let Err(e) = self
@@ -724,15 +873,15 @@ impl Deployer {
         &self,
         d: &Deployment,
         app: &AppConfig,
-        from_td: &str,
-        to_td: &str,
+        (from_td, to_td): (&str, &str),
         ecs_id: &str,
+        source: Source,
     ) -> Result<(), Stop> {
         let started = d.started_ms.unwrap_or_else(|| self.now());
         let deadline = started + app.rollout_timeout.as_millis() as i64;
         tracing::info!(ecs_deployment = %ecs_id, "watching the rollout");
         match self
-            .follow(Some(d), app, ecs_id, (from_td, to_td), deadline)
+            .follow(Some(d), app, ecs_id, (from_td, to_td), deadline, source)
             .await?
         {
             Followed::Ended(Rollout::Completed(p)) => {
@@ -778,8 +927,8 @@ impl Deployer {
         why: String,
     ) -> Result<(), Stop> {
         tracing::warn!(reason = %why, to = %from_td, "rolling back");
-        let rollback_id = match self.update_service(app, from_td).await {
-            Ok(id) => id,
+        let (rollback_id, source) = match self.update_service(app, from_td).await {
+            Ok(started) => started,
             Err(Stop::Interrupted(e)) => return Err(Stop::Interrupted(e)),
             Err(Stop::Wait) => return Err(Stop::Wait),
             Err(Stop::Failed(e)) | Err(Stop::Superseded(e)) => {
@@ -790,7 +939,7 @@ impl Deployer {
         };
         let deadline = self.now() + app.rollout_timeout.as_millis() as i64;
         let followed = self
-            .follow(None, app, &rollback_id, (to_td, from_td), deadline)
+            .follow(None, app, &rollback_id, (to_td, from_td), deadline, source)
             .await?;
         match followed {
             Followed::Ended(Rollout::Completed(_) | Rollout::CompletedThenReplaced(..)) => {
@@ -913,6 +1062,58 @@ fn completed(to_td: &str, p: rollout::Progress, note: Option<&str>) -> String {
     reason
 }
 
+/// The wait before the poll after one that waited `delay`: doubling up to `poll_max`.
+fn next_poll(delay: Duration, timing: &crate::config::DeployTiming) -> Duration {
+    (delay * 2).min(timing.poll_max)
+}
+
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9: at most 4 AWS calls a minute per deploy while watching, with the default
+    /// polling. A poll is one call (a test through the proxy counts them); the first poll of
+    /// a service deployment adds one ListServiceDeployments.
+    #[test]
+    fn default_polling_makes_at_most_four_calls_a_minute() {
+        let timing = crate::config::Config::parse(
+            r#"
+state_dir = "/tmp/slipway-test-unused"
+[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "web"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#,
+        )
+        .expect("a minimal config")
+        .deploy;
+        let mut at = Duration::ZERO;
+        let mut delay = timing.poll_initial;
+        let mut polls = vec![];
+        while at < Duration::from_secs(3600) {
+            at += delay;
+            polls.push(at);
+            delay = next_poll(delay, &timing);
+        }
+        for (i, start) in polls.iter().enumerate() {
+            let in_a_minute = polls[i..]
+                .iter()
+                .take_while(|t| **t < *start + Duration::from_secs(60))
+                .count();
+            // The first window also pays for finding the service deployment.
+            let calls = in_a_minute + usize::from(i == 0);
+            assert!(
+                calls <= 4,
+                "{calls} calls in the minute from {start:?}: {polls:?}"
+            );
+        }
+    }
 }

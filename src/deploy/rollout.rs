@@ -3,7 +3,10 @@
 //! Success is only ever our deployment `COMPLETED` while it is `PRIMARY`. "Stable" is not
 //! "completed", and a rollback by ECS's circuit breaker is a failure, never a success.
 
-use aws_sdk_ecs::types::{Deployment, DeploymentRolloutState};
+use aws_sdk_ecs::types::{
+    Deployment, DeploymentRolloutState, DeploymentStrategy, Service, ServiceDeployment,
+    ServiceDeploymentStatus,
+};
 
 /// Running / desired / failed tasks of our deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,6 +111,104 @@ pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &s
             reason_of(mine)
         )),
     }
+}
+
+/// The numeric part of an ECS deployment id (`ecs-svc/1485800978477494678`): the id of the
+/// service revision that deployment rolls out, which ends the service deployment's
+/// `targetServiceRevisionArn`.
+pub fn revision_id(ecs_deployment_id: &str) -> &str {
+    ecs_deployment_id
+        .rsplit('/')
+        .next()
+        .unwrap_or(ecs_deployment_id)
+}
+
+/// Whether the service deployment targets the revision of ECS deployment `ours`.
+pub fn targets(target_service_revision_arn: Option<&str>, ours: &str) -> bool {
+    target_service_revision_arn
+        .and_then(|arn| arn.rsplit('/').next())
+        .is_some_and(|id| !id.is_empty() && id == revision_id(ours))
+}
+
+/// Whether the deployments list cannot judge this rollout and ECS's service deployment must:
+/// ECS's own blue/green, linear and canary strategies (success comes after the traffic shift
+/// and the bake time), and deployments without a `rolloutState` (behind a Classic Load
+/// Balancer).
+pub fn wants_service_deployment(service: &Service, ours: &str) -> bool {
+    let strategy = service
+        .deployment_configuration()
+        .and_then(|c| c.strategy());
+    let ecs_strategy = !matches!(strategy, None | Some(DeploymentStrategy::Rolling));
+    let no_rollout_state = service
+        .deployments()
+        .iter()
+        .find(|d| d.id.as_deref() == Some(ours))
+        .is_some_and(|d| d.rollout_state.is_none());
+    ecs_strategy || no_rollout_state
+}
+
+/// What a service deployment says about our rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A judgement; `InProgress` comes with ECS's lifecycle stage when it gives one.
+    Rollout(Rollout, Option<String>),
+    /// `STOPPED` (replaced by another deployment, stopped by someone, failed without a
+    /// rollback) or a status slipway does not know: the deployments list decides.
+    AskTheService(String),
+}
+
+/// Judges our rollout from its service deployment.
+pub fn evaluate_service_deployment(sd: &ServiceDeployment, from_td: &str, to_td: &str) -> Verdict {
+    let target = sd.target_service_revision();
+    let progress = Progress {
+        running: target.map_or(0, |t| t.running_task_count as i64),
+        desired: target.map_or(0, |t| t.requested_task_count as i64),
+        failed: sd
+            .deployment_circuit_breaker()
+            .map_or(0, |b| b.failure_count as i64),
+    };
+    let reason = sd
+        .status_reason()
+        .filter(|r| !r.is_empty())
+        .unwrap_or("no reason given")
+        .to_owned();
+    let stage = sd.lifecycle_stage().map(|s| s.as_str().to_owned());
+    use ServiceDeploymentStatus as S;
+    match sd.status() {
+        Some(S::Pending | S::InProgress) => Verdict::Rollout(Rollout::InProgress(progress), stage),
+        // ECS is putting the previous revision back: nothing may start on top of it yet.
+        Some(S::RollbackRequested | S::RollbackInProgress) => Verdict::Rollout(
+            Rollout::InProgress(progress),
+            Some("ROLLBACK_IN_PROGRESS".to_owned()),
+        ),
+        Some(S::Successful) => Verdict::Rollout(Rollout::Completed(progress), None),
+        Some(S::RollbackSuccessful) => Verdict::Rollout(
+            Rollout::RolledBackByEcs(format!(
+                "ECS rolled the service back to {from_td}: {}",
+                rollback_reason(sd, &reason)
+            )),
+            None,
+        ),
+        Some(S::RollbackFailed) => Verdict::Rollout(
+            Rollout::EcsRollbackFailed(format!(
+                "ECS's rollback to {from_td} failed: {reason} (the deployment of {to_td}: {})",
+                rollback_reason(sd, "no reason given")
+            )),
+            None,
+        ),
+        Some(other) => Verdict::AskTheService(format!(
+            "ECS's service deployment is {}: {reason}",
+            other.as_str()
+        )),
+        None => Verdict::AskTheService(format!("ECS's service deployment has no status: {reason}")),
+    }
+}
+
+fn rollback_reason<'a>(sd: &'a ServiceDeployment, otherwise: &'a str) -> &'a str {
+    sd.rollback()
+        .and_then(|r| r.reason())
+        .filter(|r| !r.is_empty())
+        .unwrap_or(otherwise)
 }
 
 #[cfg(test)]
@@ -252,5 +353,122 @@ mod tests {
             evaluate(&d, "new", FROM, TO),
             Rollout::Completed(_)
         ));
+    }
+
+    fn sd(status: &str) -> ServiceDeployment {
+        use aws_sdk_ecs::types::{
+            Rollback, ServiceDeploymentCircuitBreaker, ServiceDeploymentLifecycleStage,
+            ServiceRevisionSummary,
+        };
+        ServiceDeployment::builder()
+            .status(ServiceDeploymentStatus::from(status))
+            .status_reason(format!("sd {status}"))
+            .lifecycle_stage(ServiceDeploymentLifecycleStage::BakeTime)
+            .target_service_revision(
+                ServiceRevisionSummary::builder()
+                    .arn("arn:aws:ecs:eu-west-1:1:service-revision/web/web/1485800978477494678")
+                    .requested_task_count(2)
+                    .running_task_count(1)
+                    .build(),
+            )
+            .deployment_circuit_breaker(
+                ServiceDeploymentCircuitBreaker::builder()
+                    .failure_count(1)
+                    .build(),
+            )
+            .rollback(Rollback::builder().reason("alarm web-5xx").build())
+            .build()
+    }
+
+    #[test]
+    fn a_service_deployment_decides_by_its_status() {
+        let p = Progress {
+            running: 1,
+            desired: 2,
+            failed: 1,
+        };
+        assert_eq!(
+            evaluate_service_deployment(&sd("IN_PROGRESS"), FROM, TO),
+            Verdict::Rollout(Rollout::InProgress(p), Some("BAKE_TIME".into()))
+        );
+        assert_eq!(
+            evaluate_service_deployment(&sd("ROLLBACK_IN_PROGRESS"), FROM, TO),
+            Verdict::Rollout(Rollout::InProgress(p), Some("ROLLBACK_IN_PROGRESS".into()))
+        );
+        assert_eq!(
+            evaluate_service_deployment(&sd("SUCCESSFUL"), FROM, TO),
+            Verdict::Rollout(Rollout::Completed(p), None)
+        );
+        let r = evaluate_service_deployment(&sd("ROLLBACK_SUCCESSFUL"), FROM, TO);
+        assert!(
+            matches!(&r, Verdict::Rollout(Rollout::RolledBackByEcs(m), None)
+                if m.contains(FROM) && m.contains("alarm web-5xx")),
+            "{r:?}"
+        );
+        let r = evaluate_service_deployment(&sd("ROLLBACK_FAILED"), FROM, TO);
+        assert!(
+            matches!(&r, Verdict::Rollout(Rollout::EcsRollbackFailed(m), None)
+                if m.contains("sd ROLLBACK_FAILED") && m.contains("alarm web-5xx")),
+            "{r:?}"
+        );
+        for status in ["STOPPED", "SOMETHING_NEW"] {
+            let r = evaluate_service_deployment(&sd(status), FROM, TO);
+            assert!(
+                matches!(&r, Verdict::AskTheService(m) if m.contains(status)),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_service_deployment_is_found_by_the_deployments_revision() {
+        let arn = "arn:aws:ecs:eu-west-1:1:service-revision/web/web/1485800978477494678";
+        assert!(targets(Some(arn), "ecs-svc/1485800978477494678"));
+        assert!(!targets(Some(arn), "ecs-svc/1485800978477494679"));
+        assert!(!targets(None, "ecs-svc/1485800978477494678"));
+        assert!(!targets(
+            Some("arn:aws:ecs:eu-west-1:1:service-revision/web/web/"),
+            "ecs-svc/"
+        ));
+    }
+
+    #[test]
+    fn strategies_and_missing_rollout_state_want_the_service_deployment() {
+        use aws_sdk_ecs::types::DeploymentConfiguration;
+        let service = |strategy: Option<DeploymentStrategy>,
+                       state: Option<DeploymentRolloutState>| {
+            let mut d = Deployment::builder().id("new").status("PRIMARY");
+            if let Some(state) = state {
+                d = d.rollout_state(state);
+            }
+            let mut c = DeploymentConfiguration::builder();
+            if let Some(s) = strategy {
+                c = c.strategy(s);
+            }
+            Service::builder()
+                .deployments(d.build())
+                .deployment_configuration(c.build())
+                .build()
+        };
+        use DeploymentRolloutState::InProgress;
+        assert!(!wants_service_deployment(
+            &service(None, Some(InProgress)),
+            "new"
+        ));
+        assert!(!wants_service_deployment(
+            &service(Some(DeploymentStrategy::Rolling), Some(InProgress)),
+            "new"
+        ));
+        for s in [
+            DeploymentStrategy::BlueGreen,
+            DeploymentStrategy::Linear,
+            DeploymentStrategy::Canary,
+        ] {
+            assert!(wants_service_deployment(
+                &service(Some(s), Some(InProgress)),
+                "new"
+            ));
+        }
+        assert!(wants_service_deployment(&service(None, None), "new"));
     }
 }

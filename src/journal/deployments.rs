@@ -51,6 +51,8 @@ pub struct Deployment {
     pub running_count: Option<i64>,
     pub desired_count: Option<i64>,
     pub failed_tasks: Option<i64>,
+    /// ECS's lifecycle stage of the rollout while it runs (`BAKE_TIME`, ...), when ECS says.
+    pub stage: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
     pub started_ms: Option<i64>,
@@ -60,7 +62,7 @@ pub struct Deployment {
 const COLUMNS: &str = "id, app, service_key, sha, image_tag, trigger, actor, build_row, build_id,
     delivery_id, order_key, target_task_definition, image, from_task_definition,
     to_task_definition, ecs_deployment_id, state, reason, log_link, running_count,
-    desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms";
+    desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms, stage";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
@@ -90,6 +92,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
         updated_ms: r.get(23)?,
         started_ms: r.get(24)?,
         finished_ms: r.get(25)?,
+        stage: r.get(26)?,
     })
 }
 
@@ -326,6 +329,8 @@ pub struct DeploymentUpdate {
     /// resumed deploy whose UpdateService never reached ECS).
     pub restart_clock: bool,
     pub progress: Option<(i64, i64, i64)>,
+    /// ECS's lifecycle stage now; a terminal state clears it.
+    pub stage: Option<String>,
 }
 
 /// A build slipway started that has had no result for a while.
@@ -445,6 +450,7 @@ impl Journal {
                     running_count = COALESCE(?11, running_count),
                     desired_count = COALESCE(?12, desired_count),
                     failed_tasks = COALESCE(?13, failed_tasks),
+                    stage = CASE WHEN ?10 THEN NULL ELSE COALESCE(?15, stage) END,
                     updated_ms = ?9
                  WHERE id = ?1",
                 params![
@@ -462,6 +468,7 @@ impl Journal {
                     desired,
                     failed,
                     u.restart_clock,
+                    u.stage,
                 ],
             )?;
             Ok(())

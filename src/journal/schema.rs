@@ -175,6 +175,10 @@ CREATE INDEX deliveries_by_delivery_id ON deliveries (delivery_id);
 CREATE INDEX deliveries_with_body ON deliveries (received_ms) WHERE body_id IS NOT NULL;
 CREATE INDEX deliveries_by_outcome ON deliveries (outcome, received_ms);
 "#,
+    r#"
+-- Where ECS's service deployment is (BAKE_TIME, TEST_TRAFFIC_SHIFT, ...) while it runs.
+ALTER TABLE deployments ADD COLUMN stage TEXT;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

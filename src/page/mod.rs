@@ -114,6 +114,7 @@ fn rollout(d: &Deployment) -> Markup {
                 " " (running) " of " (desired) " tasks running"
                 @if let Some(f) = d.failed_tasks { @if f > 0 { ", " span.why { (f) " failed" } } }
             }
+            @if let Some(stage) = &d.stage { p { "ECS lifecycle stage: " code { (stage) } } }
         } @else {
             p.muted { "No rollout progress yet." }
         }

@@ -58,6 +58,7 @@ fn statement(sid: &str, actions: &[&str], resources: impl IntoIterator<Item = St
 struct Resources {
     projects: Vec<String>,
     services: Vec<String>,
+    service_deployments: Vec<String>,
     clusters: Vec<String>,
     repositories: Vec<String>,
     queue: String,
@@ -82,6 +83,16 @@ fn resources(config: &Config, env: &Environment) -> Resources {
         services: apps
             .iter()
             .map(|a| arn(env, "ecs", &format!("service/{}/{}", a.cluster, a.service)))
+            .collect(),
+        service_deployments: apps
+            .iter()
+            .map(|a| {
+                arn(
+                    env,
+                    "ecs",
+                    &format!("service-deployment/{}/{}/*", a.cluster, a.service),
+                )
+            })
             .collect(),
         clusters: apps
             .iter()
@@ -112,8 +123,18 @@ pub fn runtime(config: &Config, env: &Environment) -> Value {
         ),
         statement(
             "SlipwayRunServices",
-            &["ecs:DescribeServices", "ecs:UpdateService"],
+            &[
+                "ecs:DescribeServices",
+                "ecs:UpdateService",
+                "ecs:ListServiceDeployments",
+            ],
             r.services.clone(),
+        ),
+        // Watching a rollout through ECS's service deployment (blue/green, linear, canary).
+        statement(
+            "SlipwayRunServiceDeployments",
+            &["ecs:DescribeServiceDeployments"],
+            r.service_deployments,
         ),
         statement("SlipwayRunClusters", &["ecs:DescribeClusters"], r.clusters),
         // ECS supports no resource-level permission for these two.

@@ -33,6 +33,8 @@ const RUN_ACTIONS: &[&str] = &[
     "ecs:DescribeTaskDefinition",
     "ecs:RegisterTaskDefinition",
     "ecs:UpdateService",
+    "ecs:ListServiceDeployments",
+    "ecs:DescribeServiceDeployments",
     "ecs:TagResource",
     "iam:PassRole",
 ];

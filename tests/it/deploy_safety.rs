@@ -579,3 +579,193 @@ async fn container_and_containers_together_are_refused_naming_the_key() {
         "{err}"
     );
 }
+
+/// Sets the service's ECS deployment strategy. Through the proxy, which keeps the service's
+/// `deploymentConfiguration` (the emulator drops it).
+async fn set_strategy(w: &Deploy, strategy: aws_sdk_ecs::types::DeploymentStrategy) {
+    use aws_sdk_ecs::types::DeploymentConfiguration;
+    let ecs = aws_sdk_ecs::Client::new(&sdk_config(&w.proxy.url).await);
+    ecs.update_service()
+        .cluster(CLUSTER)
+        .service(SERVICE)
+        .deployment_configuration(
+            DeploymentConfiguration::builder()
+                .strategy(strategy)
+                .bake_time_in_minutes(5)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_service_without_rollout_state_is_watched_through_its_service_deployment() {
+    // Before: no rolloutState meant "in progress" until the timeout, so ECS's own rollback
+    // was followed by a second rollback from slipway, reported as `rolled_back`.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 5"),
+        ..Setup::default()
+    })
+    .await;
+    w.proxy.hide_rollout_state();
+    w.proxy.rollouts([Rollout::EcsRollsBack { after: 2 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "clb-rb-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(reason(&d).contains("ECS rolled the service back"), "{d}");
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        1,
+        "slipway adds no rollback of its own"
+    );
+    assert_eq!(w.proxy.requests("ListServiceDeployments").len(), 1);
+    assert!(!w.proxy.requests("DescribeServiceDeployments").is_empty());
+}
+
+#[tokio::test]
+async fn a_service_deployment_that_ecs_stopped_while_ours_still_runs_is_rolled_back() {
+    // No rolloutState, and the circuit breaker stops the deployment without a rollback: the
+    // deployments list alone looks like a rollout still going.
+    let w = Deploy::new().await;
+    w.proxy.hide_rollout_state();
+    w.proxy.rollouts([Rollout::Fail { after: 1 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "clb-stop-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    assert!(reason(&d).contains("tasks failed to start"), "{d}");
+    assert_eq!(w.service_td().await, w.base_td);
+}
+
+// The CLI runs as a child process while the proxy serves slipway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_deploy_shows_its_lifecycle_stage_until_ecs_says_it_succeeded() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    const TOKEN: &str = "alice-token-0123456789";
+    let w = Deploy::new().await;
+    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w
+        .builder
+        .clone()
+        .env("SLIPWAY_OPS_TOKENS", &format!("alice:{TOKEN}"))
+        .start()
+        .await;
+    let mut cmd = tokio::process::Command::from(s.builder.command());
+    cmd.env("SLIPWAY_SERVER", &s.admin_url)
+        .env("SLIPWAY_OPS_TOKEN", TOKEN)
+        .args(["deploy", "web", MASTER_SHA, "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = vec![];
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let baking = line.contains("stage BAKE_TIME");
+            seen.push(line);
+            if baking {
+                return;
+            }
+        }
+        panic!("the CLI ended without showing the bake time: {seen:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no lifecycle stage shown: {seen:?}"));
+    let list: Value = reqwest::Client::new()
+        .get(format!("{}/api/deployments?app=web", s.admin_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = &list["deployments"][0]["id"];
+    let d: Value = reqwest::Client::new()
+        .get(format!("{}/api/deployments/{id}", s.admin_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["stage"], "BAKE_TIME", "{d}");
+    assert_eq!(
+        d["state"], "deploying",
+        "ECS has not said it succeeded yet: {d}"
+    );
+    // ECS finishes the bake time.
+    w.proxy
+        .complete_now(CLUSTER, SERVICE, d["ecs_deployment_id"].as_str().unwrap());
+    let mut rest = vec![];
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{seen:?} {rest:?}");
+    assert!(rest.last().unwrap().contains("succeeded"), "{rest:?}");
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["stage"].is_null(), "{done}");
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy"
+    );
+}
+
+#[tokio::test]
+async fn a_canary_that_ecs_rolls_back_during_bake_time_is_a_failure() {
+    let w = Deploy::new().await;
+    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::Canary).await;
+    w.proxy.rollouts([Rollout::EcsRollsBack { after: 4 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "canary-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(reason(&d).contains("ECS rolled the service back"), "{d}");
+    assert!(!w.proxy.requests("DescribeServiceDeployments").is_empty());
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy: no rollback of slipway's own"
+    );
+}
+
+#[tokio::test]
+async fn watching_a_rollout_costs_one_call_a_poll() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Complete { after: 5 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "polls-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let calls = w.proxy.operations();
+    let update = calls.iter().position(|op| op == "UpdateService").unwrap();
+    let watching: Vec<&String> = calls[update + 1..]
+        .iter()
+        .filter(|op| {
+            !matches!(
+                op.as_str(),
+                "ReceiveMessage" | "DeleteMessage" | "ChangeMessageVisibility" | "BatchGetBuilds"
+            )
+        })
+        .collect();
+    // The fifth look shows the outcome: five calls, one a poll, nothing else.
+    assert_eq!(watching, vec!["DescribeServices"; 5], "{calls:?}");
+}
+
+#[tokio::test]
+async fn aws_calls_are_retried_by_the_sdk_alone_a_bounded_number_of_times() {
+    // Before: slipway's own 7 tries around the SDK's 3 made 21 calls.
+    let w = Deploy::new().await;
+    w.proxy
+        .fail("DescribeTaskDefinition", 50, 500, "ServerException");
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "retries-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(reason(&d).contains("DescribeTaskDefinition"), "{d}");
+    // The SDK's attempts, as configured once (`aws::MAX_ATTEMPTS`), and no more.
+    assert_eq!(w.proxy.requests("DescribeTaskDefinition").len(), 5);
+    assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
+}

@@ -163,8 +163,58 @@ struct Script {
     seen: u32,
 }
 
+/// ECS's service deployment (ListServiceDeployments / DescribeServiceDeployments) of one
+/// deployment of the overlay. The emulator has none (it answers 500), so the proxy keeps them.
+#[derive(Debug, Clone)]
+struct ServiceDeploymentRecord {
+    /// The `ecs-svc/…` id of the deployment it rolls out.
+    deployment: String,
+    arn: String,
+    task_definition: String,
+    created: f64,
+    updated: f64,
+    finished: Option<f64>,
+    status: &'static str,
+    reason: String,
+    requested: i64,
+    running: i64,
+    failures: i64,
+    /// ECS's rollback: its reason and the revision it goes back to.
+    rollback: Option<(String, String)>,
+    /// Looks at the service while this one was in progress (drives the lifecycle stage).
+    steps: usize,
+}
+
+impl ServiceDeploymentRecord {
+    fn is_open(&self) -> bool {
+        matches!(self.status, "PENDING" | "IN_PROGRESS")
+    }
+}
+
+/// The lifecycle stages the proxy walks an ECS blue/green, linear or canary deployment through,
+/// one per look, staying in the last until the outcome is due.
+fn lifecycle_stages(strategy: &str) -> &'static [&'static str] {
+    match strategy {
+        "BLUE_GREEN" => &[
+            "SCALE_UP",
+            "TEST_TRAFFIC_SHIFT",
+            "PRODUCTION_TRAFFIC_SHIFT",
+            "BAKE_TIME",
+        ],
+        "LINEAR" | "CANARY" => &["SCALE_UP", "PRODUCTION_TRAFFIC_SHIFT", "BAKE_TIME"],
+        _ => &[],
+    }
+}
+
 #[derive(Debug, Default)]
 struct ServiceOverlay {
+    /// `serviceArn` and `clusterArn` as the emulator reports them.
+    service_arn: String,
+    cluster_arn: String,
+    /// Oldest first.
+    service_deployments: Vec<ServiceDeploymentRecord>,
+    /// ECS rollback deployment id → the deployment it rolls back.
+    rollback_of: HashMap<String, String>,
     /// Newest first.
     deployments: Vec<Value>,
     script: Option<Script>,
@@ -473,6 +523,79 @@ fn mark_failed(d: &mut Value, t: f64) {
 }
 
 impl ServiceOverlay {
+    /// `arn:aws:ecs:…:service-revision/<cluster>/<service>/<digits of the deployment id>`, as
+    /// ECS names the revision a deployment rolls out.
+    fn revision_arn(&self, deployment: &str) -> String {
+        format!(
+            "{}/{}",
+            self.service_arn
+                .replacen(":service/", ":service-revision/", 1),
+            last_segment(deployment)
+        )
+    }
+
+    fn sd_mut(&mut self, deployment: &str) -> Option<&mut ServiceDeploymentRecord> {
+        self.service_deployments
+            .iter_mut()
+            .find(|r| r.deployment == deployment)
+    }
+
+    /// A new service deployment for `deployment`; the open ones are stopped (replaced).
+    fn open_service_deployment(&mut self, deployment: &str, td: &str, desired: i64, t: f64) {
+        for r in self.service_deployments.iter_mut().filter(|r| r.is_open()) {
+            r.status = "STOPPED";
+            r.reason = "A newer service deployment replaced this one.".to_owned();
+            r.finished = Some(t);
+            r.updated = t;
+        }
+        let arn = format!(
+            "{}/sd{}",
+            self.service_arn
+                .replacen(":service/", ":service-deployment/", 1),
+            last_segment(deployment)
+        );
+        self.service_deployments.push(ServiceDeploymentRecord {
+            deployment: deployment.to_owned(),
+            arn,
+            task_definition: td.to_owned(),
+            created: t,
+            updated: t,
+            finished: None,
+            status: "IN_PROGRESS",
+            reason: "The service deployment is in progress.".to_owned(),
+            requested: desired,
+            running: 0,
+            failures: 0,
+            rollback: None,
+            steps: 0,
+        });
+    }
+
+    /// Ends the service deployment of `deployment` (or the one an ECS rollback belongs to).
+    fn end_service_deployment(&mut self, deployment: &str, status: &'static str, reason: &str) {
+        let t = now();
+        let counts = self
+            .deployments
+            .iter()
+            .find(|d| d["id"] == deployment)
+            .map(|d| {
+                (
+                    d["runningCount"].as_i64().unwrap_or(0),
+                    d["failedTasks"].as_i64().unwrap_or(0),
+                )
+            });
+        if let Some(r) = self.sd_mut(deployment) {
+            r.status = status;
+            r.reason = reason.to_owned();
+            r.finished = Some(t);
+            r.updated = t;
+            if let Some((running, failures)) = counts {
+                r.running = running;
+                r.failures = failures;
+            }
+        }
+    }
+
     fn primary(&self) -> Option<&Value> {
         self.deployments.iter().find(|d| d["status"] == "PRIMARY")
     }
@@ -493,10 +616,36 @@ impl ServiceOverlay {
         if let Some(d) = self.find_mut(id) {
             mark_completed(d, t);
         }
+        match self.rollback_of.get(id).cloned() {
+            Some(original) => {
+                let running = self.find_mut(id).and_then(|d| d["runningCount"].as_i64());
+                self.end_service_deployment(
+                    &original,
+                    "ROLLBACK_SUCCESSFUL",
+                    "ECS rolled the service back to the previous service revision.",
+                );
+                if let (Some(r), Some(running)) = (self.sd_mut(&original), running) {
+                    r.running = running;
+                }
+            }
+            None => self.end_service_deployment(
+                id,
+                "SUCCESSFUL",
+                "The service deployment completed successfully.",
+            ),
+        }
     }
 
     /// Puts a new `PRIMARY` deployment in front; the others become `ACTIVE`.
-    fn push_primary(&mut self, task_definition: &str, desired: i64, reason: Option<String>) {
+    /// `rolls_back`: the deployment ECS rolls back with this one (then no new service
+    /// deployment: the rolled-back one goes `ROLLBACK_IN_PROGRESS`).
+    fn push_primary(
+        &mut self,
+        task_definition: &str,
+        desired: i64,
+        reason: Option<String>,
+        rolls_back: Option<&str>,
+    ) {
         let t = now();
         for d in self.deployments.iter_mut() {
             if d["status"] == "PRIMARY" {
@@ -506,10 +655,29 @@ impl ServiceOverlay {
         }
         let id = deployment_id();
         let mut d = new_deployment(&id, "PRIMARY", task_definition, desired, t);
-        if let Some(reason) = reason {
+        if let Some(reason) = &reason {
             d["rolloutStateReason"] = json!(reason);
         }
         self.deployments.insert(0, d);
+        match rolls_back {
+            Some(original) => {
+                let revision = self.revision_arn(&id);
+                self.rollback_of.insert(id.clone(), original.to_owned());
+                if let Some(r) = self.sd_mut(original) {
+                    r.status = "ROLLBACK_IN_PROGRESS";
+                    r.reason =
+                        "ECS deployment circuit breaker: the deployment failed; rolling back."
+                            .to_owned();
+                    r.failures = 3;
+                    r.updated = t;
+                    r.rollback = Some((
+                        reason.unwrap_or_else(|| "circuit breaker".to_owned()),
+                        revision,
+                    ));
+                }
+            }
+            None => self.open_service_deployment(&id, task_definition, desired, t),
+        }
     }
 
     fn newest_id(&self) -> String {
@@ -533,6 +701,13 @@ impl ServiceOverlay {
                 d["rolloutStateReason"] =
                     json!("ECS deployment circuit breaker: the rollback's tasks failed to start.");
             }
+            if let Some(original) = self.rollback_of.get(&id).cloned() {
+                self.end_service_deployment(
+                    &original,
+                    "ROLLBACK_FAILED",
+                    "ECS deployment circuit breaker: the rollback's tasks failed to start.",
+                );
+            }
             return None;
         }
         let script = self.script.as_mut()?;
@@ -543,6 +718,11 @@ impl ServiceOverlay {
             .outcome
             .after()
             .is_some_and(|after| seen >= after.max(1));
+        if let Some(r) = self.sd_mut(&id) {
+            if r.is_open() {
+                r.steps += 1;
+            }
+        }
         if !due {
             if let Some(d) = self.find_mut(&id) {
                 if d["rolloutState"] == "IN_PROGRESS" {
@@ -570,6 +750,11 @@ impl ServiceOverlay {
                 if let Some(d) = self.find_mut(&id) {
                     mark_failed(d, t);
                 }
+                self.end_service_deployment(
+                    &id,
+                    "STOPPED",
+                    "ECS deployment circuit breaker: tasks failed to start.",
+                );
                 None
             }
             Rollout::EcsRollsBack { .. } | Rollout::EcsRollbackFails { .. } => {
@@ -583,6 +768,7 @@ impl ServiceOverlay {
                     Some(format!(
                         "ECS deployment circuit breaker: rolling back to deploymentId {previous_id}."
                     )),
+                    Some(&id),
                 );
                 // ECS's rollback deployment completes, or fails too, at the next step.
                 let rollback = Some(self.newest_id());
@@ -602,7 +788,7 @@ impl ServiceOverlay {
                     .unwrap_or_default();
                 self.complete(&id, t);
                 let td = foreign_revision(&ours);
-                self.push_primary(&td, desired, None);
+                self.push_primary(&td, desired, None, None);
                 self.settling = Some(self.newest_id());
                 Some(td)
             }
@@ -621,11 +807,12 @@ impl ServiceOverlay {
                         foreign_revision(&ours)
                     }
                 };
-                self.push_primary(&td, desired, None);
+                self.push_primary(&td, desired, None, None);
                 self.settling = Some(self.newest_id());
                 Some(td)
             }
             Rollout::Vanish { .. } => {
+                self.end_service_deployment(&id, "STOPPED", "The deployment disappeared.");
                 let (previous_id, previous_td) = script.previous?;
                 self.deployments.retain(|d| d["id"] == previous_id.as_str());
                 if let Some(d) = self.find_mut(&previous_id) {
@@ -808,6 +995,18 @@ fn strip_rollout_state(service: &mut Value) {
     }
 }
 
+/// An answer made by the proxy itself (the emulator lacks the operation).
+async fn json_response(body: &Value, delay: Option<Duration>) -> Response<Full<Bytes>> {
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    Response::builder()
+        .status(200)
+        .header("content-type", AMZ_JSON)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
 fn text_response(status: u16, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -874,16 +1073,23 @@ async fn handle(
         upstream,
     };
     let headers = &parts.headers;
-    if is_ecs && operation == "DescribeServices" {
-        // Advance the rollouts of the known services named, before answering.
+    let looks_at = if is_ecs && operation == "DescribeServices" {
         let cluster = request["cluster"].as_str();
-        let keys: BTreeSet<String> = request["services"]
+        request["services"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
             .map(|s| service_key(cluster, s))
-            .collect();
+            .collect()
+    } else if is_ecs && operation == "DescribeServiceDeployments" {
+        keys_of_service_deployments(&ctx.state, &request)
+    } else {
+        BTreeSet::new()
+    };
+    if !looks_at.is_empty() {
+        // Advance the rollouts of the known services looked at, before answering.
+        let keys = looks_at;
         let mut moves = vec![];
         {
             let mut s = ctx.state.lock().unwrap();
@@ -905,6 +1111,20 @@ async fn handle(
                 )
                 .await;
         }
+    }
+    if is_ecs && operation == "ListServiceDeployments" {
+        return json_response(
+            &list_service_deployments(&ctx.state, &request),
+            delay_answer,
+        )
+        .await;
+    }
+    if is_ecs && operation == "DescribeServiceDeployments" {
+        return json_response(
+            &describe_service_deployments(&ctx.state, &request),
+            delay_answer,
+        )
+        .await;
     }
     if is_ecs && (operation == "CreateService" || operation == "UpdateService") {
         if let Some(config) = request.get("deploymentConfiguration") {
@@ -1027,6 +1247,8 @@ async fn ecs_answer(
                     .pop_front()
                     .unwrap_or(Rollout::Complete { after: 1 });
                 let overlay = s.overlays.entry(key.clone()).or_default();
+                overlay.service_arn = str_of(service, "serviceArn").to_owned();
+                overlay.cluster_arn = str_of(service, "clusterArn").to_owned();
                 if overlay.deployments.is_empty() {
                     let base = baseline.unwrap_or_else(|| {
                         let moto_td = service["deployments"][0]["taskDefinition"]
@@ -1035,7 +1257,19 @@ async fn ecs_answer(
                             .to_owned();
                         baseline_from(service, &moto_td)
                     });
+                    let (id, td) = (
+                        str_of(&base, "id").to_owned(),
+                        str_of(&base, "taskDefinition").to_owned(),
+                    );
+                    let created = base["createdAt"].as_f64().unwrap_or_else(now);
+                    let desired = base["desiredCount"].as_i64().unwrap_or(0);
                     overlay.deployments.push(base);
+                    overlay.open_service_deployment(&id, &td, desired, created);
+                    overlay.end_service_deployment(
+                        &id,
+                        "SUCCESSFUL",
+                        "The service deployment completed successfully.",
+                    );
                 }
                 let previous = overlay.primary().map(|d| {
                     (
@@ -1046,7 +1280,7 @@ async fn ecs_answer(
                 let td = td
                     .or_else(|| overlay.primary_task_definition())
                     .unwrap_or_default();
-                overlay.push_primary(&td, desired, None);
+                overlay.push_primary(&td, desired, None, None);
                 overlay.script = Some(Script {
                     deployment: overlay.newest_id(),
                     previous,
@@ -1166,6 +1400,154 @@ fn sqs_answer(request: &Value, answer: Answer) -> Response<Full<Bytes>> {
         }
     }
     answer.with_body(&out)
+}
+
+impl ServiceOverlay {
+    /// The `ServiceDeployment` of DescribeServiceDeployments.
+    fn service_deployment_json(
+        &self,
+        r: &ServiceDeploymentRecord,
+        config: Option<&Value>,
+    ) -> Value {
+        let live = self
+            .deployments
+            .iter()
+            .find(|d| d["id"] == r.deployment.as_str());
+        let running = match live {
+            Some(d) if r.is_open() => d["runningCount"].as_i64().unwrap_or(0),
+            _ => r.running,
+        };
+        let mut v = json!({
+            "serviceDeploymentArn": r.arn,
+            "serviceArn": self.service_arn,
+            "clusterArn": self.cluster_arn,
+            "createdAt": r.created,
+            "startedAt": r.created,
+            "updatedAt": r.updated,
+            "status": r.status,
+            "statusReason": r.reason,
+            "targetServiceRevision": {
+                "arn": self.revision_arn(&r.deployment),
+                "requestedTaskCount": r.requested,
+                "runningTaskCount": running,
+                "pendingTaskCount": 0,
+            },
+            "deploymentCircuitBreaker": {
+                "status": if r.failures > 0 { "TRIGGERED" } else { "MONITORING" },
+                "failureCount": r.failures,
+                "threshold": 3,
+            },
+        });
+        if let Some(t) = r.finished {
+            v["finishedAt"] = json!(t);
+        }
+        if let Some(config) = config {
+            v["deploymentConfiguration"] = config.clone();
+        }
+        let strategy = config
+            .and_then(|c| c["strategy"].as_str())
+            .unwrap_or("ROLLING");
+        let stages = lifecycle_stages(strategy);
+        if r.is_open() && !stages.is_empty() {
+            v["lifecycleStage"] = json!(stages[r.steps.min(stages.len() - 1)]);
+        }
+        if let Some((reason, revision)) = &r.rollback {
+            v["rollback"] = json!({
+                "reason": reason,
+                "startedAt": r.updated,
+                "serviceRevisionArn": revision,
+            });
+        }
+        v
+    }
+
+    /// The `ServiceDeploymentBrief` of ListServiceDeployments.
+    fn brief_json(&self, r: &ServiceDeploymentRecord) -> Value {
+        let mut v = json!({
+            "serviceDeploymentArn": r.arn,
+            "serviceArn": self.service_arn,
+            "clusterArn": self.cluster_arn,
+            "createdAt": r.created,
+            "startedAt": r.created,
+            "targetServiceRevisionArn": self.revision_arn(&r.deployment),
+            "status": r.status,
+            "statusReason": r.reason,
+        });
+        if let Some(t) = r.finished {
+            v["finishedAt"] = json!(t);
+        }
+        v
+    }
+}
+
+/// ListServiceDeployments, newest first, from the overlay (the emulator answers 500).
+fn list_service_deployments(state: &Mutex<State>, request: &Value) -> Value {
+    let key = service_key(
+        request["cluster"].as_str(),
+        request["service"].as_str().unwrap_or(""),
+    );
+    let statuses: Vec<&str> = request["status"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let s = state.lock().unwrap();
+    let briefs: Vec<Value> = s
+        .overlays
+        .get(&key)
+        .map(|o| {
+            o.service_deployments
+                .iter()
+                .rev()
+                .filter(|r| statuses.is_empty() || statuses.contains(&r.status))
+                .map(|r| o.brief_json(r))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({ "serviceDeployments": briefs })
+}
+
+/// DescribeServiceDeployments from the overlay.
+fn describe_service_deployments(state: &Mutex<State>, request: &Value) -> Value {
+    let s = state.lock().unwrap();
+    let mut found = vec![];
+    let mut failures = vec![];
+    for arn in request["serviceDeploymentArns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        let hit = s.overlays.iter().find_map(|(key, o)| {
+            o.service_deployments
+                .iter()
+                .find(|r| r.arn == arn)
+                .map(|r| o.service_deployment_json(r, s.deployment_configs.get(key)))
+        });
+        match hit {
+            Some(v) => found.push(v),
+            None => failures.push(json!({ "arn": arn, "reason": "MISSING" })),
+        }
+    }
+    json!({ "serviceDeployments": found, "failures": failures })
+}
+
+/// The `cluster/service` keys of the service deployments named in a request.
+fn keys_of_service_deployments(state: &Mutex<State>, request: &Value) -> BTreeSet<String> {
+    let s = state.lock().unwrap();
+    request["serviceDeploymentArns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|arn| {
+            s.overlays
+                .iter()
+                .find(|(_, o)| o.service_deployments.iter().any(|r| r.arn == arn))
+                .map(|(k, _)| k.clone())
+        })
+        .collect()
 }
 
 /// `UpdateService` starts a deployment when it names a task definition or forces one.
