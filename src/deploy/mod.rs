@@ -94,7 +94,12 @@ struct Preflight {
     /// The task definition the service runs now: the base of the new revision.
     current_task_definition: String,
     image: Option<String>,
+    /// `current_task_definition` with its tags, when it was read during the preflight.
+    base: Option<DescribedTaskDefinition>,
 }
+
+type DescribedTaskDefinition =
+    aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionOutput;
 
 pub struct Deployer {
     pub journal: Journal,
@@ -280,7 +285,13 @@ impl Deployer {
             None => {
                 let image = pre.image.clone().expect("preflight resolves the image");
                 let (revision, rollback_copy) = self
-                    .new_revision(&pre.current_task_definition, app, &image, &d.image_tag)
+                    .new_revision(
+                        &pre.current_task_definition,
+                        app,
+                        &image,
+                        &d.image_tag,
+                        pre.base,
+                    )
                     .await?;
                 let from_td = match rollback_copy {
                     Some(copy) => {
@@ -435,10 +446,26 @@ impl Deployer {
             .ok_or_else(|| Stop::Failed("the deployment record disappeared".into()))
     }
 
-    /// ECR image, cluster and service, checked concurrently.
+    /// ECR image, cluster and service, checked concurrently; with them, the task definition
+    /// the journal says the service runs (the base of the new revision, when ECS agrees).
     async fn preflight(&self, d: &Deployment, app: &AppConfig) -> Result<Preflight, Stop> {
         let rollback = d.target_task_definition.is_some();
-        let (image, service) = tokio::join!(
+        let guess = if rollback {
+            None
+        } else {
+            match self
+                .journal
+                .last_deployed_task_definition(&d.service_key)
+                .await
+            {
+                Ok(guess) => guess,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the last deployed task definition");
+                    None
+                }
+            }
+        };
+        let (image, service, guessed) = tokio::join!(
             async {
                 if rollback {
                     Ok(None)
@@ -447,6 +474,12 @@ impl Deployer {
                 }
             },
             self.describe_service(app),
+            async {
+                match &guess {
+                    Some(td) => self.describe_task_definition(td).await.ok(),
+                    None => None,
+                }
+            },
         );
         let image = image?;
         let service = service?;
@@ -472,9 +505,12 @@ impl Deployer {
         let current = service.task_definition().ok_or_else(|| {
             Stop::Failed(format!("service {} has no task definition", app.service))
         })?;
+        // Someone else changed the service since slipway's last deploy: read what it runs.
+        let base = guessed.filter(|_| guess.as_deref() == Some(current));
         Ok(Preflight {
             current_task_definition: current.to_owned(),
             image,
+            base,
         })
     }
 
@@ -576,17 +612,12 @@ impl Deployer {
         app: &AppConfig,
         image: &str,
         version: &str,
+        base: Option<DescribedTaskDefinition>,
     ) -> Result<(NewRevision, Option<NewRevision>), Stop> {
-        let out = (async {
-            self.ecs
-                .describe_task_definition()
-                .task_definition(current)
-                .include(TaskDefinitionField::Tags)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("ECS DescribeTaskDefinition", &e))
-        })
-        .await?;
+        let out = match base {
+            Some(out) => out,
+            None => self.describe_task_definition(current).await?,
+        };
         let td = out
             .task_definition()
             .ok_or_else(|| Stop::Failed(format!("task definition {current} not found")))?;
@@ -603,6 +634,20 @@ impl Deployer {
                 None
             };
         Ok((revision, rollback_copy))
+    }
+
+    /// A task definition with its tags (they come only when asked for).
+    async fn describe_task_definition(
+        &self,
+        task_definition: &str,
+    ) -> Result<DescribedTaskDefinition, AwsError> {
+        self.ecs
+            .describe_task_definition()
+            .task_definition(task_definition)
+            .include(TaskDefinitionField::Tags)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ECS DescribeTaskDefinition", &e))
     }
 
     async fn register(&self, revision: NewRevision) -> Result<String, Stop> {

@@ -522,6 +522,28 @@ impl Journal {
 }
 
 impl Journal {
+    /// The task definition the newest finished deploy of a service left running (its new
+    /// revision when it succeeded, the previous one when it was rolled back): a guess at what
+    /// the service runs now, so the deploy can read it while it asks ECS.
+    pub async fn last_deployed_task_definition(
+        &self,
+        service_key: &str,
+    ) -> Result<Option<String>, JournalError> {
+        let key = service_key.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT CASE state WHEN ?2 THEN to_task_definition ELSE from_task_definition END
+                 FROM deployments WHERE service_key = ?1 AND state IN (?2, ?3)
+                 ORDER BY order_key DESC, id DESC LIMIT 1",
+                params![key, deploy_state::SUCCEEDED, deploy_state::ROLLED_BACK],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+        })
+        .await
+    }
+
     /// Succeeded deployments of `app`, newest first.
     pub async fn successful_deployments(&self, app: &str) -> Result<Vec<Deployment>, JournalError> {
         let app = app.to_owned();

@@ -7,7 +7,7 @@ use aws_sdk_ecs::types::{DeploymentController, DeploymentControllerType, Tag};
 use serde_json::Value;
 
 use crate::deploy::{web_with, Deploy, Setup};
-use crate::support::proxy::{Fault, Rollout};
+use crate::support::proxy::{Fault, Recorded, Rollout};
 use crate::support::world::{CLUSTER, SERVICE};
 use crate::support::{eventually, sdk_config, MASTER_SHA};
 
@@ -399,6 +399,81 @@ async fn a_deregistered_running_revision_is_copied_so_a_rollback_can_return() {
             .image()
     );
     assert_eq!(w.proxy.requests("RegisterTaskDefinition").len(), 2);
+}
+
+/// The longest chain of `records` in which each call arrived after the previous one was
+/// answered: the sequential round trips they took.
+fn round_trips(records: &[&Recorded]) -> usize {
+    let mut depth: Vec<usize> = vec![];
+    for (i, r) in records.iter().enumerate() {
+        let before = (0..i)
+            .filter(|&j| records[j].answered < r.arrived)
+            .map(|j| depth[j])
+            .max()
+            .unwrap_or(0);
+        depth.push(before + 1);
+    }
+    depth.into_iter().max().unwrap_or(0)
+}
+
+#[test]
+fn round_trips_counts_the_longest_chain_of_dependent_calls() {
+    let r = |arrived, answered| Recorded {
+        operation: String::new(),
+        body: Value::Null,
+        arrived,
+        answered,
+    };
+    // 1, then 2 and 3 concurrently, then 4.
+    let calls = [r(1, 2), r(3, 6), r(4, 5), r(7, 8)];
+    assert_eq!(round_trips(&calls.iter().collect::<Vec<_>>()), 3);
+    let calls = [r(1, 2), r(3, 4), r(5, 6)];
+    assert_eq!(round_trips(&calls.iter().collect::<Vec<_>>()), 3);
+    let calls = [r(1, 6), r(2, 5), r(3, 4)];
+    assert_eq!(round_trips(&calls.iter().collect::<Vec<_>>()), 1);
+}
+
+const DEPLOY_CALLS: &[&str] = &[
+    "BatchGetBuilds",
+    "DescribeImages",
+    "DescribeRepositories",
+    "DescribeClusters",
+    "DescribeServices",
+    "DescribeTaskDefinition",
+    "RegisterTaskDefinition",
+    "UpdateService",
+];
+
+#[tokio::test]
+async fn from_event_to_update_service_takes_four_round_trips() {
+    const SECOND: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+    let w = Deploy::with(Setup {
+        images: &[MASTER_SHA, SECOND],
+        ..Setup::default()
+    })
+    .await;
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "trips-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let arn = w.push(&s, "trips-2", SECOND).await;
+    let from = w.proxy.recorded().len();
+    w.complete(&arn, "SUCCEEDED", SECOND).await;
+    let d = w.finished(SECOND).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let recorded = w.proxy.recorded();
+    let second = &recorded[from..];
+    let update = second
+        .iter()
+        .position(|r| r.operation == "UpdateService")
+        .expect("UpdateService called");
+    let chain: Vec<&Recorded> = second[..=update]
+        .iter()
+        .filter(|r| DEPLOY_CALLS.contains(&r.operation.as_str()))
+        .collect();
+    let ops: Vec<&str> = chain.iter().map(|r| r.operation.as_str()).collect();
+    assert!(chain.len() <= 6, "{ops:?}");
+    // Confirm the build; image, service and its task definition at once; register; update.
+    assert_eq!(round_trips(&chain), 4, "{chain:#?}");
 }
 
 #[tokio::test]

@@ -61,6 +61,17 @@ const AMZ_JSON: &str = "application/x-amz-json-1.1";
 pub struct Recorded {
     pub operation: String,
     pub body: serde_json::Value,
+    /// When the request arrived and when its answer was ready, on one counter shared by all
+    /// requests: a call that arrived after another's answer depends on it (a round trip later).
+    pub arrived: u64,
+    pub answered: u64,
+}
+
+/// The clock of [`Recorded::arrived`] / [`Recorded::answered`].
+static SEQUENCE: AtomicU64 = AtomicU64::new(1);
+
+fn tick() -> u64 {
+    SEQUENCE.fetch_add(1, Ordering::SeqCst)
 }
 
 #[derive(Debug, Clone)]
@@ -297,7 +308,16 @@ impl Proxy {
                     let service = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         let client = client.clone();
-                        async move { Ok::<_, Infallible>(handle(state, client, req).await) }
+                        async move {
+                            let slot = Mutex::new(None);
+                            let response = handle(state.clone(), client, req, &slot).await;
+                            if let Some(i) = slot.into_inner().unwrap() {
+                                if let Some(r) = state.lock().unwrap().recorded.get_mut(i) {
+                                    r.answered = tick();
+                                }
+                            }
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -331,11 +351,15 @@ impl Proxy {
         );
     }
 
-    /// The requests of `operation` that reached the proxy, in order.
     /// From now on, deployments are shown without `rolloutState`/`rolloutStateReason`, as ECS
     /// shows them for services behind a Classic Load Balancer.
     pub fn hide_rollout_state(&self) {
         self.state.lock().unwrap().no_rollout_state = true;
+    }
+
+    /// Every request seen, in order of arrival.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().recorded.clone()
     }
 
     /// Every operation seen, in order.
@@ -1018,6 +1042,7 @@ async fn handle(
     state: Arc<Mutex<State>>,
     client: reqwest::Client,
     req: Request<Incoming>,
+    slot: &Mutex<Option<usize>>,
 ) -> Response<Full<Bytes>> {
     let target = req
         .headers()
@@ -1048,7 +1073,10 @@ async fn handle(
         s.recorded.push(Recorded {
             operation: operation.clone(),
             body: request.clone(),
+            arrived: tick(),
+            answered: u64::MAX,
         });
+        *slot.lock().unwrap() = Some(s.recorded.len() - 1);
         s.upstream.clone()
     };
     let mut delay_answer = None;
