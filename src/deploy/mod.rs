@@ -64,6 +64,8 @@ impl Source {
     }
 }
 
+/// The stage of a deploy whose rollback by slipway is under way.
+const ROLLING_BACK: &str = "ROLLING_BACK";
 /// Polls in which ECS may not list a new service deployment yet before the list is watched.
 const SD_MISSES: u32 = 3;
 /// Looks past the rollout timeout before a failing look counts as "did not complete".
@@ -357,6 +359,9 @@ impl Deployer {
             // Stopped before the new revision was recorded: nothing reached ECS; start over.
             return self.start(d, app).await;
         };
+        if d.stage.as_deref() == Some(ROLLING_BACK) {
+            return self.resume_rollback(d, app, (from_td, to_td)).await;
+        }
         if let Some(ecs_id) = &d.ecs_deployment_id {
             let d = self.reload(d.id).await?;
             return self
@@ -972,6 +977,16 @@ impl Deployer {
         why: String,
     ) -> Result<(), Stop> {
         tracing::warn!(reason = %why, to = %from_td, "rolling back");
+        // Journaled before UpdateService: a restart from here on finishes the rollback.
+        self.update(
+            d,
+            DeploymentUpdate {
+                stage: Some(ROLLING_BACK.to_owned()),
+                reason: Some(why.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
         let (rollback_id, source) = match self.update_service(app, from_td).await {
             Ok(started) => started,
             Err(Stop::Interrupted(e)) => return Err(Stop::Interrupted(e)),
@@ -982,9 +997,59 @@ impl Deployer {
                 )))
             }
         };
+        self.follow_rollback(d, app, (from_td, to_td), why, &rollback_id, source)
+            .await
+    }
+
+    /// Picks up slipway's own rollback after a restart: follows it if it reached ECS, sends it
+    /// again if the service still runs the failed revision, and touches nothing otherwise.
+    async fn resume_rollback(
+        &self,
+        d: &Deployment,
+        app: &AppConfig,
+        (from_td, to_td): (&str, &str),
+    ) -> Result<(), Stop> {
+        let why = d
+            .reason
+            .clone()
+            .unwrap_or_else(|| "the deploy was being rolled back".to_owned());
+        tracing::info!(reason = %why, "resuming the rollback that was in progress");
+        let service = self.describe_service(app).await?;
+        let primary = service
+            .deployments()
+            .iter()
+            .find(|x| x.status() == Some("PRIMARY"));
+        match primary.map(|p| (p.task_definition(), p.id.clone().unwrap_or_default())) {
+            Some((Some(td), id)) if td == from_td => {
+                self.follow_rollback(d, app, (from_td, to_td), why, &id, Source::list())
+                    .await
+            }
+            Some((Some(td), _)) if td == to_td => self.roll_back(d, app, from_td, to_td, why).await,
+            Some((td, _)) => Err(Stop::Failed(format!(
+                "{why}; while slipway was stopped during its rollback, the service moved to {}; \
+                 nothing was changed",
+                td.unwrap_or("an unknown task definition")
+            ))),
+            None => Err(Stop::Failed(format!(
+                "{why}; service {} has no PRIMARY deployment; nothing was changed",
+                app.service
+            ))),
+        }
+    }
+
+    /// Watches slipway's rollback (ECS deployment `rollback_id`, back to `from_td`) to its end.
+    async fn follow_rollback(
+        &self,
+        d: &Deployment,
+        app: &AppConfig,
+        (from_td, to_td): (&str, &str),
+        why: String,
+        rollback_id: &str,
+        source: Source,
+    ) -> Result<(), Stop> {
         let deadline = self.now() + app.rollout_timeout.as_millis() as i64;
         let followed = self
-            .follow(None, app, &rollback_id, (to_td, from_td), deadline, source)
+            .follow(None, app, rollback_id, (to_td, from_td), deadline, source)
             .await?;
         match followed {
             Followed::Ended(Rollout::Completed(_) | Rollout::CompletedThenReplaced(..)) => {

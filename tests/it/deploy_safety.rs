@@ -844,3 +844,89 @@ async fn aws_calls_are_retried_by_the_sdk_alone_a_bounded_number_of_times() {
     assert_eq!(w.proxy.requests("DescribeTaskDefinition").len(), 5);
     assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
 }
+
+#[tokio::test]
+async fn a_restart_during_slipways_own_rollback_keeps_watching_it() {
+    // Before: the restart watched the failed deployment, saw the old revision back and
+    // reported "ECS rolled the service back" (failed), a guess.
+    let w = Deploy::new().await;
+    w.proxy
+        .rollouts([Rollout::Fail { after: 1 }, Rollout::Never]);
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "rbcrash-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    eventually("slipway's rollback sent", || async {
+        (w.proxy.update_service_calls().len() == 2).then_some(())
+    })
+    .await;
+    let rolling = eventually("the rollback journaled", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["stage"] == "ROLLING_BACK")
+    })
+    .await;
+    assert_eq!(rolling["state"], "deploying", "{rolling}");
+    s.kill();
+    // ECS finishes slipway's rollback while slipway is down.
+    let rollback = w
+        .proxy
+        .deployments(CLUSTER, SERVICE)
+        .into_iter()
+        .find(|x| x["status"] == "PRIMARY")
+        .unwrap();
+    assert_eq!(rollback["taskDefinition"], w.base_td.as_str());
+    w.proxy
+        .complete_now(CLUSTER, SERVICE, rollback["id"].as_str().unwrap());
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    assert!(reason(&done).contains("rolled back to"), "{done}");
+    assert!(reason(&done).contains("tasks failed to start"), "{done}");
+    assert!(done["stage"].is_null(), "{done}");
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the deploy and its rollback, nothing sent again"
+    );
+    assert_eq!(w.service_td().await, w.base_td);
+}
+
+#[tokio::test]
+async fn a_rollback_that_never_reached_ecs_is_sent_after_a_restart() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Fail { after: 1 }]);
+    // The deploy's UpdateService goes through; the rollback's is still on its way when
+    // slipway dies, and never reaches ECS.
+    w.proxy.script(
+        "UpdateService",
+        [
+            Fault::Delay(Duration::ZERO),
+            Fault::Delay(Duration::from_secs(120)),
+        ],
+    );
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "rblost-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    eventually("the rollback journaled", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["stage"] == "ROLLING_BACK")
+    })
+    .await;
+    eventually("slipway's rollback on its way", || async {
+        (w.proxy.update_service_calls().len() == 2).then_some(())
+    })
+    .await;
+    s.kill();
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    assert_eq!(w.service_td().await, w.base_td);
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        3,
+        "the deploy, the lost rollback, the rollback sent again"
+    );
+}
