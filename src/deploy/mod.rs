@@ -755,9 +755,13 @@ impl Deployer {
                 }
             };
             match looked {
+                // Nothing to judge by yet: past the deadline that is no answer either.
                 Looked::Nothing => {
                     if past_deadline {
-                        return Ok(Followed::TimedOut);
+                        last_looks += 1;
+                        if last_looks >= LAST_LOOKS {
+                            return Ok(Followed::TimedOut);
+                        }
                     }
                 }
                 Looked::Rollout(Rollout::InProgress(p), stage) => {

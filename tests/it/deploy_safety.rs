@@ -930,3 +930,36 @@ async fn a_rollback_that_never_reached_ecs_is_sent_after_a_restart() {
         "the deploy, the lost rollback, the rollback sent again"
     );
 }
+
+#[tokio::test]
+async fn past_the_timeout_a_blue_green_deploy_that_succeeded_meanwhile_is_a_success() {
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 1"),
+        ..Setup::default()
+    })
+    .await;
+    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
+    w.proxy.rollouts([Rollout::Never]);
+    let mut s = w.builder.start().await;
+    let arn = w.push(&s, "bglate-1", MASTER_SHA).await;
+    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let d = eventually("the deploy watching its rollout", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["ecs_deployment_id"].is_string())
+    })
+    .await;
+    s.kill();
+    w.proxy
+        .complete_now(CLUSTER, SERVICE, d["ecs_deployment_id"].as_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy: no rollback"
+    );
+}
