@@ -387,3 +387,30 @@ fn cloudformation_grants_exact_resources_and_a_separate_provisioning_role() {
         assert!(!provision.contains(action), "ProvisionRole may {action}");
     }
 }
+
+#[test]
+fn cloudformation_gives_every_secret_through_secrets_manager_only() {
+    let t = read("deploy/cloudformation.yml");
+    let task = resource_block(&t, "TaskDefinition").join("\n");
+    let (environment, secrets) = task
+        .split_once("Secrets:")
+        .expect("the container has Secrets");
+    let execution = resource_block(&t, "ExecutionRole").join("\n");
+    for (env, parameter) in [
+        ("SLIPWAY_WEBHOOK_SECRET", "WebhookSecretArn"),
+        ("SLIPWAY_OPS_TOKENS", "OpsTokensSecretArn"),
+        ("SLIPWAY_SLACK_SIGNING_SECRET", "SlackSigningSecretArn"),
+        ("SLIPWAY_GITHUB_TOKEN", "GithubTokenSecretArn"),
+        ("SLIPWAY_GITHUB_APP_KEY", "GithubAppKeySecretArn"),
+    ] {
+        assert!(
+            secrets.contains(&format!("Name: {env}\n")) && secrets.contains(parameter),
+            "{env} is not taken from {parameter}"
+        );
+        assert!(!environment.contains(env), "{env} is a plain variable");
+        assert!(
+            execution.contains(&format!("!Ref {parameter}")),
+            "the execution role cannot read {parameter}"
+        );
+    }
+}
