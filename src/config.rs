@@ -870,11 +870,9 @@ impl WebhookSecrets {
     }
 }
 
+/// The smallest valid configuration: one app, for unit tests here and elsewhere.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
+pub(crate) const MINIMAL_FOR_TESTS: &str = r#"
 listen = "127.0.0.1:0"
 state_dir = "/tmp/slipway"
 
@@ -887,6 +885,12 @@ service = "web"
 container = "web"
 ecr_repository = "web"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = MINIMAL_FOR_TESTS;
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()

@@ -1194,21 +1194,9 @@ mod tests {
     /// a service deployment adds one ListServiceDeployments.
     #[test]
     fn default_polling_makes_at_most_four_calls_a_minute() {
-        let timing = crate::config::Config::parse(
-            r#"
-state_dir = "/tmp/slipway-test-unused"
-[[app]]
-name = "web"
-repository = "octo-org/web"
-codebuild_project = "web-build"
-cluster = "web"
-service = "web"
-container = "web"
-ecr_repository = "web"
-"#,
-        )
-        .expect("a minimal config")
-        .deploy;
+        let timing = crate::config::Config::parse(crate::config::MINIMAL_FOR_TESTS)
+            .expect("a minimal config")
+            .deploy;
         let mut at = Duration::ZERO;
         let mut delay = timing.poll_initial;
         let mut polls = vec![];

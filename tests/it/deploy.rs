@@ -134,6 +134,17 @@ impl Deploy {
         self.finished(sha).await
     }
 
+    /// Waits until a deploy watches its ECS deployment; returns its record.
+    pub async fn watching(&self) -> Value {
+        eventually("the deploy watching its rollout", || async {
+            self.builder
+                .deployments()
+                .into_iter()
+                .find(|d| d["ecs_deployment_id"].is_string())
+        })
+        .await
+    }
+
     /// Waits until the deployment of `sha` ends; returns its record.
     pub async fn finished(&self, sha: &str) -> Value {
         eventually(&format!("deploy of {sha} finished"), || async {
@@ -509,13 +520,7 @@ async fn killed_mid_deploy_the_restart_finishes_the_same_deploy() {
     let mut s = w.builder.start().await;
     let arn = w.push(&s, "kill-1", MASTER_SHA).await;
     w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = eventually("the deploy watching its rollout", || async {
-        w.builder
-            .deployments()
-            .into_iter()
-            .find(|d| d["ecs_deployment_id"].is_string())
-    })
-    .await;
+    let d = w.watching().await;
     assert_eq!(d["state"], "deploying");
     s.kill();
     // ECS finishes the rollout while slipway is down.
@@ -728,13 +733,7 @@ async fn past_the_timeout_a_restart_looks_before_rolling_back() {
     let mut s = w.builder.start().await;
     let arn = w.push(&s, "late-1", MASTER_SHA).await;
     w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let d = eventually("the deploy watching its rollout", || async {
-        w.builder
-            .deployments()
-            .into_iter()
-            .find(|d| d["ecs_deployment_id"].is_string())
-    })
-    .await;
+    let d = w.watching().await;
     s.kill();
     // While slipway is down the timeout passes, and ECS completes the rollout.
     let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
