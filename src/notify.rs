@@ -44,7 +44,7 @@ pub struct NotifyConfig {
     pub webhook_url_env: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     BuildFailed,
@@ -55,7 +55,7 @@ pub enum EventKind {
     Superseded,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Notification {
     pub kind: EventKind,
     pub app: String,

@@ -1,7 +1,10 @@
 //! Commit statuses and GitHub Deployments, fed by the same events as the notifications.
 //!
-//! [`GithubSink`] only enqueues; one background task posts, in order, so GitHub sees the
-//! states of a commit in the order they happened. The GitHub deployment made for each slipway
+//! [`GithubSink`] only enqueues; one background task puts each update in the journal's outbox
+//! (so a restart or a crash while GitHub is slow or down loses none), another posts the outbox
+//! in order, so GitHub sees the states of a commit in the order they happened. An update that
+//! fails for a reason worth retrying (GitHub unreachable, 5xx, rate limit) stays first in line
+//! and is tried again with backoff, up to [`OUTBOX_ATTEMPTS`] times. The GitHub deployment made for each slipway
 //! deployment is journaled, so its later statuses (and `inactive` when a newer deploy replaces
 //! it) go to the same one after a restart.
 
@@ -9,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::client::{As, Client};
 use super::GithubError;
@@ -22,15 +26,19 @@ use crate::notify::{EventKind, Notification};
 const QUEUE_CAPACITY: usize = 1024;
 /// GitHub rejects longer status descriptions.
 const MAX_DESCRIPTION: usize = 140;
+/// Rounds of posting one update (each with the client's own retries) before giving up on it.
+pub const OUTBOX_ATTEMPTS: i64 = 12;
+const OUTBOX_BACKOFF_INITIAL: Duration = Duration::from_secs(2);
+const OUTBOX_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BuildState {
     Started,
     Succeeded,
     Failed,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum Event {
     Build {
         app: String,
@@ -68,16 +76,18 @@ impl GithubSink {
         GithubSink::default()
     }
 
-    /// Spawns the posting task on the current tokio runtime.
+    /// Spawns the outbox's two tasks (keeping and posting) on the current tokio runtime.
     pub(super) fn start(client: Arc<Client>, config: Arc<Config>, journal: Journal) -> GithubSink {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let pending = Arc::new(watch::Sender::new(0));
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(keep(rx, journal.clone(), wake.clone()));
         let worker = Worker {
             client,
             config,
             journal,
         };
-        tokio::spawn(worker.run(rx, pending.clone()));
+        tokio::spawn(worker.run(pending.clone(), wake));
         GithubSink {
             inner: Some(Arc::new(Inner { tx, pending })),
         }
@@ -155,12 +165,106 @@ struct Status<'a> {
     target_url: Option<&'a str>,
 }
 
+/// Puts each update in the journal's outbox, in the order they came, and wakes the poster.
+async fn keep(mut rx: mpsc::Receiver<Event>, journal: Journal, wake: Arc<Notify>) {
+    while let Some(event) = rx.recv().await {
+        let json = serde_json::to_string(&event).expect("GitHub updates serialize");
+        let mut tries = 0;
+        loop {
+            let now = millis(time::OffsetDateTime::now_utc());
+            match journal.queue_github_update(json.clone(), now).await {
+                Ok(_) => break,
+                // The journal stalls only briefly (a slow disk): wait for it rather than drop.
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "GitHub outbox: cannot journal the update; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    metrics::counter!("slipway_github_requests_total", "result" => "dropped")
+                        .increment(1);
+                    tracing::error!(error = %e, ?event, "GitHub outbox: cannot journal the update; dropping it");
+                    break;
+                }
+            }
+        }
+        wake.notify_one();
+    }
+}
+
+/// Whether posting again later may succeed.
+fn worth_retrying(e: &GithubError) -> bool {
+    match e {
+        GithubError::Transport(_) | GithubError::RateLimited(_) => true,
+        GithubError::Status { status, .. } => *status >= 500 || *status == 429,
+        GithubError::Token(inner) => worth_retrying(inner),
+        GithubError::Decode(_) | GithubError::Jwt(_) | GithubError::Client(_) => false,
+    }
+}
+
 impl Worker {
-    async fn run(self, mut rx: mpsc::Receiver<Event>, pending: Arc<watch::Sender<usize>>) {
-        while let Some(event) = rx.recv().await {
-            // Failures are logged, counted and shown by the client; nothing waits on them.
-            let _ = self.handle(event).await;
-            pending.send_modify(|p| *p = p.saturating_sub(1));
+    /// Posts the outbox, oldest first, forever.
+    async fn run(self, pending: Arc<watch::Sender<usize>>, wake: Arc<Notify>) {
+        // Updates left from before a restart.
+        match self.journal.github_outbox_len().await {
+            Ok(n) if n > 0 => {
+                tracing::info!(updates = n, "GitHub outbox: posting what was left unposted");
+                pending.send_modify(|p| *p += n as usize);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "GitHub outbox: cannot read it"),
+        }
+        let mut backoff = OUTBOX_BACKOFF_INITIAL;
+        loop {
+            let batch = match self.journal.github_outbox(32).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "GitHub outbox: cannot read it; trying again");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                wake.notified().await;
+                continue;
+            }
+            for entry in batch {
+                let result = match serde_json::from_str::<Event>(&entry.event) {
+                    Ok(event) => self.handle(event).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, id = entry.id, "GitHub outbox: unreadable update; dropping it");
+                        Ok(())
+                    }
+                };
+                match result {
+                    Err(e) if worth_retrying(&e) && entry.attempts + 1 < OUTBOX_ATTEMPTS => {
+                        tracing::warn!(error = %e, attempts = entry.attempts + 1,
+                            retry_in_secs = backoff.as_secs(),
+                            "GitHub update not posted; it stays first in line");
+                        if let Err(e) = self.journal.github_post_failed(entry.id).await {
+                            tracing::warn!(error = %e, "GitHub outbox: cannot count the attempt");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(OUTBOX_BACKOFF_MAX);
+                        break;
+                    }
+                    result => {
+                        // Posted, or given up on (logged, counted and shown by the client).
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "GitHub update given up");
+                        }
+                        backoff = OUTBOX_BACKOFF_INITIAL;
+                        match self.journal.github_posted(entry.id).await {
+                            Ok(()) => pending.send_modify(|p| *p = p.saturating_sub(1)),
+                            Err(e) => {
+                                // It would be posted twice: better than lost. Read again.
+                                tracing::warn!(error = %e, "GitHub outbox: cannot remove a posted update");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -252,3 +252,79 @@ impl Journal {
         .await
     }
 }
+
+/// A GitHub update waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: i64,
+    /// The update, as JSON (the GitHub sink's own format).
+    pub event: String,
+    pub created_ms: i64,
+    pub attempts: i64,
+}
+
+impl Journal {
+    /// Puts a GitHub update in the outbox; it stays there until [`Journal::github_posted`].
+    pub async fn queue_github_update(
+        &self,
+        event: String,
+        now_ms: i64,
+    ) -> Result<i64, JournalError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO github_outbox (event, created_ms) VALUES (?1, ?2)",
+                params![event, now_ms],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// The oldest updates in the outbox, in order.
+    pub async fn github_outbox(&self, limit: i64) -> Result<Vec<OutboxEntry>, JournalError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, event, created_ms, attempts FROM github_outbox ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok(OutboxEntry {
+                        id: r.get(0)?,
+                        event: r.get(1)?,
+                        created_ms: r.get(2)?,
+                        attempts: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// How many updates wait in the outbox.
+    pub async fn github_outbox_len(&self) -> Result<i64, JournalError> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM github_outbox", [], |r| r.get(0))?))
+            .await
+    }
+
+    /// The update was posted, or given up on: it leaves the outbox.
+    pub async fn github_posted(&self, id: i64) -> Result<(), JournalError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM github_outbox WHERE id = ?1", [id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Posting the update failed for now; it stays first in line.
+    pub async fn github_post_failed(&self, id: i64) -> Result<(), JournalError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE github_outbox SET attempts = attempts + 1 WHERE id = ?1",
+                [id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -178,6 +178,14 @@ CREATE INDEX deliveries_by_outcome ON deliveries (outcome, received_ms);
     r#"
 -- Where ECS's service deployment is (BAKE_TIME, TEST_TRAFFIC_SHIFT, ...) while it runs.
 ALTER TABLE deployments ADD COLUMN stage TEXT;
+-- Commit statuses and GitHub deployment updates not yet posted, oldest first: they survive a
+-- restart and are posted in order.
+CREATE TABLE github_outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event       TEXT NOT NULL,       -- JSON
+    created_ms  INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0
+);
 "#,
 ];
 

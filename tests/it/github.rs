@@ -854,3 +854,25 @@ paths = ["services/api/**"]
         1
     );
 }
+
+#[tokio::test]
+async fn updates_github_could_not_take_are_posted_after_a_crash() {
+    // Before: they waited in memory and were gone with the process.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let w = world(&format!("http://{addr}"), "", &[MASTER_SHA]).await;
+    let mut s = w.builder.start().await;
+    // Nobody listens at GitHub's address yet: the build's status cannot be posted.
+    w.push(&s, "outbox-1", MASTER_SHA).await;
+    eventually("the post failed", || async {
+        let apps = api(&s, "/api/apps").await;
+        (apps["github"]["requests_failed"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    s.kill();
+    let gh = GithubFake::start_on(&addr).await;
+    let _s = w.builder.start().await;
+    let posted = statuses(&gh, MASTER_SHA, "slipway/build", 1).await;
+    assert_eq!(posted[0].0, "pending", "{posted:?}");
+    assert_eq!(posted[0].1, "building", "{posted:?}");
+}
