@@ -771,6 +771,19 @@ async fn a_blue_green_deploy_shows_its_lifecycle_stage_until_ecs_says_it_succeed
         d["state"], "deploying",
         "ECS has not said it succeeded yet: {d}"
     );
+    let page = reqwest::Client::new()
+        .get(format!("{}/deployments/{id}", s.admin_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("BAKE_TIME"),
+        "the status page shows the stage: {page}"
+    );
     // ECS finishes the bake time.
     w.proxy
         .complete_now(CLUSTER, SERVICE, d["ecs_deployment_id"].as_str().unwrap());
