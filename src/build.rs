@@ -190,6 +190,8 @@ impl BuildStarter {
             match self.find_started(&build).await {
                 Ok(Some((id, arn))) => {
                     tracing::info!(build_id = %id, "found the build a previous attempt started");
+                    self.github
+                        .build(BuildState::Started, &build.app, &build.sha, None, None);
                     self.record(
                         self.journal
                             .build_started(build.id, id, arn, self.now())
@@ -264,6 +266,14 @@ impl BuildStarter {
             Attempt::Retry
         } else {
             tracing::error!(error = %e, "StartBuild failed for good");
+            self.github.build(
+                BuildState::Failed,
+                &build.app,
+                &build.sha,
+                None,
+                // Short: a status may be public; the journal and the log have CodeBuild's words.
+                Some("CodeBuild did not start it"),
+            );
             self.record(
                 self.journal
                     .build_failed_to_start(build.id, e.message, self.now())

@@ -876,3 +876,24 @@ async fn updates_github_could_not_take_are_posted_after_a_crash() {
     assert_eq!(posted[0].0, "pending", "{posted:?}");
     assert_eq!(posted[0].1, "building", "{posted:?}");
 }
+
+#[tokio::test]
+async fn a_build_codebuild_refuses_to_start_fails_on_the_commit() {
+    let gh = GithubFake::start().await;
+    let w = world(&gh.url, "", &[MASTER_SHA]).await;
+    w.proxy.fail("StartBuild", 1, 400, "InvalidInputException");
+    let s = w.builder.start().await;
+    assert_eq!(
+        s.deliver("push", "refused-1", &push_body(MASTER_SHA))
+            .await
+            .status,
+        202
+    );
+    let posted = statuses(&gh, MASTER_SHA, "slipway/build", 1).await;
+    assert_eq!(posted[0].0, "failure", "{posted:?}");
+    assert!(
+        posted[0].1.contains("CodeBuild did not start it"),
+        "{posted:?}"
+    );
+    assert!(!posted[0].1.contains("InvalidInputException"), "{posted:?}");
+}
