@@ -9,6 +9,7 @@
 //! The typed methods in the submodules are the journal's whole interface, so another store
 //! (DynamoDB, for several replicas) can stand behind the same calls later.
 
+mod checkpoint;
 mod deliveries;
 mod deployments;
 mod events;
@@ -192,12 +193,19 @@ impl Journal {
         schema::incremental_vacuum(&writer)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", "FULL")?;
+        // Each write runs in a savepoint: keep its undo pages in memory, not in a temp file.
+        writer.pragma_update(None, "temp_store", "MEMORY")?;
+        // Checkpoints run on their own thread (checkpoint.rs), not inside a group commit.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
         schema::migrate(&mut writer)?;
+        let checkpointer = checkpoint::Checkpointer::start(&path)?;
         let reader = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let epoch = Instant::now();
         let busy_since = Arc::new(AtomicI64::new(-1));
         let writer_state = WriterState {
+            checkpointer,
             hold: state_dir.join(HOLD_FILE),
             busy_since: busy_since.clone(),
             epoch,
@@ -373,6 +381,7 @@ impl Journal {
 }
 
 struct WriterState {
+    checkpointer: checkpoint::Checkpointer,
     hold: PathBuf,
     busy_since: Arc<AtomicI64>,
     epoch: Instant,
@@ -386,6 +395,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, state: WriterState
         while state.hold.exists() {
             thread::sleep(Duration::from_millis(50));
         }
+        state.checkpointer.writer_turn(&conn);
         let started = Instant::now();
         let mut jobs = Vec::with_capacity(16);
         jobs.push(first);
@@ -432,6 +442,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, state: WriterState
         metrics::histogram!("slipway_journal_commit_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         state.busy_since.store(-1, Ordering::Release);
+        state.checkpointer.committed();
         for done in completions {
             done(committed.clone());
         }

@@ -1,0 +1,94 @@
+//! WAL checkpoints off the writer's hot path (issue 13).
+//!
+//! SQLite's automatic checkpoint runs inside the commit that crosses `wal_autocheckpoint`, on
+//! the writer thread: every so often one group commit also copies thousands of pages into the
+//! database file and syncs it, and every delivery in that group waits for it. Instead the writer
+//! turns automatic checkpoints off and this thread, on its own connection, runs passive
+//! checkpoints after commits. A passive checkpoint never blocks the writer and never loses
+//! anything: what it has not copied yet stays in the synced WAL.
+//!
+//! The WAL only starts over from its beginning when a write transaction begins after a
+//! checkpoint copied all of it. Under continuous load that moment may never come, so when the
+//! WAL has grown past [`WAL_RESTART_FRAMES`] this thread asks the writer to copy the last few
+//! frames itself, between two groups (see [`Checkpointer::writer_turn`]); its next transaction
+//! then rewinds the WAL.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::JournalError;
+
+/// WAL frames (pages) past which the writer is asked to finish a checkpoint (about 32 MB).
+pub(crate) const WAL_RESTART_FRAMES: i64 = 8192;
+/// The longest the checkpointer waits between two passes while the writer is busy.
+const PASS_EVERY: Duration = Duration::from_millis(25);
+/// The WAL file is truncated back to this size after it restarted (bytes).
+pub(crate) const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// The writer's side: wakes the checkpointer after commits and finishes a checkpoint when asked.
+pub(crate) struct Checkpointer {
+    wake: mpsc::SyncSender<()>,
+    restart: Arc<AtomicBool>,
+}
+
+/// What a `PRAGMA wal_checkpoint` answered: (busy, frames in the WAL, frames copied).
+fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+}
+
+impl Checkpointer {
+    /// Starts the checkpoint thread for the journal at `path`. It stops when the returned
+    /// value (owned by the writer) is dropped.
+    pub(crate) fn start(path: &Path) -> Result<Checkpointer, JournalError> {
+        let conn = super::open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let restart = Arc::new(AtomicBool::new(false));
+        let asked = restart.clone();
+        thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || run(conn, woken, asked))
+            .map_err(|e| JournalError::Invalid(format!("cannot start checkpoint thread: {e}")))?;
+        Ok(Checkpointer { wake, restart })
+    }
+
+    /// After a commit: there are new frames to copy.
+    pub(crate) fn committed(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    /// Before a group: if the WAL has grown too long, copy its last frames on the writer's own
+    /// connection so that the next transaction starts the WAL over. A few ms at most: the
+    /// checkpoint thread has copied all but the frames of the last few commits.
+    pub(crate) fn writer_turn(&self, conn: &Connection) {
+        if self.restart.swap(false, Ordering::AcqRel) {
+            if let Err(e) = checkpoint(conn) {
+                tracing::warn!(error = %e, "journal: checkpoint failed; will try again");
+            }
+        }
+    }
+}
+
+fn run(conn: Connection, woken: mpsc::Receiver<()>, restart: Arc<AtomicBool>) {
+    loop {
+        // Ends when the writer stops (its side is dropped).
+        if woken.recv().is_err() {
+            break;
+        }
+        match checkpoint(&conn) {
+            Ok((_, frames, _)) if frames > WAL_RESTART_FRAMES => {
+                restart.store(true, Ordering::Release)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "journal: checkpoint failed; will try again"),
+        }
+        // Let commits accumulate: one pass copies a page once however often it changed.
+        thread::sleep(PASS_EVERY);
+    }
+}
