@@ -160,20 +160,42 @@ fn token_for(dedup_key: &str, app: &str) -> String {
 /// after 10 s; this leaves room for the answer).
 const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// A delivery about to be stored, with its body's digest (computed before the writer).
+/// A delivery about to be stored, with its body's digest and stored form (both computed
+/// before the writer, off its thread).
 struct Incoming {
     delivery: NewDelivery,
     digest: [u8; 32],
+    encoding: &'static str,
+    stored: Vec<u8>,
+}
+
+impl Incoming {
+    fn new(delivery: NewDelivery) -> Incoming {
+        let (encoding, stored) = super::body_codec::encode(&delivery.body);
+        Incoming {
+            digest: super::schema::body_digest(&delivery.body),
+            encoding,
+            stored,
+            delivery,
+        }
+    }
 }
 
 /// Stores the body once per digest and counts the delivery pointing at it.
-fn store_body(tx: &Connection, digest: &[u8; 32], body: &[u8]) -> Result<i64, JournalError> {
+fn store_body(tx: &Connection, incoming: &Incoming) -> Result<i64, JournalError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO bodies (sha256, refs, body) VALUES (?1, 1, ?2)
+        "INSERT INTO bodies (sha256, refs, body, encoding) VALUES (?1, 1, ?2, ?3)
          ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1
          RETURNING id",
     )?;
-    Ok(stmt.query_row(params![digest.as_slice(), body], |r| r.get(0))?)
+    Ok(stmt.query_row(
+        params![
+            incoming.digest.as_slice(),
+            incoming.stored,
+            incoming.encoding
+        ],
+        |r| r.get(0),
+    )?)
 }
 
 fn insert_delivery(
@@ -183,7 +205,7 @@ fn insert_delivery(
     reason: Option<&str>,
 ) -> Result<i64, JournalError> {
     let d = &incoming.delivery;
-    let body_id = store_body(tx, &incoming.digest, &d.body)?;
+    let body_id = store_body(tx, incoming)?;
     tx.prepare_cached(
         "INSERT INTO deliveries (delivery_id, hook_id, event, source, actor, replay_of,
              received_ms, content_type, headers, body_id, dedup_key, outcome, reason)
@@ -295,24 +317,24 @@ fn admit_in(
     for (req, existing) in plan {
         match existing {
             None => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO builds (delivery, dedup_key, app, sha, project, image_tag, token,
                          state, next_attempt_ms, created_ms, updated_ms, service_key, before_sha)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11)",
-                    params![
-                        row,
-                        key,
-                        req.app.as_str(),
-                        req.sha.as_str(),
-                        req.project,
-                        req.image_tag,
-                        token_for(&key, req.app.as_str()),
-                        build_state::PENDING,
-                        now,
-                        req.service_key,
-                        req.before,
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    row,
+                    key,
+                    req.app.as_str(),
+                    req.sha.as_str(),
+                    req.project,
+                    req.image_tag,
+                    token_for(&key, req.app.as_str()),
+                    build_state::PENDING,
+                    now,
+                    req.service_key,
+                    req.before,
+                ])?;
                 accepted.push(AcceptedBuild {
                     app: req.app,
                     sha: req.sha,
@@ -322,12 +344,17 @@ fn admit_in(
             }
             Some((id, state)) if state == build_state::PENDING || state == build_state::FAILED => {
                 // Never started: the redelivery is a retry. Try again now.
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE builds SET state = ?2, next_attempt_ms = ?3, updated_ms = ?3,
                          attempts = CASE WHEN state = ?4 THEN 0 ELSE attempts END
                      WHERE id = ?1",
-                    params![id, build_state::PENDING, now, build_state::FAILED],
-                )?;
+                )?
+                .execute(params![
+                    id,
+                    build_state::PENDING,
+                    now,
+                    build_state::FAILED
+                ])?;
                 accepted.push(AcceptedBuild {
                     app: req.app,
                     sha: req.sha,
@@ -364,10 +391,7 @@ impl Journal {
         verdict: Verdict,
     ) -> Result<(i64, Admission), JournalError> {
         let permit = self.admission_permit()?;
-        let incoming = Incoming {
-            digest: super::schema::body_digest(&delivery.body),
-            delivery,
-        };
+        let incoming = Incoming::new(delivery);
         let write = self.write(move |tx| {
             // Out of the queue once the writer has it.
             drop(permit);
@@ -432,10 +456,10 @@ impl Journal {
     /// that may have been started before the answer was recorded).
     pub async fn build_start_requested(&self, id: i64, now_ms: i64) -> Result<(), JournalError> {
         self.write(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE builds SET start_requested_ms = ?2, updated_ms = ?2 WHERE id = ?1",
-                params![id, now_ms],
-            )?;
+            )?
+            .execute(params![id, now_ms])?;
             Ok(())
         })
         .await
@@ -449,19 +473,19 @@ impl Journal {
         now_ms: i64,
     ) -> Result<(), JournalError> {
         self.write(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE builds SET state = ?2, build_id = ?3, build_arn = ?4, reason = NULL,
                      attempts = attempts + 1, updated_ms = ?5
                  WHERE id = ?1 AND state = ?6",
-                params![
-                    id,
-                    build_state::STARTED,
-                    build_id,
-                    build_arn,
-                    now_ms,
-                    build_state::PENDING
-                ],
-            )?;
+            )?
+            .execute(params![
+                id,
+                build_state::STARTED,
+                build_id,
+                build_arn,
+                now_ms,
+                build_state::PENDING
+            ])?;
             Ok(())
         })
         .await
@@ -476,12 +500,18 @@ impl Journal {
         now_ms: i64,
     ) -> Result<(), JournalError> {
         self.write(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE builds SET attempts = attempts + 1, reason = ?2, next_attempt_ms = ?3,
                      updated_ms = ?4
                  WHERE id = ?1 AND state = ?5",
-                params![id, reason, next_attempt_ms, now_ms, build_state::PENDING],
-            )?;
+            )?
+            .execute(params![
+                id,
+                reason,
+                next_attempt_ms,
+                now_ms,
+                build_state::PENDING
+            ])?;
             Ok(())
         })
         .await
@@ -495,18 +525,18 @@ impl Journal {
         now_ms: i64,
     ) -> Result<(), JournalError> {
         self.write(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE builds SET state = ?2, attempts = attempts + 1, reason = ?3,
                      updated_ms = ?4
                  WHERE id = ?1 AND state = ?5",
-                params![
-                    id,
-                    build_state::FAILED,
-                    reason,
-                    now_ms,
-                    build_state::PENDING
-                ],
-            )?;
+            )?
+            .execute(params![
+                id,
+                build_state::FAILED,
+                reason,
+                now_ms,
+                build_state::PENDING
+            ])?;
             Ok(())
         })
         .await
@@ -606,7 +636,7 @@ impl Journal {
                 .query_row(
                     "SELECT id, delivery_id, hook_id, event, source, actor, replay_of, received_ms,
                             content_type, headers, outcome, reason,
-                            (SELECT body FROM bodies WHERE bodies.id = deliveries.body_id)
+                            (SELECT slipway_body(encoding, body) FROM bodies WHERE bodies.id = deliveries.body_id)
                      FROM deliveries WHERE id = ?1 OR delivery_id = ?2
                      ORDER BY (id = ?1) DESC, id DESC LIMIT 1",
                     params![by_row.unwrap_or(-1), id],

@@ -187,6 +187,11 @@ CREATE TABLE github_outbox (
     attempts    INTEGER NOT NULL DEFAULT 0
 );
 "#,
+    // Issue 13 (intake speed): new bodies are stored zstd-compressed; `slipway_body(encoding,
+    // body)` (registered on every connection) gives back the bytes as received.
+    r#"
+ALTER TABLE bodies ADD COLUMN encoding TEXT NOT NULL DEFAULT 'identity';  -- identity | zstd
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

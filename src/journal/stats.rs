@@ -74,9 +74,10 @@ impl Journal {
             let mut stmt = c.prepare_cached(
                 "SELECT b.app, b.sha, d.source,
                         COALESCE(d.actor,
-                          (SELECT CASE WHEN json_valid(CAST(bo.body AS TEXT))
-                               THEN json_extract(CAST(bo.body AS TEXT), '$.pusher.name') END
-                           FROM bodies bo WHERE bo.id = d.body_id)),
+                          (SELECT CASE WHEN json_valid(CAST(b0 AS TEXT))
+                               THEN json_extract(CAST(b0 AS TEXT), '$.pusher.name') END
+                           FROM (SELECT slipway_body(bo.encoding, bo.body) AS b0
+                                 FROM bodies bo WHERE bo.id = d.body_id))),
                         d.received_ms, d.delivery_id,
                         b.state, b.build_id, b.log_link, b.reason, b.updated_ms,
                         dp.id, dp.state, dp.reason, dp.log_link, dp.updated_ms
