@@ -5,14 +5,18 @@
 //! `delivery_id<TAB>signature<TAB>compact JSON body`. Secret from SLIPWAY_WEBHOOK_SECRET.
 //!
 //! `bench_tool seed STATE_DIR N`: adds N deliveries to the journal through its own API (9 of
-//! 10 ignored, 1 of 10 accepted with its build started), received over the last year in time
-//! order, pruning with the default `[journal]` retention as it goes (as a running slipway would).
+//! 10 ignored, 1 of 10 accepted with its build run and deployed), received over the last year in time
+//! order, in transactions of 5,000 (`Journal::admit_all`), pruning with the default `[journal]`
+//! retention every 50,000 (as a running slipway would).
 
 use std::io::Write;
 
 use serde_json::Value;
 use slipway::ids::{AppName, CommitSha, DeliveryId, HookId};
-use slipway::journal::{BuildRequest, Journal, NewDelivery, Source, Verdict};
+use slipway::journal::{
+    deploy_state, Admission, BuildCompletion, BuildRequest, CompletionOutcome, DeploymentUpdate,
+    Journal, NewDelivery, Source, Verdict,
+};
 
 fn sha(n: u64, salt: u64) -> String {
     format!("{:016x}{:016x}{:08x}", n, salt, (n ^ salt) as u32)
@@ -55,74 +59,103 @@ async fn seed(state_dir: &str, n: u64) {
     let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
     let started = std::time::Instant::now();
     let settings = slipway::config::JournalConfig::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let after = sha(i, 0x5eed);
-        let accepted = i % 10 == 0;
-        let branch = if accepted { "master" } else { "feature" };
-        let delivery = NewDelivery {
-            delivery_id: DeliveryId::parse(&format!("seed-{i}")).expect("id"),
-            hook_id: HookId::parse(Some("1")).expect("hook"),
-            event: "push".into(),
-            source: Source::Github,
-            actor: None,
-            replay_of: None,
-            received_ms: now - ((n - i) as i64 * 365 * 86_400_000 / n as i64),
-            content_type: "application/json".into(),
-            headers: serde_json::json!({}),
-            body: push(&template, branch, &after),
-        };
-        let verdict = if accepted {
-            Verdict::Build(vec![BuildRequest {
-                app: AppName::parse("web").expect("app"),
-                sha: CommitSha::parse(&after).expect("sha"),
-                project: "web-build".into(),
-                image_tag: after.clone(),
-                service_key: "main/web".into(),
-                before: None,
-            }])
-        } else {
-            Verdict::Ignored("branch feature is not deployed".into())
-        };
-        let j = journal.clone();
-        tasks.spawn(async move {
-            let journal = j;
-            loop {
-                match journal.admit(delivery.clone(), verdict.clone()).await {
-                    Ok((_, slipway::journal::Admission::Accepted(builds))) => {
-                        for b in builds {
-                            journal
-                                .build_started(b.build_row, format!("web-build:{i}"), None, now)
-                                .await
-                                .expect("started");
-                        }
-                        return;
-                    }
-                    Ok(_) => return,
-                    Err(slipway::journal::JournalError::Busy(_)) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await
-                    }
-                    Err(e) => panic!("seed: {e}"),
+    // Big transactions: one sync per CHUNK deliveries.
+    const CHUNK: u64 = 5_000;
+    const PRUNE_EVERY: u64 = 50_000;
+    let mut i = 0;
+    while i < n {
+        let chunk: Vec<(NewDelivery, Verdict)> = (i..(i + CHUNK).min(n))
+            .map(|i| seed_delivery(&template, i, n, now))
+            .collect();
+        let results = journal.admit_all(chunk).await.expect("seed chunk");
+        // Their builds ran long ago.
+        let mut started_builds = tokio::task::JoinSet::new();
+        for result in results {
+            if let Admission::Accepted(builds) = result.1 {
+                for b in builds {
+                    let j = journal.clone();
+                    started_builds.spawn(async move { finish(&j, b.build_row, now).await });
                 }
             }
-        });
-        while tasks.len() >= 512 {
-            tasks.join_next().await.expect("task").expect("seed task");
         }
-        if i % 50_000 == 0 && i > 0 {
-            while let Some(t) = tasks.join_next().await {
-                t.expect("seed task");
-            }
+        while let Some(t) = started_builds.join_next().await {
+            t.expect("task");
+        }
+        i = (i + CHUNK).min(n);
+        if i % PRUNE_EVERY == 0 || i == n {
+            let pruning = std::time::Instant::now();
             let pruned = journal.prune(now, &settings).await.expect("prune");
-            eprintln!("seeded {i} in {:.1?} ({pruned:?})", started.elapsed());
+            eprintln!(
+                "seeded {i} in {:.1?} ({pruned:?} in {:.1?})",
+                started.elapsed(),
+                pruning.elapsed()
+            );
         }
     }
-    while let Some(t) = tasks.join_next().await {
-        t.expect("seed task");
-    }
-    journal.prune(now, &settings).await.expect("prune");
     journal.close();
     eprintln!("seeded {n} deliveries in {:.1?}", started.elapsed());
+}
+
+/// A seeded build ran long ago: started, succeeded, deployed.
+async fn finish(journal: &Journal, build_row: i64, now: i64) {
+    let build_id = format!("web-build:{build_row}");
+    journal
+        .build_started(build_row, build_id.clone(), None, now)
+        .await
+        .expect("build started");
+    let done = BuildCompletion {
+        build_id,
+        succeeded: true,
+        status: "SUCCEEDED".into(),
+        log_link: None,
+        foreign: None,
+        run_token: None,
+    };
+    if let CompletionOutcome::Deploy { deployment, .. } =
+        journal.complete_build(done, now).await.expect("build done")
+    {
+        let update = DeploymentUpdate {
+            state: Some(deploy_state::SUCCEEDED),
+            ..DeploymentUpdate::default()
+        };
+        journal
+            .update_deployment(deployment, update, now)
+            .await
+            .expect("deployed");
+    }
+}
+
+/// Delivery `i` of `n`: 9 of 10 to another branch (ignored), 1 of 10 to master (a build),
+/// received over the last year in order.
+fn seed_delivery(template: &Value, i: u64, n: u64, now: i64) -> (NewDelivery, Verdict) {
+    let after = sha(i, 0x5eed);
+    let accepted = i % 10 == 0;
+    let branch = if accepted { "master" } else { "feature" };
+    let delivery = NewDelivery {
+        delivery_id: DeliveryId::parse(&format!("seed-{i}")).expect("id"),
+        hook_id: HookId::parse(Some("1")).expect("hook"),
+        event: "push".into(),
+        source: Source::Github,
+        actor: None,
+        replay_of: None,
+        received_ms: now - ((n - i) as i64 * 365 * 86_400_000 / n as i64),
+        content_type: "application/json".into(),
+        headers: serde_json::json!({}),
+        body: push(template, branch, &after),
+    };
+    let verdict = if accepted {
+        Verdict::Build(vec![BuildRequest {
+            app: AppName::parse("web").expect("app"),
+            sha: CommitSha::parse(&after).expect("sha"),
+            project: "web-build".into(),
+            image_tag: after.clone(),
+            service_key: "main/web".into(),
+            before: None,
+        }])
+    } else {
+        Verdict::Ignored("branch feature is not deployed".into())
+    };
+    (delivery, verdict)
 }
 
 #[tokio::main]

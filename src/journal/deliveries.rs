@@ -162,7 +162,7 @@ const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A delivery about to be stored, with its body's digest and stored form (both computed
 /// before the writer, off its thread).
-struct Incoming {
+pub(super) struct Incoming {
     delivery: NewDelivery,
     digest: [u8; 32],
     encoding: &'static str,
@@ -170,7 +170,7 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn new(delivery: NewDelivery) -> Incoming {
+    pub(super) fn new(delivery: NewDelivery) -> Incoming {
         let (encoding, stored) = super::body_codec::encode(&delivery.body);
         Incoming {
             digest: super::schema::body_digest(&delivery.body),
@@ -239,7 +239,7 @@ pub(crate) const FIND_SAME_PUSH: &str = "SELECT b.id, b.state FROM builds b
        AND d.source = 'github'
      ORDER BY b.id DESC LIMIT 1";
 
-fn admit_in(
+pub(super) fn admit_in(
     tx: &Connection,
     incoming: &Incoming,
     verdict: Verdict,

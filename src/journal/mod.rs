@@ -10,6 +10,7 @@
 //! (DynamoDB, for several replicas) can stand behind the same calls later.
 
 mod body_codec;
+mod bulk;
 mod checkpoint;
 mod deliveries;
 mod deployments;

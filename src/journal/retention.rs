@@ -6,7 +6,7 @@
 //! finished (or not begun). Accepted deliveries keep their row forever (dedup keys, history);
 //! only their body goes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 use tokio_util::sync::CancellationToken;
@@ -15,10 +15,13 @@ use super::{Journal, JournalError};
 use crate::clock::SharedClock;
 use crate::config::JournalConfig;
 
-/// Rows one batch touches at most.
-const BATCH: i64 = 100;
-/// Free pages one batch gives back to the file system at most.
-const VACUUM_PAGES: i64 = 512;
+/// Rows one batch selects at most.
+const BATCH: i64 = 200;
+/// How long one batch may hold the writer: half of it deleting rows, the rest giving free
+/// pages back to the file system.
+const BATCH_BUDGET: Duration = Duration::from_millis(4);
+/// Free pages given back per step of a batch's vacuum (each step is timed).
+const VACUUM_STEP: i64 = 64;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// What a pruning pass did.
@@ -28,6 +31,22 @@ pub struct Pruned {
     pub bodies_dropped: u64,
     /// Ignored, ping and duplicate deliveries deleted.
     pub deliveries_deleted: u64,
+    /// Free pages given back to the file system (4 KiB each).
+    pub pages_reclaimed: u64,
+}
+
+impl Pruned {
+    fn add(&mut self, other: Pruned) {
+        self.bodies_dropped += other.bodies_dropped;
+        self.deliveries_deleted += other.deliveries_deleted;
+        self.pages_reclaimed += other.pages_reclaimed;
+    }
+}
+
+/// One batch's work, and whether there is more to do.
+struct Batch {
+    pruned: Pruned,
+    more: bool,
 }
 
 /// Delivery outcomes that are deleted whole after `keep_ignored_days`.
@@ -70,13 +89,26 @@ fn release_body(c: &Connection, body_id: Option<i64>) -> Result<(), JournalError
     Ok(())
 }
 
-/// One batch: at most `BATCH` deliveries deleted and `BATCH` bodies dropped.
+/// Gives up to `pages` free pages back to the file system. The pragma frees one page per
+/// step, so it is stepped to the end (`execute_batch` would step it once: one page).
+fn incremental_vacuum(c: &Connection, pages: i64) -> Result<(), JournalError> {
+    let mut stmt = c.prepare_cached(&format!("PRAGMA incremental_vacuum({pages})"))?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+/// One batch: deletes what is due and drops old bodies for half of `BATCH_BUDGET`, then gives
+/// free pages back for the rest of it. `more` when it stopped on its budget or its row limit.
 fn prune_batch(
     c: &Connection,
     now_ms: i64,
     settings: &JournalConfig,
-) -> Result<Pruned, JournalError> {
+) -> Result<Batch, JournalError> {
+    let started = Instant::now();
+    let rows_until = BATCH_BUDGET / 2;
     let mut pruned = Pruned::default();
+    let mut more = false;
     let ignored_before = now_ms - settings.keep_ignored_days as i64 * DAY_MS;
     let doomed: Vec<(i64, Option<i64>)> = c
         .prepare_cached(&disposable_sql())?
@@ -84,7 +116,13 @@ fn prune_batch(
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<Result<_, _>>()?;
-    for (id, body_id) in doomed {
+    more |= doomed.len() as i64 == BATCH;
+    for (n, (id, body_id)) in doomed.into_iter().enumerate() {
+        // At least one row per batch, so a slow selection still makes progress.
+        if n > 0 && started.elapsed() >= rows_until {
+            more = true;
+            break;
+        }
         // A replay of it outlives it; the link goes with the original.
         c.prepare_cached("UPDATE deliveries SET replay_of = NULL WHERE replay_of = ?1")?
             .execute([id])?;
@@ -93,28 +131,51 @@ fn prune_batch(
         release_body(c, body_id)?;
         pruned.deliveries_deleted += 1;
     }
-    let bodies_before = now_ms - settings.keep_bodies_days as i64 * DAY_MS;
-    let old: Vec<(i64, Option<i64>)> = c
-        .prepare_cached(&old_bodies_sql())?
-        .query_map(params![bodies_before, BATCH], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (id, body_id) in old {
-        c.prepare_cached("UPDATE deliveries SET body_id = NULL WHERE id = ?1")?
-            .execute([id])?;
-        release_body(c, body_id)?;
-        pruned.bodies_dropped += 1;
+    if !more || pruned.deliveries_deleted == 0 {
+        let bodies_before = now_ms - settings.keep_bodies_days as i64 * DAY_MS;
+        let old: Vec<(i64, Option<i64>)> = c
+            .prepare_cached(&old_bodies_sql())?
+            .query_map(params![bodies_before, BATCH], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        more |= old.len() as i64 == BATCH;
+        for (n, (id, body_id)) in old.into_iter().enumerate() {
+            if n > 0 && started.elapsed() >= rows_until {
+                more = true;
+                break;
+            }
+            c.prepare_cached("UPDATE deliveries SET body_id = NULL WHERE id = ?1")?
+                .execute([id])?;
+            release_body(c, body_id)?;
+            pruned.bodies_dropped += 1;
+        }
     }
-    if pruned != Pruned::default() {
-        c.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+    // Give free pages back (this batch's, or any left from before), a timed step at a time.
+    let free_before: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let mut last_free = i64::MAX;
+    loop {
+        let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        // Done, or nothing more to give (a journal not in incremental vacuum mode).
+        if free == 0 || free >= last_free {
+            break;
+        }
+        last_free = free;
+        if started.elapsed() >= BATCH_BUDGET {
+            more = true;
+            break;
+        }
+        incremental_vacuum(c, VACUUM_STEP)?;
     }
-    Ok(pruned)
+    let free_after: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    pruned.pages_reclaimed = (free_before - free_after).max(0) as u64;
+    Ok(Batch { pruned, more })
 }
 
 impl Journal {
-    /// Prunes what `settings` no longer keeps as of `now_ms`, batch by batch, each batch its
-    /// own short turn on the writer so intake never waits behind a long delete.
+    /// Prunes what `settings` no longer keeps as of `now_ms` and gives the space back, batch
+    /// by batch: each batch is its own turn on the writer (a few ms), and after each the
+    /// pruner waits as long as the batch took, so intake always has at least half the writer.
     pub async fn prune(
         &self,
         now_ms: i64,
@@ -123,14 +184,14 @@ impl Journal {
         let mut total = Pruned::default();
         loop {
             let s = settings.clone();
+            let started = Instant::now();
             let batch = self.write(move |c| prune_batch(c, now_ms, &s)).await?;
-            total.bodies_dropped += batch.bodies_dropped;
-            total.deliveries_deleted += batch.deliveries_deleted;
-            if batch.bodies_dropped < BATCH as u64 && batch.deliveries_deleted < BATCH as u64 {
+            total.add(batch.pruned);
+            if !batch.more {
                 return Ok(total);
             }
             // Let deliveries waiting for the writer go first.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(started.elapsed().max(Duration::from_millis(1))).await;
         }
     }
 }
@@ -153,6 +214,7 @@ impl Retention {
                     Ok(p) if p != Pruned::default() => tracing::info!(
                         bodies_dropped = p.bodies_dropped,
                         deliveries_deleted = p.deliveries_deleted,
+                        pages_reclaimed = p.pages_reclaimed,
                         "journal: pruned"
                     ),
                     Ok(_) => {}
