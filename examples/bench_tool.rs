@@ -8,6 +8,10 @@
 //! 10 ignored, 1 of 10 accepted with its build run and deployed), received over the last year in time
 //! order, in transactions of 5,000 (`Journal::admit_all`), pruning with the default `[journal]`
 //! retention every 50,000 (as a running slipway would).
+//!
+//! `bench_tool pending STATE_DIR N`: adds N accepted pushes received now whose builds are
+//! pending (due at once), for the round that measures intake while the build worker retries
+//! them against an unreachable CodeBuild.
 
 use std::io::Write;
 
@@ -158,14 +162,37 @@ fn seed_delivery(template: &Value, i: u64, n: u64, now: i64) -> (NewDelivery, Ve
     (delivery, verdict)
 }
 
+async fn pending(state_dir: &str, n: u64) {
+    let journal = Journal::open(std::path::Path::new(state_dir)).expect("open the journal");
+    let template = template();
+    let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
+    let mut i = 0;
+    while i < n {
+        let chunk: Vec<(NewDelivery, Verdict)> = (i..(i + 5_000).min(n))
+            .map(|i| {
+                // Every one a build (i * 10: the seed's accepted ones), received now.
+                let (mut d, v) = seed_delivery(&template, i * 10, n * 10, now);
+                d.delivery_id = DeliveryId::parse(&format!("pending-{i}")).expect("id");
+                d.received_ms = now;
+                (d, v)
+            })
+            .collect();
+        journal.admit_all(chunk).await.expect("pending chunk");
+        i = (i + 5_000).min(n);
+    }
+    journal.close();
+    eprintln!("{n} pending builds added");
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("requests") => requests(&args[2], args[3].parse().expect("N"), &args[4], &args[5]),
         Some("seed") => seed(&args[2], args[3].parse().expect("N")).await,
+        Some("pending") => pending(&args[2], args[3].parse().expect("N")).await,
         _ => {
-            eprintln!("usage: bench_tool requests FILE N BRANCH PREFIX | seed STATE_DIR N");
+            eprintln!("usage: bench_tool requests FILE N BRANCH PREFIX | seed STATE_DIR N | pending STATE_DIR N");
             std::process::exit(2);
         }
     }

@@ -2,15 +2,22 @@
 # Intake benchmark (issue 13): slipway (release) beside a bare hyper+HMAC baseline, same load,
 # same run: distinct signed pushes (fixtures/github/push_master.json, a new `after` per request),
 # unique delivery ids, 32 connections; accepted path (master) and ignored path (another branch);
-# then again after seeding the journal with $SEED deliveries through the journal's API.
+# then again after seeding the journal with $SEED deliveries through the journal's API; with
+# PENDING=N, a last round on a journal holding N pending builds that the worker keeps retrying.
 # CodeBuild is unreachable on purpose (intake only): accepted builds stay pending.
+# Every delivery id is sent once: a wrk thread that has sent its share stops, and the result
+# line says RAN-OUT-OF-REQUESTS if that happened early (raise REQUESTS). Answers are counted
+# by what they say (accepted, retried, ignored, duplicate, other). The baseline stores
+# nothing, so it may send its file again.
 #
-# Usage: scripts/bench-intake.sh            (env: DURATION=5s REQUESTS=20000 SEED=1000000)
+# Usage: scripts/bench-intake.sh
+#   env: DURATION=5s REQUESTS=120000 SEED=1000000 PENDING=0 (e.g. PENDING=10000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
-REQUESTS=${REQUESTS:-20000}
+REQUESTS=${REQUESTS:-120000}
 SEED=${SEED:-1000000}
+PENDING=${PENDING:-0}
 CONNECTIONS=32
 THREADS=2
 command -v wrk >/dev/null || { sudo apt-get install -y wrk || apt-get install -y wrk; }
@@ -56,35 +63,54 @@ size() { du -sh "$WORK/state" | cut -f1; }
 
 "$BIN/examples/bench_baseline" "127.0.0.1:$BASE_PORT" & BASE_PID=$!; PIDS+=("$BASE_PID")
 
-run() { # label port requests-file
-  BENCH_REQUESTS=$3 BENCH_THREADS=$THREADS wrk -t$THREADS -c$CONNECTIONS -d"$DURATION" \
+run() { # label port requests-file [wrap]
+  BENCH_REQUESTS=$3 BENCH_WRAP=${4:-0} BENCH_THREADS=$THREADS wrk -t$THREADS -c$CONNECTIONS -d"$DURATION" \
     -s scripts/bench-intake.lua "http://127.0.0.1:$2" | awk -v l="$1" '/^RESULT/ {$1=""; print l ":" $0}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 rps() { sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$1"; }
 
-round() { # label prefix
+round() { # label prefix [accepted-only]
   "$BIN/examples/bench_tool" requests "$WORK/accepted.txt" "$REQUESTS" master "$2-acc"
-  "$BIN/examples/bench_tool" requests "$WORK/ignored.txt" "$REQUESTS" feature "$2-ign"
   local base acc ign
-  base=$(run baseline "$BASE_PORT" "$WORK/accepted.txt")
+  base=$(run baseline "$BASE_PORT" "$WORK/accepted.txt" 1)
   acc=$(run "slipway accepted" "$SLIPWAY_PORT" "$WORK/accepted.txt")
-  ign=$(run "slipway ignored" "$SLIPWAY_PORT" "$WORK/ignored.txt")
+  rm -f "$WORK/accepted.txt"
   echo "== $1"
   echo "$base"
   echo "$acc  ratio=$(ratio "$(rps "$acc")" "$(rps "$base")")"
-  echo "$ign  ratio=$(ratio "$(rps "$ign")" "$(rps "$base")")"
+  LAST_ACCEPTED=$(rps "$acc")
+  if [ -z "${3:-}" ]; then
+    "$BIN/examples/bench_tool" requests "$WORK/ignored.txt" "$REQUESTS" feature "$2-ign"
+    ign=$(run "slipway ignored" "$SLIPWAY_PORT" "$WORK/ignored.txt")
+    rm -f "$WORK/ignored.txt"
+    echo "$ign  ratio=$(ratio "$(rps "$ign")" "$(rps "$base")")"
+  fi
   echo "slipway peak RSS: $(hwm "$SLIPWAY_PID"); baseline peak RSS: $(hwm "$BASE_PID"); journal: $(size)"
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(uname -sr); load: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $REQUESTS distinct signed pushes per path"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, up to $REQUESTS distinct signed pushes per path"
 start_slipway
 round "empty journal" r1
+EMPTY_ACCEPTED=$LAST_ACCEPTED
 stop_slipway
-START=$(date +%s)
-"$BIN/examples/bench_tool" seed "$WORK/state" "$SEED"
-echo "seeded $SEED deliveries in $(( $(date +%s) - START )) s; journal: $(size)"
-start_slipway
-round "after seeding $SEED deliveries" r2
-stop_slipway
+if [ "$SEED" -gt 0 ]; then
+  START=$(date +%s)
+  "$BIN/examples/bench_tool" seed "$WORK/state" "$SEED"
+  echo "seeded $SEED deliveries in $(( $(date +%s) - START )) s; journal: $(size)"
+  start_slipway
+  round "after seeding $SEED deliveries" r2
+  echo "accepted after the seed / empty journal: $(ratio "$LAST_ACCEPTED" "$EMPTY_ACCEPTED")"
+  stop_slipway
+  echo "journal at rest after the seed round (WAL checkpointed): $(size)"
+fi
+if [ "$PENDING" -gt 0 ]; then
+  rm -rf "$WORK/state"
+  "$BIN/examples/bench_tool" pending "$WORK/state" "$PENDING"
+  start_slipway
+  sleep 3 # the worker is retrying them (CodeBuild unreachable)
+  round "$PENDING pending builds, the worker retrying them" r3 accepted-only
+  echo "accepted with $PENDING pending builds / empty journal: $(ratio "$LAST_ACCEPTED" "$EMPTY_ACCEPTED")"
+  stop_slipway
+fi

@@ -475,3 +475,5 @@ pub fn format_millis(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_speed;

@@ -7,10 +7,10 @@ use super::*;
 use crate::config::JournalConfig;
 use crate::ids::{AppName, CommitSha, DeliveryId, HookId};
 
-const DAY_MS: i64 = 24 * 3600 * 1000;
-const T0: i64 = 1_700_000_000_000;
+pub(super) const DAY_MS: i64 = 24 * 3600 * 1000;
+pub(super) const T0: i64 = 1_700_000_000_000;
 
-fn delivery(id: &str, hook: &str, received_ms: i64, body: &[u8]) -> NewDelivery {
+pub(super) fn delivery(id: &str, hook: &str, received_ms: i64, body: &[u8]) -> NewDelivery {
     NewDelivery {
         delivery_id: DeliveryId::parse(id).unwrap(),
         hook_id: HookId::parse(Some(hook)).unwrap(),
@@ -25,7 +25,7 @@ fn delivery(id: &str, hook: &str, received_ms: i64, body: &[u8]) -> NewDelivery 
     }
 }
 
-fn build(sha: char) -> Verdict {
+pub(super) fn build(sha: char) -> Verdict {
     let sha: String = std::iter::repeat_n(sha, 40).collect();
     Verdict::Build(vec![BuildRequest {
         app: AppName::parse("web").unwrap(),

@@ -1,0 +1,176 @@
+//! Issue 13, intake speed: compressed bodies, bulk admission, disk given back by pruning,
+//! checkpoints off the writer.
+
+use rusqlite::Connection;
+
+use super::tests::{build, delivery, DAY_MS, T0};
+use super::*;
+use crate::config::JournalConfig;
+
+/// Bytes that do not compress (so they take the pages they say).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn pages(path: &std::path::Path) -> (i64, i64) {
+    let c = Connection::open(path).unwrap();
+    let count = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    let free = c
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .unwrap();
+    (count, free)
+}
+
+#[tokio::test]
+async fn a_body_is_stored_compressed_and_read_back_as_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let push = include_bytes!("../../fixtures/github/push_master.json");
+    let (row, _) = journal
+        .admit(delivery("d-1", "1", T0, push), build('a'))
+        .await
+        .unwrap();
+    let (encoding, stored): (String, i64) = journal
+        .read(|c| {
+            Ok(
+                c.query_row("SELECT encoding, length(body) FROM bodies", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(encoding, "zstd");
+    assert!((stored as usize) * 2 < push.len(), "stored {stored} bytes");
+    let rec = journal.delivery(&row.to_string()).await.unwrap().unwrap();
+    assert_eq!(rec.payload().unwrap(), push);
+    // The pusher shown on the status page is read from the stored body too.
+    let runs = journal.recent_runs(5).await.unwrap();
+    assert_eq!(runs[0].actor.as_deref(), Some("octocat"), "{runs:?}");
+}
+
+#[tokio::test]
+async fn admit_all_decides_each_delivery_as_admit_does_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let results = journal
+        .admit_all(vec![
+            (delivery("d-1", "1", T0, b"{}"), build('a')),
+            // The same push from the organisation's hook: the pending build, not a second.
+            (delivery("d-2", "2", T0, b"{}"), build('a')),
+            (
+                delivery("d-3", "1", T0, b"{}"),
+                Verdict::Ignored("branch".into()),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(&results[0].1, Admission::Accepted(b) if !b[0].retry));
+    assert!(matches!(&results[1].1, Admission::Accepted(b) if b[0].retry));
+    assert!(matches!(&results[2].1, Admission::Ignored(_)));
+    let builds: i64 = journal
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(builds, 1);
+}
+
+#[tokio::test]
+async fn pruning_gives_the_freed_pages_back_to_the_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    // 400 ignored deliveries of 16 KB each: about 1,600 pages.
+    let batch: Vec<_> = (0..400)
+        .map(|i| {
+            (
+                delivery(&format!("d-{i}"), "1", T0, &noise(i, 16 * 1024)),
+                Verdict::Ignored("branch".into()),
+            )
+        })
+        .collect();
+    journal.admit_all(batch).await.unwrap();
+    let kept = journal
+        .admit(
+            delivery("kept", "1", T0 + 30 * DAY_MS, &noise(9999, 16 * 1024)),
+            build('a'),
+        )
+        .await
+        .unwrap();
+    let (before, _) = pages(journal.path());
+    let p = journal
+        .prune(T0 + 20 * DAY_MS, &JournalConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(p.deliveries_deleted, 400);
+    assert!(p.pages_reclaimed >= 1_500, "{p:?}");
+    let (after, free) = pages(journal.path());
+    assert_eq!(free, 0, "every free page given back");
+    assert!(
+        after + 1_500 <= before,
+        "{before} pages before, {after} after"
+    );
+    let rec = journal
+        .delivery(&kept.0.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.payload().unwrap(), noise(9999, 16 * 1024));
+    // Free pages left by anything else are given back by the next pass, with nothing to prune.
+    let c = Connection::open(journal.path()).unwrap();
+    c.execute_batch("CREATE TABLE scratch (b BLOB); INSERT INTO scratch VALUES (zeroblob(400000)); DROP TABLE scratch;")
+        .unwrap();
+    assert!(pages(journal.path()).1 > 90);
+    let p = journal
+        .prune(T0 + 20 * DAY_MS, &JournalConfig::default())
+        .await
+        .unwrap();
+    assert_eq!((p.deliveries_deleted, p.bodies_dropped), (0, 0));
+    assert!(p.pages_reclaimed > 90, "{p:?}");
+    assert_eq!(pages(journal.path()).1, 0);
+}
+
+#[tokio::test]
+async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let writer_setting: i64 = journal
+        .write(|c| Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(
+        writer_setting, 0,
+        "the writer leaves checkpoints to their thread"
+    );
+    let batch: Vec<_> = (0..100)
+        .map(|i| {
+            (
+                delivery(&format!("d-{i}"), "1", T0, &noise(i, 16 * 1024)),
+                Verdict::Ignored("branch".into()),
+            )
+        })
+        .collect();
+    journal.admit_all(batch).await.unwrap();
+    // The checkpoint thread copies them into journal.db (1.6 MB) while the journal stays open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let size = std::fs::metadata(journal.path()).unwrap().len();
+        if size > 1_500_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "journal.db is still {size} bytes: nothing was checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
