@@ -86,7 +86,7 @@ async fn seed(state_dir: &str, n: u64) {
             t.expect("task");
         }
         i = (i + CHUNK).min(n);
-        if i % PRUNE_EVERY == 0 || i == n {
+        if i.is_multiple_of(PRUNE_EVERY) || i == n {
             let pruning = std::time::Instant::now();
             let pruned = journal.prune(now, &settings).await.expect("prune");
             eprintln!(
@@ -133,7 +133,7 @@ async fn finish(journal: &Journal, build_row: i64, now: i64) {
 /// received over the last year in order.
 fn seed_delivery(template: &Value, i: u64, n: u64, now: i64) -> (NewDelivery, Verdict) {
     let after = sha(i, 0x5eed);
-    let accepted = i % 10 == 0;
+    let accepted = i.is_multiple_of(10);
     let branch = if accepted { "master" } else { "feature" };
     let delivery = NewDelivery {
         delivery_id: DeliveryId::parse(&format!("seed-{i}")).expect("id"),
