@@ -192,6 +192,12 @@ CREATE TABLE github_outbox (
     r#"
 ALTER TABLE bodies ADD COLUMN encoding TEXT NOT NULL DEFAULT 'identity';  -- identity | zstd
 "#,
+    // Issue 13: a CodeBuild result names its build by id, or (a start whose answer was never
+    // journaled) by its SLIPWAY_RUN token: without this the token lookup scanned every build,
+    // on the writer, for every result. Only builds without an id are in it, so it stays small.
+    r#"
+CREATE INDEX builds_by_token ON builds (token) WHERE build_id IS NULL;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
