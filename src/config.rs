@@ -987,17 +987,7 @@ mod tests {
 mod limit_tests {
     use super::*;
 
-    const APP: &str = r#"
-state_dir = "/tmp/slipway"
-[[app]]
-name = "web"
-repository = "octo-org/web"
-codebuild_project = "web-build"
-cluster = "web"
-service = "web"
-container = "web"
-ecr_repository = "web"
-"#;
+    const APP: &str = MINIMAL_FOR_TESTS;
 
     #[test]
     fn webhook_secrets_need_16_bytes_each() {

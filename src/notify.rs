@@ -233,19 +233,21 @@ impl Notifier {
     /// Waits until every queued notification has been delivered or given up on, or `timeout`
     /// has passed (then logs how many are still outstanding). For graceful shutdown and tests.
     pub async fn flush(&self, timeout: Duration) {
-        let Some(inner) = &self.inner else {
-            return;
-        };
-        let mut rx = inner.pending.subscribe();
-        if tokio::time::timeout(timeout, rx.wait_for(|p| *p == 0))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                outstanding = *inner.pending.borrow(),
-                "notifications still undelivered after {timeout:?}"
-            );
+        if let Some(inner) = &self.inner {
+            drained(&inner.pending, timeout, "notifications still undelivered").await;
         }
+    }
+}
+
+/// Waits until a background queue's `pending` count is 0, at most `timeout`; then logs `what`
+/// with how many are still outstanding.
+pub(crate) async fn drained(pending: &watch::Sender<usize>, timeout: Duration, what: &str) {
+    let mut rx = pending.subscribe();
+    if tokio::time::timeout(timeout, rx.wait_for(|p| *p == 0))
+        .await
+        .is_err()
+    {
+        tracing::warn!(outstanding = *pending.borrow(), "{what} after {timeout:?}");
     }
 }
 

@@ -260,12 +260,7 @@ impl Deployer {
             .await
             .map_err(journal_stop)?
         {
-            return Err(Stop::Superseded(format!(
-                "superseded by deployment {} of {} ({})",
-                newer.id,
-                short(&newer.sha),
-                newer.state
-            )));
+            return Err(Stop::Superseded(superseded_by(&newer)));
         }
         let pre = self.preflight(d, app).await?;
         let (image, from_td, to_td) = match &d.target_task_definition {
@@ -390,11 +385,8 @@ impl Deployer {
                     .map_err(journal_stop)?
                 {
                     return Err(Stop::Superseded(format!(
-                        "superseded by deployment {} of {} ({}) while slipway was stopped; \
-                         nothing was changed",
-                        newer.id,
-                        short(&newer.sha),
-                        newer.state
+                        "{} while slipway was stopped; nothing was changed",
+                        superseded_by(&newer)
                     )));
                 }
                 let started = self.update_service(app, to_td).await?;
@@ -1179,6 +1171,15 @@ fn completed(to_td: &str, p: rollout::Progress, note: Option<&str>) -> String {
 /// The wait before the poll after one that waited `delay`: doubling up to `poll_max`.
 fn next_poll(delay: Duration, timing: &crate::config::DeployTiming) -> Duration {
     (delay * 2).min(timing.poll_max)
+}
+
+fn superseded_by(newer: &Deployment) -> String {
+    format!(
+        "superseded by deployment {} of {} ({})",
+        newer.id,
+        short(&newer.sha),
+        newer.state
+    )
 }
 
 fn short(sha: &str) -> &str {

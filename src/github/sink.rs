@@ -135,18 +135,8 @@ impl GithubSink {
 
     /// Waits until everything queued has been posted or given up on, at most `timeout`.
     pub async fn flush(&self, timeout: Duration) {
-        let Some(inner) = &self.inner else {
-            return;
-        };
-        let mut rx = inner.pending.subscribe();
-        if tokio::time::timeout(timeout, rx.wait_for(|p| *p == 0))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                outstanding = *inner.pending.borrow(),
-                "GitHub updates still unposted after {timeout:?}"
-            );
+        if let Some(inner) = &self.inner {
+            crate::notify::drained(&inner.pending, timeout, "GitHub updates still unposted").await;
         }
     }
 }
@@ -571,6 +561,39 @@ fn short(sha: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_that_may_pass_later_keep_an_update_in_the_outbox() {
+        let status = |status| GithubError::Status {
+            status,
+            message: String::new(),
+        };
+        assert!(worth_retrying(&status(502)));
+        assert!(worth_retrying(&status(429)));
+        assert!(worth_retrying(&GithubError::Transport("refused".into())));
+        assert!(worth_retrying(&GithubError::RateLimited(
+            Duration::from_secs(60)
+        )));
+        assert!(worth_retrying(&GithubError::Token(Box::new(status(503)))));
+        assert!(!worth_retrying(&status(422)));
+        assert!(!worth_retrying(&status(404)));
+        assert!(!worth_retrying(&GithubError::Token(Box::new(status(401)))));
+        assert!(!worth_retrying(&GithubError::Decode("not JSON".into())));
+    }
+
+    #[test]
+    fn an_update_is_kept_as_json_and_read_back_the_same() {
+        let event = Event::Build {
+            app: "web".into(),
+            sha: "1f2e3d4".into(),
+            state: BuildState::Failed,
+            log_link: None,
+            reason: Some("CodeBuild did not start it".into()),
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{event:?}"));
+    }
 
     #[test]
     fn descriptions_are_one_short_line() {

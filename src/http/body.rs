@@ -22,6 +22,14 @@ pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Whether the request declares (`Content-Length`) a body longer than `max` bytes: refused
+/// before a byte of it is read.
+pub(crate) fn declared_too_large(headers: &HeaderMap, max: usize) -> bool {
+    header(headers, "content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > max as u64)
+}
+
 /// Memory for bodies whose signature is not checked yet, shared by all requests, in KiB.
 pub(crate) struct Budget {
     kib: Arc<Semaphore>,

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::body::{header, read_body};
+use super::body::{declared_too_large, header, read_body};
 use super::AppState;
 use crate::chat::{
     verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES, MAX_CLOCK_SKEW_SECS,
@@ -39,8 +39,7 @@ pub(super) async fn slack(
     };
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
-    let declared = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+    if declared_too_large(&headers, MAX_BODY_BYTES) {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",

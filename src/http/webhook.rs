@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::body::{error, header, read_body};
+use super::body::{declared_too_large, error, header, read_body};
 use super::AppState;
 use crate::ids::{DeliveryId, HookId};
 use crate::journal::{Admission, NewDelivery, Source};
@@ -48,8 +48,7 @@ pub(super) async fn handle(
 async fn handle_request(state: AppState, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
-    let declared = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+    if declared_too_large(&headers, MAX_BODY_BYTES) {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("body is larger than {MAX_BODY_BYTES} bytes"),

@@ -129,9 +129,16 @@ impl Deploy {
     /// A push of `sha`, its build succeeding, and the deploy that follows; returns the
     /// deployment once it ended.
     pub async fn ship(&self, s: &Slipway, delivery: &str, sha: &str) -> Value {
+        self.build_succeeds(s, delivery, sha).await;
+        self.finished(sha).await
+    }
+
+    /// A push of `sha` and its build succeeding (the deploy it leads to is not waited for);
+    /// returns the build ARN.
+    pub async fn build_succeeds(&self, s: &Slipway, delivery: &str, sha: &str) -> String {
         let arn = self.push(s, delivery, sha).await;
         self.complete(&arn, "SUCCEEDED", sha).await;
-        self.finished(sha).await
+        arn
     }
 
     /// Waits until a deploy watches its ECS deployment; returns its record.
@@ -202,8 +209,7 @@ fn version_tag(tags: &[aws_sdk_ecs::types::Tag]) -> Option<String> {
 async fn a_successful_build_is_deployed_and_the_rollout_completes() {
     let w = Deploy::new().await;
     let s = w.builder.start().await;
-    let arn = w.push(&s, "ok-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let arn = w.build_succeeds(&s, "ok-1", MASTER_SHA).await;
     let d = w.finished(MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded", "{d}");
     assert_eq!(d["from_task_definition"], w.base_td.as_str());
@@ -499,8 +505,7 @@ async fn builds_completing_out_of_order_never_put_the_older_commit_in_front() {
 async fn the_same_event_twice_deploys_once() {
     let w = Deploy::new().await;
     let s = w.builder.start().await;
-    let arn = w.push(&s, "twice-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    let arn = w.build_succeeds(&s, "twice-1", MASTER_SHA).await;
     w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
     let d = w.finished(MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded");
@@ -518,8 +523,7 @@ async fn killed_mid_deploy_the_restart_finishes_the_same_deploy() {
     let w = Deploy::new().await;
     w.proxy.rollouts([Rollout::Complete { after: 1_000_000 }]);
     let mut s = w.builder.start().await;
-    let arn = w.push(&s, "kill-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "kill-1", MASTER_SHA).await;
     let d = w.watching().await;
     assert_eq!(d["state"], "deploying");
     s.kill();
@@ -603,8 +607,7 @@ async fn an_unparseable_message_is_left_for_the_dead_letter_queue_and_the_consum
         .await
         .unwrap();
     let s = w.builder.start().await;
-    let arn = w.push(&s, "poison-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "poison-1", MASTER_SHA).await;
     assert_eq!(w.finished(MASTER_SHA).await["state"], "succeeded");
     assert!(s
         .logs()
@@ -731,8 +734,7 @@ async fn past_the_timeout_a_restart_looks_before_rolling_back() {
     .await;
     w.proxy.rollouts([Rollout::Never]);
     let mut s = w.builder.start().await;
-    let arn = w.push(&s, "late-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "late-1", MASTER_SHA).await;
     let d = w.watching().await;
     s.kill();
     // While slipway is down the timeout passes, and ECS completes the rollout.

@@ -72,8 +72,7 @@ async fn a_restart_never_puts_its_revision_over_an_operators_hotfix() {
     );
     w.proxy.rollouts([Rollout::Never]);
     let mut s = w.builder.start().await;
-    let arn = w.push(&s, "hotfix-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "hotfix-1", MASTER_SHA).await;
     let d = registered(&w).await;
     ecs_applied(&w, d["to_task_definition"].as_str().unwrap()).await;
     s.kill();
@@ -107,8 +106,7 @@ async fn a_restart_never_reapplies_what_ecs_already_rolled_back() {
     );
     w.proxy.rollouts([Rollout::EcsRollsBack { after: 1 }]);
     let mut s = w.builder.start().await;
-    let arn = w.push(&s, "cb-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "cb-1", MASTER_SHA).await;
     let d = registered(&w).await;
     ecs_applied(&w, d["to_task_definition"].as_str().unwrap()).await;
     s.kill();
@@ -141,8 +139,7 @@ async fn a_deploy_that_never_reached_ecs_gets_a_fresh_rollout_clock_after_downti
     w.proxy
         .script("UpdateService", [Fault::Delay(Duration::from_secs(600))]);
     let mut s = w.builder.start().await;
-    let arn = w.push(&s, "clock-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "clock-1", MASTER_SHA).await;
     registered(&w).await;
     eventually("UpdateService sent", || async {
         (!w.proxy.update_service_calls().is_empty()).then_some(())
@@ -251,8 +248,7 @@ async fn a_service_scaled_to_zero_says_no_task_started() {
 async fn completed_while_down_past_the_timeout(w: &Deploy, delivery: &str) {
     w.proxy.rollouts([Rollout::Never]);
     let mut s = w.builder.start().await;
-    let arn = w.push(&s, delivery, MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, delivery, MASTER_SHA).await;
     let d = w.watching().await;
     s.kill();
     let ecs_id = d["ecs_deployment_id"].as_str().unwrap();
@@ -345,8 +341,7 @@ async fn a_code_deploy_service_is_refused_before_anything_is_registered() {
         &crate::support::slipway::DEFAULT_APPS.replace("service = \"web\"", "service = \"blue\""),
     );
     let s = builder.start().await;
-    let arn = w.push(&s, "cd-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "cd-1", MASTER_SHA).await;
     let d = eventually("the deploy ended", || async {
         builder
             .deployments()
@@ -866,8 +861,7 @@ async fn a_restart_during_slipways_own_rollback_keeps_watching_it() {
     w.proxy
         .rollouts([Rollout::Fail { after: 1 }, Rollout::Never]);
     let mut s = w.builder.start().await;
-    let arn = w.push(&s, "rbcrash-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "rbcrash-1", MASTER_SHA).await;
     eventually("slipway's rollback sent", || async {
         (w.proxy.update_service_calls().len() == 2).then_some(())
     })
@@ -919,8 +913,7 @@ async fn a_rollback_that_never_reached_ecs_is_sent_after_a_restart() {
         ],
     );
     let mut s = w.builder.start().await;
-    let arn = w.push(&s, "rblost-1", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "rblost-1", MASTER_SHA).await;
     eventually("the rollback journaled", || async {
         w.builder
             .deployments()

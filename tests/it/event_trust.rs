@@ -50,6 +50,14 @@ impl Deploy {
             .expect("the journal");
         journal.rejected_events(100).await.expect("rejected events")
     }
+
+    /// The first event the journal rejected, once there is one.
+    async fn first_rejection(&self) -> slipway::journal::RejectedEvent {
+        eventually("journaled as rejected", || async {
+            self.rejections().await.into_iter().next()
+        })
+        .await
+    }
 }
 
 #[tokio::test]
@@ -98,10 +106,7 @@ async fn a_succeeded_event_for_a_build_codebuild_reports_failed_is_not_deployed(
     w.proxy.build_status(id, "FAILED");
 
     w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let rejected = eventually("journaled as rejected", || async {
-        w.rejections().await.into_iter().next()
-    })
-    .await;
+    let rejected = w.first_rejection().await;
     assert_eq!(rejected.build_id.as_deref(), Some(id));
     assert!(
         rejected
@@ -122,10 +127,7 @@ async fn a_succeeded_event_for_a_build_codebuild_does_not_know_is_not_deployed()
     let s = w.builder.start().await;
     let made_up = "arn:aws:codebuild:eu-west-1:123456789012:build/web-build:made-up-1";
     w.complete(made_up, "SUCCEEDED", MASTER_SHA).await;
-    let rejected = eventually("journaled as rejected", || async {
-        w.rejections().await.into_iter().next()
-    })
-    .await;
+    let rejected = w.first_rejection().await;
     assert!(
         rejected
             .reason
@@ -146,10 +148,7 @@ async fn a_build_without_this_runs_slipway_run_is_not_deployed() {
     w.proxy
         .build_env(id, &[("SLIPWAY_RUN", "someone-elses-run")]);
     w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
-    let rejected = eventually("journaled as rejected", || async {
-        w.rejections().await.into_iter().next()
-    })
-    .await;
+    let rejected = w.first_rejection().await;
     assert!(
         rejected
             .reason

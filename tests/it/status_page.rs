@@ -95,8 +95,7 @@ async fn a_rollout_in_progress_refreshes_and_a_failed_build_says_why() {
     let w = Deploy::new().await;
     w.proxy.rollouts([Rollout::Never]);
     let s = w.builder.start().await;
-    let arn = w.push(&s, "page-slow", MASTER_SHA).await;
-    w.complete(&arn, "SUCCEEDED", MASTER_SHA).await;
+    w.build_succeeds(&s, "page-slow", MASTER_SHA).await;
     let id = eventually("a deploy rolling out", || async {
         w.builder
             .deployments()

@@ -181,7 +181,6 @@ struct ServiceDeploymentRecord {
     /// The `ecs-svc/…` id of the deployment it rolls out.
     deployment: String,
     arn: String,
-    task_definition: String,
     created: f64,
     updated: f64,
     finished: Option<f64>,
@@ -565,7 +564,7 @@ impl ServiceOverlay {
     }
 
     /// A new service deployment for `deployment`; the open ones are stopped (replaced).
-    fn open_service_deployment(&mut self, deployment: &str, td: &str, desired: i64, t: f64) {
+    fn open_service_deployment(&mut self, deployment: &str, desired: i64, t: f64) {
         for r in self.service_deployments.iter_mut().filter(|r| r.is_open()) {
             r.status = "STOPPED";
             r.reason = "A newer service deployment replaced this one.".to_owned();
@@ -581,7 +580,6 @@ impl ServiceOverlay {
         self.service_deployments.push(ServiceDeploymentRecord {
             deployment: deployment.to_owned(),
             arn,
-            task_definition: td.to_owned(),
             created: t,
             updated: t,
             finished: None,
@@ -700,7 +698,7 @@ impl ServiceOverlay {
                     ));
                 }
             }
-            None => self.open_service_deployment(&id, task_definition, desired, t),
+            None => self.open_service_deployment(&id, desired, t),
         }
     }
 
@@ -1285,14 +1283,11 @@ async fn ecs_answer(
                             .to_owned();
                         baseline_from(service, &moto_td)
                     });
-                    let (id, td) = (
-                        str_of(&base, "id").to_owned(),
-                        str_of(&base, "taskDefinition").to_owned(),
-                    );
+                    let id = str_of(&base, "id").to_owned();
                     let created = base["createdAt"].as_f64().unwrap_or_else(now);
                     let desired = base["desiredCount"].as_i64().unwrap_or(0);
                     overlay.deployments.push(base);
-                    overlay.open_service_deployment(&id, &td, desired, created);
+                    overlay.open_service_deployment(&id, desired, created);
                     overlay.end_service_deployment(
                         &id,
                         "SUCCESSFUL",
