@@ -875,14 +875,15 @@ async fn a_restart_during_slipways_own_rollback_keeps_watching_it() {
     .await;
     assert_eq!(rolling["state"], "deploying", "{rolling}");
     s.kill();
-    // ECS finishes slipway's rollback while slipway is down.
-    let rollback = w
-        .proxy
-        .deployments(CLUSTER, SERVICE)
-        .into_iter()
-        .find(|x| x["status"] == "PRIMARY")
-        .unwrap();
-    assert_eq!(rollback["taskDefinition"], w.base_td.as_str());
+    // ECS applied slipway's rollback (the proxy may still be answering it) and finishes it
+    // while slipway is down.
+    let rollback = eventually("ECS applied slipway's rollback", || async {
+        w.proxy
+            .deployments(CLUSTER, SERVICE)
+            .into_iter()
+            .find(|x| x["status"] == "PRIMARY" && x["taskDefinition"] == w.base_td.as_str())
+    })
+    .await;
     w.proxy
         .complete_now(CLUSTER, SERVICE, rollback["id"].as_str().unwrap());
     let _s = w.builder.start().await;
