@@ -221,6 +221,13 @@ impl BuildStarter {
             .source_version(&build.sha)
             .set_environment_variables_override(Some(build_environment(&build)))
             .idempotency_token(&build.token)
+            // The journaled schedule is StartBuild's only retry layer: SDK retries under it
+            // would hold each attempt for seconds and keep a failing CodeBuild busy.
+            .customize()
+            .config_override(
+                aws_sdk_codebuild::config::Builder::default()
+                    .retry_config(aws_config::retry::RetryConfig::disabled()),
+            )
             .send()
             .await;
         match result {

@@ -419,6 +419,30 @@ async fn a_redelivery_of_a_started_build_is_a_duplicate() {
 }
 
 #[tokio::test]
+async fn start_build_is_retried_by_the_journaled_schedule_alone() {
+    // Before: the SDK's own attempts under each scheduled one hid the failures (and held a
+    // failing CodeBuild busy for seconds per attempt).
+    let w = world().await;
+    w.proxy.fail("StartBuild", 3, 500, "InternalFailure");
+    let s = SlipwayBuilder::new(&w.proxy.url).start().await;
+    assert_eq!(
+        s.deliver("push", "sched-1", &fixture("github/push_master.json"))
+            .await
+            .status,
+        202
+    );
+    let row = delivery_state(&s.builder, "sched-1", "build_started").await;
+    assert_eq!(started_builds(&w, 1).await.len(), 1);
+    assert_eq!(
+        w.proxy.requests("StartBuild").len(),
+        4,
+        "three failures, one start"
+    );
+    // Every call CodeBuild saw is an attempt of the journal's schedule.
+    assert_eq!(row["attempts"].as_u64(), Some(4), "{row}");
+}
+
+#[tokio::test]
 async fn throttling_and_5xx_are_retried_until_the_build_starts() {
     let w = world().await;
     w.proxy.fail("StartBuild", 2, 400, "ThrottlingException");
