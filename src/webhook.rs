@@ -151,19 +151,38 @@ pub enum PayloadError {
 
 impl Push {
     pub fn parse(json: &[u8]) -> Result<Push, PayloadError> {
+        // The common case parses without tracking paths; only a payload that fails is parsed
+        // again to say where.
         let de = &mut serde_json::Deserializer::from_slice(json);
-        let raw: PushPayload = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                PayloadError::Json(inner.to_string())
-            } else {
-                PayloadError::Field {
-                    path,
-                    message: inner.to_string(),
+        let raw = match <PushPayload as serde::Deserialize>::deserialize(de) {
+            Ok(raw) => raw,
+            Err(_) => return Err(Push::explain(json)),
+        };
+        Push::from_raw(raw)
+    }
+
+    /// Why `json` is not a push payload, with the path of the field at fault.
+    fn explain(json: &[u8]) -> PayloadError {
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        match serde_path_to_error::deserialize::<_, PushPayload>(de) {
+            // Both parse the same way; this one only tracks where it is.
+            Ok(_) => PayloadError::Json("the payload does not parse as a push".into()),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if inner.is_syntax() || inner.is_eof() {
+                    PayloadError::Json(inner.to_string())
+                } else {
+                    PayloadError::Field {
+                        path,
+                        message: inner.to_string(),
+                    }
                 }
             }
-        })?;
+        }
+    }
+
+    fn from_raw(raw: PushPayload) -> Result<Push, PayloadError> {
         let after = CommitSha::parse(&raw.after).map_err(|e| PayloadError::Field {
             path: "after".into(),
             message: e.0,

@@ -129,8 +129,30 @@ fn create_private(path: &Path) -> Result<(), JournalError> {
     Ok(())
 }
 
+/// Process-wide SQLite settings, made once before the first connection: no memory statistics
+/// (they take a global mutex on every allocation, and slipway never reads them).
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: called before any connection exists in this process (the journal opens the
+        // first one); if SQLite was initialized already the call fails harmlessly (MISUSE).
+        let rc =
+            unsafe { rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0) };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(
+                rc,
+                "journal: SQLite was initialized already; memory statistics stay on"
+            );
+        }
+    });
+}
+
+/// Opens a connection. Each connection is used by one thread at a time (the writer and the
+/// checkpointer own theirs, the reader sits behind a mutex), so SQLite's own per-connection
+/// mutex is left out (`NO_MUTEX`, as rusqlite's default flags do).
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, JournalError> {
-    let conn = Connection::open_with_flags(path, flags)?;
+    configure_sqlite();
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     body_codec::register(&conn)?;
