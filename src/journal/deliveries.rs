@@ -392,10 +392,11 @@ impl Journal {
     ) -> Result<(i64, Admission), JournalError> {
         let permit = self.admission_permit()?;
         let incoming = Incoming::new(delivery);
-        let write = self.write(move |tx| {
+        let mut permit = Some(permit);
+        let write = self.write_repeatable(move |tx| {
             // Out of the queue once the writer has it.
-            drop(permit);
-            admit_in(tx, &incoming, verdict)
+            permit.take();
+            admit_in(tx, &incoming, verdict.clone())
         });
         let result = match tokio::time::timeout(ADMIT_WAIT, write).await {
             Ok(result) => result,

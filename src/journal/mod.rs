@@ -61,8 +61,54 @@ pub enum JournalError {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A write. It gets None when its group's transaction was lost before its turn.
-type Job = Box<dyn FnOnce(Option<&mut Transaction<'_>>) -> Completion + Send>;
+/// A write run once, in its own savepoint. It gets None when its group's transaction was lost
+/// before its turn.
+type OnceJob = Box<dyn FnOnce(Option<&mut Transaction<'_>>) -> Completion + Send>;
+
+/// A write that may be run again (an admission): consecutive ones share one savepoint, and are
+/// run again one savepoint each only if one of them failed. A savepoint copies every page a
+/// write touches first, so one per delivery was a large part of the writer's time.
+trait RepeatableJob: Send {
+    /// Runs the write and keeps its outcome; false if it failed (its changes must be undone).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the group's commit is known.
+    fn complete(self: Box<Self>, committed: Result<(), String>);
+}
+
+enum Job {
+    Once(OnceJob),
+    Repeatable(Box<dyn RepeatableJob>),
+}
+
+struct Repeatable<R, F> {
+    write: F,
+    outcome: Option<Result<R, JournalError>>,
+    done: oneshot::Sender<Result<R, JournalError>>,
+}
+
+impl<R, F> RepeatableJob for Repeatable<R, F>
+where
+    R: Send + 'static,
+    F: FnMut(&Connection) -> Result<R, JournalError> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let outcome = (self.write)(conn);
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
+    }
+
+    fn complete(self: Box<Self>, committed: Result<(), String>) {
+        let result = match (committed, self.outcome) {
+            (Ok(()), Some(outcome)) => outcome,
+            (Ok(()), None) => Err(JournalError::Commit(
+                "the transaction was rolled back before this write ran".into(),
+            )),
+            (Err(e), _) => Err(JournalError::Commit(e)),
+        };
+        let _ = self.done.send(result);
+    }
+}
 
 /// Most jobs one transaction takes; the rest wait for the next.
 const MAX_GROUP: usize = 512;
@@ -291,7 +337,7 @@ impl Journal {
         F: FnOnce(&Connection) -> Result<R, JournalError> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel::<Result<R, JournalError>>();
-        let job: Job = Box::new(move |tx: Option<&mut Transaction<'_>>| {
+        let job: OnceJob = Box::new(move |tx: Option<&mut Transaction<'_>>| {
             let Some(tx) = tx else {
                 return Box::new(move |_: Result<(), String>| {
                     let _ = done_tx.send(Err(JournalError::Commit(
@@ -308,12 +354,32 @@ impl Journal {
                 let _ = done_tx.send(result);
             })
         });
-        {
-            let guard = self.inner.writer.lock().expect("journal writer lock");
-            let sender = guard.as_ref().ok_or(JournalError::Closed)?;
-            sender.send(job).map_err(|_| JournalError::Closed)?;
-        }
+        self.send(Job::Once(job))?;
         done_rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Like [`Journal::write`], for a write that may be run more than once: it must do the same
+    /// thing each time (its changes are undone between runs). Consecutive such writes share one
+    /// savepoint; if one fails, they are all undone and run again, one savepoint each, so a
+    /// failing write still fails alone.
+    pub(crate) async fn write_repeatable<R, F>(&self, write: F) -> Result<R, JournalError>
+    where
+        R: Send + 'static,
+        F: FnMut(&Connection) -> Result<R, JournalError> + Send + 'static,
+    {
+        let (done, done_rx) = oneshot::channel::<Result<R, JournalError>>();
+        self.send(Job::Repeatable(Box::new(Repeatable {
+            write,
+            outcome: None,
+            done,
+        })))?;
+        done_rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    fn send(&self, job: Job) -> Result<(), JournalError> {
+        let guard = self.inner.writer.lock().expect("journal writer lock");
+        let sender = guard.as_ref().ok_or(JournalError::Closed)?;
+        sender.send(job).map_err(|_| JournalError::Closed)
     }
 
     /// Runs a read on the reader connection, off the async runtime.
@@ -414,6 +480,40 @@ fn in_savepoint<R>(
     outcome
 }
 
+/// Runs consecutive repeatable writes in one savepoint; if one fails, undoes them all and runs
+/// each again in a savepoint of its own. A write that never ran (the transaction was lost)
+/// keeps no outcome and is answered with an error.
+fn run_repeatable(tx: &Connection, run: &mut [Box<dyn RepeatableJob>]) {
+    let exec = |sql: &str| -> Result<(), JournalError> {
+        tx.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    if exec("SAVEPOINT journal_writes").is_err() {
+        return;
+    }
+    let all_ok = run.iter_mut().all(|job| job.run(tx));
+    if tx.is_autocommit() {
+        return;
+    }
+    if all_ok && exec("RELEASE journal_writes").is_ok() {
+        return;
+    }
+    let _ = exec("ROLLBACK TO journal_writes");
+    let _ = exec("RELEASE journal_writes");
+    for job in run.iter_mut() {
+        if tx.is_autocommit() {
+            return;
+        }
+        let _ = in_savepoint(tx, |conn| {
+            if job.run(conn) {
+                Ok(())
+            } else {
+                Err(JournalError::Invalid("undone".into()))
+            }
+        });
+    }
+}
+
 struct WriterState {
     checkpointer: checkpoint::Checkpointer,
     hold: PathBuf,
@@ -445,7 +545,10 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, state: WriterState
                 tracing::error!(error = %e, "journal: cannot begin a transaction");
                 let message = e.to_string();
                 for job in jobs {
-                    job(None)(Err(message.clone()));
+                    match job {
+                        Job::Once(job) => job(None)(Err(message.clone())),
+                        Job::Repeatable(job) => job.complete(Err(message.clone())),
+                    }
                 }
                 state.busy_since.store(-1, Ordering::Release);
                 continue;
@@ -453,15 +556,34 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, state: WriterState
         };
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
         let mut lost = false;
-        for job in jobs {
-            if lost {
-                completions.push(job(None));
-                continue;
+        let mut jobs = jobs.into_iter().peekable();
+        while let Some(job) = jobs.next() {
+            match job {
+                Job::Once(job) => {
+                    if lost {
+                        completions.push(job(None));
+                        continue;
+                    }
+                    completions.push(job(Some(&mut tx)));
+                }
+                Job::Repeatable(first) => {
+                    let mut run = vec![first];
+                    while let Some(Job::Repeatable(_)) = jobs.peek() {
+                        if let Some(Job::Repeatable(next)) = jobs.next() {
+                            run.push(next);
+                        }
+                    }
+                    if !lost {
+                        run_repeatable(&tx, &mut run);
+                    }
+                    for job in run {
+                        completions.push(Box::new(move |committed| job.complete(committed)));
+                    }
+                }
             }
-            completions.push(job(Some(&mut tx)));
             // SQLite rolls the whole transaction back by itself on some errors (full disk,
             // I/O): later writes must not run outside it, each committing on its own.
-            lost = tx.is_autocommit();
+            lost = lost || tx.is_autocommit();
         }
         let committed = if lost {
             tracing::error!("journal: the transaction was rolled back by SQLite");

@@ -174,3 +174,81 @@ async fn committed_pages_reach_the_database_file_without_the_writer_checkpointin
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A future polled once (so its write is queued for the writer), to be awaited later.
+fn queued<F: std::future::Future + Unpin>(mut f: F) -> F {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(std::pin::Pin::new(&mut f).poll(&mut cx).is_pending());
+    f
+}
+
+type Runs = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+/// A repeatable write that stores `key` in `meta`, counts its runs, and fails if `fail`.
+fn store_key(
+    journal: &Journal,
+    key: &'static str,
+    fail: bool,
+    runs: &Runs,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = Result<(), JournalError>>>> {
+    let runs = runs.clone();
+    let journal = journal.clone();
+    Box::pin(async move {
+        journal
+            .write_repeatable(move |c| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                c.execute("INSERT INTO meta (key, value) VALUES (?1, 'x')", [key])?;
+                if fail {
+                    return Err(JournalError::Invalid(format!("{key} fails")));
+                }
+                Ok(())
+            })
+            .await
+    })
+}
+
+#[tokio::test]
+async fn admissions_in_one_group_share_a_savepoint_and_a_failing_one_still_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let hold = dir.path().join(HOLD_FILE);
+    std::fs::write(&hold, b"").unwrap();
+    let runs: Vec<Runs> = (0..6).map(|_| Runs::default()).collect();
+    // One group (the writer holds until all are queued): a, b (fails) | c (a plain write) | d, e.
+    let a = queued(store_key(&journal, "a", false, &runs[0]));
+    let b = queued(store_key(&journal, "b", true, &runs[1]));
+    let c = queued(Box::pin(journal.write(|c| {
+        c.execute("INSERT INTO meta (key, value) VALUES ('c', 'x')", [])?;
+        Ok(())
+    })));
+    let d = queued(store_key(&journal, "d", false, &runs[3]));
+    let e = queued(store_key(&journal, "e", false, &runs[4]));
+    std::fs::remove_file(&hold).unwrap();
+    assert!(a.await.is_ok());
+    let failed = b.await.unwrap_err();
+    assert!(failed.to_string().contains("b fails"), "{failed}");
+    c.await.unwrap();
+    d.await.unwrap();
+    e.await.unwrap();
+    let keys: Vec<String> = journal
+        .read(|c| {
+            let mut stmt =
+                c.prepare("SELECT key FROM meta WHERE key IN ('a','b','c','d','e') ORDER BY key")?;
+            let keys = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(keys)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        ["a", "c", "d", "e"],
+        "b's insert is undone, nobody else's"
+    );
+    let count = |i: usize| runs[i].load(std::sync::atomic::Ordering::SeqCst);
+    // a and b shared a savepoint: b failed, so both ran again, each in its own.
+    assert_eq!((count(0), count(1)), (2, 2));
+    // d and e, after the plain write, shared another one that succeeded: each ran once.
+    assert_eq!((count(3), count(4)), (1, 1));
+}
