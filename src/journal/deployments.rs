@@ -184,6 +184,16 @@ fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64,
     Ok(c.last_insert_rowid())
 }
 
+/// The build a CodeBuild result is about: by its id, or (a start whose answer was never
+/// journaled) by its run token among the builds whose start was requested. Only those are in
+/// `builds_by_token`, so intake never writes to that index.
+pub(crate) const FIND_COMPLETED_BUILD: &str =
+    "SELECT b.id, b.app, b.sha, b.image_tag, d.delivery_id, b.service_key, b.build_id
+     FROM builds b JOIN deliveries d ON d.id = b.delivery
+     WHERE b.build_id = ?1
+        OR (b.build_id IS NULL AND b.start_requested_ms IS NOT NULL AND b.token = ?2)
+     ORDER BY (b.build_id = ?1) DESC LIMIT 1";
+
 fn complete_build(
     c: &Connection,
     done: &BuildCompletion,
@@ -192,10 +202,7 @@ fn complete_build(
     type BuildRow = (i64, String, String, String, String, String, Option<String>);
     let row: Option<BuildRow> = c
         .query_row(
-            "SELECT b.id, b.app, b.sha, b.image_tag, d.delivery_id, b.service_key, b.build_id
-             FROM builds b JOIN deliveries d ON d.id = b.delivery
-             WHERE b.build_id = ?1 OR (b.build_id IS NULL AND b.token = ?2)
-             ORDER BY (b.build_id = ?1) DESC LIMIT 1",
+            FIND_COMPLETED_BUILD,
             params![done.build_id, done.run_token.as_deref().unwrap_or("-")],
             |r| {
                 Ok((

@@ -198,6 +198,14 @@ ALTER TABLE bodies ADD COLUMN encoding TEXT NOT NULL DEFAULT 'identity';  -- ide
     r#"
 CREATE INDEX builds_by_token ON builds (token) WHERE build_id IS NULL;
 "#,
+    // Issue 13 (intake speed): only builds whose start was requested can have a CodeBuild
+    // result that names them by token, so only those are indexed: a new build (intake) no
+    // longer writes a random page of this index; the build worker's start request does.
+    r#"
+DROP INDEX builds_by_token;
+CREATE INDEX builds_by_token ON builds (token)
+    WHERE build_id IS NULL AND start_requested_ms IS NOT NULL;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

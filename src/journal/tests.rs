@@ -67,10 +67,7 @@ fn intake_queries_use_an_index_never_a_scan() {
         &retention::disposable_sql(),
         &retention::old_bodies_sql(),
         // The build a CodeBuild result is about (journal/deployments.rs, complete_build).
-        "SELECT b.id, b.app, b.sha, b.image_tag, d.delivery_id, b.service_key, b.build_id
-         FROM builds b JOIN deliveries d ON d.id = b.delivery
-         WHERE b.build_id = ?1 OR (b.build_id IS NULL AND b.token = ?2)
-         ORDER BY (b.build_id = ?1) DESC LIMIT 1",
+        deployments::FIND_COMPLETED_BUILD,
     ] {
         let steps = plan(&c, sql);
         assert!(
