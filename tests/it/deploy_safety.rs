@@ -874,9 +874,9 @@ async fn a_restart_during_slipways_own_rollback_keeps_watching_it() {
     })
     .await;
     assert_eq!(rolling["state"], "deploying", "{rolling}");
-    s.kill();
-    // ECS applied slipway's rollback (the proxy may still be answering it) and finishes it
-    // while slipway is down.
+    // ECS has applied slipway's rollback (killing slipway while the proxy was still forwarding
+    // it would cancel it: a test race, not what this is about) and finishes it while slipway
+    // is down.
     let rollback = eventually("ECS applied slipway's rollback", || async {
         w.proxy
             .deployments(CLUSTER, SERVICE)
@@ -884,6 +884,7 @@ async fn a_restart_during_slipways_own_rollback_keeps_watching_it() {
             .find(|x| x["status"] == "PRIMARY" && x["taskDefinition"] == w.base_td.as_str())
     })
     .await;
+    s.kill();
     w.proxy
         .complete_now(CLUSTER, SERVICE, rollback["id"].as_str().unwrap());
     let _s = w.builder.start().await;
