@@ -252,3 +252,40 @@ async fn admissions_in_one_group_share_a_savepoint_and_a_failing_one_still_fails
     // d and e, after the plain write, shared another one that succeeded: each ran once.
     assert_eq!((count(3), count(4)), (1, 1));
 }
+
+#[tokio::test]
+async fn the_wal_file_is_emptied_once_the_journal_is_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let batch: Vec<_> = (0..50)
+        .map(|i| {
+            let id = format!("idle-{i}");
+            (delivery(&id, "1", T0, &noise(i, 8_000)), build('a'))
+        })
+        .collect();
+    journal.admit_all(batch).await.unwrap();
+    let wal = dir.path().join("journal.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(wal_len() > 400_000, "the writes went to the WAL first");
+    // Nothing else is written: the checkpointer empties the file (it waits for a quiet second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wal_len() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL file still holds {} bytes",
+            wal_len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Everything is in journal.db, and the journal still takes writes.
+    let (_, again) = journal
+        .admit(delivery("idle-after", "1", T0, b"{}"), build('b'))
+        .await
+        .unwrap();
+    assert!(matches!(again, Admission::Accepted(_)), "{again:?}");
+    let c = Connection::open(dir.path().join("journal.db")).unwrap();
+    let stored: i64 = c
+        .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 51);
+}
