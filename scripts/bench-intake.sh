@@ -60,6 +60,7 @@ start_slipway() {
 stop_slipway() { kill "$SLIPWAY_PID"; wait "$SLIPWAY_PID" 2>/dev/null || true; }
 hwm() { awk '/VmHWM/ {printf "%.1f MB", $2/1024}' "/proc/$1/status"; }
 size() { du -sh "$WORK/state" | cut -f1; }
+wal() { du -sh "$WORK/state/journal.db-wal" 2>/dev/null | cut -f1 || echo 0; }
 
 "$BIN/examples/bench_baseline" "127.0.0.1:$BASE_PORT" & BASE_PID=$!; PIDS+=("$BASE_PID")
 
@@ -86,7 +87,7 @@ round() { # label prefix [accepted-only]
     rm -f "$WORK/ignored.txt"
     echo "$ign  ratio=$(ratio "$(rps "$ign")" "$(rps "$base")")"
   fi
-  echo "slipway peak RSS: $(hwm "$SLIPWAY_PID"); baseline peak RSS: $(hwm "$BASE_PID"); journal: $(size)"
+  echo "slipway peak RSS: $(hwm "$SLIPWAY_PID"); baseline peak RSS: $(hwm "$BASE_PID"); journal: $(size) ($(wal) of it WAL)"
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(uname -sr); load: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -105,8 +106,9 @@ if [ "$SEED" -gt 0 ]; then
   start_slipway
   round "after seeding $SEED deliveries" r2
   echo "accepted after the seed / empty journal: $(ratio "$LAST_ACCEPTED" "$EMPTY_ACCEPTED")"
+  sleep 3 # a quiet second, and the checkpointer empties the WAL file
+  echo "journal at rest after the seed round (WAL emptied): $(size) ($(wal) of it WAL)"
   stop_slipway
-  echo "journal at rest after the seed round (WAL checkpointed): $(size)"
 fi
 if [ "$PENDING" -gt 0 ]; then
   rm -rf "$WORK/state"
