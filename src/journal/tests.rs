@@ -319,3 +319,50 @@ async fn a_stalled_writer_turns_new_deliveries_away_and_loses_none_it_queued() {
     assert!(journal.delivery("q-3").await.unwrap().is_none());
     assert!(journal.backpressure().is_none());
 }
+
+#[tokio::test]
+async fn a_result_named_only_by_its_run_token_finds_a_build_whose_start_was_requested() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    for (id, sha) in [("tok-1", 'a'), ("tok-2", 'b')] {
+        journal
+            .admit(delivery(id, "1", T0, id.as_bytes()), build(sha))
+            .await
+            .unwrap();
+    }
+    let due = journal.due_builds(T0, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    // Only the first one's StartBuild was requested (then slipway stopped before its answer).
+    journal.build_start_requested(due[0].id, T0).await.unwrap();
+    let result = |build_id: &str, token: &str| BuildCompletion {
+        build_id: build_id.into(),
+        succeeded: false,
+        status: "FAILED".into(),
+        log_link: None,
+        foreign: None,
+        run_token: Some(token.into()),
+    };
+    let adopted = journal
+        .complete_build(result("web-build:1", &due[0].token), T0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            adopted,
+            CompletionOutcome::Failed {
+                first_time: true,
+                ..
+            }
+        ),
+        "{adopted:?}"
+    );
+    // A build slipway never asked CodeBuild to start is not this result's, token or not.
+    let never_started = journal
+        .complete_build(result("web-build:2", &due[1].token), T0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(never_started, CompletionOutcome::Foreign),
+        "{never_started:?}"
+    );
+}
