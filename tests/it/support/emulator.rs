@@ -27,8 +27,19 @@ fn moto_server() -> String {
 
 impl Emulator {
     pub async fn start() -> Emulator {
-        let port = super::free_port();
-        let child = Command::new(moto_server())
+        // The port is free when picked, but another test's server may take it before moto
+        // binds it: then moto exits, and it starts again on another port. Only moto's own
+        // answer (a success from /moto-api/) counts as started.
+        for _ in 0..5 {
+            if let Some(emulator) = Emulator::start_on(super::free_port()).await {
+                return emulator;
+            }
+        }
+        panic!("moto_server did not start (five ports tried)");
+    }
+
+    async fn start_on(port: u16) -> Option<Emulator> {
+        let mut child = Command::new(moto_server())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -38,17 +49,22 @@ impl Emulator {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if client.get(format!("{url}/moto-api/")).send().await.is_ok() {
-                break;
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
             }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not start on {url}"
-            );
+            if let Ok(answer) = client.get(format!("{url}/moto-api/")).send().await {
+                if answer.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("moto_server did not start on {url}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let config = super::sdk_config(&url).await;
-        Emulator { child, url, config }
+        Some(Emulator { child, url, config })
     }
 
     pub fn codebuild(&self) -> aws_sdk_codebuild::Client {
