@@ -467,39 +467,37 @@ fn in_savepoint<R>(
     tx: &Connection,
     f: impl FnOnce(&Connection) -> Result<R, JournalError>,
 ) -> Result<R, JournalError> {
-    let run = |sql: &str| -> Result<(), JournalError> {
-        tx.prepare_cached(sql)?.execute([])?;
-        Ok(())
-    };
-    run("SAVEPOINT journal_write")?;
-    let outcome = f(tx).and_then(|value| run("RELEASE journal_write").map(|()| value));
+    exec(tx, "SAVEPOINT journal_write")?;
+    let outcome = f(tx).and_then(|value| exec(tx, "RELEASE journal_write").map(|()| value));
     if outcome.is_err() && !tx.is_autocommit() {
-        let _ = run("ROLLBACK TO journal_write");
-        let _ = run("RELEASE journal_write");
+        let _ = exec(tx, "ROLLBACK TO journal_write");
+        let _ = exec(tx, "RELEASE journal_write");
     }
     outcome
+}
+
+/// Runs a statement without parameters or rows (a savepoint's), prepared once per connection.
+fn exec(tx: &Connection, sql: &str) -> Result<(), JournalError> {
+    tx.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// Runs consecutive repeatable writes in one savepoint; if one fails, undoes them all and runs
 /// each again in a savepoint of its own. A write that never ran (the transaction was lost)
 /// keeps no outcome and is answered with an error.
 fn run_repeatable(tx: &Connection, run: &mut [Box<dyn RepeatableJob>]) {
-    let exec = |sql: &str| -> Result<(), JournalError> {
-        tx.prepare_cached(sql)?.execute([])?;
-        Ok(())
-    };
-    if exec("SAVEPOINT journal_writes").is_err() {
+    if exec(tx, "SAVEPOINT journal_writes").is_err() {
         return;
     }
     let all_ok = run.iter_mut().all(|job| job.run(tx));
     if tx.is_autocommit() {
         return;
     }
-    if all_ok && exec("RELEASE journal_writes").is_ok() {
+    if all_ok && exec(tx, "RELEASE journal_writes").is_ok() {
         return;
     }
-    let _ = exec("ROLLBACK TO journal_writes");
-    let _ = exec("RELEASE journal_writes");
+    let _ = exec(tx, "ROLLBACK TO journal_writes");
+    let _ = exec(tx, "RELEASE journal_writes");
     for job in run.iter_mut() {
         if tx.is_autocommit() {
             return;
@@ -568,10 +566,10 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, state: WriterState
                 }
                 Job::Repeatable(first) => {
                     let mut run = vec![first];
-                    while let Some(Job::Repeatable(_)) = jobs.peek() {
-                        if let Some(Job::Repeatable(next)) = jobs.next() {
-                            run.push(next);
-                        }
+                    while let Some(Job::Repeatable(next)) =
+                        jobs.next_if(|job| matches!(job, Job::Repeatable(_)))
+                    {
+                        run.push(next);
                     }
                     if !lost {
                         run_repeatable(&tx, &mut run);

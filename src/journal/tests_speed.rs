@@ -22,6 +22,28 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `n` ignored deliveries with bodies of `len` bytes that do not compress.
+fn ignored(prefix: &str, n: u64, len: usize) -> Vec<(NewDelivery, Verdict)> {
+    (0..n)
+        .map(|i| {
+            (
+                delivery(&format!("{prefix}-{i}"), "1", T0, &noise(i, len)),
+                Verdict::Ignored("branch".into()),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `done` holds (polling; a generous deadline, never a timing assertion), or
+/// panics with what `state` says then.
+async fn until(done: impl Fn() -> bool, state: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", state());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn pages(path: &std::path::Path) -> (i64, i64) {
     let c = Connection::open(path).unwrap();
     let count = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
@@ -90,15 +112,10 @@ async fn pruning_gives_the_freed_pages_back_to_the_file_system() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
     // 400 ignored deliveries of 16 KB each: about 1,600 pages.
-    let batch: Vec<_> = (0..400)
-        .map(|i| {
-            (
-                delivery(&format!("d-{i}"), "1", T0, &noise(i, 16 * 1024)),
-                Verdict::Ignored("branch".into()),
-            )
-        })
-        .collect();
-    journal.admit_all(batch).await.unwrap();
+    journal
+        .admit_all(ignored("d", 400, 16 * 1024))
+        .await
+        .unwrap();
     let kept = journal
         .admit(
             delivery("kept", "1", T0 + 30 * DAY_MS, &noise(9999, 16 * 1024)),
@@ -151,28 +168,22 @@ async fn committed_pages_reach_the_database_file_without_the_writer_checkpointin
         writer_setting, 0,
         "the writer leaves checkpoints to their thread"
     );
-    let batch: Vec<_> = (0..100)
-        .map(|i| {
-            (
-                delivery(&format!("d-{i}"), "1", T0, &noise(i, 16 * 1024)),
-                Verdict::Ignored("branch".into()),
-            )
-        })
-        .collect();
-    journal.admit_all(batch).await.unwrap();
+    journal
+        .admit_all(ignored("d", 100, 16 * 1024))
+        .await
+        .unwrap();
     // The checkpoint thread copies them into journal.db (1.6 MB) while the journal stays open.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let size = std::fs::metadata(journal.path()).unwrap().len();
-        if size > 1_500_000 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "journal.db is still {size} bytes: nothing was checkpointed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let size = || std::fs::metadata(journal.path()).unwrap().len();
+    until(
+        || size() > 1_500_000,
+        || {
+            format!(
+                "journal.db is still {} bytes: nothing was checkpointed",
+                size()
+            )
+        },
+    )
+    .await;
 }
 
 /// A future polled once (so its write is queued for the writer), to be awaited later.
@@ -257,26 +268,16 @@ async fn admissions_in_one_group_share_a_savepoint_and_a_failing_one_still_fails
 async fn the_wal_file_is_emptied_once_the_journal_is_idle() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
-    let batch: Vec<_> = (0..50)
-        .map(|i| {
-            let id = format!("idle-{i}");
-            (delivery(&id, "1", T0, &noise(i, 8_000)), build('a'))
-        })
-        .collect();
-    journal.admit_all(batch).await.unwrap();
+    journal.admit_all(ignored("idle", 50, 8_000)).await.unwrap();
     let wal = dir.path().join("journal.db-wal");
     let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     assert!(wal_len() > 400_000, "the writes went to the WAL first");
     // Nothing else is written: the checkpointer empties the file (it waits for a quiet second).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while wal_len() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the WAL file still holds {} bytes",
-            wal_len()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until(
+        || wal_len() == 0,
+        || format!("the WAL file still holds {} bytes", wal_len()),
+    )
+    .await;
     // Everything is in journal.db, and the journal still takes writes.
     let (_, again) = journal
         .admit(delivery("idle-after", "1", T0, b"{}"), build('b'))
