@@ -515,25 +515,23 @@ impl Deployer {
     /// One call: the repository URI follows from the registry id ECR reports and the region.
     async fn resolve_image(&self, app: &AppConfig, tag: &str) -> Result<String, Stop> {
         let repo = &app.ecr_repository;
-        let images = (async {
-            self.ecr
-                .describe_images()
-                .repository_name(repo)
-                .image_ids(ImageIdentifier::builder().image_tag(tag).build())
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("ECR DescribeImages", &e))
-        })
-        .await
-        .map_err(|e| match e.code.as_deref() {
-            Some("ImageNotFoundException") => {
-                Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
-            }
-            Some("RepositoryNotFoundException") => {
-                Stop::Failed(format!("ECR repository {repo} not found"))
-            }
-            _ => Stop::from(e),
-        })?;
+        let images = self
+            .ecr
+            .describe_images()
+            .repository_name(repo)
+            .image_ids(ImageIdentifier::builder().image_tag(tag).build())
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ECR DescribeImages", &e))
+            .map_err(|e| match e.code.as_deref() {
+                Some("ImageNotFoundException") => {
+                    Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
+                }
+                Some("RepositoryNotFoundException") => {
+                    Stop::Failed(format!("ECR repository {repo} not found"))
+                }
+                _ => Stop::from(e),
+            })?;
         let detail = images
             .image_details()
             .first()
@@ -648,15 +646,11 @@ impl Deployer {
     }
 
     async fn register(&self, revision: NewRevision) -> Result<String, Stop> {
-        let out = (async {
-            revision
-                .clone()
-                .apply(self.ecs.register_task_definition())
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("ECS RegisterTaskDefinition", &e))
-        })
-        .await?;
+        let out = revision
+            .apply(self.ecs.register_task_definition())
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ECS RegisterTaskDefinition", &e))?;
         out.task_definition()
             .and_then(|t| t.task_definition_arn())
             .map(str::to_owned)
@@ -670,17 +664,15 @@ impl Deployer {
         app: &AppConfig,
         task_definition: &str,
     ) -> Result<(String, Source), Stop> {
-        let out = (async {
-            self.ecs
-                .update_service()
-                .cluster(&app.cluster)
-                .service(&app.service)
-                .task_definition(task_definition)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("ECS UpdateService", &e))
-        })
-        .await?;
+        let out = self
+            .ecs
+            .update_service()
+            .cluster(&app.cluster)
+            .service(&app.service)
+            .task_definition(task_definition)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ECS UpdateService", &e))?;
         let service = out
             .service()
             .ok_or_else(|| Stop::Failed("UpdateService returned no service".into()))?;

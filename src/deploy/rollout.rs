@@ -117,16 +117,13 @@ pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &s
 /// service revision that deployment rolls out, which ends the service deployment's
 /// `targetServiceRevisionArn`.
 pub fn revision_id(ecs_deployment_id: &str) -> &str {
-    ecs_deployment_id
-        .rsplit('/')
-        .next()
-        .unwrap_or(ecs_deployment_id)
+    ecs_deployment_id.rsplit('/').next().unwrap_or_default()
 }
 
 /// Whether the service deployment targets the revision of ECS deployment `ours`.
 pub fn targets(target_service_revision_arn: Option<&str>, ours: &str) -> bool {
     target_service_revision_arn
-        .and_then(|arn| arn.rsplit('/').next())
+        .map(revision_id)
         .is_some_and(|id| !id.is_empty() && id == revision_id(ours))
 }
 

@@ -486,19 +486,7 @@ async fn from_event_to_update_service_takes_few_calls() {
     // SQS traffic aside).
     let deploy_calls: Vec<&String> = calls[..=until_update]
         .iter()
-        .filter(|op| {
-            matches!(
-                op.as_str(),
-                "BatchGetBuilds"
-                    | "DescribeImages"
-                    | "DescribeRepositories"
-                    | "DescribeClusters"
-                    | "DescribeServices"
-                    | "DescribeTaskDefinition"
-                    | "RegisterTaskDefinition"
-                    | "UpdateService"
-            )
-        })
+        .filter(|op| DEPLOY_CALLS.contains(&op.as_str()))
         .collect();
     assert!(deploy_calls.len() <= 6, "{deploy_calls:?}");
     assert!(
@@ -515,11 +503,18 @@ async fn from_event_to_update_service_takes_few_calls() {
 async fn a_service_without_rollout_state_completes_when_its_deployment_list_is_steady() {
     let w = Deploy::new().await;
     w.proxy.hide_rollout_state();
+    // Its service deployment cannot be read (no permission): the deployments list decides.
+    w.proxy
+        .fail("ListServiceDeployments", 1, 400, "AccessDeniedException");
     w.proxy.rollouts([Rollout::Complete { after: 2 }]);
     let s = w.builder.start().await;
     let d = w.ship(&s, "clb-1", MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded", "{d}");
     assert_eq!(w.proxy.update_service_calls().len(), 1, "no rollback");
+    assert!(
+        w.proxy.requests("DescribeServiceDeployments").is_empty(),
+        "judged by the deployments list"
+    );
 }
 
 /// A task definition of family `web` with the given (name, image) containers; the service
@@ -800,7 +795,7 @@ async fn a_blue_green_deploy_shows_its_lifecycle_stage_until_ecs_says_it_succeed
 }
 
 #[tokio::test]
-async fn a_canary_that_ecs_rolls_back_during_bake_time_is_a_failure() {
+async fn a_canary_that_ecs_rolls_back_is_a_failure() {
     let w = Deploy::new().await;
     set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::Canary).await;
     w.proxy.rollouts([Rollout::EcsRollsBack { after: 4 }]);
@@ -951,6 +946,10 @@ async fn past_the_timeout_a_blue_green_deploy_that_succeeded_meanwhile_is_a_succ
     let _s = w.builder.start().await;
     let done = w.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        !w.proxy.requests("DescribeServiceDeployments").is_empty(),
+        "judged by its service deployment"
+    );
     assert_eq!(
         w.proxy.update_service_calls().len(),
         2,
