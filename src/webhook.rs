@@ -595,5 +595,13 @@ mod tests {
         assert!(e.to_string().contains("repository"), "{e}");
         let e = Push::parse(b"{not json").unwrap_err();
         assert!(matches!(e, PayloadError::Json(_)), "{e}");
+        // A nested field of the wrong type is named by its path (found by the second parse).
+        let e =
+            Push::parse(br#"{"ref":"refs/heads/master","after":"x","repository":{"full_name":5}}"#)
+                .unwrap_err();
+        assert!(
+            matches!(&e, PayloadError::Field { path, .. } if path == "repository.full_name"),
+            "{e}"
+        );
     }
 }

@@ -80,14 +80,12 @@ impl GithubSink {
     pub(super) fn start(client: Arc<Client>, config: Arc<Config>, journal: Journal) -> GithubSink {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let pending = Arc::new(watch::Sender::new(0));
-        let wake = Arc::new(Notify::new());
-        tokio::spawn(keep(rx, journal.clone(), wake.clone()));
         let worker = Worker {
             client,
             config,
             journal,
         };
-        tokio::spawn(worker.run(pending.clone(), wake));
+        tokio::spawn(worker.run(rx, pending.clone()));
         GithubSink {
             inner: Some(Arc::new(Inner { tx, pending })),
         }
@@ -156,7 +154,12 @@ struct Status<'a> {
 }
 
 /// Puts each update in the journal's outbox, in the order they came, and wakes the poster.
-async fn keep(mut rx: mpsc::Receiver<Event>, journal: Journal, wake: Arc<Notify>) {
+async fn keep(
+    mut rx: mpsc::Receiver<Event>,
+    journal: Journal,
+    wake: Arc<Notify>,
+    pending: Arc<watch::Sender<usize>>,
+) {
     while let Some(event) = rx.recv().await {
         let json = serde_json::to_string(&event).expect("GitHub updates serialize");
         let mut tries = 0;
@@ -174,6 +177,7 @@ async fn keep(mut rx: mpsc::Receiver<Event>, journal: Journal, wake: Arc<Notify>
                     metrics::counter!("slipway_github_requests_total", "result" => "dropped")
                         .increment(1);
                     tracing::error!(error = %e, ?event, "GitHub outbox: cannot journal the update; dropping it");
+                    pending.send_modify(|p| *p = p.saturating_sub(1));
                     break;
                 }
             }
@@ -193,9 +197,9 @@ fn worth_retrying(e: &GithubError) -> bool {
 }
 
 impl Worker {
-    /// Posts the outbox, oldest first, forever.
-    async fn run(self, pending: Arc<watch::Sender<usize>>, wake: Arc<Notify>) {
-        // Updates left from before a restart.
+    /// Counts what a restart left in the outbox, then starts keeping new updates (so none is
+    /// counted twice) and posts the outbox, oldest first, forever.
+    async fn run(self, rx: mpsc::Receiver<Event>, pending: Arc<watch::Sender<usize>>) {
         match self.journal.github_outbox_len().await {
             Ok(n) if n > 0 => {
                 tracing::info!(updates = n, "GitHub outbox: posting what was left unposted");
@@ -204,6 +208,13 @@ impl Worker {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "GitHub outbox: cannot read it"),
         }
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(keep(
+            rx,
+            self.journal.clone(),
+            wake.clone(),
+            pending.clone(),
+        ));
         let mut backoff = OUTBOX_BACKOFF_INITIAL;
         loop {
             let batch = match self.journal.github_outbox(32).await {
@@ -247,8 +258,10 @@ impl Worker {
                         match self.journal.github_posted(entry.id).await {
                             Ok(()) => pending.send_modify(|p| *p = p.saturating_sub(1)),
                             Err(e) => {
-                                // It would be posted twice: better than lost. Read again.
+                                // It would be posted twice: better than lost. Read again,
+                                // after a pause (the journal is failing: no tight loop).
                                 tracing::warn!(error = %e, "GitHub outbox: cannot remove a posted update");
+                                tokio::time::sleep(Duration::from_secs(5)).await;
                                 break;
                             }
                         }

@@ -492,3 +492,14 @@ async fn a_signing_secret_without_a_team_id_does_not_start() {
     assert!(!status.success());
     assert!(err.contains("slack_team_id"), "{err}");
 }
+
+#[tokio::test]
+async fn a_body_declared_larger_than_the_limit_gets_413_and_commands_still_work() {
+    let c = chat(Setup::default()).await;
+    let body = "x".repeat(slipway::chat::MAX_BODY_BYTES + 1);
+    let a = post(&c.s, &signed(SLACK_SECRET, now(), &body), &body).await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(a.body["code"], "too_large", "{}", a.body);
+    let status = c.command("status", "U1", "ada").await;
+    assert!(status.ephemeral().contains("*web*"), "{}", status.body);
+}
