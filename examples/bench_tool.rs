@@ -12,6 +12,10 @@
 //! `bench_tool pending STATE_DIR N`: adds N accepted pushes received now whose builds are
 //! pending (due at once), for the round that measures intake while the build worker retries
 //! them against an unreachable CodeBuild.
+//!
+//! `bench_tool floor N`: the CPU time, on one core, of the work every accepted push needs
+//! whatever the store does: its HMAC, the SHA-256 its body is stored under, parsing the push,
+//! and compressing the body (zstd level 1, as `journal/body_codec.rs`), over N pushes.
 
 use std::io::Write;
 
@@ -184,6 +188,45 @@ async fn pending(state_dir: &str, n: u64) {
     eprintln!("{n} pending builds added");
 }
 
+fn floor(n: usize) {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    use std::hint::black_box;
+    let template = template();
+    let bodies: Vec<Vec<u8>> = (0..64)
+        .map(|i| push(&template, "master", &sha(i, 7)))
+        .collect();
+    let secret = b"bench-secret-0123456789abcdef";
+    let per_push = |step: &dyn Fn(&[u8])| {
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            step(black_box(&bodies[i % bodies.len()]));
+        }
+        started.elapsed().as_secs_f64() * 1e6 / n as f64
+    };
+    let hmac = per_push(&|b| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+        mac.update(b);
+        black_box(mac.finalize());
+    });
+    let digest = per_push(&|b| {
+        black_box(Sha256::digest(b));
+    });
+    let parse = per_push(&|b| {
+        black_box(slipway::webhook::Push::parse(b).expect("a push"));
+    });
+    let compressor = std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("level 1"));
+    let zstd = per_push(&|b| {
+        black_box(compressor.borrow_mut().compress(b).expect("compressible"));
+    });
+    println!(
+        "floor, one core, per push of {} bytes: HMAC {hmac:.1} µs, SHA-256 {digest:.1} µs, \
+         parse {parse:.1} µs, zstd {zstd:.1} µs; together {:.1} µs",
+        bodies[0].len(),
+        hmac + digest + parse + zstd
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -191,8 +234,9 @@ async fn main() {
         Some("requests") => requests(&args[2], args[3].parse().expect("N"), &args[4], &args[5]),
         Some("seed") => seed(&args[2], args[3].parse().expect("N")).await,
         Some("pending") => pending(&args[2], args[3].parse().expect("N")).await,
+        Some("floor") => floor(args[2].parse().expect("N")),
         _ => {
-            eprintln!("usage: bench_tool requests FILE N BRANCH PREFIX | seed STATE_DIR N | pending STATE_DIR N");
+            eprintln!("usage: bench_tool requests FILE N BRANCH PREFIX | seed STATE_DIR N | pending STATE_DIR N | floor N");
             std::process::exit(2);
         }
     }

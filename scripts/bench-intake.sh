@@ -64,26 +64,46 @@ wal() { du -sh "$WORK/state/journal.db-wal" 2>/dev/null | cut -f1 || echo 0; }
 
 "$BIN/examples/bench_baseline" "127.0.0.1:$BASE_PORT" & BASE_PID=$!; PIDS+=("$BASE_PID")
 
-run() { # label port requests-file [wrap]
-  BENCH_REQUESTS=$3 BENCH_WRAP=${4:-0} BENCH_THREADS=$THREADS wrk -t$THREADS -c$CONNECTIONS -d"$DURATION" \
-    -s scripts/bench-intake.lua "http://127.0.0.1:$2" | awk -v l="$1" '/^RESULT/ {$1=""; print l ":" $0}'
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # a process's user + system CPU, in ticks
+idle() { awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+HZ=$(getconf CLK_TCK)
+run() { # label port server-pid requests-file [wrap]
+  # Also the server's CPU per answered request, and how busy the machine was: on a machine
+  # as shared as this one, req/s moves with the load; what a request costs does not.
+  local before after m0 m1 result
+  before=$(ticks "$3"); m0=$(idle)
+  result=$(BENCH_REQUESTS=$4 BENCH_WRAP=${5:-0} BENCH_THREADS=$THREADS wrk -t$THREADS \
+    -c$CONNECTIONS -d"$DURATION" -s scripts/bench-intake.lua "http://127.0.0.1:$2" \
+    | awk '/^RESULT/ {$1=""; print}')
+  after=$(ticks "$3"); m1=$(idle)
+  echo "$1:$result $(awk -v s=$((after - before)) -v hz="$HZ" -v m0="$m0" -v m1="$m1" \
+    -v n="$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$result")" 'BEGIN {
+      split(m0, a, " "); split(m1, b, " ")
+      printf "cpu_us_per_request=%.1f machine_busy=%.0f%%", s * 1e6 / hz / n,
+        100 * (1 - (b[1] - a[1]) / (b[2] - a[2])) }')"
 }
+cpu() { sed -E 's/.* cpu_us_per_request=([0-9.]+).*/\1/' <<<"$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 rps() { sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$1"; }
 
 round() { # label prefix [accepted-only]
   "$BIN/examples/bench_tool" requests "$WORK/accepted.txt" "$REQUESTS" master "$2-acc"
   local base acc ign
-  base=$(run baseline "$BASE_PORT" "$WORK/accepted.txt" 1)
-  acc=$(run "slipway accepted" "$SLIPWAY_PORT" "$WORK/accepted.txt")
+  base=$(run baseline "$BASE_PORT" "$BASE_PID" "$WORK/accepted.txt" 1)
+  acc=$(run "slipway accepted" "$SLIPWAY_PORT" "$SLIPWAY_PID" "$WORK/accepted.txt")
   rm -f "$WORK/accepted.txt"
   echo "== $1"
   echo "$base"
   echo "$acc  ratio=$(ratio "$(rps "$acc")" "$(rps "$base")")"
-  LAST_ACCEPTED=$(rps "$acc")
+  # Each round's own ratio to the baseline run just before it: rounds minutes apart compare
+  # through these, not through raw req/s that move with the machine's load.
+  LAST_RATIO=$(ratio "$(rps "$acc")" "$(rps "$base")")
+  LAST_CPU=$(cpu "$acc")
+  BASE_CPU=$(cpu "$base")
+  BASE_RPS=$(rps "$base")
   if [ -z "${3:-}" ]; then
     "$BIN/examples/bench_tool" requests "$WORK/ignored.txt" "$REQUESTS" feature "$2-ign"
-    ign=$(run "slipway ignored" "$SLIPWAY_PORT" "$WORK/ignored.txt")
+    ign=$(run "slipway ignored" "$SLIPWAY_PORT" "$SLIPWAY_PID" "$WORK/ignored.txt")
     rm -f "$WORK/ignored.txt"
     echo "$ign  ratio=$(ratio "$(rps "$ign")" "$(rps "$base")")"
   fi
@@ -94,7 +114,14 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}'
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, up to $REQUESTS distinct signed pushes per path"
 start_slipway
 round "empty journal" r1
-EMPTY_ACCEPTED=$LAST_ACCEPTED
+EMPTY_RATIO=$LAST_RATIO
+EMPTY_CPU=$LAST_CPU
+# What half the baseline's rate leaves slipway. With the cores busy, a baseline request costs
+# the machine NPROC/rps in all: the baseline's own CPU and wrk's. At half that rate a request
+# may cost twice as much; wrk still takes its share, so slipway may use NPROC/rps + its CPU.
+echo "CPU per request: baseline $BASE_CPU µs, slipway accepted $EMPTY_CPU µs"
+echo "for ≥ 50 % of the baseline's req/s slipway may use at most $(awk -v b="$BASE_CPU" -v r="$BASE_RPS" -v c="$(nproc)" 'BEGIN { printf "%.1f", c * 1e6 / r + b }') µs of CPU per accepted push"
+"$BIN/examples/bench_tool" floor 20000
 stop_slipway
 if [ "$SEED" -gt 0 ]; then
   # A year of history on a journal of its own: the first round's builds are all pending
@@ -105,7 +132,7 @@ if [ "$SEED" -gt 0 ]; then
   echo "seeded $SEED deliveries in $(( $(date +%s) - START )) s; journal: $(size)"
   start_slipway
   round "after seeding $SEED deliveries" r2
-  echo "accepted after the seed / empty journal: $(ratio "$LAST_ACCEPTED" "$EMPTY_ACCEPTED")"
+  echo "accepted after the seed / empty journal: $(ratio "$LAST_RATIO" "$EMPTY_RATIO") (each round's ratio to its baseline); CPU per accepted push $LAST_CPU µs / $EMPTY_CPU µs"
   sleep 3 # a quiet second, and the checkpointer empties the WAL file
   echo "journal at rest after the seed round (WAL emptied): $(size) ($(wal) of it WAL)"
   stop_slipway
@@ -116,6 +143,6 @@ if [ "$PENDING" -gt 0 ]; then
   start_slipway
   sleep 3 # the worker is retrying them (CodeBuild unreachable)
   round "$PENDING pending builds, the worker retrying them" r3 accepted-only
-  echo "accepted with $PENDING pending builds / empty journal: $(ratio "$LAST_ACCEPTED" "$EMPTY_ACCEPTED")"
+  echo "accepted with $PENDING pending builds / empty journal: $(ratio "$LAST_RATIO" "$EMPTY_RATIO") (each round's ratio to its baseline); CPU per accepted push $LAST_CPU µs / $EMPTY_CPU µs"
   stop_slipway
 fi

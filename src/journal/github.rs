@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Journal, JournalError};
 
+/// Whether a delivery (hook, GUID) is in the journal, found by its GUID's index.
+pub(crate) const HELD_DELIVERY: &str =
+    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?2 AND hook_id = ?1)";
+
 /// A GitHub deployment slipway created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GithubDeployment {
@@ -163,12 +167,8 @@ impl Journal {
         delivery_id: String,
     ) -> Result<RecoveryState, JournalError> {
         self.read(move |c| {
-            let dedup_key = format!("{hook_id}/{delivery_id}");
-            let held: bool = c.query_row(
-                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE dedup_key = ?1)",
-                params![dedup_key],
-                |r| r.get(0),
-            )?;
+            let held: bool =
+                c.query_row(HELD_DELIVERY, params![hook_id, delivery_id], |r| r.get(0))?;
             if held {
                 return Ok(RecoveryState::Held);
             }

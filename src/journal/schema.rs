@@ -206,6 +206,12 @@ DROP INDEX builds_by_token;
 CREATE INDEX builds_by_token ON builds (token)
     WHERE build_id IS NULL AND start_requested_ms IS NOT NULL;
 "#,
+    // Issue 13 (intake speed): a delivery is looked up by its GUID (`deliveries_by_delivery_id`)
+    // and then its hook. An index on the "hook/GUID" key as well wrote a second random page for
+    // every delivery stored; nothing needs it.
+    r#"
+DROP INDEX deliveries_by_key;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

@@ -68,10 +68,15 @@ fn intake_queries_use_an_index_never_a_scan() {
         &retention::old_bodies_sql(),
         // The build a CodeBuild result is about (journal/deployments.rs, complete_build).
         deployments::FIND_COMPLETED_BUILD,
+        // Is this delivery held? (GitHub delivery recovery, journal/github.rs)
+        super::github::HELD_DELIVERY,
     ] {
         let steps = plan(&c, sql);
         assert!(
-            !steps.iter().any(|s| s.starts_with("SCAN")),
+            // (`SCAN CONSTANT ROW` is a SELECT without a table, not a scan of one.)
+            !steps
+                .iter()
+                .any(|s| s.starts_with("SCAN") && s != "SCAN CONSTANT ROW"),
             "{sql}\nscans: {steps:?}"
         );
     }
