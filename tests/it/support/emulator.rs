@@ -1,5 +1,6 @@
 //! The AWS API emulator (moto in server mode), one per test, on a free port.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,32 +27,44 @@ fn moto_server() -> String {
 }
 
 impl Emulator {
+    /// Starts moto on a port it picks itself (`-p 0`) and reads that port from its "Running on"
+    /// line: no other test's server can take the port between picking and binding it.
     pub async fn start() -> Emulator {
-        // The port is free when picked, but another test's server may take it before moto
-        // binds it: then moto exits, and it starts again on another port. Only moto's own
-        // answer (a success from /moto-api/) counts as started.
-        for _ in 0..5 {
-            if let Some(emulator) = Emulator::start_on(super::free_port()).await {
-                return emulator;
-            }
-        }
-        panic!("moto_server did not start (five ports tried)");
-    }
-
-    async fn start_on(port: u16) -> Option<Emulator> {
         let mut child = Command::new(moto_server())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start moto_server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        // moto logs every request to stderr: the pipe is drained for as long as it runs.
+        std::thread::spawn(move || {
+            let mut port_tx = Some(port_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(port) = line
+                    .split_once("Running on http://127.0.0.1:")
+                    .and_then(|(_, port)| port.trim().parse::<u16>().ok())
+                {
+                    if let Some(tx) = port_tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        let port =
+            tokio::task::spawn_blocking(move || port_rx.recv_timeout(Duration::from_secs(60)))
+                .await
+                .expect("join");
+        let Ok(port) = port else {
+            let _ = child.kill();
+            panic!("moto_server did not say where it runs: {:?}", child.wait());
+        };
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return None;
-            }
             if let Ok(answer) = client.get(format!("{url}/moto-api/")).send().await {
                 if answer.status().is_success() {
                     break;
@@ -59,12 +72,12 @@ impl Emulator {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
-                panic!("moto_server did not start on {url}");
+                panic!("moto_server did not answer on {url}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let config = super::sdk_config(&url).await;
-        Some(Emulator { child, url, config })
+        Emulator { child, url, config }
     }
 
     pub fn codebuild(&self) -> aws_sdk_codebuild::Client {
