@@ -220,11 +220,11 @@ impl RawGithubConfig {
 }
 
 /// How GitHub calls are going, for `slipway status`.
-#[derive(Debug, Default)]
 pub struct Health {
     succeeded: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<(String, i64)>>,
+    clock: crate::clock::SharedClock,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -236,14 +236,30 @@ pub struct HealthReport {
     pub last_error_at: Option<String>,
 }
 
+/// On the system clock (a client made outside `serve`, e.g. by the CLI or a test).
+impl Default for Health {
+    fn default() -> Health {
+        Health::new(Arc::new(crate::clock::SystemClock))
+    }
+}
+
 impl Health {
+    fn new(clock: crate::clock::SharedClock) -> Health {
+        Health {
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            clock,
+        }
+    }
+
     fn succeeded(&self) {
         self.succeeded.fetch_add(1, Ordering::Relaxed);
     }
 
     fn failed(&self, why: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        let now = crate::journal::millis(time::OffsetDateTime::now_utc());
+        let now = crate::journal::millis(self.clock.now());
         *self.last_error.lock().expect("health lock") = Some((why.to_owned(), now));
     }
 
@@ -278,16 +294,18 @@ impl Github {
         cfg: GithubConfig,
         config: Arc<crate::config::Config>,
         journal: crate::journal::Journal,
+        clock: crate::clock::SharedClock,
     ) -> Result<Github, GithubError> {
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health::new(clock.clone()));
         let client = Arc::new(Client::new(&cfg.api_url, credentials, health.clone())?);
-        let sink = GithubSink::start(client.clone(), config, journal.clone());
+        let sink = GithubSink::start(client.clone(), config, journal.clone(), clock.clone());
         let recovery = (!cfg.hooks.is_empty()).then(|| Recovery {
             client: client.clone(),
             journal,
             hooks: cfg.hooks.clone(),
             every: cfg.recover_every,
             window: cfg.recover_window,
+            clock,
         });
         Ok(Github {
             client,

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{As, Client};
 use super::{GithubError, Hook, HookOwner, RECOVERY_ACTOR};
+use crate::clock::SharedClock;
 use crate::journal::{millis, Journal, NewRecovery, RecoveryState};
 
 /// Deliveries asked for per page (GitHub's maximum).
@@ -34,6 +35,7 @@ pub struct Recovery {
     pub(super) hooks: Vec<Hook>,
     pub(super) every: Duration,
     pub(super) window: Duration,
+    pub(super) clock: SharedClock,
 }
 
 /// One delivery attempt, as `GET .../deliveries` lists it (only the fields used).
@@ -81,7 +83,7 @@ impl Recovery {
 
     /// One round for one hook: returns how many redeliveries were requested.
     pub async fn recover(&self, hook: &Hook) -> Result<usize, GithubError> {
-        let now = time::OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let since = now - self.window;
         let failed = self.failed_pushes(hook, since).await?;
         let hook_id = hook.id.to_string();
@@ -134,7 +136,7 @@ impl Recovery {
             };
             if let Err(e) = self
                 .journal
-                .record_recovery(record, millis(time::OffsetDateTime::now_utc()))
+                .record_recovery(record, millis(self.clock.now()))
                 .await
             {
                 tracing::warn!(error = %e, "recovery: cannot journal the redelivery request");

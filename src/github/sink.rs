@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::client::{As, Client};
 use super::GithubError;
+use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
 use crate::journal::{millis, GithubDeployment, Journal};
 use crate::notify::{EventKind, Notification};
@@ -77,13 +78,19 @@ impl GithubSink {
     }
 
     /// Spawns the outbox's two tasks (keeping and posting) on the current tokio runtime.
-    pub(super) fn start(client: Arc<Client>, config: Arc<Config>, journal: Journal) -> GithubSink {
+    pub(super) fn start(
+        client: Arc<Client>,
+        config: Arc<Config>,
+        journal: Journal,
+        clock: SharedClock,
+    ) -> GithubSink {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let pending = Arc::new(watch::Sender::new(0));
         let worker = Worker {
             client,
             config,
             journal,
+            clock,
         };
         tokio::spawn(worker.run(rx, pending.clone()));
         GithubSink {
@@ -143,6 +150,7 @@ struct Worker {
     client: Arc<Client>,
     config: Arc<Config>,
     journal: Journal,
+    clock: SharedClock,
 }
 
 /// A commit status: what GitHub shows next to the commit.
@@ -157,6 +165,7 @@ struct Status<'a> {
 async fn keep(
     mut rx: mpsc::Receiver<Event>,
     journal: Journal,
+    clock: SharedClock,
     wake: Arc<Notify>,
     pending: Arc<watch::Sender<usize>>,
 ) {
@@ -164,7 +173,7 @@ async fn keep(
         let json = serde_json::to_string(&event).expect("GitHub updates serialize");
         let mut tries = 0;
         loop {
-            let now = millis(time::OffsetDateTime::now_utc());
+            let now = millis(clock.now());
             match journal.queue_github_update(json.clone(), now).await {
                 Ok(_) => break,
                 // The journal stalls only briefly (a slow disk): wait for it rather than drop.
@@ -184,6 +193,16 @@ async fn keep(
         }
         wake.notify_one();
     }
+}
+
+/// The pause after an update's post failed for the time `attempts + 1`: doubling from
+/// [`OUTBOX_BACKOFF_INITIAL`] up to [`OUTBOX_BACKOFF_MAX`], worked out from the journaled count
+/// so that a restart does not start it over.
+fn outbox_backoff(attempts: i64) -> Duration {
+    let doublings = attempts.clamp(0, 16) as u32;
+    OUTBOX_BACKOFF_INITIAL
+        .saturating_mul(1 << doublings)
+        .min(OUTBOX_BACKOFF_MAX)
 }
 
 /// Whether posting again later may succeed.
@@ -212,10 +231,10 @@ impl Worker {
         tokio::spawn(keep(
             rx,
             self.journal.clone(),
+            self.clock.clone(),
             wake.clone(),
             pending.clone(),
         ));
-        let mut backoff = OUTBOX_BACKOFF_INITIAL;
         loop {
             let batch = match self.journal.github_outbox(32).await {
                 Ok(batch) => batch,
@@ -239,6 +258,7 @@ impl Worker {
                 };
                 match result {
                     Err(e) if worth_retrying(&e) && entry.attempts + 1 < OUTBOX_ATTEMPTS => {
+                        let backoff = outbox_backoff(entry.attempts);
                         tracing::warn!(error = %e, attempts = entry.attempts + 1,
                             retry_in_secs = backoff.as_secs(),
                             "GitHub update not posted; it stays first in line");
@@ -246,15 +266,15 @@ impl Worker {
                             tracing::warn!(error = %e, "GitHub outbox: cannot count the attempt");
                         }
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(OUTBOX_BACKOFF_MAX);
                         break;
                     }
                     result => {
                         // Posted, or given up on (logged, counted and shown by the client).
                         if let Err(e) = result {
-                            tracing::warn!(error = %e, "GitHub update given up");
+                            let queued_secs = (millis(self.clock.now()) - entry.created_ms) / 1000;
+                            tracing::warn!(error = %e, attempts = entry.attempts + 1, queued_secs,
+                                "GitHub update given up");
                         }
-                        backoff = OUTBOX_BACKOFF_INITIAL;
                         match self.journal.github_posted(entry.id).await {
                             Ok(()) => pending.send_modify(|p| *p = p.saturating_sub(1)),
                             Err(e) => {
@@ -501,7 +521,7 @@ impl Worker {
             github_id,
             state: "created".to_owned(),
         };
-        let now = millis(time::OffsetDateTime::now_utc());
+        let now = millis(self.clock.now());
         if let Err(e) = self
             .journal
             .record_github_deployment(id, app.name.to_string(), gh.clone(), now)
@@ -538,7 +558,7 @@ impl Worker {
     }
 
     async fn record_state(&self, deployment: i64, state: &'static str) {
-        let now = millis(time::OffsetDateTime::now_utc());
+        let now = millis(self.clock.now());
         if let Err(e) = self
             .journal
             .set_github_deployment_state(deployment, state, now)
@@ -592,6 +612,17 @@ mod tests {
         assert!(!worth_retrying(&status(404)));
         assert!(!worth_retrying(&GithubError::Token(Box::new(status(401)))));
         assert!(!worth_retrying(&GithubError::Decode("not JSON".into())));
+    }
+
+    #[test]
+    fn the_outbox_backoff_follows_the_journaled_attempts() {
+        assert_eq!(outbox_backoff(0), OUTBOX_BACKOFF_INITIAL);
+        assert_eq!(outbox_backoff(1), OUTBOX_BACKOFF_INITIAL * 2);
+        assert_eq!(outbox_backoff(3), OUTBOX_BACKOFF_INITIAL * 8);
+        // Capped, however many attempts a journal holds (and never a negative shift).
+        assert_eq!(outbox_backoff(10), OUTBOX_BACKOFF_MAX);
+        assert_eq!(outbox_backoff(i64::MAX), OUTBOX_BACKOFF_MAX);
+        assert_eq!(outbox_backoff(-1), OUTBOX_BACKOFF_INITIAL);
     }
 
     #[test]

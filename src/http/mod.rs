@@ -225,6 +225,7 @@ pub async fn run(
             config.github.clone().unwrap_or_default(),
             config.clone(),
             journal.clone(),
+            clock.clone(),
         )?),
         None => None,
     };
