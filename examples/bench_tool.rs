@@ -26,6 +26,9 @@ use slipway::journal::{
     Journal, NewDelivery, Source, Verdict,
 };
 
+/// Deliveries written per transaction (one sync each) by `seed` and `pending`.
+const CHUNK: usize = 5_000;
+
 fn sha(n: u64, salt: u64) -> String {
     format!("{:016x}{:016x}{:08x}", n, salt, (n ^ salt) as u32)
 }
@@ -67,12 +70,10 @@ async fn seed(state_dir: &str, n: u64) {
     let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
     let started = std::time::Instant::now();
     let settings = slipway::config::JournalConfig::default();
-    // Big transactions: one sync per CHUNK deliveries.
-    const CHUNK: u64 = 5_000;
     const PRUNE_EVERY: u64 = 50_000;
-    let mut i = 0;
-    while i < n {
-        let chunk: Vec<(NewDelivery, Verdict)> = (i..(i + CHUNK).min(n))
+    for start in (0..n).step_by(CHUNK) {
+        let i = (start + CHUNK as u64).min(n);
+        let chunk: Vec<(NewDelivery, Verdict)> = (start..i)
             .map(|i| seed_delivery(&template, i, n, now))
             .collect();
         let results = journal.admit_all(chunk).await.expect("seed chunk");
@@ -89,7 +90,6 @@ async fn seed(state_dir: &str, n: u64) {
         while let Some(t) = started_builds.join_next().await {
             t.expect("task");
         }
-        i = (i + CHUNK).min(n);
         if i.is_multiple_of(PRUNE_EVERY) || i == n {
             let pruning = std::time::Instant::now();
             let pruned = journal.prune(now, &settings).await.expect("prune");
@@ -170,9 +170,8 @@ async fn pending(state_dir: &str, n: u64) {
     let journal = Journal::open(std::path::Path::new(state_dir)).expect("open the journal");
     let template = template();
     let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
-    let mut i = 0;
-    while i < n {
-        let chunk: Vec<(NewDelivery, Verdict)> = (i..(i + 5_000).min(n))
+    for start in (0..n).step_by(CHUNK) {
+        let chunk: Vec<(NewDelivery, Verdict)> = (start..(start + CHUNK as u64).min(n))
             .map(|i| {
                 // Every one a build (i * 10: the seed's accepted ones), received now.
                 let (mut d, v) = seed_delivery(&template, i * 10, n * 10, now);
@@ -182,7 +181,6 @@ async fn pending(state_dir: &str, n: u64) {
             })
             .collect();
         journal.admit_all(chunk).await.expect("pending chunk");
-        i = (i + 5_000).min(n);
     }
     journal.close();
     eprintln!("{n} pending builds added");
