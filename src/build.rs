@@ -190,14 +190,7 @@ impl BuildStarter {
             match self.find_started(&build).await {
                 Ok(Some((id, arn))) => {
                     tracing::info!(build_id = %id, "found the build a previous attempt started");
-                    self.github
-                        .build(BuildState::Started, &build.app, &build.sha, None, None);
-                    self.record(
-                        self.journal
-                            .build_started(build.id, id, arn, self.now())
-                            .await,
-                    );
-                    return Attempt::Done;
+                    return self.started(&build, id, arn).await;
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -242,20 +235,25 @@ impl BuildStarter {
                     return self.failed_attempt(&build, e).await;
                 };
                 tracing::info!(build_id = %id, "build started");
-                self.github
-                    .build(BuildState::Started, &build.app, &build.sha, None, None);
-                self.record(
-                    self.journal
-                        .build_started(build.id, id, arn, self.now())
-                        .await,
-                );
-                Attempt::Done
+                self.started(&build, id, arn).await
             }
             Err(e) => {
                 self.failed_attempt(&build, AwsError::from_sdk("CodeBuild StartBuild", &e))
                     .await
             }
         }
+    }
+
+    /// CodeBuild has the build: the journal records its id, and GitHub shows it started.
+    async fn started(&self, build: &PendingBuild, id: String, arn: Option<String>) -> Attempt {
+        self.github
+            .build(BuildState::Started, &build.app, &build.sha, None, None);
+        self.record(
+            self.journal
+                .build_started(build.id, id, arn, self.now())
+                .await,
+        );
+        Attempt::Done
     }
 
     async fn failed_attempt(&self, build: &PendingBuild, e: AwsError) -> Attempt {
