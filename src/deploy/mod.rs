@@ -364,8 +364,7 @@ impl Deployer {
                 .await;
         }
         let service = self.describe_service(app).await?;
-        let deployments = service.deployments();
-        let primary = deployments.iter().find(|x| x.status() == Some("PRIMARY"));
+        let primary = rollout::primary(service.deployments());
         let started_ms = d.started_ms.unwrap_or(0);
         let created_since_start = |x: &aws_sdk_ecs::types::Deployment| {
             x.created_at()
@@ -677,10 +676,8 @@ impl Deployer {
             .service()
             .ok_or_else(|| Stop::Failed("UpdateService returned no service".into()))?;
         // Only a PRIMARY deployment of this task definition is ours to follow.
-        let id = service
-            .deployments()
-            .iter()
-            .find(|x| x.status() == Some("PRIMARY") && x.task_definition() == Some(task_definition))
+        let id = rollout::primary(service.deployments())
+            .filter(|x| x.task_definition() == Some(task_definition))
             .and_then(|x| x.id.clone())
             .ok_or_else(|| {
                 Stop::Failed(format!(
@@ -830,11 +827,8 @@ impl Deployer {
             // The list's verdict is not trusted here; the service deployment's comes next poll.
             return Ok(Looked::Nothing);
         }
-        let ours_primary_without_state = service.deployments().iter().any(|x| {
-            x.id.as_deref() == Some(ecs_id)
-                && x.status() == Some("PRIMARY")
-                && x.rollout_state.is_none()
-        });
+        let ours_primary_without_state = rollout::primary(service.deployments())
+            .is_some_and(|x| x.id.as_deref() == Some(ecs_id) && x.rollout_state.is_none());
         let verdict = evaluate(service.deployments(), ecs_id, from_td, to_td);
         Ok(match (stopped, verdict) {
             // ECS stopped ours and still runs it: it failed without a rollback by ECS.
@@ -1003,10 +997,7 @@ impl Deployer {
             .unwrap_or_else(|| "the deploy was being rolled back".to_owned());
         tracing::info!(reason = %why, "resuming the rollback that was in progress");
         let service = self.describe_service(app).await?;
-        let primary = service
-            .deployments()
-            .iter()
-            .find(|x| x.status() == Some("PRIMARY"));
+        let primary = rollout::primary(service.deployments());
         match primary.map(|p| (p.task_definition(), p.id.clone().unwrap_or_default())) {
             Some((Some(td), id)) if td == from_td => {
                 self.follow_rollback(d, app, (from_td, to_td), why, &id, Source::list())
