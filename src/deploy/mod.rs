@@ -717,35 +717,8 @@ impl Deployer {
                 tokio::time::sleep(timing.poll_initial).await;
             }
             let past_deadline = deadline <= self.now();
-            let looked = match self.look(app, ecs_id, (from_td, to_td), &mut source).await {
-                Ok(looked) => looked,
-                Err(e) => {
-                    if e.is_throttling() {
-                        delay = timing.poll_max;
-                    }
-                    tracing::warn!(error = %e, "polling the rollout failed; will poll again");
-                    // The last look decides between success and a rollback: a failing look is
-                    // tried again then, never taken as the rollout's failure.
-                    if past_deadline {
-                        last_looks += 1;
-                        if last_looks >= LAST_LOOKS {
-                            return Ok(Followed::TimedOut);
-                        }
-                    }
-                    continue;
-                }
-            };
-            match looked {
-                // Nothing to judge by yet: past the deadline that is no answer either.
-                Looked::Nothing => {
-                    if past_deadline {
-                        last_looks += 1;
-                        if last_looks >= LAST_LOOKS {
-                            return Ok(Followed::TimedOut);
-                        }
-                    }
-                }
-                Looked::Rollout(Rollout::InProgress(p), stage) => {
+            match self.look(app, ecs_id, (from_td, to_td), &mut source).await {
+                Ok(Looked::Rollout(Rollout::InProgress(p), stage)) => {
                     tracing::debug!(
                         running = p.running,
                         desired = p.desired,
@@ -759,14 +732,32 @@ impl Deployer {
                     if past_deadline {
                         return Ok(Followed::TimedOut);
                     }
+                    continue;
                 }
-                Looked::Rollout(other, _) => {
+                Ok(Looked::Rollout(other, _)) => {
                     if let (Some(d), Rollout::Completed(p) | Rollout::CompletedThenReplaced(p, _)) =
                         (d, &other)
                     {
                         self.progress(d, *p, None).await;
                     }
                     return Ok(Followed::Ended(other));
+                }
+                // Nothing to judge by yet: past the deadline that is no answer either.
+                Ok(Looked::Nothing) => {}
+                Err(e) => {
+                    if e.is_throttling() {
+                        delay = timing.poll_max;
+                    }
+                    tracing::warn!(error = %e, "polling the rollout failed; will poll again");
+                }
+            }
+            // No answer. The last look decides between success and a rollback: past the
+            // deadline a look without an answer is tried again, a few times, never taken as
+            // the rollout's failure.
+            if past_deadline {
+                last_looks += 1;
+                if last_looks >= LAST_LOOKS {
+                    return Ok(Followed::TimedOut);
                 }
             }
         }
