@@ -707,16 +707,18 @@ impl Deployer {
         let timing = &self.config.deploy;
         let mut delay = timing.poll_initial;
         let mut last_looks = 0;
+        let mut looked_past_deadline = false;
         loop {
             let left = deadline - self.now();
             if left > 0 {
                 tokio::time::sleep(delay.min(Duration::from_millis(left as u64))).await;
                 delay = next_poll(delay, timing);
-            } else if last_looks > 0 {
-                // The last look failed: look again soon, a few times, before giving up.
+            } else if looked_past_deadline {
+                // The last look gave no answer: look again soon.
                 tokio::time::sleep(timing.poll_initial).await;
             }
             let past_deadline = deadline <= self.now();
+            looked_past_deadline |= past_deadline;
             match self.look(app, ecs_id, (from_td, to_td), &mut source).await {
                 Ok(Looked::Rollout(Rollout::InProgress(p), stage)) => {
                     tracing::debug!(
@@ -742,8 +744,10 @@ impl Deployer {
                     }
                     return Ok(Followed::Ended(other));
                 }
-                // Nothing to judge by yet: past the deadline that is no answer either.
-                Ok(Looked::Nothing) => {}
+                // Nothing to judge by yet: the watch just switched to the service deployment,
+                // or ECS does not list it yet. That is no failing look, and uses up no last
+                // look: it happens at most SD_MISSES times, then the deployments list judges.
+                Ok(Looked::Nothing) => continue,
                 Err(e) => {
                     if e.is_throttling() {
                         delay = timing.poll_max;
@@ -751,9 +755,8 @@ impl Deployer {
                     tracing::warn!(error = %e, "polling the rollout failed; will poll again");
                 }
             }
-            // No answer. The last look decides between success and a rollback: past the
-            // deadline a look without an answer is tried again, a few times, never taken as
-            // the rollout's failure.
+            // The last look decides between success and a rollback: past the deadline a failing
+            // look is tried again, a few times, never taken as the rollout's failure.
             if past_deadline {
                 last_looks += 1;
                 if last_looks >= LAST_LOOKS {

@@ -943,3 +943,32 @@ async fn past_the_timeout_a_blue_green_deploy_that_succeeded_meanwhile_is_a_succ
         "the strategy, then the deploy: no rollback"
     );
 }
+
+#[tokio::test]
+async fn past_the_timeout_an_unlisted_service_deployment_leaves_the_deployments_list_to_judge() {
+    // Before: switching to the service deployment, and each poll that did not find it listed,
+    // used up a last look: the deploy timed out and was rolled back before the deployments
+    // list, which said the rollout had completed, was ever asked for a verdict.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 1"),
+        ..Setup::default()
+    })
+    .await;
+    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
+    w.completed_while_down_past_the_timeout("bgunlisted-1")
+        .await;
+    w.proxy.unlist_service_deployments();
+    let listed_before = w.proxy.requests("ListServiceDeployments").len();
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        w.proxy.requests("ListServiceDeployments").len() > listed_before,
+        "the service deployment was looked for"
+    );
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy: no rollback"
+    );
+}
