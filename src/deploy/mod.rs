@@ -364,8 +364,7 @@ impl Deployer {
                 .await;
         }
         let service = self.describe_service(app).await?;
-        let deployments = service.deployments();
-        let primary = deployments.iter().find(|x| x.status() == Some("PRIMARY"));
+        let primary = rollout::primary(service.deployments());
         let started_ms = d.started_ms.unwrap_or(0);
         let created_since_start = |x: &aws_sdk_ecs::types::Deployment| {
             x.created_at()
@@ -677,10 +676,8 @@ impl Deployer {
             .service()
             .ok_or_else(|| Stop::Failed("UpdateService returned no service".into()))?;
         // Only a PRIMARY deployment of this task definition is ours to follow.
-        let id = service
-            .deployments()
-            .iter()
-            .find(|x| x.status() == Some("PRIMARY") && x.task_definition() == Some(task_definition))
+        let id = rollout::primary(service.deployments())
+            .filter(|x| x.task_definition() == Some(task_definition))
             .and_then(|x| x.id.clone())
             .ok_or_else(|| {
                 Stop::Failed(format!(
@@ -710,45 +707,20 @@ impl Deployer {
         let timing = &self.config.deploy;
         let mut delay = timing.poll_initial;
         let mut last_looks = 0;
+        let mut looked_past_deadline = false;
         loop {
             let left = deadline - self.now();
             if left > 0 {
                 tokio::time::sleep(delay.min(Duration::from_millis(left as u64))).await;
                 delay = next_poll(delay, timing);
-            } else if last_looks > 0 {
-                // The last look failed: look again soon, a few times, before giving up.
+            } else if looked_past_deadline {
+                // The last look gave no answer: look again soon.
                 tokio::time::sleep(timing.poll_initial).await;
             }
             let past_deadline = deadline <= self.now();
-            let looked = match self.look(app, ecs_id, (from_td, to_td), &mut source).await {
-                Ok(looked) => looked,
-                Err(e) => {
-                    if e.is_throttling() {
-                        delay = timing.poll_max;
-                    }
-                    tracing::warn!(error = %e, "polling the rollout failed; will poll again");
-                    // The last look decides between success and a rollback: a failing look is
-                    // tried again then, never taken as the rollout's failure.
-                    if past_deadline {
-                        last_looks += 1;
-                        if last_looks >= LAST_LOOKS {
-                            return Ok(Followed::TimedOut);
-                        }
-                    }
-                    continue;
-                }
-            };
-            match looked {
-                // Nothing to judge by yet: past the deadline that is no answer either.
-                Looked::Nothing => {
-                    if past_deadline {
-                        last_looks += 1;
-                        if last_looks >= LAST_LOOKS {
-                            return Ok(Followed::TimedOut);
-                        }
-                    }
-                }
-                Looked::Rollout(Rollout::InProgress(p), stage) => {
+            looked_past_deadline |= past_deadline;
+            match self.look(app, ecs_id, (from_td, to_td), &mut source).await {
+                Ok(Looked::Rollout(Rollout::InProgress(p), stage)) => {
                     tracing::debug!(
                         running = p.running,
                         desired = p.desired,
@@ -762,14 +734,33 @@ impl Deployer {
                     if past_deadline {
                         return Ok(Followed::TimedOut);
                     }
+                    continue;
                 }
-                Looked::Rollout(other, _) => {
+                Ok(Looked::Rollout(other, _)) => {
                     if let (Some(d), Rollout::Completed(p) | Rollout::CompletedThenReplaced(p, _)) =
                         (d, &other)
                     {
                         self.progress(d, *p, None).await;
                     }
                     return Ok(Followed::Ended(other));
+                }
+                // Nothing to judge by yet: the watch just switched to the service deployment,
+                // or ECS does not list it yet. That is no failing look, and uses up no last
+                // look: it happens at most SD_MISSES times, then the deployments list judges.
+                Ok(Looked::Nothing) => continue,
+                Err(e) => {
+                    if e.is_throttling() {
+                        delay = timing.poll_max;
+                    }
+                    tracing::warn!(error = %e, "polling the rollout failed; will poll again");
+                }
+            }
+            // The last look decides between success and a rollback: past the deadline a failing
+            // look is tried again, a few times, never taken as the rollout's failure.
+            if past_deadline {
+                last_looks += 1;
+                if last_looks >= LAST_LOOKS {
+                    return Ok(Followed::TimedOut);
                 }
             }
         }
@@ -830,11 +821,8 @@ impl Deployer {
             // The list's verdict is not trusted here; the service deployment's comes next poll.
             return Ok(Looked::Nothing);
         }
-        let ours_primary_without_state = service.deployments().iter().any(|x| {
-            x.id.as_deref() == Some(ecs_id)
-                && x.status() == Some("PRIMARY")
-                && x.rollout_state.is_none()
-        });
+        let ours_primary_without_state = rollout::primary(service.deployments())
+            .is_some_and(|x| x.id.as_deref() == Some(ecs_id) && x.rollout_state.is_none());
         let verdict = evaluate(service.deployments(), ecs_id, from_td, to_td);
         Ok(match (stopped, verdict) {
             // ECS stopped ours and still runs it: it failed without a rollback by ECS.
@@ -1003,10 +991,7 @@ impl Deployer {
             .unwrap_or_else(|| "the deploy was being rolled back".to_owned());
         tracing::info!(reason = %why, "resuming the rollback that was in progress");
         let service = self.describe_service(app).await?;
-        let primary = service
-            .deployments()
-            .iter()
-            .find(|x| x.status() == Some("PRIMARY"));
+        let primary = rollout::primary(service.deployments());
         match primary.map(|p| (p.task_definition(), p.id.clone().unwrap_or_default())) {
             Some((Some(td), id)) if td == from_td => {
                 self.follow_rollback(d, app, (from_td, to_td), why, &id, Source::list())

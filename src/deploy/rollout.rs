@@ -47,12 +47,17 @@ fn reason_of(d: Option<&Deployment>) -> String {
         .unwrap_or_else(|| "no reason given".to_owned())
 }
 
+/// The service's `PRIMARY` deployment: the one ECS is rolling out, or has rolled out, now.
+pub fn primary(deployments: &[Deployment]) -> Option<&Deployment> {
+    deployments
+        .iter()
+        .find(|d| d.status.as_deref() == Some("PRIMARY"))
+}
+
 /// Judges the rollout of deployment `ours` (to `to_td`, from `from_td`).
 pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &str) -> Rollout {
     let mine = deployments.iter().find(|d| d.id.as_deref() == Some(ours));
-    let primary = deployments
-        .iter()
-        .find(|d| d.status.as_deref() == Some("PRIMARY"));
+    let primary = primary(deployments);
     let judge = |d: &Deployment| match d.rollout_state {
         Some(DeploymentRolloutState::Completed) => Rollout::Completed(progress(d)),
         Some(DeploymentRolloutState::Failed) => {

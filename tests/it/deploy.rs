@@ -162,6 +162,19 @@ impl Deploy {
         .await
     }
 
+    /// Deploys `MASTER_SHA` (the app has `rollout_timeout_secs = 1`); slipway stops while it
+    /// watches, and ECS completes the rollout while the timeout passes.
+    pub async fn completed_while_down_past_the_timeout(&self, delivery: &str) {
+        self.proxy.rollouts([Rollout::Never]);
+        let mut s = self.builder.start().await;
+        self.build_succeeds(&s, delivery, MASTER_SHA).await;
+        let d = self.watching().await;
+        s.kill();
+        let ecs_id = d["ecs_deployment_id"].as_str().unwrap();
+        self.proxy.complete_now(CLUSTER, SERVICE, ecs_id);
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
+
     pub async fn service_td(&self) -> String {
         self.emulator
             .service(CLUSTER, SERVICE)
@@ -732,15 +745,7 @@ async fn past_the_timeout_a_restart_looks_before_rolling_back() {
         ..Setup::default()
     })
     .await;
-    w.proxy.rollouts([Rollout::Never]);
-    let mut s = w.builder.start().await;
-    w.build_succeeds(&s, "late-1", MASTER_SHA).await;
-    let d = w.watching().await;
-    s.kill();
-    // While slipway is down the timeout passes, and ECS completes the rollout.
-    let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
-    w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    w.completed_while_down_past_the_timeout("late-1").await;
     let _s = w.builder.start().await;
     let done = w.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");

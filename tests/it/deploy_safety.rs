@@ -243,19 +243,6 @@ async fn a_service_scaled_to_zero_says_no_task_started() {
     );
 }
 
-/// Deploys `MASTER_SHA` (the app has `rollout_timeout_secs = 1`); slipway stops while it
-/// watches, and ECS completes the rollout while the timeout passes.
-async fn completed_while_down_past_the_timeout(w: &Deploy, delivery: &str) {
-    w.proxy.rollouts([Rollout::Never]);
-    let mut s = w.builder.start().await;
-    w.build_succeeds(&s, delivery, MASTER_SHA).await;
-    let d = w.watching().await;
-    s.kill();
-    let ecs_id = d["ecs_deployment_id"].as_str().unwrap();
-    w.proxy.complete_now(CLUSTER, SERVICE, ecs_id);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-}
-
 #[tokio::test]
 async fn past_the_timeout_a_failing_last_look_is_retried_not_taken_as_failure() {
     let w = Deploy::with(Setup {
@@ -263,7 +250,7 @@ async fn past_the_timeout_a_failing_last_look_is_retried_not_taken_as_failure() 
         ..Setup::default()
     })
     .await;
-    completed_while_down_past_the_timeout(&w, "look-1").await;
+    w.completed_while_down_past_the_timeout("look-1").await;
     // The first looks after the restart fail, more often than the SDK retries on its own.
     w.proxy.fail("DescribeServices", 5, 500, "ServerException");
     let _s = w.builder.start().await;
@@ -942,13 +929,42 @@ async fn past_the_timeout_a_blue_green_deploy_that_succeeded_meanwhile_is_a_succ
     })
     .await;
     set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
-    completed_while_down_past_the_timeout(&w, "bglate-1").await;
+    w.completed_while_down_past_the_timeout("bglate-1").await;
     let _s = w.builder.start().await;
     let done = w.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(
         !w.proxy.requests("DescribeServiceDeployments").is_empty(),
         "judged by its service deployment"
+    );
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy: no rollback"
+    );
+}
+
+#[tokio::test]
+async fn past_the_timeout_an_unlisted_service_deployment_leaves_the_deployments_list_to_judge() {
+    // Before: switching to the service deployment, and each poll that did not find it listed,
+    // used up a last look: the deploy timed out and was rolled back before the deployments
+    // list, which said the rollout had completed, was ever asked for a verdict.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 1"),
+        ..Setup::default()
+    })
+    .await;
+    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
+    w.completed_while_down_past_the_timeout("bgunlisted-1")
+        .await;
+    w.proxy.unlist_service_deployments();
+    let listed_before = w.proxy.requests("ListServiceDeployments").len();
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        w.proxy.requests("ListServiceDeployments").len() > listed_before,
+        "the service deployment was looked for"
     );
     assert_eq!(
         w.proxy.update_service_calls().len(),

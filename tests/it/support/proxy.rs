@@ -247,6 +247,8 @@ struct State {
     deployment_configs: HashMap<String, Value>,
     /// Answer deployments without `rolloutState` (as ECS does behind a Classic Load Balancer).
     no_rollout_state: bool,
+    /// ListServiceDeployments lists nothing (ECS is late listing a service deployment).
+    no_service_deployments_listed: bool,
     /// StartBuild's environment overrides by build id: the emulator drops them, AWS shows
     /// them in the build's environment.
     build_env: HashMap<String, Value>,
@@ -354,6 +356,12 @@ impl Proxy {
     /// shows them for services behind a Classic Load Balancer.
     pub fn hide_rollout_state(&self) {
         self.state.lock().unwrap().no_rollout_state = true;
+    }
+
+    /// From now on, ListServiceDeployments lists no service deployment, as ECS may for a while
+    /// after one started (DescribeServiceDeployments still finds one by its ARN).
+    pub fn unlist_service_deployments(&self) {
+        self.state.lock().unwrap().no_service_deployments_listed = true;
     }
 
     /// Every request seen, in order of arrival.
@@ -1519,6 +1527,7 @@ fn list_service_deployments(state: &Mutex<State>, request: &Value) -> Value {
     let briefs: Vec<Value> = s
         .overlays
         .get(&key)
+        .filter(|_| !s.no_service_deployments_listed)
         .map(|o| {
             o.service_deployments
                 .iter()
