@@ -11,13 +11,16 @@
 # nothing, so it may send its file again.
 #
 # Usage: scripts/bench-intake.sh
-#   env: DURATION=5s REQUESTS=120000 SEED=1000000 PENDING=0 (e.g. PENDING=10000)
+#   env: DURATION=5s REQUESTS=120000 SEED=1000000 PENDING=0 (e.g. PENDING=10000) ROUNDS=3
+# Each phase (empty journal, after the seed, pending builds) runs ROUNDS rounds, each with its
+# own baseline run just before slipway's, and reports the medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
 REQUESTS=${REQUESTS:-120000}
 SEED=${SEED:-1000000}
 PENDING=${PENDING:-0}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=32
 THREADS=2
 command -v wrk >/dev/null || { sudo apt-get install -y wrk || apt-get install -y wrk; }
@@ -85,6 +88,8 @@ run() { # label port server-pid requests-file [wrap]
 cpu() { sed -E 's/.* cpu_us_per_request=([0-9.]+).*/\1/' <<<"$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 rps() { sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$1"; }
+p99() { sed -E 's/.*p99_ms=([0-9.]+).*/\1/' <<<"$1"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 
 round() { # label prefix [accepted-only]
   "$BIN/examples/bench_tool" requests "$WORK/accepted.txt" "$REQUESTS" master "$2-acc"
@@ -97,29 +102,45 @@ round() { # label prefix [accepted-only]
   echo "$acc  ratio=$(ratio "$(rps "$acc")" "$(rps "$base")")"
   # Each round's own ratio to the baseline run just before it: rounds minutes apart compare
   # through these, not through raw req/s that move with the machine's load.
-  LAST_RATIO=$(ratio "$(rps "$acc")" "$(rps "$base")")
-  LAST_CPU=$(cpu "$acc")
-  BASE_CPU=$(cpu "$base")
-  BASE_RPS=$(rps "$base")
+  RATIOS+=("$(ratio "$(rps "$acc")" "$(rps "$base")")")
+  P99S+=("$(p99 "$acc")")
+  CPUS+=("$(cpu "$acc")")
+  BASE_CPUS+=("$(cpu "$base")")
+  BASE_RPSS+=("$(rps "$base")")
   if [ -z "${3:-}" ]; then
     "$BIN/examples/bench_tool" requests "$WORK/ignored.txt" "$REQUESTS" feature "$2-ign"
     ign=$(run "slipway ignored" "$SLIPWAY_PORT" "$SLIPWAY_PID" "$WORK/ignored.txt")
     rm -f "$WORK/ignored.txt"
     echo "$ign  ratio=$(ratio "$(rps "$ign")" "$(rps "$base")")"
+    IGN_RATIOS+=("$(ratio "$(rps "$ign")" "$(rps "$base")")")
+    IGN_P99S+=("$(p99 "$ign")")
   fi
   echo "slipway peak RSS: $(hwm "$SLIPWAY_PID"); baseline peak RSS: $(hwm "$BASE_PID"); journal: $(size) ($(wal) of it WAL)"
+}
+
+phase() { # label prefix [accepted-only]: ROUNDS rounds, then their medians
+  RATIOS=(); P99S=(); CPUS=(); BASE_CPUS=(); BASE_RPSS=(); IGN_RATIOS=(); IGN_P99S=()
+  for r in $(seq "$ROUNDS"); do round "$1, round $r of $ROUNDS" "$2$r" "${3:-}"; done
+  PHASE_RATIO=$(median "${RATIOS[@]}")
+  PHASE_CPU=$(median "${CPUS[@]}")
+  echo "== $1: median of $ROUNDS rounds: accepted ratio $PHASE_RATIO (${RATIOS[*]}), p99 $(median "${P99S[@]}") ms (${P99S[*]}), CPU $PHASE_CPU µs per push (${CPUS[*]})"
+  if [ -z "${3:-}" ]; then
+    echo "== $1: median of $ROUNDS rounds: ignored ratio $(median "${IGN_RATIOS[@]}") (${IGN_RATIOS[*]}), p99 $(median "${IGN_P99S[@]}") ms (${IGN_P99S[*]})"
+  fi
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(uname -sr); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, up to $REQUESTS distinct signed pushes per path"
 start_slipway
-round "empty journal" r1
-EMPTY_RATIO=$LAST_RATIO
-EMPTY_CPU=$LAST_CPU
+phase "empty journal" r1
+EMPTY_RATIO=$PHASE_RATIO
+EMPTY_CPU=$PHASE_CPU
+BASE_CPU=$(median "${BASE_CPUS[@]}")
+BASE_RPS=$(median "${BASE_RPSS[@]}")
 # What half the baseline's rate leaves slipway. With the cores busy, a baseline request costs
 # the machine NPROC/rps in all: the baseline's own CPU and wrk's. At half that rate a request
 # may cost twice as much; wrk still takes its share, so slipway may use NPROC/rps + its CPU.
-echo "CPU per request: baseline $BASE_CPU µs, slipway accepted $EMPTY_CPU µs"
+echo "CPU per request (medians): baseline $BASE_CPU µs, slipway accepted $EMPTY_CPU µs"
 echo "for ≥ 50 % of the baseline's req/s slipway may use at most $(awk -v b="$BASE_CPU" -v r="$BASE_RPS" -v c="$(nproc)" 'BEGIN { printf "%.1f", c * 1e6 / r + b }') µs of CPU per accepted push"
 "$BIN/examples/bench_tool" floor 20000
 stop_slipway
@@ -131,8 +152,8 @@ if [ "$SEED" -gt 0 ]; then
   "$BIN/examples/bench_tool" seed "$WORK/state" "$SEED"
   echo "seeded $SEED deliveries in $(( $(date +%s) - START )) s; journal: $(size)"
   start_slipway
-  round "after seeding $SEED deliveries" r2
-  echo "accepted after the seed / empty journal: $(ratio "$LAST_RATIO" "$EMPTY_RATIO") (each round's ratio to its baseline); CPU per accepted push $LAST_CPU µs / $EMPTY_CPU µs"
+  phase "after seeding $SEED deliveries" r2
+  echo "accepted after the seed / empty journal: $(ratio "$PHASE_RATIO" "$EMPTY_RATIO") (median ratios to the baseline); CPU per accepted push $PHASE_CPU µs / $EMPTY_CPU µs"
   sleep 3 # a quiet second, and the checkpointer empties the WAL file
   echo "journal at rest after the seed round (WAL emptied): $(size) ($(wal) of it WAL)"
   stop_slipway
@@ -142,7 +163,7 @@ if [ "$PENDING" -gt 0 ]; then
   "$BIN/examples/bench_tool" pending "$WORK/state" "$PENDING"
   start_slipway
   sleep 3 # the worker is retrying them (CodeBuild unreachable)
-  round "$PENDING pending builds, the worker retrying them" r3 accepted-only
-  echo "accepted with $PENDING pending builds / empty journal: $(ratio "$LAST_RATIO" "$EMPTY_RATIO") (each round's ratio to its baseline); CPU per accepted push $LAST_CPU µs / $EMPTY_CPU µs"
+  phase "$PENDING pending builds, the worker retrying them" r3 accepted-only
+  echo "accepted with $PENDING pending builds / empty journal: $(ratio "$PHASE_RATIO" "$EMPTY_RATIO") (median ratios to the baseline); CPU per accepted push $PHASE_CPU µs / $EMPTY_CPU µs"
   stop_slipway
 fi
