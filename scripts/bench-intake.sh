@@ -70,20 +70,34 @@ wal() { du -sh "$WORK/state/journal.db-wal" 2>/dev/null | cut -f1 || echo 0; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # a process's user + system CPU, in ticks
 idle() { awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
+# slipway's own count of webhook requests answered within 10 ms, and of all (its /metrics):
+# wrk's latencies also hold the time a request waits for wrk itself on the shared cores.
+within10() {
+  curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '
+    /^slipway_webhook_request_duration_seconds_bucket\{le="0.01"\}/ { b = $2 }
+    /^slipway_webhook_request_duration_seconds_count/ { c = $2 }
+    END { print b + 0, c + 0 }'
+}
 run() { # label port server-pid requests-file [wrap]
   # Also the server's CPU per answered request, and how busy the machine was: on a machine
   # as shared as this one, req/s moves with the load; what a request costs does not.
-  local before after m0 m1 result
+  local before after m0 m1 result w0="0 0" w1="0 0" server=""
+  [ "$2" = "$SLIPWAY_PORT" ] && w0=$(within10)
   before=$(ticks "$3"); m0=$(idle)
   result=$(BENCH_REQUESTS=$4 BENCH_WRAP=${5:-0} BENCH_THREADS=$THREADS wrk -t$THREADS \
     -c$CONNECTIONS -d"$DURATION" -s scripts/bench-intake.lua "http://127.0.0.1:$2" \
     | awk '/^RESULT/ {$1=""; print}')
   after=$(ticks "$3"); m1=$(idle)
+  if [ "$2" = "$SLIPWAY_PORT" ]; then
+    w1=$(within10)
+    server=$(awk -v w0="$w0" -v w1="$w1" 'BEGIN { split(w0, a, " "); split(w1, b, " ")
+      if (b[2] > a[2]) printf " server_within_10ms=%.2f%%", 100 * (b[1] - a[1]) / (b[2] - a[2]) }')
+  fi
   echo "$1:$result $(awk -v s=$((after - before)) -v hz="$HZ" -v m0="$m0" -v m1="$m1" \
     -v n="$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$result")" 'BEGIN {
       split(m0, a, " "); split(m1, b, " ")
       printf "cpu_us_per_request=%.1f machine_busy=%.0f%%", s * 1e6 / hz / n,
-        100 * (1 - (b[1] - a[1]) / (b[2] - a[2])) }')"
+        100 * (1 - (b[1] - a[1]) / (b[2] - a[2])) }')$server"
 }
 cpu() { sed -E 's/.* cpu_us_per_request=([0-9.]+).*/\1/' <<<"$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
@@ -104,6 +118,7 @@ round() { # label prefix [accepted-only]
   # through these, not through raw req/s that move with the machine's load.
   RATIOS+=("$(ratio "$(rps "$acc")" "$(rps "$base")")")
   P99S+=("$(p99 "$acc")")
+  SERVER10S+=("$(sed -nE 's/.*server_within_10ms=([0-9.]+)%.*/\1/p' <<<"$acc")")
   CPUS+=("$(cpu "$acc")")
   BASE_CPUS+=("$(cpu "$base")")
   BASE_RPSS+=("$(rps "$base")")
@@ -119,11 +134,11 @@ round() { # label prefix [accepted-only]
 }
 
 phase() { # label prefix [accepted-only]: ROUNDS rounds, then their medians
-  RATIOS=(); P99S=(); CPUS=(); BASE_CPUS=(); BASE_RPSS=(); IGN_RATIOS=(); IGN_P99S=()
+  RATIOS=(); P99S=(); SERVER10S=(); CPUS=(); BASE_CPUS=(); BASE_RPSS=(); IGN_RATIOS=(); IGN_P99S=()
   for r in $(seq "$ROUNDS"); do round "$1, round $r of $ROUNDS" "$2$r" "${3:-}"; done
   PHASE_RATIO=$(median "${RATIOS[@]}")
   PHASE_CPU=$(median "${CPUS[@]}")
-  echo "== $1: median of $ROUNDS rounds: accepted ratio $PHASE_RATIO (${RATIOS[*]}), p99 $(median "${P99S[@]}") ms (${P99S[*]}), CPU $PHASE_CPU µs per push (${CPUS[*]})"
+  echo "== $1: median of $ROUNDS rounds: accepted ratio $PHASE_RATIO (${RATIOS[*]}), p99 $(median "${P99S[@]}") ms (${P99S[*]}), answered by slipway within 10 ms $(median "${SERVER10S[@]}") % (${SERVER10S[*]}), CPU $PHASE_CPU µs per push (${CPUS[*]})"
   if [ -z "${3:-}" ]; then
     echo "== $1: median of $ROUNDS rounds: ignored ratio $(median "${IGN_RATIOS[@]}") (${IGN_RATIOS[*]}), p99 $(median "${IGN_P99S[@]}") ms (${IGN_P99S[*]})"
   fi
