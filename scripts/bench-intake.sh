@@ -28,8 +28,11 @@ command -v wrk >/dev/null || { sudo apt-get install -y wrk || apt-get install -y
 cargo build --release --quiet --bin slipway --example bench_baseline --example bench_tool
 BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
+# wrk's request files (over 1 GB each) in memory where there is a tmpfs, so the load
+# generator's input puts no writes on the disk slipway syncs its journal to.
+REQS=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK" "$REQS"' EXIT
 # slipway refuses webhook secrets shorter than 16 bytes.
 export SLIPWAY_WEBHOOK_SECRET=bench-secret-0123456789abcdef
 
@@ -106,11 +109,11 @@ p99() { sed -E 's/.*p99_ms=([0-9.]+).*/\1/' <<<"$1"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 
 round() { # label prefix [accepted-only]
-  "$BIN/examples/bench_tool" requests "$WORK/accepted.txt" "$REQUESTS" master "$2-acc"
+  "$BIN/examples/bench_tool" requests "$REQS/accepted.txt" "$REQUESTS" master "$2-acc"
   local base acc ign
-  base=$(run baseline "$BASE_PORT" "$BASE_PID" "$WORK/accepted.txt" 1)
-  acc=$(run "slipway accepted" "$SLIPWAY_PORT" "$SLIPWAY_PID" "$WORK/accepted.txt")
-  rm -f "$WORK/accepted.txt"
+  base=$(run baseline "$BASE_PORT" "$BASE_PID" "$REQS/accepted.txt" 1)
+  acc=$(run "slipway accepted" "$SLIPWAY_PORT" "$SLIPWAY_PID" "$REQS/accepted.txt")
+  rm -f "$REQS/accepted.txt"
   echo "== $1"
   echo "$base"
   echo "$acc  ratio=$(ratio "$(rps "$acc")" "$(rps "$base")")"
@@ -123,9 +126,9 @@ round() { # label prefix [accepted-only]
   BASE_CPUS+=("$(cpu "$base")")
   BASE_RPSS+=("$(rps "$base")")
   if [ -z "${3:-}" ]; then
-    "$BIN/examples/bench_tool" requests "$WORK/ignored.txt" "$REQUESTS" feature "$2-ign"
-    ign=$(run "slipway ignored" "$SLIPWAY_PORT" "$SLIPWAY_PID" "$WORK/ignored.txt")
-    rm -f "$WORK/ignored.txt"
+    "$BIN/examples/bench_tool" requests "$REQS/ignored.txt" "$REQUESTS" feature "$2-ign"
+    ign=$(run "slipway ignored" "$SLIPWAY_PORT" "$SLIPWAY_PID" "$REQS/ignored.txt")
+    rm -f "$REQS/ignored.txt"
     echo "$ign  ratio=$(ratio "$(rps "$ign")" "$(rps "$base")")"
     IGN_RATIOS+=("$(ratio "$(rps "$ign")" "$(rps "$base")")")
     IGN_P99S+=("$(p99 "$ign")")
