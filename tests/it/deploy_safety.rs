@@ -921,15 +921,22 @@ async fn a_rollback_that_never_reached_ecs_is_sent_after_a_restart() {
     );
 }
 
-#[tokio::test]
-async fn past_the_timeout_a_blue_green_deploy_that_succeeded_meanwhile_is_a_success() {
+/// A blue-green service (1 s rollout timeout) whose rollout completed while slipway was down
+/// past the timeout.
+async fn blue_green_completed_while_down(build: &str) -> Deploy {
     let w = Deploy::with(Setup {
         apps: web_with("rollout_timeout_secs = 1"),
         ..Setup::default()
     })
     .await;
     set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
-    w.completed_while_down_past_the_timeout("bglate-1").await;
+    w.completed_while_down_past_the_timeout(build).await;
+    w
+}
+
+#[tokio::test]
+async fn past_the_timeout_a_blue_green_deploy_that_succeeded_meanwhile_is_a_success() {
+    let w = blue_green_completed_while_down("bglate-1").await;
     let _s = w.builder.start().await;
     let done = w.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -949,14 +956,7 @@ async fn past_the_timeout_an_unlisted_service_deployment_leaves_the_deployments_
     // Before: switching to the service deployment, and each poll that did not find it listed,
     // used up a last look: the deploy timed out and was rolled back before the deployments
     // list, which said the rollout had completed, was ever asked for a verdict.
-    let w = Deploy::with(Setup {
-        apps: web_with("rollout_timeout_secs = 1"),
-        ..Setup::default()
-    })
-    .await;
-    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
-    w.completed_while_down_past_the_timeout("bgunlisted-1")
-        .await;
+    let w = blue_green_completed_while_down("bgunlisted-1").await;
     w.proxy.unlist_service_deployments();
     let listed_before = w.proxy.requests("ListServiceDeployments").len();
     let _s = w.builder.start().await;
