@@ -1,7 +1,8 @@
 //! Helpers for scripts/bench-intake.sh.
 //!
 //! `bench_tool requests FILE N BRANCH PREFIX`: N distinct signed pushes (the recorded
-//! push_master.json with its `after` SHA and branch changed per request), one per line:
+//! push_master.json with its `after` SHA and branch changed per request), each with a GUID
+//! delivery id; SHAs and GUIDs look random, as real ones do. One per line:
 //! `delivery_id<TAB>signature<TAB>compact JSON body`. Secret from SLIPWAY_WEBHOOK_SECRET.
 //!
 //! `bench_tool seed STATE_DIR N`: adds N deliveries to the journal through its own API (9 of
@@ -29,8 +30,18 @@ use slipway::journal::{
 /// Deliveries written per transaction (one sync each) by `seed` and `pending`.
 const CHUNK: usize = 5_000;
 
+/// A commit SHA for push `n`: as random-looking as a real one (so index inserts land where
+/// real ones would, not at the end of each index).
 fn sha(n: u64, salt: u64) -> String {
-    format!("{:016x}{:016x}{:08x}", n, salt, (n ^ salt) as u32)
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(format!("{salt}/{n}"))[..20])
+}
+
+/// A delivery id like GitHub's (a GUID), distinct for each (kind, n).
+fn guid(kind: &str, n: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let h = hex::encode(&Sha256::digest(format!("{kind}/{n}"))[..16]);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
 fn push(template: &Value, branch: &str, after: &str) -> Vec<u8> {
@@ -57,7 +68,7 @@ fn requests(file: &str, n: u64, branch: &str, prefix: &str) {
     for i in 0..n {
         let body = push(&template, branch, &sha(i, salt));
         let sig = slipway::webhook::sign(secret.as_bytes(), &body);
-        out.write_all(format!("{prefix}-{i}\t{sig}\t").as_bytes())
+        out.write_all(format!("{}\t{sig}\t", guid(prefix, i)).as_bytes())
             .unwrap();
         out.write_all(&body).unwrap();
         out.write_all(b"\n").unwrap();
@@ -140,7 +151,7 @@ fn seed_delivery(template: &Value, i: u64, n: u64, now: i64) -> (NewDelivery, Ve
     let accepted = i.is_multiple_of(10);
     let branch = if accepted { "master" } else { "feature" };
     let delivery = NewDelivery {
-        delivery_id: DeliveryId::parse(&format!("seed-{i}")).expect("id"),
+        delivery_id: DeliveryId::parse(&guid("seed", i)).expect("id"),
         hook_id: HookId::parse(Some("1")).expect("hook"),
         event: "push".into(),
         source: Source::Github,
@@ -175,7 +186,7 @@ async fn pending(state_dir: &str, n: u64) {
             .map(|i| {
                 // Every one a build (i * 10: the seed's accepted ones), received now.
                 let (mut d, v) = seed_delivery(&template, i * 10, n * 10, now);
-                d.delivery_id = DeliveryId::parse(&format!("pending-{i}")).expect("id");
+                d.delivery_id = DeliveryId::parse(&guid("pending", i)).expect("id");
                 d.received_ms = now;
                 (d, v)
             })
