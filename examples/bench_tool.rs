@@ -41,7 +41,14 @@ fn sha(n: u64, salt: u64) -> String {
 fn guid(kind: &str, n: u64) -> String {
     use sha2::{Digest, Sha256};
     let h = hex::encode(&Sha256::digest(format!("{kind}/{n}"))[..16]);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn push(template: &Value, branch: &str, after: &str) -> Vec<u8> {
