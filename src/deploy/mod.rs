@@ -521,15 +521,17 @@ impl Deployer {
             .image_ids(ImageIdentifier::builder().image_tag(tag).build())
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk("ECR DescribeImages", &e))
-            .map_err(|e| match e.code.as_deref() {
-                Some("ImageNotFoundException") => {
-                    Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
+            .map_err(|e| {
+                let e = AwsError::from_sdk("ECR DescribeImages", &e);
+                match e.code.as_deref() {
+                    Some("ImageNotFoundException") => {
+                        Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
+                    }
+                    Some("RepositoryNotFoundException") => {
+                        Stop::Failed(format!("ECR repository {repo} not found"))
+                    }
+                    _ => Stop::from(e),
                 }
-                Some("RepositoryNotFoundException") => {
-                    Stop::Failed(format!("ECR repository {repo} not found"))
-                }
-                _ => Stop::from(e),
             })?;
         let detail = images
             .image_details()

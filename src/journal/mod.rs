@@ -30,11 +30,14 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
 
+/// How a body is stored and keyed, as the webhook path does it (for `bench_tool floor`).
+pub use body_codec::encode as encode_body;
 pub use deliveries::*;
 pub use deployments::*;
 pub use events::RejectedEvent;
 pub use github::*;
 pub use retention::*;
+pub use schema::body_digest;
 pub use stats::*;
 
 #[derive(Debug, thiserror::Error)]
