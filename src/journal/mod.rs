@@ -540,7 +540,11 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, state: WriterState
                 Err(_) => break,
             }
         }
-        let mut tx = match conn.transaction() {
+        // IMMEDIATE: take the write lock first, waiting (busy timeout) while the checkpointer's
+        // truncation holds it. A deferred group that read first would be refused at once when
+        // it then asked for the lock (SQLite does not wait for a read upgrading to a write).
+        let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => {
                 tracing::error!(error = %e, "journal: cannot begin a transaction");

@@ -371,3 +371,35 @@ async fn a_result_named_only_by_its_run_token_finds_a_build_whose_start_was_requ
         "{never_started:?}"
     );
 }
+
+#[tokio::test]
+async fn a_group_waits_for_a_checkpointer_holding_the_write_lock_instead_of_failing() {
+    // The checkpointer's idle truncation (checkpoint.rs) holds the WAL's write lock while it
+    // waits for readers. A group that read first and only then asked for the lock was refused
+    // at once (SQLITE_BUSY: no busy wait for a read upgrading to a write), so the first
+    // delivery after a quiet second could be answered 503. Another connection holds the lock
+    // here, as the checkpointer would, then lets it go.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let holder = Connection::open(journal.path()).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    let admitted = journal
+        .admit(delivery("locked-1", "1", T0, b"{}"), build('a'))
+        .await;
+    release.join().unwrap();
+    let (_, admission) = admitted.expect("the group waits for the lock");
+    assert!(matches!(admission, Admission::Accepted(_)), "{admission:?}");
+    let c = Connection::open(dir.path().join("journal.db")).unwrap();
+    let stored: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE delivery_id = 'locked-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 1);
+}
