@@ -230,8 +230,13 @@ fn insert_delivery(
 }
 
 /// The intake queries, by name, for the query-plan test: each must use an index.
-pub(crate) const FIND_BY_KEY: &str =
-    "SELECT id, state FROM builds WHERE dedup_key = ?1 AND app = ?2";
+/// A redelivery (the same hook and GUID): the app's build from the delivery that made it.
+/// (`CROSS JOIN` keeps SQLite from reading the app's builds through `builds_by_push` (app):
+/// every build of the app, not one.)
+pub(crate) const FIND_BY_KEY: &str = "SELECT b.id, b.state FROM deliveries d
+     CROSS JOIN builds b ON b.delivery = d.id
+     WHERE d.delivery_id = ?1 AND d.hook_id = ?2 AND b.app = ?3
+     LIMIT 1";
 /// The same push from two GitHub hooks: a build of (app, sha, before) from a GitHub delivery.
 pub(crate) const FIND_SAME_PUSH: &str = "SELECT b.id, b.state FROM builds b
      JOIN deliveries d ON d.id = b.delivery
@@ -275,9 +280,10 @@ pub(super) fn admit_in(
     for req in requests {
         let existing: Option<(i64, String)> = tx
             .prepare_cached(FIND_BY_KEY)?
-            .query_row(params![key, req.app.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                params![d.delivery_id.as_str(), d.hook_id.as_str(), req.app.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         // The same push sent by two hooks (a repository's and its organisation's): one build.
         let existing = match existing {

@@ -574,9 +574,8 @@ impl Journal {
     ) -> Result<Vec<Deployment>, JournalError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM deployments WHERE build_row IN
-                   (SELECT b.id FROM builds b JOIN deliveries d ON d.dedup_key = b.dedup_key
-                    WHERE d.id = ?1) ORDER BY id"
+                "SELECT {COLUMNS} FROM deployments WHERE build_row IN ({BUILDS_OF_DELIVERY})
+                 ORDER BY id"
             ))?;
             let rows = stmt
                 .query_map([delivery_row], from_row)?
@@ -586,6 +585,12 @@ impl Journal {
         .await
     }
 }
+
+/// The builds made by a delivery, or by an earlier delivery of the same hook and GUID.
+pub(crate) const BUILDS_OF_DELIVERY: &str = "SELECT b.id FROM deliveries d
+     JOIN deliveries same ON same.delivery_id = d.delivery_id AND same.hook_id = d.hook_id
+     JOIN builds b ON b.delivery = same.id
+     WHERE d.id = ?1";
 
 impl Journal {
     /// Marks builds as asked about, so the reconciler's next pass starts with others.

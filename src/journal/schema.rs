@@ -1,7 +1,7 @@
 //! The journal's tables. A new version appends a migration; old ones never change.
 
 use rusqlite::functions::FunctionFlags;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::JournalError;
@@ -212,6 +212,47 @@ CREATE INDEX builds_by_token ON builds (token)
     r#"
 DROP INDEX deliveries_by_key;
 "#,
+    // Issue 13 (intake speed): a redelivery finds its builds through its GUID
+    // (`deliveries_by_delivery_id`, then `builds_by_delivery`), so the builds' UNIQUE
+    // (dedup_key, app) index only cost a random page for every new build. A table constraint
+    // goes only with its table: `builds` is rebuilt without it, keeping every row, its id and
+    // the AUTOINCREMENT counter (foreign keys are checked after the migrations, see
+    // `migrate_to`). The writer, which checks before it inserts, keeps one build per key.
+    r#"
+CREATE TABLE builds_new (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,  -- journal order: newer pushes have larger ids
+    delivery           INTEGER NOT NULL REFERENCES deliveries(id),
+    dedup_key          TEXT NOT NULL,     -- the delivery's hook_id "/" delivery_id
+    app                TEXT NOT NULL,
+    sha                TEXT NOT NULL,
+    project            TEXT NOT NULL,
+    image_tag          TEXT NOT NULL,     -- the tag the build pushes (IMAGE_TAG)
+    service_key        TEXT NOT NULL,     -- the app's cluster "/" service when it was pushed
+    before_sha         TEXT,              -- the push's `before`: the commit this one follows
+    token              TEXT NOT NULL,     -- StartBuild idempotency token, also SLIPWAY_RUN
+    state              TEXT NOT NULL,     -- pending | build_started | build_succeeded | build_failed | failed
+    build_id           TEXT,
+    build_arn          TEXT,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms    INTEGER NOT NULL,
+    start_requested_ms INTEGER,
+    reason             TEXT,
+    log_link           TEXT,
+    created_ms         INTEGER NOT NULL,
+    updated_ms         INTEGER NOT NULL
+);
+INSERT INTO builds_new SELECT * FROM builds;
+DELETE FROM sqlite_sequence WHERE name = 'builds_new';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'builds_new', seq FROM sqlite_sequence WHERE name = 'builds';
+DROP TABLE builds;
+ALTER TABLE builds_new RENAME TO builds;
+CREATE INDEX builds_by_state ON builds (state, next_attempt_ms);
+CREATE UNIQUE INDEX builds_by_build_id ON builds (build_id) WHERE build_id IS NOT NULL;
+CREATE INDEX builds_by_push ON builds (app, sha, before_sha);
+CREATE INDEX builds_by_delivery ON builds (delivery);
+CREATE INDEX builds_by_token ON builds (token)
+    WHERE build_id IS NULL AND start_requested_ms IS NOT NULL;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
@@ -229,6 +270,18 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), Jou
             Ok(body_digest(body).to_vec())
         },
     )?;
+    // A migration may rebuild a table that others point at (SQLite's documented way: foreign
+    // keys off, which only works outside a transaction); they are checked before the commit.
+    let enforced: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let migrated = migrate_in(conn, target);
+    if enforced {
+        conn.pragma_update(None, "foreign_keys", true)?;
+    }
+    migrated
+}
+
+fn migrate_in(conn: &mut Connection, target: usize) -> Result<(), JournalError> {
     let tx = conn.transaction()?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
@@ -246,6 +299,23 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), Jou
     {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    if (version as usize) < target {
+        let broken: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |r| {
+                Ok(format!(
+                    "{} row {:?} -> {}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, String>(2)?
+                ))
+            })
+            .optional()?;
+        if let Some(broken) = broken {
+            return Err(JournalError::Invalid(format!(
+                "migrating the journal would break a reference ({broken}); nothing was changed"
+            )));
+        }
     }
     tx.commit()?;
     Ok(())

@@ -70,8 +70,18 @@ fn intake_queries_use_an_index_never_a_scan() {
         deployments::FIND_COMPLETED_BUILD,
         // Is this delivery held? (GitHub delivery recovery, journal/github.rs)
         super::github::HELD_DELIVERY,
+        // A delivery's deployments (the API's delivery view).
+        &format!(
+            "SELECT id FROM deployments WHERE build_row IN ({})",
+            deployments::BUILDS_OF_DELIVERY
+        ),
     ] {
         let steps = plan(&c, sql);
+        // A search on a prefix that is one app, or one state, reads all of its rows.
+        assert!(
+            !steps.iter().any(|s| s.ends_with("(app=?)")),
+            "{sql}\nreads every build of an app: {steps:?}"
+        );
         assert!(
             // (`SCAN CONSTANT ROW` is a SELECT without a table, not a scan of one.)
             !steps
@@ -80,6 +90,20 @@ fn intake_queries_use_an_index_never_a_scan() {
             "{sql}\nscans: {steps:?}"
         );
     }
+}
+
+#[test]
+fn a_redelivery_finds_its_build_through_its_guid() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let c = Connection::open(journal.path()).unwrap();
+    assert_eq!(
+        plan(&c, deliveries::FIND_BY_KEY),
+        [
+            "SEARCH d USING INDEX deliveries_by_delivery_id (delivery_id=?)",
+            "SEARCH b USING INDEX builds_by_delivery (delivery=?)"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -402,4 +426,157 @@ async fn a_group_waits_for_a_checkpointer_holding_the_write_lock_instead_of_fail
         )
         .unwrap();
     assert_eq!(stored, 1);
+}
+
+/// A journal from before `builds` lost its UNIQUE (dedup_key, app) constraint (schema 10).
+fn journal_at_schema_10(dir: &std::path::Path, foreign_keys: bool) -> Connection {
+    let mut c = Connection::open(dir.join("journal.db")).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    schema::migrate_to(&mut c, 10).unwrap();
+    c.pragma_update(None, "foreign_keys", foreign_keys).unwrap();
+    c.execute(
+        "INSERT INTO bodies (sha256, refs, body) VALUES (x'00', 2, x'7b7d')",
+        [],
+    )
+    .unwrap();
+    for (guid, state) in [
+        ("d-0", "build_started"),
+        ("d-1", "pending"),
+        ("d-2", "pending"),
+    ] {
+        c.execute(
+            "INSERT INTO deliveries (delivery_id, hook_id, event, source, received_ms,
+                 content_type, headers, body_id, dedup_key, outcome)
+             VALUES (?1, 'h', 'push', 'github', 0, 'application/json', '{}', 1, 'h/' || ?1,
+                     'accepted')",
+            [guid],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO builds (delivery, dedup_key, app, sha, project, image_tag, service_key,
+                 token, state, next_attempt_ms, created_ms, updated_ms, before_sha)
+             VALUES (last_insert_rowid(), 'h/' || ?1, 'web', ?2, 'p', 't', 'main/web', ?1, ?3,
+                     0, 0, 0, ?4)",
+            params![guid, "a".repeat(40), state, "1".repeat(40)],
+        )
+        .unwrap();
+    }
+    // The newest build is gone: the AUTOINCREMENT counter is ahead of the largest id.
+    c.execute("DELETE FROM builds WHERE id = 3", []).unwrap();
+    c.execute(
+        "INSERT INTO deployments (app, service_key, sha, image_tag, trigger, build_row,
+             order_key, state, created_ms, updated_ms)
+         VALUES ('web', 'main/web', 'x', 'x', 'push', 1, 0, 'succeeded', 0, 0)",
+        [],
+    )
+    .unwrap();
+    c
+}
+
+#[tokio::test]
+async fn builds_lose_their_unique_key_index_and_keep_every_row_id_and_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(journal_at_schema_10(dir.path(), true));
+    let journal = Journal::open(dir.path()).unwrap();
+    let (rows, seq, indexes, deployed): (Vec<(i64, String)>, i64, Vec<String>, i64) = journal
+        .read(|c| {
+            let rows = c
+                .prepare("SELECT id, dedup_key FROM builds ORDER BY id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let seq = c.query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'builds'",
+                [],
+                |r| r.get(0),
+            )?;
+            let indexes = c
+                .prepare("SELECT name FROM pragma_index_list('builds') ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let deployed = c.query_row(
+                "SELECT b.id FROM deployments x JOIN builds b ON b.id = x.build_row",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok((rows, seq, indexes, deployed))
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(1, "h/d-0".to_owned()), (2, "h/d-1".to_owned())]);
+    assert_eq!(
+        seq, 3,
+        "the AUTOINCREMENT counter is kept: no id is handed out twice"
+    );
+    assert_eq!(
+        indexes,
+        [
+            "builds_by_build_id",
+            "builds_by_delivery",
+            "builds_by_push",
+            "builds_by_state",
+            "builds_by_token"
+        ],
+        "every index but the constraint's is back"
+    );
+    assert_eq!(deployed, 1, "the deployment still points at its build");
+    // Redeliveries are still found through their GUID: a started build is a duplicate, a
+    // pending one is retried, not doubled.
+    let (_, started) = journal
+        .admit(delivery("d-0", "h", T0, b"{}"), build('a'))
+        .await
+        .unwrap();
+    assert!(matches!(started, Admission::Duplicate), "{started:?}");
+    let (_, pending) = journal
+        .admit(delivery("d-1", "h", T0, b"{}"), build('b'))
+        .await
+        .unwrap();
+    match pending {
+        Admission::Accepted(b) => assert_eq!((b[0].build_row, b[0].retry), (2, true)),
+        other => panic!("{other:?}"),
+    }
+    // A new push gets an id the deleted build never had, and foreign keys are enforced again.
+    let (_, new) = journal
+        .admit(delivery("d-9", "h", T0, b"{\"n\":9}"), build('c'))
+        .await
+        .unwrap();
+    match new {
+        Admission::Accepted(b) => assert_eq!(b[0].build_row, 4),
+        other => panic!("{other:?}"),
+    }
+    let orphan = journal
+        .write(|c| {
+            c.execute(
+                "INSERT INTO builds (delivery, dedup_key, app, sha, project, image_tag,
+                     service_key, token, state, next_attempt_ms, created_ms, updated_ms)
+                 VALUES (999, 'x', 'web', 'x', 'p', 't', 'main/web', 'x', 'pending', 0, 0, 0)",
+                [],
+            )?;
+            Ok(())
+        })
+        .await;
+    assert!(orphan.is_err(), "a build of no delivery is refused");
+}
+
+#[test]
+fn a_migration_that_would_break_a_reference_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Written with foreign keys off: a build of a delivery that is not there.
+        let c = journal_at_schema_10(dir.path(), false);
+        c.execute("DELETE FROM deliveries WHERE id = 2", [])
+            .unwrap();
+    }
+    let Err(err) = Journal::open(dir.path()) else {
+        panic!("the migration is refused");
+    };
+    assert!(
+        err.to_string()
+            .contains("migrating the journal would break a reference (builds row Some(2)"),
+        "{err}"
+    );
+    let c = Connection::open(dir.path().join("journal.db")).unwrap();
+    let version: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 10, "nothing was changed");
 }
