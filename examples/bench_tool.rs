@@ -29,7 +29,14 @@ use slipway::journal::{
 };
 
 /// Deliveries written per transaction (one sync each) by `seed` and `pending`.
-const CHUNK: usize = 5_000;
+const CHUNK: u64 = 5_000;
+
+/// The ranges of delivery numbers `0..n` that `seed` and `pending` write a transaction each.
+fn chunks(n: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
+    (0..n)
+        .step_by(CHUNK as usize)
+        .map(move |start| start..(start + CHUNK).min(n))
+}
 
 /// A commit SHA for push `n`: as random-looking as a real one (so index inserts land where
 /// real ones would, not at the end of each index).
@@ -88,11 +95,10 @@ async fn seed(state_dir: &str, n: u64) {
     let started = std::time::Instant::now();
     let settings = slipway::config::JournalConfig::default();
     const PRUNE_EVERY: u64 = 50_000;
-    for start in (0..n).step_by(CHUNK) {
-        let i = (start + CHUNK as u64).min(n);
-        let chunk: Vec<(NewDelivery, Verdict)> = (start..i)
-            .map(|i| seed_delivery(&template, i, n, now))
-            .collect();
+    for range in chunks(n) {
+        let done = range.end;
+        let chunk: Vec<(NewDelivery, Verdict)> =
+            range.map(|i| seed_delivery(&template, i, n, now)).collect();
         let results = journal.admit_all(chunk).await.expect("seed chunk");
         // Their builds ran long ago.
         let mut started_builds = tokio::task::JoinSet::new();
@@ -107,11 +113,11 @@ async fn seed(state_dir: &str, n: u64) {
         while let Some(t) = started_builds.join_next().await {
             t.expect("task");
         }
-        if i.is_multiple_of(PRUNE_EVERY) || i == n {
+        if done.is_multiple_of(PRUNE_EVERY) || done == n {
             let pruning = std::time::Instant::now();
             let pruned = journal.prune(now, &settings).await.expect("prune");
             eprintln!(
-                "seeded {i} in {:.1?} ({pruned:?} in {:.1?})",
+                "seeded {done} in {:.1?} ({pruned:?} in {:.1?})",
                 started.elapsed(),
                 pruning.elapsed()
             );
@@ -187,8 +193,8 @@ async fn pending(state_dir: &str, n: u64) {
     let journal = Journal::open(std::path::Path::new(state_dir)).expect("open the journal");
     let template = template();
     let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
-    for start in (0..n).step_by(CHUNK) {
-        let chunk: Vec<(NewDelivery, Verdict)> = (start..(start + CHUNK as u64).min(n))
+    for range in chunks(n) {
+        let chunk: Vec<(NewDelivery, Verdict)> = range
             .map(|i| {
                 // Every one a build (i * 10: the seed's accepted ones), received now.
                 let (mut d, v) = seed_delivery(&template, i * 10, n * 10, now);
