@@ -303,10 +303,14 @@ fn migrate_in(conn: &mut Connection, target: usize) -> Result<(), JournalError> 
     if (version as usize) < target {
         let broken: Option<String> = tx
             .query_row("PRAGMA foreign_key_check", [], |r| {
+                // The row id is NULL only for a WITHOUT ROWID table (the journal has none).
+                let row = match r.get::<_, Option<i64>>(1)? {
+                    Some(id) => format!("row {id}"),
+                    None => "a row".to_owned(),
+                };
                 Ok(format!(
-                    "{} row {:?} -> {}",
+                    "{} {row} -> {}",
                     r.get::<_, String>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
                     r.get::<_, String>(2)?
                 ))
             })

@@ -571,7 +571,7 @@ fn a_migration_that_would_break_a_reference_is_refused_and_changes_nothing() {
     };
     assert!(
         err.to_string()
-            .contains("migrating the journal would break a reference (builds row Some(2)"),
+            .contains("migrating the journal would break a reference (builds row 2 -> deliveries)"),
         "{err}"
     );
     let c = Connection::open(dir.path().join("journal.db")).unwrap();
