@@ -243,8 +243,8 @@ pub struct AppConfig {
     pub pin_digest: bool,
     pub deploy_foreign_builds: bool,
     pub rollout_timeout: Duration,
-    /// Slack user ids allowed to deploy and roll back this app from chat (None: everyone
-    /// in the workspace that can run the slash command).
+    /// Slack user ids allowed to deploy and roll back this app from chat (None: nobody;
+    /// `["*"]`: everyone in the workspace that can run the slash command).
     pub slack_users: Option<Vec<String>>,
     /// Which pushes build this app: `paths`, `paths_ignore`, `honor_skip_markers`.
     pub path_rules: crate::push_filter::PathRules,
@@ -1119,8 +1119,13 @@ pub fn slack_signing_secret_from_env() -> Option<Secret> {
 
 // ---- check-config: everything `serve` checks before it starts (issue 10) ----
 
+/// What `serve` says when Slack's signing secret is set without `[chat] slack_team_id`.
+pub const SLACK_TEAM_REQUIRED: &str = "[chat] slack_team_id is required when \
+     SLIPWAY_SLACK_SIGNING_SECRET is set (commands from other Slack workspaces must be refused)";
+
 /// What `serve` would refuse in the environment for `config`, without calling AWS: the webhook
-/// secrets, the ops tokens, the variables `[notify]` names and the AWS region. Every problem is
+/// secrets, the ops tokens, the variables `[notify]` names, Slack's signing secret without
+/// `[chat] slack_team_id`, `[github]` without credentials, and the AWS region. Every problem is
 /// one line naming the variable or key; the values are never shown. `region` is the region the
 /// SDK resolved (environment or profile). Must run inside a tokio runtime (the notifier check
 /// builds the notifier the way `serve` does).
@@ -1137,6 +1142,13 @@ pub fn check_serve_environment(
         problems.push(e.to_string());
     }
     if let Err(e) = crate::notify::Notifier::from_config(&config.notify, &env) {
+        problems.push(e.to_string());
+    }
+    let slack_secret = env(SLACK_SIGNING_SECRET_ENV).is_some_and(|s| !s.trim().is_empty());
+    if slack_secret && config.chat.slack_team_id.is_none() {
+        problems.push(SLACK_TEAM_REQUIRED.to_owned());
+    }
+    if let Err(e) = crate::github::Credentials::from_env(config.github.as_ref(), &env) {
         problems.push(e.to_string());
     }
     if region.is_none_or(str::is_empty) {

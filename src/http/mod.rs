@@ -212,10 +212,7 @@ pub async fn run(
         github,
     } = services;
     if slack_secret.is_some() && config.chat.slack_team_id.is_none() {
-        anyhow::bail!(
-            "[chat] slack_team_id is required when SLIPWAY_SLACK_SIGNING_SECRET is set \
-             (commands from other Slack workspaces must be refused)"
-        );
+        anyhow::bail!(crate::config::SLACK_TEAM_REQUIRED);
     }
     crate::metrics::install(&config);
     let config = Arc::new(config);

@@ -241,6 +241,32 @@ fn check_config_refuses_what_serve_refuses() {
     assert!(err.contains("SLIPWAY_OPS_TOKENS"), "{err}");
     assert!(!err.contains("short"), "the value is never echoed: {err}");
 
+    // Slack's signing secret without the workspace it must come from: serve refuses to start.
+    let (code, _, err) = cli(
+        &b,
+        &[("SLIPWAY_SLACK_SIGNING_SECRET", "sIgNiNg-0123456789")],
+        &["check-config", "--config", config],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("slack_team_id"), "{err}");
+    assert!(!err.contains("sIgNiNg"), "the value is never echoed: {err}");
+
+    // A [github] table without credentials: serve refuses to start.
+    let github = b.clone().extra(
+        "[github]
+api_url = \"http://127.0.0.1:9\"",
+    );
+    let (code, _, err) = cli(&github, &[], &["check-config", "--config", config]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("SLIPWAY_GITHUB_TOKEN"), "{err}");
+    let (code, out, err) = cli(
+        &github,
+        &[("SLIPWAY_GITHUB_TOKEN", "ghp_tOkEn")],
+        &["check-config", "--config", config],
+    );
+    assert_eq!(code, Some(0), "with a token it is accepted: {out}{err}");
+    assert!(!format!("{out}{err}").contains("tOkEn"), "{out}{err}");
+
     // A missing file: its cause once.
     let (code, _, err) = cli(&b, &[], &["check-config", "--config", "/nonexistent.toml"]);
     assert_eq!(code, Some(1));
