@@ -244,6 +244,34 @@ pub(crate) const FIND_SAME_PUSH: &str = "SELECT b.id, b.state FROM builds b
        AND d.source = 'github'
      ORDER BY b.id DESC LIMIT 1";
 
+/// Delivery lines, newest first, of the deliveries `$deliveries` selects. A delivery's builds
+/// are those of the delivery with its GUID from its hook that made them (a redelivery shows the
+/// builds of the delivery it repeats), found through the GUID's index: `builds` has no index on
+/// its own `dedup_key`, and a join on it built a temporary index of every build each time.
+macro_rules! summaries {
+    ($deliveries:literal) => {
+        concat!(
+            "SELECT d.id, d.received_ms, d.delivery_id, d.event, d.source, d.outcome,
+                    b.app, b.sha, b.state, b.build_id, b.attempts,
+                    COALESCE(dp.reason, b.reason, d.reason), dp.id, dp.state
+             FROM (",
+            $deliveries,
+            ") d
+             LEFT JOIN builds b ON d.outcome IN ('accepted', 'duplicate')
+                  AND b.delivery IN (SELECT same.id FROM deliveries same
+                                     WHERE same.delivery_id = d.delivery_id
+                                       AND same.hook_id = d.hook_id)
+             LEFT JOIN deployments dp ON dp.build_row = b.id
+             ORDER BY d.id DESC, b.id"
+        )
+    };
+}
+/// The lines of the newest `?1` deliveries.
+pub(crate) const RECENT_SUMMARIES: &str =
+    summaries!("SELECT * FROM deliveries ORDER BY id DESC LIMIT ?1");
+/// The lines of delivery row `?1`.
+pub(crate) const ONE_SUMMARY: &str = summaries!("SELECT * FROM deliveries WHERE id = ?1");
+
 pub(super) fn admit_in(
     tx: &Connection,
     incoming: &Incoming,
@@ -286,9 +314,15 @@ pub(super) fn admit_in(
             )
             .optional()?;
         // The same push sent by two hooks (a repository's and its organisation's): one build.
+        // That includes a redelivery of a build that failed for good after the other hook's
+        // delivery made a new one: the new one stands for it (retrying both would build twice).
+        let same_push = match &existing {
+            None => true,
+            Some((_, state)) => state == build_state::FAILED,
+        };
         let existing = match existing {
-            Some(found) => Some(found),
-            None if d.source == Source::Github => tx
+            Some(found) if !same_push => Some(found),
+            found if d.source == Source::Github => tx
                 .prepare_cached(FIND_SAME_PUSH)?
                 .query_row(
                     params![
@@ -299,8 +333,9 @@ pub(super) fn admit_in(
                     ],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .optional()?,
-            None => None,
+                .optional()?
+                .or(found),
+            found => found,
         };
         plan.push((req, existing));
     }
@@ -569,19 +604,13 @@ impl Journal {
         limit: u32,
     ) -> Result<Vec<DeliverySummary>, JournalError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT d.id, d.received_ms, d.delivery_id, d.event, d.source, d.outcome,
-                        b.app, b.sha, b.state, b.build_id, b.attempts,
-                        COALESCE(dp.reason, b.reason, d.reason), dp.id, dp.state
-                 FROM (SELECT * FROM deliveries WHERE ?2 IS NULL OR id = ?2
-                       ORDER BY id DESC LIMIT ?1) d
-                 LEFT JOIN builds b ON b.dedup_key = d.dedup_key
-                      AND d.outcome IN ('accepted', 'duplicate')
-                 LEFT JOIN deployments dp ON dp.build_row = b.id
-                 ORDER BY d.id DESC, b.id",
-            )?;
+            let (sql, which) = match only {
+                Some(row) => (ONE_SUMMARY, row),
+                None => (RECENT_SUMMARIES, i64::from(limit)),
+            };
+            let mut stmt = c.prepare_cached(sql)?;
             let rows = stmt
-                .query_map(params![limit, only], |r| {
+                .query_map([which], |r| {
                     Ok(DeliverySummary {
                         row: r.get(0)?,
                         received_at: super::format_millis(r.get(1)?),

@@ -1,7 +1,9 @@
 //! The journal's tables. A new version appends a migration; old ones never change.
 
+use std::collections::BTreeSet;
+
 use rusqlite::functions::FunctionFlags;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use super::JournalError;
@@ -10,7 +12,7 @@ use super::JournalError;
 #[cfg(test)]
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -261,6 +263,15 @@ pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
 
 /// Applies the migrations up to version `target` (a test builds yesterday's journal with it).
 pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), JournalError> {
+    migrate_with(conn, MIGRATIONS, target)
+}
+
+/// Applies `migrations` up to version `target` (tests pass their own list).
+pub(crate) fn migrate_with(
+    conn: &mut Connection,
+    migrations: &[&str],
+    target: usize,
+) -> Result<(), JournalError> {
     conn.create_scalar_function(
         "slipway_sha256",
         1,
@@ -274,24 +285,61 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), Jou
     // keys off, which only works outside a transaction); they are checked before the commit.
     let enforced: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
     conn.pragma_update(None, "foreign_keys", false)?;
-    let migrated = migrate_in(conn, target);
+    let migrated = migrate_in(conn, migrations, target);
     if enforced {
         conn.pragma_update(None, "foreign_keys", true)?;
     }
     migrated
 }
 
-fn migrate_in(conn: &mut Connection, target: usize) -> Result<(), JournalError> {
+/// A reference to a row that is not there: (table, row id, the table it points at).
+type BrokenReference = (String, Option<i64>, String);
+
+/// Every broken reference in the journal (`PRAGMA foreign_key_check`: reads every table).
+fn broken_references(tx: &Connection) -> Result<BTreeSet<BrokenReference>, JournalError> {
+    let mut stmt = tx.prepare("PRAGMA foreign_key_check")?;
+    let broken = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(broken)
+}
+
+fn describe((table, row, parent): &BrokenReference) -> String {
+    // The row id is NULL only for a WITHOUT ROWID table (the journal has none).
+    match row {
+        Some(id) => format!("{table} row {id} -> {parent}"),
+        None => format!("a {table} row -> {parent}"),
+    }
+}
+
+fn migrate_in(
+    conn: &mut Connection,
+    migrations: &[&str],
+    target: usize,
+) -> Result<(), JournalError> {
     let tx = conn.transaction()?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
+    let known = migrations.len() as i64;
     if version > known {
         return Err(JournalError::Invalid(format!(
             "the journal is at schema version {version}, newer than this slipway knows ({known}); \
              run a newer slipway"
         )));
     }
-    for (i, sql) in MIGRATIONS
+    if (version as usize) >= target {
+        return Ok(());
+    }
+    // References broken before (which slipway's own connections never write) are reported and
+    // left as they are; a migration may not break any other.
+    let before = broken_references(&tx)?;
+    if let Some(first) = before.first() {
+        tracing::warn!(
+            broken = before.len(),
+            example = %describe(first),
+            "journal: references were already broken before migrating; left as they are"
+        );
+    }
+    for (i, sql) in migrations
         .iter()
         .enumerate()
         .take(target)
@@ -300,26 +348,12 @@ fn migrate_in(conn: &mut Connection, target: usize) -> Result<(), JournalError> 
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
-    if (version as usize) < target {
-        let broken: Option<String> = tx
-            .query_row("PRAGMA foreign_key_check", [], |r| {
-                // The row id is NULL only for a WITHOUT ROWID table (the journal has none).
-                let row = match r.get::<_, Option<i64>>(1)? {
-                    Some(id) => format!("row {id}"),
-                    None => "a row".to_owned(),
-                };
-                Ok(format!(
-                    "{} {row} -> {}",
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(2)?
-                ))
-            })
-            .optional()?;
-        if let Some(broken) = broken {
-            return Err(JournalError::Invalid(format!(
-                "migrating the journal would break a reference ({broken}); nothing was changed"
-            )));
-        }
+    let after = broken_references(&tx)?;
+    if let Some(broken) = after.difference(&before).next() {
+        return Err(JournalError::Invalid(format!(
+            "migrating the journal would break a reference ({}); nothing was changed",
+            describe(broken)
+        )));
     }
     tx.commit()?;
     Ok(())

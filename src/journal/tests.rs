@@ -83,6 +83,10 @@ fn intake_queries_use_an_index_never_a_scan() {
             "{sql}\nreads every build of an app: {steps:?}"
         );
         assert!(
+            !steps.iter().any(|s| s.contains("AUTOMATIC")),
+            "{sql}\nbuilds a temporary index of a whole table: {steps:?}"
+        );
+        assert!(
             // (`SCAN CONSTANT ROW` is a SELECT without a table, not a scan of one.)
             !steps
                 .iter()
@@ -90,6 +94,40 @@ fn intake_queries_use_an_index_never_a_scan() {
             "{sql}\nscans: {steps:?}"
         );
     }
+}
+
+#[test]
+fn delivery_lines_find_builds_through_the_guid_index_and_build_no_temporary_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let c = Connection::open(journal.path()).unwrap();
+    for sql in [deliveries::RECENT_SUMMARIES, deliveries::ONE_SUMMARY] {
+        let steps = plan(&c, sql);
+        assert!(
+            !steps.iter().any(|s| s.contains("AUTOMATIC")),
+            "a temporary index of every build, for every listing: {steps:?}"
+        );
+        for table in ["b", "same", "dp"] {
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with(&format!("SEARCH {table} USING"))),
+                "{table} is searched through an index: {steps:?}"
+            );
+            assert!(
+                !steps
+                    .iter()
+                    .any(|s| s.starts_with(&format!("SCAN {table}"))),
+                "{table} is scanned: {steps:?}"
+            );
+        }
+    }
+    // One delivery, however old: found by its row, not by reading every newer one.
+    let steps = plan(&c, deliveries::ONE_SUMMARY);
+    assert!(
+        !steps.iter().any(|s| s == "SCAN deliveries"),
+        "one delivery's lines read the deliveries: {steps:?}"
+    );
 }
 
 #[test]
@@ -129,12 +167,150 @@ async fn same_push_from_two_hooks_builds_once_and_redelivery_dedups() {
         .await
         .unwrap();
     assert_eq!(builds, 1);
+    // GitHub redelivers the first hook's delivery while the build is still pending: a retry of
+    // the same build, not a second one.
+    let (_, again) = journal
+        .admit(delivery("d-1", "1", T0 + 1, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    match again {
+        Admission::Accepted(b) => assert!(b[0].retry, "{b:?}"),
+        other => panic!("{other:?}"),
+    }
+    let builds: i64 = journal
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(builds, 1);
     // Identical bodies are stored once.
     let bodies: i64 = journal
         .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM bodies", [], |r| r.get(0))?))
         .await
         .unwrap();
     assert_eq!(bodies, 1);
+}
+
+#[tokio::test]
+async fn a_redelivery_of_a_build_that_failed_for_good_does_not_build_the_push_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (_, first) = journal
+        .admit(delivery("d-1", "1", T0, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    let Admission::Accepted(first) = first else {
+        panic!("{first:?}")
+    };
+    let b1 = first[0].build_row;
+    journal
+        .build_failed_to_start(b1, "AccessDenied".into(), T0 + 1)
+        .await
+        .unwrap();
+    // The organisation's hook sends the same push: the failed build is not reused, a new one is.
+    let (_, org) = journal
+        .admit(delivery("d-2", "2", T0 + 2, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    let Admission::Accepted(org) = org else {
+        panic!("{org:?}")
+    };
+    assert!(!org[0].retry);
+    let b2 = org[0].build_row;
+    assert_ne!(b1, b2);
+    // GitHub redelivers the repository hook's delivery: the push's live build is retried, the
+    // failed one stays failed.
+    let (_, again) = journal
+        .admit(delivery("d-1", "1", T0 + 3, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    match again {
+        Admission::Accepted(b) => assert_eq!((b[0].build_row, b[0].retry), (b2, true)),
+        other => panic!("{other:?}"),
+    }
+    let due: Vec<i64> = journal
+        .due_builds(T0 + 10, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(due, [b2], "one build of the push is due");
+    // Once that build has started, another redelivery is a duplicate.
+    journal
+        .build_started(b2, "web-build:1".into(), Some("arn".into()), T0 + 11)
+        .await
+        .unwrap();
+    let (_, third) = journal
+        .admit(delivery("d-1", "1", T0 + 12, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    assert!(matches!(third, Admission::Duplicate), "{third:?}");
+    // With no other build of the push, a redelivery still retries the failed one.
+    let (_, other) = journal
+        .admit(delivery("d-3", "1", T0 + 13, b"{\"b\":1}"), build('b'))
+        .await
+        .unwrap();
+    let Admission::Accepted(other) = other else {
+        panic!("{other:?}")
+    };
+    let b3 = other[0].build_row;
+    journal
+        .build_failed_to_start(b3, "AccessDenied".into(), T0 + 14)
+        .await
+        .unwrap();
+    let (_, retried) = journal
+        .admit(delivery("d-3", "1", T0 + 15, b"{\"b\":1}"), build('b'))
+        .await
+        .unwrap();
+    match retried {
+        Admission::Accepted(b) => assert_eq!((b[0].build_row, b[0].retry), (b3, true)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn delivery_lines_show_a_redelivery_with_the_build_it_repeats_and_tell_hooks_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (row, _) = journal
+        .admit(delivery("d-1", "1", T0, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    // Another hook, the same GUID (GUIDs are per hook only by convention), another push.
+    journal
+        .admit(delivery("d-1", "2", T0 + 1, b"{\"b\":1}"), build('b'))
+        .await
+        .unwrap();
+    let build_row: i64 = journal
+        .read(|c| Ok(c.query_row("SELECT id FROM builds WHERE delivery = 1", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    journal
+        .build_started(build_row, "web-build:1".into(), Some("arn".into()), T0 + 2)
+        .await
+        .unwrap();
+    let (_, again) = journal
+        .admit(delivery("d-1", "1", T0 + 3, b"{\"a\":1}"), build('a'))
+        .await
+        .unwrap();
+    assert!(matches!(again, Admission::Duplicate), "{again:?}");
+    let lines = journal.recent_deliveries(10).await.unwrap();
+    let seen: Vec<(&str, Option<&str>)> = lines
+        .iter()
+        .map(|l| (l.outcome.as_str(), l.sha.as_deref().map(|s| &s[..1])))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("duplicate", Some("a")),
+            ("accepted", Some("b")),
+            ("accepted", Some("a"))
+        ],
+        "{lines:?}"
+    );
+    let one = journal.delivery_summary(row).await.unwrap();
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0].state.as_deref(), Some("build_started"));
 }
 
 #[tokio::test]
@@ -322,9 +498,14 @@ async fn a_stalled_writer_turns_new_deliveries_away_and_loses_none_it_queued() {
             })
         })
         .collect();
-    while journal.backpressure().is_none() {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Both deliveries are queued behind the held writer (bounded: a failure, not a hang).
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while journal.backpressure().is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the queue fills up");
     let turned_away = journal
         .admit(delivery("q-3", "1", T0, b"q-3"), build('c'))
         .await;
@@ -333,16 +514,17 @@ async fn a_stalled_writer_turns_new_deliveries_away_and_loses_none_it_queued() {
         "{turned_away:?}"
     );
     std::fs::remove_file(&hold).unwrap();
-    for task in queued {
-        let _ = task.await.unwrap();
-    }
-    for id in ["q-1", "q-2"] {
-        let stored = loop {
-            if let Some(rec) = journal.delivery(id).await.unwrap() {
-                break rec;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+    // Once resumed, both queued deliveries are accepted, and an accepted delivery is stored.
+    for (task, id) in queued.into_iter().zip(["q-1", "q-2"]) {
+        let admitted = tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            .await
+            .expect("the writer resumes")
+            .unwrap();
+        assert!(
+            matches!(admitted, Ok((_, Admission::Accepted(_)))),
+            "{admitted:?}"
+        );
+        let stored = journal.delivery(id).await.unwrap().expect("stored");
         assert_eq!(stored.payload().unwrap(), id.as_bytes());
     }
     assert!(journal.delivery("q-3").await.unwrap().is_none());
@@ -478,6 +660,10 @@ async fn builds_lose_their_unique_key_index_and_keep_every_row_id_and_reference(
     let dir = tempfile::tempdir().unwrap();
     drop(journal_at_schema_10(dir.path(), true));
     let journal = Journal::open(dir.path()).unwrap();
+    // The rebuilt table's pages are copied at open, not left in the WAL for the checkpointer's
+    // first idle truncation (which holds the write lock while it copies).
+    let wal = std::fs::metadata(dir.path().join("journal.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the migration's pages are still in the WAL");
     let (rows, seq, indexes, deployed): (Vec<(i64, String)>, i64, Vec<String>, i64) = journal
         .read(|c| {
             let rows = c
@@ -560,23 +746,51 @@ async fn builds_lose_their_unique_key_index_and_keep_every_row_id_and_reference(
 #[test]
 fn a_migration_that_would_break_a_reference_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        // Written with foreign keys off: a build of a delivery that is not there.
-        let c = journal_at_schema_10(dir.path(), false);
-        c.execute("DELETE FROM deliveries WHERE id = 2", [])
-            .unwrap();
-    }
-    let Err(err) = Journal::open(dir.path()) else {
-        panic!("the migration is refused");
-    };
+    let mut c = journal_at_schema_10(dir.path(), true);
+    // A migration 11 that drops a delivery a build points at.
+    let mut migrations = schema::MIGRATIONS[..10].to_vec();
+    migrations.push("DELETE FROM deliveries WHERE id = 2;");
+    let err = schema::migrate_with(&mut c, &migrations, 11).unwrap_err();
     assert!(
         err.to_string()
             .contains("migrating the journal would break a reference (builds row 2 -> deliveries)"),
         "{err}"
     );
-    let c = Connection::open(dir.path().join("journal.db")).unwrap();
     let version: i64 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, 10, "nothing was changed");
+    let deliveries: i64 = c
+        .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(deliveries, 3, "nothing was changed");
+}
+
+#[tokio::test]
+async fn a_reference_broken_before_migrating_is_left_and_does_not_stop_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Written with foreign keys off (not by slipway): a build of a delivery not there.
+        let c = journal_at_schema_10(dir.path(), false);
+        c.execute("DELETE FROM deliveries WHERE id = 2", [])
+            .unwrap();
+    }
+    let journal = Journal::open(dir.path()).unwrap();
+    let (version, builds, broken): (i64, Vec<i64>, i64) = journal
+        .read(|c| {
+            Ok((
+                c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+                c.prepare("SELECT id FROM builds ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?,
+                c.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(version, schema::VERSION, "migrated");
+    assert_eq!(builds, [1, 2], "every build kept, the orphan too");
+    assert_eq!(broken, 1, "the reference broken before, and no other");
 }
