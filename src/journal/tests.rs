@@ -148,40 +148,25 @@ fn a_redelivery_finds_its_build_through_its_guid() {
 async fn same_push_from_two_hooks_builds_once_and_redelivery_dedups() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
-    let (_, first) = journal
-        .admit(delivery("d-1", "1", T0, b"{\"a\":1}"), build('a'))
-        .await
-        .unwrap();
-    assert!(matches!(first, Admission::Accepted(_)));
+    let count_builds = || {
+        journal
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get::<_, i64>(0))?))
+    };
+    let (first, _) = accepted(&journal, "d-1", "1", T0, 'a').await;
     // The organisation's hook: another hook and delivery id, the same push, a pending build.
-    let (_, org) = journal
-        .admit(delivery("d-2", "2", T0, b"{\"a\":1}"), build('a'))
-        .await
-        .unwrap();
-    match org {
-        Admission::Accepted(b) => assert!(b[0].retry, "the pending build is retried, not doubled"),
-        other => panic!("{other:?}"),
-    }
-    let builds: i64 = journal
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0))?))
-        .await
-        .unwrap();
-    assert_eq!(builds, 1);
+    assert_eq!(
+        accepted(&journal, "d-2", "2", T0, 'a').await,
+        (first, true),
+        "the pending build is retried, not doubled"
+    );
+    assert_eq!(count_builds().await.unwrap(), 1);
     // GitHub redelivers the first hook's delivery while the build is still pending: a retry of
     // the same build, not a second one.
-    let (_, again) = journal
-        .admit(delivery("d-1", "1", T0 + 1, b"{\"a\":1}"), build('a'))
-        .await
-        .unwrap();
-    match again {
-        Admission::Accepted(b) => assert!(b[0].retry, "{b:?}"),
-        other => panic!("{other:?}"),
-    }
-    let builds: i64 = journal
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0))?))
-        .await
-        .unwrap();
-    assert_eq!(builds, 1);
+    assert_eq!(
+        accepted(&journal, "d-1", "1", T0 + 1, 'a').await,
+        (first, true)
+    );
+    assert_eq!(count_builds().await.unwrap(), 1);
     // Identical bodies are stored once.
     let bodies: i64 = journal
         .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM bodies", [], |r| r.get(0))?))
@@ -190,43 +175,39 @@ async fn same_push_from_two_hooks_builds_once_and_redelivery_dedups() {
     assert_eq!(bodies, 1);
 }
 
+/// Admits delivery `id` from `hook` asking for a build of `sha` (its body names the commit):
+/// the build it was accepted with, and whether that was a retry. Panics on any other answer.
+async fn accepted(journal: &Journal, id: &str, hook: &str, at: i64, sha: char) -> (i64, bool) {
+    let body = format!("{{\"after\":\"{sha}\"}}");
+    let (_, admission) = journal
+        .admit(delivery(id, hook, at, body.as_bytes()), build(sha))
+        .await
+        .unwrap();
+    match admission {
+        Admission::Accepted(b) => (b[0].build_row, b[0].retry),
+        other => panic!("{id} from hook {hook}: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_redelivery_of_a_build_that_failed_for_good_does_not_build_the_push_twice() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
-    let (_, first) = journal
-        .admit(delivery("d-1", "1", T0, b"{\"a\":1}"), build('a'))
-        .await
-        .unwrap();
-    let Admission::Accepted(first) = first else {
-        panic!("{first:?}")
-    };
-    let b1 = first[0].build_row;
+    let (b1, _) = accepted(&journal, "d-1", "1", T0, 'a').await;
     journal
         .build_failed_to_start(b1, "AccessDenied".into(), T0 + 1)
         .await
         .unwrap();
     // The organisation's hook sends the same push: the failed build is not reused, a new one is.
-    let (_, org) = journal
-        .admit(delivery("d-2", "2", T0 + 2, b"{\"a\":1}"), build('a'))
-        .await
-        .unwrap();
-    let Admission::Accepted(org) = org else {
-        panic!("{org:?}")
-    };
-    assert!(!org[0].retry);
-    let b2 = org[0].build_row;
+    let (b2, retry) = accepted(&journal, "d-2", "2", T0 + 2, 'a').await;
+    assert!(!retry);
     assert_ne!(b1, b2);
     // GitHub redelivers the repository hook's delivery: the push's live build is retried, the
     // failed one stays failed.
-    let (_, again) = journal
-        .admit(delivery("d-1", "1", T0 + 3, b"{\"a\":1}"), build('a'))
-        .await
-        .unwrap();
-    match again {
-        Admission::Accepted(b) => assert_eq!((b[0].build_row, b[0].retry), (b2, true)),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        accepted(&journal, "d-1", "1", T0 + 3, 'a').await,
+        (b2, true)
+    );
     let due: Vec<i64> = journal
         .due_builds(T0 + 10, 10)
         .await
@@ -241,31 +222,20 @@ async fn a_redelivery_of_a_build_that_failed_for_good_does_not_build_the_push_tw
         .await
         .unwrap();
     let (_, third) = journal
-        .admit(delivery("d-1", "1", T0 + 12, b"{\"a\":1}"), build('a'))
+        .admit(delivery("d-1", "1", T0 + 12, b"{}"), build('a'))
         .await
         .unwrap();
     assert!(matches!(third, Admission::Duplicate), "{third:?}");
     // With no other build of the push, a redelivery still retries the failed one.
-    let (_, other) = journal
-        .admit(delivery("d-3", "1", T0 + 13, b"{\"b\":1}"), build('b'))
-        .await
-        .unwrap();
-    let Admission::Accepted(other) = other else {
-        panic!("{other:?}")
-    };
-    let b3 = other[0].build_row;
+    let (b3, _) = accepted(&journal, "d-3", "1", T0 + 13, 'b').await;
     journal
         .build_failed_to_start(b3, "AccessDenied".into(), T0 + 14)
         .await
         .unwrap();
-    let (_, retried) = journal
-        .admit(delivery("d-3", "1", T0 + 15, b"{\"b\":1}"), build('b'))
-        .await
-        .unwrap();
-    match retried {
-        Admission::Accepted(b) => assert_eq!((b[0].build_row, b[0].retry), (b3, true)),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        accepted(&journal, "d-3", "1", T0 + 15, 'b').await,
+        (b3, true)
+    );
 }
 
 #[tokio::test]
