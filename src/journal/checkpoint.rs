@@ -98,7 +98,7 @@ const IDLE_TRUNCATE_AFTER: Duration = Duration::from_secs(1);
 const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
 
 /// Copies the whole WAL and empties the file; true if it did.
-fn truncate(conn: &Connection) -> bool {
+pub(super) fn truncate(conn: &Connection) -> bool {
     match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
         r.get::<_, i64>(0)
     }) {

@@ -244,10 +244,26 @@ pub(crate) const FIND_SAME_PUSH: &str = "SELECT b.id, b.state FROM builds b
        AND d.source = 'github'
      ORDER BY b.id DESC LIMIT 1";
 
-/// Delivery lines, newest first, of the deliveries `$deliveries` selects. A delivery's builds
-/// are those of the delivery with its GUID from its hook that made them (a redelivery shows the
-/// builds of the delivery it repeats), found through the GUID's index: `builds` has no index on
-/// its own `dedup_key`, and a join on it built a temporary index of every build each time.
+/// The builds of delivery row `$row`: those made by the delivery of its hook and GUID that made
+/// them (a redelivery's are those of the delivery it repeats), found through the GUID's index.
+/// (`builds` has no index on its own `dedup_key`: a join on it built a temporary index of every
+/// build each time.)
+macro_rules! builds_of_delivery {
+    ($row:literal) => {
+        concat!(
+            "SELECT own.id FROM deliveries asked
+             JOIN deliveries same ON same.delivery_id = asked.delivery_id
+                                 AND same.hook_id = asked.hook_id
+             JOIN builds own ON own.delivery = same.id
+             WHERE asked.id = ",
+            $row
+        )
+    };
+}
+/// The builds of delivery row `?1` (for its deployments).
+pub(crate) const BUILDS_OF_DELIVERY: &str = builds_of_delivery!("?1");
+
+/// Delivery lines, newest first, of the deliveries `$deliveries` selects, each with its builds.
 macro_rules! summaries {
     ($deliveries:literal) => {
         concat!(
@@ -258,9 +274,9 @@ macro_rules! summaries {
             $deliveries,
             ") d
              LEFT JOIN builds b ON d.outcome IN ('accepted', 'duplicate')
-                  AND b.delivery IN (SELECT same.id FROM deliveries same
-                                     WHERE same.delivery_id = d.delivery_id
-                                       AND same.hook_id = d.hook_id)
+                  AND b.id IN (",
+            builds_of_delivery!("d.id"),
+            ")
              LEFT JOIN deployments dp ON dp.build_row = b.id
              ORDER BY d.id DESC, b.id"
         )
@@ -316,12 +332,8 @@ pub(super) fn admit_in(
         // The same push sent by two hooks (a repository's and its organisation's): one build.
         // That includes a redelivery of a build that failed for good after the other hook's
         // delivery made a new one: the new one stands for it (retrying both would build twice).
-        let same_push = match &existing {
-            None => true,
-            Some((_, state)) => state == build_state::FAILED,
-        };
         let existing = match existing {
-            Some(found) if !same_push => Some(found),
+            Some((id, state)) if state != build_state::FAILED => Some((id, state)),
             found if d.source == Source::Github => tx
                 .prepare_cached(FIND_SAME_PUSH)?
                 .query_row(

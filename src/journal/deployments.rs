@@ -3,6 +3,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
+use super::deliveries::BUILDS_OF_DELIVERY;
 use super::{build_state, Journal, JournalError};
 
 /// Deployment states, as stored.
@@ -585,12 +586,6 @@ impl Journal {
         .await
     }
 }
-
-/// The builds made by a delivery, or by an earlier delivery of the same hook and GUID.
-pub(crate) const BUILDS_OF_DELIVERY: &str = "SELECT b.id FROM deliveries d
-     JOIN deliveries same ON same.delivery_id = d.delivery_id AND same.hook_id = d.hook_id
-     JOIN builds b ON b.delivery = same.id
-     WHERE d.id = ?1";
 
 impl Journal {
     /// Marks builds as asked about, so the reconciler's next pass starts with others.

@@ -278,9 +278,7 @@ impl Journal {
         // Copy what the WAL holds (a migration's rewritten tables, or the writes before a
         // crash) now, before anything waits for the writer: left to the checkpointer's first
         // idle truncation, a large copy would hold the write lock while deliveries wait.
-        if let Err(e) = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "journal: cannot checkpoint at open; the checkpointer will");
-        }
+        checkpoint::truncate(&writer);
         let checkpointer = checkpoint::Checkpointer::start(&path)?;
         let reader = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let (tx, rx) = mpsc::channel::<Job>();

@@ -219,7 +219,7 @@ DROP INDEX deliveries_by_key;
     // (dedup_key, app) index only cost a random page for every new build. A table constraint
     // goes only with its table: `builds` is rebuilt without it, keeping every row, its id and
     // the AUTOINCREMENT counter (foreign keys are checked after the migrations, see
-    // `migrate_to`). The writer, which checks before it inserts, keeps one build per key.
+    // `migrate_in`). The writer, which checks before it inserts, keeps one build per key.
     r#"
 CREATE TABLE builds_new (
     id                 INTEGER PRIMARY KEY AUTOINCREMENT,  -- journal order: newer pushes have larger ids

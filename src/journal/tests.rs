@@ -73,7 +73,7 @@ fn intake_queries_use_an_index_never_a_scan() {
         // A delivery's deployments (the API's delivery view).
         &format!(
             "SELECT id FROM deployments WHERE build_row IN ({})",
-            deployments::BUILDS_OF_DELIVERY
+            deliveries::BUILDS_OF_DELIVERY
         ),
     ] {
         let steps = plan(&c, sql);
