@@ -47,11 +47,25 @@ fn plan(c: &Connection, sql: &str) -> Vec<String> {
         .unwrap()
 }
 
-#[test]
-fn intake_queries_use_an_index_never_a_scan() {
+/// A new journal (in a directory kept while the first value lives) and a connection to it.
+fn new_journal() -> (tempfile::TempDir, Journal, Connection) {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
     let c = Connection::open(journal.path()).unwrap();
+    (dir, journal, c)
+}
+
+/// Fails if `sql`'s plan builds a temporary index (`AUTOMATIC`): of a whole table, every time.
+fn assert_no_temporary_index(sql: &str, steps: &[String]) {
+    assert!(
+        !steps.iter().any(|s| s.contains("AUTOMATIC")),
+        "{sql}\nbuilds a temporary index of a whole table: {steps:?}"
+    );
+}
+
+#[test]
+fn intake_queries_use_an_index_never_a_scan() {
+    let (_dir, _journal, c) = new_journal();
     let vacuum: i64 = c
         .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
         .unwrap();
@@ -82,10 +96,7 @@ fn intake_queries_use_an_index_never_a_scan() {
             !steps.iter().any(|s| s.ends_with("(app=?)")),
             "{sql}\nreads every build of an app: {steps:?}"
         );
-        assert!(
-            !steps.iter().any(|s| s.contains("AUTOMATIC")),
-            "{sql}\nbuilds a temporary index of a whole table: {steps:?}"
-        );
+        assert_no_temporary_index(sql, &steps);
         assert!(
             // (`SCAN CONSTANT ROW` is a SELECT without a table, not a scan of one.)
             !steps
@@ -98,15 +109,10 @@ fn intake_queries_use_an_index_never_a_scan() {
 
 #[test]
 fn delivery_lines_find_builds_through_the_guid_index_and_build_no_temporary_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    let c = Connection::open(journal.path()).unwrap();
+    let (_dir, _journal, c) = new_journal();
     for sql in [deliveries::RECENT_SUMMARIES, deliveries::ONE_SUMMARY] {
         let steps = plan(&c, sql);
-        assert!(
-            !steps.iter().any(|s| s.contains("AUTOMATIC")),
-            "a temporary index of every build, for every listing: {steps:?}"
-        );
+        assert_no_temporary_index(sql, &steps);
         for table in ["b", "same", "dp"] {
             assert!(
                 steps
@@ -132,9 +138,7 @@ fn delivery_lines_find_builds_through_the_guid_index_and_build_no_temporary_inde
 
 #[test]
 fn a_redelivery_finds_its_build_through_its_guid() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    let c = Connection::open(journal.path()).unwrap();
+    let (_dir, _journal, c) = new_journal();
     assert_eq!(
         plan(&c, deliveries::FIND_BY_KEY),
         [
