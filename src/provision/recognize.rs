@@ -68,8 +68,9 @@ pub(super) struct Targets {
 }
 
 /// Picks, among the rule's targets: one that sends the whole event to the queue, whatever its
-/// Id (slipway's own first); else slipway's own (`TARGET_ID`, to be brought in line); else
-/// one that sends something else to the queue (to be brought in line under its own Id).
+/// Id (one with a dead-letter queue first, as the stack's has, then slipway's own); else
+/// slipway's own (`TARGET_ID`, to be brought in line); else one that sends something else to
+/// the queue (to be brought in line under its own Id).
 pub(super) fn pick_targets(targets: &[Target], queue_arn: Option<&str>) -> Targets {
     let to_queue = |t: &&Target| queue_arn.is_some_and(|arn| t.arn() == arn);
     let ours = |t: &&Target| t.id() == TARGET_ID;
@@ -77,8 +78,7 @@ pub(super) fn pick_targets(targets: &[Target], queue_arn: Option<&str>) -> Targe
     let keep = targets
         .iter()
         .filter(whole)
-        .find(ours)
-        .or_else(|| targets.iter().find(whole))
+        .max_by_key(|t| (t.dead_letter_config().is_some(), t.id() == TARGET_ID))
         .or_else(|| targets.iter().find(ours))
         .or_else(|| targets.iter().find(to_queue))
         .cloned();
@@ -94,6 +94,7 @@ pub(super) fn pick_targets(targets: &[Target], queue_arn: Option<&str>) -> Targe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_eventbridge::types::DeadLetterConfig;
     use serde_json::json;
 
     const QUEUE: &str = "arn:aws:sqs:eu-west-1:123456789012:slipway-events";
@@ -149,8 +150,20 @@ mod tests {
         assert_eq!(picked.keep.unwrap().id(), "slipway-events-queue");
         assert!(picked.extra.is_empty());
 
-        let both = [stack, target(TARGET_ID, QUEUE), target("audit", "arn:other")];
+        // Both: the one with a dead-letter queue (the stack's) stays, the other is named.
+        let with_dlq = Target::builder()
+            .id("slipway-events-queue")
+            .arn(QUEUE)
+            .dead_letter_config(DeadLetterConfig::builder().arn("arn:dlq").build())
+            .build()
+            .unwrap();
+        let both = [target(TARGET_ID, QUEUE), with_dlq, target("audit", "arn:other")];
         let picked = pick_targets(&both, Some(QUEUE));
+        assert_eq!(picked.keep.unwrap().id(), "slipway-events-queue");
+        assert_eq!(picked.extra, [TARGET_ID]);
+        // Without one, slipway's own stays.
+        let plain = [stack, target(TARGET_ID, QUEUE)];
+        let picked = pick_targets(&plain, Some(QUEUE));
         assert_eq!(picked.keep.unwrap().id(), TARGET_ID);
         assert_eq!(picked.extra, ["slipway-events-queue"]);
 
