@@ -89,7 +89,11 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
 
 /// `slipway healthcheck`: `url` if given, else the public listener of the config at
 /// `config_path`. Any error (the config included) is a failed check: exit 1.
-pub async fn command(config_path: &Path, url: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
+pub async fn command(
+    config_path: &Path,
+    url: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let url = match url {
         Some(url) => url.to_owned(),
         None => {

@@ -449,9 +449,10 @@ impl Plumbing<'_> {
             );
             return Ok(());
         }
-        let targets = self.list_targets(&rule_name).await.map_err(|e| {
-            self.failed(Kind::RuleTarget, &format!("{rule_name}/{TARGET_ID}"), e)
-        })?;
+        let targets = self
+            .list_targets(&rule_name)
+            .await
+            .map_err(|e| self.failed(Kind::RuleTarget, &format!("{rule_name}/{TARGET_ID}"), e))?;
         // The stack's target (another Id) counts as the target: no second one is added.
         let Targets {
             keep: current,

@@ -157,7 +157,11 @@ mod tests {
             .dead_letter_config(DeadLetterConfig::builder().arn("arn:dlq").build())
             .build()
             .unwrap();
-        let both = [target(TARGET_ID, QUEUE), with_dlq, target("audit", "arn:other")];
+        let both = [
+            target(TARGET_ID, QUEUE),
+            with_dlq,
+            target("audit", "arn:other"),
+        ];
         let picked = pick_targets(&both, Some(QUEUE));
         assert_eq!(picked.keep.unwrap().id(), "slipway-events-queue");
         assert_eq!(picked.extra, [TARGET_ID]);

@@ -221,17 +221,44 @@ fn dockerfile_is_multi_stage_non_root_with_volume_and_healthcheck() {
         "the final USER is root: {user}"
     );
 
+    // The health check is slipway's own, in exec form: the runtime has no shell and no curl.
     let healthchecks = instruction(&instructions, "HEALTHCHECK");
     assert!(
-        healthchecks.iter().any(|h| h.contains("/healthz")),
-        "no HEALTHCHECK on /healthz: {healthchecks:?}"
+        healthchecks
+            .iter()
+            .any(|h| h.contains(r#"CMD ["/usr/local/bin/slipway", "healthcheck""#)),
+        "no HEALTHCHECK running `slipway healthcheck`: {healthchecks:?}"
     );
+    let runtime = runtime_stage(&instructions);
+    for i in &runtime {
+        let lower = i.to_ascii_lowercase();
+        assert!(
+            !lower.starts_with("run ") && !lower.contains("curl") && !lower.contains("apt"),
+            "the runtime stage runs or installs something: {i}"
+        );
+    }
 
     let volumes = instruction(&instructions, "VOLUME");
-    assert!(
-        volumes.iter().any(|v| v.contains("/var/lib/slipway")),
-        "no VOLUME /var/lib/slipway: {volumes:?}"
-    );
+    for path in [
+        "/var/lib/slipway",
+        "/tmp",
+        "/var/lib/amazon",
+        "/var/log/amazon",
+    ] {
+        assert!(
+            volumes.iter().any(|v| v.contains(&format!("\"{path}\""))),
+            "no VOLUME {path}: {volumes:?}"
+        );
+    }
+}
+
+/// The instructions of the last stage (from its FROM on).
+fn runtime_stage(instructions: &[String]) -> Vec<&String> {
+    let start = instructions
+        .iter()
+        .rposition(|i| i.to_ascii_uppercase().starts_with("FROM "))
+        .expect("a FROM");
+    instructions[start..].iter().collect()
 }
 
 #[test]
@@ -261,40 +288,264 @@ fn systemd_unit_serves_with_a_config_file() {
 }
 
 #[test]
-fn buildspec_tags_with_image_tag_falling_back_to_the_commit() {
-    let buildspec = read("deploy/buildspec.yml");
+fn app_buildspec_tags_with_image_tag_falling_back_to_the_commit() {
+    let buildspec = read("examples/app-buildspec.yml");
     assert!(
         buildspec.contains("${IMAGE_TAG:-$CODEBUILD_RESOLVED_SOURCE_VERSION}"),
-        "deploy/buildspec.yml must tag with $IMAGE_TAG and fall back to \
+        "examples/app-buildspec.yml must tag with $IMAGE_TAG and fall back to \
          $CODEBUILD_RESOLVED_SOURCE_VERSION"
     );
     assert!(buildspec.lines().any(|l| l.trim() == "version: 0.2"));
 }
 
+/// deploy/buildspec.yml builds slipway's own image from deploy/Dockerfile in the repository
+/// root, passes pinned base images through when the project sets them, and pushes the tag.
 #[test]
-fn dockerfile_base_images_are_pinned_by_digest() {
+fn buildspec_builds_and_pushes_slipways_own_image() {
+    let buildspec = read("deploy/buildspec.yml");
+    assert!(buildspec.lines().any(|l| l.trim() == "version: 0.2"));
+    let commands: Vec<&str> = buildspec.lines().map(str::trim).collect();
+    assert!(
+        commands
+            .iter()
+            .any(|l| l.starts_with("set -- --file deploy/Dockerfile")),
+        "it does not build deploy/Dockerfile"
+    );
+    assert!(
+        commands.iter().any(|l| *l == r#"docker build "$@" ."#),
+        "it does not build in the repository root (the context .dockerignore trims)"
+    );
+    let dockerfile = dockerfile_instructions(&read("deploy/Dockerfile"));
+    let args: Vec<&str> = instruction(&dockerfile, "ARG")
+        .into_iter()
+        .filter_map(|a| a.split_once('=').map(|(name, _)| name))
+        .collect();
+    for arg in ["RUST_IMAGE", "RUNTIME_IMAGE"] {
+        assert!(args.contains(&arg), "the Dockerfile has no ARG {arg}");
+        assert!(
+            buildspec.contains(&format!(r#"--build-arg "{arg}=${arg}""#)),
+            "the buildspec does not pass {arg}"
+        );
+    }
+    assert!(buildspec.contains(r#"docker push "$ECR_REPOSITORY_URI:$TAG""#));
+    assert!(buildspec.contains("${IMAGE_TAG:-$CODEBUILD_RESOLVED_SOURCE_VERSION}"));
+    // The config, when given, is baked where the image reads it.
+    let env = instruction(&dockerfile, "ENV").join(" ");
+    assert!(
+        env.contains("SLIPWAY_CONFIG=/etc/slipway/slipway.toml"),
+        "{env}"
+    );
+    assert!(buildspec.contains("COPY slipway.toml /etc/slipway/slipway.toml"));
+}
+
+/// The base images are real tags (the file builds as it is, no placeholder), set through
+/// ARGs so a digest can be pinned with --build-arg; a digest, where written, is well-formed.
+#[test]
+fn dockerfile_base_images_are_tagged_and_pinnable() {
     let instructions = dockerfile_instructions(&read("deploy/Dockerfile"));
     let args: Vec<(&str, &str)> = instruction(&instructions, "ARG")
         .into_iter()
         .filter_map(|a| a.split_once('='))
         .collect();
     let froms = instruction(&instructions, "FROM");
+    let stages: Vec<&str> = froms
+        .iter()
+        .filter_map(|f| f.split_whitespace().nth(2))
+        .collect();
     for from in &froms {
         let image = from.split_whitespace().next().unwrap();
-        let resolved = match image.strip_prefix("${").and_then(|i| i.strip_suffix('}')) {
-            Some(arg) => args
-                .iter()
-                .find(|(name, _)| *name == arg)
-                .map(|(_, v)| *v)
-                .unwrap_or_else(|| panic!("FROM {image}: no ARG {arg} with a default")),
-            None => image,
+        if stages.contains(&image) {
+            continue;
+        }
+        let arg = image
+            .strip_prefix("${")
+            .and_then(|i| i.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("FROM {image}: not an ARG, so no digest can be passed"));
+        let default = args
+            .iter()
+            .find(|(name, _)| *name == arg)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("FROM {image}: no ARG {arg} with a default"));
+        let (name, digest) = match default.split_once("@sha256:") {
+            Some((name, digest)) => (name, Some(digest)),
+            None => (default, None),
         };
-        let digest = resolved.split_once("@sha256:").map(|(_, d)| d);
+        if let Some(d) = digest {
+            assert!(
+                d.len() == 64
+                    && d.bytes().all(|b| b.is_ascii_hexdigit())
+                    && d.bytes().any(|b| b != b'0'),
+                "ARG {arg}: {default} has a malformed or placeholder digest"
+            );
+        }
+        let last = name.rsplit('/').next().unwrap();
+        let tag = last.split_once(':').map(|(_, t)| t);
         assert!(
-            digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())),
-            "FROM {from} ({resolved}) is not pinned by digest"
+            digest.is_some() || tag.is_some_and(|t| !t.is_empty() && t != "latest"),
+            "ARG {arg}: {default} names no tag (or latest)"
         );
     }
+}
+
+/// A minimal `.dockerignore` matcher: Docker's rules for the patterns it uses (`*`, `?` within
+/// a path segment, `**` across segments, `!` re-includes, the last matching line wins, and a
+/// pattern that matches a directory matches everything under it).
+fn dockerignore_excludes(patterns: &[(bool, String)], path: &str) -> bool {
+    fn segment_matches(pattern: &str, text: &str) -> bool {
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+        fn go(p: &[char], t: &[char]) -> bool {
+            match p.first() {
+                None => t.is_empty(),
+                Some('*') => (0..=t.len()).any(|i| go(&p[1..], &t[i..])),
+                Some('?') => !t.is_empty() && go(&p[1..], &t[1..]),
+                Some(c) => t.first() == Some(c) && go(&p[1..], &t[1..]),
+            }
+        }
+        go(&p, &t)
+    }
+    fn matches(pattern: &[&str], path: &[&str]) -> bool {
+        match pattern.first() {
+            None => path.is_empty(),
+            Some(&"**") => (0..=path.len()).any(|i| matches(&pattern[1..], &path[i..])),
+            Some(p) => {
+                !path.is_empty()
+                    && segment_matches(p, path[0])
+                    && matches(&pattern[1..], &path[1..])
+            }
+        }
+    }
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut excluded = false;
+    for (negated, pattern) in patterns {
+        let pattern: Vec<&str> = pattern
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        // The path itself or one of its parent directories.
+        if (1..=segments.len()).any(|n| matches(&pattern, &segments[..n])) {
+            excluded = !negated;
+        }
+    }
+    excluded
+}
+
+fn dockerignore() -> Vec<(bool, String)> {
+    read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| match l.strip_prefix('!') {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, l.to_owned()),
+        })
+        .collect()
+}
+
+#[test]
+fn dockerignore_matcher_follows_dockers_rules() {
+    let rules = |lines: &[&str]| -> Vec<(bool, String)> {
+        lines
+            .iter()
+            .map(|l| match l.strip_prefix('!') {
+                Some(rest) => (true, rest.to_owned()),
+                None => (false, (*l).to_owned()),
+            })
+            .collect()
+    };
+    let r = rules(&["*", "!src", "src/**/*.db"]);
+    assert!(dockerignore_excludes(&r, "target/release/slipway"));
+    assert!(!dockerignore_excludes(&r, "src/main.rs"));
+    assert!(dockerignore_excludes(&r, "src/journal/x.db"));
+    assert!(!dockerignore_excludes(&rules(&["target"]), "src/target.rs"));
+    assert!(dockerignore_excludes(&rules(&["**/.env"]), "a/b/.env"));
+}
+
+/// Every COPY from the build context exists in the repository and is sent by .dockerignore;
+/// what must not be sent (the target directory, the emulator's venv, git, journals) is not.
+#[test]
+fn dockerfile_copy_sources_exist_and_are_in_the_build_context() {
+    let instructions = dockerfile_instructions(&read("deploy/Dockerfile"));
+    let ignore = dockerignore();
+    let mut checked = 0;
+    for copy in instruction(&instructions, "COPY") {
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        if words.iter().any(|w| w.starts_with("--from=")) {
+            continue;
+        }
+        let operands: Vec<&str> = words
+            .iter()
+            .copied()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        assert!(operands.len() >= 2, "COPY {copy}");
+        for source in &operands[..operands.len() - 1] {
+            let path = repo().join(source);
+            assert!(
+                path.exists(),
+                "COPY {source}: no such file in the repository"
+            );
+            assert!(
+                !dockerignore_excludes(&ignore, source),
+                "COPY {source}: .dockerignore keeps it out of the build context"
+            );
+            if path.is_dir() {
+                for entry in std::fs::read_dir(&path).unwrap() {
+                    let name = entry.unwrap().file_name();
+                    let inner = format!("{source}/{}", name.to_string_lossy());
+                    assert!(
+                        !dockerignore_excludes(&ignore, &inner),
+                        "{inner} is kept out of the build context"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} COPY sources found");
+    for kept_out in [
+        "target/debug/slipway",
+        ".venv/bin/python",
+        ".local/npm",
+        ".git/HEAD",
+        "tests/it/main.rs",
+        "slipway.toml",
+        "journal.db",
+        ".env",
+    ] {
+        assert!(
+            dockerignore_excludes(&ignore, kept_out),
+            "{kept_out} would be sent to the Docker daemon"
+        );
+    }
+}
+
+/// hadolint (the Dockerfile linter), installed by scripts/setup-test-tools.sh.
+#[test]
+fn dockerfile_passes_hadolint() {
+    let venv = repo().join(".venv/bin/hadolint");
+    let hadolint = if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("hadolint")
+    };
+    let output = Command::new(&hadolint)
+        .arg("deploy/Dockerfile")
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {}: {e}: run scripts/setup-test-tools.sh (it installs hadolint)",
+                hadolint.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "hadolint deploy/Dockerfile failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The lines of the template between `start` (a line equal to it, trimmed) and the next

@@ -979,7 +979,10 @@ async fn create_template_plumbing(emu: &Emulator, projects: &str) -> cfn::Stack 
     stack.set_ref("BackupBucket", "slipway-backups-example");
     for logical in ["DeadLetterQueue", "EventsQueue"] {
         let properties = stack.properties(logical);
-        let name = properties["QueueName"].as_str().expect("QueueName").to_owned();
+        let name = properties["QueueName"]
+            .as_str()
+            .expect("QueueName")
+            .to_owned();
         let mut request = emu.sqs().create_queue().queue_name(&name);
         for (key, value) in properties.as_object().unwrap() {
             if key == "QueueName" {

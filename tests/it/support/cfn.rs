@@ -69,7 +69,9 @@ impl Stack {
                 .or_else(|| declaration.get("Default").cloned())
                 .unwrap_or_else(|| panic!("parameter {name} has no default: give it"));
             let value = match (declaration["Type"].as_str(), value) {
-                (Some(t), Value::String(s)) if t.starts_with("List<") || t == "CommaDelimitedList" => {
+                (Some(t), Value::String(s))
+                    if t.starts_with("List<") || t == "CommaDelimitedList" =>
+                {
                     Value::from(s.split(',').map(str::to_owned).collect::<Vec<_>>())
                 }
                 (_, v) => v,
