@@ -929,52 +929,11 @@ async fn a_service_deployed_by_codedeploy_is_reported_missing() {
     assert_eq!(run.status("service", "main/web"), "ok");
 }
 
-/// Required parameters of deploy/cloudformation.yml that these tests do not care about.
-fn template_parameters(projects: &str) -> Vec<(&'static str, Value)> {
-    let arn = |s: &str| Value::from(s.to_owned());
-    vec![
-        ("VpcId", arn("vpc-1")),
-        ("SubnetIds", arn("subnet-1,subnet-2")),
-        ("PublicSubnetIds", arn("subnet-3,subnet-4")),
-        (
-            "CertificateArn",
-            arn("arn:aws:acm:eu-west-1:123456789012:certificate/abc"),
-        ),
-        ("SlipwayImage", arn("slipway:1")),
-        (
-            "WebhookSecretArn",
-            arn("arn:aws:secretsmanager:eu-west-1:123456789012:secret:hook"),
-        ),
-        ("AppRoleArns", arn("arn:aws:iam::123456789012:role/web")),
-        ("CodeBuildProjectNames", Value::from(projects.to_owned())),
-        (
-            "CodeBuildProjectArns",
-            arn("arn:aws:codebuild:eu-west-1:123456789012:project/web-build"),
-        ),
-        (
-            "EcsServiceArns",
-            arn("arn:aws:ecs:eu-west-1:123456789012:service/main/web"),
-        ),
-        (
-            "EcsClusterArns",
-            arn("arn:aws:ecs:eu-west-1:123456789012:cluster/main"),
-        ),
-        (
-            "TaskDefinitionArns",
-            arn("arn:aws:ecs:eu-west-1:123456789012:task-definition/web:*"),
-        ),
-        (
-            "EcrRepositoryArns",
-            arn("arn:aws:ecr:eu-west-1:123456789012:repository/web"),
-        ),
-    ]
-}
-
 /// What CloudFormation makes of the template's queues, rule, target and queue policy, made
 /// here in the emulator with the SDK from the template's own properties (evaluated for one
 /// set of parameters). The stack, with what Ref and GetAtt give for them.
 async fn create_template_plumbing(emu: &Emulator, projects: &str) -> cfn::Stack {
-    let mut stack = cfn::Stack::new(cfn::load(), &template_parameters(projects));
+    let mut stack = cfn::Stack::new(cfn::load(), &cfn::example_parameters(projects));
     // Not made here: only named in the generated config.
     stack.set_ref("BackupBucket", "slipway-backups-example");
     for logical in ["DeadLetterQueue", "EventsQueue"] {

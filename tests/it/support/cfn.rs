@@ -37,6 +37,48 @@ pub fn load() -> Value {
     serde_json::from_slice(&out.stdout).expect("the decoded template is JSON")
 }
 
+/// The required parameters of deploy/cloudformation.yml, for one app `web` (project
+/// `projects`) in account 123456789012, eu-west-1.
+pub fn example_parameters(projects: &str) -> Vec<(&'static str, Value)> {
+    let arn = |s: &str| Value::from(s.to_owned());
+    vec![
+        ("VpcId", arn("vpc-1")),
+        ("SubnetIds", arn("subnet-1,subnet-2")),
+        ("PublicSubnetIds", arn("subnet-3,subnet-4")),
+        (
+            "CertificateArn",
+            arn("arn:aws:acm:eu-west-1:123456789012:certificate/abc"),
+        ),
+        ("SlipwayImage", arn("slipway:1")),
+        (
+            "WebhookSecretArn",
+            arn("arn:aws:secretsmanager:eu-west-1:123456789012:secret:hook"),
+        ),
+        ("AppRoleArns", arn("arn:aws:iam::123456789012:role/web")),
+        ("CodeBuildProjectNames", Value::from(projects.to_owned())),
+        (
+            "CodeBuildProjectArns",
+            arn("arn:aws:codebuild:eu-west-1:123456789012:project/web-build"),
+        ),
+        (
+            "EcsServiceArns",
+            arn("arn:aws:ecs:eu-west-1:123456789012:service/main/web"),
+        ),
+        (
+            "EcsClusterArns",
+            arn("arn:aws:ecs:eu-west-1:123456789012:cluster/main"),
+        ),
+        (
+            "TaskDefinitionArns",
+            arn("arn:aws:ecs:eu-west-1:123456789012:task-definition/web:*"),
+        ),
+        (
+            "EcrRepositoryArns",
+            arn("arn:aws:ecr:eu-west-1:123456789012:repository/web"),
+        ),
+    ]
+}
+
 /// A stack of the template: parameter values (defaults filled in), pseudo parameters, and
 /// what `Ref` and `Fn::GetAtt` give for its resources.
 pub struct Stack {
@@ -63,7 +105,12 @@ impl Stack {
             .expect("Parameters")
             .clone();
         for (name, declaration) in &declared {
-            let given = parameters.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            // The last value given wins (callers append overrides).
+            let given = parameters
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v);
             let value = given
                 .cloned()
                 .or_else(|| declaration.get("Default").cloned())
@@ -115,6 +162,26 @@ impl Stack {
         let o = &self.template["Outputs"][name]["Value"];
         assert!(!o.is_null(), "no output {name}");
         self.eval(o)
+    }
+
+    /// The rules (`Rules`) whose condition holds and one of whose assertions does not: what
+    /// CloudFormation would refuse the parameters for.
+    pub fn violated_rules(&self) -> Vec<String> {
+        let Some(rules) = self.template["Rules"].as_object() else {
+            return Vec::new();
+        };
+        rules
+            .iter()
+            .filter(|(_, rule)| rule.get("RuleCondition").is_none_or(|c| self.truth(c)))
+            .filter(|(_, rule)| {
+                rule["Assertions"]
+                    .as_array()
+                    .expect("Assertions")
+                    .iter()
+                    .any(|a| !self.truth(&a["Assert"]))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     pub fn condition(&self, name: &str) -> bool {
