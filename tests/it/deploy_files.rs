@@ -316,7 +316,7 @@ fn buildspec_builds_and_pushes_slipways_own_image() {
         "it does not build deploy/Dockerfile"
     );
     assert!(
-        commands.iter().any(|l| *l == r#"docker build "$@" ."#),
+        commands.contains(&r#"docker build "$@" ."#),
         "it does not build in the repository root (the context .dockerignore trims)"
     );
     let dockerfile = dockerfile_instructions(&read("deploy/Dockerfile"));
