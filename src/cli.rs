@@ -266,6 +266,21 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Is the slipway on this machine up? GETs /healthz on the config's public listener (or
+    /// --url): exit 0 up, 1 down, with the reason. The image's and the task's health check.
+    #[command(
+        after_help = "Examples:\n  slipway healthcheck\n  slipway healthcheck --url http://127.0.0.1:8080/healthz --timeout-secs 2"
+    )]
+    Healthcheck {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Check this URL instead of the config's listener.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up (down) after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway\n  slipway completions zsh > ~/.zfunc/_slipway"
@@ -521,6 +536,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
             )
             .await
+        }
+        Command::Healthcheck {
+            config,
+            url,
+            timeout_secs,
+        } => {
+            let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
+            crate::healthcheck::command(&config.config, url.as_deref(), timeout).await
         }
         Command::Completions { shell } => {
             clap_complete::generate(

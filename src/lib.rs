@@ -18,6 +18,7 @@ pub mod config;
 pub mod deploy;
 pub mod events;
 pub mod github;
+mod healthcheck;
 mod http;
 pub mod ids;
 pub mod image;

@@ -7,11 +7,15 @@
 //! ECS clusters, services and task definitions) is only looked at, never changed; every
 //! problem is reported in the same run.
 //!
+//! The same plumbing made by deploy/cloudformation.yml (its target Id and statement Sid differ)
+//! is recognised and reported `ok`, never doubled (`recognize`).
+//!
 //! `--dry-run` makes no change at all and reports what a real run would do.
 
 mod checks;
 mod plumbing;
 pub mod policy;
+mod recognize;
 mod report;
 
 pub use checks::github_repository;

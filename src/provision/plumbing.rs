@@ -1,6 +1,7 @@
 //! slipway's own plumbing: the desired queue, dead-letter queue, queue policy, rule and
 //! target, and the steps that create them or bring them back in line.
 
+use super::recognize::{match_policy, pick_targets, PolicyMatch, Targets};
 use super::*;
 
 // Desired state.
@@ -389,20 +390,30 @@ impl Plumbing<'_> {
             }
             Some(q) => {
                 let current = q.attributes.get("Policy").map(String::as_str);
-                let same = desired_policy
-                    .as_ref()
-                    .is_some_and(|d| same_json(current, d));
-                let status = match (same, current.is_some() && !queue_is_new, self.dry_run) {
-                    (true, _, _) => Status::Unchanged,
-                    (false, false, true) => Status::WouldCreate,
-                    (false, true, true) => Status::WouldUpdate,
-                    (false, false, false) => Status::Created,
-                    (false, true, false) => Status::Updated,
+                // The stack's statement is the same statement under another Sid: `ok`, and a
+                // rewrite keeps the Sid it found.
+                let (same_sid, keep_sid) =
+                    match desired_policy.as_ref().map(|d| match_policy(current, d)) {
+                        Some(PolicyMatch::Same { sid }) => (Some(sid), None),
+                        Some(PolicyMatch::Differs { sid }) => (None, sid),
+                        None => (None, None),
+                    };
+                let foreign_sid = same_sid.as_deref().filter(|sid| *sid != POLICY_SID);
+                let status = match (same_sid.is_some(), current.is_some() && !queue_is_new) {
+                    (true, _) if foreign_sid.is_some() => Status::Ok,
+                    (true, _) => Status::Unchanged,
+                    (false, false) if self.dry_run => Status::WouldCreate,
+                    (false, true) if self.dry_run => Status::WouldUpdate,
+                    (false, false) => Status::Created,
+                    (false, true) => Status::Updated,
                 };
                 if matches!(status, Status::Created | Status::Updated) {
-                    let policy = desired_policy
-                        .as_ref()
+                    let mut policy = desired_policy
+                        .clone()
                         .expect("queue and rule exist when not a dry run");
+                    if let Some(sid) = keep_sid {
+                        policy["Statement"][0]["Sid"] = Value::from(sid);
+                    }
                     self.set_queue_attributes(
                         &q.url,
                         vec![(QueueAttributeName::Policy, policy.to_string())],
@@ -410,10 +421,12 @@ impl Plumbing<'_> {
                     .await
                     .map_err(|e| self.failed(Kind::QueuePolicy, &policy_name, e))?;
                 }
-                let detail = if status == Status::Updated || status == Status::WouldUpdate {
-                    format!("differed; {policy_text}")
-                } else {
-                    policy_text
+                let detail = match (status, foreign_sid) {
+                    (Status::Updated | Status::WouldUpdate, _) => {
+                        format!("differed; {policy_text}")
+                    }
+                    (_, Some(sid)) => format!("statement {sid}: {policy_text}"),
+                    _ => policy_text,
                 };
                 self.report
                     .push(Kind::QueuePolicy, &policy_name, status, detail);
@@ -425,23 +438,30 @@ impl Plumbing<'_> {
     /// The rule's target: the queue, the whole event as the message.
     async fn target(&mut self, rule_exists: bool, queue_arn: Option<&str>) -> Result<(), Stopped> {
         let rule_name = self.names.rule_name.clone();
-        let queue_name = &self.names.queue_name;
-        let target_name = format!("{rule_name}/{TARGET_ID}");
+        let queue_name = self.names.queue_name.clone();
         let target_text = format!("sends to {queue_name}");
         if !rule_exists {
             self.report.push(
                 Kind::RuleTarget,
-                &target_name,
+                &format!("{rule_name}/{TARGET_ID}"),
                 Status::WouldCreate,
                 &target_text,
             );
             return Ok(());
         }
-        let current = self
-            .find_target(&rule_name)
+        let targets = self
+            .list_targets(&rule_name)
             .await
-            .map_err(|e| self.failed(Kind::RuleTarget, &target_name, e))?;
+            .map_err(|e| self.failed(Kind::RuleTarget, &format!("{rule_name}/{TARGET_ID}"), e))?;
+        // The stack's target (another Id) counts as the target: no second one is added.
+        let Targets {
+            keep: current,
+            extra,
+        } = pick_targets(&targets, queue_arn);
+        let id = current.as_ref().map_or(TARGET_ID, |t| t.id()).to_owned();
+        let target_name = format!("{rule_name}/{id}");
         let status = match (&current, queue_arn) {
+            (Some(t), Some(arn)) if target_is(t, arn) && id != TARGET_ID => Status::Ok,
             (Some(t), Some(arn)) if target_is(t, arn) => Status::Unchanged,
             (None, _) if self.dry_run => Status::WouldCreate,
             (Some(_), _) if self.dry_run => Status::WouldUpdate,
@@ -452,16 +472,48 @@ impl Plumbing<'_> {
             (Some(t), Status::Updated | Status::WouldUpdate) => {
                 format!("was {}; {target_text}", last_segment(t.arn()))
             }
+            (Some(t), Status::Ok) if t.dead_letter_config().is_some() => {
+                format!("{target_text}, with its dead-letter queue")
+            }
             _ => target_text,
         };
         if matches!(status, Status::Created | Status::Updated) {
             let arn = queue_arn.expect("the queue exists when not a dry run");
-            self.put_target(&rule_name, arn)
+            // An existing target keeps its Id, retry policy and dead-letter queue.
+            let target = match current {
+                Some(mut t) => {
+                    t.arn = arn.to_owned();
+                    t.input = None;
+                    t.input_path = None;
+                    t.input_transformer = None;
+                    t
+                }
+                None => Target::builder()
+                    .id(TARGET_ID)
+                    .arn(arn)
+                    .build()
+                    .map_err(|e| AwsError::permanent(format!("EventBridge PutTargets: {e}")))
+                    .map_err(|e| self.failed(Kind::RuleTarget, &target_name, e))?,
+            };
+            self.put_target(&rule_name, target)
                 .await
                 .map_err(|e| self.failed(Kind::RuleTarget, &target_name, e))?;
         }
         self.report
             .push(Kind::RuleTarget, &target_name, status, detail);
+        // A second target to the same queue delivers every event twice: said, not removed
+        // (it may be the stack's, and provision does not delete what it did not make).
+        for extra_id in extra {
+            self.report.push(
+                Kind::RuleTarget,
+                &format!("{rule_name}/{extra_id}"),
+                Status::Warning,
+                format!(
+                    "also sends to {queue_name}: every build event arrives twice; remove one \
+                     (aws events remove-targets --rule {rule_name} --ids {extra_id})"
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -579,8 +631,10 @@ impl Plumbing<'_> {
         Ok(out.rule_arn)
     }
 
-    async fn find_target(&self, rule: &str) -> Result<Option<Target>, AwsError> {
+    /// Every target of the rule (all pages).
+    async fn list_targets(&self, rule: &str) -> Result<Vec<Target>, AwsError> {
         let mut next = None;
+        let mut targets = Vec::new();
         loop {
             let out = self
                 .aws
@@ -591,22 +645,15 @@ impl Plumbing<'_> {
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("EventBridge ListTargetsByRule", &e))?;
-            if let Some(t) = out.targets().iter().find(|t| t.id() == TARGET_ID) {
-                return Ok(Some(t.clone()));
-            }
+            targets.extend(out.targets().iter().cloned());
             match out.next_token {
                 Some(token) if !token.is_empty() => next = Some(token),
-                _ => return Ok(None),
+                _ => return Ok(targets),
             }
         }
     }
 
-    async fn put_target(&self, rule: &str, queue_arn: &str) -> Result<(), AwsError> {
-        let target = Target::builder()
-            .id(TARGET_ID)
-            .arn(queue_arn)
-            .build()
-            .map_err(|e| AwsError::permanent(format!("EventBridge PutTargets: {e}")))?;
+    async fn put_target(&self, rule: &str, target: Target) -> Result<(), AwsError> {
         let out = self
             .aws
             .events

@@ -2,9 +2,13 @@
 //! grants what slipway calls, and the Dockerfile, systemd unit and buildspec keep the
 //! properties the rest of the setup relies on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::cfn;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -221,17 +225,44 @@ fn dockerfile_is_multi_stage_non_root_with_volume_and_healthcheck() {
         "the final USER is root: {user}"
     );
 
+    // The health check is slipway's own, in exec form: the runtime has no shell and no curl.
     let healthchecks = instruction(&instructions, "HEALTHCHECK");
     assert!(
-        healthchecks.iter().any(|h| h.contains("/healthz")),
-        "no HEALTHCHECK on /healthz: {healthchecks:?}"
+        healthchecks
+            .iter()
+            .any(|h| h.contains(r#"CMD ["/usr/local/bin/slipway", "healthcheck""#)),
+        "no HEALTHCHECK running `slipway healthcheck`: {healthchecks:?}"
     );
+    let runtime = runtime_stage(&instructions);
+    for i in &runtime {
+        let lower = i.to_ascii_lowercase();
+        assert!(
+            !lower.starts_with("run ") && !lower.contains("curl") && !lower.contains("apt"),
+            "the runtime stage runs or installs something: {i}"
+        );
+    }
 
     let volumes = instruction(&instructions, "VOLUME");
-    assert!(
-        volumes.iter().any(|v| v.contains("/var/lib/slipway")),
-        "no VOLUME /var/lib/slipway: {volumes:?}"
-    );
+    for path in [
+        "/var/lib/slipway",
+        "/tmp",
+        "/var/lib/amazon",
+        "/var/log/amazon",
+    ] {
+        assert!(
+            volumes.iter().any(|v| v.contains(&format!("\"{path}\""))),
+            "no VOLUME {path}: {volumes:?}"
+        );
+    }
+}
+
+/// The instructions of the last stage (from its FROM on).
+fn runtime_stage(instructions: &[String]) -> Vec<&String> {
+    let start = instructions
+        .iter()
+        .rposition(|i| i.to_ascii_uppercase().starts_with("FROM "))
+        .expect("a FROM");
+    instructions[start..].iter().collect()
 }
 
 #[test]
@@ -261,40 +292,264 @@ fn systemd_unit_serves_with_a_config_file() {
 }
 
 #[test]
-fn buildspec_tags_with_image_tag_falling_back_to_the_commit() {
-    let buildspec = read("deploy/buildspec.yml");
+fn app_buildspec_tags_with_image_tag_falling_back_to_the_commit() {
+    let buildspec = read("examples/app-buildspec.yml");
     assert!(
         buildspec.contains("${IMAGE_TAG:-$CODEBUILD_RESOLVED_SOURCE_VERSION}"),
-        "deploy/buildspec.yml must tag with $IMAGE_TAG and fall back to \
+        "examples/app-buildspec.yml must tag with $IMAGE_TAG and fall back to \
          $CODEBUILD_RESOLVED_SOURCE_VERSION"
     );
     assert!(buildspec.lines().any(|l| l.trim() == "version: 0.2"));
 }
 
+/// deploy/buildspec.yml builds slipway's own image from deploy/Dockerfile in the repository
+/// root, passes pinned base images through when the project sets them, and pushes the tag.
 #[test]
-fn dockerfile_base_images_are_pinned_by_digest() {
+fn buildspec_builds_and_pushes_slipways_own_image() {
+    let buildspec = read("deploy/buildspec.yml");
+    assert!(buildspec.lines().any(|l| l.trim() == "version: 0.2"));
+    let commands: Vec<&str> = buildspec.lines().map(str::trim).collect();
+    assert!(
+        commands
+            .iter()
+            .any(|l| l.starts_with("set -- --file deploy/Dockerfile")),
+        "it does not build deploy/Dockerfile"
+    );
+    assert!(
+        commands.contains(&r#"docker build "$@" ."#),
+        "it does not build in the repository root (the context .dockerignore trims)"
+    );
+    let dockerfile = dockerfile_instructions(&read("deploy/Dockerfile"));
+    let args: Vec<&str> = instruction(&dockerfile, "ARG")
+        .into_iter()
+        .filter_map(|a| a.split_once('=').map(|(name, _)| name))
+        .collect();
+    for arg in ["RUST_IMAGE", "RUNTIME_IMAGE"] {
+        assert!(args.contains(&arg), "the Dockerfile has no ARG {arg}");
+        assert!(
+            buildspec.contains(&format!(r#"--build-arg "{arg}=${arg}""#)),
+            "the buildspec does not pass {arg}"
+        );
+    }
+    assert!(buildspec.contains(r#"docker push "$ECR_REPOSITORY_URI:$TAG""#));
+    assert!(buildspec.contains("${IMAGE_TAG:-$CODEBUILD_RESOLVED_SOURCE_VERSION}"));
+    // The config, when given, is baked where the image reads it.
+    let env = instruction(&dockerfile, "ENV").join(" ");
+    assert!(
+        env.contains("SLIPWAY_CONFIG=/etc/slipway/slipway.toml"),
+        "{env}"
+    );
+    assert!(buildspec.contains("COPY slipway.toml /etc/slipway/slipway.toml"));
+}
+
+/// The base images are real tags (the file builds as it is, no placeholder), set through
+/// ARGs so a digest can be pinned with --build-arg; a digest, where written, is well-formed.
+#[test]
+fn dockerfile_base_images_are_tagged_and_pinnable() {
     let instructions = dockerfile_instructions(&read("deploy/Dockerfile"));
     let args: Vec<(&str, &str)> = instruction(&instructions, "ARG")
         .into_iter()
         .filter_map(|a| a.split_once('='))
         .collect();
     let froms = instruction(&instructions, "FROM");
+    let stages: Vec<&str> = froms
+        .iter()
+        .filter_map(|f| f.split_whitespace().nth(2))
+        .collect();
     for from in &froms {
         let image = from.split_whitespace().next().unwrap();
-        let resolved = match image.strip_prefix("${").and_then(|i| i.strip_suffix('}')) {
-            Some(arg) => args
-                .iter()
-                .find(|(name, _)| *name == arg)
-                .map(|(_, v)| *v)
-                .unwrap_or_else(|| panic!("FROM {image}: no ARG {arg} with a default")),
-            None => image,
+        if stages.contains(&image) {
+            continue;
+        }
+        let arg = image
+            .strip_prefix("${")
+            .and_then(|i| i.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("FROM {image}: not an ARG, so no digest can be passed"));
+        let default = args
+            .iter()
+            .find(|(name, _)| *name == arg)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("FROM {image}: no ARG {arg} with a default"));
+        let (name, digest) = match default.split_once("@sha256:") {
+            Some((name, digest)) => (name, Some(digest)),
+            None => (default, None),
         };
-        let digest = resolved.split_once("@sha256:").map(|(_, d)| d);
+        if let Some(d) = digest {
+            assert!(
+                d.len() == 64
+                    && d.bytes().all(|b| b.is_ascii_hexdigit())
+                    && d.bytes().any(|b| b != b'0'),
+                "ARG {arg}: {default} has a malformed or placeholder digest"
+            );
+        }
+        let last = name.rsplit('/').next().unwrap();
+        let tag = last.split_once(':').map(|(_, t)| t);
         assert!(
-            digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())),
-            "FROM {from} ({resolved}) is not pinned by digest"
+            digest.is_some() || tag.is_some_and(|t| !t.is_empty() && t != "latest"),
+            "ARG {arg}: {default} names no tag (or latest)"
         );
     }
+}
+
+/// A minimal `.dockerignore` matcher: Docker's rules for the patterns it uses (`*`, `?` within
+/// a path segment, `**` across segments, `!` re-includes, the last matching line wins, and a
+/// pattern that matches a directory matches everything under it).
+fn dockerignore_excludes(patterns: &[(bool, String)], path: &str) -> bool {
+    fn segment_matches(pattern: &str, text: &str) -> bool {
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+        fn go(p: &[char], t: &[char]) -> bool {
+            match p.first() {
+                None => t.is_empty(),
+                Some('*') => (0..=t.len()).any(|i| go(&p[1..], &t[i..])),
+                Some('?') => !t.is_empty() && go(&p[1..], &t[1..]),
+                Some(c) => t.first() == Some(c) && go(&p[1..], &t[1..]),
+            }
+        }
+        go(&p, &t)
+    }
+    fn matches(pattern: &[&str], path: &[&str]) -> bool {
+        match pattern.first() {
+            None => path.is_empty(),
+            Some(&"**") => (0..=path.len()).any(|i| matches(&pattern[1..], &path[i..])),
+            Some(p) => {
+                !path.is_empty()
+                    && segment_matches(p, path[0])
+                    && matches(&pattern[1..], &path[1..])
+            }
+        }
+    }
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut excluded = false;
+    for (negated, pattern) in patterns {
+        let pattern: Vec<&str> = pattern
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        // The path itself or one of its parent directories.
+        if (1..=segments.len()).any(|n| matches(&pattern, &segments[..n])) {
+            excluded = !negated;
+        }
+    }
+    excluded
+}
+
+fn dockerignore() -> Vec<(bool, String)> {
+    read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| match l.strip_prefix('!') {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, l.to_owned()),
+        })
+        .collect()
+}
+
+#[test]
+fn dockerignore_matcher_follows_dockers_rules() {
+    let rules = |lines: &[&str]| -> Vec<(bool, String)> {
+        lines
+            .iter()
+            .map(|l| match l.strip_prefix('!') {
+                Some(rest) => (true, rest.to_owned()),
+                None => (false, (*l).to_owned()),
+            })
+            .collect()
+    };
+    let r = rules(&["*", "!src", "src/**/*.db"]);
+    assert!(dockerignore_excludes(&r, "target/release/slipway"));
+    assert!(!dockerignore_excludes(&r, "src/main.rs"));
+    assert!(dockerignore_excludes(&r, "src/journal/x.db"));
+    assert!(!dockerignore_excludes(&rules(&["target"]), "src/target.rs"));
+    assert!(dockerignore_excludes(&rules(&["**/.env"]), "a/b/.env"));
+}
+
+/// Every COPY from the build context exists in the repository and is sent by .dockerignore;
+/// what must not be sent (the target directory, the emulator's venv, git, journals) is not.
+#[test]
+fn dockerfile_copy_sources_exist_and_are_in_the_build_context() {
+    let instructions = dockerfile_instructions(&read("deploy/Dockerfile"));
+    let ignore = dockerignore();
+    let mut checked = 0;
+    for copy in instruction(&instructions, "COPY") {
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        if words.iter().any(|w| w.starts_with("--from=")) {
+            continue;
+        }
+        let operands: Vec<&str> = words
+            .iter()
+            .copied()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        assert!(operands.len() >= 2, "COPY {copy}");
+        for source in &operands[..operands.len() - 1] {
+            let path = repo().join(source);
+            assert!(
+                path.exists(),
+                "COPY {source}: no such file in the repository"
+            );
+            assert!(
+                !dockerignore_excludes(&ignore, source),
+                "COPY {source}: .dockerignore keeps it out of the build context"
+            );
+            if path.is_dir() {
+                for entry in std::fs::read_dir(&path).unwrap() {
+                    let name = entry.unwrap().file_name();
+                    let inner = format!("{source}/{}", name.to_string_lossy());
+                    assert!(
+                        !dockerignore_excludes(&ignore, &inner),
+                        "{inner} is kept out of the build context"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} COPY sources found");
+    for kept_out in [
+        "target/debug/slipway",
+        ".venv/bin/python",
+        ".local/npm",
+        ".git/HEAD",
+        "tests/it/main.rs",
+        "slipway.toml",
+        "journal.db",
+        ".env",
+    ] {
+        assert!(
+            dockerignore_excludes(&ignore, kept_out),
+            "{kept_out} would be sent to the Docker daemon"
+        );
+    }
+}
+
+/// hadolint (the Dockerfile linter), installed by scripts/setup-test-tools.sh.
+#[test]
+fn dockerfile_passes_hadolint() {
+    let venv = repo().join(".venv/bin/hadolint");
+    let hadolint = if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("hadolint")
+    };
+    let output = Command::new(&hadolint)
+        .arg("deploy/Dockerfile")
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {}: {e}: run scripts/setup-test-tools.sh (it installs hadolint)",
+                hadolint.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "hadolint deploy/Dockerfile failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The lines of the template between `start` (a line equal to it, trimmed) and the next
@@ -413,4 +668,692 @@ fn cloudformation_gives_every_secret_through_secrets_manager_only() {
             "the execution role cannot read {parameter}"
         );
     }
+}
+
+// --- The template's task, as written (issue 21) ----------------------------------------------
+
+/// The example stack with `overrides`, and ids for every resource the tests evaluate.
+fn example_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
+    let mut parameters = cfn::example_parameters("web-build");
+    parameters.extend(overrides.iter().cloned());
+    let mut stack = cfn::Stack::new(cfn::load(), &parameters);
+    // Every resource has an id; the ones whose form matters are set below.
+    let logical: Vec<String> = stack.template["Resources"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    for name in logical {
+        stack.set_ref(&name, format!("{name}-id"));
+    }
+    let sqs = "https://sqs.eu-west-1.amazonaws.com/123456789012";
+    stack.set_ref("EventsQueue", format!("{sqs}/slipway-events"));
+    stack.set_attribute(
+        "EventsQueue",
+        "Arn",
+        "arn:aws:sqs:eu-west-1:123456789012:slipway-events",
+    );
+    stack.set_ref("DeadLetterQueue", format!("{sqs}/slipway-events-dlq"));
+    stack.set_attribute(
+        "DeadLetterQueue",
+        "Arn",
+        "arn:aws:sqs:eu-west-1:123456789012:slipway-events-dlq",
+    );
+    stack.set_ref("BuildStateRule", "slipway-events-codebuild");
+    stack.set_attribute(
+        "BuildStateRule",
+        "Arn",
+        "arn:aws:events:eu-west-1:123456789012:rule/slipway-events-codebuild",
+    );
+    stack.set_ref("BackupBucket", "slipway-backupbucket-abc123");
+    stack.set_attribute(
+        "BackupBucket",
+        "Arn",
+        "arn:aws:s3:::slipway-backupbucket-abc123",
+    );
+    stack.set_ref("FileSystem", "fs-0123");
+    stack.set_attribute(
+        "FileSystem",
+        "Arn",
+        "arn:aws:elasticfilesystem:eu-west-1:123456789012:file-system/fs-0123",
+    );
+    stack.set_ref("AccessPoint", "fsap-0123");
+    stack.set_attribute(
+        "AccessPoint",
+        "Arn",
+        "arn:aws:elasticfilesystem:eu-west-1:123456789012:access-point/fsap-0123",
+    );
+    for role in ["TaskRole", "ExecutionRole", "ProvisionRole"] {
+        stack.set_attribute(
+            role,
+            "Arn",
+            format!("arn:aws:iam::123456789012:role/{role}"),
+        );
+    }
+    stack.set_ref("LogGroup", "slipway-logs");
+    stack.set_ref("Cluster", "slipway-slipway");
+    stack.set_ref(
+        "TaskDefinition",
+        "arn:aws:ecs:eu-west-1:123456789012:task-definition/s:1",
+    );
+    stack.set_ref(
+        "TargetGroup",
+        "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/t/1",
+    );
+    stack.set_attribute(
+        "LoadBalancer",
+        "DNSName",
+        "slipway-123.eu-west-1.elb.amazonaws.com",
+    );
+    stack
+}
+
+/// The container definition named `slipway`.
+fn slipway_container(task_definition: &Value) -> Value {
+    task_definition["ContainerDefinitions"]
+        .as_array()
+        .expect("ContainerDefinitions")
+        .iter()
+        .find(|c| c["Name"] == "slipway")
+        .expect("a container named slipway")
+        .clone()
+}
+
+/// The generated slipway.toml (the SlipwayToml output), parsed.
+fn generated_config(stack: &cfn::Stack) -> toml::Table {
+    let text = stack.output("SlipwayToml");
+    let text = text.as_str().expect("SlipwayToml is text");
+    text.parse()
+        .unwrap_or_else(|e| panic!("SlipwayToml is not TOML ({e}):\n{text}"))
+}
+
+fn environment(container: &Value) -> BTreeMap<String, String> {
+    container["Environment"]
+        .as_array()
+        .expect("Environment")
+        .iter()
+        .map(|e| {
+            (
+                e["Name"].as_str().unwrap().to_owned(),
+                e["Value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Where the SSM agent that ECS Exec starts in the container keeps its state and its logs:
+/// with a read-only root and neither writable, it exits and ECS Exec fails
+/// (aws/containers-roadmap#1359; amazon-ecs-exec-checker#21, whose workaround mounts these).
+const SSM_AGENT_PATHS: &[&str] = &["/var/lib/amazon", "/var/log/amazon"];
+
+/// Issue 21 (item 5): with a read-only root, every path slipway and the SSM agent write is a
+/// listed mount point, not read-only, on a volume the task defines; temporary files stay on
+/// the task (not EFS); every task-local mount is a VOLUME of the image, so the bind mount starts
+/// with the image's owner and mode (/tmp 1777, writable by uid 10001).
+#[test]
+fn every_path_the_task_writes_is_a_writable_mount() {
+    let stack = example_stack(&[]);
+    let td = stack.properties("TaskDefinition");
+    let container = slipway_container(&td);
+    assert_eq!(container["ReadonlyRootFilesystem"], true);
+    let volumes: BTreeMap<String, Value> = td["Volumes"]
+        .as_array()
+        .expect("Volumes")
+        .iter()
+        .map(|v| (v["Name"].as_str().unwrap().to_owned(), v.clone()))
+        .collect();
+    let mounts = container["MountPoints"].as_array().expect("MountPoints");
+    let env = environment(&container);
+    let config = generated_config(&stack);
+    let state_dir = config["state_dir"].as_str().expect("state_dir").to_owned();
+
+    let mut written: Vec<(String, &str)> = vec![
+        (state_dir.clone(), "the journal (state_dir)"),
+        (
+            env.get("SQLITE_TMPDIR")
+                .expect("SQLITE_TMPDIR is set")
+                .clone(),
+            "SQLite's temporary files (SQLITE_TMPDIR)",
+        ),
+        (env.get("TMPDIR").expect("TMPDIR is set").clone(), "TMPDIR"),
+    ];
+    written.extend(
+        SSM_AGENT_PATHS
+            .iter()
+            .map(|p| ((*p).to_owned(), "the SSM agent (ECS Exec)")),
+    );
+    for (path, what) in &written {
+        let mount = mounts
+            .iter()
+            .filter(|m| {
+                let at = m["ContainerPath"].as_str().unwrap();
+                path == at || path.starts_with(&format!("{}/", at.trim_end_matches('/')))
+            })
+            .max_by_key(|m| m["ContainerPath"].as_str().unwrap().len())
+            .unwrap_or_else(|| panic!("{what} writes {path}, which is on the read-only root"));
+        assert_ne!(
+            mount["ReadOnly"], true,
+            "{what} writes {path}, mounted read-only: {mount}"
+        );
+        let volume = mount["SourceVolume"].as_str().unwrap();
+        let volume = volumes
+            .get(volume)
+            .unwrap_or_else(|| panic!("{path}: mount of an undefined volume {volume}"));
+        let is_efs = volume.get("EFSVolumeConfiguration").is_some();
+        if *path == state_dir {
+            assert!(is_efs, "the journal is not on the EFS volume: {volume}");
+        } else {
+            assert!(!is_efs, "{what} ({path}) would land on EFS: {volume}");
+        }
+    }
+    // The EFS volume is written through the access point with IAM: the task role may write.
+    let task_role = stack.properties("TaskRole").to_string();
+    assert!(
+        task_role.contains("elasticfilesystem:ClientWrite"),
+        "{task_role}"
+    );
+
+    // Task-local mounts start as the image's VOLUME directories (owner and mode included).
+    let dockerfile = read("deploy/Dockerfile");
+    let instructions = dockerfile_instructions(&dockerfile);
+    let declared: BTreeSet<String> = instruction(&instructions, "VOLUME")
+        .iter()
+        .flat_map(|v| {
+            serde_json::from_str::<Vec<String>>(v)
+                .unwrap_or_else(|_| v.split_whitespace().map(str::to_owned).collect())
+        })
+        .collect();
+    for mount in mounts {
+        let at = mount["ContainerPath"].as_str().unwrap();
+        assert!(
+            declared.contains(at),
+            "{at} is mounted but not a VOLUME of the image: it would start root-owned 0755"
+        );
+    }
+    assert!(
+        dockerfile.contains("install -d -m 1777 /rootfs/tmp"),
+        "the image's /tmp is not 1777"
+    );
+    // The image's user is the one the EFS access point pins.
+    let user = instruction(&instructions, "USER")
+        .last()
+        .unwrap()
+        .to_string();
+    let access_point = stack.properties("AccessPoint");
+    assert_eq!(
+        user,
+        format!(
+            "{}:{}",
+            access_point["PosixUser"]["Uid"].as_str().unwrap(),
+            access_point["PosixUser"]["Gid"].as_str().unwrap()
+        )
+    );
+}
+
+/// The README's way to the admin API (ECS Exec's port forwarding to `admin_listen`, then the
+/// CLI with SLIPWAY_SERVER), tried against the task definition as written: the cluster and
+/// container it names, the admin port of the generated config, ECS Exec enabled on the
+/// service, and the task role allowed the SSM channels.
+#[test]
+fn readme_admin_path_matches_the_task_definition() {
+    let readme = read("README.md");
+    let block = readme
+        .split("```")
+        .find(|b| b.contains("AWS-StartPortForwardingSession"))
+        .expect("README has a port-forwarding block");
+    let stack_name = "<stack>";
+    let mut stack = example_stack(&[]);
+    stack.set_ref("AWS::StackName", stack_name);
+
+    let cluster = stack.properties("Cluster")["ClusterName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        block.contains(&format!("--cluster {cluster} ")),
+        "the README names another cluster than {cluster}:\n{block}"
+    );
+    assert!(
+        block.contains(&format!("--target \"ecs:{cluster}_")),
+        "the SSM target is not in cluster {cluster}:\n{block}"
+    );
+    let td = stack.properties("TaskDefinition");
+    let container = slipway_container(&td);
+    assert!(
+        block.contains(&format!("name==`{}`", container["Name"].as_str().unwrap())),
+        "{block}"
+    );
+
+    let config = generated_config(&stack);
+    let admin: std::net::SocketAddr = config["admin_listen"].as_str().unwrap().parse().unwrap();
+    assert!(
+        admin.ip().is_loopback(),
+        "admin_listen is not loopback: {admin}"
+    );
+    assert!(
+        block.contains(&format!("\"portNumber\":[\"{}\"]", admin.port())),
+        "the README forwards another port than admin_listen {admin}:\n{block}"
+    );
+    let local = block
+        .split("\"localPortNumber\":[\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("localPortNumber");
+    let server = format!("SLIPWAY_SERVER=http://127.0.0.1:{local} slipway ");
+    let command_line = block
+        .lines()
+        .find(|l| l.contains(&server))
+        .unwrap_or_else(|| panic!("no `{server}…` in the README block:\n{block}"));
+    // The subcommand it runs exists.
+    let subcommand = command_line
+        .split(&server)
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args([subcommand, "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "slipway {subcommand} does not exist");
+
+    let service = stack.properties("Service");
+    assert_eq!(service["EnableExecuteCommand"], true, "ECS Exec is off");
+    let task_role = stack.properties("TaskRole");
+    let granted: Vec<&Value> = task_role["Policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["PolicyDocument"]["Statement"].as_array().unwrap())
+        .filter(|s| s["Effect"] == "Allow")
+        .collect();
+    for action in [
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+    ] {
+        assert!(
+            granted.iter().any(|s| s["Resource"] == "*"
+                && s["Action"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == action))),
+            "the task role may not {action}: ECS Exec cannot open its channel"
+        );
+    }
+}
+
+/// Issue 21 (item 3): a new task that starts while the old one is stopping waits for the
+/// journal's lock; the deployment settings leave it the time to.
+#[test]
+fn deployment_settings_leave_time_to_wait_for_the_lock() {
+    let stack = example_stack(&[]);
+    let service = stack.properties("Service");
+    let deployment = &service["DeploymentConfiguration"];
+    assert_eq!(
+        deployment["MaximumPercent"], 100,
+        "two tasks behind the load balancer"
+    );
+    assert_eq!(deployment["MinimumHealthyPercent"], 0);
+    let td = stack.properties("TaskDefinition");
+    let container = slipway_container(&td);
+    let stop_timeout = container["StopTimeout"].as_u64().expect("StopTimeout");
+    assert!(
+        stop_timeout <= 120,
+        "Fargate allows at most 120 s: {stop_timeout}"
+    );
+    let target_group = stack.properties("TargetGroup");
+    let deregistration: u64 = target_group["TargetGroupAttributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["Key"] == "deregistration_delay.timeout_seconds")
+        .and_then(|a| a["Value"].as_str())
+        .expect("a deregistration delay")
+        .parse()
+        .unwrap();
+    let config = generated_config(&stack);
+    let lock_wait = config["journal"]["lock_wait_secs"]
+        .as_integer()
+        .expect("[journal] lock_wait_secs") as u64;
+    assert!(
+        lock_wait >= deregistration + stop_timeout,
+        "the new task gives up on the lock ({lock_wait} s) before the old one must have \
+         exited ({deregistration} s deregistration + {stop_timeout} s stop timeout)"
+    );
+    let grace = service["HealthCheckGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > lock_wait,
+        "the load balancer's checks count ({grace} s) while the task may still wait for the \
+         lock ({lock_wait} s)"
+    );
+    // The container's health check is slipway's own, at the image's path.
+    let check = &container["HealthCheck"]["Command"];
+    assert_eq!(check[0], "CMD");
+    assert_eq!(check[1], "/usr/local/bin/slipway");
+    assert_eq!(check[2], "healthcheck");
+    let entrypoint = instruction(
+        &dockerfile_instructions(&read("deploy/Dockerfile")),
+        "ENTRYPOINT",
+    )
+    .join(" ");
+    assert!(
+        entrypoint.contains("\"/usr/local/bin/slipway\""),
+        "{entrypoint}"
+    );
+}
+
+/// Issue 21 (item 2): recovery needs a GitHub credential and the hook's id. With them the
+/// generated config has a [github] table slipway's own parser accepts and the Recovery output
+/// says on; without, it says OFF and that pushes during restarts are lost; half of it is
+/// refused by the template's rules.
+#[test]
+fn recovery_is_on_with_a_credential_and_a_hook_and_the_output_says_when_it_is_off() {
+    let token = (
+        "GithubTokenSecretArn",
+        Value::from("arn:aws:secretsmanager:eu-west-1:123456789012:secret:gh"),
+    );
+    let off = example_stack(&[]);
+    assert!(
+        off.violated_rules().is_empty(),
+        "{:?}",
+        off.violated_rules()
+    );
+    let recovery = off.output("Recovery");
+    let recovery = recovery.as_str().unwrap();
+    assert!(
+        recovery.starts_with("OFF") && recovery.contains("LOST"),
+        "{recovery}"
+    );
+    assert!(!generated_config(&off).contains_key("github"));
+
+    let cases: [(&[(&str, Value)], &str); 3] = [
+        (
+            &[
+                token.clone(),
+                ("GithubHookOwner", Value::from("octo-org/web")),
+                ("GithubHookId", Value::from("123")),
+            ],
+            "/repos/octo-org/web/hooks/123/deliveries",
+        ),
+        (
+            &[
+                token.clone(),
+                ("GithubHookKind", Value::from("org")),
+                ("GithubHookOwner", Value::from("octo-org")),
+                ("GithubHookId", Value::from("77")),
+            ],
+            "/orgs/octo-org/hooks/77/deliveries",
+        ),
+        (
+            &[
+                (
+                    "GithubAppKeySecretArn",
+                    Value::from("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app"),
+                ),
+                ("GithubAppId", Value::from("9")),
+                ("GithubAppInstallationId", Value::from("10")),
+                ("GithubHookKind", Value::from("app")),
+                ("GithubHookId", Value::from("5")),
+            ],
+            "app",
+        ),
+    ];
+    for (parameters, hook) in cases {
+        let on = example_stack(parameters);
+        assert!(on.violated_rules().is_empty(), "{:?}", on.violated_rules());
+        let recovery = on.output("Recovery");
+        assert!(recovery.as_str().unwrap().starts_with("on:"), "{recovery}");
+        let config = generated_config(&on);
+        let github: slipway::github::RawGithubConfig = config["github"]
+            .clone()
+            .try_into()
+            .unwrap_or_else(|e| panic!("[github] of SlipwayToml: {e}"));
+        let github = github
+            .validate()
+            .expect("slipway accepts the [github] table");
+        assert_eq!(github.hooks.len(), 1);
+        let owner = &github.hooks[0].owner;
+        let described = match owner {
+            slipway::github::HookOwner::Repository(r) => {
+                format!("/repos/{r}/hooks/{}/deliveries", github.hooks[0].id)
+            }
+            slipway::github::HookOwner::Org(o) => {
+                format!("/orgs/{o}/hooks/{}/deliveries", github.hooks[0].id)
+            }
+            slipway::github::HookOwner::App => "app".to_owned(),
+        };
+        assert_eq!(described, hook);
+        if hook == "app" {
+            assert_eq!(
+                github.app.map(|a| (a.app_id, a.installation_id)),
+                Some((9, 10))
+            );
+        }
+    }
+
+    // Half a configuration is refused when the stack is created, naming what is missing.
+    let refused = |parameters: &[(&str, Value)]| example_stack(parameters).violated_rules();
+    assert_eq!(
+        refused(&[
+            ("GithubHookOwner", Value::from("octo-org/web")),
+            ("GithubHookId", Value::from("1"))
+        ]),
+        ["HookNeedsCredential"]
+    );
+    assert_eq!(
+        refused(&[token.clone(), ("GithubHookId", Value::from("1"))]),
+        ["HookNeedsOwner"]
+    );
+    assert_eq!(
+        refused(&[
+            token.clone(),
+            ("GithubHookKind", Value::from("app")),
+            ("GithubHookId", Value::from("1"))
+        ]),
+        ["AppHookNeedsAppKey"]
+    );
+    assert_eq!(
+        refused(&[(
+            "GithubAppKeySecretArn",
+            Value::from("arn:aws:secretsmanager:eu-west-1:123456789012:secret:app"),
+        )]),
+        ["AppKeyNeedsIds"]
+    );
+}
+
+/// Issue 21 (item 7, the template's side): backups go to a private, encrypted S3 bucket
+/// under slipway/, on a schedule the generated config sets; the task role may do exactly
+/// what the backups need there; EFS's file-level backup is off.
+#[test]
+fn backups_go_to_a_private_encrypted_bucket_with_exact_permissions() {
+    for (overrides, bucket, created) in [
+        (vec![], "slipway-backupbucket-abc123", true),
+        (
+            vec![("BackupBucketName", Value::from("team-backups"))],
+            "team-backups",
+            false,
+        ),
+    ] {
+        let stack = example_stack(&overrides);
+        assert_eq!(stack.condition("CreateBackupBucket"), created);
+        let config = generated_config(&stack);
+        let journal = &config["journal"];
+        assert_eq!(
+            journal["backup_to"].as_str(),
+            Some(format!("s3://{bucket}/slipway/journal.db").as_str())
+        );
+        assert_eq!(journal["backup_every_hours"].as_integer(), Some(24));
+        assert_eq!(journal["backup_keep"].as_integer(), Some(7));
+        assert_eq!(stack.output("BackupBucket"), bucket);
+
+        let task_role = stack.properties("TaskRole");
+        let statements: Vec<Value> = task_role["Policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["PolicyDocument"]["Statement"].as_array().unwrap().clone())
+            .collect();
+        let s3: Vec<&Value> = statements
+            .iter()
+            .filter(|s| s["Action"].to_string().contains("s3:"))
+            .collect();
+        let mut granted = BTreeMap::new();
+        for statement in &s3 {
+            let actions: Vec<String> = match &statement["Action"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_owned()).collect(),
+                other => panic!("{other}"),
+            };
+            for action in actions {
+                granted.insert(action, (*statement).clone());
+            }
+        }
+        let object_arn = format!("arn:aws:s3:::{bucket}/slipway/*");
+        for action in ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"] {
+            assert_eq!(granted[action]["Resource"], object_arn.as_str(), "{action}");
+        }
+        let list = &granted["s3:ListBucket"];
+        assert_eq!(list["Resource"], format!("arn:aws:s3:::{bucket}").as_str());
+        assert_eq!(
+            list["Condition"]["StringLike"]["s3:prefix"],
+            serde_json::json!(["slipway/", "slipway/*"])
+        );
+        assert_eq!(
+            granted.keys().collect::<Vec<_>>(),
+            [
+                "s3:DeleteObject",
+                "s3:GetObject",
+                "s3:ListBucket",
+                "s3:PutObject"
+            ],
+            "the task role may do more in S3 than back up"
+        );
+    }
+
+    let stack = example_stack(&[]);
+    let bucket = stack.properties("BackupBucket");
+    let block = &bucket["PublicAccessBlockConfiguration"];
+    for key in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(block[key], true, "{key}");
+    }
+    assert_eq!(
+        bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+            ["ServerSideEncryptionByDefault"]["SSEAlgorithm"],
+        "AES256"
+    );
+    assert_eq!(
+        bucket["OwnershipControls"]["Rules"][0]["ObjectOwnership"],
+        "BucketOwnerEnforced"
+    );
+    let policy = stack.properties("BackupBucketPolicy");
+    let deny = &policy["PolicyDocument"]["Statement"][0];
+    assert_eq!(deny["Effect"], "Deny");
+    assert_eq!(deny["Condition"]["Bool"]["aws:SecureTransport"], "false");
+    assert_eq!(
+        stack.properties("FileSystem")["BackupPolicy"]["Status"],
+        "DISABLED",
+        "EFS's file-level backup copies journal.db and its WAL at different moments"
+    );
+}
+
+/// The `[journal]` keys of SlipwayToml that the journal work of issue 21 adds to slipway's
+/// config (lock wait, scheduled backups). Until that work is in this build, slipway's parser
+/// does not know them: the test then checks the rest of the file and says so.
+const JOURNAL_KEYS_OF_ISSUE_21: &[&str] = &[
+    "lock_wait_secs",
+    "backup_to",
+    "backup_every_hours",
+    "backup_keep",
+];
+
+/// The generated slipway.toml, with an app added, is a config slipway accepts, and it agrees
+/// with the stack: the queue, the rule and queue names provision looks for, the journal on
+/// the EFS mount, the public port the load balancer sends to, the admin port kept private.
+#[test]
+fn generated_config_is_accepted_by_slipway_and_agrees_with_the_stack() {
+    let stack = example_stack(&[]);
+    let generated = stack.output("SlipwayToml");
+    let text = format!(
+        "{}\n{}",
+        generated.as_str().unwrap(),
+        r#"[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "main"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#
+    );
+    let config = match slipway::config::Config::parse(&text) {
+        Ok(config) => config,
+        Err(e)
+            if JOURNAL_KEYS_OF_ISSUE_21
+                .iter()
+                .any(|k| e.to_string().contains(&format!("unknown field `{k}`"))) =>
+        {
+            eprintln!("note: this build does not know the [journal] keys of issue 21 ({e}); checking the rest");
+            let without: String = text
+                .lines()
+                .filter(|l| {
+                    !JOURNAL_KEYS_OF_ISSUE_21
+                        .iter()
+                        .any(|k| l.trim_start().starts_with(&format!("{k} =")))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            slipway::config::Config::parse(&without)
+                .unwrap_or_else(|e| panic!("slipway refuses SlipwayToml: {e}\n{without}"))
+        }
+        Err(e) => panic!("slipway refuses SlipwayToml: {e}\n{text}"),
+    };
+    assert_eq!(
+        config.queue_url.as_deref(),
+        Some("https://sqs.eu-west-1.amazonaws.com/123456789012/slipway-events")
+    );
+    let queue = stack.properties("EventsQueue");
+    assert_eq!(
+        config.provision.queue_name,
+        queue["QueueName"].as_str().unwrap()
+    );
+    let dlq = stack.properties("DeadLetterQueue");
+    assert_eq!(
+        config.provision.dead_letter_queue_name,
+        dlq["QueueName"].as_str().unwrap()
+    );
+    let rule = stack.properties("BuildStateRule");
+    assert_eq!(config.provision.rule_name, rule["Name"].as_str().unwrap());
+    assert_eq!(
+        u64::from(config.provision.max_receive_count),
+        queue["RedrivePolicy"]["maxReceiveCount"].as_u64().unwrap()
+    );
+
+    let td = stack.properties("TaskDefinition");
+    let container = slipway_container(&td);
+    let journal_mount = container["MountPoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["SourceVolume"] == "journal")
+        .expect("the journal's mount");
+    assert_eq!(
+        config.state_dir,
+        Path::new(journal_mount["ContainerPath"].as_str().unwrap())
+    );
+    let port = container["PortMappings"][0]["ContainerPort"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(u64::from(config.listen.port()), port);
+    assert_eq!(stack.properties("TargetGroup")["Port"].as_u64(), Some(port));
+    assert!(config.admin_listen.ip().is_loopback());
+    assert_ne!(config.admin_listen.port(), config.listen.port());
 }

@@ -13,6 +13,7 @@ mod edge;
 mod event_trust;
 mod github;
 mod hardening;
+mod healthcheck;
 mod iam_policy;
 mod intake;
 mod intake_history;

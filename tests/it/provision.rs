@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::process::ExitStatus;
 
 use aws_sdk_ecs::types::ContainerDefinition;
+use aws_sdk_eventbridge::types::{DeadLetterConfig, RetryPolicy, Target};
 
 use crate::support::world::circuit_breaker_on;
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{json, Value};
 
-use crate::support::{eventually, Emulator, Proxy, SlipwayBuilder, MASTER_SHA};
+use crate::support::{cfn, eventually, Emulator, Proxy, SlipwayBuilder, MASTER_SHA};
 
 const QUEUE: &str = "slipway-events";
 const DLQ: &str = "slipway-events-dlq";
@@ -926,4 +927,245 @@ async fn a_service_deployed_by_codedeploy_is_reported_missing() {
         .detail("service", "main/blue")
         .contains("deployment controller CODE_DEPLOY"));
     assert_eq!(run.status("service", "main/web"), "ok");
+}
+
+/// What CloudFormation makes of the template's queues, rule, target and queue policy, made
+/// here in the emulator with the SDK from the template's own properties (evaluated for one
+/// set of parameters). The stack, with what Ref and GetAtt give for them.
+async fn create_template_plumbing(emu: &Emulator, projects: &str) -> cfn::Stack {
+    let mut stack = cfn::Stack::new(cfn::load(), &cfn::example_parameters(projects));
+    // Not made here: only named in the generated config.
+    stack.set_ref("BackupBucket", "slipway-backups-example");
+    for logical in ["DeadLetterQueue", "EventsQueue"] {
+        let properties = stack.properties(logical);
+        let name = properties["QueueName"]
+            .as_str()
+            .expect("QueueName")
+            .to_owned();
+        let mut request = emu.sqs().create_queue().queue_name(&name);
+        for (key, value) in properties.as_object().unwrap() {
+            if key == "QueueName" {
+                continue;
+            }
+            // SQS takes every attribute as text; a policy as its JSON.
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            request = request.attributes(QueueAttributeName::from(key.as_str()), text);
+        }
+        let url = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateQueue {name}: {e:?}"))
+            .queue_url
+            .unwrap();
+        let arn = queue_attributes(emu, &url).await["QueueArn"].clone();
+        stack.set_ref(logical, url);
+        stack.set_attribute(logical, "Arn", arn);
+        stack.set_attribute(logical, "QueueName", name);
+    }
+
+    let rule = stack.properties("BuildStateRule");
+    let name = rule["Name"].as_str().unwrap().to_owned();
+    let rule_arn = emu
+        .events()
+        .put_rule()
+        .name(&name)
+        .description(rule["Description"].as_str().unwrap())
+        .state(rule["State"].as_str().unwrap().into())
+        .event_pattern(rule["EventPattern"].to_string())
+        .send()
+        .await
+        .expect("PutRule")
+        .rule_arn
+        .unwrap();
+    stack.set_ref("BuildStateRule", name.clone());
+    stack.set_attribute("BuildStateRule", "Arn", rule_arn);
+    let mut put = emu.events().put_targets().rule(&name);
+    for target in rule["Targets"].as_array().expect("Targets") {
+        let mut t = Target::builder()
+            .id(target["Id"].as_str().unwrap())
+            .arn(target["Arn"].as_str().unwrap());
+        if let Some(retry) = target.get("RetryPolicy") {
+            t = t.retry_policy(
+                RetryPolicy::builder()
+                    .maximum_event_age_in_seconds(
+                        retry["MaximumEventAgeInSeconds"].as_i64().unwrap() as i32,
+                    )
+                    .maximum_retry_attempts(retry["MaximumRetryAttempts"].as_i64().unwrap() as i32)
+                    .build(),
+            );
+        }
+        if let Some(dlq) = target.get("DeadLetterConfig") {
+            t = t.dead_letter_config(
+                DeadLetterConfig::builder()
+                    .arn(dlq["Arn"].as_str().unwrap())
+                    .build(),
+            );
+        }
+        put = put.targets(t.build().unwrap());
+    }
+    let out = put.send().await.expect("PutTargets");
+    assert_eq!(out.failed_entry_count(), 0, "{out:?}");
+
+    for logical in ["EventsQueuePolicy", "DeadLetterQueuePolicy"] {
+        let policy = stack.properties(logical);
+        for url in policy["Queues"].as_array().unwrap() {
+            emu.sqs()
+                .set_queue_attributes()
+                .queue_url(url.as_str().unwrap())
+                .attributes(
+                    QueueAttributeName::Policy,
+                    policy["PolicyDocument"].to_string(),
+                )
+                .send()
+                .await
+                .expect("SetQueueAttributes Policy");
+        }
+    }
+    stack
+}
+
+/// The `[provision]` table and `queue_url` of the template's SlipwayToml output: the names a
+/// team that followed the README has in its slipway.toml.
+fn provision_table_of(stack: &cfn::Stack) -> String {
+    let output = stack.output("SlipwayToml");
+    let generated: toml::Table = output
+        .as_str()
+        .expect("SlipwayToml is text")
+        .parse()
+        .unwrap_or_else(|e| panic!("SlipwayToml is not TOML ({e}):\n{output}"));
+    let mut table = toml::Table::new();
+    table.insert("queue_url".into(), generated["queue_url"].clone());
+    table.insert("provision".into(), generated["provision"].clone());
+    toml::to_string(&table).unwrap()
+}
+
+async fn targets_of(emu: &Emulator, rule: &str) -> Vec<Target> {
+    emu.events()
+        .list_targets_by_rule()
+        .rule(rule)
+        .send()
+        .await
+        .expect("ListTargetsByRule")
+        .targets()
+        .to_vec()
+}
+
+/// Issue 21 (item 6): one owner for the plumbing. Against the stack's resources, provision
+/// recognises the rule, the target (Id `slipway-events-queue`, with its dead-letter queue) and
+/// the queue-policy statement (its Sid), reports them, and writes nothing: one target, one
+/// statement, as the stack made them.
+#[tokio::test]
+async fn provision_against_the_templates_resources_adds_nothing() {
+    let emu = Emulator::start().await;
+    let proxy = Proxy::start(&emu.url).await;
+    let web = App::good("web");
+    build_app(&emu, &web, Faults::default()).await;
+    let stack = create_template_plumbing(&emu, web.project).await;
+    let rule = stack.properties("BuildStateRule");
+    let rule_name = rule["Name"].as_str().unwrap().to_owned();
+    let target_id = rule["Targets"][0]["Id"].as_str().unwrap().to_owned();
+    let sid = stack.properties("EventsQueuePolicy")["PolicyDocument"]["Statement"][0]["Sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let queue = stack.properties("EventsQueue")["QueueName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = queue_url(&emu, &queue).await.unwrap();
+    let policy_before = queue_attributes(&emu, &url).await["Policy"].clone();
+
+    let builder = SlipwayBuilder::new(&proxy.url)
+        .apps(&apps_toml(&[web]))
+        .extra(&provision_table_of(&stack));
+    for run_number in 1..=2 {
+        let run = provision(&builder, &[]).await;
+        assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
+        assert_eq!(run.status("queue", &queue), "unchanged", "{:#}", run.report);
+        assert_eq!(run.status("rule", &rule_name), "unchanged");
+        let target = format!("{rule_name}/{target_id}");
+        assert_eq!(run.status("rule_target", &target), "ok", "{:#}", run.report);
+        assert!(
+            run.detail("rule_target", &target)
+                .contains("dead-letter queue"),
+            "{:#}",
+            run.report
+        );
+        assert_eq!(run.status("queue_policy", &queue), "ok", "{:#}", run.report);
+        assert!(run.detail("queue_policy", &queue).contains(&sid));
+        let target_items = run.report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["kind"] == "rule_target")
+            .count();
+        assert_eq!(target_items, 1, "run {run_number}: {:#}", run.report);
+    }
+    for write in ["CreateQueue", "SetQueueAttributes", "PutRule", "PutTargets"] {
+        assert!(
+            proxy.requests(write).is_empty(),
+            "provision called {write} against the stack's resources"
+        );
+    }
+
+    // What AWS holds: the stack's one target, with its dead-letter queue, and its one statement.
+    let targets = targets_of(&emu, &rule_name).await;
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    assert_eq!(targets[0].id(), target_id);
+    assert!(targets[0].dead_letter_config().is_some(), "{targets:?}");
+    let policy_text = queue_attributes(&emu, &url).await["Policy"].clone();
+    assert_eq!(policy_text, policy_before);
+    let policy: Value = serde_json::from_str(&policy_text).unwrap();
+    let statements = match &policy["Statement"] {
+        Value::Array(list) => list.clone(),
+        one => vec![one.clone()],
+    };
+    assert_eq!(statements.len(), 1, "{policy:#}");
+    assert_eq!(statements[0]["Sid"], sid.as_str());
+}
+
+/// An account where the old provision already added its own target next to the stack's: the
+/// stack's (with the dead-letter queue) is kept as the target, and the second one, which
+/// doubles every event, is reported with how to remove it; nothing is added.
+#[tokio::test]
+async fn provision_against_the_templates_resources_reports_a_second_target() {
+    let emu = Emulator::start().await;
+    let web = App::good("web");
+    build_app(&emu, &web, Faults::default()).await;
+    let stack = create_template_plumbing(&emu, web.project).await;
+    let rule = stack.properties("BuildStateRule");
+    let rule_name = rule["Name"].as_str().unwrap().to_owned();
+    let queue_arn = rule["Targets"][0]["Arn"].as_str().unwrap().to_owned();
+    emu.events()
+        .put_targets()
+        .rule(&rule_name)
+        .targets(
+            Target::builder()
+                .id("slipway")
+                .arn(&queue_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("PutTargets");
+    let builder = SlipwayBuilder::new(&emu.url)
+        .apps(&apps_toml(&[web]))
+        .extra(&provision_table_of(&stack));
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
+    let kept = format!("{rule_name}/{}", rule["Targets"][0]["Id"].as_str().unwrap());
+    assert_eq!(run.status("rule_target", &kept), "ok", "{:#}", run.report);
+    let extra = format!("{rule_name}/slipway");
+    assert_eq!(run.status("rule_target", &extra), "warning");
+    let detail = run.detail("rule_target", &extra);
+    assert!(
+        detail.contains("arrives twice")
+            && detail.contains(&format!("remove-targets --rule {rule_name} --ids slipway")),
+        "{detail}"
+    );
+    assert_eq!(targets_of(&emu, &rule_name).await.len(), 2);
 }

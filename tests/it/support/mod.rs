@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod cfn;
 pub mod emulator;
 pub mod github_fake;
 pub mod listener;
