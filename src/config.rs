@@ -150,6 +150,9 @@ struct RawApp {
     honor_skip_markers: Option<bool>,
     /// The GitHub Deployments environment; the app's name when unset.
     environment: Option<String>,
+    /// The environment variable holding this repository's webhook secret(s) (issue 23);
+    /// `SLIPWAY_WEBHOOK_SECRET` when unset.
+    webhook_secret_env: Option<String>,
 }
 
 /// The validated configuration.
@@ -250,6 +253,9 @@ pub struct AppConfig {
     pub path_rules: crate::push_filter::PathRules,
     /// The GitHub Deployments environment (`environment`, default: the app's name).
     pub environment: String,
+    /// The environment variable holding the secrets that sign this repository's deliveries
+    /// (`webhook_secret_env`, default [`WEBHOOK_SECRET_ENV`]).
+    pub webhook_secret_env: String,
 }
 
 impl AppConfig {
@@ -772,8 +778,31 @@ impl RawApp {
                 None => name.to_string(),
                 Some(env) => non_empty(key("environment"), env)?,
             },
+            webhook_secret_env: match self.webhook_secret_env {
+                None => WEBHOOK_SECRET_ENV.to_owned(),
+                Some(var) => env_var_name(key("webhook_secret_env"), var)?,
+            },
             name,
         })
+    }
+}
+
+/// The name of an environment variable: letters, digits and `_`, not starting with a digit.
+fn env_var_name(key: String, value: String) -> Result<String, ConfigError> {
+    let ok = value
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(value)
+    } else {
+        Err(invalid(
+            key,
+            format!("\"{value}\" is not an environment variable name"),
+        ))
     }
 }
 
@@ -831,9 +860,14 @@ pub struct WebhookSecrets(Vec<Secret>);
 impl WebhookSecrets {
     /// Parses the comma-separated value of [`WEBHOOK_SECRET_ENV`].
     pub fn parse(value: Option<&str>) -> Result<Self, ConfigError> {
+        Self::parse_named(WEBHOOK_SECRET_ENV, value)
+    }
+
+    /// Parses the comma-separated value of the environment variable `name`.
+    pub fn parse_named(name: &str, value: Option<&str>) -> Result<Self, ConfigError> {
         let value = value.ok_or_else(|| {
             ConfigError::Secret(format!(
-                "{WEBHOOK_SECRET_ENV} is not set: slipway will not accept unsigned webhooks"
+                "{name} is not set: slipway will not accept unsigned webhooks"
             ))
         })?;
         let secrets: Vec<Secret> = value
@@ -844,7 +878,7 @@ impl WebhookSecrets {
             .collect();
         if secrets.is_empty() {
             return Err(ConfigError::Secret(format!(
-                "{WEBHOOK_SECRET_ENV} is empty: slipway will not accept unsigned webhooks"
+                "{name} is empty: slipway will not accept unsigned webhooks"
             )));
         }
         if let Some(i) = secrets
@@ -852,17 +886,13 @@ impl WebhookSecrets {
             .position(|s| s.expose().len() < MIN_WEBHOOK_SECRET_BYTES)
         {
             return Err(ConfigError::Secret(format!(
-                "{WEBHOOK_SECRET_ENV}: secret {} of {} is shorter than {MIN_WEBHOOK_SECRET_BYTES} bytes; \
+                "{name}: secret {} of {} is shorter than {MIN_WEBHOOK_SECRET_BYTES} bytes; \
                  use a long random value (e.g. `openssl rand -hex 32`)",
                 i + 1,
                 secrets.len()
             )));
         }
         Ok(Self(secrets))
-    }
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::parse(std::env::var(WEBHOOK_SECRET_ENV).ok().as_deref())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Secret> {
@@ -1135,7 +1165,7 @@ pub fn check_serve_environment(
     region: Option<&str>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Err(e) = WebhookSecrets::parse(env(WEBHOOK_SECRET_ENV).as_deref()) {
+    if let Err(e) = crate::webhook_keys::Keyring::load(config, &env) {
         problems.push(e.to_string());
     }
     if let Err(e) = OpsTokens::parse(env(OPS_TOKENS_ENV).as_deref()) {

@@ -32,3 +32,4 @@ mod push_filter;
 mod readiness;
 mod startup;
 pub mod webhook;
+mod webhook_keys;

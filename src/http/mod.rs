@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+mod admin;
 mod api;
 mod body;
 mod conn;
@@ -32,7 +33,7 @@ mod webhook;
 use crate::aws::Clients;
 use crate::build::BuildStarter;
 use crate::clock::SharedClock;
-use crate::config::{Config, OpsTokens, ServerLimits, WebhookSecrets};
+use crate::config::{Config, OpsTokens, ServerLimits};
 use crate::deploy::Deployer;
 use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
@@ -45,7 +46,8 @@ pub type AppState = Arc<Shared>;
 /// The state behind [`AppState`].
 pub struct Shared {
     pub config: Arc<Config>,
-    pub secrets: Arc<WebhookSecrets>,
+    /// The webhook secrets and the repositories each may sign for.
+    pub keys: Arc<crate::webhook_keys::Keyring>,
     pub journal: Journal,
     pub clock: SharedClock,
     pub build_wake: Arc<Notify>,
@@ -67,7 +69,7 @@ pub struct Shared {
 /// Everything `run` needs from outside.
 pub struct Services {
     pub config: Config,
-    pub secrets: WebhookSecrets,
+    pub keys: crate::webhook_keys::Keyring,
     pub journal: Journal,
     pub clock: SharedClock,
     pub aws: Clients,
@@ -103,7 +105,8 @@ fn admin_router(state: AppState) -> Router {
             .merge(health_routes())
             // `/metrics`, the status page at `/` and `/deployments/{id}`.
             .merge(status::routes())
-            .fallback(not_found),
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn(admin::security_headers)),
     )
     .with_state(state)
 }
@@ -201,7 +204,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let Services {
         config,
-        secrets,
+        keys,
         journal,
         clock,
         aws,
@@ -319,7 +322,7 @@ pub async fn run(
         config,
         chat,
         forwarded: Arc::default(),
-        secrets: Arc::new(secrets),
+        keys: Arc::new(keys),
         journal: journal.clone(),
         clock,
         build_wake,

@@ -94,7 +94,7 @@ pub async fn deployment(
             tr { th { "ECS deployment" } td { @if let Some(e) = &d.ecs_deployment_id { code { (e) } } } }
             tr { th { "Build" } td {
                 @if let Some(b) = &d.build_id { code { (b) } }
-                @if let Some(l) = &d.log_link { " " a href=(l) { "logs" } }
+                @if let Some(l) = d.log_link.as_deref().and_then(https) { " " a href=(l) { "logs" } }
             } }
             tr { th { "Requested" } td { (format_millis(d.created_ms)) } }
             tr { th { "Started" } td { @if let Some(t) = d.started_ms { (format_millis(t)) } } }
@@ -130,7 +130,7 @@ fn run_row(run: &Run) -> Markup {
             td {
                 @if let Some(b) = &run.build {
                     (state_badge(&b.state))
-                    @if let Some(l) = &b.log_link { " " a href=(l) { "logs" } }
+                    @if let Some(l) = b.log_link.as_deref().and_then(https) { " " a href=(l) { "logs" } }
                     @if let Some(why) = &b.reason { (reason(&b.state, why)) }
                 } @else { span.muted { "—" } }
             }
@@ -222,7 +222,62 @@ fn short(sha: &str) -> String {
         .unwrap_or_else(|_| sha.to_owned())
 }
 
+/// `link` if it is an `https://` URL: the only links the page renders from stored data (maud
+/// escapes markup, not a `javascript:` or `data:` URL in an `href`).
+fn https(link: &str) -> Option<&str> {
+    let scheme = link.get(..8)?;
+    (scheme.eq_ignore_ascii_case("https://") && !link.chars().any(char::is_control)).then_some(link)
+}
+
+/// The `Content-Security-Policy` of every admin answer: nothing may load or run but the page's
+/// own inline stylesheet, named by its hash (no scripts, images, frames, forms or base URL).
+pub fn content_security_policy() -> &'static str {
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let hash = aws_smithy_types::base64::encode(Sha256::digest(STYLE.as_bytes()));
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'"
+        )
+    })
+}
+
 /// `family:revision` from a task definition ARN.
 fn revision(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_links_are_rendered() {
+        assert_eq!(
+            https("https://console.aws.amazon.com/x"),
+            Some("https://console.aws.amazon.com/x")
+        );
+        assert_eq!(https("HTTPS://example.com"), Some("HTTPS://example.com"));
+        for bad in [
+            "javascript:alert(1)",
+            "http://x",
+            "data:text/html,x",
+            "//x",
+            "",
+            "https://x\n",
+        ] {
+            assert_eq!(https(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_policy_names_the_stylesheet_hash() {
+        let policy = content_security_policy();
+        assert!(
+            policy.starts_with("default-src 'none'; style-src 'sha256-"),
+            "{policy}"
+        );
+        assert!(!policy.contains("unsafe"), "{policy}");
+    }
 }
