@@ -611,6 +611,9 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             aws,
             notifier,
             ops_tokens: crate::config::OpsTokens::from_env()?,
+            read_token: crate::config::ReadToken::parse(
+                std::env::var(crate::config::READ_TOKEN_ENV).ok().as_deref(),
+            )?,
             slack_secret: crate::config::slack_signing_secret_from_env(),
             readiness,
             github,

@@ -94,6 +94,9 @@ struct RawServer {
     trusted_proxies: Vec<String>,
     /// Bytes of not-yet-authenticated bodies held in memory at once, all requests together.
     unauthenticated_body_bytes: Option<usize>,
+    /// Host names the admin listener answers for, besides the loopback names (issue 23).
+    #[serde(default)]
+    admin_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +221,9 @@ pub struct ServerLimits {
     pub max_connections_per_ip: usize,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub unauthenticated_body_bytes: usize,
+    /// `Host` names (`name` or `name:port`, lowercase) the admin listener answers for besides
+    /// `127.0.0.1`, `localhost` and `[::1]`; any other gets 421 (DNS rebinding).
+    pub admin_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -392,6 +398,26 @@ impl RawConfig {
                 self.server.unauthenticated_body_bytes,
                 64 * 1024 * 1024,
             )?,
+            admin_hosts: self
+                .server
+                .admin_hosts
+                .iter()
+                .map(|h| {
+                    let ok = !h.is_empty()
+                        && h.bytes().all(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                        });
+                    if ok {
+                        Ok(h.to_ascii_lowercase())
+                    } else {
+                        Err(invalid(
+                            "server.admin_hosts",
+                            format!("\"{h}\" is not a host name (name or name:port)"),
+                        ))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
         };
         let chat = ChatConfig {
             slack_team_id: self
@@ -1136,6 +1162,44 @@ mod ops_token_tests {
     }
 }
 
+/// Environment variable holding the read token of the admin listener's page and `/metrics`.
+pub const READ_TOKEN_ENV: &str = "SLIPWAY_READ_TOKEN";
+
+/// The token that opens the status page and `/metrics` (issue 23), as a bearer token or as the
+/// password of HTTP Basic (any user name, so a browser can ask for it). Unset: they are open to
+/// whoever reaches the admin listener under an allowed `Host`.
+#[derive(Clone, Default)]
+pub struct ReadToken(Option<[u8; 32]>);
+
+impl fmt::Debug for ReadToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadToken(enabled: {})", self.0.is_some())
+    }
+}
+
+impl ReadToken {
+    pub fn parse(value: Option<&str>) -> Result<ReadToken, ConfigError> {
+        match value.map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(ReadToken(None)),
+            Some(t) if t.len() < 16 => Err(ConfigError::Secret(format!(
+                "{READ_TOKEN_ENV} must be at least 16 characters"
+            ))),
+            Some(t) => Ok(ReadToken(Some(digest(t.as_bytes())))),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    pub fn check(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0
+            .is_some_and(|token| bool::from(token.ct_eq(&digest(presented.as_bytes()))))
+    }
+}
+
 /// Environment variable holding Slack's signing secret for the slash command.
 pub const SLACK_SIGNING_SECRET_ENV: &str = "SLIPWAY_SLACK_SIGNING_SECRET";
 
@@ -1169,6 +1233,9 @@ pub fn check_serve_environment(
         problems.push(e.to_string());
     }
     if let Err(e) = OpsTokens::parse(env(OPS_TOKENS_ENV).as_deref()) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = ReadToken::parse(env(READ_TOKEN_ENV).as_deref()) {
         problems.push(e.to_string());
     }
     if let Err(e) = crate::notify::Notifier::from_config(&config.notify, &env) {

@@ -54,6 +54,10 @@ pub struct Shared {
     pub limits: ServerLimits,
     pub ops: crate::ops::Ops,
     pub ops_tokens: Arc<OpsTokens>,
+    /// Opens the status page and `/metrics` when set.
+    pub read_token: crate::config::ReadToken,
+    /// The status page's ECS reads, shared by the requests of a few seconds.
+    pub page_cache: crate::page::StatusCache,
     /// Bounds the bytes of bodies held before their signature is checked, all requests together.
     pub body_budget: Arc<body::Budget>,
     /// Requests in flight per client behind trusted proxies.
@@ -75,6 +79,7 @@ pub struct Services {
     pub aws: Clients,
     pub notifier: Notifier,
     pub ops_tokens: OpsTokens,
+    pub read_token: crate::config::ReadToken,
     pub slack_secret: Option<crate::config::Secret>,
     pub readiness: Arc<crate::readiness::Readiness>,
     /// GitHub API credentials; None: no statuses, deployments or recovery.
@@ -104,8 +109,15 @@ fn admin_router(state: AppState) -> Router {
             .merge(api::routes())
             .merge(health_routes())
             // `/metrics`, the status page at `/` and `/deployments/{id}`.
-            .merge(status::routes())
+            .merge(status::routes().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::read_token,
+            )))
             .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::known_host,
+            ))
             .layer(axum::middleware::from_fn(admin::security_headers)),
     )
     .with_state(state)
@@ -210,6 +222,7 @@ pub async fn run(
         aws,
         notifier,
         ops_tokens,
+        read_token,
         slack_secret,
         readiness,
         github,
@@ -329,6 +342,8 @@ pub async fn run(
         limits: limits.clone(),
         ops,
         ops_tokens: Arc::new(ops_tokens),
+        read_token,
+        page_cache: crate::page::StatusCache::default(),
         slack_secret: slack_secret.map(Arc::new),
         body_budget: Arc::new(body::Budget::new(limits.unauthenticated_body_bytes)),
         readiness,

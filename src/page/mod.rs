@@ -3,6 +3,8 @@
 //! interpolated value is escaped), no JavaScript; pages with work in progress refresh
 //! themselves. Read-only: it only reads ECS (through `Ops::status`) and the journal.
 
+use std::sync::Arc;
+
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::journal::{build_state, deploy_state, format_millis, Deployment, Journal, Run};
@@ -28,11 +30,40 @@ code{font-size:.85rem;overflow-wrap:anywhere}
 progress{width:12rem;max-width:100%}
 ";
 
+/// How long the page's ECS reads are reused: loads within it (a refreshing page, twenty tabs,
+/// `<img>` tags on a page the operator opened) cost no AWS call, so the page cannot throttle the
+/// account's ECS API that deploys need.
+const STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The page's view of what every app runs (`Ops::status`: DescribeServices and
+/// DescribeTaskDefinition per app), kept for [`STATUS_TTL`] and shared: while one request reads
+/// ECS, the others wait for its answer instead of asking again.
+#[derive(Default)]
+pub struct StatusCache(tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<AppStatus>>)>>);
+
+impl StatusCache {
+    async fn get(&self, ops: &Ops) -> Arc<Vec<AppStatus>> {
+        let mut cached = self.0.lock().await;
+        if let Some((at, apps)) = cached.as_ref() {
+            if at.elapsed() < STATUS_TTL {
+                return apps.clone();
+            }
+        }
+        let apps = Arc::new(ops.status().await);
+        *cached = Some((std::time::Instant::now(), apps.clone()));
+        apps
+    }
+}
+
 /// GET /: every app and the recent runs.
-pub async fn status(ops: &Ops, journal: &Journal) -> Result<String, crate::journal::JournalError> {
-    let apps = ops.status().await;
+pub async fn status(
+    ops: &Ops,
+    cache: &StatusCache,
+    journal: &Journal,
+) -> Result<String, crate::journal::JournalError> {
+    let apps = cache.get(ops).await;
     let mut since = Vec::with_capacity(apps.len());
-    for app in &apps {
+    for app in apps.iter() {
         since.push(running_since(journal, app).await?);
     }
     let runs = journal.recent_runs(RECENT_RUNS).await?;
