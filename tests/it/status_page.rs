@@ -300,3 +300,41 @@ async fn the_read_token_guards_the_page_and_the_metrics() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Issue 23 item 5: whatever type a signed payload gives `pusher.name`, the page still
+/// answers; a number is shown as the name.
+#[tokio::test]
+async fn a_numeric_pusher_name_is_shown_and_odd_ones_break_nothing() {
+    let s = crate::support::SlipwayBuilder::new("http://127.0.0.1:9")
+        .start()
+        .await;
+    let push = |sha: &str, pusher: serde_json::Value| {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&fixture("github/push_master.json")).unwrap();
+        body["after"] = sha.into();
+        body["pusher"]["name"] = pusher;
+        serde_json::to_vec(&body).unwrap()
+    };
+    for (i, name) in [
+        serde_json::json!(4242_1337),
+        serde_json::json!(2.5),
+        serde_json::json!({ "nested": "object" }),
+        serde_json::json!([1, 2]),
+        serde_json::json!(true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sha = format!("{:0>40}", i + 1);
+        let r = s
+            .deliver("push", &format!("pusher-{i}"), &push(&sha, name))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let (status, html) = page(&s, "/").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("42421337"), "{html}");
+    assert!(html.contains("2.5"), "{html}");
+    assert!(!html.contains("nested"), "{html}");
+    assert_eq!(s.deliveries().len(), 5);
+}
