@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::aws::Clients;
 use crate::client::Client;
 use crate::clock::SystemClock;
-use crate::config::{Config, WebhookSecrets};
+use crate::config::Config;
 use crate::http::{self as server, Services};
 use crate::journal::{DeliverySummary, Journal};
 
@@ -604,7 +604,7 @@ async fn check_config(path: &std::path::Path, aws: bool) -> anyhow::Result<()> {
 
 async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let mut config = Config::load(path)?;
-    let secrets = WebhookSecrets::from_env()?;
+    let keys = crate::webhook_keys::Keyring::load(&config, &|name| std::env::var(name).ok())?;
     let shared = require_region().await?;
     let journal = Journal::open_with(&config.state_dir, &config.journal)
         .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
@@ -628,12 +628,15 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         admin,
         Services {
             config,
-            secrets,
+            keys,
             journal,
             clock: Arc::new(SystemClock),
             aws,
             notifier,
             ops_tokens: crate::config::OpsTokens::from_env()?,
+            read_token: crate::config::ReadToken::parse(
+                std::env::var(crate::config::READ_TOKEN_ENV).ok().as_deref(),
+            )?,
             slack_secret: crate::config::slack_signing_secret_from_env(),
             readiness,
             github,

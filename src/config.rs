@@ -94,6 +94,9 @@ struct RawServer {
     trusted_proxies: Vec<String>,
     /// Bytes of not-yet-authenticated bodies held in memory at once, all requests together.
     unauthenticated_body_bytes: Option<usize>,
+    /// Host names the admin listener answers for, besides the loopback names (issue 23).
+    #[serde(default)]
+    admin_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +153,9 @@ struct RawApp {
     honor_skip_markers: Option<bool>,
     /// The GitHub Deployments environment; the app's name when unset.
     environment: Option<String>,
+    /// The environment variable holding this repository's webhook secret(s) (issue 23);
+    /// `SLIPWAY_WEBHOOK_SECRET` when unset.
+    webhook_secret_env: Option<String>,
 }
 
 /// The validated configuration.
@@ -215,6 +221,9 @@ pub struct ServerLimits {
     pub max_connections_per_ip: usize,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub unauthenticated_body_bytes: usize,
+    /// `Host` names (`name` or `name:port`, lowercase) the admin listener answers for besides
+    /// `127.0.0.1`, `localhost` and `[::1]`; any other gets 421 (DNS rebinding).
+    pub admin_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +259,9 @@ pub struct AppConfig {
     pub path_rules: crate::push_filter::PathRules,
     /// The GitHub Deployments environment (`environment`, default: the app's name).
     pub environment: String,
+    /// The environment variable holding the secrets that sign this repository's deliveries
+    /// (`webhook_secret_env`, default [`WEBHOOK_SECRET_ENV`]).
+    pub webhook_secret_env: String,
 }
 
 impl AppConfig {
@@ -386,6 +398,26 @@ impl RawConfig {
                 self.server.unauthenticated_body_bytes,
                 64 * 1024 * 1024,
             )?,
+            admin_hosts: self
+                .server
+                .admin_hosts
+                .iter()
+                .map(|h| {
+                    let ok = !h.is_empty()
+                        && h.bytes().all(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                        });
+                    if ok {
+                        Ok(h.to_ascii_lowercase())
+                    } else {
+                        Err(invalid(
+                            "server.admin_hosts",
+                            format!("\"{h}\" is not a host name (name or name:port)"),
+                        ))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
         };
         let chat = ChatConfig {
             slack_team_id: self
@@ -772,8 +804,31 @@ impl RawApp {
                 None => name.to_string(),
                 Some(env) => non_empty(key("environment"), env)?,
             },
+            webhook_secret_env: match self.webhook_secret_env {
+                None => WEBHOOK_SECRET_ENV.to_owned(),
+                Some(var) => env_var_name(key("webhook_secret_env"), var)?,
+            },
             name,
         })
+    }
+}
+
+/// The name of an environment variable: letters, digits and `_`, not starting with a digit.
+fn env_var_name(key: String, value: String) -> Result<String, ConfigError> {
+    let ok = value
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(value)
+    } else {
+        Err(invalid(
+            key,
+            format!("\"{value}\" is not an environment variable name"),
+        ))
     }
 }
 
@@ -831,9 +886,14 @@ pub struct WebhookSecrets(Vec<Secret>);
 impl WebhookSecrets {
     /// Parses the comma-separated value of [`WEBHOOK_SECRET_ENV`].
     pub fn parse(value: Option<&str>) -> Result<Self, ConfigError> {
+        Self::parse_named(WEBHOOK_SECRET_ENV, value)
+    }
+
+    /// Parses the comma-separated value of the environment variable `name`.
+    pub fn parse_named(name: &str, value: Option<&str>) -> Result<Self, ConfigError> {
         let value = value.ok_or_else(|| {
             ConfigError::Secret(format!(
-                "{WEBHOOK_SECRET_ENV} is not set: slipway will not accept unsigned webhooks"
+                "{name} is not set: slipway will not accept unsigned webhooks"
             ))
         })?;
         let secrets: Vec<Secret> = value
@@ -844,7 +904,7 @@ impl WebhookSecrets {
             .collect();
         if secrets.is_empty() {
             return Err(ConfigError::Secret(format!(
-                "{WEBHOOK_SECRET_ENV} is empty: slipway will not accept unsigned webhooks"
+                "{name} is empty: slipway will not accept unsigned webhooks"
             )));
         }
         if let Some(i) = secrets
@@ -852,17 +912,13 @@ impl WebhookSecrets {
             .position(|s| s.expose().len() < MIN_WEBHOOK_SECRET_BYTES)
         {
             return Err(ConfigError::Secret(format!(
-                "{WEBHOOK_SECRET_ENV}: secret {} of {} is shorter than {MIN_WEBHOOK_SECRET_BYTES} bytes; \
+                "{name}: secret {} of {} is shorter than {MIN_WEBHOOK_SECRET_BYTES} bytes; \
                  use a long random value (e.g. `openssl rand -hex 32`)",
                 i + 1,
                 secrets.len()
             )));
         }
         Ok(Self(secrets))
-    }
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::parse(std::env::var(WEBHOOK_SECRET_ENV).ok().as_deref())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Secret> {
@@ -1106,6 +1162,44 @@ mod ops_token_tests {
     }
 }
 
+/// Environment variable holding the read token of the admin listener's page and `/metrics`.
+pub const READ_TOKEN_ENV: &str = "SLIPWAY_READ_TOKEN";
+
+/// The token that opens the status page and `/metrics` (issue 23), as a bearer token or as the
+/// password of HTTP Basic (any user name, so a browser can ask for it). Unset: they are open to
+/// whoever reaches the admin listener under an allowed `Host`.
+#[derive(Clone, Default)]
+pub struct ReadToken(Option<[u8; 32]>);
+
+impl fmt::Debug for ReadToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadToken(enabled: {})", self.0.is_some())
+    }
+}
+
+impl ReadToken {
+    pub fn parse(value: Option<&str>) -> Result<ReadToken, ConfigError> {
+        match value.map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(ReadToken(None)),
+            Some(t) if t.len() < 16 => Err(ConfigError::Secret(format!(
+                "{READ_TOKEN_ENV} must be at least 16 characters"
+            ))),
+            Some(t) => Ok(ReadToken(Some(digest(t.as_bytes())))),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    pub fn check(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0
+            .is_some_and(|token| bool::from(token.ct_eq(&digest(presented.as_bytes()))))
+    }
+}
+
 /// Environment variable holding Slack's signing secret for the slash command.
 pub const SLACK_SIGNING_SECRET_ENV: &str = "SLIPWAY_SLACK_SIGNING_SECRET";
 
@@ -1135,10 +1229,13 @@ pub fn check_serve_environment(
     region: Option<&str>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Err(e) = WebhookSecrets::parse(env(WEBHOOK_SECRET_ENV).as_deref()) {
+    if let Err(e) = crate::webhook_keys::Keyring::load(config, &env) {
         problems.push(e.to_string());
     }
     if let Err(e) = OpsTokens::parse(env(OPS_TOKENS_ENV).as_deref()) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = ReadToken::parse(env(READ_TOKEN_ENV).as_deref()) {
         problems.push(e.to_string());
     }
     if let Err(e) = crate::notify::Notifier::from_config(&config.notify, &env) {

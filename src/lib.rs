@@ -33,3 +33,4 @@ mod push_filter;
 mod readiness;
 mod startup;
 pub mod webhook;
+mod webhook_keys;

@@ -1,7 +1,8 @@
 //! The push domain: GitHub's signature, the push parsed at the edge, and the verdict on it.
 //!
-//! Nothing here knows HTTP: `http::webhook` reads the request, calls [`verify`] and
-//! [`decide`], journals and answers.
+//! Nothing here knows HTTP: `http::webhook` checks the headers, reads the body through a
+//! `webhook_keys::Verifier`, checks the secret against [`repository_of`] and [`hook_bound`],
+//! calls [`decide`], journals and answers.
 
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -32,52 +33,87 @@ pub enum SignatureError {
     Malformed,
     #[error("signature does not match")]
     Mismatch,
+    /// The signature matched a secret, but not one bound to what the delivery is about.
+    #[error("signature does not match a webhook secret of {0}")]
+    NotBound(String),
 }
 
-/// Checks `header` (the `X-Hub-Signature-256` value) against every secret, in constant time.
+/// Whether `header` (the `X-Hub-Signature-256` value) is the signature of `body` with one of
+/// `secrets`, checked as a delivery's is (every secret, each in constant time); which
+/// repository the secret may sign for is not asked here (see `webhook_keys`).
 pub fn verify(
     secrets: &WebhookSecrets,
     header: Option<&str>,
     body: &[u8],
 ) -> Result<(), SignatureError> {
-    let mut verifier = Verifier::new(secrets);
+    let expected = signature_header(header)?;
+    let ring = crate::webhook_keys::Keyring::default_only(secrets);
+    let mut verifier = ring.verifier();
     verifier.update(body);
-    verifier.finish(header)
+    verifier.finish(&expected).map(|_| ())
 }
 
-/// [`verify`] for a body that arrives in pieces: the HMACs are computed as it streams.
-pub struct Verifier(Vec<HmacSha256>);
+/// The 32 bytes of an `X-Hub-Signature-256` header, checked before a byte of the body is read.
+pub fn signature_header(header: Option<&str>) -> Result<Vec<u8>, SignatureError> {
+    let header = header.ok_or(SignatureError::Missing)?;
+    signature_bytes(header, "sha256=").ok_or(SignatureError::Malformed)
+}
 
-impl Verifier {
-    pub fn new(secrets: &WebhookSecrets) -> Verifier {
-        Verifier(
-            secrets
-                .iter()
-                .map(|s| HmacSha256::new_from_slice(s.expose()).expect("any key length"))
-                .collect(),
-        )
+/// What a delivery says it is about: `repository.full_name`, if its payload names one. Read
+/// leniently (anything else in the payload is skipped unparsed): a payload that does not name a
+/// repository is signed only by the default secret (`webhook_keys`).
+pub fn repository_of(content_type: ContentType, body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        repository: Option<Repo>,
     }
+    #[derive(Deserialize)]
+    struct Repo {
+        full_name: Option<String>,
+    }
+    let json = payload_json(content_type, body).ok()?;
+    serde_json::from_slice::<Named>(&json)
+        .ok()?
+        .repository?
+        .full_name
+}
 
-    pub fn update(&mut self, chunk: &[u8]) {
-        for mac in &mut self.0 {
-            mac.update(chunk);
-        }
+/// Whether hook `hook` may deliver about `repository`: where `[[github.hook]]` entries name
+/// hooks of the repository (its own, its organisation's, or the App's), the delivery's
+/// `X-GitHub-Hook-ID` must be one of them. Without such entries, any hook may.
+pub fn hook_bound(
+    github: Option<&crate::github::GithubConfig>,
+    repository: Option<&str>,
+    hook: &crate::ids::HookId,
+) -> Result<(), String> {
+    use crate::github::HookOwner;
+    let (Some(github), Some(repository)) = (github, repository) else {
+        return Ok(());
+    };
+    let owner = repository.split('/').next().unwrap_or("");
+    let bound: Vec<u64> = github
+        .hooks
+        .iter()
+        .filter(|h| match &h.owner {
+            HookOwner::Repository(r) => r.eq_ignore_ascii_case(repository),
+            HookOwner::Org(o) => o.eq_ignore_ascii_case(owner),
+            HookOwner::App => true,
+        })
+        .map(|h| h.id)
+        .collect();
+    if bound.is_empty() || bound.iter().any(|id| id.to_string() == hook.as_str()) {
+        return Ok(());
     }
+    Err(format!(
+        "hook {} is not a hook of repository {} ([[github.hook]])",
+        clip(hook.as_str()),
+        clip(repository)
+    ))
+}
 
-    /// Checks `header` against every secret, so the time taken does not tell which matched.
-    pub fn finish(self, header: Option<&str>) -> Result<(), SignatureError> {
-        let header = header.ok_or(SignatureError::Missing)?;
-        let expected = signature_bytes(header, "sha256=").ok_or(SignatureError::Malformed)?;
-        let mut matched = false;
-        for mac in self.0 {
-            matched |= mac.verify_slice(&expected).is_ok();
-        }
-        if matched {
-            Ok(())
-        } else {
-            Err(SignatureError::Mismatch)
-        }
-    }
+/// At most 100 characters of an untrusted value, for an answer or a log field.
+pub(crate) fn clip(value: &str) -> String {
+    value.chars().take(100).collect()
 }
 
 /// The fields of a push slipway uses. Everything else in the payload is ignored.
@@ -437,30 +473,66 @@ mod tests {
     }
 
     #[test]
-    fn verify_accepts_any_configured_secret_and_nothing_else() {
-        let secrets = WebhookSecrets::parse(Some("old-webhook-secret,new-webhook-secret")).unwrap();
-        let body = b"{}";
+    fn signature_headers_are_checked_before_the_body() {
+        assert_eq!(signature_header(None), Err(SignatureError::Missing));
         assert_eq!(
-            verify(&secrets, Some(&sign(b"old-webhook-secret", body)), body),
-            Ok(())
-        );
-        assert_eq!(
-            verify(&secrets, Some(&sign(b"new-webhook-secret", body)), body),
-            Ok(())
-        );
-        assert_eq!(
-            verify(&secrets, Some(&sign(b"other", body)), body),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(verify(&secrets, None, body), Err(SignatureError::Missing));
-        assert_eq!(
-            verify(&secrets, Some("sha1=abcd"), body),
+            signature_header(Some("sha1=abcd")),
             Err(SignatureError::Malformed)
         );
         assert_eq!(
-            verify(&secrets, Some(&format!("sha256={}", "z".repeat(64))), body),
+            signature_header(Some(&format!("sha256={}", "z".repeat(64)))),
             Err(SignatureError::Malformed)
         );
+        assert_eq!(
+            signature_header(Some(&sign(b"k", b"{}"))).unwrap().len(),
+            32
+        );
+    }
+
+    #[test]
+    fn the_repository_is_read_leniently() {
+        let json = ContentType::Json;
+        assert_eq!(
+            repository_of(
+                json,
+                br#"{"repository":{"full_name":"a/b","id":1},"x":[1]}"#
+            )
+            .as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(repository_of(json, br#"{"zen":"x"}"#), None);
+        assert_eq!(
+            repository_of(json, br#"{"repository":{"full_name":5}}"#),
+            None
+        );
+        assert_eq!(repository_of(json, b"not json"), None);
+        let form = b"payload=%7B%22repository%22%3A%7B%22full_name%22%3A%22a%2Fb%22%7D%7D";
+        assert_eq!(
+            repository_of(ContentType::Form, form).as_deref(),
+            Some("a/b")
+        );
+    }
+
+    #[test]
+    fn named_hooks_bind_their_repositories() {
+        let github = toml::from_str::<crate::github::RawGithubConfig>(
+            "[[hook]]\nrepository = \"octo-org/web\"\nid = 11\n\
+             [[hook]]\norg = \"octo-org\"\nid = 22\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let hook = |id: &str| crate::ids::HookId::parse(Some(id)).unwrap();
+        assert!(hook_bound(Some(&github), Some("octo-org/web"), &hook("11")).is_ok());
+        assert!(hook_bound(Some(&github), Some("Octo-Org/api"), &hook("22")).is_ok());
+        let e = hook_bound(Some(&github), Some("octo-org/web"), &hook("33")).unwrap_err();
+        assert!(
+            e.contains("hook 33 is not a hook of repository octo-org/web"),
+            "{e}"
+        );
+        // No entry names hooks of this repository: any hook.
+        assert!(hook_bound(Some(&github), Some("other/x"), &hook("33")).is_ok());
+        assert!(hook_bound(None, Some("octo-org/web"), &hook("33")).is_ok());
     }
 
     #[test]

@@ -72,6 +72,20 @@ pub fn verify(
     body: &[u8],
     now: i64,
 ) -> Result<(), SignatureError> {
+    let presented = check_headers(timestamp, signature, now)?;
+    let timestamp = timestamp.unwrap_or_default();
+    mac(secret, timestamp, body)
+        .verify_slice(&presented)
+        .map_err(|_| SignatureError::Mismatch)
+}
+
+/// What Slack's headers settle before the body is read: both present, well-formed, and the
+/// timestamp within [`MAX_CLOCK_SKEW_SECS`] of `now`. Returns the signature's bytes.
+pub fn check_headers(
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    now: i64,
+) -> Result<Vec<u8>, SignatureError> {
     let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
         return Err(SignatureError::Missing);
     };
@@ -87,9 +101,7 @@ pub fn verify(
     if (now - sent_at).abs() > MAX_CLOCK_SKEW_SECS {
         return Err(SignatureError::Stale);
     }
-    mac(secret, timestamp, body)
-        .verify_slice(&presented)
-        .map_err(|_| SignatureError::Mismatch)
+    Ok(presented)
 }
 
 impl Chat {

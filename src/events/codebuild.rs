@@ -95,8 +95,8 @@ pub struct BuildStateChange {
     /// `detail.additional-information.environment.environment-variables`, name and value, in
     /// the order of the event.
     pub env: Vec<(String, String)>,
-    /// `detail.additional-information.logs.deep-link`.
-    pub log_link: Option<String>,
+    // `detail.additional-information.logs.deep-link` is not kept: the log link shown and
+    // posted comes only from CodeBuild's own answer (`events::trust`), never from an event.
 }
 
 impl BuildStateChange {
@@ -205,8 +205,6 @@ struct RawInfo {
     source_version: Option<String>,
     #[serde(default)]
     environment: Option<RawEnvironment>,
-    #[serde(default)]
-    logs: Option<RawLogs>,
 }
 
 #[derive(Deserialize)]
@@ -220,12 +218,6 @@ struct RawEnvVar {
     name: String,
     #[serde(default)]
     value: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawLogs {
-    #[serde(rename = "deep-link", default)]
-    deep_link: Option<String>,
 }
 
 /// Parses an SQS message body holding a whole EventBridge `CodeBuild Build State Change` event.
@@ -253,8 +245,8 @@ pub fn parse_event(body: &str) -> Result<BuildStateChange, EventParseError> {
     }
 
     let info = detail.additional_information;
-    let (source_version, env, log_link) = match info {
-        None => (None, Vec::new(), None),
+    let (source_version, env) = match info {
+        None => (None, Vec::new()),
         Some(info) => (
             info.source_version.filter(|s| !s.is_empty()),
             info.environment
@@ -263,9 +255,6 @@ pub fn parse_event(body: &str) -> Result<BuildStateChange, EventParseError> {
                 .into_iter()
                 .map(|v| (v.name, v.value.unwrap_or_default()))
                 .collect(),
-            info.logs
-                .and_then(|l| l.deep_link)
-                .filter(|s| !s.is_empty()),
         ),
     };
 
@@ -279,7 +268,6 @@ pub fn parse_event(body: &str) -> Result<BuildStateChange, EventParseError> {
         status: BuildStatus::parse(&detail.build_status),
         source_version,
         env,
-        log_link,
     })
 }
 
@@ -339,9 +327,6 @@ mod tests {
         assert_eq!(ev.env_var("NPM_TOKEN"), Some("/web/npm-token"));
         assert_eq!(ev.env_var("NOPE"), None);
         assert_eq!(ev.env.len(), 5);
-        let link = ev.log_link.as_deref().unwrap();
-        assert!(link.starts_with("https://console.aws.amazon.com/cloudwatch/"));
-        assert!(link.contains("5f2c8e1a-9b3d-4c7e-a6f0-2d8b1e4c9a73"));
     }
 
     #[test]
@@ -355,7 +340,6 @@ mod tests {
         assert!(ev
             .build_arn
             .ends_with(":build/web-build:a0c4e6f8-1b3d-4f5a-8c7e-9d2b4f6a8c01"));
-        assert!(ev.log_link.is_some());
     }
 
     #[test]
@@ -441,7 +425,6 @@ mod tests {
         assert_eq!(ev.status, BuildStatus::Succeeded);
         assert_eq!(ev.source_version, None);
         assert!(ev.env.is_empty());
-        assert_eq!(ev.log_link, None);
         assert_eq!(ev.commit(), None);
 
         let ev = parse_edited(SUCCEEDED, |v| {
@@ -453,7 +436,6 @@ mod tests {
         })
         .unwrap();
         assert!(ev.env.is_empty());
-        assert_eq!(ev.log_link, None);
         assert_eq!(ev.commit(), Some(SHA));
 
         let ev = parse_edited(SUCCEEDED, |v| {

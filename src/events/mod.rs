@@ -145,7 +145,7 @@ impl BuildResults {
 /// Long-polls the queue and hands each message its own task.
 pub struct Consumer {
     pub sqs: aws_sdk_sqs::Client,
-    /// Confirms `SUCCEEDED` events before anything is deployed.
+    /// Confirms every final status (`BatchGetBuilds`) before anything is recorded.
     pub codebuild: aws_sdk_codebuild::Client,
     pub queue_url: String,
     pub results: Arc<BuildResults>,
@@ -251,27 +251,29 @@ impl Running {
                 tracing::info!(project = %event.project, "no app builds in this project; ignoring the event");
                 return self.delete(&receipt).await;
             };
-            let mut result = BuildResult {
+            if !event.status.is_terminal() {
+                // IN_PROGRESS, or a status this version does not know: nothing to record (the
+                // reconciler settles a build whose final event never comes).
+                return self.delete(&receipt).await;
+            }
+            // Every final status, not only SUCCEEDED: a forged FAILED for a build that
+            // succeeded would otherwise mark it failed, notify and post a failure status.
+            let confirmed = match self.confirmed(&app, &event).await {
+                Err(e) => {
+                    // Not deleted: it comes back and CodeBuild is asked again.
+                    return tracing::warn!(error = %e, "cannot confirm the build with CodeBuild");
+                }
+                Ok(Err(reason)) => return reject(reason).await,
+                Ok(Ok(confirmed)) => confirmed,
+            };
+            // What the build is (commit, log link, run) as CodeBuild says, not as the event does.
+            let result = BuildResult {
                 build_id: build_id.clone(),
                 status: event.status.clone(),
-                commit: event.commit().map(str::to_owned),
-                log_link: event.log_link.clone(),
-                run_token: event.env_var("SLIPWAY_RUN").map(str::to_owned),
+                commit: confirmed.commit,
+                log_link: confirmed.log_link,
+                run_token: confirmed.run_token,
             };
-            if event.status.is_success() {
-                match self.confirmed(&app, &event).await {
-                    Err(e) => {
-                        // Not deleted: it comes back and CodeBuild is asked again.
-                        return tracing::warn!(error = %e, "cannot confirm the build with CodeBuild");
-                    }
-                    Ok(Err(reason)) => return reject(reason).await,
-                    Ok(Ok(confirmed)) => {
-                        result.commit = confirmed.commit;
-                        result.run_token = confirmed.run_token;
-                        result.log_link = confirmed.log_link.or(result.log_link);
-                    }
-                }
-            }
             match self.results.record(&app, result).await {
                 Err(e) => {
                     // Not deleted: it comes back and is recorded then.
@@ -299,7 +301,8 @@ impl Running {
         .await
     }
 
-    /// CodeBuild's view of a `SUCCEEDED` build: Ok(Err(reason)) when it is not to be deployed.
+    /// CodeBuild's view of a build whose final status an event announced: Ok(Err(reason)) when
+    /// the event is not to be acted on.
     async fn confirmed(
         &self,
         app: &AppConfig,
@@ -321,7 +324,10 @@ impl Running {
             // (the journal finds the build by its SLIPWAY_RUN) or a foreign build, deployed
             // only when the app allows it.
             (None, _) => {
-                if confirmed.run_token.is_none() && !app.deploy_foreign_builds {
+                if event.status.is_success()
+                    && confirmed.run_token.is_none()
+                    && !app.deploy_foreign_builds
+                {
                     return Ok(Err(
                         "a build slipway did not start, and deploy_foreign_builds is off".into(),
                     ));

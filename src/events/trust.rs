@@ -2,9 +2,12 @@
 //!
 //! The queue is only a mailbox: anyone who may `SendMessage` to it (or a misrouted rule) can
 //! put a well-formed event there. So an event counts only if it says it comes from CodeBuild
-//! in slipway's own account and region, and a `SUCCEEDED` is only acted on once CodeBuild
-//! itself (`BatchGetBuilds`) confirms it, for a build slipway started (it carries that run's
-//! `SLIPWAY_RUN`) or a foreign build the app accepts.
+//! in slipway's own account and region, and a final status (`SUCCEEDED`, `FAILED`, `FAULT`,
+//! `STOPPED`, `TIMED_OUT`) is only acted on once CodeBuild itself (`BatchGetBuilds`) reports
+//! the same one, for a build slipway started (it carries that run's `SLIPWAY_RUN`) or a
+//! foreign build the app accepts. What slipway keeps of the build (commit, log link, run) comes
+//! from CodeBuild's answer, never from the event: the build id is public (it is in the log link
+//! of every commit status), so anyone who may send to the queue can name a real build.
 
 use aws_sdk_codebuild::types::Build;
 
@@ -75,7 +78,7 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// CodeBuild's own view of a build whose `SUCCEEDED` event arrived.
+/// CodeBuild's own view of a build whose final status an event announced.
 #[derive(Debug, Clone)]
 pub struct Confirmed {
     pub commit: Option<String>,
@@ -92,8 +95,9 @@ pub enum Confirmation {
     Rejected(String),
 }
 
-/// Asks CodeBuild whether the build of a `SUCCEEDED` event did succeed, in the project the
-/// event names. An AWS error is returned as such: the message is kept and asked about again.
+/// Asks CodeBuild whether the build of an event with a final status ended with that status,
+/// in the project the event names. An AWS error is returned as such: the message is kept and
+/// asked about again.
 pub async fn confirm(
     codebuild: &aws_sdk_codebuild::Client,
     event: &BuildStateChange,
@@ -115,9 +119,10 @@ pub async fn confirm(
 
 fn judge(event: &BuildStateChange, build: &Build) -> Confirmation {
     let status = BuildStatus::parse(build.build_status().map(|s| s.as_str()).unwrap_or(""));
-    if !status.is_success() {
+    if status != event.status {
         return Confirmation::Rejected(format!(
-            "the event says SUCCEEDED but CodeBuild reports the build as {status}"
+            "the event says {} but CodeBuild reports the build as {status}",
+            truncate(event.status.as_str())
         ));
     }
     if let Some(project) = build.project_name() {
@@ -185,7 +190,6 @@ mod tests {
             status: BuildStatus::Succeeded,
             source_version: None,
             env: vec![],
-            log_link: None,
         }
     }
 

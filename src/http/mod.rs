@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+mod admin;
 mod api;
 mod body;
 mod conn;
@@ -32,7 +33,7 @@ mod webhook;
 use crate::aws::Clients;
 use crate::build::BuildStarter;
 use crate::clock::SharedClock;
-use crate::config::{Config, OpsTokens, ServerLimits, WebhookSecrets};
+use crate::config::{Config, OpsTokens, ServerLimits};
 use crate::deploy::Deployer;
 use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
@@ -45,13 +46,18 @@ pub type AppState = Arc<Shared>;
 /// The state behind [`AppState`].
 pub struct Shared {
     pub config: Arc<Config>,
-    pub secrets: Arc<WebhookSecrets>,
+    /// The webhook secrets and the repositories each may sign for.
+    pub keys: Arc<crate::webhook_keys::Keyring>,
     pub journal: Journal,
     pub clock: SharedClock,
     pub build_wake: Arc<Notify>,
     pub limits: ServerLimits,
     pub ops: crate::ops::Ops,
     pub ops_tokens: Arc<OpsTokens>,
+    /// Opens the status page and `/metrics` when set.
+    pub read_token: crate::config::ReadToken,
+    /// The status page's ECS reads, shared by the requests of a few seconds.
+    pub page_cache: crate::page::StatusCache,
     /// Bounds the bytes of bodies held before their signature is checked, all requests together.
     pub body_budget: Arc<body::Budget>,
     /// Requests in flight per client behind trusted proxies.
@@ -67,12 +73,13 @@ pub struct Shared {
 /// Everything `run` needs from outside.
 pub struct Services {
     pub config: Config,
-    pub secrets: WebhookSecrets,
+    pub keys: crate::webhook_keys::Keyring,
     pub journal: Journal,
     pub clock: SharedClock,
     pub aws: Clients,
     pub notifier: Notifier,
     pub ops_tokens: OpsTokens,
+    pub read_token: crate::config::ReadToken,
     pub slack_secret: Option<crate::config::Secret>,
     pub readiness: Arc<crate::readiness::Readiness>,
     /// GitHub API credentials; None: no statuses, deployments or recovery.
@@ -102,8 +109,16 @@ fn admin_router(state: AppState) -> Router {
             .merge(api::routes())
             .merge(health_routes())
             // `/metrics`, the status page at `/` and `/deployments/{id}`.
-            .merge(status::routes())
-            .fallback(not_found),
+            .merge(status::routes().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::read_token,
+            )))
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::known_host,
+            ))
+            .layer(axum::middleware::from_fn(admin::security_headers)),
     )
     .with_state(state)
 }
@@ -201,12 +216,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let Services {
         config,
-        secrets,
+        keys,
         journal,
         clock,
         aws,
         notifier,
         ops_tokens,
+        read_token,
         slack_secret,
         readiness,
         github,
@@ -319,13 +335,15 @@ pub async fn run(
         config,
         chat,
         forwarded: Arc::default(),
-        secrets: Arc::new(secrets),
+        keys: Arc::new(keys),
         journal: journal.clone(),
         clock,
         build_wake,
         limits: limits.clone(),
         ops,
         ops_tokens: Arc::new(ops_tokens),
+        read_token,
+        page_cache: crate::page::StatusCache::default(),
         slack_secret: slack_secret.map(Arc::new),
         body_budget: Arc::new(body::Budget::new(limits.unauthenticated_body_bytes)),
         readiness,

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::body::{declared_too_large, header, read_body};
 use super::AppState;
 use crate::chat::{
-    verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES, MAX_CLOCK_SKEW_SECS,
+    check_headers, verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES, MAX_CLOCK_SKEW_SECS,
 };
 use crate::webhook::ContentType;
 
@@ -45,6 +45,16 @@ pub(super) async fn slack(
             "too_large",
             &format!("body is larger than {MAX_BODY_BYTES} bytes"),
         );
+    }
+    // Slack's timestamp and signature are checked before a byte of the body is read: a request
+    // without them (or a stale one) never holds any of the shared body budget.
+    if let Err(e) = check_headers(
+        header(&headers, "x-slack-request-timestamp"),
+        header(&headers, "x-slack-signature"),
+        state.clock.now().unix_timestamp(),
+    ) {
+        tracing::warn!(reason = %e, "chat: Slack signature check failed");
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
     }
     let body = match read_body(
         body,

@@ -1,5 +1,6 @@
 //! The read-only operator views: the status page (`/`, `/deployments/{id}`) and the Prometheus
-//! scrape (`/metrics`). No token: they read only, and belong on the private listener.
+//! scrape (`/metrics`). They read only, and belong on the private listener; with
+//! `SLIPWAY_READ_TOKEN` set they need it (`admin::read_token`).
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -17,7 +18,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn status_page(State(state): State<AppState>) -> Response {
-    match crate::page::status(&state.ops, &state.journal).await {
+    match crate::page::status(&state.ops, &state.page_cache, &state.journal).await {
         Ok(html) => Html(html).into_response(),
         Err(e) => unavailable("status page", &e),
     }

@@ -14,7 +14,9 @@ use super::body::{declared_too_large, error, header, read_body};
 use super::AppState;
 use crate::ids::{DeliveryId, HookId};
 use crate::journal::{Admission, NewDelivery, Source};
-use crate::webhook::{decide, skipped_json, ContentType, Verifier, MAX_BODY_BYTES};
+use crate::webhook::{
+    decide, hook_bound, repository_of, signature_header, skipped_json, ContentType, MAX_BODY_BYTES,
+};
 
 /// The headers kept with a delivery in the journal (never the signature).
 fn kept_headers(headers: &HeaderMap) -> serde_json::Value {
@@ -54,31 +56,21 @@ async fn handle_request(state: AppState, request: axum::extract::Request) -> Res
             &format!("body is larger than {MAX_BODY_BYTES} bytes"),
         );
     }
+    // Everything the headers can settle is settled before a byte of the body is read, so a
+    // request that cannot be a delivery never holds any of the shared body budget.
     let Some(content_type) = ContentType::from_header(header(&headers, "content-type")) else {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content type must be application/json or application/x-www-form-urlencoded",
         );
     };
-    let mut verifier = Verifier::new(&state.secrets);
-    let (body, held) = match read_body(
-        body,
-        MAX_BODY_BYTES,
-        state.limits.body_timeout,
-        &state.body_budget,
-        |chunk| verifier.update(chunk),
-    )
-    .await
-    {
-        Ok(read) => read,
-        Err(response) => return response,
+    let signature = match signature_header(header(&headers, "x-hub-signature-256")) {
+        Ok(signature) => signature,
+        Err(e) => {
+            tracing::warn!(reason = %e, "webhook: signature check failed");
+            return error(StatusCode::UNAUTHORIZED, &e.to_string());
+        }
     };
-    if let Err(e) = verifier.finish(header(&headers, "x-hub-signature-256")) {
-        tracing::warn!(reason = %e, "webhook: signature check failed");
-        return error(StatusCode::UNAUTHORIZED, &e.to_string());
-    }
-    drop(held);
-    let body = body.into_vec();
     let Some(event) = header(&headers, "x-github-event").filter(|e| !e.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
     };
@@ -91,6 +83,43 @@ async fn handle_request(state: AppState, request: axum::extract::Request) -> Res
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.0),
     };
+    let mut verifier = state.keys.verifier();
+    let (body, held) = match read_body(
+        body,
+        MAX_BODY_BYTES,
+        state.limits.body_timeout,
+        &state.body_budget,
+        |chunk| verifier.update(chunk),
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let signed = match verifier.finish(&signature) {
+        Ok(signed) => signed,
+        Err(e) => {
+            tracing::warn!(reason = %e, "webhook: signature check failed");
+            return error(StatusCode::UNAUTHORIZED, &e.to_string());
+        }
+    };
+    drop(held);
+    let body = body.into_vec();
+    // The secret that signed it must be one of the repository's (and the hook one of its
+    // hooks, where `[[github.hook]]` names them): one repository's admin cannot sign for another.
+    let repository = repository_of(content_type, &body);
+    if let Err(e) = signed.check(repository.as_deref()) {
+        tracing::warn!(reason = %e, "webhook: signed with another repository's secret; refused");
+        return error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    if let Err(why) = hook_bound(
+        state.config.github.as_ref(),
+        repository.as_deref(),
+        &hook_id,
+    ) {
+        tracing::warn!(reason = %why, "webhook: delivery from a hook not bound to its repository");
+        return error(StatusCode::FORBIDDEN, &why);
+    }
     let span = tracing::info_span!("delivery", delivery = %delivery_id, hook = %hook_id, event);
     let delivery = NewDelivery {
         delivery_id,

@@ -70,13 +70,20 @@ impl Journal {
     /// rollbacks).
     pub async fn recent_runs(&self, limit: u32) -> Result<Vec<Run>, JournalError> {
         self.read(move |c| {
-            // Who pushed is in the payload (`pusher.name`); a replay names its operator.
+            // Who pushed is in the payload (`pusher.name`); a replay names its operator. The
+            // payload is whatever was signed: the name is read by its JSON type (a number is
+            // shown as text; an object, array or boolean as nothing), so no payload can make
+            // the column anything but text or NULL (issue 23 item 5).
             let mut stmt = c.prepare_cached(
                 "SELECT b.app, b.sha, d.source,
                         COALESCE(d.actor,
-                          (SELECT CASE WHEN json_valid(CAST(b0 AS TEXT))
-                               THEN json_extract(CAST(b0 AS TEXT), '$.pusher.name') END
-                           FROM (SELECT slipway_body(bo.encoding, bo.body) AS b0
+                          (SELECT CASE WHEN json_valid(t) THEN
+                               CASE json_type(t, '$.pusher.name')
+                                 WHEN 'text' THEN json_extract(t, '$.pusher.name')
+                                 WHEN 'integer' THEN CAST(json_extract(t, '$.pusher.name') AS TEXT)
+                                 WHEN 'real' THEN CAST(json_extract(t, '$.pusher.name') AS TEXT)
+                               END END
+                           FROM (SELECT CAST(slipway_body(bo.encoding, bo.body) AS TEXT) AS t
                                  FROM bodies bo WHERE bo.id = d.body_id))),
                         d.received_ms, d.delivery_id,
                         b.state, b.build_id, b.log_link, b.reason, b.updated_ms,

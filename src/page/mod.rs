@@ -3,6 +3,8 @@
 //! interpolated value is escaped), no JavaScript; pages with work in progress refresh
 //! themselves. Read-only: it only reads ECS (through `Ops::status`) and the journal.
 
+use std::sync::Arc;
+
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::journal::{build_state, deploy_state, format_millis, Deployment, Journal, Run};
@@ -28,11 +30,40 @@ code{font-size:.85rem;overflow-wrap:anywhere}
 progress{width:12rem;max-width:100%}
 ";
 
+/// How long the page's ECS reads are reused: loads within it (a refreshing page, twenty tabs,
+/// `<img>` tags on a page the operator opened) cost no AWS call, so the page cannot throttle the
+/// account's ECS API that deploys need.
+const STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The page's view of what every app runs (`Ops::status`: DescribeServices and
+/// DescribeTaskDefinition per app), kept for [`STATUS_TTL`] and shared: while one request reads
+/// ECS, the others wait for its answer instead of asking again.
+#[derive(Default)]
+pub struct StatusCache(tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<AppStatus>>)>>);
+
+impl StatusCache {
+    async fn get(&self, ops: &Ops) -> Arc<Vec<AppStatus>> {
+        let mut cached = self.0.lock().await;
+        if let Some((at, apps)) = cached.as_ref() {
+            if at.elapsed() < STATUS_TTL {
+                return apps.clone();
+            }
+        }
+        let apps = Arc::new(ops.status().await);
+        *cached = Some((std::time::Instant::now(), apps.clone()));
+        apps
+    }
+}
+
 /// GET /: every app and the recent runs.
-pub async fn status(ops: &Ops, journal: &Journal) -> Result<String, crate::journal::JournalError> {
-    let apps = ops.status().await;
+pub async fn status(
+    ops: &Ops,
+    cache: &StatusCache,
+    journal: &Journal,
+) -> Result<String, crate::journal::JournalError> {
+    let apps = cache.get(ops).await;
     let mut since = Vec::with_capacity(apps.len());
-    for app in &apps {
+    for app in apps.iter() {
         since.push(running_since(journal, app).await?);
     }
     let runs = journal.recent_runs(RECENT_RUNS).await?;
@@ -94,7 +125,7 @@ pub async fn deployment(
             tr { th { "ECS deployment" } td { @if let Some(e) = &d.ecs_deployment_id { code { (e) } } } }
             tr { th { "Build" } td {
                 @if let Some(b) = &d.build_id { code { (b) } }
-                @if let Some(l) = &d.log_link { " " a href=(l) { "logs" } }
+                @if let Some(l) = d.log_link.as_deref().and_then(https) { " " a href=(l) { "logs" } }
             } }
             tr { th { "Requested" } td { (format_millis(d.created_ms)) } }
             tr { th { "Started" } td { @if let Some(t) = d.started_ms { (format_millis(t)) } } }
@@ -130,7 +161,7 @@ fn run_row(run: &Run) -> Markup {
             td {
                 @if let Some(b) = &run.build {
                     (state_badge(&b.state))
-                    @if let Some(l) = &b.log_link { " " a href=(l) { "logs" } }
+                    @if let Some(l) = b.log_link.as_deref().and_then(https) { " " a href=(l) { "logs" } }
                     @if let Some(why) = &b.reason { (reason(&b.state, why)) }
                 } @else { span.muted { "—" } }
             }
@@ -222,7 +253,62 @@ fn short(sha: &str) -> String {
         .unwrap_or_else(|_| sha.to_owned())
 }
 
+/// `link` if it is an `https://` URL: the only links the page renders from stored data (maud
+/// escapes markup, not a `javascript:` or `data:` URL in an `href`).
+fn https(link: &str) -> Option<&str> {
+    let scheme = link.get(..8)?;
+    (scheme.eq_ignore_ascii_case("https://") && !link.chars().any(char::is_control)).then_some(link)
+}
+
+/// The `Content-Security-Policy` of every admin answer: nothing may load or run but the page's
+/// own inline stylesheet, named by its hash (no scripts, images, frames, forms or base URL).
+pub fn content_security_policy() -> &'static str {
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let hash = aws_smithy_types::base64::encode(Sha256::digest(STYLE.as_bytes()));
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'"
+        )
+    })
+}
+
 /// `family:revision` from a task definition ARN.
 fn revision(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_links_are_rendered() {
+        assert_eq!(
+            https("https://console.aws.amazon.com/x"),
+            Some("https://console.aws.amazon.com/x")
+        );
+        assert_eq!(https("HTTPS://example.com"), Some("HTTPS://example.com"));
+        for bad in [
+            "javascript:alert(1)",
+            "http://x",
+            "data:text/html,x",
+            "//x",
+            "",
+            "https://x\n",
+        ] {
+            assert_eq!(https(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_policy_names_the_stylesheet_hash() {
+        let policy = content_security_policy();
+        assert!(
+            policy.starts_with("default-src 'none'; style-src 'sha256-"),
+            "{policy}"
+        );
+        assert!(!policy.contains("unsafe"), "{policy}");
+    }
 }

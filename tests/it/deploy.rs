@@ -104,7 +104,15 @@ impl Deploy {
             .to_owned()
     }
 
+    /// The build ends with `status`: CodeBuild reports it so (`BatchGetBuilds`, through the
+    /// proxy; the emulator itself reports every build SUCCEEDED) and emits its event.
     pub async fn complete(&self, build_arn: &str, status: &str, sha: &str) {
+        if status != "SUCCEEDED" {
+            let id = build_arn
+                .split_once(":build/")
+                .map_or(build_arn, |(_, id)| id);
+            self.proxy.build_status(id, status);
+        }
         self.emulator
             .emit_build_event(build_arn, PROJECT, status, sha)
             .await;

@@ -160,8 +160,13 @@ async fn a_signed_push_is_accepted_while_forty_clients_trickle_bodies() {
         let mut socket = TcpStream::connect(&target).await.unwrap();
         socket
             .write_all(
-                b"POST /webhooks/github HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-                  x-github-event: push\r\nx-hub-signature-256: sha256=00\r\ncontent-length: 100000\r\n\r\n",
+                format!(
+                    "POST /webhooks/github HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                     x-github-event: push\r\nx-github-delivery: trickle\r\n\
+                     x-hub-signature-256: sha256={}\r\ncontent-length: 100000\r\n\r\n",
+                    "0".repeat(64)
+                )
+                .as_bytes(),
             )
             .await
             .unwrap();
@@ -268,8 +273,14 @@ async fn behind_a_trusted_proxy_the_cap_counts_forwarded_clients() {
         let mut socket = TcpStream::connect(&target).await.unwrap();
         socket
             .write_all(
-                b"POST /webhooks/github HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 198.51.100.7\r\n\
-                  content-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+                format!(
+                    "POST /webhooks/github HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 198.51.100.7\r\n\
+                     content-type: application/json\r\nx-github-event: push\r\n\
+                     x-github-delivery: held\r\nx-hub-signature-256: sha256={}\r\n\
+                     content-length: 100\r\n\r\n{{",
+                    "0".repeat(64)
+                )
+                .as_bytes(),
             )
             .await
             .unwrap();

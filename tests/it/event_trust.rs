@@ -1,9 +1,11 @@
 //! Issue 8 item 6: events in slipway's queue are believed only when they come from CodeBuild
-//! in slipway's account and region, and a SUCCEEDED only once CodeBuild confirms it.
+//! in slipway's account and region, and a final status only once CodeBuild confirms it
+//! (issue 23 item 1: every final status, not only SUCCEEDED).
 
 use serde_json::{json, Value};
 
-use crate::deploy::Deploy;
+use crate::deploy::{Deploy, Setup};
+use crate::support::github_fake::{GithubFake, STATIC_TOKEN};
 use crate::support::world::PROJECT;
 use crate::support::{eventually, MASTER_SHA};
 
@@ -155,6 +157,103 @@ async fn a_build_without_this_runs_slipway_run_is_not_deployed() {
             .contains("does not carry the SLIPWAY_RUN slipway started it with"),
         "{}",
         rejected.reason
+    );
+    assert!(s.builder.deployments().is_empty());
+}
+
+/// Issue 23 item 1: the build id is public (it is in the log link of every commit status), so
+/// whoever may send to the queue can forge a FAILED event for a build that succeeded, with a
+/// `javascript:` log link. CodeBuild says the build succeeded: nothing changes.
+#[tokio::test]
+async fn a_forged_failed_event_for_a_build_that_succeeded_changes_nothing() {
+    let gh = GithubFake::start().await;
+    let extra = format!("[github]\napi_url = \"{}\"\n", gh.url);
+    let mut w = Deploy::with(Setup {
+        extra: &extra,
+        ..Setup::default()
+    })
+    .await;
+    w.builder = w.builder.clone().env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN);
+    let s = w.builder.start().await;
+    let arn = w.build_succeeds(&s, "forged-1", MASTER_SHA).await;
+    assert_eq!(w.finished(MASTER_SHA).await["state"], "succeeded");
+    let build_statuses = eventually("the build's success status", || async {
+        let st = gh.statuses(MASTER_SHA, "slipway/build");
+        st.iter().any(|(state, _)| state == "success").then_some(st)
+    })
+    .await;
+    let row = |s: &crate::support::slipway::Slipway| {
+        s.deliveries()
+            .into_iter()
+            .find(|d| d["delivery"] == "forged-1")
+            .unwrap()
+    };
+    let before = row(&s);
+    let notes_before = w.notes.bodies().len();
+
+    let mut forged = event(&arn, "aws.codebuild", "123456789012", "FAILED");
+    forged["detail"]["additional-information"]["logs"] =
+        json!({ "deep-link": "javascript:alert(document.domain)" });
+    w.send_raw(&forged).await;
+    let rejected = w.first_rejection().await;
+    assert!(
+        rejected
+            .reason
+            .contains("the event says FAILED but CodeBuild reports the build as SUCCEEDED"),
+        "{}",
+        rejected.reason
+    );
+
+    // The build's state, its notifications and its GitHub statuses are as they were.
+    let after = row(&s);
+    assert_eq!(after["state"], before["state"], "{after}");
+    assert_eq!(after["reason"], before["reason"], "{after}");
+    assert!(w.notes_of("build_failed").is_empty());
+    assert_eq!(w.notes.bodies().len(), notes_before);
+    assert_eq!(gh.statuses(MASTER_SHA, "slipway/build"), build_statuses);
+
+    // The page links only to CodeBuild's own https log link, under a policy that runs nothing.
+    let deployment = w.finished(MASTER_SHA).await["id"].as_i64().unwrap();
+    for path in ["/".to_owned(), format!("/deployments/{deployment}")] {
+        let r = reqwest::get(format!("{}{path}", s.admin_url))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(csp.starts_with("default-src 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("script-src"), "{path}: {csp}");
+        let html = r.text().await.unwrap();
+        assert!(!html.contains("javascript:"), "{path}: {html}");
+        assert!(
+            html.contains(r#"href="https://console.aws.amazon.com/cloudwatch/"#),
+            "{path}: {html}"
+        );
+    }
+}
+
+/// A FAILED event CodeBuild confirms is recorded, with CodeBuild's log link, not the event's.
+#[tokio::test]
+async fn a_confirmed_failure_takes_the_log_link_from_codebuild() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let arn = w.push(&s, "confirmed-fail", MASTER_SHA).await;
+    let id = arn.split_once(":build/").unwrap().1;
+    w.proxy.build_status(id, "FAILED");
+    let mut failed = event(&arn, "aws.codebuild", "123456789012", "FAILED");
+    failed["detail"]["additional-information"]["logs"] =
+        json!({ "deep-link": "https://attacker.example/logs" });
+    w.send_raw(&failed).await;
+    let note = eventually("build_failed notification", || async {
+        w.notes_of("build_failed").into_iter().next()
+    })
+    .await;
+    let link = note["log_link"].as_str().unwrap();
+    assert!(
+        link.starts_with("https://console.aws.amazon.com/cloudwatch/"),
+        "{link}"
     );
     assert!(s.builder.deployments().is_empty());
 }

@@ -138,3 +138,190 @@ async fn the_journal_is_private_whatever_the_umask() {
     assert_eq!(mode(&state.join("journal.db")), 0o600);
     s.kill();
 }
+
+// ---- Issue 23 items 3 and 6: per-repository secrets; headers before bodies ----
+
+const WEB_SECRET: &str = "secret-of-octo-org-web-0001";
+const API_SECRET: &str = "secret-of-octo-org-api-0002";
+
+/// `web` (octo-org/web) and `api` (octo-org/api), each with its own secret variable.
+const TWO_REPOSITORIES: &str = r#"
+[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "web"
+service = "web"
+container = "web"
+ecr_repository = "web"
+webhook_secret_env = "WEB_WEBHOOK_SECRET"
+
+[[app]]
+name = "api"
+repository = "octo-org/api"
+codebuild_project = "api-build"
+cluster = "api"
+service = "api"
+container = "api"
+ecr_repository = "api"
+webhook_secret_env = "API_WEBHOOK_SECRET"
+"#;
+
+fn push_of(repository: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/master",
+        "before": "0000000000000000000000000000000000000000",
+        "after": crate::support::MASTER_SHA,
+        "repository": { "full_name": repository },
+        "pusher": { "name": "octocat" },
+    }))
+    .unwrap()
+}
+
+/// POSTs a push signed with `secret`, from hook `hook`.
+async fn push_signed(
+    s: &crate::support::slipway::Slipway,
+    secret: &str,
+    hook: &str,
+    delivery: &str,
+    body: &[u8],
+) -> crate::support::slipway::WebhookResponse {
+    let signature = slipway::webhook::sign(secret.as_bytes(), body);
+    s.post(
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", delivery),
+            ("x-github-hook-id", hook),
+            ("x-hub-signature-256", &signature),
+        ],
+        body.to_vec(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_push_signed_with_one_repositorys_secret_is_refused_for_another() {
+    let s = SlipwayBuilder::new("http://127.0.0.1:9")
+        .secret(None)
+        .apps(TWO_REPOSITORIES)
+        .env("WEB_WEBHOOK_SECRET", WEB_SECRET)
+        .env(
+            "API_WEBHOOK_SECRET",
+            &format!("old-api-secret-00003,{API_SECRET}"),
+        )
+        .start()
+        .await;
+    // web's admin signs a push for api: refused, and nothing is journaled.
+    let r = push_signed(&s, WEB_SECRET, "1", "a-for-b", &push_of("octo-org/api")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert_eq!(
+        r.body["error"],
+        "signature does not match a webhook secret of repository octo-org/api"
+    );
+    let r = push_signed(&s, API_SECRET, "1", "b-for-a", &push_of("octo-org/web")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(s.deliveries().is_empty());
+    // Each repository's own secret (either of api's two, for rotation) is accepted.
+    let r = push_signed(&s, WEB_SECRET, "1", "a-for-a", &push_of("octo-org/web")).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["app"], "web");
+    let r = push_signed(&s, API_SECRET, "1", "b-for-b", &push_of("Octo-Org/API")).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["app"], "api");
+    let r = push_signed(
+        &s,
+        "old-api-secret-00003",
+        "1",
+        "b-old",
+        &push_of("octo-org/api"),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    // No default secret is set: a repository no app names has no secret at all.
+    let r = push_signed(&s, WEB_SECRET, "1", "a-other", &push_of("octo-org/other")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let logs = s.logs();
+    for secret in [WEB_SECRET, API_SECRET, "old-api-secret-00003"] {
+        assert!(!logs.contains(secret), "a secret was logged");
+    }
+}
+
+#[tokio::test]
+async fn a_repository_with_named_hooks_takes_deliveries_only_from_them() {
+    // Hook 11 is octo-org/web's; octo-org/api names no hook, so any of its hooks may deliver.
+    let s = SlipwayBuilder::new("http://127.0.0.1:9")
+        .apps(TWO_REPOSITORIES)
+        .env("WEB_WEBHOOK_SECRET", WEB_SECRET)
+        .env("API_WEBHOOK_SECRET", API_SECRET)
+        .env("SLIPWAY_GITHUB_TOKEN", "github_pat_test")
+        .extra("[github]\napi_url = \"http://127.0.0.1:9\"\n[[github.hook]]\nrepository = \"octo-org/web\"\nid = 11\n")
+        .start()
+        .await;
+    let r = push_signed(&s, WEB_SECRET, "12", "web-12", &push_of("octo-org/web")).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(
+        r.body["error"],
+        "hook 12 is not a hook of repository octo-org/web ([[github.hook]])"
+    );
+    let r = push_signed(&s, WEB_SECRET, "11", "web-11", &push_of("octo-org/web")).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = push_signed(&s, API_SECRET, "12", "api-12", &push_of("octo-org/api")).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_request_without_the_signature_headers_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A budget far smaller than the body: if the header-less body were read, it would hold all
+    // of it, and the signed push below would wait for it in vain (503).
+    let s = SlipwayBuilder::new("http://127.0.0.1:9")
+        .extra("[server]\nunauthenticated_body_bytes = 65536\n")
+        .start()
+        .await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut sockets = Vec::new();
+    for (i, head) in [
+        // No signature, event or delivery.
+        "content-type: application/json\r\n",
+        // A signature, but no event or delivery.
+        "content-type: application/json\r\nx-hub-signature-256: sha256=00\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        socket
+            .write_all(
+                format!(
+                    "POST /webhooks/github HTTP/1.1\r\nhost: x\r\n{head}content-length: {}\r\n\r\n",
+                    20 * 1024 * 1024
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        // 128 KiB of the 20 MiB, then nothing more: the request stays open.
+        let _ = socket.write_all(&vec![b' '; 128 * 1024]).await;
+        let mut answer = vec![0; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), socket.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("request {i}: no answer without the body"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 401"), "request {i}: {answer}");
+        sockets.push(socket);
+    }
+    // The budget is whole: a signed push is read and accepted while those sockets are open.
+    let body = push_of("octo-org/web");
+    let r = push_signed(
+        &s,
+        crate::support::SECRET,
+        "4242",
+        "after-headerless",
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    drop(sockets);
+}

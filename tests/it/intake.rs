@@ -350,6 +350,8 @@ async fn oversized_bodies_get_413_whether_declared_or_streamed() {
         .header("content-type", "application/json")
         .header("x-github-event", "push")
         .header("x-github-delivery", "big-2")
+        // Well-formed headers (a request without them is refused before its body is read).
+        .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await;
@@ -755,7 +757,13 @@ async fn slow_clients_are_cut_off() {
     // A body that never finishes: 408.
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     conn.write_all(
-        b"POST /webhooks/github HTTP/1.1\r\nHost: slipway\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ref\":",
+        format!(
+            "POST /webhooks/github HTTP/1.1\r\nHost: slipway\r\nContent-Type: application/json\r\n\
+             X-GitHub-Event: push\r\nX-GitHub-Delivery: slow-1\r\nX-Hub-Signature-256: sha256={}\r\n\
+             Content-Length: 100\r\n\r\n{{\"ref\":",
+            "0".repeat(64)
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();

@@ -166,3 +166,175 @@ async fn the_page_and_the_metrics_are_not_on_the_public_listener() {
         .unwrap();
     assert_eq!(admin.status(), 200);
 }
+
+/// Issue 23 item 2: a DNS-rebinding page in an operator's browser reaches the admin listener
+/// under a name the attacker controls: every admin route answers it 421.
+#[tokio::test]
+async fn the_admin_listener_answers_only_the_hosts_it_is_configured_for() {
+    let s = crate::support::SlipwayBuilder::new("http://127.0.0.1:9")
+        .env("SLIPWAY_OPS_TOKENS", "ops:a-long-enough-ops-token")
+        .extra("[server]\nadmin_hosts = [\"slipway.internal\"]\n")
+        .start()
+        .await;
+    let port = s.admin_url.rsplit(':').next().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let get = |host: String, path: &'static str| {
+        let client = client.clone();
+        let url = format!("{}{path}", s.admin_url);
+        async move {
+            let r = client
+                .get(url)
+                .header("host", host)
+                .bearer_auth("a-long-enough-ops-token")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let routes = [
+        "/",
+        "/metrics",
+        "/deployments/1",
+        "/api/apps",
+        "/api/deliveries",
+        "/healthz",
+        "/readyz",
+        "/no-such-route",
+    ];
+    for host in [
+        "rebind.attacker.example".to_owned(),
+        format!("rebind.attacker.example:{port}"),
+        format!("localhost.attacker.example:{port}"),
+    ] {
+        for path in routes {
+            let (status, body) = get(host.clone(), path).await;
+            assert_eq!(status, 421, "{host}{path}: {body}");
+            assert!(body.contains("admin_hosts"), "{body}");
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "slipway.internal".to_owned(),
+        format!("slipway.internal:{port}"),
+    ] {
+        for path in ["/metrics", "/api/apps", "/healthz"] {
+            assert_eq!(get(host.clone(), path).await.0, 200, "{host}{path}");
+        }
+    }
+}
+
+/// Issue 23 item 2: page loads share the page's ECS reads; any page the operator opens could
+/// fire them blind (`<img>` tags) and throttle the ECS API that deploys need.
+#[tokio::test]
+async fn twenty_page_loads_ask_ecs_at_most_twice() {
+    let w = Deploy::new().await;
+    let s = w.builder.start().await;
+    let before = w.proxy.requests("DescribeServices").len();
+    let loads: Vec<_> = (0..20)
+        .map(|_| {
+            let url = format!("{}/", s.admin_url);
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for load in loads {
+        assert_eq!(load.await.unwrap(), 200);
+    }
+    let calls = w.proxy.requests("DescribeServices").len() - before;
+    assert!(
+        (1..=2).contains(&calls),
+        "{calls} DescribeServices for 20 loads"
+    );
+    // The page still shows what ECS said.
+    let (_, html) = page(&s, "/").await;
+    assert!(
+        html.contains(w.base_td.rsplit('/').next().unwrap()),
+        "{html}"
+    );
+}
+
+/// Issue 23 item 2: with `SLIPWAY_READ_TOKEN`, the page and `/metrics` need it (a bearer
+/// token, as Prometheus sends it, or Basic, as a browser asks for it); health does not.
+#[tokio::test]
+async fn the_read_token_guards_the_page_and_the_metrics() {
+    const TOKEN: &str = "read-token-0123456789";
+    let s = crate::support::SlipwayBuilder::new("http://127.0.0.1:9")
+        .env("SLIPWAY_READ_TOKEN", TOKEN)
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    for path in ["/", "/metrics", "/deployments/1"] {
+        let url = format!("{}{path}", s.admin_url);
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic"),
+            "{path}"
+        );
+        let r = client
+            .get(&url)
+            .bearer_auth("wrong-token-0123456789")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let r = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        assert_ne!(r.status(), 401, "{path}");
+        let r = client
+            .get(&url)
+            .basic_auth("operator", Some(TOKEN))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 401, "{path}");
+    }
+    let r = client
+        .get(format!("{}/healthz", s.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Issue 23 item 5: whatever type a signed payload gives `pusher.name`, the page still
+/// answers; a number is shown as the name.
+#[tokio::test]
+async fn a_numeric_pusher_name_is_shown_and_odd_ones_break_nothing() {
+    let s = crate::support::SlipwayBuilder::new("http://127.0.0.1:9")
+        .start()
+        .await;
+    let push = |sha: &str, pusher: serde_json::Value| {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&fixture("github/push_master.json")).unwrap();
+        body["after"] = sha.into();
+        body["pusher"]["name"] = pusher;
+        serde_json::to_vec(&body).unwrap()
+    };
+    for (i, name) in [
+        serde_json::json!(4242_1337),
+        serde_json::json!(2.5),
+        serde_json::json!({ "nested": "object" }),
+        serde_json::json!([1, 2]),
+        serde_json::json!(true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sha = format!("{:0>40}", i + 1);
+        let r = s
+            .deliver("push", &format!("pusher-{i}"), &push(&sha, name))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let (status, html) = page(&s, "/").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("42421337"), "{html}");
+    assert!(html.contains("2.5"), "{html}");
+    assert!(!html.contains("nested"), "{html}");
+    assert_eq!(s.deliveries().len(), 5);
+}
