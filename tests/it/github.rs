@@ -445,7 +445,7 @@ fn client(url: &str) -> slipway::github::Client {
 }
 
 #[tokio::test]
-async fn changed_files_come_from_every_page_of_the_comparison() {
+async fn changed_files_come_from_the_first_page_and_only_an_ahead_comparison_is_complete() {
     let gh = GithubFake::start().await;
     gh.compare(
         vec![
@@ -460,11 +460,22 @@ async fn changed_files_come_from_every_page_of_the_comparison() {
             .unwrap();
     assert_eq!(files.files, ["api/new.rs", "api/old.rs", "web/src/main.rs"]);
     assert!(files.complete);
+    // The files come only on the first page: the later pages of commits are not walked.
     let pages = gh.requests_to(
         "GET",
         &format!("/repos/octo-org/web/compare/{OLDER_SHA}...{MASTER_SHA}"),
     );
-    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert_eq!(pages.len(), 1, "{pages:?}");
+
+    // A force-push: from the merge base, the dropped commits' files are missing.
+    gh.compare_status("diverged");
+    let files =
+        slipway::github::changed_files(&client(&gh.url), "octo-org/web", OLDER_SHA, MASTER_SHA)
+            .await
+            .unwrap();
+    assert_eq!(files.status, "diverged");
+    assert!(!files.complete);
+    gh.compare_status("ahead");
 
     // GitHub cuts the list at 300 files: the caller must know.
     let many = (0..300)

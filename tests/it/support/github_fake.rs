@@ -96,6 +96,8 @@ struct Fake {
     webhook: Option<(String, String)>,
     compare_files: Vec<Value>,
     compare_pages: usize,
+    /// The comparison's `status`: `ahead` unless a test says otherwise.
+    compare_status: String,
     /// GitHub's own response examples by name, when answers must satisfy its OpenAPI
     /// description (the contract test puts a validating proxy in front of the fake).
     examples: std::collections::HashMap<String, Value>,
@@ -139,6 +141,7 @@ impl GithubFake {
             next_id: 1000,
             token_ttl: Some(Duration::from_secs(3600)),
             compare_pages: 1,
+            compare_status: "ahead".into(),
             ..Fake::default()
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
@@ -193,6 +196,11 @@ impl GithubFake {
         let mut s = self.state.lock().unwrap();
         s.compare_files = files;
         s.compare_pages = pages.max(1);
+    }
+
+    /// The `status` the comparison answers with (`ahead`, `behind`, `identical`, `diverged`).
+    pub fn compare_status(&self, status: &str) {
+        self.state.lock().unwrap().compare_status = status.to_owned();
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -552,8 +560,9 @@ fn list_deliveries(all: &[Delivery], hook: u64) -> Value {
     )
 }
 
-/// The comparison: its files on the first page (as GitHub does), `compare_pages` pages of
-/// commits linked with `Link: rel="next"`.
+/// The comparison (docs.github.com, "Compare two commits"): its files on the first page only
+/// (as GitHub does), `compare_pages` pages of commits linked with `Link: rel="next"`, and the
+/// `status` the test set (`diverged` after a force-push).
 fn compare(s: &Fake, uri: &Uri, host: &str) -> Response {
     let page: usize = uri
         .query()
@@ -568,10 +577,14 @@ fn compare(s: &Fake, uri: &Uri, host: &str) -> Response {
         Vec::new()
     };
     let body = if s.examples.is_empty() {
-        json!({ "status": "ahead", "total_commits": s.compare_pages, "commits": [], "files": files })
+        json!({ "status": s.compare_status, "total_commits": s.compare_pages, "commits": [], "files": files })
     } else {
-        // GitHub's example, its files included.
-        shaped(s, "commit-comparison", json!({}))
+        // GitHub's example, its files included (its status is `behind`: the test's instead).
+        shaped(
+            s,
+            "commit-comparison",
+            json!({ "status": s.compare_status }),
+        )
     };
     let mut r = answer(200, body);
     if page < s.compare_pages {
