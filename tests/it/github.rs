@@ -908,3 +908,182 @@ async fn a_build_codebuild_refuses_to_start_fails_on_the_commit() {
     );
     assert!(!posted[0].1.contains("InvalidInputException"), "{posted:?}");
 }
+
+/// A clock whose sleeps return at once, moving its time forward by as much: slipway's waits
+/// (rate limits, the outbox's backoff) take no real time, and the fake records requests at
+/// this clock's time.
+#[derive(Default)]
+struct FastClock {
+    ahead_ms: std::sync::atomic::AtomicU64,
+}
+
+impl FastClock {
+    fn system_time(&self) -> SystemTime {
+        SystemTime::now()
+            + Duration::from_millis(self.ahead_ms.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+impl slipway::clock::Clock for FastClock {
+    fn now(&self) -> time::OffsetDateTime {
+        self.system_time().into()
+    }
+
+    fn sleep(&self, d: Duration) -> slipway::clock::BoxSleep {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.ahead_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(tokio::task::yield_now())
+    }
+}
+
+/// slipway's GitHub side in this process (the sink, its outbox in a journal of its own), on
+/// `clock`, posting to `gh`.
+fn github_in_process(
+    gh: &GithubFake,
+    clock: Arc<FastClock>,
+    github_extra: &str,
+) -> (
+    slipway::github::Github,
+    slipway::journal::Journal,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = slipway::config::Config::parse(&format!(
+        "state_dir = \"{}\"\n\
+         [[app]]\nname = \"web\"\nrepository = \"octo-org/web\"\ncodebuild_project = \"web-build\"\n\
+         cluster = \"prod\"\nservice = \"web\"\ncontainer = \"web\"\necr_repository = \"web\"\n\
+         [github]\napi_url = \"{}\"\n{github_extra}\n",
+        dir.path().display(),
+        gh.url
+    ))
+    .unwrap();
+    let journal = slipway::journal::Journal::open(dir.path()).unwrap();
+    let github = slipway::github::Github::start(
+        slipway::github::Credentials::Token(STATIC_TOKEN.into()),
+        config.github.clone().unwrap(),
+        Arc::new(config),
+        journal.clone(),
+        clock,
+    )
+    .unwrap();
+    (github, journal, dir)
+}
+
+#[tokio::test]
+async fn secondary_and_primary_rate_limits_are_waited_out_and_nothing_is_dropped() {
+    let gh = GithubFake::start().await;
+    let clock = Arc::new(FastClock::default());
+    let fake_clock = clock.clone();
+    gh.clock(Arc::new(move || fake_clock.system_time()));
+    // The first update meets a secondary limit (403, GitHub's message, no retry-after); the
+    // second a primary limit that resets in 40 minutes.
+    gh.script(
+        "POST",
+        &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
+        vec![Scripted::secondary_limit()],
+    );
+    let reset = clock
+        .system_time()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 40 * 60;
+    gh.script(
+        "POST",
+        &format!("/repos/octo-org/web/statuses/{NEWER_SHA}"),
+        vec![Scripted::rate_limited(reset)],
+    );
+    let (github, journal, _dir) = github_in_process(&gh, clock.clone(), "");
+    let started = clock.system_time();
+    github.sink.build(
+        slipway::github::BuildState::Started,
+        "web",
+        MASTER_SHA,
+        None,
+        None,
+    );
+    github.sink.build(
+        slipway::github::BuildState::Started,
+        "web",
+        NEWER_SHA,
+        None,
+        None,
+    );
+
+    let first = eventually("the first status, after the secondary limit", || async {
+        let posts = gh.requests_to(
+            "POST",
+            &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
+        );
+        (posts.len() >= 2).then_some(posts)
+    })
+    .await;
+    assert_eq!(first.len(), 2, "one post after the wait: {first:?}");
+    let waited = first[1].at.duration_since(first[0].at).unwrap();
+    assert!(
+        waited >= Duration::from_secs(60),
+        "retried after {waited:?}"
+    );
+    let second = eventually("the second status, after the reset", || async {
+        let posts = gh.requests_to("POST", &format!("/repos/octo-org/web/statuses/{NEWER_SHA}"));
+        (posts.len() >= 2).then_some(posts)
+    })
+    .await;
+    assert_eq!(second.len(), 2, "one post after the reset: {second:?}");
+    assert!(
+        second[1].at >= UNIX_EPOCH + Duration::from_secs(reset),
+        "retried before the reset"
+    );
+    assert!(second[1].at >= started + Duration::from_secs(40 * 60));
+    // Nothing dropped: both were posted and the outbox is empty.
+    assert_eq!(gh.statuses(MASTER_SHA, "slipway/build").len(), 2);
+    assert_eq!(gh.statuses(NEWER_SHA, "slipway/build").len(), 2);
+    eventually("the outbox is empty", || async {
+        (journal.github_outbox_len().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    // Writes went at least a second apart.
+    let posts = gh.requests_to("POST", "/repos/");
+    for pair in posts.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at).unwrap_or_default();
+        assert!(gap >= Duration::from_secs(1), "{gap:?} between two POSTs");
+    }
+}
+
+#[tokio::test]
+async fn an_update_is_given_up_by_its_age_never_by_a_count_of_attempts() {
+    let gh = GithubFake::start().await;
+    let clock = Arc::new(FastClock::default());
+    let fake_clock = clock.clone();
+    gh.clock(Arc::new(move || fake_clock.system_time()));
+    gh.script(
+        "POST",
+        &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
+        vec![Scripted::status(502); 100_000],
+    );
+    let (github, journal, _dir) = github_in_process(&gh, clock.clone(), "give_up_after_hours = 2");
+    let started = clock.system_time();
+    github.sink.build(
+        slipway::github::BuildState::Started,
+        "web",
+        MASTER_SHA,
+        None,
+        None,
+    );
+    eventually("the update is given up", || async {
+        (journal.github_outbox_len().await.unwrap() == 0
+            && !gh.requests_to("POST", "/repos/").is_empty())
+        .then_some(())
+    })
+    .await;
+    let posts = gh.requests_to("POST", "/repos/");
+    let last = posts.last().unwrap().at;
+    // Tried for two hours (by the clock), far more than any fixed count of rounds.
+    assert!(last >= started + Duration::from_secs(2 * 3600) - Duration::from_secs(5 * 60));
+    assert!(
+        last < started + Duration::from_secs(3 * 3600),
+        "kept past its age"
+    );
+    assert!(posts.len() > 12 * 4, "{} posts", posts.len());
+}

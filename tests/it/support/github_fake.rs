@@ -56,6 +56,22 @@ impl Scripted {
         }
     }
 
+    /// A secondary rate limit as docs.github.com shows it: 403, GitHub's message, and the
+    /// primary count's headers (far from exhausted), no `retry-after`.
+    pub fn secondary_limit() -> Scripted {
+        Scripted {
+            status: 403,
+            headers: vec![
+                ("x-ratelimit-limit".into(), "5000".into()),
+                ("x-ratelimit-remaining".into(), "4990".into()),
+            ],
+            body: json!({
+                "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+            }),
+        }
+    }
+
     /// A primary rate limit that resets at `reset` (Unix seconds).
     pub fn rate_limited(reset: u64) -> Scripted {
         Scripted {
@@ -98,6 +114,8 @@ struct Fake {
     compare_pages: usize,
     /// The comparison's `status`: `ahead` unless a test says otherwise.
     compare_status: String,
+    /// The time requests are recorded at (the system's unless a test runs a faster clock).
+    now: Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>,
     /// GitHub's own response examples by name, when answers must satisfy its OpenAPI
     /// description (the contract test puts a validating proxy in front of the fake).
     examples: std::collections::HashMap<String, Value>,
@@ -201,6 +219,11 @@ impl GithubFake {
     /// The `status` the comparison answers with (`ahead`, `behind`, `identical`, `diverged`).
     pub fn compare_status(&self, status: &str) {
         self.state.lock().unwrap().compare_status = status.to_owned();
+    }
+
+    /// Records requests at the time `now` gives (the clock slipway runs on in the test).
+    pub fn clock(&self, now: Arc<dyn Fn() -> SystemTime + Send + Sync>) {
+        self.state.lock().unwrap().now = Some(now);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -366,12 +389,16 @@ async fn handle(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let at = match &state.lock().unwrap().now {
+        Some(now) => now(),
+        None => SystemTime::now(),
+    };
     let mut recorded = Recorded {
         method: method.to_string(),
         path: path.clone(),
         bearer: bearer.clone(),
         body: json_body.clone(),
-        at: SystemTime::now(),
+        at,
     };
     let mut redeliver = None::<Delivery>;
     let host = headers
