@@ -1087,3 +1087,67 @@ async fn an_update_is_given_up_by_its_age_never_by_a_count_of_attempts() {
     );
     assert!(posts.len() > 12 * 4, "{} posts", posts.len());
 }
+
+#[tokio::test]
+async fn recovery_follows_the_cursor_through_2500_deliveries_and_recovers_the_failed_push() {
+    let gh = GithubFake::start().await;
+    let hooks = format!("[[github.hook]]\nrepository = \"octo-org/web\"\nid = {HOOK_ID}\n");
+    let w = world(&gh.url, &hooks, &[MASTER_SHA]).await;
+    // slipway ran once (its journal exists), then went down for a busy while.
+    let mut s = w.builder.start().await;
+    eventually("the first recovery round", || async {
+        s.logs()
+            .contains("delivery recovery round finished")
+            .then_some(())
+    })
+    .await;
+    s.terminate();
+    let now = SystemTime::now();
+    for i in 0..2500u64 {
+        // Oldest first: the 2,200th from the newest is the one push GitHub could not deliver.
+        let failed = i == 2500 - 1 - 2200;
+        gh.add_delivery(Delivery {
+            id: i as i64 + 1,
+            hook_id: HOOK_ID,
+            guid: format!("busy-{i}"),
+            event: "push".into(),
+            status_code: if failed { 0 } else { 202 },
+            delivered_at: now + Duration::from_millis(i),
+            redelivery: false,
+            body: if failed {
+                push_body(MASTER_SHA)
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    let s = w.builder.start().await;
+    gh.webhook(&s.url, SECRET);
+    eventually("the push 2,200 deliveries back is built", || async {
+        s.deliveries()
+            .into_iter()
+            .find(|d| d["delivery"] == "busy-299" && d["state"] == "build_started")
+    })
+    .await;
+    let listed = gh.requests_to(
+        "GET",
+        &format!("/repos/octo-org/web/hooks/{HOOK_ID}/deliveries"),
+    );
+    let paged: Vec<&str> = listed
+        .iter()
+        .map(|r| r.path.as_str())
+        .filter(|p| p.contains("cursor=v1_"))
+        .collect();
+    assert!(paged.len() >= 24, "followed {} cursors", paged.len());
+    assert!(listed.iter().all(|r| r.path.contains("per_page=100")));
+    let asked = gh.requests_to(
+        "POST",
+        &format!("/repos/octo-org/web/hooks/{HOOK_ID}/deliveries/"),
+    );
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].path.ends_with("/deliveries/300/attempts"),
+        "{asked:?}"
+    );
+    assert!(!s.logs().contains("stopped early"));
+}

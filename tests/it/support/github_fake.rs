@@ -486,10 +486,10 @@ async fn handle(
             ("GET", ["repos", _, _, "hooks", hook, "deliveries"])
             | ("GET", ["orgs", _, "hooks", hook, "deliveries"]) => {
                 let hook: u64 = hook.parse().unwrap_or(0);
-                answer(200, list_deliveries(&s.deliveries, hook))
+                list_deliveries(&s.deliveries, hook, &uri, &host)
             }
             ("GET", ["app", "hook", "deliveries"]) => {
-                answer(200, list_deliveries(&s.deliveries, APP_HOOK_ID))
+                list_deliveries(&s.deliveries, APP_HOOK_ID, &uri, &host)
             }
             ("POST", ["repos", _, _, "hooks", _, "deliveries", id, "attempts"])
             | ("POST", ["orgs", _, "hooks", _, "deliveries", id, "attempts"])
@@ -563,11 +563,53 @@ fn verify_jwt(public_pem: &str, jwt: &str, now: SystemTime) -> Result<(), String
     Ok(())
 }
 
-fn list_deliveries(all: &[Delivery], hook: u64) -> Value {
+/// `GET .../hooks/{hook_id}/deliveries` (docs.github.com, "List deliveries for a repository
+/// webhook"): newest first, `per_page` of them (default 30, at most 100), from the delivery
+/// the opaque `cursor` names; the next page's cursor comes in the `Link` header (`rel="next"`),
+/// never as a page number.
+fn list_deliveries(all: &[Delivery], hook: u64, uri: &Uri, host: &str) -> Response {
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let per_page = match param("per_page").map(|p| p.parse::<usize>()) {
+        None => 30,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return answer(422, json!({ "message": "per_page must be 1 to 100" })),
+    };
     let mut list: Vec<&Delivery> = all.iter().filter(|d| d.hook_id == hook).collect();
-    list.reverse(); // newest first, as GitHub lists them
+    list.sort_by_key(|d| std::cmp::Reverse(d.id)); // newest first, as GitHub lists them
+    let start = match param("cursor") {
+        None => 0,
+        Some(cursor) => match cursor
+            .strip_prefix("v1_")
+            .and_then(|id| id.parse::<i64>().ok())
+        {
+            Some(id) => list.iter().position(|d| d.id <= id).unwrap_or(list.len()),
+            None => return answer(422, json!({ "message": "invalid cursor" })),
+        },
+    };
+    let page = &list[start.min(list.len())..(start + per_page).min(list.len())];
+    let body = render_deliveries(page);
+    let mut r = answer(200, body);
+    if let Some(next) = list.get(start + per_page) {
+        let link = format!(
+            "<http://{host}{}?per_page={per_page}&cursor=v1_{}>; rel=\"next\"",
+            uri.path(),
+            next.id
+        );
+        r.headers_mut().insert("link", link.parse().unwrap());
+    }
+    r
+}
+
+fn render_deliveries(list: &[&Delivery]) -> Value {
     Value::Array(
-        list.into_iter()
+        list.iter()
             .map(|d| {
                 json!({
                     "id": d.id,
