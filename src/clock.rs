@@ -7,7 +7,17 @@ use time::OffsetDateTime;
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
+
+    /// Waits `d` by this clock. Long waits that follow the clock (a rate limit's reset, an
+    /// outbox's backoff) go through it, so a clock that runs faster makes them shorter; the
+    /// system clock waits on tokio's timer.
+    fn sleep(&self, d: std::time::Duration) -> BoxSleep {
+        Box::pin(tokio::time::sleep(d))
+    }
 }
+
+/// What [`Clock::sleep`] returns.
+pub type BoxSleep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

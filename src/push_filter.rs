@@ -3,8 +3,11 @@
 //!
 //! The rule that governs everything here: never skip a build slipway cannot prove unneeded.
 //! When the payload's file lists may be incomplete (GitHub caps them), when a push lists no
-//! commits, when it is a force-push, or when it creates the branch, the app builds, unless a [`ChangedFilesSource`] source
-//! (GitHub's compare API) is configured and answers within [`COMPARE_DEADLINE`].
+//! commits, or when it is a force-push, the app builds, unless a [`ChangedFilesSource`]
+//! (GitHub's compare API) is configured and proves the changed files within
+//! [`COMPARE_DEADLINE`]. A push that creates the branch always builds: there is no `before` to
+//! compare with, and the default branch is no stand-in (a deleted and recreated release branch
+//! would skip apps never built on it).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -18,9 +21,10 @@ use globset::{GlobSet, GlobSetBuilder};
 /// list of 20 or more is always treated as possibly cut.)
 pub const COMMITS_CAP: usize = 20;
 
-/// GitHub caps each of a commit's `added`, `removed` and `modified` lists at this many paths
-/// (its webhook docs: "capped at 5000 file paths, use the API for the full list").
-pub const FILES_CAP: usize = 5000;
+/// GitHub reports at most this many changed files per commit, over its `added`, `removed` and
+/// `modified` lists together ("A maximum of 3000 changed files will be reported per commit"),
+/// and may leave all three empty for a very large commit.
+pub const FILES_CAP: usize = 3000;
 
 /// How long the webhook waits for the compare API before building to be safe. GitHub gives a
 /// delivery 10 seconds in all; the journal write and the answer need the rest.
@@ -159,7 +163,7 @@ pub struct PushFiles {
     pub files: BTreeSet<String>,
     /// How many commits the payload lists.
     pub commits: usize,
-    /// Some commit's file list is at GitHub's cap.
+    /// Some commit's file lists may be cut: at GitHub's cap together, or all empty.
     pub files_capped: bool,
     /// The push created the branch.
     pub created: bool,
@@ -171,6 +175,24 @@ pub struct PushFiles {
 }
 
 impl PushFiles {
+    /// Adds one listed commit's `added`, `removed` and `modified` paths. A commit whose lists
+    /// reach [`FILES_CAP`] together may have more; one whose lists are all empty may have had
+    /// them left out (GitHub does for very large commits): either makes the files unknown.
+    pub fn add_commit(&mut self, added: Vec<String>, removed: Vec<String>, modified: Vec<String>) {
+        let listed = added.len() + removed.len() + modified.len();
+        self.commits += 1;
+        self.files_capped |= listed == 0 || listed >= FILES_CAP;
+        self.files.extend(added);
+        self.files.extend(removed);
+        self.files.extend(modified);
+    }
+
+    /// Whether the compare API can prove what this push changed: not for a new branch (there
+    /// is no `before`; comparing with another branch would miss what that branch never had).
+    pub fn comparable(&self) -> bool {
+        !self.created
+    }
+
     /// The changed files, or why the payload cannot prove which files changed.
     pub fn changes(&self) -> Changes {
         if self.created {
@@ -189,7 +211,9 @@ impl PushFiles {
             ));
         }
         if self.files_capped {
-            return Changes::Unknown(format!("a commit lists {FILES_CAP} paths, GitHub's cap"));
+            return Changes::Unknown(format!(
+                "a commit lists {FILES_CAP} or more paths (GitHub's cap) or none at all"
+            ));
         }
         if self.files.is_empty() {
             return Changes::Unknown("the push lists no changed files".into());
@@ -234,7 +258,9 @@ pub struct CompareError(pub String);
 
 /// A source of the complete list of files changed between two commits: GitHub's compare API
 /// (`GET /repos/{repo}/compare/{base}...{head}`). An implementation must fail rather than
-/// return a list it knows to be cut short.
+/// return a list it knows to be cut short, or one that does not cover every commit `head` has
+/// and `base` does not (and the reverse: a force-push's dropped commits, which a comparison
+/// from the merge base leaves out).
 pub trait ChangedFilesSource: Send + Sync {
     fn changed_files<'a>(
         &'a self,
@@ -378,6 +404,36 @@ mod tests {
         p.forced = false;
         p.commits = 0;
         assert!(matches!(p.changes(), Changes::Unknown(_)));
+    }
+
+    fn paths(n: usize, prefix: &str) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}/{i}")).collect()
+    }
+
+    #[test]
+    fn a_commit_is_cut_at_3000_paths_over_its_three_lists_or_when_they_are_all_empty() {
+        let mut p = PushFiles::default();
+        p.add_commit(paths(1000, "a"), paths(1000, "r"), paths(999, "m"));
+        assert!(matches!(p.changes(), Changes::Listed(f) if f.len() == 2999));
+        p.add_commit(paths(1000, "a2"), paths(1000, "r2"), paths(1000, "m2"));
+        assert!(
+            matches!(p.changes(), Changes::Unknown(r) if r.contains("3000")),
+            "3,000 together"
+        );
+        // A commit GitHub listed without its files, next to one with files.
+        let mut p = PushFiles::default();
+        p.add_commit(vec!["docs/a.md".into()], vec![], vec![]);
+        assert!(matches!(p.changes(), Changes::Listed(_)));
+        p.add_commit(vec![], vec![], vec![]);
+        assert_eq!(p.commits, 2);
+        assert!(matches!(p.changes(), Changes::Unknown(r) if r.contains("none at all")));
+        // A new branch is never compared.
+        let created = PushFiles {
+            created: true,
+            ..PushFiles::default()
+        };
+        assert!(!created.comparable());
+        assert!(PushFiles::default().comparable());
     }
 
     struct Slow;

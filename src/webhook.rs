@@ -11,7 +11,7 @@ use sha2::Sha256;
 use crate::config::{AppConfig, Config, WebhookSecrets};
 use crate::ids::CommitSha;
 use crate::journal::{BuildRequest, SkippedApp, Verdict};
-use crate::push_filter::{self, AppDecision, ChangedFilesSource, Changes, PushFiles, FILES_CAP};
+use crate::push_filter::{self, AppDecision, ChangedFilesSource, Changes, PushFiles};
 
 /// GitHub's payload cap.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -140,8 +140,6 @@ struct PushPayload {
 #[derive(Debug, Deserialize)]
 struct RepositoryField {
     full_name: String,
-    #[serde(default)]
-    default_branch: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,8 +167,6 @@ pub struct Push {
     pub before: Option<CommitSha>,
     pub after: CommitSha,
     pub deleted: bool,
-    /// The repository's default branch (a base to compare a new branch with).
-    pub default_branch: Option<String>,
     /// What the payload says about the files this push changed (monorepo filters).
     pub files: PushFiles,
 }
@@ -230,18 +226,17 @@ impl Push {
             .filter(|b| !b.is_zero());
         let commits = raw.commits.unwrap_or_default();
         let mut files = PushFiles {
-            commits: commits.len(),
             created: raw.created || before.is_none(),
             forced: raw.forced,
             head_message: raw.head_commit.and_then(|c| c.message),
             ..PushFiles::default()
         };
-        for commit in commits {
-            for list in [commit.added, commit.removed, commit.modified] {
-                let list = list.unwrap_or_default();
-                files.files_capped |= list.len() >= FILES_CAP;
-                files.files.extend(list);
-            }
+        for c in commits {
+            files.add_commit(
+                c.added.unwrap_or_default(),
+                c.removed.unwrap_or_default(),
+                c.modified.unwrap_or_default(),
+            );
         }
         Ok(Push {
             repository: raw.repository.full_name,
@@ -249,21 +244,17 @@ impl Push {
             before,
             after,
             deleted: raw.deleted,
-            default_branch: raw.repository.default_branch,
             files,
         })
     }
 
-    /// The commit to compare this push's head with: its `before`, or for a new branch the
-    /// repository's default branch (unless this is the default branch).
+    /// The commit to compare this push's head with: its `before`. None for a new branch,
+    /// which builds every app it reaches (see [`PushFiles::comparable`]).
     fn compare_base(&self) -> Option<String> {
-        if let Some(before) = &self.before {
-            return Some(before.to_string());
-        }
-        self.default_branch
+        self.before
             .as_ref()
-            .filter(|b| format!("refs/heads/{b}") != self.git_ref)
-            .cloned()
+            .filter(|_| self.files.comparable())
+            .map(|b| b.to_string())
     }
 
     /// [`Push::verdict`], after asking `github` for the changed files when the payload's lists

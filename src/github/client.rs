@@ -1,6 +1,16 @@
 //! The GitHub REST client: authentication (a token, or a GitHub App's installation tokens
 //! minted with a self-signed RS256 JWT and refreshed before they expire) and requests with
-//! retries that honour `Retry-After` and the rate-limit headers.
+//! retries that honour GitHub's rate limits as docs.github.com ("Rate limits for the REST
+//! API", "Best practices for using the REST API") describes them:
+//!
+//! - a primary limit (`x-ratelimit-remaining: 0`) is waited out until `x-ratelimit-reset`,
+//!   however far that is;
+//! - a secondary limit (403 or 429 whose message says so, a 429, or a 403 without rate-limit
+//!   headers) is waited out for `retry-after` seconds when given, else at least a minute;
+//! - while a limit holds, no request is sent (the limit is the installation's, not one
+//!   request's), and mutating requests are sent at least a second apart.
+//!
+//! The waits follow the injected clock ([`crate::clock::Clock::sleep`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,10 +35,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ATTEMPTS: u32 = 4;
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(500);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(8);
-/// A rate limit that resets later than this is not waited for: the request fails.
-const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
 /// Secondary rate limits without a hint: GitHub says to wait at least a minute.
 const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
+/// GitHub: "wait at least one second between each request" that changes something.
+const WRITE_GAP: Duration = Duration::from_secs(1);
 /// An installation token is replaced when it has less than this left.
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// JWT lifetime (GitHub allows at most 10 minutes) and clock-drift allowance.
@@ -99,8 +109,8 @@ pub enum GithubError {
     Status { status: u16, message: String },
     #[error("GitHub is unreachable: {0}")]
     Transport(String),
-    #[error("GitHub rate limit: retry in {0:?}, longer than slipway waits")]
-    RateLimited(Duration),
+    #[error("GitHub rate limit still holds after {MAX_ATTEMPTS} tries: {0}")]
+    RateLimited(String),
     #[error("cannot read GitHub's answer: {0}")]
     Decode(String),
     #[error("cannot get an installation token: {0}")]
@@ -134,6 +144,18 @@ pub struct Client {
     credentials: Credentials,
     installation_token: Mutex<Option<CachedToken>>,
     health: Arc<Health>,
+    /// The health's clock: rate-limit waits and the gap between writes follow it.
+    clock: crate::clock::SharedClock,
+    pacing: std::sync::Mutex<Pacing>,
+}
+
+/// When the next request may go.
+#[derive(Default)]
+struct Pacing {
+    /// A rate limit holds until then: nothing is sent before.
+    blocked_until: Option<time::OffsetDateTime>,
+    /// When the last mutating request was sent.
+    last_write: Option<time::OffsetDateTime>,
 }
 
 struct CachedToken {
@@ -157,6 +179,8 @@ struct InstallationToken {
 /// What one attempt came to.
 enum Attempt {
     Done(Result<Reply, GithubError>),
+    /// A rate limit: nothing may be sent for this long.
+    RateLimited(Duration, GithubError),
     RetryAfter(Duration, GithubError),
 }
 
@@ -177,7 +201,9 @@ impl Client {
             api: api.trim_end_matches('/').to_owned(),
             credentials,
             installation_token: Mutex::new(None),
+            clock: health.clock.clone(),
             health,
+            pacing: std::sync::Mutex::new(Pacing::default()),
         })
     }
 
@@ -207,8 +233,23 @@ impl Client {
         let mut delay = RETRY_MIN_DELAY;
         let mut attempt = 1;
         let result = loop {
+            self.wait_turn(&method).await;
             let (wait, error) = match self.attempt(&method, &url, body, auth).await {
                 Attempt::Done(result) => break result,
+                Attempt::RateLimited(wait, error) => {
+                    // The limit is the installation's: every request waits it out.
+                    let until = self.clock.now() + wait;
+                    let mut pacing = self.pacing.lock().expect("pacing lock");
+                    pacing.blocked_until = pacing.blocked_until.max(Some(until));
+                    drop(pacing);
+                    tracing::warn!(%method, path, error = %error, wait_secs = wait.as_secs(),
+                        "GitHub rate limit: waiting before the next request");
+                    if attempt >= MAX_ATTEMPTS {
+                        break Err(GithubError::RateLimited(error.to_string()));
+                    }
+                    attempt += 1;
+                    continue;
+                }
                 Attempt::RetryAfter(wait, error) => (wait, error),
             };
             if attempt >= MAX_ATTEMPTS {
@@ -216,7 +257,7 @@ impl Client {
             }
             let wait = wait.max(delay);
             tracing::debug!(%method, path, error = %error, retry_in = ?wait, "GitHub request failed; retrying");
-            tokio::time::sleep(wait).await;
+            self.clock.sleep(wait).await;
             delay = (delay * 2).min(RETRY_MAX_DELAY);
             attempt += 1;
         };
@@ -228,6 +269,32 @@ impl Client {
             }
         }
         result
+    }
+
+    /// Waits until no rate limit holds and, for a mutating request, until [`WRITE_GAP`] has
+    /// passed since the last one; then takes its turn.
+    async fn wait_turn(&self, method: &Method) {
+        let write = !matches!(*method, Method::GET | Method::HEAD);
+        loop {
+            let now = self.clock.now();
+            let wait = {
+                let mut pacing = self.pacing.lock().expect("pacing lock");
+                let mut ready = pacing.blocked_until.unwrap_or(now);
+                if write {
+                    ready = ready.max(pacing.last_write.map_or(now, |t| t + WRITE_GAP));
+                }
+                if ready <= now {
+                    if write {
+                        pacing.last_write = Some(now);
+                    }
+                    return;
+                }
+                ready - now
+            };
+            self.clock
+                .sleep(wait.try_into().unwrap_or(Duration::ZERO))
+                .await;
+        }
     }
 
     async fn attempt(
@@ -277,16 +344,16 @@ impl Client {
                 next: next_link(&headers),
             }));
         }
+        let message = message(&text);
+        let now = SystemTime::from(self.clock.now());
+        let wait = rate_limit_wait(status, &headers, &message, now);
         let error = GithubError::Status {
             status: status.as_u16(),
-            message: message(&text),
+            message,
         };
-        if let Some(wait) = rate_limit_wait(status, &headers, SystemTime::now()) {
+        if let Some(wait) = wait {
             count("rate_limited");
-            if wait > MAX_RATE_LIMIT_WAIT {
-                return Attempt::Done(Err(GithubError::RateLimited(wait)));
-            }
-            return Attempt::RetryAfter(wait, error);
+            return Attempt::RateLimited(wait, error);
         }
         if status == StatusCode::UNAUTHORIZED && auth == As::Installation && self.is_app() {
             // The installation token was revoked or expired early: mint a new one.
@@ -358,10 +425,18 @@ fn jwt(app_id: u64, key: &EncodingKey, now: SystemTime) -> Result<String, Github
         .map_err(|e| GithubError::Jwt(e.to_string()))
 }
 
-/// How long to wait before retrying, when the answer is a rate limit: `Retry-After` first,
-/// then `x-ratelimit-reset` when `x-ratelimit-remaining` is 0, then a minute for a 429 or a
-/// secondary limit that gives no hint. None: not a rate limit.
-fn rate_limit_wait(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+/// How long to wait before retrying, when the answer is a rate limit (docs.github.com,
+/// "Rate limits for the REST API", "Exceeding the rate limit"): `retry-after` first; then
+/// `x-ratelimit-reset` when `x-ratelimit-remaining` is 0 (a primary limit, however far its
+/// reset); otherwise a minute. A 403 is a rate limit when it says so (`message`), carries one
+/// of those headers, or carries no rate-limit headers at all (GitHub sends them with every
+/// answer of the API, a permission error included); a 429 always is. None: not a rate limit.
+fn rate_limit_wait(
+    status: StatusCode,
+    headers: &HeaderMap,
+    message: &str,
+    now: SystemTime,
+) -> Option<Duration> {
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
@@ -371,15 +446,27 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> 
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    if let Some(secs) = header("retry-after") {
+    let retry_after = header("retry-after");
+    let remaining = header("x-ratelimit-remaining");
+    let says_so = message.to_ascii_lowercase().contains("rate limit");
+    let limited = status == StatusCode::TOO_MANY_REQUESTS
+        || says_so
+        || retry_after.is_some()
+        || remaining.is_none_or(|r| r == 0);
+    if !limited {
+        return None;
+    }
+    if let Some(secs) = retry_after {
         return Some(Duration::from_secs(secs));
     }
-    if header("x-ratelimit-remaining") == Some(0) {
-        let reset = UNIX_EPOCH + Duration::from_secs(header("x-ratelimit-reset")?);
-        // One more second: the reset time is rounded down to the second.
-        return Some(reset.duration_since(now).unwrap_or_default() + Duration::from_secs(1));
+    if remaining == Some(0) {
+        if let Some(reset) = header("x-ratelimit-reset") {
+            let reset = UNIX_EPOCH + Duration::from_secs(reset);
+            // One more second: the reset time is rounded down to the second.
+            return Some(reset.duration_since(now).unwrap_or_default() + Duration::from_secs(1));
+        }
     }
-    (status == StatusCode::TOO_MANY_REQUESTS).then_some(SECONDARY_LIMIT_WAIT)
+    Some(SECONDARY_LIMIT_WAIT)
 }
 
 /// The `rel="next"` URL of a `Link` header.
@@ -436,7 +523,7 @@ mod tests {
     fn rate_limits_are_recognised() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let wait = |status: u16, h: &[(&'static str, &str)]| {
-            rate_limit_wait(StatusCode::from_u16(status).unwrap(), &headers(h), now)
+            rate_limit_wait(StatusCode::from_u16(status).unwrap(), &headers(h), "", now)
         };
         assert_eq!(
             wait(403, &[("retry-after", "7")]),
@@ -463,6 +550,31 @@ mod tests {
         // A plain 403 is a permission problem, not a rate limit.
         assert_eq!(wait(403, &[("x-ratelimit-remaining", "12")]), None);
         assert_eq!(wait(500, &[("retry-after", "7")]), None);
+        // A secondary limit: GitHub's message, with headers left over from the primary count.
+        let secondary = "You have exceeded a secondary rate limit. Please wait a few minutes.";
+        let limited = [
+            ("x-ratelimit-remaining", "4000"),
+            ("x-ratelimit-reset", "5000"),
+        ];
+        for status in [StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS] {
+            assert_eq!(
+                rate_limit_wait(status, &headers(&limited), secondary, now),
+                Some(SECONDARY_LIMIT_WAIT)
+            );
+        }
+        // A 403 without any rate-limit header: a secondary limit, a minute.
+        assert_eq!(wait(403, &[]), Some(SECONDARY_LIMIT_WAIT));
+        // A primary limit resetting in 40 minutes is waited for, all of it.
+        assert_eq!(
+            wait(
+                403,
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "3400")
+                ]
+            ),
+            Some(Duration::from_secs(2401))
+        );
     }
 
     #[test]

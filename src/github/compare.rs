@@ -1,5 +1,11 @@
 //! The files changed between two commits, from GitHub's compare API (for the monorepo path
 //! filters: an app builds only when a push touches its paths).
+//!
+//! `GET /repos/{owner}/{repo}/compare/{base}...{head}` (docs.github.com, "Compare two
+//! commits"): the comparison is made from the merge base of the two commits; its `status` is
+//! `ahead` (head is base plus commits), `behind`, `identical` or `diverged` (both have commits
+//! the other lacks, as after a force-push). Its `files` (at most 300) come only on the first
+//! page; later pages list more commits and nothing slipway reads.
 
 use std::collections::BTreeSet;
 
@@ -11,21 +17,26 @@ use super::GithubError;
 
 /// GitHub lists at most this many files for a comparison, whatever the page.
 pub const MAX_COMPARE_FILES: usize = 300;
-const PER_PAGE: u32 = 100;
-/// Pages of commits walked; the files come with the first, later pages rarely add any.
-const MAX_PAGES: usize = 10;
+/// Commits per page: the files come with the first page whatever its size, so one commit is
+/// all slipway asks for (the answer stays small).
+const PER_PAGE: u32 = 1;
 
 /// The changed paths, sorted. Renames list both the old and the new path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedFiles {
     pub files: Vec<String>,
-    /// False when GitHub's list was cut at [`MAX_COMPARE_FILES`] (or the pages ran out): the
-    /// caller must then assume any path may have changed.
+    /// GitHub's `status` of the comparison (`ahead`, `behind`, `identical`, `diverged`).
+    pub status: String,
+    /// True only when `files` are every file `head` changed since `base`: the comparison is
+    /// `ahead` (with `diverged` the files from the merge base leave out what `base` had and
+    /// `head` dropped) and GitHub's list was not cut at [`MAX_COMPARE_FILES`].
     pub complete: bool,
 }
 
 #[derive(Deserialize)]
 struct Comparison {
+    #[serde(default)]
+    status: Option<String>,
     #[serde(default)]
     files: Vec<File>,
 }
@@ -36,46 +47,35 @@ struct File {
     previous_filename: Option<String>,
 }
 
-/// `GET /repos/{repository}/compare/{base}...{head}`, following its pages.
+/// `GET /repos/{repository}/compare/{base}...{head}`: one page, the one with the files.
 pub async fn changed_files(
     client: &Client,
     repository: &str,
     base: &str,
     head: &str,
 ) -> Result<ChangedFiles, GithubError> {
+    let url = format!("/repos/{repository}/compare/{base}...{head}?per_page={PER_PAGE}");
+    let reply = client
+        .request(Method::GET, &url, None, As::Installation)
+        .await?;
+    let page: Comparison = serde_json::from_value(reply.body)
+        .map_err(|e| GithubError::Decode(format!("comparison: {e}")))?;
+    let listed = page.files.len();
     let mut files = BTreeSet::new();
-    let mut listed = 0;
-    let mut next = Some(format!(
-        "/repos/{repository}/compare/{base}...{head}?per_page={PER_PAGE}"
-    ));
-    let mut pages = 0;
-    let mut complete = true;
-    while let Some(url) = next.take() {
-        pages += 1;
-        let reply = client
-            .request(Method::GET, &url, None, As::Installation)
-            .await?;
-        let page: Comparison = serde_json::from_value(reply.body)
-            .map_err(|e| GithubError::Decode(format!("comparison: {e}")))?;
-        listed = listed.max(page.files.len());
-        for f in page.files {
-            files.extend(f.previous_filename);
-            files.insert(f.filename);
-        }
-        match reply.next {
-            Some(url) if pages < MAX_PAGES => next = Some(url),
-            Some(_) => complete = false,
-            None => {}
-        }
+    for f in page.files {
+        files.extend(f.previous_filename);
+        files.insert(f.filename);
     }
+    let status = page.status.unwrap_or_default();
     Ok(ChangedFiles {
         files: files.into_iter().collect(),
-        complete: complete && listed < MAX_COMPARE_FILES,
+        complete: status == "ahead" && listed < MAX_COMPARE_FILES,
+        status,
     })
 }
 
-/// The monorepo path filters' source of changed files (issue 12): a list GitHub cut short is
-/// an error, so the app builds.
+/// The monorepo path filters' source of changed files (issue 12): a list GitHub cut short, or
+/// a comparison that is not `ahead`, is an error, so the app builds.
 impl crate::push_filter::ChangedFilesSource for Client {
     fn changed_files<'a>(
         &'a self,
@@ -93,6 +93,16 @@ impl crate::push_filter::ChangedFilesSource for Client {
             let changed = changed_files(self, repository, base, head)
                 .await
                 .map_err(|e| crate::push_filter::CompareError(e.to_string()))?;
+            if changed.status != "ahead" {
+                return Err(crate::push_filter::CompareError(format!(
+                    "the comparison is {}, not ahead: its files leave out commits the push dropped",
+                    if changed.status.is_empty() {
+                        "without a status"
+                    } else {
+                        &changed.status
+                    }
+                )));
+            }
             if !changed.complete {
                 return Err(crate::push_filter::CompareError(format!(
                     "GitHub lists at most {MAX_COMPARE_FILES} changed files; the list may be incomplete"

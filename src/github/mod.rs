@@ -38,6 +38,8 @@ pub struct RawGithubConfig {
     installation_id: Option<u64>,
     recover_every_mins: Option<u64>,
     recover_window_hours: Option<u64>,
+    /// An update (status, deployment) GitHub has not taken by this age is given up.
+    give_up_after_hours: Option<u64>,
     /// Where slipway's API is reached from outside; commit statuses of deploys link there.
     public_url: Option<String>,
     #[serde(default)]
@@ -60,6 +62,8 @@ pub struct GithubConfig {
     pub app: Option<AppIds>,
     pub recover_every: Duration,
     pub recover_window: Duration,
+    /// The outbox gives an update up at this age (never by a count of attempts).
+    pub give_up_after: Duration,
     /// Without a trailing slash.
     pub public_url: Option<String>,
     pub hooks: Vec<Hook>,
@@ -153,6 +157,13 @@ impl RawGithubConfig {
                 ),
             ));
         }
+        let give_up = self.give_up_after_hours.unwrap_or(24);
+        if give_up == 0 {
+            return Err(invalid(
+                "github.give_up_after_hours",
+                "must be greater than 0",
+            ));
+        }
         let public_url = match self.public_url {
             None => None,
             Some(url) => {
@@ -213,6 +224,7 @@ impl RawGithubConfig {
             app,
             recover_every: Duration::from_secs(every * 60),
             recover_window: Duration::from_secs(window * 3600),
+            give_up_after: Duration::from_secs(give_up * 3600),
             public_url,
             hooks,
         })
@@ -298,7 +310,13 @@ impl Github {
     ) -> Result<Github, GithubError> {
         let health = Arc::new(Health::new(clock.clone()));
         let client = Arc::new(Client::new(&cfg.api_url, credentials, health.clone())?);
-        let sink = GithubSink::start(client.clone(), config, journal.clone(), clock.clone());
+        let sink = GithubSink::start(
+            client.clone(),
+            config,
+            journal.clone(),
+            clock.clone(),
+            cfg.give_up_after,
+        );
         let recovery = (!cfg.hooks.is_empty()).then(|| Recovery {
             client: client.clone(),
             journal,
@@ -330,6 +348,7 @@ mod tests {
         assert_eq!(cfg.api_url, "https://api.github.com");
         assert_eq!(cfg.recover_every, Duration::from_secs(600));
         assert_eq!(cfg.recover_window, Duration::from_secs(24 * 3600));
+        assert_eq!(cfg.give_up_after, Duration::from_secs(24 * 3600));
         assert!(cfg.app.is_none() && cfg.hooks.is_empty());
     }
 
@@ -382,6 +401,7 @@ id = 3
             ("recover_every_mins = 0", "github.recover_every_mins"),
             ("recover_window_hours = 73", "github.recover_window_hours"),
             ("recover_window_hours = 0", "github.recover_window_hours"),
+            ("give_up_after_hours = 0", "github.give_up_after_hours"),
             ("public_url = \"slipway\"", "github.public_url"),
             (
                 "[[hook]]\nrepository = \"web\"\nid = 1",

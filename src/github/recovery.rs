@@ -22,8 +22,10 @@ use crate::journal::{millis, Journal, NewRecovery, RecoveryState};
 
 /// Deliveries asked for per page (GitHub's maximum).
 const PER_PAGE: u32 = 100;
-/// Pages read per hook and round: bounds the work when a hook is very busy.
-const MAX_PAGES: usize = 20;
+/// Pages read per hook and round, following the `Link` header's cursors to the end of the
+/// window: 100,000 deliveries. A hook busier than that stops early, and says so in the log
+/// and in `slipway_github_recovery_stopped_early_total`.
+const MAX_PAGES: usize = 1000;
 /// Redeliveries asked for one delivery at most: one that keeps failing (a wrong hook secret)
 /// is left for an operator.
 const MAX_REQUESTS: i64 = 3;
@@ -149,6 +151,8 @@ impl Recovery {
     }
 
     /// The push deliveries since `since` whose attempts all failed: GUID → its newest attempt.
+    /// A delivery failed unless GitHub got a 2xx: `status_code` 0 is one GitHub could not
+    /// deliver at all (could not connect, timed out).
     async fn failed_pushes(
         &self,
         hook: &Hook,
@@ -178,15 +182,27 @@ impl Recovery {
                 if a.event != "push" {
                     continue;
                 }
-                if a.status_code.is_some_and(|c| (200..300).contains(&c)) {
+                if delivered(&a) {
                     succeeded.insert(a.guid);
                     continue;
                 }
                 // Newest first: keep the first attempt seen for each GUID.
                 failed.entry(a.guid.clone()).or_insert(a);
             }
-            if !older && pages < MAX_PAGES {
-                next = reply.next;
+            match reply.next {
+                Some(url) if !older && pages < MAX_PAGES => next = Some(url),
+                Some(_) if !older => {
+                    metrics::counter!("slipway_github_recovery_stopped_early_total",
+                        "hook" => hook.id.to_string())
+                    .increment(1);
+                    tracing::warn!(
+                        hook = hook.id,
+                        pages,
+                        "delivery recovery stopped early: \
+                        the hook has more deliveries in the window than slipway reads a round"
+                    );
+                }
+                _ => {}
             }
         }
         failed.retain(|guid, _| !succeeded.contains(guid));
@@ -194,6 +210,31 @@ impl Recovery {
     }
 }
 
+/// Whether GitHub got a 2xx for this attempt (0, or none: it could not deliver at all).
+fn delivered(a: &Attempt) -> bool {
+    a.status_code.is_some_and(|c| (200..300).contains(&c))
+}
+
 fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_that_could_not_connect_failed() {
+        let attempt = |status_code| Attempt {
+            id: 1,
+            guid: "g".into(),
+            delivered_at: "2026-12-04T10:00:00Z".into(),
+            status_code,
+            event: "push".into(),
+        };
+        assert!(!delivered(&attempt(Some(0))));
+        assert!(!delivered(&attempt(None)));
+        assert!(!delivered(&attempt(Some(502))));
+        assert!(delivered(&attempt(Some(202))));
+    }
 }

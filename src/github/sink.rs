@@ -4,7 +4,9 @@
 //! (so a restart or a crash while GitHub is slow or down loses none), another posts the outbox
 //! in order, so GitHub sees the states of a commit in the order they happened. An update that
 //! fails for a reason worth retrying (GitHub unreachable, 5xx, rate limit) stays first in line
-//! and is tried again with backoff, up to [`OUTBOX_ATTEMPTS`] times. The GitHub deployment made for each slipway
+//! and is tried again with backoff until it is older than `[github] give_up_after_hours`
+//! (never by a count of attempts, which a rate limit's reset could outlast). The GitHub
+//! deployment made for each slipway
 //! deployment is journaled, so its later statuses (and `inactive` when a newer deploy replaces
 //! it) go to the same one after a restart.
 
@@ -27,8 +29,6 @@ use crate::notify::{EventKind, Notification};
 const QUEUE_CAPACITY: usize = 1024;
 /// GitHub rejects longer status descriptions.
 const MAX_DESCRIPTION: usize = 140;
-/// Rounds of posting one update (each with the client's own retries) before giving up on it.
-pub const OUTBOX_ATTEMPTS: i64 = 12;
 const OUTBOX_BACKOFF_INITIAL: Duration = Duration::from_secs(2);
 const OUTBOX_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -83,6 +83,7 @@ impl GithubSink {
         config: Arc<Config>,
         journal: Journal,
         clock: SharedClock,
+        give_up_after: Duration,
     ) -> GithubSink {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let pending = Arc::new(watch::Sender::new(0));
@@ -91,6 +92,7 @@ impl GithubSink {
             config,
             journal,
             clock,
+            give_up_after,
         };
         tokio::spawn(worker.run(rx, pending.clone()));
         GithubSink {
@@ -151,6 +153,8 @@ struct Worker {
     config: Arc<Config>,
     journal: Journal,
     clock: SharedClock,
+    /// An update not posted by this age is given up.
+    give_up_after: Duration,
 }
 
 /// A commit status: what GitHub shows next to the commit.
@@ -256,8 +260,10 @@ impl Worker {
                         Ok(())
                     }
                 };
+                let age_ms = millis(self.clock.now()) - entry.created_ms;
+                let young = u128::try_from(age_ms).unwrap_or(0) < self.give_up_after.as_millis();
                 match result {
-                    Err(e) if worth_retrying(&e) && entry.attempts + 1 < OUTBOX_ATTEMPTS => {
+                    Err(e) if worth_retrying(&e) && young => {
                         let backoff = outbox_backoff(entry.attempts);
                         tracing::warn!(error = %e, attempts = entry.attempts + 1,
                             retry_in_secs = backoff.as_secs(),
@@ -265,15 +271,16 @@ impl Worker {
                         if let Err(e) = self.journal.github_post_failed(entry.id).await {
                             tracing::warn!(error = %e, "GitHub outbox: cannot count the attempt");
                         }
-                        tokio::time::sleep(backoff).await;
+                        self.clock.sleep(backoff).await;
                         break;
                     }
                     result => {
                         // Posted, or given up on (logged, counted and shown by the client).
                         if let Err(e) = result {
-                            let queued_secs = (millis(self.clock.now()) - entry.created_ms) / 1000;
-                            tracing::warn!(error = %e, attempts = entry.attempts + 1, queued_secs,
-                                "GitHub update given up");
+                            metrics::counter!("slipway_github_requests_total", "result" => "given_up")
+                                .increment(1);
+                            tracing::warn!(error = %e, attempts = entry.attempts + 1,
+                                queued_secs = age_ms / 1000, "GitHub update given up");
                         }
                         match self.journal.github_posted(entry.id).await {
                             Ok(()) => pending.send_modify(|p| *p = p.saturating_sub(1)),
@@ -605,7 +612,7 @@ mod tests {
         assert!(worth_retrying(&status(429)));
         assert!(worth_retrying(&GithubError::Transport("refused".into())));
         assert!(worth_retrying(&GithubError::RateLimited(
-            Duration::from_secs(60)
+            "GitHub answered 403: API rate limit exceeded".into()
         )));
         assert!(worth_retrying(&GithubError::Token(Box::new(status(503)))));
         assert!(!worth_retrying(&status(422)));

@@ -445,7 +445,7 @@ fn client(url: &str) -> slipway::github::Client {
 }
 
 #[tokio::test]
-async fn changed_files_come_from_every_page_of_the_comparison() {
+async fn changed_files_come_from_the_first_page_and_only_an_ahead_comparison_is_complete() {
     let gh = GithubFake::start().await;
     gh.compare(
         vec![
@@ -460,11 +460,22 @@ async fn changed_files_come_from_every_page_of_the_comparison() {
             .unwrap();
     assert_eq!(files.files, ["api/new.rs", "api/old.rs", "web/src/main.rs"]);
     assert!(files.complete);
+    // The files come only on the first page: the later pages of commits are not walked.
     let pages = gh.requests_to(
         "GET",
         &format!("/repos/octo-org/web/compare/{OLDER_SHA}...{MASTER_SHA}"),
     );
-    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert_eq!(pages.len(), 1, "{pages:?}");
+
+    // A force-push: from the merge base, the dropped commits' files are missing.
+    gh.compare_status("diverged");
+    let files =
+        slipway::github::changed_files(&client(&gh.url), "octo-org/web", OLDER_SHA, MASTER_SHA)
+            .await
+            .unwrap();
+    assert_eq!(files.status, "diverged");
+    assert!(!files.complete);
+    gh.compare_status("ahead");
 
     // GitHub cuts the list at 300 files: the caller must know.
     let many = (0..300)
@@ -896,4 +907,247 @@ async fn a_build_codebuild_refuses_to_start_fails_on_the_commit() {
         "{posted:?}"
     );
     assert!(!posted[0].1.contains("InvalidInputException"), "{posted:?}");
+}
+
+/// A clock whose sleeps return at once, moving its time forward by as much: slipway's waits
+/// (rate limits, the outbox's backoff) take no real time, and the fake records requests at
+/// this clock's time.
+#[derive(Default)]
+struct FastClock {
+    ahead_ms: std::sync::atomic::AtomicU64,
+}
+
+impl FastClock {
+    fn system_time(&self) -> SystemTime {
+        SystemTime::now()
+            + Duration::from_millis(self.ahead_ms.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+impl slipway::clock::Clock for FastClock {
+    fn now(&self) -> time::OffsetDateTime {
+        self.system_time().into()
+    }
+
+    fn sleep(&self, d: Duration) -> slipway::clock::BoxSleep {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.ahead_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(tokio::task::yield_now())
+    }
+}
+
+/// slipway's GitHub side in this process (the sink, its outbox in a journal of its own), on
+/// `clock`, posting to `gh`.
+fn github_in_process(
+    gh: &GithubFake,
+    clock: Arc<FastClock>,
+    github_extra: &str,
+) -> (
+    slipway::github::Github,
+    slipway::journal::Journal,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = slipway::config::Config::parse(&format!(
+        "state_dir = \"{}\"\n\
+         [[app]]\nname = \"web\"\nrepository = \"octo-org/web\"\ncodebuild_project = \"web-build\"\n\
+         cluster = \"prod\"\nservice = \"web\"\ncontainer = \"web\"\necr_repository = \"web\"\n\
+         [github]\napi_url = \"{}\"\n{github_extra}\n",
+        dir.path().display(),
+        gh.url
+    ))
+    .unwrap();
+    let journal = slipway::journal::Journal::open(dir.path()).unwrap();
+    let github = slipway::github::Github::start(
+        slipway::github::Credentials::Token(STATIC_TOKEN.into()),
+        config.github.clone().unwrap(),
+        Arc::new(config),
+        journal.clone(),
+        clock,
+    )
+    .unwrap();
+    (github, journal, dir)
+}
+
+#[tokio::test]
+async fn secondary_and_primary_rate_limits_are_waited_out_and_nothing_is_dropped() {
+    let gh = GithubFake::start().await;
+    let clock = Arc::new(FastClock::default());
+    let fake_clock = clock.clone();
+    gh.clock(Arc::new(move || fake_clock.system_time()));
+    // The first update meets a secondary limit (403, GitHub's message, no retry-after); the
+    // second a primary limit that resets in 40 minutes.
+    gh.script(
+        "POST",
+        &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
+        vec![Scripted::secondary_limit()],
+    );
+    let reset = clock
+        .system_time()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 40 * 60;
+    gh.script(
+        "POST",
+        &format!("/repos/octo-org/web/statuses/{NEWER_SHA}"),
+        vec![Scripted::rate_limited(reset)],
+    );
+    let (github, journal, _dir) = github_in_process(&gh, clock.clone(), "");
+    let started = clock.system_time();
+    github.sink.build(
+        slipway::github::BuildState::Started,
+        "web",
+        MASTER_SHA,
+        None,
+        None,
+    );
+    github.sink.build(
+        slipway::github::BuildState::Started,
+        "web",
+        NEWER_SHA,
+        None,
+        None,
+    );
+
+    let first = eventually("the first status, after the secondary limit", || async {
+        let posts = gh.requests_to(
+            "POST",
+            &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
+        );
+        (posts.len() >= 2).then_some(posts)
+    })
+    .await;
+    assert_eq!(first.len(), 2, "one post after the wait: {first:?}");
+    let waited = first[1].at.duration_since(first[0].at).unwrap();
+    assert!(
+        waited >= Duration::from_secs(60),
+        "retried after {waited:?}"
+    );
+    let second = eventually("the second status, after the reset", || async {
+        let posts = gh.requests_to("POST", &format!("/repos/octo-org/web/statuses/{NEWER_SHA}"));
+        (posts.len() >= 2).then_some(posts)
+    })
+    .await;
+    assert_eq!(second.len(), 2, "one post after the reset: {second:?}");
+    assert!(
+        second[1].at >= UNIX_EPOCH + Duration::from_secs(reset),
+        "retried before the reset"
+    );
+    assert!(second[1].at >= started + Duration::from_secs(40 * 60));
+    // Nothing dropped: both were posted and the outbox is empty.
+    assert_eq!(gh.statuses(MASTER_SHA, "slipway/build").len(), 2);
+    assert_eq!(gh.statuses(NEWER_SHA, "slipway/build").len(), 2);
+    eventually("the outbox is empty", || async {
+        (journal.github_outbox_len().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    // Writes went at least a second apart.
+    let posts = gh.requests_to("POST", "/repos/");
+    for pair in posts.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at).unwrap_or_default();
+        assert!(gap >= Duration::from_secs(1), "{gap:?} between two POSTs");
+    }
+}
+
+#[tokio::test]
+async fn an_update_is_given_up_by_its_age_never_by_a_count_of_attempts() {
+    let gh = GithubFake::start().await;
+    let clock = Arc::new(FastClock::default());
+    let fake_clock = clock.clone();
+    gh.clock(Arc::new(move || fake_clock.system_time()));
+    gh.script(
+        "POST",
+        &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
+        vec![Scripted::status(502); 100_000],
+    );
+    let (github, journal, _dir) = github_in_process(&gh, clock.clone(), "give_up_after_hours = 2");
+    let started = clock.system_time();
+    github.sink.build(
+        slipway::github::BuildState::Started,
+        "web",
+        MASTER_SHA,
+        None,
+        None,
+    );
+    eventually("the update is given up", || async {
+        (journal.github_outbox_len().await.unwrap() == 0
+            && !gh.requests_to("POST", "/repos/").is_empty())
+        .then_some(())
+    })
+    .await;
+    let posts = gh.requests_to("POST", "/repos/");
+    let last = posts.last().unwrap().at;
+    // Tried for two hours (by the clock), far more than any fixed count of rounds.
+    assert!(last >= started + Duration::from_secs(2 * 3600) - Duration::from_secs(5 * 60));
+    assert!(
+        last < started + Duration::from_secs(3 * 3600),
+        "kept past its age"
+    );
+    assert!(posts.len() > 12 * 4, "{} posts", posts.len());
+}
+
+#[tokio::test]
+async fn recovery_follows_the_cursor_through_2500_deliveries_and_recovers_the_failed_push() {
+    let gh = GithubFake::start().await;
+    let hooks = format!("[[github.hook]]\nrepository = \"octo-org/web\"\nid = {HOOK_ID}\n");
+    let w = world(&gh.url, &hooks, &[MASTER_SHA]).await;
+    // slipway ran once (its journal exists), then went down for a busy while.
+    let mut s = w.builder.start().await;
+    eventually("the first recovery round", || async {
+        s.logs()
+            .contains("delivery recovery round finished")
+            .then_some(())
+    })
+    .await;
+    s.terminate();
+    let now = SystemTime::now();
+    for i in 0..2500u64 {
+        // Oldest first: the 2,200th from the newest is the one push GitHub could not deliver.
+        let failed = i == 2500 - 1 - 2200;
+        gh.add_delivery(Delivery {
+            id: i as i64 + 1,
+            hook_id: HOOK_ID,
+            guid: format!("busy-{i}"),
+            event: "push".into(),
+            status_code: if failed { 0 } else { 202 },
+            delivered_at: now + Duration::from_millis(i),
+            redelivery: false,
+            body: if failed {
+                push_body(MASTER_SHA)
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    let s = w.builder.start().await;
+    gh.webhook(&s.url, SECRET);
+    eventually("the push 2,200 deliveries back is built", || async {
+        s.deliveries()
+            .into_iter()
+            .find(|d| d["delivery"] == "busy-299" && d["state"] == "build_started")
+    })
+    .await;
+    let listed = gh.requests_to(
+        "GET",
+        &format!("/repos/octo-org/web/hooks/{HOOK_ID}/deliveries"),
+    );
+    let paged: Vec<&str> = listed
+        .iter()
+        .map(|r| r.path.as_str())
+        .filter(|p| p.contains("cursor=v1_"))
+        .collect();
+    assert!(paged.len() >= 24, "followed {} cursors", paged.len());
+    assert!(listed.iter().all(|r| r.path.contains("per_page=100")));
+    let asked = gh.requests_to(
+        "POST",
+        &format!("/repos/octo-org/web/hooks/{HOOK_ID}/deliveries/"),
+    );
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].path.ends_with("/deliveries/300/attempts"),
+        "{asked:?}"
+    );
+    assert!(!s.logs().contains("stopped early"));
 }

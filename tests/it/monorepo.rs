@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::support::github_fake::{GithubFake, STATIC_TOKEN};
 use crate::support::slipway::{Slipway, WebhookResponse};
 use crate::support::{eventually, fixture, Emulator, Proxy, SlipwayBuilder, MASTER_SHA};
 
@@ -61,6 +62,31 @@ async fn world_with(apps: &str) -> World {
 
 async fn world() -> World {
     world_with(APPS).await
+}
+
+/// The two apps with GitHub credentials: slipway asks `gh`'s compare API when the payload
+/// cannot prove the changed files.
+async fn world_with_github(apps: &str, gh: &GithubFake) -> World {
+    let emulator = Emulator::start().await;
+    emulator
+        .create_project("web-build", "octo-org/monorepo")
+        .await;
+    emulator
+        .create_project("api-build", "octo-org/monorepo")
+        .await;
+    let proxy = Proxy::start(&emulator.url).await;
+    let slipway = SlipwayBuilder::new(&proxy.url)
+        .apps(apps)
+        .extra(&format!("[github]\napi_url = \"{}\"\n", gh.url))
+        .env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN)
+        .env("SLIPWAY_OPS_TOKENS", &format!("alice:{TOKEN}"))
+        .start()
+        .await;
+    World {
+        _emulator: emulator,
+        proxy,
+        slipway,
+    }
 }
 
 async fn push(w: &World, delivery: &str, name: &str) -> WebhookResponse {
@@ -192,6 +218,84 @@ async fn branch_creation_builds_every_app_without_credentials() {
     let r = push(&w, "created-1", "push_created").await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(apps_of(&r.body["builds"]), ["api", "web"]);
+}
+
+#[tokio::test]
+async fn a_commit_at_githubs_3000_file_cap_builds_every_app() {
+    let w = world().await;
+    // One commit lists 1,000 paths in each of its three lists (all under docs/): GitHub
+    // reports at most 3,000 a commit, so it may have changed more.
+    let r = push(&w, "huge-1", "push_huge_commit").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(apps_of(&r.body["builds"]), ["api", "web"]);
+    assert_eq!(started_projects(&w, 2).await, ["api-build", "web-build"]);
+}
+
+#[tokio::test]
+async fn a_commit_listed_without_files_next_to_one_with_files_builds_every_app() {
+    let w = world().await;
+    // GitHub leaves the lists of a very large commit empty; the other commit changed docs only.
+    let r = push(&w, "empty-1", "push_empty_lists").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(apps_of(&r.body["builds"]), ["api", "web"]);
+    assert_eq!(started_projects(&w, 2).await, ["api-build", "web-build"]);
+}
+
+#[tokio::test]
+async fn a_force_push_whose_comparison_diverged_builds_every_app() {
+    let gh = GithubFake::start().await;
+    // From the merge base only web's files changed; the commits the push dropped (which may
+    // have changed api) are in no list.
+    gh.compare(
+        vec![
+            json!({ "filename": "services/web/src/login.tsx" }),
+            json!({ "filename": "services/web/package.json" }),
+        ],
+        1,
+    );
+    gh.compare_status("diverged");
+    let w = world_with_github(APPS, &gh).await;
+    let r = push(&w, "forced-gh", "push_forced").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(apps_of(&r.body["builds"]), ["api", "web"]);
+    assert_eq!(started_projects(&w, 2).await, ["api-build", "web-build"]);
+    let asked = gh.requests_to("GET", "/repos/octo-org/monorepo/compare/");
+    assert_eq!(asked.len(), 1, "one page: {asked:?}");
+
+    // A force-push compared `ahead` (it dropped nothing) is trusted: only web builds.
+    gh.compare_status("ahead");
+    let body = String::from_utf8(fixture("github/monorepo/push_forced.json"))
+        .unwrap()
+        .replace(
+            "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c",
+            "2f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c",
+        );
+    let r = w
+        .slipway
+        .deliver("push", "forced-gh-2", body.as_bytes())
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(apps_of(&r.body["builds"]), ["web"]);
+}
+
+#[tokio::test]
+async fn a_recreated_release_branch_builds_every_app_and_is_not_compared() {
+    let gh = GithubFake::start().await;
+    // Compared with the default branch, only docs changed: both apps would be skipped,
+    // though neither was ever built on this branch.
+    gh.compare(vec![json!({ "filename": "docs/release-notes.md" })], 1);
+    let release = APPS.replace(
+        "repository = \"octo-org/monorepo\"",
+        "repository = \"octo-org/monorepo\"\nbranch = \"release\"",
+    );
+    let w = world_with_github(&release, &gh).await;
+    let r = push(&w, "recreated-1", "push_recreated").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(apps_of(&r.body["builds"]), ["api", "web"]);
+    assert_eq!(started_projects(&w, 2).await, ["api-build", "web-build"]);
+    assert!(gh
+        .requests_to("GET", "/repos/octo-org/monorepo/compare/")
+        .is_empty());
 }
 
 #[tokio::test]

@@ -56,6 +56,22 @@ impl Scripted {
         }
     }
 
+    /// A secondary rate limit as docs.github.com shows it: 403, GitHub's message, and the
+    /// primary count's headers (far from exhausted), no `retry-after`.
+    pub fn secondary_limit() -> Scripted {
+        Scripted {
+            status: 403,
+            headers: vec![
+                ("x-ratelimit-limit".into(), "5000".into()),
+                ("x-ratelimit-remaining".into(), "4990".into()),
+            ],
+            body: json!({
+                "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+            }),
+        }
+    }
+
     /// A primary rate limit that resets at `reset` (Unix seconds).
     pub fn rate_limited(reset: u64) -> Scripted {
         Scripted {
@@ -96,6 +112,10 @@ struct Fake {
     webhook: Option<(String, String)>,
     compare_files: Vec<Value>,
     compare_pages: usize,
+    /// The comparison's `status`: `ahead` unless a test says otherwise.
+    compare_status: String,
+    /// The time requests are recorded at (the system's unless a test runs a faster clock).
+    now: Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>,
     /// GitHub's own response examples by name, when answers must satisfy its OpenAPI
     /// description (the contract test puts a validating proxy in front of the fake).
     examples: std::collections::HashMap<String, Value>,
@@ -139,6 +159,7 @@ impl GithubFake {
             next_id: 1000,
             token_ttl: Some(Duration::from_secs(3600)),
             compare_pages: 1,
+            compare_status: "ahead".into(),
             ..Fake::default()
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
@@ -193,6 +214,16 @@ impl GithubFake {
         let mut s = self.state.lock().unwrap();
         s.compare_files = files;
         s.compare_pages = pages.max(1);
+    }
+
+    /// The `status` the comparison answers with (`ahead`, `behind`, `identical`, `diverged`).
+    pub fn compare_status(&self, status: &str) {
+        self.state.lock().unwrap().compare_status = status.to_owned();
+    }
+
+    /// Records requests at the time `now` gives (the clock slipway runs on in the test).
+    pub fn clock(&self, now: Arc<dyn Fn() -> SystemTime + Send + Sync>) {
+        self.state.lock().unwrap().now = Some(now);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -358,12 +389,16 @@ async fn handle(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let at = match &state.lock().unwrap().now {
+        Some(now) => now(),
+        None => SystemTime::now(),
+    };
     let mut recorded = Recorded {
         method: method.to_string(),
         path: path.clone(),
         bearer: bearer.clone(),
         body: json_body.clone(),
-        at: SystemTime::now(),
+        at,
     };
     let mut redeliver = None::<Delivery>;
     let host = headers
@@ -451,10 +486,10 @@ async fn handle(
             ("GET", ["repos", _, _, "hooks", hook, "deliveries"])
             | ("GET", ["orgs", _, "hooks", hook, "deliveries"]) => {
                 let hook: u64 = hook.parse().unwrap_or(0);
-                answer(200, list_deliveries(&s.deliveries, hook))
+                list_deliveries(&s.deliveries, hook, &uri, &host)
             }
             ("GET", ["app", "hook", "deliveries"]) => {
-                answer(200, list_deliveries(&s.deliveries, APP_HOOK_ID))
+                list_deliveries(&s.deliveries, APP_HOOK_ID, &uri, &host)
             }
             ("POST", ["repos", _, _, "hooks", _, "deliveries", id, "attempts"])
             | ("POST", ["orgs", _, "hooks", _, "deliveries", id, "attempts"])
@@ -528,11 +563,53 @@ fn verify_jwt(public_pem: &str, jwt: &str, now: SystemTime) -> Result<(), String
     Ok(())
 }
 
-fn list_deliveries(all: &[Delivery], hook: u64) -> Value {
+/// `GET .../hooks/{hook_id}/deliveries` (docs.github.com, "List deliveries for a repository
+/// webhook"): newest first, `per_page` of them (default 30, at most 100), from the delivery
+/// the opaque `cursor` names; the next page's cursor comes in the `Link` header (`rel="next"`),
+/// never as a page number.
+fn list_deliveries(all: &[Delivery], hook: u64, uri: &Uri, host: &str) -> Response {
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let per_page = match param("per_page").map(|p| p.parse::<usize>()) {
+        None => 30,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return answer(422, json!({ "message": "per_page must be 1 to 100" })),
+    };
     let mut list: Vec<&Delivery> = all.iter().filter(|d| d.hook_id == hook).collect();
-    list.reverse(); // newest first, as GitHub lists them
+    list.sort_by_key(|d| std::cmp::Reverse(d.id)); // newest first, as GitHub lists them
+    let start = match param("cursor") {
+        None => 0,
+        Some(cursor) => match cursor
+            .strip_prefix("v1_")
+            .and_then(|id| id.parse::<i64>().ok())
+        {
+            Some(id) => list.iter().position(|d| d.id <= id).unwrap_or(list.len()),
+            None => return answer(422, json!({ "message": "invalid cursor" })),
+        },
+    };
+    let page = &list[start.min(list.len())..(start + per_page).min(list.len())];
+    let body = render_deliveries(page);
+    let mut r = answer(200, body);
+    if let Some(next) = list.get(start + per_page) {
+        let link = format!(
+            "<http://{host}{}?per_page={per_page}&cursor=v1_{}>; rel=\"next\"",
+            uri.path(),
+            next.id
+        );
+        r.headers_mut().insert("link", link.parse().unwrap());
+    }
+    r
+}
+
+fn render_deliveries(list: &[&Delivery]) -> Value {
     Value::Array(
-        list.into_iter()
+        list.iter()
             .map(|d| {
                 json!({
                     "id": d.id,
@@ -552,8 +629,9 @@ fn list_deliveries(all: &[Delivery], hook: u64) -> Value {
     )
 }
 
-/// The comparison: its files on the first page (as GitHub does), `compare_pages` pages of
-/// commits linked with `Link: rel="next"`.
+/// The comparison (docs.github.com, "Compare two commits"): its files on the first page only
+/// (as GitHub does), `compare_pages` pages of commits linked with `Link: rel="next"`, and the
+/// `status` the test set (`diverged` after a force-push).
 fn compare(s: &Fake, uri: &Uri, host: &str) -> Response {
     let page: usize = uri
         .query()
@@ -568,10 +646,14 @@ fn compare(s: &Fake, uri: &Uri, host: &str) -> Response {
         Vec::new()
     };
     let body = if s.examples.is_empty() {
-        json!({ "status": "ahead", "total_commits": s.compare_pages, "commits": [], "files": files })
+        json!({ "status": s.compare_status, "total_commits": s.compare_pages, "commits": [], "files": files })
     } else {
-        // GitHub's example, its files included.
-        shaped(s, "commit-comparison", json!({}))
+        // GitHub's example, its files included (its status is `behind`: the test's instead).
+        shaped(
+            s,
+            "commit-comparison",
+            json!({ "status": s.compare_status }),
+        )
     };
     let mut r = answer(200, body);
     if page < s.compare_pages {
