@@ -688,42 +688,42 @@ fn example_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
         stack.set_ref(&name, format!("{name}-id"));
     }
     let sqs = "https://sqs.eu-west-1.amazonaws.com/123456789012";
-    stack.set_ref("EventsQueue", format!("{sqs}/slipway-events"));
-    stack.set_attribute(
-        "EventsQueue",
-        "Arn",
-        "arn:aws:sqs:eu-west-1:123456789012:slipway-events",
-    );
-    stack.set_ref("DeadLetterQueue", format!("{sqs}/slipway-events-dlq"));
-    stack.set_attribute(
-        "DeadLetterQueue",
-        "Arn",
-        "arn:aws:sqs:eu-west-1:123456789012:slipway-events-dlq",
-    );
-    stack.set_ref("BuildStateRule", "slipway-events-codebuild");
-    stack.set_attribute(
-        "BuildStateRule",
-        "Arn",
-        "arn:aws:events:eu-west-1:123456789012:rule/slipway-events-codebuild",
-    );
-    stack.set_ref("BackupBucket", "slipway-backupbucket-abc123");
-    stack.set_attribute(
-        "BackupBucket",
-        "Arn",
-        "arn:aws:s3:::slipway-backupbucket-abc123",
-    );
-    stack.set_ref("FileSystem", "fs-0123");
-    stack.set_attribute(
-        "FileSystem",
-        "Arn",
-        "arn:aws:elasticfilesystem:eu-west-1:123456789012:file-system/fs-0123",
-    );
-    stack.set_ref("AccessPoint", "fsap-0123");
-    stack.set_attribute(
-        "AccessPoint",
-        "Arn",
-        "arn:aws:elasticfilesystem:eu-west-1:123456789012:access-point/fsap-0123",
-    );
+    let (account, region) = ("123456789012", "eu-west-1");
+    for (logical, physical, arn) in [
+        (
+            "EventsQueue",
+            format!("{sqs}/slipway-events"),
+            format!("arn:aws:sqs:{region}:{account}:slipway-events"),
+        ),
+        (
+            "DeadLetterQueue",
+            format!("{sqs}/slipway-events-dlq"),
+            format!("arn:aws:sqs:{region}:{account}:slipway-events-dlq"),
+        ),
+        (
+            "BuildStateRule",
+            "slipway-events-codebuild".to_owned(),
+            format!("arn:aws:events:{region}:{account}:rule/slipway-events-codebuild"),
+        ),
+        (
+            "BackupBucket",
+            "slipway-backupbucket-abc123".to_owned(),
+            "arn:aws:s3:::slipway-backupbucket-abc123".to_owned(),
+        ),
+        (
+            "FileSystem",
+            "fs-0123".to_owned(),
+            format!("arn:aws:elasticfilesystem:{region}:{account}:file-system/fs-0123"),
+        ),
+        (
+            "AccessPoint",
+            "fsap-0123".to_owned(),
+            format!("arn:aws:elasticfilesystem:{region}:{account}:access-point/fsap-0123"),
+        ),
+    ] {
+        stack.set_ref(logical, physical);
+        stack.set_attribute(logical, "Arn", arn);
+    }
     for role in ["TaskRole", "ExecutionRole", "ProvisionRole"] {
         stack.set_attribute(
             role,
