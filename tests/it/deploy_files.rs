@@ -1357,3 +1357,55 @@ ecr_repository = "web"
     assert!(config.admin_listen.ip().is_loopback());
     assert_ne!(config.admin_listen.port(), config.listen.port());
 }
+
+/// The build context as the Dockerfile's builder sees it (its COPY sources, nothing else) is a
+/// complete cargo project whose lockfile needs no change: `cargo build --locked` there will
+/// not stop at a missing workspace member, path dependency or stale Cargo.lock.
+#[test]
+fn dockerfile_build_context_is_a_complete_locked_cargo_project() {
+    let instructions = dockerfile_instructions(&read("deploy/Dockerfile"));
+    let context = tempfile::tempdir().unwrap();
+    for copy in instruction(&instructions, "COPY") {
+        if copy.contains("--from=") {
+            continue;
+        }
+        let operands: Vec<&str> = copy
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        for source in &operands[..operands.len() - 1] {
+            let status = Command::new("cp")
+                .args(["-a", source])
+                .arg(context.path().join(source))
+                .current_dir(repo())
+                .status()
+                .unwrap();
+            assert!(status.success(), "copying {source}");
+        }
+    }
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(context.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata --locked in the Docker build context failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let package = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "slipway")
+        .expect("the slipway package");
+    assert!(
+        package["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "slipway" && t["kind"][0] == "bin"),
+        "no slipway binary target in the build context"
+    );
+}
