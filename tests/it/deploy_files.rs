@@ -1400,12 +1400,24 @@ fn dockerfile_build_context_is_a_complete_locked_cargo_project() {
         .iter()
         .find(|p| p["name"] == "slipway")
         .expect("the slipway package");
+    let targets = package["targets"].as_array().unwrap();
     assert!(
-        package["targets"]
-            .as_array()
-            .unwrap()
+        targets
             .iter()
             .any(|t| t["name"] == "slipway" && t["kind"][0] == "bin"),
         "no slipway binary target in the build context"
     );
+    // cargo metadata lists a declared target whose file is missing: check the files too.
+    for target in targets {
+        let kind = target["kind"][0].as_str().unwrap_or_default();
+        if matches!(kind, "bin" | "lib") {
+            let path = Path::new(target["src_path"].as_str().unwrap());
+            assert!(
+                path.starts_with(context.path()) && path.is_file(),
+                "the {kind} target {} ({}) is not in the build context",
+                target["name"],
+                path.display()
+            );
+        }
+    }
 }
