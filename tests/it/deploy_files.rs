@@ -688,42 +688,42 @@ fn example_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
         stack.set_ref(&name, format!("{name}-id"));
     }
     let sqs = "https://sqs.eu-west-1.amazonaws.com/123456789012";
-    stack.set_ref("EventsQueue", format!("{sqs}/slipway-events"));
-    stack.set_attribute(
-        "EventsQueue",
-        "Arn",
-        "arn:aws:sqs:eu-west-1:123456789012:slipway-events",
-    );
-    stack.set_ref("DeadLetterQueue", format!("{sqs}/slipway-events-dlq"));
-    stack.set_attribute(
-        "DeadLetterQueue",
-        "Arn",
-        "arn:aws:sqs:eu-west-1:123456789012:slipway-events-dlq",
-    );
-    stack.set_ref("BuildStateRule", "slipway-events-codebuild");
-    stack.set_attribute(
-        "BuildStateRule",
-        "Arn",
-        "arn:aws:events:eu-west-1:123456789012:rule/slipway-events-codebuild",
-    );
-    stack.set_ref("BackupBucket", "slipway-backupbucket-abc123");
-    stack.set_attribute(
-        "BackupBucket",
-        "Arn",
-        "arn:aws:s3:::slipway-backupbucket-abc123",
-    );
-    stack.set_ref("FileSystem", "fs-0123");
-    stack.set_attribute(
-        "FileSystem",
-        "Arn",
-        "arn:aws:elasticfilesystem:eu-west-1:123456789012:file-system/fs-0123",
-    );
-    stack.set_ref("AccessPoint", "fsap-0123");
-    stack.set_attribute(
-        "AccessPoint",
-        "Arn",
-        "arn:aws:elasticfilesystem:eu-west-1:123456789012:access-point/fsap-0123",
-    );
+    let (account, region) = ("123456789012", "eu-west-1");
+    for (logical, physical, arn) in [
+        (
+            "EventsQueue",
+            format!("{sqs}/slipway-events"),
+            format!("arn:aws:sqs:{region}:{account}:slipway-events"),
+        ),
+        (
+            "DeadLetterQueue",
+            format!("{sqs}/slipway-events-dlq"),
+            format!("arn:aws:sqs:{region}:{account}:slipway-events-dlq"),
+        ),
+        (
+            "BuildStateRule",
+            "slipway-events-codebuild".to_owned(),
+            format!("arn:aws:events:{region}:{account}:rule/slipway-events-codebuild"),
+        ),
+        (
+            "BackupBucket",
+            "slipway-backupbucket-abc123".to_owned(),
+            "arn:aws:s3:::slipway-backupbucket-abc123".to_owned(),
+        ),
+        (
+            "FileSystem",
+            "fs-0123".to_owned(),
+            format!("arn:aws:elasticfilesystem:{region}:{account}:file-system/fs-0123"),
+        ),
+        (
+            "AccessPoint",
+            "fsap-0123".to_owned(),
+            format!("arn:aws:elasticfilesystem:{region}:{account}:access-point/fsap-0123"),
+        ),
+    ] {
+        stack.set_ref(logical, physical);
+        stack.set_attribute(logical, "Arn", arn);
+    }
     for role in ["TaskRole", "ExecutionRole", "ProvisionRole"] {
         stack.set_attribute(
             role,
@@ -1356,4 +1356,68 @@ ecr_repository = "web"
     assert_eq!(stack.properties("TargetGroup")["Port"].as_u64(), Some(port));
     assert!(config.admin_listen.ip().is_loopback());
     assert_ne!(config.admin_listen.port(), config.listen.port());
+}
+
+/// The build context as the Dockerfile's builder sees it (its COPY sources, nothing else) is a
+/// complete cargo project whose lockfile needs no change: `cargo build --locked` there will
+/// not stop at a missing workspace member, path dependency or stale Cargo.lock.
+#[test]
+fn dockerfile_build_context_is_a_complete_locked_cargo_project() {
+    let instructions = dockerfile_instructions(&read("deploy/Dockerfile"));
+    let context = tempfile::tempdir().unwrap();
+    for copy in instruction(&instructions, "COPY") {
+        if copy.contains("--from=") {
+            continue;
+        }
+        let operands: Vec<&str> = copy
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        for source in &operands[..operands.len() - 1] {
+            let status = Command::new("cp")
+                .args(["-a", source])
+                .arg(context.path().join(source))
+                .current_dir(repo())
+                .status()
+                .unwrap();
+            assert!(status.success(), "copying {source}");
+        }
+    }
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(context.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata --locked in the Docker build context failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let package = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "slipway")
+        .expect("the slipway package");
+    let targets = package["targets"].as_array().unwrap();
+    assert!(
+        targets
+            .iter()
+            .any(|t| t["name"] == "slipway" && t["kind"][0] == "bin"),
+        "no slipway binary target in the build context"
+    );
+    // cargo metadata lists a declared target whose file is missing: check the files too.
+    for target in targets {
+        let kind = target["kind"][0].as_str().unwrap_or_default();
+        if matches!(kind, "bin" | "lib") {
+            let path = Path::new(target["src_path"].as_str().unwrap());
+            assert!(
+                path.starts_with(context.path()) && path.is_file(),
+                "the {kind} target {} ({}) is not in the build context",
+                target["name"],
+                path.display()
+            );
+        }
+    }
 }

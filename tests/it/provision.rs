@@ -277,13 +277,8 @@ async fn rule_arn(emu: &Emulator, rule: &str) -> String {
 }
 
 async fn target_arn(emu: &Emulator, rule: &str) -> Option<String> {
-    emu.events()
-        .list_targets_by_rule()
-        .rule(rule)
-        .send()
+    targets_of(emu, rule)
         .await
-        .expect("ListTargetsByRule")
-        .targets()
         .iter()
         .find(|t| t.id() == "slipway")
         .map(|t| t.arn().to_owned())
