@@ -107,7 +107,7 @@ fn admin_router(state: AppState) -> Router {
     traced(
         Router::new()
             .merge(api::routes())
-            .merge(health_routes())
+            .merge(admin_health_routes())
             // `/metrics`, the status page at `/` and `/deployments/{id}`.
             .merge(status::routes().layer(axum::middleware::from_fn_with_state(
                 state.clone(),
@@ -123,7 +123,17 @@ fn admin_router(state: AppState) -> Router {
     .with_state(state)
 }
 
+/// Health on the public listener (the load balancer's check): writes nothing, and says only
+/// ready or not ready, with a short generic reason.
 fn health_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(public_readyz))
+}
+
+/// Health on the admin listener: `/readyz` checks that the journal takes a write and says why
+/// in detail.
+fn admin_health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -158,6 +168,32 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// The public `/readyz`: in-memory facts only (no journal write, no AWS call), and no detail
+/// (no ARNs, account ids, URLs or queue names): `{"status": "ready"}`, or 503 with
+/// `{"status": "not ready", "reason": "<short generic reason>"}`.
+async fn public_readyz(State(state): State<AppState>) -> Response {
+    let reason = if state.journal.backpressure().is_some() {
+        Some("journal busy")
+    } else {
+        state
+            .readiness
+            .facts()
+            .reasons()
+            .into_iter()
+            .find(|r| r.severity == crate::readiness::Severity::Problem)
+            .map(|r| r.public)
+    };
+    match reason {
+        None => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+/// The admin `/readyz`: the journal must take a write, and every reason is told in full.
 async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(why) = state.journal.backpressure() {
         let body = json!({ "status": "not ready", "error": why });

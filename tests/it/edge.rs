@@ -244,8 +244,9 @@ async fn sixteen_large_bodies_with_bad_signatures_stay_within_the_memory_budget(
     }
     for send in sends {
         match send.await.unwrap() {
-            // Refused after reading (bad signature), or no memory budget within 2 s.
-            Ok(status) => assert!(status == 401 || status == 503, "{status}"),
+            // Refused after reading (bad signature), no memory budget within 2 s, or (on a
+            // loaded machine, 400 MB in flight) the body not in within `body_timeout`.
+            Ok(status) => assert!(matches!(status, 401 | 503 | 408), "{status}"),
             // The server may answer 503 and close before the upload ends.
             Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
         }

@@ -325,3 +325,59 @@ async fn a_request_without_the_signature_headers_is_refused_before_its_body_is_r
     assert_eq!(r.status, 202, "{}", r.text);
     drop(sockets);
 }
+
+// ---- Issue 23 item 7: the public /readyz writes nothing and tells no detail ----
+
+/// Length and modification time of the journal's files.
+fn journal_files(state: &std::path::Path) -> Vec<(u64, std::time::SystemTime)> {
+    ["journal.db", "journal.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state.join(f)).ok())
+        .map(|m| (m.len(), m.modified().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_public_readyz_writes_nothing_and_tells_no_detail() {
+    // Nothing listens behind AWS_ENDPOINT_URL: the credentials check fails, naming the
+    // endpoint, and no queue is found by its name.
+    let s = SlipwayBuilder::new("http://127.0.0.1:9")
+        .extra("[provision]\nqueue_name = \"secret-queue-name\"\n")
+        .start()
+        .await;
+    let state = s.builder.state_dir();
+    let at_rest = eventually("the journal at rest", || async {
+        let before = journal_files(&state);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        (journal_files(&state) == before && !before.is_empty()).then_some(before)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = client
+            .get(format!("{}/readyz", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({ "status": "not ready", "reason": "AWS unavailable" })
+        );
+    }
+    assert_eq!(journal_files(&state), at_rest, "the public /readyz wrote");
+    let (status, body) = s.get("/healthz").await;
+    assert_eq!((status, body), (200, serde_json::json!({ "status": "ok" })));
+    assert_eq!(journal_files(&state), at_rest, "/healthz wrote");
+
+    // The detail is on the admin listener only.
+    let (status, body) = s.admin_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("STS GetCallerIdentity: could not connect to http://127.0.0.1:9"),
+        "{text}"
+    );
+    assert!(text.contains("secret-queue-name"), "{text}");
+}
