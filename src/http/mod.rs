@@ -139,11 +139,12 @@ fn admin_health_routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-/// A request id (`x-request-id`: the caller's, or a new UUID) on every request's span and
-/// answer, so one grep follows one request.
+/// A request id (`x-request-id`: the caller's if it is `[A-Za-z0-9._-]{1,64}`, or a new UUID)
+/// on every request's span and answer, so one grep follows one request.
 fn traced(router: Router<AppState>) -> Router<AppState> {
     router.layer(
         tower::ServiceBuilder::new()
+            .map_request(drop_odd_request_id)
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(
                 TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
@@ -162,6 +163,27 @@ fn traced(router: Router<AppState>) -> Router<AppState> {
             )
             .layer(PropagateRequestIdLayer::x_request_id()),
     )
+}
+
+/// Removes an `x-request-id` that is not `[A-Za-z0-9._-]{1,64}` (the next layer puts a UUID in
+/// its place): the caller's id goes into every log line of the request, where spaces, `=` or
+/// control characters could forge fields.
+fn drop_odd_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let fine = |v: &[u8]| {
+        (1..=64).contains(&v.len())
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    let headers = request.headers_mut();
+    if headers
+        .get_all("x-request-id")
+        .iter()
+        .any(|v| !fine(v.as_bytes()))
+        || headers.get_all("x-request-id").iter().count() > 1
+    {
+        headers.remove("x-request-id");
+    }
+    request
 }
 
 async fn healthz() -> Json<serde_json::Value> {
