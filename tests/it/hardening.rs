@@ -534,3 +534,40 @@ async fn a_forged_line_in_slack_text_or_a_request_id_never_reaches_the_log() {
         }
     }
 }
+
+// ---- Issue 23 item 8: the GitHub token never travels in clear text ----
+
+#[tokio::test]
+async fn an_http_github_api_url_is_refused_unless_it_is_this_machine() {
+    let b = SlipwayBuilder::new("http://127.0.0.1:9")
+        .env("SLIPWAY_GITHUB_TOKEN", "github_pat_test")
+        .extra("[github]\napi_url = \"http://ghe.example.com/api/v3\"\n");
+    let config = b.write_config();
+    let config = config.to_str().unwrap();
+    for command in ["check-config", "serve"] {
+        let (status, out, err) = b.run(&[command, "--config", config]);
+        assert!(!status.success(), "{command} accepted it: {out}");
+        assert!(
+            err.contains("github.api_url") && err.contains("must be https://"),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("github_pat_test"), "{command}: {err}");
+    }
+    assert!(
+        !b.state_dir().exists(),
+        "serve created its state before refusing"
+    );
+    // https anywhere, and plain http to this machine, are fine.
+    for url in [
+        "https://ghe.example.com/api/v3",
+        "http://127.0.0.1:9",
+        "http://localhost:9",
+    ] {
+        let b = SlipwayBuilder::new("http://127.0.0.1:9")
+            .env("SLIPWAY_GITHUB_TOKEN", "github_pat_test")
+            .extra(&format!("[github]\napi_url = \"{url}\"\n"));
+        let config = b.write_config();
+        let (status, _, err) = b.run(&["check-config", "--config", config.to_str().unwrap()]);
+        assert!(status.success(), "{url}: {err}");
+    }
+}
