@@ -46,9 +46,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     after_help = "Examples:\n  slipway check-config --config slipway.toml\n  slipway serve --config slipway.toml\n  SLIPWAY_OPS_TOKEN=… slipway status\n  slipway completions bash > /etc/bash_completion.d/slipway"
 )]
 pub struct Cli {
-    /// Log format (text logs are coloured only on a terminal).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLIPWAY_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    /// Log format: text at a terminal (coloured), JSON otherwise (systemd, files, pipes), where
+    /// every field is escaped and one log line is one JSON object.
+    #[arg(long, global = true, value_enum, env = "SLIPWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -291,7 +292,11 @@ pub enum Command {
     },
 }
 
-pub fn init_tracing(format: LogFormat) {
+/// Logs go to stderr: as text when a person reads it at a terminal, else as JSON lines (`format`
+/// overrides). Values a client chose are logged as escaped fields (`?value`: quoted, newlines
+/// and control characters escaped) in both formats, so no request can write a log line of its
+/// own or a field of someone else's.
+pub fn init_tracing(format: Option<LogFormat>) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLIPWAY_LOG")
@@ -302,7 +307,13 @@ pub fn init_tracing(format: LogFormat) {
         });
     // Colour only for a person at a terminal: under systemd, in files and pipes, escape codes
     // are noise.
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let terminal = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if terminal {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    });
+    let ansi = terminal && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -43,7 +43,7 @@ pub fn encode(segment: &str) -> String {
 }
 
 /// Whether `url`'s host is this machine, where plain http:// does not cross a network.
-fn is_loopback(url: &reqwest::Url) -> bool {
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
     host.eq_ignore_ascii_case("localhost")
         || host

@@ -1,6 +1,8 @@
 //! What `serve` found out at start that decides whether it is ready: whether the AWS
 //! credentials work (STS GetCallerIdentity) and where build results come from (the SQS queue,
-//! or only the reconciler). `/readyz` reads it; nothing else writes it after start.
+//! or only the reconciler). `/readyz` reads it; nothing else writes it after start. Each
+//! [`Reason`] has a severity, the detail the admin listener shows, and the short generic label
+//! the public listener shows instead.
 
 use std::sync::RwLock;
 
@@ -33,18 +35,62 @@ impl Readiness {
     }
 }
 
+/// How much a [`Reason`] weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// slipway is not ready.
+    Problem,
+    /// slipway works, but worse than it should.
+    Warning,
+}
+
+/// One thing `/readyz` reports: the detail for the admin listener, and a short generic
+/// `public` label for the public one (no ARNs, account ids, URLs or queue names).
+#[derive(Debug, Clone, Serialize)]
+pub struct Reason {
+    pub severity: Severity,
+    #[serde(skip)]
+    pub public: &'static str,
+    pub detail: String,
+}
+
 impl Facts {
+    /// Everything that keeps slipway from being ready or makes it work worse, problems first.
+    pub fn reasons(&self) -> Vec<Reason> {
+        let mut reasons: Vec<Reason> = self
+            .credentials_error
+            .iter()
+            .map(|e| Reason {
+                severity: Severity::Problem,
+                public: "AWS unavailable",
+                detail: format!("AWS credentials: {e}"),
+            })
+            .collect();
+        reasons.extend(self.queue_warning.iter().map(|w| Reason {
+            severity: Severity::Warning,
+            public: "build results delayed",
+            detail: w.clone(),
+        }));
+        reasons
+    }
+
     /// What keeps slipway from being ready (empty: nothing).
     pub fn problems(&self) -> Vec<String> {
-        self.credentials_error
-            .iter()
-            .map(|e| format!("AWS credentials: {e}"))
-            .collect()
+        self.of(Severity::Problem)
     }
 
     /// What works, but worse than it should.
     pub fn warnings(&self) -> Vec<String> {
-        self.queue_warning.iter().cloned().collect()
+        self.of(Severity::Warning)
+    }
+
+    fn of(&self, severity: Severity) -> Vec<String> {
+        self.reasons()
+            .into_iter()
+            .filter(|r| r.severity == severity)
+            .map(|r| r.detail)
+            .collect()
     }
 }
 

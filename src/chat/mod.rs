@@ -249,8 +249,8 @@ fn may_change(config: &Config, form: &SlashCommand, name: &str) -> Result<AppCon
     let users = app.slack_users.as_deref().unwrap_or_default();
     if !users.iter().any(|u| u == "*" || u == &form.user_id) {
         tracing::warn!(
-            user_id = %form.user_id,
-            user_name = %form.user_name,
+            user_id = ?crate::webhook::clip(&form.user_id),
+            user_name = ?crate::webhook::clip(&form.user_name),
             app = %app.name,
             "chat: user not allowed to change this app"
         );

@@ -59,9 +59,10 @@ pub(super) fn unknown_app(config: &Config, name: &str) -> String {
 
 pub(super) fn failed(what: &str, app: &str, e: &OpsError) -> String {
     if matches!(e, OpsError::Aws(_) | OpsError::Journal(_)) {
-        tracing::error!(app, error = %e, "chat: {what} failed");
+        tracing::error!(app, error = ?e.to_string(), "chat: {what} failed");
     } else {
-        tracing::info!(app, error = %e, "chat: {what} refused");
+        // The error may quote what the user typed: escaped.
+        tracing::info!(app, error = ?e.to_string(), "chat: {what} refused");
     }
     // Everyone in the channel may read the answer: AWS errors name accounts and ARNs, so
     // those stay in the log, the journal and the ops API.

@@ -241,14 +241,19 @@ impl Running {
             }
         };
         let build_id = build_id_from_arn(&event.build_arn).to_owned();
-        let span = tracing::info_span!("build", build = %build_id, status = event.status.as_str());
+        // What the event says is anyone's who may send to the queue: logged escaped and short.
+        let span = tracing::info_span!(
+            "build",
+            build = ?crate::webhook::clip(&build_id),
+            status = ?crate::webhook::clip(event.status.as_str())
+        );
         async {
             let reject = |reason: String| self.reject(&message, &event, &receipt, reason);
             if let Err(reason) = self.origin.check(&event) {
                 return reject(reason).await;
             }
             let Some(app) = self.results.config.app_for_project(&event.project).cloned() else {
-                tracing::info!(project = %event.project, "no app builds in this project; ignoring the event");
+                tracing::info!(project = ?crate::webhook::clip(&event.project), "no app builds in this project; ignoring the event");
                 return self.delete(&receipt).await;
             };
             if !event.status.is_terminal() {
@@ -346,7 +351,12 @@ impl Running {
         receipt: &str,
         reason: String,
     ) {
-        tracing::warn!(%reason, source = %event.source, account = %event.account, "event rejected; not deploying");
+        tracing::warn!(
+            reason = ?reason,
+            source = ?crate::webhook::clip(&event.source),
+            account = ?crate::webhook::clip(&event.account),
+            "event rejected; not deploying"
+        );
         let record = crate::journal::RejectedEvent {
             message_id: message.message_id().map(str::to_owned),
             build_id: Some(event.build_id().to_owned()),

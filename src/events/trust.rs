@@ -128,7 +128,7 @@ fn judge(event: &BuildStateChange, build: &Build) -> Confirmation {
     if let Some(project) = build.project_name() {
         if project != event.project {
             return Confirmation::Rejected(format!(
-                "the event names project {} but the build belongs to {project}",
+                "the event names project {:?} but the build belongs to {project}",
                 truncate(&event.project)
             ));
         }

@@ -122,6 +122,16 @@ impl RawGithubConfig {
                 format!("\"{api_url}\" is not an http(s) URL"),
             ));
         }
+        // The token goes with every request: never in clear text across a network.
+        if parsed.scheme() == "http" && !crate::client::is_loopback(&parsed) {
+            return Err(invalid(
+                "github.api_url",
+                format!(
+                    "\"{api_url}\" must be https:// (plain http:// only to this machine: the \
+                     GitHub token would cross the network in clear text)"
+                ),
+            ));
+        }
         let app = match (self.app_id, self.installation_id) {
             (Some(app_id), Some(installation_id)) => Some(AppIds {
                 app_id,
@@ -395,6 +405,10 @@ id = 3
     fn bad_values_name_the_key() {
         for (text, key) in [
             ("api_url = \"ftp://x\"", "github.api_url"),
+            (
+                "api_url = \"http://ghe.example.com/api/v3\"",
+                "github.api_url",
+            ),
             ("api_url = \"not a url\"", "github.api_url"),
             ("app_id = 1", "github.installation_id"),
             ("installation_id = 1", "github.app_id"),

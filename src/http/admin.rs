@@ -29,7 +29,7 @@ pub(super) async fn known_host(
         return next.run(request).await;
     }
     tracing::warn!(
-        host = host.map(crate::webhook::clip).as_deref().unwrap_or(""),
+        host = ?host.map(crate::webhook::clip).unwrap_or_default(),
         "admin: a request for a host this listener does not answer for; refused"
     );
     (

@@ -6,12 +6,16 @@
 //! whole head, and the idle time between keep-alive requests alike.
 //!
 //! Each client address may hold `max_connections_per_ip` connections and all together
-//! `max_connections`. A connection over either cap is not refused at once: a small reserve
-//! serves it `/healthz` and `/readyz` only (anything else: 503), without keep-alive, so health
-//! checks keep answering while an abusive client holds the cap.
+//! `max_connections`. At a cap, a new connection evicts the oldest connection that is not in
+//! the middle of a request (it has not sent a complete request head: idle, slow, or between
+//! keep-alive requests): first one of its own address, then, at the overall cap, anyone's. So a
+//! real client is always admitted and the abuser's own connections pay. Only when every
+//! connection is busy with a request does a small reserve serve the newcomer `/healthz` and
+//! `/readyz` only (anything else: 503), without keep-alive.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -32,6 +36,46 @@ use crate::config::ServerLimits;
 const RESERVED_CONNECTIONS: usize = 32;
 /// A reserved connection gets this long for its one request head.
 const RESERVED_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long an admitted connection waits for the place an evicted one frees.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// One open connection, as eviction sees it.
+struct Tracked {
+    ip: IpAddr,
+    /// Requests in flight on it (0: waiting for a request head).
+    busy: Arc<AtomicUsize>,
+    close: CancellationToken,
+    reserved: bool,
+}
+
+/// The open connections of one listener, oldest first (ids count up).
+#[derive(Default)]
+struct Registry(Mutex<BTreeMap<u64, Tracked>>);
+
+impl Registry {
+    /// Closes the oldest connection waiting for a request head, of `ip` if given, in the
+    /// reserve or not. Whether there was one.
+    fn evict(&self, ip: Option<IpAddr>, reserved: bool) -> bool {
+        let mut table = self.0.lock().expect("connection registry");
+        let victim = table
+            .iter()
+            .find(|(_, t)| {
+                t.reserved == reserved
+                    && ip.is_none_or(|ip| t.ip == ip)
+                    && t.busy.load(Ordering::Acquire) == 0
+                    && !t.close.is_cancelled()
+            })
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| table.remove(&id)) {
+            Some(t) => {
+                t.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// Open connections per client address.
 #[derive(Default)]
@@ -44,6 +88,16 @@ struct IpSlot {
 }
 
 impl PerIp {
+    /// How many connections `ip` holds.
+    fn open(&self, ip: IpAddr) -> usize {
+        self.0
+            .lock()
+            .expect("per-ip table")
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// A slot for `ip` if it holds fewer than `cap` connections.
     fn take(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<IpSlot> {
         let mut table = self.0.lock().expect("per-ip table");
@@ -99,6 +153,8 @@ pub(super) async fn serve(
     stop: &CancellationToken,
 ) {
     let per_ip: Arc<PerIp> = Arc::default();
+    let registry: Arc<Registry> = Arc::default();
+    let mut next_id: u64 = 0;
     let general = Arc::new(Semaphore::new(limits.max_connections));
     let reserve = Arc::new(Semaphore::new(RESERVED_CONNECTIONS));
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -129,36 +185,169 @@ pub(super) async fn serve(
         } else {
             limits.max_connections_per_ip
         };
-        let admitted = per_ip
-            .take(ip, cap)
-            .and_then(|slot| Some((slot, general.clone().try_acquire_owned().ok()?)));
-        let (service, conn_builder, guard) = match admitted {
-            Some((slot, permit)) => (app.clone(), &builder, (Some(slot), permit)),
-            None => match reserve.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tracing::debug!(%peer, "connection over the cap: health checks only");
-                    (reserved.clone(), &reserved_builder, (None, permit))
-                }
-                Err(_) => {
-                    tracing::warn!(%peer, "connection over the cap and the reserve: closed");
-                    continue;
-                }
-            },
+        next_id += 1;
+        let admission = Admission {
+            id: next_id,
+            ip,
+            cap,
+            per_ip: per_ip.clone(),
+            general: general.clone(),
+            reserve: reserve.clone(),
+            registry: registry.clone(),
         };
-        let service = service.map_request(
-            move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(Peer(peer));
-                request
+        let ctx = ConnCtx {
+            app: app.clone(),
+            reserved: reserved.clone(),
+            builder: builder.clone(),
+            reserved_builder: reserved_builder.clone(),
+            watcher: graceful.watcher(),
+        };
+        // Direct admission needs no wait; an eviction waits (briefly) for the place it freed,
+        // off the accept loop.
+        match admission.try_now() {
+            Some(slot) => ctx.serve(stream, peer, slot, &admission),
+            None => {
+                tokio::spawn(async move {
+                    match admission.after_eviction().await {
+                        Some(slot) => ctx.serve(stream, peer, slot, &admission),
+                        None => {
+                            tracing::warn!(%peer, "connection over the cap and the reserve, every connection busy: closed");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// What one accepted connection holds (given back on drop, when it ends): its address slot
+/// and general permit, or a reserve permit (health checks only).
+#[allow(dead_code)]
+enum Slot {
+    General(IpSlot, OwnedSemaphorePermit),
+    Reserved(OwnedSemaphorePermit),
+}
+
+/// Admits one connection within the caps.
+struct Admission {
+    id: u64,
+    ip: IpAddr,
+    cap: usize,
+    per_ip: Arc<PerIp>,
+    general: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+    registry: Arc<Registry>,
+}
+
+impl Admission {
+    fn try_now(&self) -> Option<Slot> {
+        let slot = self.per_ip.take(self.ip, self.cap)?;
+        let permit = self.general.clone().try_acquire_owned().ok()?;
+        Some(Slot::General(slot, permit))
+    }
+
+    /// At a cap: evicts the oldest idle connection of this address, else (at the overall cap)
+    /// anyone's, and takes the place; if every connection is busy, the health-check reserve
+    /// (evicting its oldest idle one if it is full).
+    async fn after_eviction(&self) -> Option<Slot> {
+        let own_full = self.per_ip.open(self.ip) >= self.cap;
+        let evicted = self.registry.evict(Some(self.ip), false)
+            || (!own_full && self.registry.evict(None, false));
+        if evicted {
+            if let Some(slot) = self.wait(|| self.try_now()).await {
+                return Some(slot);
+            }
+        }
+        let reserve = || {
+            self.reserve
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(Slot::Reserved)
+        };
+        if let Some(slot) = reserve() {
+            return Some(slot);
+        }
+        if self.registry.evict(None, true) {
+            return self.wait(reserve).await;
+        }
+        None
+    }
+
+    async fn wait(&self, take: impl Fn() -> Option<Slot>) -> Option<Slot> {
+        let deadline = tokio::time::Instant::now() + EVICTION_WAIT;
+        loop {
+            if let Some(slot) = take() {
+                return Some(slot);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// What serving a connection needs.
+struct ConnCtx {
+    app: Router,
+    reserved: Router,
+    builder: hyper::server::conn::http1::Builder,
+    reserved_builder: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl ConnCtx {
+    fn serve(self, stream: tokio::net::TcpStream, peer: SocketAddr, slot: Slot, a: &Admission) {
+        let reserved = matches!(slot, Slot::Reserved(_));
+        if reserved {
+            tracing::debug!(%peer, "connection over the cap, every connection busy: health checks only");
+        }
+        let busy = Arc::new(AtomicUsize::new(0));
+        let close = CancellationToken::new();
+        a.registry.0.lock().expect("connection registry").insert(
+            a.id,
+            Tracked {
+                ip: a.ip,
+                busy: busy.clone(),
+                close: close.clone(),
+                reserved,
             },
         );
+        let (service, conn_builder) = if reserved {
+            (self.reserved, self.reserved_builder)
+        } else {
+            (self.app, self.builder)
+        };
+        let (started, ended) = (busy.clone(), busy);
+        // A request in flight makes the connection busy (not evictable) until it is answered.
+        let service = service
+            .map_request(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    started.fetch_add(1, Ordering::AcqRel);
+                    request.extensions_mut().insert(Peer(peer));
+                    request
+                },
+            )
+            .map_response(move |response| {
+                ended.fetch_sub(1, Ordering::AcqRel);
+                response
+            });
         let conn =
             conn_builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let conn = graceful.watch(conn);
+        let conn = self.watcher.watch(conn);
+        let (registry, id) = (a.registry.clone(), a.id);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                _ = close.cancelled() => {
+                    tracing::debug!(%peer, "connection evicted: it had sent no request head");
+                }
             }
-            drop(guard);
+            registry.0.lock().expect("connection registry").remove(&id);
+            drop(slot);
         });
     }
 }

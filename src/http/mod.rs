@@ -107,7 +107,7 @@ fn admin_router(state: AppState) -> Router {
     traced(
         Router::new()
             .merge(api::routes())
-            .merge(health_routes())
+            .merge(admin_health_routes())
             // `/metrics`, the status page at `/` and `/deployments/{id}`.
             .merge(status::routes().layer(axum::middleware::from_fn_with_state(
                 state.clone(),
@@ -123,17 +123,28 @@ fn admin_router(state: AppState) -> Router {
     .with_state(state)
 }
 
+/// Health on the public listener (the load balancer's check): writes nothing, and says only
+/// ready or not ready, with a short generic reason.
 fn health_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(public_readyz))
+}
+
+/// Health on the admin listener: `/readyz` checks that the journal takes a write and says why
+/// in detail.
+fn admin_health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
 }
 
-/// A request id (`x-request-id`: the caller's, or a new UUID) on every request's span and
-/// answer, so one grep follows one request.
+/// A request id (`x-request-id`: the caller's if it is `[A-Za-z0-9._-]{1,64}`, or a new UUID)
+/// on every request's span and answer, so one grep follows one request.
 fn traced(router: Router<AppState>) -> Router<AppState> {
     router.layer(
         tower::ServiceBuilder::new()
+            .map_request(drop_odd_request_id)
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(
                 TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
@@ -154,10 +165,57 @@ fn traced(router: Router<AppState>) -> Router<AppState> {
     )
 }
 
+/// Removes an `x-request-id` that is not `[A-Za-z0-9._-]{1,64}` (the next layer puts a UUID in
+/// its place): the caller's id goes into every log line of the request, where spaces, `=` or
+/// control characters could forge fields.
+fn drop_odd_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let fine = |v: &[u8]| {
+        (1..=64).contains(&v.len())
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    let headers = request.headers_mut();
+    if headers
+        .get_all("x-request-id")
+        .iter()
+        .any(|v| !fine(v.as_bytes()))
+        || headers.get_all("x-request-id").iter().count() > 1
+    {
+        headers.remove("x-request-id");
+    }
+    request
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// The public `/readyz`: in-memory facts only (no journal write, no AWS call), and no detail
+/// (no ARNs, account ids, URLs or queue names): `{"status": "ready"}`, or 503 with
+/// `{"status": "not ready", "reason": "<short generic reason>"}`.
+async fn public_readyz(State(state): State<AppState>) -> Response {
+    let reason = if state.journal.backpressure().is_some() {
+        Some("journal busy")
+    } else {
+        state
+            .readiness
+            .facts()
+            .reasons()
+            .into_iter()
+            .find(|r| r.severity == crate::readiness::Severity::Problem)
+            .map(|r| r.public)
+    };
+    match reason {
+        None => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+/// The admin `/readyz`: the journal must take a write, and every reason is told in full.
 async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(why) = state.journal.backpressure() {
         let body = json!({ "status": "not ready", "error": why });

@@ -12,7 +12,7 @@ use super::AppState;
 use crate::chat::{
     check_headers, verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES, MAX_CLOCK_SKEW_SECS,
 };
-use crate::webhook::ContentType;
+use crate::webhook::{clip, ContentType};
 
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
     (status, Json(json!({ "error": message, "code": code }))).into_response()
@@ -129,7 +129,7 @@ pub(super) async fn slack(
         }
     };
     if !state.chat.allows_team(&form.team_id) {
-        tracing::warn!(team_id = %form.team_id, "chat: a command from another Slack workspace; refused");
+        tracing::warn!(team_id = ?clip(&form.team_id), "chat: a command from another Slack workspace; refused");
         return error(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -140,13 +140,14 @@ pub(super) async fn slack(
         return error(StatusCode::BAD_REQUEST, "bad_request", "missing user_id");
     }
     let command = Command::parse(&form.text);
+    // Every value is the sender's: logged escaped (`?`), so no text can write a line of its own.
     tracing::info!(
-        user_id = %form.user_id,
-        user_name = %form.user_name,
-        team_id = %form.team_id,
-        channel_id = %form.channel_id,
+        user_id = ?clip(&form.user_id),
+        user_name = ?clip(&form.user_name),
+        team_id = ?clip(&form.team_id),
+        channel_id = ?clip(&form.channel_id),
         command = command.name(),
-        text = %form.text.chars().take(200).collect::<String>(),
+        text = ?form.text.chars().take(200).collect::<String>(),
         "chat: slash command"
     );
     let reply_to = if form.response_url.is_empty() {
@@ -155,7 +156,7 @@ pub(super) async fn slack(
         let parsed = ResponseUrl::parse(&form.response_url);
         if parsed.is_none() {
             tracing::warn!(
-                user_id = %form.user_id,
+                user_id = ?clip(&form.user_id),
                 "chat: response_url is not an https URL (or local http); outcomes will not be posted"
             );
         }

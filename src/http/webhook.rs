@@ -15,7 +15,8 @@ use super::AppState;
 use crate::ids::{DeliveryId, HookId};
 use crate::journal::{Admission, NewDelivery, Source};
 use crate::webhook::{
-    decide, hook_bound, repository_of, signature_header, skipped_json, ContentType, MAX_BODY_BYTES,
+    clip, decide, hook_bound, repository_of, signature_header, skipped_json, ContentType,
+    MAX_BODY_BYTES,
 };
 
 /// The headers kept with a delivery in the journal (never the signature).
@@ -109,7 +110,7 @@ async fn handle_request(state: AppState, request: axum::extract::Request) -> Res
     // hooks, where `[[github.hook]]` names them): one repository's admin cannot sign for another.
     let repository = repository_of(content_type, &body);
     if let Err(e) = signed.check(repository.as_deref()) {
-        tracing::warn!(reason = %e, "webhook: signed with another repository's secret; refused");
+        tracing::warn!(reason = ?e.to_string(), "webhook: signed with another repository's secret; refused");
         return error(StatusCode::UNAUTHORIZED, &e.to_string());
     }
     if let Err(why) = hook_bound(
@@ -117,10 +118,15 @@ async fn handle_request(state: AppState, request: axum::extract::Request) -> Res
         repository.as_deref(),
         &hook_id,
     ) {
-        tracing::warn!(reason = %why, "webhook: delivery from a hook not bound to its repository");
+        tracing::warn!(reason = ?why, "webhook: delivery from a hook not bound to its repository");
         return error(StatusCode::FORBIDDEN, &why);
     }
-    let span = tracing::info_span!("delivery", delivery = %delivery_id, hook = %hook_id, event);
+    let span = tracing::info_span!(
+        "delivery",
+        delivery = %delivery_id,
+        hook = %hook_id,
+        event = ?clip(event)
+    );
     let delivery = NewDelivery {
         delivery_id,
         hook_id,
@@ -174,7 +180,8 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
             (StatusCode::OK, Json(json!({ "status": "pong" }))).into_response()
         }
         Admission::Ignored(reason) => {
-            tracing::info!(%reason, "ignored");
+            // Reasons quote the payload (refs, repository names): escaped.
+            tracing::info!(reason = ?reason, "ignored");
             (
                 StatusCode::OK,
                 Json(json!({ "status": "ignored", "reason": reason })),
@@ -182,7 +189,7 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
                 .into_response()
         }
         Admission::Rejected(reason) => {
-            tracing::warn!(%reason, "rejected: malformed payload");
+            tracing::warn!(reason = ?reason, "rejected: malformed payload");
             error(StatusCode::BAD_REQUEST, &reason)
         }
         Admission::Duplicate => {

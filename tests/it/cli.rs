@@ -82,7 +82,7 @@ async fn without_credentials_readyz_says_why_and_the_log_names_the_source_tried(
         .env("AWS_ACCESS_KEY_ID", "")
         .env("AWS_SECRET_ACCESS_KEY", "");
     let s = b.start().await;
-    let (status, body) = s.get("/readyz").await;
+    let (status, body) = s.admin_get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(error.contains("no credentials found"), "{body}");
@@ -123,7 +123,7 @@ async fn without_queue_url_serve_finds_the_queue_by_name_or_says_it_is_late() {
     let queue = emulator.create_event_route("slipway-events").await;
     let b = SlipwayBuilder::new(&emulator.url);
     let s = b.start().await;
-    let (status, body) = s.get("/readyz").await;
+    let (status, body) = s.admin_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["warnings"], serde_json::json!([]), "{body}");
     let logs = s.logs();
@@ -136,7 +136,7 @@ async fn without_queue_url_serve_finds_the_queue_by_name_or_says_it_is_late() {
     // A queue that does not exist: the reconciler only, said in the log and by /readyz.
     let b = SlipwayBuilder::new(&emulator.url).extra("[provision]\nqueue_name = \"not-there\"");
     let s = b.start().await;
-    let (status, body) = s.get("/readyz").await;
+    let (status, body) = s.admin_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     let warning = body["warnings"][0].as_str().unwrap_or_default();
     assert!(
@@ -160,7 +160,7 @@ async fn a_dead_aws_endpoint_reads_as_one_sentence_everywhere() {
     let s = b.start().await;
     let expected = format!("could not connect to {closed}");
 
-    let (status, body) = s.get("/readyz").await;
+    let (status, body) = s.admin_get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains(&format!(

@@ -244,8 +244,9 @@ async fn sixteen_large_bodies_with_bad_signatures_stay_within_the_memory_budget(
     }
     for send in sends {
         match send.await.unwrap() {
-            // Refused after reading (bad signature), or no memory budget within 2 s.
-            Ok(status) => assert!(status == 401 || status == 503, "{status}"),
+            // Refused after reading (bad signature), no memory budget within 2 s, or (on a
+            // loaded machine, 400 MB in flight) the body not in within `body_timeout`.
+            Ok(status) => assert!(matches!(status, 401 | 503 | 408), "{status}"),
             // The server may answer 503 and close before the upload ends.
             Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
         }
@@ -310,4 +311,59 @@ async fn behind_a_trusted_proxy_the_cap_counts_forwarded_clients() {
     assert_eq!(health("198.51.100.8").await.0, 200);
     drop(held);
     push_accepted(&s, "66666666-0000-0000-0000-000000000006").await;
+}
+
+/// Issue 23 item 9: 600 idle connections from 50 addresses (Linux routes all of 127.0.0.0/8 to
+/// loopback) once took the cap and the health reserve alike, and every later connection was
+/// closed. Now a newcomer evicts the oldest connection that sent no request head.
+#[tokio::test]
+async fn six_hundred_idle_connections_from_fifty_addresses_shut_nobody_out() {
+    let s = SlipwayBuilder::new(NO_AWS).start().await;
+    let target: std::net::SocketAddr = addr(&s.url).parse().unwrap();
+    let mut idle = Vec::new();
+    for i in 0..600u32 {
+        let ip = std::net::Ipv4Addr::new(127, 0, 1, 1 + (i % 50) as u8);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((ip, 0).into()).unwrap();
+        idle.push(socket.connect(target).await.unwrap());
+    }
+    // Another address: its health check and its signed push are answered, within 3 s.
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 2, 1]))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .expect("/healthz answered within 3 s");
+    assert_eq!(r.status(), 200);
+    let body = push_body();
+    let r = client
+        .post(format!("{}/webhooks/github", s.url))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "77777777-0000-0000-0000-000000000007")
+        .header("x-github-hook-id", "4242")
+        .header(
+            "x-hub-signature-256",
+            slipway::webhook::sign(crate::support::SECRET.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("the push answered within 3 s");
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    // The idle connections paid: some were closed by the server.
+    let mut closed = 0;
+    for socket in &mut idle {
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), socket.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "{closed} idle connections closed");
 }

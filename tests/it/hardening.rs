@@ -325,3 +325,249 @@ async fn a_request_without_the_signature_headers_is_refused_before_its_body_is_r
     assert_eq!(r.status, 202, "{}", r.text);
     drop(sockets);
 }
+
+// ---- Issue 23 item 7: the public /readyz writes nothing and tells no detail ----
+
+/// Length and modification time of the journal's files.
+fn journal_files(state: &std::path::Path) -> Vec<(u64, std::time::SystemTime)> {
+    ["journal.db", "journal.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state.join(f)).ok())
+        .map(|m| (m.len(), m.modified().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_public_readyz_writes_nothing_and_tells_no_detail() {
+    // Nothing listens behind AWS_ENDPOINT_URL: the credentials check fails, naming the
+    // endpoint, and no queue is found by its name.
+    let s = SlipwayBuilder::new("http://127.0.0.1:9")
+        .extra("[provision]\nqueue_name = \"secret-queue-name\"\n")
+        .start()
+        .await;
+    let state = s.builder.state_dir();
+    let at_rest = eventually("the journal at rest", || async {
+        let before = journal_files(&state);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        (journal_files(&state) == before && !before.is_empty()).then_some(before)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = client
+            .get(format!("{}/readyz", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({ "status": "not ready", "reason": "AWS unavailable" })
+        );
+    }
+    assert_eq!(journal_files(&state), at_rest, "the public /readyz wrote");
+    let (status, body) = s.get("/healthz").await;
+    assert_eq!((status, body), (200, serde_json::json!({ "status": "ok" })));
+    assert_eq!(journal_files(&state), at_rest, "/healthz wrote");
+
+    // The detail is on the admin listener only.
+    let (status, body) = s.admin_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("STS GetCallerIdentity: could not connect to http://127.0.0.1:9"),
+        "{text}"
+    );
+    assert!(text.contains("secret-queue-name"), "{text}");
+}
+
+// ---- Issue 23 item 4: logs no request can forge ----
+
+const SLACK_SECRET: &str = "slack-signing-secret-for-logs";
+
+/// `slipway serve` for `b` on fixed free ports, with `SLIPWAY_LOG_FORMAT` set to `format`
+/// (None: unset, slipway chooses); returns the process, its stderr as it comes, and the public
+/// URL once `/healthz` answers.
+async fn serve_logging(
+    b: &SlipwayBuilder,
+    format: Option<&str>,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    String,
+) {
+    use std::io::Read;
+    let config = b.write_config();
+    let port = crate::support::free_port();
+    let admin = crate::support::free_port();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        )
+        .replacen(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            1,
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = b.command();
+    cmd.env_remove("SLIPWAY_LOG_FORMAT");
+    if let Some(format) = format {
+        cmd.env("SLIPWAY_LOG_FORMAT", format);
+    }
+    let mut child = cmd
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = Default::default();
+    let sink = out.clone();
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("slipway listening", || async {
+        reqwest::get(format!("{url}/healthz"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    (child, out, url)
+}
+
+#[tokio::test]
+async fn a_forged_line_in_slack_text_or_a_request_id_never_reaches_the_log() {
+    const FORGED: &str = "2026-12-04T00:00:00.000000Z  INFO slipway: forged line";
+    let b = SlipwayBuilder::new("http://127.0.0.1:9")
+        .env(slipway::config::SLACK_SIGNING_SECRET_ENV, SLACK_SECRET)
+        .extra("[chat]\nslack_team_id = \"T0001\"\n");
+    for format in [Some("text"), None] {
+        let (mut child, out, url) = serve_logging(&b, format).await;
+        let client = reqwest::Client::new();
+        // A signed command whose text holds a newline, a whole log line and an ESC sequence.
+        let text = format!("status\n{FORGED}\u{1b}[2K");
+        let body = serde_urlencoded::to_string([
+            ("team_id", "T0001"),
+            ("user_id", "U1\nuser_id=U0ADMIN"),
+            ("user_name", "eve"),
+            // Differs per run: the same signed request is refused a second time.
+            ("channel_id", if format.is_some() { "C1" } else { "C2" }),
+            ("command", "/slipway"),
+            ("text", text.as_str()),
+        ])
+        .unwrap();
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let r = client
+            .post(format!("{url}/chat/slack"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", &ts)
+            .header(
+                "x-slack-signature",
+                slipway::chat::sign(SLACK_SECRET.as_bytes(), &ts, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        // A request id that would forge span fields is replaced; a fine one is kept.
+        let r = client
+            .get(format!("{url}/healthz"))
+            .header("x-request-id", "x method=DELETE path=/api/forged")
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert!(!id.contains(' ') && !id.contains("forged"), "{id}");
+        let r = client
+            .get(format!("{url}/healthz"))
+            .header("x-request-id", "req-42.a_b")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-request-id"], "req-42.a_b");
+        let logs = eventually("the command logged", || async {
+            let logs = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+            logs.contains("chat: slash command").then_some(logs)
+        })
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            !logs.contains('\u{1b}'),
+            "{format:?}: an ESC reached the log:\n{logs}"
+        );
+        for line in logs.lines() {
+            assert!(
+                !line.starts_with(FORGED) && !line.starts_with("user_id=U0ADMIN"),
+                "{format:?}: a forged line:\n{logs}"
+            );
+            assert!(!line.contains("method=DELETE"), "{format:?}: {line}");
+        }
+        match format {
+            // The escaped text is still there to read.
+            Some(_) => assert!(logs.contains(r"status\n2026-12-04T00"), "{logs}"),
+            // Not a terminal: JSON by default, one object a line.
+            None => {
+                for line in logs.lines() {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                }
+            }
+        }
+    }
+}
+
+// ---- Issue 23 item 8: the GitHub token never travels in clear text ----
+
+#[tokio::test]
+async fn an_http_github_api_url_is_refused_unless_it_is_this_machine() {
+    let b = SlipwayBuilder::new("http://127.0.0.1:9")
+        .env("SLIPWAY_GITHUB_TOKEN", "github_pat_test")
+        .extra("[github]\napi_url = \"http://ghe.example.com/api/v3\"\n");
+    let config = b.write_config();
+    let config = config.to_str().unwrap();
+    for command in ["check-config", "serve"] {
+        let (status, out, err) = b.run(&[command, "--config", config]);
+        assert!(!status.success(), "{command} accepted it: {out}");
+        assert!(
+            err.contains("github.api_url") && err.contains("must be https://"),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("github_pat_test"), "{command}: {err}");
+    }
+    assert!(
+        !b.state_dir().exists(),
+        "serve created its state before refusing"
+    );
+    // https anywhere, and plain http to this machine, are fine.
+    for url in [
+        "https://ghe.example.com/api/v3",
+        "http://127.0.0.1:9",
+        "http://localhost:9",
+    ] {
+        let b = SlipwayBuilder::new("http://127.0.0.1:9")
+            .env("SLIPWAY_GITHUB_TOKEN", "github_pat_test")
+            .extra(&format!("[github]\napi_url = \"{url}\"\n"));
+        let config = b.write_config();
+        let (status, _, err) = b.run(&["check-config", "--config", config.to_str().unwrap()]);
+        assert!(status.success(), "{url}: {err}");
+    }
+}

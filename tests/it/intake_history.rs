@@ -21,7 +21,7 @@ async fn a_stalled_journal_answers_503_with_retry_after_and_readyz_says_why() {
     let held = s.deliver("push", "held-1", &body);
     let turned_away = async {
         let why = eventually("readyz reports the full queue", || async {
-            let (status, v) = s.get("/readyz").await;
+            let (status, v) = s.admin_get("/readyz").await;
             (status == 503).then_some(v)
         })
         .await;

@@ -280,6 +280,15 @@ impl Slipway {
         }
     }
 
+    /// GETs `path` from the admin listener (where `/readyz` tells why in detail).
+    pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = reqwest::get(format!("{}{path}", self.admin_url))
+            .await
+            .expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// GETs `path`: `/api/…` from the admin listener, anything else from the public one.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let base = if path.starts_with("/api/") {
