@@ -1315,3 +1315,134 @@ async fn recovery_redelivers_oldest_first_one_at_a_time_and_nothing_older_than_t
         .iter()
         .all(|b| b.source_version() != Some(MASTER_SHA)));
 }
+
+#[tokio::test]
+async fn deployments_say_production_link_the_deploy_page_and_mark_nothing_inactive_themselves() {
+    let gh = GithubFake::start().await;
+    // GitHub would refuse a deployment that merges the default branch in or waits for the
+    // commit's pending checks (auto_merge and required_contexts left to their defaults).
+    gh.deployment_conflicts(true, &["ci/test"]);
+    let extra = format!(
+        "[github]\napi_url = \"{}\"\n[server]\npublic_url = \"https://slipway.example.com/\"\n",
+        gh.url
+    );
+    let mut w = Deploy::with(Setup {
+        apps: crate::deploy::web_with(
+            "environment = \"production\"\nenvironment_url = \"https://web.example.com\"",
+        ),
+        extra: &extra,
+        images: &[MASTER_SHA],
+        ..Setup::default()
+    })
+    .await;
+    w.builder = w
+        .builder
+        .clone()
+        .env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN)
+        .env("SLIPWAY_OPS_TOKENS", &format!("ops:{OPS_TOKEN}"));
+    let s = w.builder.start().await;
+    let shipped = w.ship(&s, "prod-1", MASTER_SHA).await;
+    assert_eq!(shipped["state"], "succeeded");
+    let page = format!("https://slipway.example.com/deployments/{}", shipped["id"]);
+
+    let (id, body, states) = deployment(&gh, MASTER_SHA, 2).await;
+    assert_eq!(body["environment"], "production");
+    assert_eq!(body["production_environment"], true);
+    assert_eq!(states, ["in_progress", "success"]);
+    for r in gh.requests_to(
+        "POST",
+        &format!("/repos/octo-org/web/deployments/{id}/statuses"),
+    ) {
+        assert_eq!(r.body["auto_inactive"], false, "{}", r.body);
+        assert_eq!(r.body["environment_url"], "https://web.example.com");
+        assert_eq!(r.body["log_url"], page.as_str());
+    }
+    let deploy_status = gh
+        .requests_to(
+            "POST",
+            &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
+        )
+        .into_iter()
+        .find(|r| r.body["context"] == "slipway/deploy/web")
+        .unwrap();
+    assert_eq!(deploy_status.body["target_url"], page.as_str());
+    let apps = api(&s, "/api/apps").await;
+    assert_eq!(apps["github"]["requests_failed"], 0, "{apps}");
+}
+
+#[tokio::test]
+async fn the_fake_refuses_keys_githubs_description_does_not_list_and_conflicts_where_github_would()
+{
+    use crate::support::github_fake::PERMITTED_KEYS;
+    // The fake's lists are GitHub's (the pinned description the contract test uses).
+    let spec = format!(
+        "{}/.local/npm/node_modules/@octokit/openapi/generated/api.github.com.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
+    for (path, keys) in PERMITTED_KEYS {
+        let schema = &spec["paths"][*path]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"];
+        let listed: std::collections::BTreeSet<&str> = schema
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let ours: std::collections::BTreeSet<&str> = keys.iter().copied().collect();
+        assert_eq!(listed, ours, "{path}");
+    }
+
+    let gh = GithubFake::start().await;
+    // A misspelt key is refused, as GitHub does.
+    let statuses = format!("{}/repos/octo-org/web/statuses/{MASTER_SHA}", gh.url);
+    let (status, body) = post(
+        &statuses,
+        STATIC_TOKEN,
+        json!({ "state": "success", "contxt": "slipway/build" }),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("\"contxt\""));
+    let deployments = format!("{}/repos/octo-org/web/deployments", gh.url);
+    let (status, _) = post(
+        &deployments,
+        STATIC_TOKEN,
+        json!({ "ref": MASTER_SHA, "environment": "web", "auto_inactive": false }),
+    )
+    .await;
+    assert_eq!(status, 422, "auto_inactive belongs to deployment statuses");
+
+    gh.deployment_conflicts(true, &["ci/test"]);
+    // auto_merge is true unless said otherwise: the ref behind the default branch conflicts.
+    let (status, body) = post(&deployments, STATIC_TOKEN, json!({ "ref": MASTER_SHA })).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("Conflict merging"));
+    // Every context is required unless said otherwise: a pending check conflicts.
+    let (status, body) = post(
+        &deployments,
+        STATIC_TOKEN,
+        json!({ "ref": MASTER_SHA, "auto_merge": false }),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["errors"][0]["contexts"], json!(["ci/test"]));
+    let (status, body) = post(
+        &deployments,
+        STATIC_TOKEN,
+        json!({ "ref": MASTER_SHA, "auto_merge": false, "required_contexts": ["ci/test"] }),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    // What slipway sends goes through.
+    let (status, body) = post(
+        &deployments,
+        STATIC_TOKEN,
+        json!({ "ref": MASTER_SHA, "auto_merge": false, "required_contexts": [] }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
