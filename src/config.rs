@@ -35,6 +35,17 @@ pub enum ConfigError {
     Secret(String),
 }
 
+/// `url` if it is an http(s) URL with a host, without its trailing slash; else an error naming
+/// `key` (the URL is configuration, not a secret: it may be quoted).
+pub(crate) fn http_url(key: &str, url: &str) -> Result<String, ConfigError> {
+    let ok = reqwest::Url::parse(url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if !ok {
+        return Err(invalid(key, format!("\"{url}\" is not an http(s) URL")));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -97,6 +108,8 @@ struct RawServer {
     /// Host names the admin listener answers for, besides the loopback names (issue 23).
     #[serde(default)]
     admin_hosts: Vec<String>,
+    /// Where the admin listener (status page) is reached from outside; GitHub links there.
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +169,10 @@ struct RawApp {
     /// The environment variable holding this repository's webhook secret(s) (issue 23);
     /// `SLIPWAY_WEBHOOK_SECRET` when unset.
     webhook_secret_env: Option<String>,
+    /// GitHub's `production_environment`; default: the environment is named `production`.
+    production: Option<bool>,
+    /// The service's public URL, GitHub's `environment_url` for the app's deployments.
+    environment_url: Option<String>,
 }
 
 /// The validated configuration.
@@ -177,6 +194,9 @@ pub struct Config {
     pub chat: ChatConfig,
     /// The `[github]` table, validated; None when absent.
     pub github: Option<crate::github::GithubConfig>,
+    /// `[server] public_url` (or the older `[github] public_url`), without a trailing slash:
+    /// where a deploy's page is reached from outside.
+    pub public_url: Option<String>,
     /// Retention and queueing of the journal.
     pub journal: JournalConfig,
 }
@@ -262,6 +282,11 @@ pub struct AppConfig {
     /// The environment variable holding the secrets that sign this repository's deliveries
     /// (`webhook_secret_env`, default [`WEBHOOK_SECRET_ENV`]).
     pub webhook_secret_env: String,
+    /// GitHub's `production_environment` (`production`, default: `environment` is
+    /// `production`).
+    pub production: bool,
+    /// GitHub's `environment_url` (`environment_url`): the service's public URL.
+    pub environment_url: Option<String>,
 }
 
 impl AppConfig {
@@ -502,6 +527,7 @@ impl RawConfig {
         if apps.is_empty() {
             return Err(invalid("app", "at least one [[app]] is required"));
         }
+        let github = self.github.map(|g| g.validate()).transpose()?;
         Ok(Config {
             listen,
             admin_listen,
@@ -515,7 +541,11 @@ impl RawConfig {
             notify: self.notify,
             provision,
             apps,
-            github: self.github.map(|g| g.validate()).transpose()?,
+            public_url: match self.server.public_url {
+                Some(url) => Some(http_url("server.public_url", &url)?),
+                None => github.as_ref().and_then(|g| g.public_url.clone()),
+            },
+            github,
             journal: self.journal.validate()?,
         })
     }
@@ -785,6 +815,10 @@ impl RawApp {
                 ))
             }
         };
+        let environment = match self.environment {
+            None => name.to_string(),
+            Some(env) => non_empty(key("environment"), env)?,
+        };
         Ok(AppConfig {
             path_rules,
             repository,
@@ -800,9 +834,13 @@ impl RawApp {
             deploy_foreign_builds: self.deploy_foreign_builds.unwrap_or(false),
             rollout_timeout,
             slack_users: self.slack_users,
-            environment: match self.environment {
-                None => name.to_string(),
-                Some(env) => non_empty(key("environment"), env)?,
+            environment: environment.clone(),
+            production: self
+                .production
+                .unwrap_or(environment.eq_ignore_ascii_case("production")),
+            environment_url: match self.environment_url {
+                Some(url) => Some(http_url(&key("environment_url"), &url)?),
+                None => None,
             },
             webhook_secret_env: match self.webhook_secret_env {
                 None => WEBHOOK_SECRET_ENV.to_owned(),

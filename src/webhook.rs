@@ -140,6 +140,10 @@ struct PushPayload {
 #[derive(Debug, Deserialize)]
 struct RepositoryField {
     full_name: String,
+    /// When GitHub received the push: Unix seconds in push payloads (an ISO string in most
+    /// other events, so it is read leniently).
+    #[serde(default)]
+    pushed_at: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +171,9 @@ pub struct Push {
     pub before: Option<CommitSha>,
     pub after: CommitSha,
     pub deleted: bool,
+    /// When GitHub received the push (`repository.pushed_at`, Unix seconds): deploys of a
+    /// service rank by it, whatever order the deliveries arrive in.
+    pub pushed_at: Option<i64>,
     /// What the payload says about the files this push changed (monorepo filters).
     pub files: PushFiles,
 }
@@ -244,6 +251,7 @@ impl Push {
             before,
             after,
             deleted: raw.deleted,
+            pushed_at: raw.repository.pushed_at.as_ref().and_then(unix_seconds),
             files,
         })
     }
@@ -334,6 +342,7 @@ impl Push {
                 image_tag: a.tag_for(&self.after),
                 service_key: a.service_key(),
                 before: self.before.as_ref().map(|b| b.to_string()),
+                pushed_at: self.pushed_at,
             })
             .collect();
         if !skipped.is_empty() {
@@ -362,6 +371,15 @@ impl Push {
             ));
         }
         Verdict::Build(matched)
+    }
+}
+
+/// Unix seconds from a number, or from an RFC 3339 string.
+fn unix_seconds(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => crate::clock::parse(s).map(|t| t.unix_timestamp()),
+        _ => None,
     }
 }
 
@@ -644,6 +662,15 @@ mod tests {
         )
         .unwrap();
         assert!(bare.files.created, "no before: treated as a new branch");
+        assert_eq!(bare.pushed_at, None);
+        let web = Push::parse(include_bytes!("../fixtures/github/monorepo/push_web.json")).unwrap();
+        assert_eq!(web.pushed_at, Some(1_787_306_398));
+        let iso = Push::parse(
+            br#"{"ref":"refs/heads/master","after":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c",
+                 "repository":{"full_name":"a/b","pushed_at":"2026-08-21T09:59:58Z"}}"#,
+        )
+        .unwrap();
+        assert_eq!(iso.pushed_at, Some(1_787_306_398));
         assert_eq!(bare.files.commits, 0);
     }
 

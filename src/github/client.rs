@@ -234,7 +234,13 @@ impl Client {
         let mut attempt = 1;
         let result = loop {
             self.wait_turn(&method).await;
-            let (wait, error) = match self.attempt(&method, &url, body, auth).await {
+            let outcome = self.attempt(&method, &url, body, auth).await;
+            if !matches!(method, Method::GET | Method::HEAD) {
+                // The gap counts from the answer: GitHub sees the next write a second after
+                // it finished with this one, however long this one took to arrive.
+                self.pacing.lock().expect("pacing lock").last_write = Some(self.clock.now());
+            }
+            let (wait, error) = match outcome {
                 Attempt::Done(result) => break result,
                 Attempt::RateLimited(wait, error) => {
                     // The limit is the installation's: every request waits it out.

@@ -40,7 +40,7 @@ pub struct RawGithubConfig {
     recover_window_hours: Option<u64>,
     /// An update (status, deployment) GitHub has not taken by this age is given up.
     give_up_after_hours: Option<u64>,
-    /// Where slipway's API is reached from outside; commit statuses of deploys link there.
+    /// The older spelling of `[server] public_url` (used when that is not set).
     public_url: Option<String>,
     #[serde(default)]
     hook: Vec<RawHook>,
@@ -176,18 +176,7 @@ impl RawGithubConfig {
         }
         let public_url = match self.public_url {
             None => None,
-            Some(url) => {
-                let ok = reqwest::Url::parse(&url).is_ok_and(|u| {
-                    matches!(u.scheme(), "http" | "https") && u.host_str().is_some()
-                });
-                if !ok {
-                    return Err(invalid(
-                        "github.public_url",
-                        format!("\"{url}\" is not an http(s) URL"),
-                    ));
-                }
-                Some(url.trim_end_matches('/').to_owned())
-            }
+            Some(url) => Some(crate::config::http_url("github.public_url", &url)?),
         };
         let mut hooks = Vec::new();
         for (i, h) in self.hook.into_iter().enumerate() {

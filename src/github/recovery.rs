@@ -2,9 +2,13 @@
 //!
 //! GitHub does not retry a failed delivery. At start and every `recover_every_mins`, slipway
 //! lists the recent deliveries of each configured hook and, for every push whose attempts all
-//! failed and that the journal does not hold, asks GitHub to redeliver it. The redelivery
-//! comes through the normal verified webhook path with the same delivery id, so the journal's
-//! dedup makes the whole thing idempotent. Each request is journaled with the actor
+//! failed and that the journal does not hold, asks GitHub to redeliver it: oldest first, one
+//! at a time (the next is asked for once the journal holds the previous one, or after
+//! [`REDELIVERY_WAIT`]), and never one older than the journal (a fresh journal does not replay
+//! the pushes of the day before slipway existed). The redelivery comes through the normal
+//! verified webhook path with the same delivery id, so the journal's dedup makes the whole
+//! thing idempotent; deploys rank by when GitHub received each push, so the order they come
+//! back in cannot leave an older commit running. Each request is journaled with the actor
 //! `github-recovery` (API: `GET /api/github/recoveries`).
 
 use std::collections::BTreeMap;
@@ -29,6 +33,9 @@ const MAX_PAGES: usize = 1000;
 /// Redeliveries asked for one delivery at most: one that keeps failing (a wrong hook secret)
 /// is left for an operator.
 const MAX_REQUESTS: i64 = 3;
+/// How long the next redelivery waits for the previous one to reach the journal (GitHub gives
+/// a delivery 10 s).
+const REDELIVERY_WAIT: Duration = Duration::from_secs(12);
 
 /// The recovery loop. Run it with [`Recovery::run`].
 pub struct Recovery {
@@ -86,7 +93,20 @@ impl Recovery {
     /// One round for one hook: returns how many redeliveries were requested.
     pub async fn recover(&self, hook: &Hook) -> Result<usize, GithubError> {
         let now = self.clock.now();
-        let since = now - self.window;
+        let mut since = now - self.window;
+        match self.journal.created_ms().await {
+            Ok(Some(ms)) => {
+                // GitHub's `delivered_at` is in whole seconds: the journal's second counts.
+                let secs = u64::try_from(ms / 1000).unwrap_or(0);
+                let created = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(secs);
+                since = since.max(created);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery: cannot read the journal; trying later");
+                return Ok(0);
+            }
+        }
         let failed = self.failed_pushes(hook, since).await?;
         let hook_id = hook.id.to_string();
         let mut requested = 0;
@@ -127,7 +147,7 @@ impl Recovery {
             tracing::info!(hook = hook.id, delivery = %guid, outcome, "asked GitHub to redeliver a failed push");
             let record = NewRecovery {
                 hook_id: hook_id.clone(),
-                delivery_id: guid,
+                delivery_id: guid.clone(),
                 attempt_id: attempt.id,
                 event: attempt.event,
                 status_code: attempt.status_code,
@@ -145,20 +165,46 @@ impl Recovery {
             }
             if result.is_ok() {
                 requested += 1;
+                self.held(&hook_id, &guid).await;
             }
         }
         Ok(requested)
     }
 
-    /// The push deliveries since `since` whose attempts all failed: GUID → its newest attempt.
-    /// A delivery failed unless GitHub got a 2xx: `status_code` 0 is one GitHub could not
-    /// deliver at all (could not connect, timed out).
+    /// Waits until the journal holds delivery `guid` of `hook_id` (GitHub redelivered it), at
+    /// most [`REDELIVERY_WAIT`], so that redeliveries arrive one at a time, in order.
+    async fn held(&self, hook_id: &str, guid: &str) {
+        let wait = async {
+            loop {
+                let state = self
+                    .journal
+                    .delivery_recovery_state(hook_id.to_owned(), guid.to_owned())
+                    .await;
+                if matches!(state, Ok(RecoveryState::Held)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        if tokio::time::timeout(REDELIVERY_WAIT, wait).await.is_err() {
+            tracing::warn!(
+                hook = hook_id,
+                delivery = guid,
+                "the redelivery has not arrived; asking for the next one"
+            );
+        }
+    }
+
+    /// The push deliveries since `since` whose attempts all failed, oldest first (by their
+    /// first attempt): (GUID, its newest attempt). A delivery failed unless GitHub got a 2xx:
+    /// `status_code` 0 is one GitHub could not deliver at all (could not connect, timed out).
     async fn failed_pushes(
         &self,
         hook: &Hook,
         since: time::OffsetDateTime,
-    ) -> Result<BTreeMap<String, Attempt>, GithubError> {
+    ) -> Result<Vec<(String, Attempt)>, GithubError> {
         let mut failed: BTreeMap<String, Attempt> = BTreeMap::new();
+        let mut first: BTreeMap<String, (time::OffsetDateTime, i64)> = BTreeMap::new();
         let mut succeeded = std::collections::HashSet::new();
         let mut next = Some(format!("{}?per_page={PER_PAGE}", hook.deliveries_path()));
         let mut pages = 0;
@@ -182,6 +228,8 @@ impl Recovery {
                 if a.event != "push" {
                     continue;
                 }
+                let seen = first.entry(a.guid.clone()).or_insert((at, a.id));
+                *seen = (*seen).min((at, a.id));
                 if delivered(&a) {
                     succeeded.insert(a.guid);
                     continue;
@@ -206,6 +254,8 @@ impl Recovery {
             }
         }
         failed.retain(|guid, _| !succeeded.contains(guid));
+        let mut failed: Vec<(String, Attempt)> = failed.into_iter().collect();
+        failed.sort_by_key(|(guid, _)| first.get(guid).copied());
         Ok(failed)
     }
 }

@@ -448,7 +448,7 @@ impl Worker {
             ),
             EventKind::BuildFailed => return Ok(()),
         };
-        let target_url = self.deployment_link(n.deployment);
+        let page = self.deployment_page(n.deployment);
         self.post_status(
             &app.repository,
             &n.sha,
@@ -456,7 +456,7 @@ impl Worker {
                 state: status_state,
                 context: format!("slipway/deploy/{}", app.name),
                 description: description.clone(),
-                target_url: target_url.as_deref(),
+                target_url: page.as_deref(),
             },
         )
         .await?;
@@ -464,12 +464,14 @@ impl Worker {
             return Ok(());
         };
         let gh = self.github_deployment(app, id, &n.sha).await?;
+        // The deploy's page when slipway's is reachable from outside, else the build's log.
+        let log_url = page.as_deref().or(n.log_link.as_deref());
         self.deployment_status(
             &gh,
             deployment_state,
             &description,
-            n.log_link.as_deref(),
-            target_url.as_deref(),
+            log_url,
+            app.environment_url.as_deref(),
         )
         .await?;
         self.record_state(id, deployment_state).await;
@@ -489,9 +491,11 @@ impl Worker {
         Ok(())
     }
 
-    fn deployment_link(&self, deployment: Option<i64>) -> Option<String> {
-        let base = self.config.github.as_ref()?.public_url.as_ref()?;
-        Some(format!("{base}/api/deployments/{}", deployment?))
+    /// The deploy's page on the status page (`/deployments/{id}`), where `[server]
+    /// public_url` says slipway is reached from outside.
+    fn deployment_page(&self, deployment: Option<i64>) -> Option<String> {
+        let base = self.config.public_url.as_ref()?;
+        Some(format!("{base}/deployments/{}", deployment?))
     }
 
     /// The GitHub deployment for slipway deployment `id`, created the first time.
@@ -509,6 +513,7 @@ impl Worker {
             "environment": app.environment,
             "auto_merge": false,
             "required_contexts": [],
+            "production_environment": app.production,
             "description": clip(&format!("slipway deployment {id} of {}", app.name)),
             "payload": { "slipway_deployment": id },
         });
@@ -545,13 +550,20 @@ impl Worker {
         state: &'static str,
         description: &str,
         log_url: Option<&str>,
-        target: Option<&str>,
+        environment_url: Option<&str>,
     ) -> Result<(), GithubError> {
-        let mut body = json!({ "state": state, "description": clip(description) });
+        // `auto_inactive` defaults to true: GitHub would mark every other deployment of the
+        // environment inactive, another app's sharing its name included. slipway marks the
+        // ones it replaced itself.
+        let mut body = json!({
+            "state": state,
+            "description": clip(description),
+            "auto_inactive": false,
+        });
         if let Some(url) = log_url {
             body["log_url"] = json!(url);
         }
-        if let Some(url) = target {
+        if let Some(url) = environment_url {
             body["environment_url"] = json!(url);
         }
         let path = format!(
@@ -644,6 +656,36 @@ mod tests {
         let json = serde_json::to_string(&event).unwrap();
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(format!("{back:?}"), format!("{event:?}"));
+    }
+
+    #[test]
+    fn production_follows_the_environment_unless_set_and_urls_are_checked() {
+        let app = |settings: &str| {
+            Config::parse(&format!(
+                "state_dir = \"/x\"\n[[app]]\nname = \"web\"\nrepository = \"o/web\"\n\
+                 codebuild_project = \"b\"\ncluster = \"c\"\nservice = \"s\"\n\
+                 container = \"web\"\necr_repository = \"web\"\n{settings}\n"
+            ))
+        };
+        let production = |settings: &str| app(settings).unwrap().apps[0].production;
+        assert!(!production(""), "the environment is the app's name");
+        assert!(production("environment = \"production\""));
+        assert!(!production(
+            "environment = \"production\"\nproduction = false"
+        ));
+        assert!(production("environment = \"eu\"\nproduction = true"));
+        let url = app("environment_url = \"https://web.example.com/\"").unwrap();
+        assert_eq!(
+            url.apps[0].environment_url.as_deref(),
+            Some("https://web.example.com")
+        );
+        let err = app("environment_url = \"web\"").unwrap_err().to_string();
+        assert!(err.contains("environment_url"), "{err}");
+        let public = app("[server]\npublic_url = \"https://slipway.example.com/\"").unwrap();
+        assert_eq!(
+            public.public_url.as_deref(),
+            Some("https://slipway.example.com")
+        );
     }
 
     #[test]

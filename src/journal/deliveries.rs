@@ -86,6 +86,8 @@ pub struct BuildRequest {
     pub service_key: String,
     /// The push's `before`, when it had one.
     pub before: Option<String>,
+    /// When GitHub received the push (Unix seconds); None: when slipway received it.
+    pub pushed_at: Option<i64>,
 }
 
 /// What the journal made of a delivery.
@@ -372,8 +374,10 @@ pub(super) fn admit_in(
             None => {
                 tx.prepare_cached(
                     "INSERT INTO builds (delivery, dedup_key, app, sha, project, image_tag, token,
-                         state, next_attempt_ms, created_ms, updated_ms, service_key, before_sha)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11)",
+                         state, next_attempt_ms, created_ms, updated_ms, service_key, before_sha,
+                         pushed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11,
+                         COALESCE(?12, ?9 / 1000))",
                 )?
                 .execute(params![
                     row,
@@ -387,6 +391,7 @@ pub(super) fn admit_in(
                     now,
                     req.service_key,
                     req.before,
+                    req.pushed_at,
                 ])?;
                 accepted.push(AcceptedBuild {
                     app: req.app,

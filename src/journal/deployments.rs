@@ -145,26 +145,47 @@ pub enum CompletionOutcome {
     Deploy { deployment: i64, created: bool },
 }
 
-/// The rank of a push's deploy: journal order of the push.
+/// Deploys of a service rank by `(pushed_at, order_key, id)`: first by when GitHub received
+/// the push (NULL, from before issue 24, counts as 0), so that a push delivered late
+/// (recovery, GitHub's redelivery, a replayed file) never ranks above one pushed after it;
+/// then by `order_key`, the journal order of the push (below).
+///
+/// The rank of a push's deploy within its push time: journal order of the push.
 fn push_rank(build_row: i64) -> i64 {
     2 * build_row
 }
 
+/// The push time an explicit deploy ranks at: the latest of the pushes journaled recently (the
+/// newest thousand builds, read by their primary key), so it ranks above them and below pushes
+/// made after it.
+const EXPLICIT_PUSHED_AT: &str =
+    "SELECT MAX(pushed_at) FROM (SELECT pushed_at FROM builds ORDER BY id DESC LIMIT 1000)";
+
 fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64, JournalError> {
-    let order_key = match d.order_key {
-        Some(k) => k,
+    let (order_key, pushed_at): (i64, Option<i64>) = match (d.order_key, d.build_row) {
+        (Some(k), Some(row)) => {
+            let pushed_at = c
+                .query_row("SELECT pushed_at FROM builds WHERE id = ?1", [row], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .flatten();
+            (k, pushed_at)
+        }
+        (Some(k), None) => (k, None),
         // Explicit deploys rank above every push journaled so far (and below later ones).
-        None => {
+        (None, _) => {
             let newest: i64 =
                 c.query_row("SELECT COALESCE(MAX(id), 0) FROM builds", [], |r| r.get(0))?;
-            push_rank(newest) + 1
+            let pushed_at = c.query_row(EXPLICIT_PUSHED_AT, [], |r| r.get(0))?;
+            (push_rank(newest) + 1, pushed_at)
         }
     };
     c.execute(
         "INSERT INTO deployments (app, service_key, sha, image_tag, trigger, actor, build_row,
              build_id, delivery_id, order_key, target_task_definition, log_link, state,
-             created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+             created_ms, updated_ms, pushed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15)",
         params![
             d.app,
             d.service_key,
@@ -180,6 +201,7 @@ fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64,
             d.log_link,
             deploy_state::PENDING,
             now,
+            pushed_at,
         ],
     )?;
     Ok(c.last_insert_rowid())
@@ -411,10 +433,13 @@ impl Journal {
                 &format!(
                     "SELECT {COLUMNS} FROM deployments n
                      WHERE n.service_key = ?1 AND n.id != ?3 AND n.state IN (?4, ?5, ?6)
-                       AND (n.order_key > ?2 OR (n.order_key = ?2 AND n.id > ?3)
+                       AND ((COALESCE(n.pushed_at, 0), n.order_key, n.id)
+                                > (COALESCE((SELECT pushed_at FROM deployments WHERE id = ?3), 0),
+                                   ?2, ?3)
                             OR (?7 AND EXISTS (SELECT 1 FROM builds b
                                     WHERE b.id = n.build_row AND b.before_sha = ?8)))
-                     ORDER BY n.order_key DESC, n.id DESC LIMIT 1"
+                     ORDER BY COALESCE(n.pushed_at, 0) DESC, n.order_key DESC, n.id DESC
+                     LIMIT 1"
                 ),
                 params![
                     key,
@@ -542,7 +567,7 @@ impl Journal {
             Ok(c.query_row(
                 "SELECT CASE state WHEN ?2 THEN to_task_definition ELSE from_task_definition END
                  FROM deployments WHERE service_key = ?1 AND state IN (?2, ?3)
-                 ORDER BY order_key DESC, id DESC LIMIT 1",
+                 ORDER BY COALESCE(pushed_at, 0) DESC, order_key DESC, id DESC LIMIT 1",
                 params![key, deploy_state::SUCCEEDED, deploy_state::ROLLED_BACK],
                 |r| r.get::<_, Option<String>>(0),
             )

@@ -70,6 +70,20 @@ pub struct RecoveryRecord {
 }
 
 impl Journal {
+    /// When this journal was created (ms since the epoch; for a journal older than the record,
+    /// its oldest delivery): delivery recovery asks for nothing older.
+    pub async fn created_ms(&self) -> Result<Option<i64>, JournalError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'created_ms'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     /// The GitHub deployment made for slipway deployment `deployment`, if any.
     pub async fn github_deployment(
         &self,

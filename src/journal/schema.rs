@@ -255,6 +255,18 @@ CREATE INDEX builds_by_delivery ON builds (delivery);
 CREATE INDEX builds_by_token ON builds (token)
     WHERE build_id IS NULL AND start_requested_ms IS NOT NULL;
 "#,
+    // Issue 24 (newer wins by push order): a push's deploy ranks by when GitHub received the
+    // push (`repository.pushed_at`, Unix seconds; when slipway received it if the payload has
+    // none), whatever order the deliveries arrive in; deploys rank by (pushed_at, order_key,
+    // id), NULL (rows from before) counting as 0. The journal's creation time bounds delivery
+    // recovery: for a journal that existed before this migration, its oldest delivery.
+    r#"
+ALTER TABLE builds ADD COLUMN pushed_at INTEGER;
+ALTER TABLE deployments ADD COLUMN pushed_at INTEGER;
+INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'created_ms', CAST(COALESCE((SELECT MIN(received_ms) FROM deliveries),
+        (julianday('now') - 2440587.5) * 86400000.0) AS INTEGER);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

@@ -34,6 +34,7 @@ pub(super) fn build(sha: char) -> Verdict {
         image_tag: sha.clone(),
         service_key: "main/web".into(),
         before: Some("1".repeat(40)),
+        pushed_at: None,
     }])
 }
 

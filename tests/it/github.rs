@@ -67,6 +67,14 @@ fn push_body(sha: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// slipway's journal exists from now on, as if slipway had run once: recovery asks for no
+/// delivery older than it.
+fn journal_exists(w: &Deploy) {
+    slipway::journal::Journal::open(&w.builder.state_dir())
+        .unwrap()
+        .close();
+}
+
 /// Waits until `sha`'s statuses for `context` reach `n` and returns them.
 async fn statuses(gh: &GithubFake, sha: &str, context: &str, n: usize) -> Vec<(String, String)> {
     eventually(&format!("{n} {context} statuses of {sha}"), || async {
@@ -289,6 +297,7 @@ async fn a_push_missed_while_slipway_was_down_is_redelivered_once() {
         "recover_window_hours = 1\n[[github.hook]]\nrepository = \"octo-org/web\"\nid = {HOOK_ID}\n"
     );
     let w = world(&gh.url, &hooks, &[MASTER_SHA]).await;
+    journal_exists(&w);
     // slipway is down: GitHub cannot connect.
     assert_eq!(
         gh.deliver(HOOK_ID, "push", "lost-1", &push_body(MASTER_SHA))
@@ -590,6 +599,7 @@ async fn every_request_slipway_makes_is_valid_by_githubs_openapi_description() {
     );
     let mut w = world(&prism.url, &extra, &[MASTER_SHA, NEWER_SHA, BROKEN_SHA]).await;
     w.builder = w.builder.clone().env("SLIPWAY_GITHUB_APP_KEY", &private);
+    journal_exists(&w);
     assert_eq!(
         gh.deliver(HOOK_ID, "push", "contract-lost", &push_body(BROKEN_SHA))
             .await,
@@ -768,6 +778,7 @@ async fn a_redelivery_that_fails_again_is_asked_for_again_at_most_three_times() 
     let gh = GithubFake::start().await;
     let hooks = format!("[[github.hook]]\nrepository = \"octo-org/web\"\nid = {HOOK_ID}\n");
     let w = world(&gh.url, &hooks, &[MASTER_SHA]).await;
+    journal_exists(&w);
     assert_eq!(
         gh.deliver(HOOK_ID, "push", "unlucky", &push_body(MASTER_SHA))
             .await,
@@ -1150,4 +1161,288 @@ async fn recovery_follows_the_cursor_through_2500_deliveries_and_recovers_the_fa
         "{asked:?}"
     );
     assert!(!s.logs().contains("stopped early"));
+}
+
+const A_SHA: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+const B_SHA: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+const C_SHA: &str = "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
+
+/// A push of `after` following `before`, received by GitHub at `pushed_at` (Unix seconds).
+fn push_at(before: &str, after: &str, pushed_at: u64) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&fixture("github/push_master.json")).unwrap();
+    body["before"] = json!(before);
+    body["after"] = json!(after);
+    body["head_commit"]["id"] = json!(after);
+    body["repository"]["pushed_at"] = json!(pushed_at);
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// Three pushes A → B → C of master, a minute apart.
+fn pushes_a_b_c() -> [(&'static str, Vec<u8>); 3] {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    [
+        (A_SHA, push_at(OLDER_SHA, A_SHA, t)),
+        (B_SHA, push_at(A_SHA, B_SHA, t + 60)),
+        (C_SHA, push_at(B_SHA, C_SHA, t + 120)),
+    ]
+}
+
+/// The ARN of the build slipway started for `sha`.
+async fn build_of(w: &Deploy, sha: &str) -> String {
+    eventually(&format!("the build of {sha}"), || async {
+        w.emulator
+            .builds(PROJECT)
+            .await
+            .iter()
+            .find(|b| b.source_version() == Some(sha))
+            .and_then(|b| b.arn().map(str::to_owned))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn pushes_a_b_c_arriving_c_a_b_end_with_c_running_and_a_never_deploys_over_it() {
+    let gh = GithubFake::start().await;
+    let w = world(&gh.url, "", &[A_SHA, B_SHA, C_SHA]).await;
+    let s = w.builder.start().await;
+    let [a, b, c] = pushes_a_b_c();
+    // GitHub's deliveries of the three pushes come back C, A, B (a redelivery, a replay), and
+    // their builds finish in that order.
+    for (delivery, (sha, body)) in [("late-c", &c), ("late-a", &a), ("late-b", &b)] {
+        let r = s.deliver("push", delivery, body).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        build_of(&w, sha).await;
+    }
+    let c_arn = build_of(&w, C_SHA).await;
+    w.complete(&c_arn, "SUCCEEDED", C_SHA).await;
+    let c_deploy = w.finished(C_SHA).await;
+    assert_eq!(c_deploy["state"], "succeeded", "{c_deploy}");
+    let a_arn = build_of(&w, A_SHA).await;
+    w.complete(&a_arn, "SUCCEEDED", A_SHA).await;
+    let a_deploy = w.finished(A_SHA).await;
+    assert_eq!(a_deploy["state"], "superseded", "{a_deploy}");
+    let b_arn = build_of(&w, B_SHA).await;
+    w.complete(&b_arn, "SUCCEEDED", B_SHA).await;
+    let b_deploy = w.finished(B_SHA).await;
+    assert_eq!(b_deploy["state"], "superseded", "{b_deploy}");
+
+    // C runs; A never registered a revision or touched the service.
+    assert_eq!(
+        w.service_td().await,
+        c_deploy["to_task_definition"].as_str().unwrap()
+    );
+    for d in [&a_deploy, &b_deploy] {
+        assert!(d["to_task_definition"].is_null(), "{d}");
+        assert!(d["ecs_deployment_id"].is_null(), "{d}");
+    }
+    assert_eq!(w.proxy.requests("UpdateService").len(), 1);
+}
+
+#[tokio::test]
+async fn recovery_redelivers_oldest_first_one_at_a_time_and_nothing_older_than_the_journal() {
+    let gh = GithubFake::start().await;
+    let hooks = format!(
+        "recover_window_hours = 1\n[[github.hook]]\nrepository = \"octo-org/web\"\nid = {HOOK_ID}\n"
+    );
+    let w = world(&gh.url, &hooks, &[A_SHA, B_SHA, C_SHA]).await;
+    // A push GitHub could not deliver ten minutes before slipway's journal existed.
+    gh.add_delivery(Delivery {
+        id: 1,
+        hook_id: HOOK_ID,
+        guid: "before-slipway".into(),
+        event: "push".into(),
+        status_code: 0,
+        delivered_at: SystemTime::now() - Duration::from_secs(600),
+        redelivery: false,
+        body: push_body(MASTER_SHA),
+    });
+    journal_exists(&w);
+    // slipway is down while A, B and C are pushed. Their GUIDs sort the other way round.
+    let [a, b, c] = pushes_a_b_c();
+    for (guid, (_, body)) in [("zz-a", &a), ("mm-b", &b), ("aa-c", &c)] {
+        assert_eq!(gh.deliver(HOOK_ID, "push", guid, body).await, 0);
+    }
+    let ids: Vec<i64> = ["zz-a", "mm-b", "aa-c"]
+        .iter()
+        .map(|g| gh.deliveries().iter().find(|d| d.guid == *g).unwrap().id)
+        .collect();
+
+    let s = w.builder.start().await;
+    gh.webhook(&s.url, SECRET);
+    for sha in [A_SHA, B_SHA, C_SHA] {
+        build_of(&w, sha).await;
+    }
+    eventually("the recovery round", || async {
+        s.logs()
+            .contains("delivery recovery round finished")
+            .then_some(())
+    })
+    .await;
+    // Asked for oldest first, never for the push from before the journal.
+    let asked: Vec<String> = gh
+        .requests_to(
+            "POST",
+            &format!("/repos/octo-org/web/hooks/{HOOK_ID}/deliveries/"),
+        )
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    let expected: Vec<String> = ids
+        .iter()
+        .map(|id| format!("/repos/octo-org/web/hooks/{HOOK_ID}/deliveries/{id}/attempts"))
+        .collect();
+    assert_eq!(asked, expected);
+    // One at a time: each arrived before the next was asked for, so the journal holds them in
+    // push order.
+    let held: Vec<String> = s
+        .deliveries()
+        .into_iter()
+        .rev()
+        .filter_map(|d| d["delivery"].as_str().map(str::to_owned))
+        .filter(|g| ["zz-a", "mm-b", "aa-c"].contains(&g.as_str()))
+        .collect();
+    assert_eq!(held, ["zz-a", "mm-b", "aa-c"]);
+    let rec = api(&s, "/api/github/recoveries").await;
+    assert!(!rec.to_string().contains("before-slipway"), "{rec}");
+    assert!(w
+        .emulator
+        .builds(PROJECT)
+        .await
+        .iter()
+        .all(|b| b.source_version() != Some(MASTER_SHA)));
+}
+
+#[tokio::test]
+async fn deployments_say_production_link_the_deploy_page_and_mark_nothing_inactive_themselves() {
+    let gh = GithubFake::start().await;
+    // GitHub would refuse a deployment that merges the default branch in or waits for the
+    // commit's pending checks (auto_merge and required_contexts left to their defaults).
+    gh.deployment_conflicts(true, &["ci/test"]);
+    let extra = format!(
+        "[github]\napi_url = \"{}\"\n[server]\npublic_url = \"https://slipway.example.com/\"\n",
+        gh.url
+    );
+    let mut w = Deploy::with(Setup {
+        apps: crate::deploy::web_with(
+            "environment = \"production\"\nenvironment_url = \"https://web.example.com\"",
+        ),
+        extra: &extra,
+        images: &[MASTER_SHA],
+        ..Setup::default()
+    })
+    .await;
+    w.builder = w
+        .builder
+        .clone()
+        .env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN)
+        .env("SLIPWAY_OPS_TOKENS", &format!("ops:{OPS_TOKEN}"));
+    let s = w.builder.start().await;
+    let shipped = w.ship(&s, "prod-1", MASTER_SHA).await;
+    assert_eq!(shipped["state"], "succeeded");
+    let page = format!("https://slipway.example.com/deployments/{}", shipped["id"]);
+
+    let (id, body, states) = deployment(&gh, MASTER_SHA, 2).await;
+    assert_eq!(body["environment"], "production");
+    assert_eq!(body["production_environment"], true);
+    assert_eq!(states, ["in_progress", "success"]);
+    for r in gh.requests_to(
+        "POST",
+        &format!("/repos/octo-org/web/deployments/{id}/statuses"),
+    ) {
+        assert_eq!(r.body["auto_inactive"], false, "{}", r.body);
+        assert_eq!(r.body["environment_url"], "https://web.example.com");
+        assert_eq!(r.body["log_url"], page.as_str());
+    }
+    let deploy_status = gh
+        .requests_to(
+            "POST",
+            &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
+        )
+        .into_iter()
+        .find(|r| r.body["context"] == "slipway/deploy/web")
+        .unwrap();
+    assert_eq!(deploy_status.body["target_url"], page.as_str());
+    let apps = api(&s, "/api/apps").await;
+    assert_eq!(apps["github"]["requests_failed"], 0, "{apps}");
+}
+
+#[tokio::test]
+async fn the_fake_refuses_keys_githubs_description_does_not_list_and_conflicts_where_github_would()
+{
+    use crate::support::github_fake::PERMITTED_KEYS;
+    // The fake's lists are GitHub's (the pinned description the contract test uses).
+    let spec = format!(
+        "{}/.local/npm/node_modules/@octokit/openapi/generated/api.github.com.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
+    for (path, keys) in PERMITTED_KEYS {
+        let schema = &spec["paths"][*path]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"];
+        let listed: std::collections::BTreeSet<&str> = schema
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let ours: std::collections::BTreeSet<&str> = keys.iter().copied().collect();
+        assert_eq!(listed, ours, "{path}");
+    }
+
+    let gh = GithubFake::start().await;
+    // A misspelt key is refused, as GitHub does.
+    let statuses = format!("{}/repos/octo-org/web/statuses/{MASTER_SHA}", gh.url);
+    let (status, body) = post(
+        &statuses,
+        STATIC_TOKEN,
+        json!({ "state": "success", "contxt": "slipway/build" }),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("\"contxt\""));
+    let deployments = format!("{}/repos/octo-org/web/deployments", gh.url);
+    let (status, _) = post(
+        &deployments,
+        STATIC_TOKEN,
+        json!({ "ref": MASTER_SHA, "environment": "web", "auto_inactive": false }),
+    )
+    .await;
+    assert_eq!(status, 422, "auto_inactive belongs to deployment statuses");
+
+    gh.deployment_conflicts(true, &["ci/test"]);
+    // auto_merge is true unless said otherwise: the ref behind the default branch conflicts.
+    let (status, body) = post(&deployments, STATIC_TOKEN, json!({ "ref": MASTER_SHA })).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("Conflict merging"));
+    // Every context is required unless said otherwise: a pending check conflicts.
+    let (status, body) = post(
+        &deployments,
+        STATIC_TOKEN,
+        json!({ "ref": MASTER_SHA, "auto_merge": false }),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["errors"][0]["contexts"], json!(["ci/test"]));
+    let (status, body) = post(
+        &deployments,
+        STATIC_TOKEN,
+        json!({ "ref": MASTER_SHA, "auto_merge": false, "required_contexts": ["ci/test"] }),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    // What slipway sends goes through.
+    let (status, body) = post(
+        &deployments,
+        STATIC_TOKEN,
+        json!({ "ref": MASTER_SHA, "auto_merge": false, "required_contexts": [] }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
 }

@@ -114,6 +114,11 @@ struct Fake {
     compare_pages: usize,
     /// The comparison's `status`: `ahead` unless a test says otherwise.
     compare_status: String,
+    /// Deployments of a ref behind the default branch conflict unless `auto_merge` is false.
+    behind_default: bool,
+    /// Status contexts not yet successful on every ref: a deployment that requires them (by
+    /// default, all of them) conflicts.
+    pending_contexts: Vec<String>,
     /// The time requests are recorded at (the system's unless a test runs a faster clock).
     now: Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>,
     /// GitHub's own response examples by name, when answers must satisfy its OpenAPI
@@ -219,6 +224,15 @@ impl GithubFake {
     /// The `status` the comparison answers with (`ahead`, `behind`, `identical`, `diverged`).
     pub fn compare_status(&self, status: &str) {
         self.state.lock().unwrap().compare_status = status.to_owned();
+    }
+
+    /// What makes "Create a deployment" answer 409 (docs.github.com, "Create a deployment"):
+    /// the ref is behind the default branch (with `auto_merge`, true by default), or status
+    /// contexts it requires (by default every context) are not successful.
+    pub fn deployment_conflicts(&self, behind_default: bool, pending_contexts: &[&str]) {
+        let mut s = self.state.lock().unwrap();
+        s.behind_default = behind_default;
+        s.pending_contexts = pending_contexts.iter().map(|c| c.to_string()).collect();
     }
 
     /// Records requests at the time `now` gives (the clock slipway runs on in the test).
@@ -465,6 +479,18 @@ async fn handle(
                     answer(201, shaped(&s, "installation-token", body))
                 }
             }
+            ("POST", [..]) if not_permitted(&segments, &json_body).is_some() => {
+                let key = not_permitted(&segments, &json_body).unwrap_or_default();
+                answer(
+                    422,
+                    json!({ "message": format!("Invalid request.\n\n\"{key}\" is not a permitted key.") }),
+                )
+            }
+            ("POST", ["repos", _, _, "deployments"])
+                if deployment_conflict(&s, &json_body).is_some() =>
+            {
+                answer(409, deployment_conflict(&s, &json_body).unwrap_or_default())
+            }
             ("POST", ["repos", _, _, "statuses", _]) => {
                 s.next_id += 1;
                 let body = json!({ "id": s.next_id, "state": json_body["state"] });
@@ -541,6 +567,80 @@ async fn handle(
         response
     };
     response
+}
+
+/// The request body keys GitHub's description (the pinned `@octokit/openapi`,
+/// `api.github.com.json`) lists for each operation slipway POSTs with a body; GitHub answers
+/// 422 to any other ("is not a permitted key"). `the_fakes_permitted_keys_are_githubs` checks
+/// them against the description.
+pub const PERMITTED_KEYS: &[(&str, &[&str])] = &[
+    (
+        "/repos/{owner}/{repo}/statuses/{sha}",
+        &["state", "target_url", "description", "context"],
+    ),
+    (
+        "/repos/{owner}/{repo}/deployments",
+        &[
+            "ref",
+            "task",
+            "auto_merge",
+            "required_contexts",
+            "payload",
+            "environment",
+            "description",
+            "transient_environment",
+            "production_environment",
+        ],
+    ),
+    (
+        "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses",
+        &[
+            "state",
+            "target_url",
+            "log_url",
+            "description",
+            "environment",
+            "environment_url",
+            "auto_inactive",
+        ],
+    ),
+];
+
+/// The first key of `body` the operation at `segments` does not permit, if any.
+fn not_permitted(segments: &[&str], body: &Value) -> Option<String> {
+    let operation = match segments {
+        ["repos", _, _, "statuses", _] => PERMITTED_KEYS[0].1,
+        ["repos", _, _, "deployments"] => PERMITTED_KEYS[1].1,
+        ["repos", _, _, "deployments", _, "statuses"] => PERMITTED_KEYS[2].1,
+        _ => return None,
+    };
+    body.as_object()?
+        .keys()
+        .find(|k| !operation.contains(&k.as_str()))
+        .cloned()
+}
+
+/// GitHub's 409 for "Create a deployment", when it would answer one.
+fn deployment_conflict(s: &Fake, body: &Value) -> Option<Value> {
+    let git_ref = body["ref"].as_str().unwrap_or("");
+    if s.behind_default && body["auto_merge"].as_bool().unwrap_or(true) {
+        return Some(json!({ "message": format!("Conflict merging master into {git_ref}.") }));
+    }
+    let pending: Vec<&String> = match body.get("required_contexts").and_then(Value::as_array) {
+        None => s.pending_contexts.iter().collect(),
+        Some(required) => s
+            .pending_contexts
+            .iter()
+            .filter(|c| required.iter().any(|r| r == *c))
+            .collect(),
+    };
+    if pending.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "message": format!("Conflict: Commit status checks failed for {git_ref}."),
+        "errors": [{ "contexts": pending, "resource": "Deployment", "field": "required_contexts" }],
+    }))
 }
 
 fn verify_jwt(public_pem: &str, jwt: &str, now: SystemTime) -> Result<(), String> {
