@@ -583,23 +583,56 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let mut config = Config::load(path)?;
     let secrets = WebhookSecrets::from_env()?;
     let shared = require_region().await?;
-    let journal = Journal::open_with(&config.state_dir, &config.journal)
-        .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    let notifier =
+        crate::notify::Notifier::from_config(&config.notify, |name| std::env::var(name).ok())?;
+    let github = crate::github::Credentials::from_env(config.github.as_ref(), |name| {
+        std::env::var(name).ok()
+    })?;
+    let ops_tokens = crate::config::OpsTokens::from_env()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin_listen {}", config.admin_listen))?;
-    let aws = Clients::from_config(&shared);
-    let notifier =
-        crate::notify::Notifier::from_config(&config.notify, |name| std::env::var(name).ok())?;
+    // Listening from the start: while the journal lock is held by a task being replaced,
+    // health checks learn why this one is not ready yet (`/readyz` 503), and that it lives.
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        admin_addr = %admin.local_addr()?,
+        "listening, starting"
+    );
     let readiness = Arc::new(crate::readiness::Readiness::default());
-    crate::startup::check_credentials(&aws, &readiness).await;
-    crate::startup::find_queue(&mut config, &aws, &readiness).await;
-    let github = crate::github::Credentials::from_env(config.github.as_ref(), |name| {
-        std::env::var(name).ok()
-    })?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let answering = tokio_util::sync::CancellationToken::new();
+    let starting = async {
+        let started = async {
+            let Some(journal) =
+                crate::startup::take_journal(&config, &readiness, &mut shutdown).await?
+            else {
+                return Ok(None);
+            };
+            let aws = Clients::from_config(&shared);
+            readiness.set_starting(Some("checking the AWS credentials".to_owned()));
+            crate::startup::check_credentials(&aws, &readiness).await;
+            crate::startup::find_queue(&mut config, &aws, &readiness).await;
+            anyhow::Ok(Some((journal, aws)))
+        };
+        let started = started.await;
+        answering.cancel();
+        started
+    };
+    let (started, ()) = tokio::join!(
+        starting,
+        server::answer_while_starting(&listener, &admin, readiness.clone(), answering.clone())
+    );
+    let Some((journal, aws)) = started? else {
+        tracing::info!("stopped before the journal was taken");
+        return Ok(());
+    };
+    readiness.set_starting(None);
+    readiness.set_recovery(crate::startup::recovery_state(&config, github.is_some()));
     server::run(
         listener,
         admin,
@@ -610,12 +643,12 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             clock: Arc::new(SystemClock),
             aws,
             notifier,
-            ops_tokens: crate::config::OpsTokens::from_env()?,
+            ops_tokens,
             slack_secret: crate::config::slack_signing_secret_from_env(),
             readiness,
             github,
         },
-        shutdown_signal(),
+        shutdown,
     )
     .await
 }

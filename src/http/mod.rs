@@ -26,6 +26,7 @@ mod api;
 mod body;
 mod conn;
 mod slack;
+mod starting;
 mod status;
 mod webhook;
 
@@ -37,6 +38,7 @@ use crate::deploy::Deployer;
 use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
 use crate::notify::Notifier;
+pub use starting::answer_while_starting;
 
 /// What every request handler can reach: one `Arc`, so a request clones a pointer, not every
 /// client and handle in it (that was about 5 % of a webhook request's CPU).
@@ -249,7 +251,7 @@ pub async fn run(
         .as_ref()
         .map(|g| g.client.clone() as Arc<dyn crate::push_filter::ChangedFilesSource>);
     if let Some(recovery) = github.and_then(|g| g.recovery) {
-        worker_tasks.spawn(recovery.run(workers.clone()));
+        worker_tasks.spawn(recovery.run(workers.clone(), readiness.clone()));
     }
     let deployer = Arc::new(Deployer::new(
         journal.clone(),

@@ -16,6 +16,7 @@ mod hardening;
 mod iam_policy;
 mod intake;
 mod intake_history;
+mod journal_lock;
 mod metrics;
 mod monorepo;
 mod ops;
