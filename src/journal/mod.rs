@@ -255,6 +255,17 @@ impl Journal {
         lock: lock::JournalLock,
         settings: &crate::config::JournalConfig,
     ) -> Result<Journal, JournalError> {
+        Journal::open_with_known_version(state_dir, lock, settings, schema::MIGRATIONS.len())
+    }
+
+    /// Opens the journal as a release that knows the first `known` migrations would (the real
+    /// open passes all of them; a test passes one fewer to be the previous release).
+    pub(crate) fn open_with_known_version(
+        state_dir: &Path,
+        lock: lock::JournalLock,
+        settings: &crate::config::JournalConfig,
+        known: usize,
+    ) -> Result<Journal, JournalError> {
         prepare_state_dir(state_dir)?;
         let lock_path = lock.path().to_owned();
         let path = state_dir.join("journal.db");
@@ -277,7 +288,7 @@ impl Journal {
         // Checkpoints run on their own thread (checkpoint.rs), not inside a group commit.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
-        schema::migrate(&mut writer)?;
+        schema::migrate_known(&mut writer, known)?;
         // Copy what the WAL holds (a migration's rewritten tables, or the writes before a
         // crash) now, before anything waits for the writer: left to the checkpointer's first
         // idle truncation, a large copy would hold the write lock while deliveries wait.
@@ -649,5 +660,7 @@ pub fn format_millis(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_compat;
 #[cfg(test)]
 mod tests_speed;
