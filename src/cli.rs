@@ -266,6 +266,33 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Take a consistent backup of the journal (while slipway serves, it takes it: the
+    /// command asks the server at --server / SLIPWAY_SERVER).
+    #[command(
+        after_help = "Examples:\n  slipway backup --to /backups/journal-$(date +%F).db\n  SLIPWAY_OPS_TOKEN=… slipway backup --to s3://my-backups/slipway/journal-manual.db"
+    )]
+    Backup {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Where the backup goes: a file path (on the server's host when a server takes it) or
+        /// s3://bucket/key.
+        #[arg(long)]
+        to: crate::config::BackupLocation,
+    },
+    /// Replace the journal with a backup, after checking it (integrity, schema, tables). Only
+    /// while slipway is stopped; the journal it replaces is kept aside.
+    #[command(
+        after_help = "Examples:\n  slipway restore --from /backups/journal-2026-12-04.db\n  slipway restore --from s3://my-backups/slipway/journal-20261204T030000Z.db"
+    )]
+    Restore {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The backup: a file path or s3://bucket/key.
+        #[arg(long)]
+        from: crate::config::BackupLocation,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway\n  slipway completions zsh > ~/.zfunc/_slipway"
@@ -522,6 +549,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Backup { config, server, to } => {
+            let loaded = Config::load(&config.config)?;
+            crate::backup::backup_command(&loaded, &to, &server.server, server.insecure).await
+        }
+        Command::Restore { config, from } => {
+            let loaded = Config::load(&config.config)?;
+            crate::backup::restore_command(&loaded, &from).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -632,6 +667,20 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     };
     readiness.set_starting(None);
+    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let backups = Arc::new(crate::backup::Backups::new(
+        journal.clone(),
+        aws.s3.clone(),
+        clock.clone(),
+        readiness.clone(),
+        config.state_dir.clone(),
+        config.journal.clone(),
+    ));
+    match journal.last_backup().await {
+        Ok(Some(last)) => readiness.set_last_backup(last),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the last backup's outcome"),
+    }
     readiness.set_recovery(crate::startup::recovery_state(&config, github.is_some()));
     server::run(
         listener,
@@ -640,13 +689,14 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             config,
             secrets,
             journal,
-            clock: Arc::new(SystemClock),
+            clock,
             aws,
             notifier,
             ops_tokens,
             slack_secret: crate::config::slack_signing_secret_from_env(),
             readiness,
             github,
+            backups,
         },
         shutdown,
     )

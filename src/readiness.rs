@@ -44,7 +44,7 @@ pub enum Recovery {
 }
 
 /// When the last backup ran and how it went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct BackupOutcome {
     /// RFC 3339.
     pub at: String,

@@ -64,6 +64,8 @@ pub struct Shared {
     pub slack_secret: Option<Arc<crate::config::Secret>>,
     /// What `serve` found at start (credentials, queue), for `/readyz`.
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// Journal backups (`/api/backups`).
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 /// Everything `run` needs from outside.
@@ -79,6 +81,8 @@ pub struct Services {
     pub readiness: Arc<crate::readiness::Readiness>,
     /// GitHub API credentials; None: no statuses, deployments or recovery.
     pub github: Option<crate::github::Credentials>,
+    /// Journal backups, on request and on `[journal] backup_to`'s schedule.
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 /// The public listener: what GitHub, Slack and the load balancer's health check reach.
@@ -212,6 +216,7 @@ pub async fn run(
         slack_secret,
         readiness,
         github,
+        backups,
     } = services;
     if slack_secret.is_some() && config.chat.slack_team_id.is_none() {
         anyhow::bail!(crate::config::SLACK_TEAM_REQUIRED);
@@ -298,6 +303,9 @@ pub async fn run(
         }
         .run(workers.clone()),
     );
+    if let Some(to) = config.journal.backup_to.clone() {
+        worker_tasks.spawn(backups.clone().run_schedule(to, workers.clone()));
+    }
     let ops = crate::ops::Ops {
         config: config.clone(),
         journal: journal.clone(),
@@ -331,6 +339,7 @@ pub async fn run(
         slack_secret: slack_secret.map(Arc::new),
         body_budget: Arc::new(body::Budget::new(limits.unauthenticated_body_bytes)),
         readiness,
+        backups,
     });
     let public_app = public_router(state.clone());
     let admin_app = admin_router(state.clone());

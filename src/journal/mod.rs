@@ -9,6 +9,7 @@
 //! The typed methods in the submodules are the journal's whole interface, so another store
 //! (DynamoDB, for several replicas) can stand behind the same calls later.
 
+pub mod backup;
 mod body_codec;
 mod bulk;
 mod checkpoint;

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod backup;
 mod chat;
 mod cli;
 mod deploy;
@@ -22,4 +23,5 @@ mod monorepo;
 mod ops;
 mod provision;
 mod proxy_selftest;
+mod recovery_ready;
 mod status_page;
