@@ -49,15 +49,7 @@ impl Journal {
         &self,
     ) -> Result<Option<crate::readiness::BackupOutcome>, JournalError> {
         self.read(|c| {
-            use rusqlite::OptionalExtension;
-            let value: Option<String> = c
-                .query_row(
-                    "SELECT value FROM meta WHERE key = ?1",
-                    [LAST_BACKUP],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+            Ok(schema::meta_value(c, LAST_BACKUP)?.and_then(|v| serde_json::from_str(&v).ok()))
         })
         .await
     }

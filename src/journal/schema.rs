@@ -306,6 +306,14 @@ pub(crate) fn migrate_known(conn: &mut Connection, known: usize) -> Result<(), J
     migrate_with(conn, &MIGRATIONS[..known], known)
 }
 
+/// The value of `key` in the journal's `meta` table, if set.
+pub(crate) fn meta_value(conn: &Connection, key: &str) -> Result<Option<String>, JournalError> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
 /// Why a release that knows `known` migrations cannot use a journal at `version`, if it can't;
 /// None if it can (the journal's oldest reader is at most `known`).
 pub(crate) fn newer_journal_refusal(
@@ -313,15 +321,7 @@ pub(crate) fn newer_journal_refusal(
     version: i64,
     known: i64,
 ) -> Result<Option<String>, JournalError> {
-    use rusqlite::OptionalExtension;
-    let oldest: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = ?1",
-            [OLDEST_READER],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let oldest = oldest.and_then(|v| v.parse::<i64>().ok());
+    let oldest = meta_value(conn, OLDEST_READER)?.and_then(|v| v.parse::<i64>().ok());
     match oldest {
         Some(oldest) if oldest <= known => Ok(None),
         _ => Ok(Some(format!(

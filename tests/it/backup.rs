@@ -142,6 +142,16 @@ fn load(
     (acked, tasks)
 }
 
+/// Every delivery acknowledged before the backup began is in the restored journal.
+fn holds_all(restored: &[String], acknowledged: &[String]) {
+    for id in acknowledged {
+        assert!(
+            restored.contains(id),
+            "{id} was acknowledged before the backup: {restored:?}"
+        );
+    }
+}
+
 fn delivered(b: &SlipwayBuilder) -> Vec<String> {
     b.deliveries()
         .iter()
@@ -221,12 +231,7 @@ async fn a_backup_under_webhook_load_restores_every_delivery_acknowledged_before
     // It opens and serves everything acknowledged before the backup began.
     let s = b.start().await;
     let restored = delivered(&b);
-    for id in &before_file {
-        assert!(
-            restored.contains(id),
-            "{id} was acknowledged before the backup: {restored:?}"
-        );
-    }
+    holds_all(&restored, &before_file);
     assert_eq!(
         s.deliver("push", "after-restore", &push(&"e".repeat(40)))
             .await
@@ -248,12 +253,7 @@ async fn a_backup_under_webhook_load_restores_every_delivery_acknowledged_before
     assert_eq!(code, Some(0), "{out}{err}");
     let _s = b.start().await;
     let restored = delivered(&b);
-    for id in &before_s3 {
-        assert!(
-            restored.contains(id),
-            "{id} was acknowledged before the backup: {restored:?}"
-        );
-    }
+    holds_all(&restored, &before_s3);
     assert!(
         !restored.contains(&"after-restore".to_owned()),
         "the S3 copy is older"

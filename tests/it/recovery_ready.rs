@@ -30,6 +30,15 @@ fn in_secs(secs: u64) -> u64 {
         + secs
 }
 
+/// The admin listener's `/readyz`, which must answer 200.
+async fn admin_ready(s: &Slipway) -> serde_json::Value {
+    let admin = reqwest::get(format!("{}/readyz", s.admin_url))
+        .await
+        .unwrap();
+    assert_eq!(admin.status().as_u16(), 200);
+    admin.json().await.unwrap()
+}
+
 fn warnings(body: &serde_json::Value) -> Vec<String> {
     body["warnings"]
         .as_array()
@@ -108,11 +117,7 @@ async fn without_recovery_readyz_says_pushes_sent_while_down_are_lost() {
         .env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN)
         .start()
         .await;
-    let admin = reqwest::get(format!("{}/readyz", s.admin_url))
-        .await
-        .unwrap();
-    assert_eq!(admin.status().as_u16(), 200);
-    let body: serde_json::Value = admin.json().await.unwrap();
+    let body = admin_ready(&s).await;
     assert!(
         warnings(&body).contains(&format!(
             "{lost} (no [[github.hook]] to recover deliveries of)"
@@ -123,11 +128,7 @@ async fn without_recovery_readyz_says_pushes_sent_while_down_are_lost() {
     drop(s);
     // No [github] at all.
     let s = SlipwayBuilder::new(&emulator.url).start().await;
-    let admin = reqwest::get(format!("{}/readyz", s.admin_url))
-        .await
-        .unwrap();
-    assert_eq!(admin.status().as_u16(), 200);
-    let body: serde_json::Value = admin.json().await.unwrap();
+    let body = admin_ready(&s).await;
     assert!(
         warnings(&body).contains(&format!(
             "{lost} (no [github] credentials and no [[github.hook]])"

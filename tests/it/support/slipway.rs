@@ -30,8 +30,12 @@ pub struct SlipwayBuilder {
     env: Vec<(String, String)>,
     /// The admin URL of the `serve` running on this state_dir, if one is: the CLI's listings
     /// then ask it (the CLI refuses to read a journal a server holds).
-    running: Arc<Mutex<Option<String>>>,
+    /// Its ops token too (the builder that started it may have been a clone with its own).
+    running: Arc<Mutex<Option<Running>>>,
 }
+
+/// The running `serve`'s admin URL and the ops token it accepts (None: its ops API is off).
+type Running = (String, Option<String>);
 
 /// The ops token the harness gives a `serve` whose test set none, so the listings can ask it.
 pub const HARNESS_TOKEN: &str = "harness-ops-token-0123456789";
@@ -149,7 +153,7 @@ impl SlipwayBuilder {
     /// Runs `slipway serve` and waits until it serves.
     pub async fn start(&self) -> Slipway {
         let s = self.launch(true).await;
-        *self.running.lock().unwrap() = Some(s.admin_url.clone());
+        *self.running.lock().unwrap() = Some((s.admin_url.clone(), self.ops_token()));
         s
     }
 
@@ -237,7 +241,7 @@ impl SlipwayBuilder {
     /// Marks the `serve` started from this builder as the one holding the journal now (after
     /// a second one took over).
     pub fn now_running(&self, s: &Slipway) {
-        *self.running.lock().unwrap() = Some(s.admin_url.clone());
+        *self.running.lock().unwrap() = Some((s.admin_url.clone(), s.builder.ops_token()));
     }
 
     fn json_lines(&self, subcommand: &str) -> Vec<serde_json::Value> {
@@ -251,14 +255,13 @@ impl SlipwayBuilder {
             config.to_str().unwrap().to_owned(),
         ];
         let running = self.running.lock().unwrap().clone();
-        let token = self.ops_token();
-        if let Some(admin) = &running {
-            args.extend(["--server".to_owned(), admin.clone()]);
-        }
         self.write_config();
         let mut command = self.command();
-        if let (Some(_), Some(token)) = (&running, token) {
-            command.env("SLIPWAY_OPS_TOKEN", token);
+        if let Some((admin, token)) = running {
+            args.extend(["--server".to_owned(), admin]);
+            if let Some(token) = token {
+                command.env("SLIPWAY_OPS_TOKEN", token);
+            }
         }
         let out = command.args(&args).output().expect("run slipway");
         let (status, out, err) = (
@@ -296,7 +299,10 @@ impl Slipway {
     /// This process no longer holds the journal: the listings read it again.
     fn stopped(&self) {
         let mut running = self.builder.running.lock().unwrap();
-        if running.as_deref() == Some(self.admin_url.as_str()) {
+        if running
+            .as_ref()
+            .is_some_and(|(admin, _)| *admin == self.admin_url)
+        {
             *running = None;
         }
     }
