@@ -486,7 +486,10 @@ pub async fn backup_command(
 ) -> anyhow::Result<()> {
     let taken: Taken = match Journal::open_read_only(&config.state_dir) {
         Ok(journal) => {
-            let s3 = s3_client().await?;
+            let s3 = match to {
+                BackupLocation::S3 { .. } => s3_client().await?,
+                BackupLocation::File(_) => unused_s3(),
+            };
             take(
                 &journal,
                 &s3,
@@ -537,13 +540,10 @@ pub async fn restore_command(
     let now = stamp(time::OffsetDateTime::now_utc());
     let candidate = state_dir.join(format!("journal.db.restoring-{now}"));
     let s3 = match from {
-        BackupLocation::S3 { .. } => Some(s3_client().await?),
-        BackupLocation::File(_) => None,
+        BackupLocation::S3 { .. } => s3_client().await?,
+        BackupLocation::File(_) => unused_s3(),
     };
-    let fetched = match &s3 {
-        Some(s3) => fetch(s3, from, &candidate).await,
-        None => fetch(&unused_s3(), from, &candidate).await,
-    };
+    let fetched = fetch(&s3, from, &candidate).await;
     if let Err(e) = fetched {
         let _ = std::fs::remove_file(&candidate);
         return Err(anyhow::anyhow!(

@@ -491,6 +491,19 @@ async fn restore_refuses_a_damaged_or_foreign_backup_and_a_running_server() {
         .filter(|n| n.contains("restoring"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A file backup needs no AWS region: the good one restores without.
+    let out = b
+        .command()
+        .env_remove("AWS_REGION")
+        .args(["restore", "--from", good.to_str().unwrap(), "--config"])
+        .arg(b.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The journal still serves.
     let _s = b.start().await;
     assert!(delivered(&b).contains(&"kept-1".to_owned()));
