@@ -20,6 +20,9 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     pub events: aws_sdk_eventbridge::Client,
     pub sts: aws_sdk_sts::Client,
+    /// For backups to `s3://` (issue 21). Path-style addressing when an endpoint is set (an
+    /// emulator or a VPC endpoint), so a bucket name needs no DNS of its own.
+    pub s3: aws_sdk_s3::Client,
 }
 
 impl Clients {
@@ -88,6 +91,12 @@ impl Clients {
             sts: aws_sdk_sts::Client::from_conf(
                 aws_sdk_sts::config::Builder::from(shared)
                     .interceptor(calls)
+                    .build(),
+            ),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(shared)
+                    .interceptor(calls)
+                    .force_path_style(shared.endpoint_url().is_some())
                     .build(),
             ),
         }

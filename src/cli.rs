@@ -282,6 +282,33 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
     },
+    /// Take a consistent backup of the journal (while slipway serves, it takes it: the
+    /// command asks the server at --server / SLIPWAY_SERVER).
+    #[command(
+        after_help = "Examples:\n  slipway backup --to /backups/journal-$(date +%F).db\n  SLIPWAY_OPS_TOKEN=… slipway backup --to s3://my-backups/slipway/journal-manual.db"
+    )]
+    Backup {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Where the backup goes: a file path (on the server's host when a server takes it) or
+        /// s3://bucket/key.
+        #[arg(long)]
+        to: crate::config::BackupLocation,
+    },
+    /// Replace the journal with a backup, after checking it (integrity, schema, tables). Only
+    /// while slipway is stopped; the journal it replaces is kept aside.
+    #[command(
+        after_help = "Examples:\n  slipway restore --from /backups/journal-2026-12-04.db\n  slipway restore --from s3://my-backups/slipway/journal-20261204T030000Z.db"
+    )]
+    Restore {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The backup: a file path or s3://bucket/key.
+        #[arg(long)]
+        from: crate::config::BackupLocation,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway\n  slipway completions zsh > ~/.zfunc/_slipway"
@@ -556,6 +583,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
             crate::healthcheck::command(&config.config, url.as_deref(), timeout).await
         }
+        Command::Backup { config, server, to } => {
+            let loaded = Config::load(&config.config)?;
+            crate::backup::backup_command(&loaded, &to, &server.server, server.insecure).await
+        }
+        Command::Restore { config, from } => {
+            let loaded = Config::load(&config.config)?;
+            crate::backup::restore_command(&loaded, &from).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -617,23 +652,70 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let mut config = Config::load(path)?;
     let keys = crate::webhook_keys::Keyring::load(&config, &|name| std::env::var(name).ok())?;
     let shared = require_region().await?;
-    let journal = Journal::open_with(&config.state_dir, &config.journal)
-        .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    let notifier =
+        crate::notify::Notifier::from_config(&config.notify, |name| std::env::var(name).ok())?;
+    let github = crate::github::Credentials::from_env(config.github.as_ref(), |name| {
+        std::env::var(name).ok()
+    })?;
+    let ops_tokens = crate::config::OpsTokens::from_env()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin_listen {}", config.admin_listen))?;
-    let aws = Clients::from_config(&shared);
-    let notifier =
-        crate::notify::Notifier::from_config(&config.notify, |name| std::env::var(name).ok())?;
+    // Listening from the start: while the journal lock is held by a task being replaced,
+    // health checks learn why this one is not ready yet (`/readyz` 503), and that it lives.
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        admin_addr = %admin.local_addr()?,
+        "listening, starting"
+    );
     let readiness = Arc::new(crate::readiness::Readiness::default());
-    crate::startup::check_credentials(&aws, &readiness).await;
-    crate::startup::find_queue(&mut config, &aws, &readiness).await;
-    let github = crate::github::Credentials::from_env(config.github.as_ref(), |name| {
-        std::env::var(name).ok()
-    })?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let answering = tokio_util::sync::CancellationToken::new();
+    let starting = async {
+        let started = async {
+            let Some(journal) =
+                crate::startup::take_journal(&config, &readiness, &mut shutdown).await?
+            else {
+                return Ok(None);
+            };
+            let aws = Clients::from_config(&shared);
+            readiness.set_starting(Some("checking the AWS credentials".to_owned()));
+            crate::startup::check_credentials(&aws, &readiness).await;
+            crate::startup::find_queue(&mut config, &aws, &readiness).await;
+            anyhow::Ok(Some((journal, aws)))
+        };
+        let started = started.await;
+        answering.cancel();
+        started
+    };
+    let (started, ()) = tokio::join!(
+        starting,
+        server::answer_while_starting(&listener, &admin, readiness.clone(), answering.clone())
+    );
+    let Some((journal, aws)) = started? else {
+        tracing::info!("stopped before the journal was taken");
+        return Ok(());
+    };
+    readiness.set_starting(None);
+    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let backups = Arc::new(crate::backup::Backups::new(
+        journal.clone(),
+        aws.s3.clone(),
+        clock.clone(),
+        readiness.clone(),
+        config.state_dir.clone(),
+        config.journal.clone(),
+    ));
+    match journal.last_backup().await {
+        Ok(Some(last)) => readiness.set_last_backup(last),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the last backup's outcome"),
+    }
+    readiness.set_recovery(crate::startup::recovery_state(&config, github.is_some()));
     server::run(
         listener,
         admin,
@@ -641,18 +723,19 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             config,
             keys,
             journal,
-            clock: Arc::new(SystemClock),
+            clock,
             aws,
             notifier,
-            ops_tokens: crate::config::OpsTokens::from_env()?,
+            ops_tokens,
             read_token: crate::config::ReadToken::parse(
                 std::env::var(crate::config::READ_TOKEN_ENV).ok().as_deref(),
             )?,
             slack_secret: crate::config::slack_signing_secret_from_env(),
             readiness,
             github,
+            backups,
         },
-        shutdown_signal(),
+        shutdown,
     )
     .await
 }

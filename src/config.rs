@@ -564,6 +564,66 @@ pub struct JournalConfig {
     pub max_queued_deliveries: usize,
     /// How often the background pruning pass runs.
     pub prune_interval_secs: u64,
+    /// How long `serve` waits for the journal lock while another slipway holds it (a task
+    /// being replaced may still be stopping); 0: refuse at once.
+    pub lock_wait_secs: u64,
+    /// Where the scheduled backup goes: a local path or `s3://bucket/key` (None: no schedule).
+    /// Each copy gets a timestamp before its extension.
+    pub backup_to: Option<BackupLocation>,
+    /// Hours between scheduled backups.
+    pub backup_every_hours: u64,
+    /// Scheduled copies kept at `backup_to`; older ones are deleted.
+    pub backup_keep: usize,
+}
+
+/// Where a backup is written or read: a file, or an S3 object (`s3://bucket/key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupLocation {
+    File(PathBuf),
+    S3 { bucket: String, key: String },
+}
+
+impl std::str::FromStr for BackupLocation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() || key.is_empty() || key.ends_with('/') {
+                return Err(format!(
+                    "\"{text}\" is not s3://bucket/key (a bucket and an object key, not a prefix)"
+                ));
+            }
+            return Ok(BackupLocation::S3 {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        if text.is_empty() || text.contains("://") {
+            return Err(format!(
+                "\"{text}\" is neither a file path nor s3://bucket/key"
+            ));
+        }
+        Ok(BackupLocation::File(PathBuf::from(text)))
+    }
+}
+
+impl fmt::Display for BackupLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackupLocation::File(path) => write!(f, "{}", path.display()),
+            BackupLocation::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupLocation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for JournalConfig {
@@ -573,6 +633,10 @@ impl Default for JournalConfig {
             keep_ignored_days: 14,
             max_queued_deliveries: 1024,
             prune_interval_secs: 60,
+            lock_wait_secs: 120,
+            backup_to: None,
+            backup_every_hours: 24,
+            backup_keep: 7,
         }
     }
 }
@@ -599,6 +663,12 @@ impl JournalConfig {
             Some(self.prune_interval_secs as usize),
             0,
         )?;
+        positive(
+            "journal.backup_every_hours",
+            Some(self.backup_every_hours as usize),
+            0,
+        )?;
+        positive("journal.backup_keep", Some(self.backup_keep), 0)?;
         // Day counts become milliseconds: keep them far from overflowing.
         for (key, value, max) in [
             ("journal.keep_bodies_days", self.keep_bodies_days, 36_500),
@@ -608,6 +678,8 @@ impl JournalConfig {
                 self.prune_interval_secs,
                 86_400,
             ),
+            ("journal.lock_wait_secs", self.lock_wait_secs, 86_400),
+            ("journal.backup_every_hours", self.backup_every_hours, 8_760),
         ] {
             if value > max {
                 return Err(invalid(

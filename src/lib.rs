@@ -9,6 +9,7 @@
 
 mod aws;
 mod aws_error;
+mod backup;
 mod build;
 pub mod chat;
 pub mod cli;

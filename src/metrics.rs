@@ -31,6 +31,8 @@ pub const SQS_MESSAGES: &str = "slipway_sqs_messages_received_total";
 pub const NOTIFICATIONS_DROPPED: &str = "slipway_notifications_dropped_total";
 pub const AWS_CALLS: &str = "slipway_aws_calls_total";
 pub const GITHUB_REQUESTS: &str = "slipway_github_requests_total";
+/// Journal backups (issue 21), by result.
+pub const BACKUPS: &str = "slipway_backups_total";
 pub const BUILDS_PENDING: &str = "slipway_builds_pending";
 pub const OLDEST_PENDING_BUILD_AGE: &str = "slipway_oldest_pending_build_age_seconds";
 
@@ -133,6 +135,7 @@ fn describe() {
         "AWS API calls (after the SDK's retries), by service, operation and result."
     );
     describe_counter!(GITHUB_REQUESTS, "Requests to the GitHub API, by result.");
+    describe_counter!(BACKUPS, "Journal backups taken, by result (ok, error).");
     describe_gauge!(BUILDS_PENDING, "Builds waiting for CodeBuild StartBuild.");
     describe_gauge!(
         OLDEST_PENDING_BUILD_AGE,
@@ -151,6 +154,7 @@ fn register_zero(config: &Config) {
     }
     for result in [RESULT_OK, RESULT_ERROR] {
         metrics::counter!(GITHUB_REQUESTS, "result" => result).increment(0);
+        metrics::counter!(BACKUPS, "result" => result).increment(0);
     }
     // The calls an alert would watch; other operations appear with their first call.
     for (service, operation) in WATCHED_AWS_CALLS {

@@ -1,8 +1,10 @@
-//! What `serve` found out at start that decides whether it is ready: whether the AWS
-//! credentials work (STS GetCallerIdentity) and where build results come from (the SQS queue,
-//! or only the reconciler). `/readyz` reads it; nothing else writes it after start. Each
-//! [`Reason`] has a severity, the detail the admin listener shows, and the short generic label
-//! the public listener shows instead.
+//! What decides whether `serve` is ready, besides the journal's own health: what it is still
+//! doing at start (waiting for the journal lock, opening the journal), whether the AWS
+//! credentials work (STS GetCallerIdentity), where build results come from (the SQS queue, or
+//! only the reconciler), whether the first round of webhook delivery recovery has run, and how
+//! the last backup went. `/readyz` reads it.
+//! Each [`Reason`] has a severity, the detail the admin listener shows, and the short generic
+//! label the public listener shows instead.
 
 use std::sync::RwLock;
 
@@ -19,7 +21,42 @@ pub struct Facts {
     pub credentials_error: Option<String>,
     /// Set when no queue was found: build results then come only from the reconciler.
     pub queue_warning: Option<String>,
+    /// What `serve` is still doing before it serves (None: it serves).
+    pub starting: Option<String>,
+    /// Webhook delivery recovery: pushes GitHub failed to deliver while slipway was down.
+    pub recovery: Recovery,
+    /// The last backup (None: none since start).
+    pub last_backup: Option<BackupOutcome>,
 }
+
+/// Where delivery recovery is.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum Recovery {
+    /// The first round has not finished: pushes sent while slipway was down may not have been
+    /// asked for again yet.
+    #[default]
+    Pending,
+    /// The first round finished.
+    Done,
+    /// The first round failed (the reason is logged too); later rounds try again.
+    Failed(String),
+    /// Not configured: why.
+    Off(String),
+}
+
+/// When the last backup ran and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BackupOutcome {
+    /// RFC 3339.
+    pub at: String,
+    pub to: String,
+    /// None: it succeeded.
+    pub error: Option<String>,
+}
+
+/// What `/readyz` says while delivery recovery is off.
+pub const RECOVERY_OFF: &str = "recovery off: pushes sent while slipway is down are lost";
 
 impl Readiness {
     pub fn set_credentials_error(&self, error: Option<String>) {
@@ -28,6 +65,18 @@ impl Readiness {
 
     pub fn set_queue_warning(&self, warning: Option<String>) {
         self.facts.write().expect("not poisoned").queue_warning = warning;
+    }
+
+    pub fn set_starting(&self, what: Option<String>) {
+        self.facts.write().expect("not poisoned").starting = what;
+    }
+
+    pub fn set_recovery(&self, recovery: Recovery) {
+        self.facts.write().expect("not poisoned").recovery = recovery;
+    }
+
+    pub fn set_last_backup(&self, outcome: BackupOutcome) {
+        self.facts.write().expect("not poisoned").last_backup = Some(outcome);
     }
 
     pub fn facts(&self) -> Facts {
@@ -58,20 +107,60 @@ pub struct Reason {
 impl Facts {
     /// Everything that keeps slipway from being ready or makes it work worse, problems first.
     pub fn reasons(&self) -> Vec<Reason> {
-        let mut reasons: Vec<Reason> = self
-            .credentials_error
-            .iter()
-            .map(|e| Reason {
-                severity: Severity::Problem,
-                public: "AWS unavailable",
-                detail: format!("AWS credentials: {e}"),
-            })
-            .collect();
-        reasons.extend(self.queue_warning.iter().map(|w| Reason {
+        let problem = |public, detail| Reason {
+            severity: Severity::Problem,
+            public,
+            detail,
+        };
+        let warning = |public, detail| Reason {
             severity: Severity::Warning,
-            public: "build results delayed",
-            detail: w.clone(),
-        }));
+            public,
+            detail,
+        };
+        let mut reasons: Vec<Reason> = self
+            .starting
+            .iter()
+            .map(|s| problem("starting", s.clone()))
+            .collect();
+        reasons.extend(
+            self.credentials_error
+                .iter()
+                .map(|e| problem("AWS unavailable", format!("AWS credentials: {e}"))),
+        );
+        if self.recovery == Recovery::Pending {
+            reasons.push(problem(
+                "starting",
+                "the first round of webhook delivery recovery has not finished (pushes sent \
+                 while slipway was down are being asked for again)"
+                    .to_owned(),
+            ));
+        }
+        reasons.extend(
+            self.queue_warning
+                .iter()
+                .map(|w| warning("build results delayed", w.clone())),
+        );
+        match &self.recovery {
+            Recovery::Off(why) => {
+                reasons.push(warning("recovery off", format!("{RECOVERY_OFF} ({why})")))
+            }
+            Recovery::Failed(why) => reasons.push(warning(
+                "recovery failed",
+                format!("the first round of webhook delivery recovery failed: {why}"),
+            )),
+            Recovery::Pending | Recovery::Done => {}
+        }
+        if let Some(BackupOutcome {
+            at,
+            to,
+            error: Some(e),
+        }) = &self.last_backup
+        {
+            reasons.push(warning(
+                "last backup failed",
+                format!("the last backup (to {to}, at {at}) failed: {e}"),
+            ));
+        }
         reasons
     }
 
@@ -139,6 +228,7 @@ mod tests {
     #[test]
     fn only_credentials_make_slipway_unready() {
         let r = Readiness::default();
+        r.set_recovery(Recovery::Done);
         r.set_queue_warning(Some("no queue".into()));
         assert!(r.facts().problems().is_empty());
         r.set_credentials_error(Some("no credentials found".into()));

@@ -60,3 +60,109 @@ pub async fn find_queue(config: &mut Config, aws: &Clients, readiness: &Readines
         }
     }
 }
+
+/// The ECS task this process runs in, from the task metadata endpoint (v4), to name it in the
+/// journal lock: `GET ${ECS_CONTAINER_METADATA_URI_V4}/task` answers a JSON object whose
+/// `TaskARN` is the task's ARN (AWS: "Amazon ECS task metadata endpoint version 4"). None off
+/// ECS, or when the endpoint does not answer within a second.
+pub async fn ecs_task_arn(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct TaskMetadata {
+        #[serde(rename = "TaskARN")]
+        task_arn: String,
+    }
+    let base = env("ECS_CONTAINER_METADATA_URI_V4").filter(|u| !u.is_empty())?;
+    let url = format!("{}/task", base.trim_end_matches('/'));
+    let answer = async {
+        reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(1))
+            .send()
+            .await?
+            .error_for_status()?
+            .json::<TaskMetadata>()
+            .await
+    };
+    match answer.await {
+        Ok(task) => Some(task.task_arn),
+        Err(e) => {
+            tracing::warn!(error = %e, %url, "the ECS task metadata endpoint did not say which task this is");
+            None
+        }
+    }
+}
+
+/// Whether webhook delivery recovery will run, and if not, why: it needs `[github]` API
+/// credentials and at least one `[[github.hook]]`.
+pub fn recovery_state(config: &Config, credentials: bool) -> crate::readiness::Recovery {
+    use crate::readiness::Recovery;
+    let hooks = config.github.as_ref().is_some_and(|g| !g.hooks.is_empty());
+    let why = match (credentials, hooks) {
+        (true, true) => return Recovery::Pending,
+        (false, true) => "no GitHub API credentials ([github] and its app or token settings)",
+        (true, false) => "no [[github.hook]] to recover deliveries of",
+        (false, false) => "no [github] credentials and no [[github.hook]]",
+    };
+    tracing::warn!(reason = why, "{}", crate::readiness::RECOVERY_OFF);
+    Recovery::Off(why.to_owned())
+}
+
+/// Takes the journal for `serve`: waits up to `[journal] lock_wait_secs` while another slipway
+/// holds it (a task being replaced may still be stopping), saying whom it waits for in the log
+/// and in `/readyz`, then opens it (migrating if needed). None if `shutdown` came first.
+pub async fn take_journal(
+    config: &Config,
+    readiness: &Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<crate::journal::Journal>> {
+    use crate::journal::lock::{Holder, JournalLock};
+    use anyhow::Context;
+    let state_dir = config.state_dir.clone();
+    let me = Holder::this_process(ecs_task_arn(|name| std::env::var(name).ok()).await);
+    let wait = std::time::Duration::from_secs(config.journal.lock_wait_secs);
+    let mut last_holder: Option<Option<Holder>> = None;
+    let mut last_log = std::time::Instant::now();
+    let waiting = JournalLock::wait_exclusive(&state_dir, &me, wait, |holder, waited| {
+        let whom = match holder {
+            Some(h) => format!("held by {h}"),
+            None => "held by a process that did not say who it is".to_owned(),
+        };
+        readiness.set_starting(Some(format!(
+            "waiting for the journal lock {whom} ({} s of at most {} s)",
+            waited.as_secs(),
+            wait.as_secs()
+        )));
+        // Logged when the holder changes, and every 15 s.
+        if last_holder.as_ref() != Some(&holder.cloned())
+            || last_log.elapsed() >= std::time::Duration::from_secs(15)
+        {
+            tracing::warn!(
+                holder = %whom,
+                waited_secs = waited.as_secs(),
+                lock_wait_secs = wait.as_secs(),
+                state_dir = %state_dir.display(),
+                "another slipway holds the journal: waiting for it to exit"
+            );
+            last_holder = Some(holder.cloned());
+            last_log = std::time::Instant::now();
+        }
+    });
+    let lock = tokio::select! {
+        _ = shutdown => return Ok(None),
+        lock = waiting => lock.with_context(|| format!("taking the journal in {}", config.state_dir.display()))?,
+    };
+    if last_holder.is_some() {
+        tracing::info!("took over the journal lock");
+    }
+    readiness.set_starting(Some(
+        "opening the journal (migrating it if needed)".to_owned(),
+    ));
+    let settings = config.journal.clone();
+    let journal = tokio::task::spawn_blocking(move || {
+        crate::journal::Journal::open_locked(&state_dir, lock, &settings)
+    })
+    .await
+    .context("the journal's opening task failed")?
+    .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    Ok(Some(journal))
+}

@@ -23,6 +23,7 @@ use super::client::{As, Client};
 use super::{GithubError, Hook, HookOwner, RECOVERY_ACTOR};
 use crate::clock::SharedClock;
 use crate::journal::{millis, Journal, NewRecovery, RecoveryState};
+use crate::readiness::{Readiness, Recovery as ReadyState};
 
 /// Deliveries asked for per page (GitHub's maximum).
 const PER_PAGE: u32 = 100;
@@ -58,10 +59,30 @@ struct Attempt {
 }
 
 impl Recovery {
-    /// Recovers at once, then every `every`, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Recovers at once, then every `every`, until `shutdown`. `readiness` learns how the
+    /// first round went: `/readyz` answers 503 until it has finished or failed.
+    pub async fn run(self, shutdown: CancellationToken, readiness: Arc<Readiness>) {
+        let mut first = true;
         loop {
-            self.recover_all().await;
+            let failed = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                failed = self.recover_all() => failed,
+            };
+            if first {
+                first = false;
+                readiness.set_recovery(match failed {
+                    None => ReadyState::Done,
+                    Some(why) => {
+                        tracing::error!(
+                            error = %why,
+                            "the first round of delivery recovery failed: pushes GitHub could \
+                             not deliver while slipway was down may be lost until a later round \
+                             succeeds"
+                        );
+                        ReadyState::Failed(why)
+                    }
+                });
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.every) => {}
@@ -69,17 +90,21 @@ impl Recovery {
         }
     }
 
-    async fn recover_all(&self) {
+    /// One round over every hook; returns why it failed for some hook, if it did.
+    async fn recover_all(&self) -> Option<String> {
         let mut requested = 0;
+        let mut failed = Vec::new();
         for hook in &self.hooks {
             match self.recover(hook).await {
                 Ok(n) => requested += n,
                 Err(e) => {
-                    tracing::warn!(hook = hook.id, error = %e, "delivery recovery failed for this hook")
+                    tracing::warn!(hook = hook.id, error = %e, "delivery recovery failed for this hook");
+                    failed.push(format!("hook {}: {e}", hook.id));
                 }
             }
         }
         tracing::info!(requested, "delivery recovery round finished");
+        (!failed.is_empty()).then(|| failed.join("; "))
     }
 
     fn auth(hook: &Hook) -> As {

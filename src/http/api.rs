@@ -136,6 +136,45 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/deployments", get(deployments))
         .route("/api/deployments/{id}", get(deployment))
         .route("/api/github/recoveries", get(github_recoveries))
+        .route("/api/backups", get(last_backup).post(take_backup))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    /// A file path on this host or s3://bucket/key; default: a stamped copy at `backup_to`.
+    to: Option<String>,
+}
+
+/// Takes a consistent backup of the journal now (issue 21; `slipway backup` while serving).
+async fn take_backup(
+    Operator(who): Operator,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: BackupBody = parse(&body)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let to = state.backups.target(body.to.as_deref()).map_err(bad)?;
+    tracing::info!(operator = %who, to = %to, "backup requested");
+    match state.backups.take(&to).await {
+        Ok(taken) => Ok(Json(json!({ "backup": taken }))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "backup_failed",
+            e.to_string(),
+        )),
+    }
+}
+
+/// The last backup's outcome and the schedule.
+async fn last_backup(
+    _: Operator,
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let last = state.backups.last().await.map_err(OpsError::from)?;
+    Ok(Json(
+        json!({ "last": last, "schedule": state.backups.schedule() }),
+    ))
 }
 
 async fn apps(_: Operator, State(state): State<AppState>) -> Json<serde_json::Value> {

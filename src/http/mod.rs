@@ -27,6 +27,7 @@ mod api;
 mod body;
 mod conn;
 mod slack;
+mod starting;
 mod status;
 mod webhook;
 
@@ -38,6 +39,7 @@ use crate::deploy::Deployer;
 use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
 use crate::notify::Notifier;
+pub use starting::answer_while_starting;
 
 /// What every request handler can reach: one `Arc`, so a request clones a pointer, not every
 /// client and handle in it (that was about 5 % of a webhook request's CPU).
@@ -68,6 +70,8 @@ pub struct Shared {
     pub slack_secret: Option<Arc<crate::config::Secret>>,
     /// What `serve` found at start (credentials, queue), for `/readyz`.
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// Journal backups (`/api/backups`).
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 /// Everything `run` needs from outside.
@@ -84,6 +88,8 @@ pub struct Services {
     pub readiness: Arc<crate::readiness::Readiness>,
     /// GitHub API credentials; None: no statuses, deployments or recovery.
     pub github: Option<crate::github::Credentials>,
+    /// Journal backups, on request and on `[journal] backup_to`'s schedule.
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 /// The public listener: what GitHub, Slack and the load balancer's health check reach.
@@ -284,6 +290,7 @@ pub async fn run(
         slack_secret,
         readiness,
         github,
+        backups,
     } = services;
     if slack_secret.is_some() && config.chat.slack_team_id.is_none() {
         anyhow::bail!(crate::config::SLACK_TEAM_REQUIRED);
@@ -323,7 +330,7 @@ pub async fn run(
         .as_ref()
         .map(|g| g.client.clone() as Arc<dyn crate::push_filter::ChangedFilesSource>);
     if let Some(recovery) = github.and_then(|g| g.recovery) {
-        worker_tasks.spawn(recovery.run(workers.clone()));
+        worker_tasks.spawn(recovery.run(workers.clone(), readiness.clone()));
     }
     let deployer = Arc::new(Deployer::new(
         journal.clone(),
@@ -370,6 +377,9 @@ pub async fn run(
         }
         .run(workers.clone()),
     );
+    if let Some(to) = config.journal.backup_to.clone() {
+        worker_tasks.spawn(backups.clone().run_schedule(to, workers.clone()));
+    }
     let ops = crate::ops::Ops {
         config: config.clone(),
         journal: journal.clone(),
@@ -405,6 +415,7 @@ pub async fn run(
         slack_secret: slack_secret.map(Arc::new),
         body_budget: Arc::new(body::Budget::new(limits.unauthenticated_body_bytes)),
         readiness,
+        backups,
     });
     let public_app = public_router(state.clone());
     let admin_app = admin_router(state.clone());

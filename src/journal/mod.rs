@@ -9,6 +9,7 @@
 //! The typed methods in the submodules are the journal's whole interface, so another store
 //! (DynamoDB, for several replicas) can stand behind the same calls later.
 
+pub mod backup;
 mod body_codec;
 mod bulk;
 mod checkpoint;
@@ -16,6 +17,7 @@ mod deliveries;
 mod deployments;
 mod events;
 mod github;
+pub mod lock;
 mod retention;
 mod schema;
 mod slack;
@@ -58,6 +60,12 @@ pub enum JournalError {
     /// The writer is behind (a slow or stalled disk): try again shortly. Nothing was stored.
     #[error("journal is busy: {0}")]
     Busy(String),
+    /// Another process holds the journal (see [`lock`]).
+    #[error("journal: {0}")]
+    Locked(#[from] lock::LockError),
+    /// The read-only CLI was refused: `serve` holds the journal.
+    #[error("slipway is running on {host}; use SLIPWAY_SERVER (or --server) with its admin URL to ask it ({holder})")]
+    ServerRunning { host: String, holder: String },
     /// Retention dropped this delivery's body; its metadata is still there.
     #[error("payload no longer kept (older than the journal's keep_bodies_days)")]
     PayloadNotKept,
@@ -131,8 +139,8 @@ struct Inner {
     /// When the writer took its current group (ms since `epoch`), or -1 while it waits for work.
     busy_since: Arc<AtomicI64>,
     epoch: Instant,
-    /// Held while the journal is open for writing.
-    _lock: Option<std::fs::File>,
+    /// Held while the journal is open: exclusive for writing, shared for reading only.
+    _lock: Option<lock::JournalLock>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -211,6 +219,16 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, JournalError> {
 /// How long the writer may sit on one group before the journal counts as stalled.
 const STALLED_AFTER: Duration = Duration::from_secs(2);
 
+/// Creates `state_dir` if needed, owner-only whatever the umask (the journal holds private
+/// repositories' payloads).
+fn prepare_state_dir(state_dir: &Path) -> Result<(), JournalError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Create {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    private(state_dir, 0o700)
+}
+
 /// While this file exists in `state_dir`, the writer takes no new group: a documented way to
 /// make the journal's disk "stall" on purpose (backpressure tests, drills). Remove it to resume.
 pub const HOLD_FILE: &str = "journal.hold";
@@ -221,39 +239,36 @@ impl Journal {
         Journal::open_with(state_dir, &crate::config::JournalConfig::default())
     }
 
-    /// Opens (creating if needed) the journal in `state_dir`.
+    /// Opens (creating if needed) the journal in `state_dir`, refusing at once if another
+    /// process holds it.
     pub fn open_with(
         state_dir: &Path,
         settings: &crate::config::JournalConfig,
     ) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Create {
-            path: state_dir.to_owned(),
-            source,
-        })?;
-        // The journal holds private repositories' payloads: owner-only, whatever the umask.
-        private(state_dir, 0o700)?;
-        // One slipway per journal: a second one would run the same builds and deploys.
-        let lock_path = state_dir.join("slipway.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| JournalError::Create {
-                path: lock_path.clone(),
-                source,
-            })?;
-        if let Err(e) = lock.try_lock() {
-            return Err(JournalError::Invalid(match e {
-                std::fs::TryLockError::WouldBlock => format!(
-                    "another slipway is using {} (only one may run per state_dir)",
-                    state_dir.display()
-                ),
-                std::fs::TryLockError::Error(e) => {
-                    format!("cannot lock {}: {e}", lock_path.display())
-                }
-            }));
-        }
+        let lock = lock::JournalLock::try_exclusive(state_dir, &lock::Holder::this_process(None))?;
+        Journal::open_locked(state_dir, lock, settings)
+    }
+
+    /// Opens (creating if needed) the journal in `state_dir`, whose lock the caller holds
+    /// (`serve` waits for it, see [`lock::JournalLock::wait_exclusive`]).
+    pub fn open_locked(
+        state_dir: &Path,
+        lock: lock::JournalLock,
+        settings: &crate::config::JournalConfig,
+    ) -> Result<Journal, JournalError> {
+        Journal::open_with_known_version(state_dir, lock, settings, schema::MIGRATIONS.len())
+    }
+
+    /// Opens the journal as a release that knows the first `known` migrations would (the real
+    /// open passes all of them; a test passes one fewer to be the previous release).
+    pub(crate) fn open_with_known_version(
+        state_dir: &Path,
+        lock: lock::JournalLock,
+        settings: &crate::config::JournalConfig,
+        known: usize,
+    ) -> Result<Journal, JournalError> {
+        prepare_state_dir(state_dir)?;
+        let lock_path = lock.path().to_owned();
         let path = state_dir.join("journal.db");
         // SQLite gives the -wal and -shm files the database file's mode, so creating it 0600
         // first keeps all three private.
@@ -274,7 +289,7 @@ impl Journal {
         // Checkpoints run on their own thread (checkpoint.rs), not inside a group commit.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
-        schema::migrate(&mut writer)?;
+        schema::migrate_known(&mut writer, known)?;
         // Copy what the WAL holds (a migration's rewritten tables, or the writes before a
         // crash) now, before anything waits for the writer: left to the checkpointer's first
         // idle truncation, a large copy would hold the write lock while deliveries wait.
@@ -308,7 +323,9 @@ impl Journal {
         })
     }
 
-    /// Opens an existing journal for reading only (the CLI, while the server runs).
+    /// Opens an existing journal for reading only (the CLI), under a shared lock: refused while
+    /// `serve` holds the journal (its answers are the ones to trust then, and the journal may be
+    /// on another host's disk: SQLite's WAL is for one host only).
     pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
         let path = state_dir.join("journal.db");
         if !path.exists() {
@@ -317,6 +334,22 @@ impl Journal {
                 path.display()
             )));
         }
+        let lock = match lock::JournalLock::try_shared(state_dir) {
+            Ok(lock) => lock,
+            Err(lock::LockError::Held(holder)) => {
+                return Err(JournalError::ServerRunning {
+                    host: holder
+                        .as_ref()
+                        .map(|h| h.host.clone())
+                        .unwrap_or_else(|| "this state_dir".to_owned()),
+                    holder: match holder {
+                        Some(h) => h.to_string(),
+                        None => "it has not said who it is yet".to_owned(),
+                    },
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         let reader = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         Ok(Journal {
             inner: Arc::new(Inner {
@@ -327,7 +360,7 @@ impl Journal {
                 max_admissions: 0,
                 busy_since: Arc::new(AtomicI64::new(-1)),
                 epoch: Instant::now(),
-                _lock: None,
+                _lock: Some(lock),
             }),
         })
     }
@@ -628,5 +661,7 @@ pub fn format_millis(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_compat;
 #[cfg(test)]
 mod tests_speed;

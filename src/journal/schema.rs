@@ -1,4 +1,13 @@
 //! The journal's tables. A new version appends a migration; old ones never change.
+//!
+//! Upgrades can roll back (issue 21): every migration keeps the journal readable and writable
+//! by the release before it. It adds tables, nullable columns or columns with a default, and
+//! indexes; it never drops or renames a table or a column, nor changes what a stored value
+//! means (`every_migration_is_additive` checks the structure of each). The journal records the
+//! oldest schema version whose release can still use it (`meta.oldest_reader_version`): a
+//! release that knows fewer migrations opens the journal if it is at least that version, and
+//! refuses otherwise. Migrations 5 and 7, from before the rule, are the only exceptions
+//! ([`NOT_READABLE_BY_OLDER`]).
 
 use std::collections::BTreeSet;
 
@@ -269,11 +278,76 @@ INSERT OR IGNORE INTO meta (key, value)
 "#,
 ];
 
-pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
-    migrate_to(conn, MIGRATIONS.len())
+/// The migrations a release before them cannot live with, and why. A new entry is a breaking
+/// change: it needs a release that says so and a way back (see the module's comment), and
+/// `every_migration_is_additive` refuses one after [`LAST_BEFORE_THE_RULE`].
+pub(super) const NOT_READABLE_BY_OLDER: &[(usize, &str)] = &[
+    (
+        5,
+        "bodies moved to their own table and deliveries.body was dropped: an older release \
+         stores and reads payloads in that column",
+    ),
+    (
+        7,
+        "bodies may be stored zstd-compressed: an older release would take the compressed bytes \
+         for the payload (a replay would send them)",
+    ),
+];
+
+/// The last migration written before every migration had to be additive.
+#[cfg(test)]
+pub(super) const LAST_BEFORE_THE_RULE: usize = 11;
+
+/// The `meta` key holding the oldest schema version whose release can use the journal.
+pub(super) const OLDEST_READER: &str = "oldest_reader_version";
+
+/// The oldest schema version whose release can use a journal at `version`: the last migration
+/// up to it that a release before it cannot live with (1: any release that has the rule).
+pub(super) fn oldest_reader(version: usize) -> usize {
+    NOT_READABLE_BY_OLDER
+        .iter()
+        .map(|(v, _)| *v)
+        .filter(|v| *v <= version)
+        .max()
+        .unwrap_or(1)
+}
+
+/// Migrates as a release that knows only the first `known` migrations would: how tests open a
+/// journal with the previous release's expectations (`known` = this release's minus one).
+pub(crate) fn migrate_known(conn: &mut Connection, known: usize) -> Result<(), JournalError> {
+    migrate_with(conn, &MIGRATIONS[..known], known)
+}
+
+/// The value of `key` in the journal's `meta` table, if set.
+pub(crate) fn meta_value(conn: &Connection, key: &str) -> Result<Option<String>, JournalError> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Why a release that knows `known` migrations cannot use a journal at `version`, if it can't;
+/// None if it can (the journal's oldest reader is at most `known`).
+pub(crate) fn newer_journal_refusal(
+    conn: &Connection,
+    version: i64,
+    known: i64,
+) -> Result<Option<String>, JournalError> {
+    let oldest = meta_value(conn, OLDEST_READER)?.and_then(|v| v.parse::<i64>().ok());
+    match oldest {
+        Some(oldest) if oldest <= known => Ok(None),
+        _ => Ok(Some(format!(
+            "the journal is at schema version {version}, newer than this slipway knows \
+             ({known}), and releases before schema version {} cannot use it: run a newer \
+             slipway, or restore the backup taken before the upgrade (`slipway restore --from \
+             …`, which keeps aside the journal it replaces)",
+            oldest.map_or_else(|| version.to_string(), |o| o.to_string())
+        ))),
+    }
 }
 
 /// Applies the migrations up to version `target` (a test builds yesterday's journal with it).
+#[cfg(test)]
 pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), JournalError> {
     migrate_with(conn, MIGRATIONS, target)
 }
@@ -333,12 +407,22 @@ fn migrate_in(
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = migrations.len() as i64;
     if version > known {
-        return Err(JournalError::Invalid(format!(
-            "the journal is at schema version {version}, newer than this slipway knows ({known}); \
-             run a newer slipway"
-        )));
+        if let Some(why) = newer_journal_refusal(&tx, version, known)? {
+            return Err(JournalError::Invalid(why));
+        }
+        // A rollback: the newer release's migrations were additive, so this one uses the
+        // journal as it is; what the newer release added stays for when it comes back.
+        tracing::warn!(
+            journal_version = version,
+            known_version = known,
+            "running an older release on a journal a newer one migrated (a rollback): it is \
+             used as it is, without migrating"
+        );
+        return Ok(());
     }
     if (version as usize) >= target {
+        record_oldest_reader(&tx, version as usize)?;
+        tx.commit()?;
         return Ok(());
     }
     // References broken before (which slipway's own connections never write) are reported and
@@ -360,6 +444,7 @@ fn migrate_in(
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
+    record_oldest_reader(&tx, target)?;
     let after = broken_references(&tx)?;
     if let Some(broken) = after.difference(&before).next() {
         return Err(JournalError::Invalid(format!(
@@ -368,6 +453,20 @@ fn migrate_in(
         )));
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Records which releases can use a journal at `version` (for a release that knows fewer
+/// migrations: see [`newer_journal_refusal`]). Nothing is written when it is already there.
+fn record_oldest_reader(tx: &Connection, version: usize) -> Result<(), JournalError> {
+    if version == 0 {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value",
+        rusqlite::params![OLDEST_READER, oldest_reader(version).to_string()],
+    )?;
     Ok(())
 }
 

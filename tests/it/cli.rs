@@ -125,7 +125,16 @@ async fn without_queue_url_serve_finds_the_queue_by_name_or_says_it_is_late() {
     let s = b.start().await;
     let (status, body) = s.admin_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["warnings"], serde_json::json!([]), "{body}");
+    // Only that delivery recovery is off (no [github] here).
+    let warnings = body["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{body}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("recovery off: pushes sent while slipway is down are lost"),
+        "{body}"
+    );
     let logs = s.logs();
     assert!(
         logs.contains("found the events queue by name") && logs.contains(&queue),
@@ -310,7 +319,12 @@ async fn empty_lists_say_so_and_json_is_always_valid() {
     let journal = ["--config", config];
     let remote = ["--server", server.as_str()];
     let token = [("SLIPWAY_OPS_TOKEN", TOKEN)];
-    for source in [journal.as_slice(), remote.as_slice()] {
+    // The server first; the journal once the server is gone (the CLI is refused while a
+    // server holds it).
+    for source in [remote.as_slice(), journal.as_slice()] {
+        if source == journal.as_slice() {
+            s.terminate();
+        }
         let run = |args: &[&str]| {
             let args: Vec<&str> = args.iter().chain(source).copied().collect();
             cli(&b, &token, &args)
@@ -336,7 +350,6 @@ async fn empty_lists_say_so_and_json_is_always_valid() {
         assert_eq!(code, Some(1), "{source:?}: {out}{err}");
         assert!(err.contains("unknown app nope"), "{source:?}: {err}");
     }
-    s.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -721,14 +721,18 @@ async fn the_same_push_from_two_hooks_builds_once() {
 }
 
 #[tokio::test]
-async fn a_second_slipway_on_the_same_state_dir_refuses_to_start() {
+async fn a_second_slipway_told_not_to_wait_refuses_to_start_naming_the_first() {
     let w = world().await;
-    let builder = SlipwayBuilder::new(&w.proxy.url);
-    let _first = builder.start().await;
+    let builder = SlipwayBuilder::new(&w.proxy.url).extra("[journal]\nlock_wait_secs = 0\n");
+    let first = builder.start().await;
     let config = builder.config_path();
     let (status, _, err) = builder.run(&["serve", "--config", config.to_str().unwrap()]);
     assert!(!status.success());
-    assert!(err.contains("another slipway is using"), "{err}");
+    assert!(
+        err.contains("waiting for the journal lock, held by slipway pid")
+            && err.contains(&format!("pid {} on", first.pid())),
+        "{err}"
+    );
 }
 
 #[tokio::test]

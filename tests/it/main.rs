@@ -4,6 +4,7 @@
 
 mod support;
 
+mod backup;
 mod chat;
 mod cli;
 mod deploy;
@@ -17,9 +18,11 @@ mod healthcheck;
 mod iam_policy;
 mod intake;
 mod intake_history;
+mod journal_lock;
 mod metrics;
 mod monorepo;
 mod ops;
 mod provision;
 mod proxy_selftest;
+mod recovery_ready;
 mod status_page;

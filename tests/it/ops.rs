@@ -113,7 +113,12 @@ async fn the_ops_api_needs_a_valid_token_and_is_never_open() {
 
     // No tokens configured: every ops route refuses, the rest still serves.
     drop(s);
-    let s = w.builder.start().await;
+    let s = w
+        .builder
+        .clone()
+        .env("SLIPWAY_OPS_TOKENS", "")
+        .start()
+        .await;
     for token in [None, Some(TOKEN)] {
         let (status, body) = call(&s, "GET", "/api/apps", token, None).await;
         assert_eq!((status, body["code"].as_str()), (403, Some("ops_disabled")));

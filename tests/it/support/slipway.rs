@@ -28,7 +28,17 @@ pub struct SlipwayBuilder {
     apps: String,
     extra: String,
     env: Vec<(String, String)>,
+    /// The admin URL of the `serve` running on this state_dir, if one is: the CLI's listings
+    /// then ask it (the CLI refuses to read a journal a server holds).
+    /// Its ops token too (the builder that started it may have been a clone with its own).
+    running: Arc<Mutex<Option<Running>>>,
 }
+
+/// The running `serve`'s admin URL and the ops token it accepts (None: its ops API is off).
+type Running = (String, Option<String>);
+
+/// The ops token the harness gives a `serve` whose test set none, so the listings can ask it.
+pub const HARNESS_TOKEN: &str = "harness-ops-token-0123456789";
 
 pub struct Slipway {
     child: Child,
@@ -49,6 +59,7 @@ impl SlipwayBuilder {
             apps: DEFAULT_APPS.to_owned(),
             extra: String::new(),
             env: Vec::new(),
+            running: Arc::default(),
         }
     }
 
@@ -120,11 +131,46 @@ impl SlipwayBuilder {
         cmd
     }
 
-    /// Runs `slipway serve` and waits until it listens.
+    /// The ops token this builder's `serve` accepts: the test's own (the first of
+    /// SLIPWAY_OPS_TOKENS), or the harness's when the test set none. None: the test disabled
+    /// the ops API (SLIPWAY_OPS_TOKENS set empty).
+    fn ops_token(&self) -> Option<String> {
+        match self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "SLIPWAY_OPS_TOKENS")
+        {
+            None => Some(HARNESS_TOKEN.to_owned()),
+            Some((_, v)) => v
+                .split(',')
+                .map(str::trim)
+                .find(|e| !e.is_empty())
+                .map(|e| e.rsplit(':').next().unwrap_or(e).to_owned()),
+        }
+    }
+
+    /// Runs `slipway serve` and waits until it serves.
     pub async fn start(&self) -> Slipway {
+        let s = self.launch(true).await;
+        *self.running.lock().unwrap() = Some((s.admin_url.clone(), self.ops_token()));
+        s
+    }
+
+    /// Runs `slipway serve` and waits until it listens, without taking it for the one that
+    /// holds the journal (a second `serve` waiting for the lock).
+    pub async fn spawn(&self) -> Slipway {
+        self.launch(false).await
+    }
+
+    /// Runs `slipway serve`, and waits until it serves or, unless `serving`, only listens.
+    async fn launch(&self, serving: bool) -> Slipway {
         let config = self.write_config();
-        let mut child = self
-            .command()
+        let mut command = self.command();
+        if !self.env.iter().any(|(k, _)| k == "SLIPWAY_OPS_TOKENS") {
+            command.env("SLIPWAY_OPS_TOKENS", format!("harness:{HARNESS_TOKEN}"));
+        }
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -140,7 +186,10 @@ impl SlipwayBuilder {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("slipway| {line}");
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["fields"]["message"] == "listening" {
+                    // "listening, starting": not serving yet (waiting for the journal lock);
+                    // "listening": serving.
+                    let message = v["fields"]["message"].as_str().unwrap_or("");
+                    if message == "listening" || (message == "listening, starting" && !serving) {
                         let field = |k: &str| v["fields"][k].as_str().unwrap_or("").to_owned();
                         let _ = addr_tx.send((field("addr"), field("admin_addr")));
                     }
@@ -189,16 +238,37 @@ impl SlipwayBuilder {
         self.json_lines("deployments")
     }
 
+    /// Marks the `serve` started from this builder as the one holding the journal now (after
+    /// a second one took over).
+    pub fn now_running(&self, s: &Slipway) {
+        *self.running.lock().unwrap() = Some((s.admin_url.clone(), s.builder.ops_token()));
+    }
+
     fn json_lines(&self, subcommand: &str) -> Vec<serde_json::Value> {
         let config = self.config_path();
-        let (status, out, err) = self.run(&[
-            subcommand,
-            "--json",
-            "--limit",
-            "1000",
-            "--config",
-            config.to_str().unwrap(),
-        ]);
+        let mut args = vec![
+            subcommand.to_owned(),
+            "--json".to_owned(),
+            "--limit".to_owned(),
+            "1000".to_owned(),
+            "--config".to_owned(),
+            config.to_str().unwrap().to_owned(),
+        ];
+        let running = self.running.lock().unwrap().clone();
+        self.write_config();
+        let mut command = self.command();
+        if let Some((admin, token)) = running {
+            args.extend(["--server".to_owned(), admin]);
+            if let Some(token) = token {
+                command.env("SLIPWAY_OPS_TOKEN", token);
+            }
+        }
+        let out = command.args(&args).output().expect("run slipway");
+        let (status, out, err) = (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
         assert!(status.success(), "slipway {subcommand} failed: {err}");
         serde_json::from_str(&out).expect("--json prints one JSON array")
     }
@@ -223,6 +293,18 @@ impl Slipway {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.stopped();
+    }
+
+    /// This process no longer holds the journal: the listings read it again.
+    fn stopped(&self) {
+        let mut running = self.builder.running.lock().unwrap();
+        if running
+            .as_ref()
+            .is_some_and(|(admin, _)| *admin == self.admin_url)
+        {
+            *running = None;
+        }
     }
 
     /// SIGTERM, then waits for the exit.
@@ -233,6 +315,7 @@ impl Slipway {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.stopped();
                 return status;
             }
             assert!(
@@ -306,5 +389,6 @@ impl Drop for Slipway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.stopped();
     }
 }
