@@ -255,6 +255,16 @@ CREATE INDEX builds_by_delivery ON builds (delivery);
 CREATE INDEX builds_by_token ON builds (token)
     WHERE build_id IS NULL AND start_requested_ms IS NOT NULL;
 "#,
+    // Issue 22 (deploys judged the way ECS judges them): the service deployment ECS names, the
+    // deadline taken from the service's strategy and why, "cannot see the service" while looks
+    // fail, and the original of a copied rollback target. Additive: nullable columns.
+    r#"
+ALTER TABLE deployments ADD COLUMN service_deployment_arn TEXT;
+ALTER TABLE deployments ADD COLUMN deadline_ms INTEGER;
+ALTER TABLE deployments ADD COLUMN deadline_why TEXT;
+ALTER TABLE deployments ADD COLUMN unseen TEXT;
+ALTER TABLE deployments ADD COLUMN from_original TEXT;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), JournalError> {

@@ -7,6 +7,7 @@ mod support;
 mod chat;
 mod cli;
 mod deploy;
+mod deploy_ecs;
 mod deploy_files;
 mod deploy_safety;
 mod edge;

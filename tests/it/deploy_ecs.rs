@@ -1,0 +1,302 @@
+//! Issue 22: deploys judged the way ECS judges them: the service deployment ECS names (opaque
+//! ids), never a rollback decided without seeing the service, deadlines from the service's
+//! strategy, and ECS's own rollback at the deadline. Rollouts are scripted through the proxy,
+//! which models ECS's service deployments and revisions as the API reference describes them.
+
+use std::time::Duration;
+
+use aws_sdk_ecs::types::{DeploymentConfiguration, DeploymentStrategy};
+use serde_json::Value;
+
+use crate::deploy::{web_with, Deploy, Setup};
+use crate::support::proxy::Rollout;
+use crate::support::world::{CLUSTER, SERVICE};
+use crate::support::{eventually, sdk_config, MASTER_SHA};
+
+fn reason(d: &Value) -> &str {
+    d["reason"].as_str().unwrap_or("")
+}
+
+async fn ecs(w: &Deploy) -> aws_sdk_ecs::Client {
+    aws_sdk_ecs::Client::new(&sdk_config(&w.proxy.url).await)
+}
+
+/// Sets the service's deployment configuration, through the proxy (the emulator drops it).
+async fn configure(w: &Deploy, config: DeploymentConfiguration) {
+    ecs(w)
+        .await
+        .update_service()
+        .cluster(CLUSTER)
+        .service(SERVICE)
+        .deployment_configuration(config)
+        .send()
+        .await
+        .unwrap();
+}
+
+fn strategy(s: DeploymentStrategy, bake_minutes: i32) -> DeploymentConfiguration {
+    DeploymentConfiguration::builder()
+        .strategy(s)
+        .bake_time_in_minutes(bake_minutes)
+        .build()
+}
+
+/// The digits of an `ecs-svc/…` deployment id.
+fn digits(ecs_id: &str) -> &str {
+    ecs_id.rsplit('/').next().unwrap()
+}
+
+/// The UpdateService calls that name `task_definition`.
+fn updates_to(w: &Deploy, task_definition: &str) -> usize {
+    w.proxy
+        .update_service_calls()
+        .iter()
+        .filter(|c| c["taskDefinition"] == task_definition)
+        .count()
+}
+
+#[tokio::test]
+async fn the_service_deployment_is_the_one_ecs_names_confirmed_by_its_revision() {
+    // Before: slipway took the digits of `ecs-svc/…` for the service revision's id; ECS's ids
+    // are opaque, so every blue/green deploy fell back to `rolloutState`.
+    let w = Deploy::new().await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.rollouts([Rollout::Complete { after: 3 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "sdnamed-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let sds = w.proxy.service_deployments(CLUSTER, SERVICE);
+    let (arn, _, status) = sds
+        .iter()
+        .find(|(_, dep, _)| *dep == d["ecs_deployment_id"])
+        .expect("ECS's service deployment of ours");
+    assert_eq!(d["service_deployment_arn"], arn.as_str(), "{d}");
+    assert_eq!(status, "SUCCESSFUL");
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap();
+    assert!(!arn.contains(digits(ecs_id)), "opaque: {arn} vs {ecs_id}");
+    // Named by UpdateService's answer, confirmed through its target revision: no listing.
+    assert!(w.proxy.requests("ListServiceDeployments").is_empty());
+    let revisions = w.proxy.requests("DescribeServiceRevisions");
+    assert_eq!(revisions.len(), 1, "{revisions:?}");
+    assert!(!w.proxy.requests("DescribeServiceDeployments").is_empty());
+}
+
+#[tokio::test]
+async fn without_a_named_service_deployment_ecs_lists_those_created_since_the_start() {
+    let w = Deploy::new().await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.hide_current_service_deployment();
+    w.proxy.rollouts([Rollout::Complete { after: 4 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "sdlisted-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let lists = w.proxy.requests("ListServiceDeployments");
+    assert!(!lists.is_empty());
+    let after = lists[0]["createdAt"]["after"]
+        .as_f64()
+        .expect("created after the deploy's start");
+    let started = d["started_ms"].as_f64().unwrap() / 1000.0;
+    assert!(after <= started, "{after} {started}");
+    let sds = w.proxy.service_deployments(CLUSTER, SERVICE);
+    let ours = sds
+        .iter()
+        .find(|(_, dep, _)| *dep == d["ecs_deployment_id"])
+        .unwrap();
+    assert_eq!(d["service_deployment_arn"], ours.0.as_str(), "{d}");
+}
+
+#[tokio::test]
+async fn an_update_answer_without_a_primary_deployment_keeps_the_deploy_watching() {
+    // Before: the deploy failed at once, with nothing watched, while ECS rolled it out.
+    let w = Deploy::new().await;
+    w.proxy.next_update_without_deployments();
+    w.proxy.rollouts([Rollout::Complete { after: 3 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "noprimary-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    assert!(d["ecs_deployment_id"].is_string(), "found in the list: {d}");
+    assert_eq!(w.proxy.update_service_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn failing_looks_past_the_deadline_never_roll_back_a_rollout_that_completed() {
+    // Before: 3 failing looks past the timeout (15 calls with the SDK's retries) and slipway
+    // sent UpdateService(from_td) without having seen the service.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 1"),
+        ..Setup::default()
+    })
+    .await;
+    w.completed_while_down_past_the_timeout("blind-1").await;
+    w.proxy.fail("DescribeServices", 15, 500, "ServerException");
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["unseen"].is_null(), "cleared: {done}");
+    assert_eq!(updates_to(&w, &w.base_td), 0, "no rollback sent");
+    assert_eq!(w.proxy.update_service_calls().len(), 1);
+    let unseen = w.notes_of("service_unseen");
+    assert_eq!(unseen.len(), 1, "one notification: {unseen:?}");
+    assert!(
+        unseen[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot see the service: "),
+        "{unseen:?}"
+    );
+}
+
+#[tokio::test]
+async fn failing_looks_past_the_deadline_leave_an_operators_hotfix_in_place() {
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 1"),
+        ..Setup::default()
+    })
+    .await;
+    w.completed_while_down_past_the_timeout("blind-2").await;
+    // An operator hotfixes meanwhile, back on the base revision's family.
+    let hotfix = w
+        .emulator
+        .register_full_task_definition("web", "nginx:hotfix")
+        .await;
+    ecs(&w)
+        .await
+        .update_service()
+        .cluster(CLUSTER)
+        .service(SERVICE)
+        .task_definition(&hotfix)
+        .send()
+        .await
+        .unwrap();
+    w.proxy.fail("DescribeServices", 15, 500, "ServerException");
+    let _s = w.builder.start().await;
+    // While the looks fail, the deploy says so (`slipway deployments`, the API's record) and
+    // sends nothing.
+    let seen = eventually("the deploy says it cannot see the service", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["unseen"].is_string())
+    })
+    .await;
+    assert_eq!(seen["state"], "deploying", "{seen}");
+    assert!(
+        seen["unseen"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("cannot see the service: ")),
+        "{seen}"
+    );
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(reason(&done).contains("replaced"), "{done}");
+    assert_eq!(updates_to(&w, &w.base_td), 0, "no rollback sent");
+    assert_eq!(w.service_td().await, hotfix, "the hotfix stays");
+}
+
+#[tokio::test]
+async fn a_default_linear_deploy_gets_the_time_ecs_needs_and_completes() {
+    // Before: the 15-minute rollout timeout cut off every default LINEAR deploy (about 54
+    // minutes of steps plus the bake time) with an UpdateService on top of ECS's deployment.
+    let w = Deploy::new().await;
+    configure(&w, strategy(DeploymentStrategy::Linear, 5)).await;
+    w.proxy.rollouts([Rollout::Complete { after: 4 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "linear-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let why = d["deadline_why"].as_str().unwrap();
+    assert!(
+        why.contains("LINEAR: 9 steps of 10% × 6 min + 5 min bake time"),
+        "{why}"
+    );
+    assert!(
+        why.contains("longer than rollout_timeout_secs = 900"),
+        "{why}"
+    );
+    let minutes = (d["deadline_ms"].as_i64().unwrap() - d["started_ms"].as_i64().unwrap()) / 60_000;
+    assert_eq!(minutes, 54 + 5 + 5, "{d}");
+    assert!(w.proxy.requests("StopServiceDeployment").is_empty());
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy"
+    );
+}
+
+#[tokio::test]
+async fn at_the_deadline_ecs_rolls_its_own_service_deployment_back() {
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 2"),
+        ..Setup::default()
+    })
+    .await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "deadline-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    assert!(reason(&d).contains("did not complete within 2s"), "{d}");
+    assert!(
+        reason(&d).contains("ECS rolled its service deployment back"),
+        "{d}"
+    );
+    let stops = w.proxy.requests("StopServiceDeployment");
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0]["stopType"], "ROLLBACK");
+    assert_eq!(
+        stops[0]["serviceDeploymentArn"],
+        d["service_deployment_arn"]
+    );
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy: no UpdateService over ECS's deployment"
+    );
+    assert_eq!(w.service_td().await, w.base_td);
+}
+
+#[tokio::test]
+async fn an_ecs_rollback_at_the_deadline_is_watched_not_overwritten() {
+    // Before: at the timeout slipway sent UpdateService(from_td) on top of ECS's own rollback.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 1"),
+        ..Setup::default()
+    })
+    .await;
+    w.proxy.rollouts([Rollout::EcsRollbackNever { after: 1 }]);
+    let s = w.builder.start().await;
+    w.build_succeeds(&s, "ecsrb-1", MASTER_SHA).await;
+    let rolling = eventually("ECS rolling back, past the deadline", || async {
+        w.builder.deployments().into_iter().find(|d| {
+            d["stage"] == "ROLLBACK_IN_PROGRESS"
+                && d["deadline_ms"]
+                    .as_i64()
+                    .is_some_and(|t| t + 1500 < now_ms())
+        })
+    })
+    .await;
+    assert_eq!(rolling["state"], "deploying", "{rolling}");
+    assert_eq!(w.proxy.update_service_calls().len(), 1, "nothing on top");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let back = w
+        .proxy
+        .deployments(CLUSTER, SERVICE)
+        .into_iter()
+        .find(|x| x["status"] == "PRIMARY")
+        .unwrap();
+    w.proxy
+        .complete_now(CLUSTER, SERVICE, back["id"].as_str().unwrap());
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        reason(&done).contains("ECS rolled the service back"),
+        "{done}"
+    );
+    assert_eq!(w.proxy.update_service_calls().len(), 1, "nothing on top");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
