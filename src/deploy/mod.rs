@@ -308,19 +308,21 @@ impl Deployer {
         let (image, from_td, to_td) = match &d.target_task_definition {
             // A rollback puts a task definition that already ran back, as it is.
             Some(target) => {
+                let (to_td, note) = self.usable_target(app, target).await?;
                 self.update(
                     d,
                     DeploymentUpdate {
                         state: Some(deploy_state::DEPLOYING),
                         from_task_definition: Some(pre.current_task_definition.clone()),
-                        to_task_definition: Some(target.clone()),
+                        to_task_definition: Some(to_td.clone()),
+                        reason: note,
                         started: true,
                         deadline: Some(self.deadline_from_now(&pre.deadline)),
                         ..Default::default()
                     },
                 )
                 .await?;
-                (None, pre.current_task_definition.clone(), target.clone())
+                (None, pre.current_task_definition.clone(), to_td)
             }
             None => {
                 let image = pre.image.clone().expect("preflight resolves the image");
@@ -333,14 +335,14 @@ impl Deployer {
                         pre.base,
                     )
                     .await?;
-                let from_td = match rollback_copy {
+                let (from_td, from_original) = match rollback_copy {
                     Some(copy) => {
                         let arn = self.register(copy).await?;
                         tracing::warn!(inactive = %pre.current_task_definition, copy = %arn,
                             "the running revision is deregistered; registered a copy to roll back to");
-                        arn
+                        (arn, Some(pre.current_task_definition.clone()))
                     }
-                    None => pre.current_task_definition.clone(),
+                    None => (pre.current_task_definition.clone(), None),
                 };
                 // Notes ride in the reason until the outcome replaces or extends it.
                 let notes = revision.notes().join("; ");
@@ -353,6 +355,7 @@ impl Deployer {
                         state: Some(deploy_state::DEPLOYING),
                         image: Some(image.clone()),
                         from_task_definition: Some(from_td.clone()),
+                        from_original,
                         reason: (!notes.is_empty()).then(|| format!("note: {notes}")),
                         started: true,
                         deadline: Some(self.deadline_from_now(&pre.deadline)),
@@ -704,17 +707,46 @@ impl Deployer {
             .ok_or_else(|| Stop::Failed(format!("task definition {current} not found")))?;
         let revision = NewRevision::for_containers(td, out.tags(), &app.containers, image, version)
             .map_err(|e| Stop::Failed(format!("{e} ({current})")))?;
-        // A deregistered revision can't be rolled back to: a copy of it can.
-        let rollback_copy =
-            if td.status() == Some(&aws_sdk_ecs::types::TaskDefinitionStatus::Inactive) {
-                Some(
-                    NewRevision::copy_of(td, out.tags(), &app.container)
-                        .map_err(|e| Stop::Failed(format!("{e} ({current})")))?,
-                )
-            } else {
-                None
-            };
+        // A deregistered revision (INACTIVE, DELETE_IN_PROGRESS) can't be rolled back to: a
+        // copy of it can.
+        let rollback_copy = if !is_active(td) {
+            Some(
+                NewRevision::copy_of(td, out.tags(), &app.container)
+                    .map_err(|e| Stop::Failed(format!("{e} ({current})")))?,
+            )
+        } else {
+            None
+        };
         Ok((revision, rollback_copy))
+    }
+
+    /// The revision a rollback can put back: `target` itself while it is ACTIVE; otherwise
+    /// (INACTIVE, DELETE_IN_PROGRESS: ECS refuses UpdateService to them) an exact copy,
+    /// registered now, with a note saying so.
+    async fn usable_target(
+        &self,
+        app: &AppConfig,
+        target: &str,
+    ) -> Result<(String, Option<String>), Stop> {
+        let out = self.describe_task_definition(target).await?;
+        let td = out
+            .task_definition()
+            .ok_or_else(|| Stop::Failed(format!("task definition {target} not found")))?;
+        if is_active(td) {
+            return Ok((target.to_owned(), None));
+        }
+        let status = td.status().map_or("UNKNOWN", |s| s.as_str()).to_owned();
+        let copy = NewRevision::copy_of(td, out.tags(), &app.container)
+            .map_err(|e| Stop::Failed(format!("{e} ({target})")))?;
+        let arn = self.register(copy).await?;
+        tracing::warn!(target, %status, copy = %arn, "the rollback target is deregistered; \
+            registered a copy to roll back to");
+        Ok((
+            arn.clone(),
+            Some(format!(
+                "note: {target} is {status}; rolled back to its copy {arn}"
+            )),
+        ))
     }
 
     /// A task definition with its tags (they come only when asked for).
@@ -1410,6 +1442,14 @@ impl Deployer {
             build_id: d.build_id.clone(),
         });
     }
+}
+
+/// Whether ECS still takes UpdateService to this revision (not INACTIVE or DELETE_IN_PROGRESS).
+fn is_active(td: &aws_sdk_ecs::types::TaskDefinition) -> bool {
+    matches!(
+        td.status(),
+        None | Some(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+    )
 }
 
 /// Whether `td` is one of the revisions the service ran before the deploy.

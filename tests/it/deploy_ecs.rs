@@ -300,3 +300,99 @@ fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+#[tokio::test]
+async fn a_delete_in_progress_running_revision_is_copied_for_slipways_rollback() {
+    // Before: only INACTIVE revisions were copied; ECS refuses UpdateService to a
+    // DELETE_IN_PROGRESS one, so the rollback failed and the broken revision stayed.
+    let w = Deploy::new().await;
+    w.proxy
+        .task_definition_status(&w.base_td, "DELETE_IN_PROGRESS");
+    w.proxy.rollouts([Rollout::Fail { after: 1 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "delinprog-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    let copy = d["from_task_definition"].as_str().unwrap().to_owned();
+    assert_ne!(copy, w.base_td, "{d}");
+    assert_eq!(d["from_original"], w.base_td.as_str(), "{d}");
+    assert_eq!(w.service_td().await, copy, "back on the copy");
+    assert_eq!(updates_to(&w, &w.base_td), 0, "never the deleted revision");
+}
+
+#[tokio::test]
+async fn ecs_rolling_back_to_the_original_of_a_copy_is_ecs_rollback_not_a_replacement() {
+    // Before: the rollback target was the copy, ECS's circuit breaker went back to the
+    // original (its last completed deployment), and slipway said "another deployment replaced
+    // this one" while ECS was still rolling back.
+    let w = Deploy::new().await;
+    w.emulator
+        .ecs()
+        .deregister_task_definition()
+        .task_definition(&w.base_td)
+        .send()
+        .await
+        .unwrap();
+    w.proxy.rollouts([Rollout::EcsRollsBack { after: 2 }]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "cbcopy-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        reason(&d).contains(&format!("ECS rolled the service back to {}", w.base_td)),
+        "{d}"
+    );
+    assert!(!reason(&d).contains("replaced"), "{d}");
+    assert_ne!(d["from_task_definition"], w.base_td.as_str());
+    assert_eq!(w.proxy.update_service_calls().len(), 1, "nothing on top");
+}
+
+#[tokio::test]
+async fn an_operators_rollback_to_a_deleted_revision_deploys_a_copy_of_it() {
+    const TOKEN: &str = "alice-token-0123456789";
+    const OTHER: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+    let w = Deploy::with(Setup {
+        images: &[MASTER_SHA, OTHER],
+        ..Setup::default()
+    })
+    .await;
+    let s = w
+        .builder
+        .clone()
+        .env("SLIPWAY_OPS_TOKENS", &format!("alice:{TOKEN}"))
+        .start()
+        .await;
+    let a = w.ship(&s, "oprb-1", MASTER_SHA).await;
+    let b = w.ship(&s, "oprb-2", OTHER).await;
+    assert_eq!(
+        (&a["state"], &b["state"]),
+        (&"succeeded".into(), &"succeeded".into())
+    );
+    let a_td = a["to_task_definition"].as_str().unwrap().to_owned();
+    w.proxy.task_definition_status(&a_td, "DELETE_IN_PROGRESS");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/apps/web/rollback", s.admin_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["deployment"]
+        .as_i64()
+        .unwrap();
+    let r = eventually("the rollback finished", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["id"] == id && d["finished_ms"].is_i64())
+    })
+    .await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let copy = r["to_task_definition"].as_str().unwrap();
+    assert_ne!(copy, a_td, "{r}");
+    assert!(reason(&r).contains("DELETE_IN_PROGRESS"), "{r}");
+    assert_eq!(w.service_td().await, copy);
+    assert_eq!(
+        updates_to(&w, &a_td),
+        1,
+        "only A's own deploy, never the rollback"
+    );
+}

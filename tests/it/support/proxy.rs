@@ -292,6 +292,9 @@ struct State {
     no_rollout_state: bool,
     /// ListServiceDeployments lists nothing (ECS is late listing a service deployment).
     no_service_deployments_listed: bool,
+    /// Task definition ARN → the status ECS reports for it (DELETE_IN_PROGRESS, which the
+    /// emulator does not model; INACTIVE).
+    td_status: HashMap<String, String>,
     /// Services are answered without `currentServiceDeployment`.
     no_current_service_deployment: bool,
     /// The next UpdateService answer lists no deployments (no PRIMARY).
@@ -409,6 +412,20 @@ impl Proxy {
     /// after one started (DescribeServiceDeployments still finds one by its ARN).
     pub fn unlist_service_deployments(&self) {
         self.state.lock().unwrap().no_service_deployments_listed = true;
+    }
+
+    /// From now on ECS reports task definition `arn` with this status (`DELETE_IN_PROGRESS`
+    /// after DeleteTaskDefinitions, `INACTIVE`), and refuses UpdateService to it as ECS does:
+    /// "You can't use a DELETE_IN_PROGRESS task definition revision to run new tasks or create
+    /// new services. You also can't update an existing service to reference a
+    /// DELETE_IN_PROGRESS task definition revision"
+    /// (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_DeleteTaskDefinitions.html>).
+    pub fn task_definition_status(&self, arn: &str, status: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .td_status
+            .insert(arn.to_owned(), status.to_owned());
     }
 
     /// From now on services are answered without `currentServiceDeployment` (slipway must
@@ -1315,6 +1332,24 @@ async fn handle(
         Some(Fault::DelayAnswer(d)) => delay_answer = Some(d),
         None => {}
     }
+    if is_ecs && operation == "UpdateService" {
+        if let Some(td) = request["taskDefinition"].as_str() {
+            let refused = state
+                .lock()
+                .unwrap()
+                .td_status
+                .get(td)
+                .filter(|st| st.as_str() != "ACTIVE")
+                .cloned();
+            if let Some(status) = refused {
+                return aws_error(
+                    400,
+                    "ClientException",
+                    &format!("The task definition {td} is {status}: it cannot be deployed."),
+                );
+            }
+        }
+    }
     let ctx = Ctx {
         state,
         client,
@@ -1496,6 +1531,14 @@ async fn ecs_answer(
     }
     match operation {
         "CreateService" => {}
+        "DescribeTaskDefinition" => {
+            let s = ctx.state.lock().unwrap();
+            let arn = str_of(&out["taskDefinition"], "taskDefinitionArn").to_owned();
+            match s.td_status.get(&arn) {
+                Some(status) => out["taskDefinition"]["status"] = json!(status),
+                None => return answer.into_response(),
+            }
+        }
         "UpdateService" => {
             let key = service_key(
                 request["cluster"].as_str(),
