@@ -10,6 +10,7 @@ pub mod deadline;
 pub mod rollout;
 pub mod service_deployment;
 pub mod taskdef;
+pub mod watchers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -153,6 +154,8 @@ pub struct Deployer {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Deploys whose "cannot see the service" was notified (once each).
     unseen_told: Mutex<HashSet<i64>>,
+    /// The rollouts being watched, for ECS's deployment events to wake.
+    pub watchers: Arc<watchers::Watchers>,
 }
 
 impl Deployer {
@@ -174,6 +177,7 @@ impl Deployer {
             wake,
             locks: Mutex::default(),
             unseen_told: Mutex::default(),
+            watchers: Arc::default(),
         }
     }
 
@@ -835,14 +839,29 @@ impl Deployer {
         let mut looked_past_deadline = false;
         let mut failing = 0;
         let mut unseen = false;
+        // ECS's events for this deployment wake the watch: it looks at once.
+        let mut events = (!ecs_id.is_empty()).then(|| self.watchers.watch(ecs_id));
         loop {
             let left = deadline - self.now();
+            // While ECS's events arrive, polling is only the fallback for a lost one.
+            let mut wait = match &events {
+                Some(r) if r.events_arrive() => delay.max(timing.poll_with_events),
+                _ => delay,
+            };
             if left > 0 {
-                tokio::time::sleep(delay.min(Duration::from_millis(left as u64))).await;
-                delay = next_poll(delay, timing);
-            } else if looked_past_deadline {
+                wait = wait.min(Duration::from_millis(left as u64));
+            }
+            if left > 0 || looked_past_deadline {
                 // Past the deadline only a look that succeeds decides: look again, backing off.
-                tokio::time::sleep(delay).await;
+                match &events {
+                    Some(r) => tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = r.watch.wake.notified() => {
+                            tracing::info!("ECS's deployment event: looking now");
+                        }
+                    },
+                    None => tokio::time::sleep(wait).await,
+                }
                 delay = next_poll(delay, timing);
             }
             let past_deadline = deadline <= self.now();
@@ -850,6 +869,9 @@ impl Deployer {
             let looked = self
                 .look(d, app, ecs_id, target, past_deadline, source)
                 .await;
+            if events.is_none() && !ecs_id.is_empty() {
+                events = Some(self.watchers.watch(ecs_id));
+            }
             if looked.is_ok() {
                 failing = 0;
                 if unseen {

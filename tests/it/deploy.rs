@@ -67,7 +67,7 @@ impl Deploy {
         let builder = SlipwayBuilder::new(&proxy.url)
             .apps(&setup.apps)
             .extra(&format!(
-                "queue_url = \"{queue}\"\n{}\n[deploy]\npoll_initial_ms = 50\npoll_max_ms = 200\n[events]\nvisibility_timeout_secs = 3\n[notify]\nwebhook_url_env = \"TEST_NOTIFY_URL\"\n",
+                "queue_url = \"{queue}\"\n{}\n[deploy]\npoll_initial_ms = 50\npoll_max_ms = 200\npoll_with_events_ms = 5000\n[events]\nvisibility_timeout_secs = 3\n[notify]\nwebhook_url_env = \"TEST_NOTIFY_URL\"\n",
                 setup.extra
             ))
             .env("TEST_NOTIFY_URL", &notes.url);

@@ -396,3 +396,161 @@ async fn an_operators_rollback_to_a_deleted_revision_deploys_a_copy_of_it() {
         "only A's own deploy, never the rollback"
     );
 }
+
+/// An `ECS Deployment State Change` event as EventBridge writes it into the queue (the
+/// developer guide's example); an empty account is filled with the queue's by the proxy, as
+/// AWS does for slipway's own rule.
+fn ecs_event(deployment_id: &str, name: &str, account: &str) -> Value {
+    serde_json::json!({
+        "version": "0",
+        "id": "ddca6449-b258-46c0-8653-e0e3a6EXAMPLE",
+        "detail-type": "ECS Deployment State Change",
+        "source": "aws.ecs",
+        "account": account,
+        "time": "2026-12-04T10:00:00Z",
+        "region": "eu-west-1",
+        "resources": [format!("arn:aws:ecs:eu-west-1:123456789012:service/{CLUSTER}/{SERVICE}")],
+        "detail": {
+            "eventType": "INFO",
+            "eventName": name,
+            "deploymentId": deployment_id,
+            "updatedAt": "2026-12-04T10:00:00Z",
+            "reason": format!("ECS deployment {deployment_id} {name}."),
+        },
+    })
+}
+
+impl Deploy {
+    async fn send_ecs_event(&self, body: &Value) {
+        self.emulator
+            .sqs()
+            .send_message()
+            .queue_url(&self.queue)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .expect("SendMessage");
+    }
+
+    /// The events the journal recorded as not acted on (newest first).
+    async fn ignored_events(&self) -> Vec<slipway::journal::RejectedEvent> {
+        let journal = slipway::journal::Journal::open_read_only(&self.builder.state_dir())
+            .expect("the journal");
+        journal.rejected_events(100).await.expect("rejected events")
+    }
+}
+
+/// Waits until slipway has taken `n` ECS events for a watched rollout (its log says so).
+async fn woken(s: &crate::support::slipway::Slipway, n: usize) {
+    eventually("the ECS event taken", || async {
+        (s.logs()
+            .matches("ECS deployment event for a watched rollout")
+            .count()
+            >= n)
+            .then_some(())
+    })
+    .await;
+}
+
+fn describes(w: &Deploy) -> usize {
+    w.proxy.requests("DescribeServices").len()
+}
+
+#[tokio::test]
+async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    w.build_succeeds(&s, "ev-1", MASTER_SHA).await;
+    let d = w.watching().await;
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
+    w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_IN_PROGRESS", ""))
+        .await;
+    woken(&s, 1).await;
+    // Events arrive: polling falls back to one look every `poll_with_events_ms`. Right after
+    // such a look, ECS completes the rollout and says so.
+    let before = describes(&w);
+    eventually("a fallback look", || async {
+        (describes(&w) > before).then_some(())
+    })
+    .await;
+    let looks = describes(&w);
+    w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
+    w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_COMPLETED", ""))
+        .await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(describes(&w) - looks, 1, "one look confirmed the event");
+    assert!(
+        w.ignored_events().await.is_empty(),
+        "both events were acted on"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_completed_event_is_caught_by_the_fallback_poll() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    w.build_succeeds(&s, "ev-2", MASTER_SHA).await;
+    let d = w.watching().await;
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
+    w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_IN_PROGRESS", ""))
+        .await;
+    woken(&s, 1).await;
+    // ECS completes; its COMPLETED event never arrives.
+    w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+}
+
+#[tokio::test]
+async fn events_for_unknown_deployments_or_from_another_account_are_recorded_and_ignored() {
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    w.build_succeeds(&s, "ev-3", MASTER_SHA).await;
+    let d = w.watching().await;
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
+    w.send_ecs_event(&ecs_event(
+        "ecs-svc/1111111111111111111",
+        "SERVICE_DEPLOYMENT_COMPLETED",
+        "",
+    ))
+    .await;
+    w.send_ecs_event(&ecs_event(
+        &ecs_id,
+        "SERVICE_DEPLOYMENT_COMPLETED",
+        "999999999999",
+    ))
+    .await;
+    let ignored = eventually("both recorded", || async {
+        let r = w.ignored_events().await;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    let reasons: Vec<&str> = ignored.iter().map(|r| r.reason.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("ecs-svc/1111111111111111111") && r.contains("ignored")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("account \"999999999999\"")),
+        "{reasons:?}"
+    );
+    // The deploy is still watching: a forged COMPLETED decides nothing.
+    let now = w
+        .builder
+        .deployments()
+        .into_iter()
+        .find(|x| x["id"] == d["id"])
+        .unwrap();
+    assert_eq!(now["state"], "deploying", "{now}");
+    w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+}
