@@ -840,11 +840,11 @@ impl Deployer {
         let mut failing = 0;
         let mut unseen = false;
         // ECS's events for this deployment wake the watch: it looks at once.
-        let mut events = (!ecs_id.is_empty()).then(|| self.watchers.watch(ecs_id));
+        let mut woken_by = (!ecs_id.is_empty()).then(|| self.watchers.watch(ecs_id));
         loop {
             let left = deadline - self.now();
             // While ECS's events arrive, polling is only the fallback for a lost one.
-            let mut wait = match &events {
+            let mut wait = match &woken_by {
                 Some(r) if r.events_arrive() => delay.max(timing.poll_with_events),
                 _ => delay,
             };
@@ -853,7 +853,7 @@ impl Deployer {
             }
             if left > 0 || looked_past_deadline {
                 // Past the deadline only a look that succeeds decides: look again, backing off.
-                match &events {
+                match &woken_by {
                     Some(r) => tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = r.watch.wake.notified() => {
@@ -869,8 +869,8 @@ impl Deployer {
             let looked = self
                 .look(d, app, ecs_id, target, past_deadline, source)
                 .await;
-            if events.is_none() && !ecs_id.is_empty() {
-                events = Some(self.watchers.watch(ecs_id));
+            if woken_by.is_none() && !ecs_id.is_empty() {
+                woken_by = Some(self.watchers.watch(ecs_id));
             }
             if looked.is_ok() {
                 failing = 0;

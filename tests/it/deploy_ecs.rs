@@ -554,3 +554,100 @@ async fn events_for_unknown_deployments_or_from_another_account_are_recorded_and
     let done = w.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");
 }
+
+/// The benchmark of issue 22 (`scripts/bench-ecs-events.sh`): with slipway's default polling,
+/// the time from ECS's COMPLETED (the rollout completes and, with events, its event is put in
+/// the queue as EventBridge delivers it) to `succeeded` in the journal, and the AWS calls a
+/// minute while watching; event-driven and polling-only deploys in the same run.
+#[tokio::test]
+#[ignore = "a benchmark: run scripts/bench-ecs-events.sh"]
+async fn bench_ecs_events() {
+    const SHAS: [&str; 6] = [
+        "1111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222",
+        "3333333333333333333333333333333333333333",
+        "4444444444444444444444444444444444444444",
+        "5555555555555555555555555555555555555555",
+        "6666666666666666666666666666666666666666",
+    ];
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .min(SHAS.len() / 2);
+    let w = Deploy::with(Setup {
+        images: &SHAS,
+        // slipway's defaults.
+        deploy_timing: "poll_initial_ms = 5000\npoll_max_ms = 30000\npoll_with_events_ms = 60000",
+        ..Setup::default()
+    })
+    .await;
+    let s = w.builder.start().await;
+    let mut report = vec![];
+    for (i, sha) in SHAS.iter().take(runs * 2).enumerate() {
+        let events = i % 2 == 0;
+        w.proxy.rollouts([Rollout::Never]);
+        w.build_succeeds(&s, &format!("bench-{i}"), sha).await;
+        let d = eventually("watching", || async {
+            w.builder
+                .deployments()
+                .into_iter()
+                .find(|d| d["sha"] == *sha && d["ecs_deployment_id"].is_string())
+        })
+        .await;
+        let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
+        let calls_from = w.proxy.recorded().len();
+        let watch_from = now_ms();
+        if events {
+            w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_IN_PROGRESS", ""))
+                .await;
+        }
+        // The rollout runs a while (a different phase of the polling schedule each run).
+        tokio::time::sleep(Duration::from_millis(40_000 + 7_000 * i as u64)).await;
+        let completed_ms = now_ms();
+        w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
+        if events {
+            w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_COMPLETED", ""))
+                .await;
+        }
+        let done = loop {
+            let found = w
+                .builder
+                .deployments()
+                .into_iter()
+                .find(|x| x["id"] == d["id"] && x["finished_ms"].is_i64());
+            if let Some(done) = found {
+                break done;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(done["state"], "succeeded", "{done}");
+        let finished = done["finished_ms"].as_i64().unwrap();
+        let aws_calls = w.proxy.recorded()[calls_from..]
+            .iter()
+            .filter(|r| {
+                r.arrived < u64::MAX
+                    && !matches!(
+                        r.operation.as_str(),
+                        "ReceiveMessage"
+                            | "DeleteMessage"
+                            | "ChangeMessageVisibility"
+                            | "BatchGetBuilds"
+                            | "SendMessage"
+                            | "GetQueueAttributes"
+                    )
+            })
+            .count();
+        let minutes = (finished - watch_from) as f64 / 60_000.0;
+        report.push(format!(
+            "{:8} completed->succeeded {:6} ms, {:2} AWS calls in {:.2} min watching = {:.1}/min",
+            if events { "events" } else { "polling" },
+            finished - completed_ms,
+            aws_calls,
+            minutes,
+            aws_calls as f64 / minutes
+        ));
+        eprintln!("{}", report.last().unwrap());
+    }
+    println!("BENCH ECS EVENTS\n{}", report.join("\n"));
+}
