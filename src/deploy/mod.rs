@@ -1239,6 +1239,8 @@ impl Deployer {
                             stop_requested = Some(why);
                         }
                     }
+                    // ECS takes a moment to show the rollback: look again after a poll's wait.
+                    tokio::time::sleep(self.config.deploy.poll_max).await;
                     continue;
                 }
                 Followed::Ended(Rollout::InProgress(_) | Rollout::EcsRollingBack(_))
