@@ -1532,7 +1532,8 @@ mod tests {
 
     /// Issue 9: at most 4 AWS calls a minute per deploy while watching, with the default
     /// polling. A poll is one call (a test through the proxy counts them); the first poll of
-    /// a service deployment adds one ListServiceDeployments.
+    /// a service deployment adds one call (DescribeServiceRevisions confirming the one ECS
+    /// named; when ECS names none, the listing is read at the next poll instead).
     #[test]
     fn default_polling_makes_at_most_four_calls_a_minute() {
         let timing = crate::config::Config::parse(crate::config::MINIMAL_FOR_TESTS)
