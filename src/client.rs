@@ -217,6 +217,14 @@ pub fn progress_line(d: &Value) -> String {
     if let Some(secs) = d["elapsed_secs"].as_i64() {
         line.push_str(&format!(", {secs}s"));
     }
+    if d["finished"].as_bool() != Some(true) {
+        if let Some(why) = d["deadline_why"].as_str() {
+            line.push_str(&format!(", deadline {why}"));
+        }
+        if let Some(unseen) = d["unseen"].as_str() {
+            line.push_str(&format!(", {unseen}"));
+        }
+    }
     if d["finished"].as_bool() == Some(true) {
         if let Some(reason) = d["reason"].as_str() {
             line.push_str(&format!(" ({reason})"));

@@ -124,6 +124,8 @@ struct RawBuild {
 struct RawDeploy {
     poll_initial_ms: Option<u64>,
     poll_max_ms: Option<u64>,
+    /// The fallback poll of a rollout while ECS's deployment events arrive for it.
+    poll_with_events_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +225,9 @@ pub struct ProvisionConfig {
 pub struct DeployTiming {
     pub poll_initial: Duration,
     pub poll_max: Duration,
+    /// While ECS's deployment events arrive for a rollout, it is polled only this often (a
+    /// lost event is still caught).
+    pub poll_with_events: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -485,6 +490,13 @@ impl RawConfig {
                 "deploy.poll_max_ms",
                 self.deploy.poll_max_ms,
                 30_000,
+                Duration::from_millis,
+                max::POLL_MS,
+            )?,
+            poll_with_events: duration(
+                "deploy.poll_with_events_ms",
+                self.deploy.poll_with_events_ms,
+                60_000,
                 Duration::from_millis,
                 max::POLL_MS,
             )?,

@@ -53,6 +53,9 @@ pub enum EventKind {
     DeployFailed,
     RolledBack,
     Superseded,
+    /// slipway's looks at a deploy's rollout keep failing: it decides nothing until it can see
+    /// the service again (sent once per deploy).
+    ServiceUnseen,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -524,6 +527,9 @@ fn summary(n: &Notification, style: Style) -> String {
         EventKind::Superseded => {
             format!(":fast_forward: *{app}* `{short}` superseded by a newer commit{reason}")
         }
+        EventKind::ServiceUnseen => {
+            format!(":warning: *{app}* deploy of `{short}` is waiting{reason}; nothing is changed until slipway sees the service again")
+        }
     }
 }
 
@@ -714,13 +720,14 @@ mod tests {
         }
     }
 
-    const ALL_KINDS: [EventKind; 6] = [
+    const ALL_KINDS: [EventKind; 7] = [
         EventKind::BuildFailed,
         EventKind::DeployStarted,
         EventKind::DeploySucceeded,
         EventKind::DeployFailed,
         EventKind::RolledBack,
         EventKind::Superseded,
+        EventKind::ServiceUnseen,
     ];
 
     const FLUSH: Duration = Duration::from_secs(20);

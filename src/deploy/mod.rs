@@ -6,8 +6,11 @@
 //! A restart resumes `deploying` records where they stopped (the rollout timeout counts from
 //! the journaled start), so a crash never starts a second deploy of the same build.
 
+pub mod deadline;
 pub mod rollout;
+pub mod service_deployment;
 pub mod taskdef;
+pub mod watchers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,8 +29,7 @@ use crate::config::{AppConfig, Config};
 use crate::image::ImageRef;
 use crate::journal::{deploy_state, millis, Deployment, DeploymentUpdate, Journal};
 use crate::notify::{EventKind, Notification, Notifier};
-use aws_sdk_ecs::types::ServiceDeployment;
-use rollout::{evaluate, Rollout, Verdict};
+use rollout::{evaluate, Earlier, Rollout, Verdict};
 use taskdef::NewRevision;
 
 /// Why a deploy stopped short of success, as the journal and the notification say it.
@@ -45,31 +47,63 @@ enum Stop {
 /// How a rollout is watched.
 enum Source {
     /// DescribeServices: the service's deployments list. `allow_sd`: switch to the service
-    /// deployment when the list shows it judges better.
-    List { allow_sd: bool },
-    /// ECS's service deployment of ours; its ARN once found.
-    ServiceDeployment { arn: Option<String>, misses: u32 },
+    /// deployment when the list shows it judges better; `known`: its ARN, when journaled.
+    List {
+        allow_sd: bool,
+        known: Option<String>,
+    },
+    /// ECS's service deployment of ours: its ARN once found and confirmed; `named`: the one
+    /// ECS named (`currentServiceDeployment`), still to be confirmed.
+    ServiceDeployment {
+        arn: Option<String>,
+        named: Option<String>,
+        misses: u32,
+    },
 }
 
 impl Source {
-    fn list() -> Source {
-        Source::List { allow_sd: true }
+    fn list(known: Option<String>) -> Source {
+        Source::List {
+            allow_sd: true,
+            known,
+        }
     }
 
-    fn service_deployment() -> Source {
+    fn service_deployment(arn: Option<String>, named: Option<String>) -> Source {
         Source::ServiceDeployment {
-            arn: None,
+            arn,
+            named,
             misses: 0,
         }
     }
+
+    /// Our service deployment's ARN, when the last verdict came from it.
+    fn watched_service_deployment(&self) -> Option<String> {
+        match self {
+            Source::ServiceDeployment { arn, .. } => arn.clone(),
+            Source::List { .. } => None,
+        }
+    }
+}
+
+/// What a watch follows: a rollout to `to_td` from the revisions in `earlier`, started at
+/// `started_ms`.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    earlier: Earlier<'a>,
+    to_td: &'a str,
+    started_ms: i64,
 }
 
 /// The stage of a deploy whose rollback by slipway is under way.
 const ROLLING_BACK: &str = "ROLLING_BACK";
 /// Polls in which ECS may not list a new service deployment yet before the list is watched.
 const SD_MISSES: u32 = 3;
-/// Looks past the rollout timeout before a failing look counts as "did not complete".
-const LAST_LOOKS: u32 = 3;
+/// Failing looks in a row (each with the SDK's retries) before the deploy says it cannot see
+/// the service; past the deadline the first failing look says so.
+const FAILING_LOOKS: u32 = 3;
+/// The stage of a deploy whose service deployment slipway asked ECS to roll back.
+const ROLLBACK_REQUESTED: &str = "ROLLBACK_REQUESTED";
 
 /// What one look at the rollout found.
 enum Looked {
@@ -82,7 +116,11 @@ enum Looked {
 /// How following one ECS deployment ended.
 enum Followed {
     Ended(Rollout),
-    TimedOut,
+    /// Past the deadline, a successful look showed ours still open; `open_sd`: our service
+    /// deployment, when it is what showed it.
+    TimedOut {
+        open_sd: Option<String>,
+    },
 }
 
 impl From<AwsError> for Stop {
@@ -98,6 +136,8 @@ struct Preflight {
     image: Option<String>,
     /// `current_task_definition` with its tags, when it was read during the preflight.
     base: Option<DescribedTaskDefinition>,
+    /// How long the rollout may take, from the service's deployment strategy.
+    deadline: deadline::Deadline,
 }
 
 type DescribedTaskDefinition =
@@ -112,6 +152,10 @@ pub struct Deployer {
     pub notifier: Notifier,
     pub wake: Arc<Notify>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deploys whose "cannot see the service" was notified (once each).
+    unseen_told: Mutex<HashSet<i64>>,
+    /// The rollouts being watched, for ECS's deployment events to wake.
+    pub watchers: Arc<watchers::Watchers>,
 }
 
 impl Deployer {
@@ -132,6 +176,8 @@ impl Deployer {
             notifier,
             wake,
             locks: Mutex::default(),
+            unseen_told: Mutex::default(),
+            watchers: Arc::default(),
         }
     }
 
@@ -266,18 +312,21 @@ impl Deployer {
         let (image, from_td, to_td) = match &d.target_task_definition {
             // A rollback puts a task definition that already ran back, as it is.
             Some(target) => {
+                let (to_td, note) = self.usable_target(app, target).await?;
                 self.update(
                     d,
                     DeploymentUpdate {
                         state: Some(deploy_state::DEPLOYING),
                         from_task_definition: Some(pre.current_task_definition.clone()),
-                        to_task_definition: Some(target.clone()),
+                        to_task_definition: Some(to_td.clone()),
+                        reason: note,
                         started: true,
+                        deadline: Some(self.deadline_from_now(&pre.deadline)),
                         ..Default::default()
                     },
                 )
                 .await?;
-                (None, pre.current_task_definition.clone(), target.clone())
+                (None, pre.current_task_definition.clone(), to_td)
             }
             None => {
                 let image = pre.image.clone().expect("preflight resolves the image");
@@ -290,14 +339,14 @@ impl Deployer {
                         pre.base,
                     )
                     .await?;
-                let from_td = match rollback_copy {
+                let (from_td, from_original) = match rollback_copy {
                     Some(copy) => {
                         let arn = self.register(copy).await?;
                         tracing::warn!(inactive = %pre.current_task_definition, copy = %arn,
                             "the running revision is deregistered; registered a copy to roll back to");
-                        arn
+                        (arn, Some(pre.current_task_definition.clone()))
                     }
-                    None => pre.current_task_definition.clone(),
+                    None => (pre.current_task_definition.clone(), None),
                 };
                 // Notes ride in the reason until the outcome replaces or extends it.
                 let notes = revision.notes().join("; ");
@@ -310,8 +359,10 @@ impl Deployer {
                         state: Some(deploy_state::DEPLOYING),
                         image: Some(image.clone()),
                         from_task_definition: Some(from_td.clone()),
+                        from_original,
                         reason: (!notes.is_empty()).then(|| format!("note: {notes}")),
                         started: true,
+                        deadline: Some(self.deadline_from_now(&pre.deadline)),
                         ..Default::default()
                     },
                 )
@@ -360,23 +411,48 @@ impl Deployer {
         if let Some(ecs_id) = &d.ecs_deployment_id {
             let d = self.reload(d.id).await?;
             return self
-                .watch(&d, app, (from_td, to_td), ecs_id, Source::list())
+                .watch(
+                    &d,
+                    app,
+                    (from_td, to_td),
+                    ecs_id,
+                    Source::list(d.service_deployment_arn.clone()),
+                )
                 .await;
         }
         let service = self.describe_service(app).await?;
         let primary = rollout::primary(service.deployments());
         let started_ms = d.started_ms.unwrap_or(0);
-        let created_since_start = |x: &aws_sdk_ecs::types::Deployment| {
-            x.created_at()
-                .is_some_and(|t| t.to_millis().unwrap_or(0) >= started_ms)
+        // Whether anything happened to the service since the deploy started: a deployment
+        // created or updated since (ECS's rollback makes the deployment it goes back to
+        // IN_PROGRESS again, keeping its old `createdAt`, so `updatedAt` says it), or any
+        // deployment of our revision at all.
+        let since_start = |t: Option<&aws_smithy_types::DateTime>| {
+            t.is_some_and(|t| t.to_millis().unwrap_or(0) >= started_ms)
         };
+        let touched = service.deployments().iter().any(|x| {
+            since_start(x.created_at())
+                || since_start(x.updated_at())
+                || x.task_definition() == Some(to_td.as_str())
+        });
+        let ours = service
+            .deployments()
+            .iter()
+            .find(|x| x.task_definition() == Some(to_td.as_str()))
+            .and_then(|x| x.id.clone());
+        let earlier = Self::earlier(d, from_td);
         let (ecs_id, source) = match primary {
             // Our UpdateService reached ECS before slipway stopped: follow that deployment.
             Some(p) if p.task_definition() == Some(to_td.as_str()) => {
-                (p.id.clone().unwrap_or_default(), Source::list())
+                (p.id.clone().unwrap_or_default(), Source::list(None))
             }
-            // The service runs what it ran before this deploy, and nothing new happened to it.
-            Some(p) if p.task_definition() == Some(from_td.as_str()) && !created_since_start(p) => {
+            // It reached ECS, which is rolling it back or has: reported once ECS's rollback
+            // ends, and nothing starts on top of it until then.
+            Some(p) if ours.is_some() && earlier_has(&earlier, p.task_definition()) => {
+                (ours.clone().unwrap_or_default(), Source::list(None))
+            }
+            // The service runs what it ran before this deploy, and nothing happened to it.
+            Some(p) if p.task_definition() == Some(from_td.as_str()) && !touched => {
                 if let Some(newer) = self
                     .journal
                     .newer_deployment(d)
@@ -391,10 +467,13 @@ impl Deployer {
                 let started = self.update_service(app, to_td).await?;
                 // The rollout starts now: the timeout counts from here, not from before the
                 // downtime.
+                let deadline =
+                    deadline::for_service(service.deployment_configuration(), app.rollout_timeout);
                 self.update(
                     d,
                     DeploymentUpdate {
                         restart_clock: true,
+                        deadline: Some(self.deadline_from_now(&deadline)),
                         ..Default::default()
                     },
                 )
@@ -402,7 +481,7 @@ impl Deployer {
                 started
             }
             // ECS (circuit breaker) put the old revision back after our update reached it.
-            Some(p) if p.task_definition() == Some(from_td.as_str()) => {
+            Some(p) if earlier_has(&earlier, p.task_definition()) => {
                 return Err(Stop::Failed(format!(
                     "ECS rolled the service back to {from_td} while slipway was stopped; \
                      nothing was changed"
@@ -432,6 +511,15 @@ impl Deployer {
         .await?;
         let d = self.reload(d.id).await?;
         self.watch(&d, app, (from_td, to_td), &ecs_id, source).await
+    }
+
+    /// The journaled deadline of a rollout that starts now.
+    fn deadline_from_now(&self, deadline: &deadline::Deadline) -> (i64, String) {
+        tracing::info!(secs = deadline.after.as_secs(), why = %deadline.why, "rollout deadline");
+        (
+            self.now() + deadline.after.as_millis() as i64,
+            format!("{}s: {}", deadline.after.as_secs(), deadline.why),
+        )
     }
 
     async fn reload(&self, id: i64) -> Result<Deployment, Stop> {
@@ -507,6 +595,10 @@ impl Deployer {
             current_task_definition: current.to_owned(),
             image,
             base,
+            deadline: deadline::for_service(
+                service.deployment_configuration(),
+                app.rollout_timeout,
+            ),
         })
     }
 
@@ -619,17 +711,46 @@ impl Deployer {
             .ok_or_else(|| Stop::Failed(format!("task definition {current} not found")))?;
         let revision = NewRevision::for_containers(td, out.tags(), &app.containers, image, version)
             .map_err(|e| Stop::Failed(format!("{e} ({current})")))?;
-        // A deregistered revision can't be rolled back to: a copy of it can.
-        let rollback_copy =
-            if td.status() == Some(&aws_sdk_ecs::types::TaskDefinitionStatus::Inactive) {
-                Some(
-                    NewRevision::copy_of(td, out.tags(), &app.container)
-                        .map_err(|e| Stop::Failed(format!("{e} ({current})")))?,
-                )
-            } else {
-                None
-            };
+        // A deregistered revision (INACTIVE, DELETE_IN_PROGRESS) can't be rolled back to: a
+        // copy of it can.
+        let rollback_copy = if !is_active(td) {
+            Some(
+                NewRevision::copy_of(td, out.tags(), &app.container)
+                    .map_err(|e| Stop::Failed(format!("{e} ({current})")))?,
+            )
+        } else {
+            None
+        };
         Ok((revision, rollback_copy))
+    }
+
+    /// The revision a rollback can put back: `target` itself while it is ACTIVE; otherwise
+    /// (INACTIVE, DELETE_IN_PROGRESS: ECS refuses UpdateService to them) an exact copy,
+    /// registered now, with a note saying so.
+    async fn usable_target(
+        &self,
+        app: &AppConfig,
+        target: &str,
+    ) -> Result<(String, Option<String>), Stop> {
+        let out = self.describe_task_definition(target).await?;
+        let td = out
+            .task_definition()
+            .ok_or_else(|| Stop::Failed(format!("task definition {target} not found")))?;
+        if is_active(td) {
+            return Ok((target.to_owned(), None));
+        }
+        let status = td.status().map_or("UNKNOWN", |s| s.as_str()).to_owned();
+        let copy = NewRevision::copy_of(td, out.tags(), &app.container)
+            .map_err(|e| Stop::Failed(format!("{e} ({target})")))?;
+        let arn = self.register(copy).await?;
+        tracing::warn!(target, %status, copy = %arn, "the rollback target is deregistered; \
+            registered a copy to roll back to");
+        Ok((
+            arn.clone(),
+            Some(format!(
+                "note: {target} is {status}; rolled back to its copy {arn}"
+            )),
+        ))
     }
 
     /// A task definition with its tags (they come only when asked for).
@@ -658,8 +779,9 @@ impl Deployer {
             .ok_or_else(|| Stop::Failed("RegisterTaskDefinition returned no ARN".into()))
     }
 
-    /// Points the service at `task_definition`; returns the id of ECS's new deployment and how
-    /// to watch it.
+    /// Points the service at `task_definition`; returns the id of ECS's new deployment (when
+    /// the answer shows it PRIMARY) and how to watch it. An answer without a PRIMARY deployment
+    /// of `task_definition` still means ECS took the update: the watch finds it.
     async fn update_service(
         &self,
         app: &AppConfig,
@@ -674,54 +796,92 @@ impl Deployer {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("ECS UpdateService", &e))?;
-        let service = out
-            .service()
-            .ok_or_else(|| Stop::Failed("UpdateService returned no service".into()))?;
+        let Some(service) = out.service() else {
+            tracing::warn!("UpdateService returned no service; the watch looks for the deployment");
+            return Ok((String::new(), Source::list(None)));
+        };
         // Only a PRIMARY deployment of this task definition is ours to follow.
         let id = rollout::primary(service.deployments())
             .filter(|x| x.task_definition() == Some(task_definition))
             .and_then(|x| x.id.clone())
-            .ok_or_else(|| {
-                Stop::Failed(format!(
-                    "UpdateService returned no PRIMARY deployment of {task_definition}"
-                ))
-            })?;
+            .unwrap_or_default();
+        if id.is_empty() {
+            tracing::warn!(
+                task_definition,
+                "UpdateService's answer shows no PRIMARY deployment of it; the watch looks for it"
+            );
+        }
+        let named = service.current_service_deployment().map(str::to_owned);
         let source = if rollout::wants_service_deployment(service, &id) {
-            Source::service_deployment()
+            Source::service_deployment(None, named)
         } else {
-            Source::list()
+            Source::list(None)
         };
         Ok((id, source))
     }
 
-    /// Polls ECS until deployment `ecs_id` (from `from_td` to `to_td`) ends, or `deadline`
-    /// passes (then one last look decides). Records progress when `d` is given. One AWS call a
-    /// poll (two at the first poll of a service deployment: finding it, then reading it).
+    /// Polls ECS until deployment `ecs_id` (to `target.to_td`) ends, or a look past `deadline`
+    /// shows it still open. A failing look decides nothing: it is tried again with backoff, and
+    /// while looks fail the deploy says "cannot see the service" (journal and one
+    /// notification). Records progress when `d` is given. One AWS call a poll (two at the
+    /// first poll of a service deployment: finding it, then reading it).
     async fn follow(
         &self,
         d: Option<&Deployment>,
         app: &AppConfig,
-        ecs_id: &str,
-        (from_td, to_td): (&str, &str),
+        ecs_id: &mut String,
+        target: Target<'_>,
         deadline: i64,
-        mut source: Source,
+        source: &mut Source,
     ) -> Result<Followed, Stop> {
         let timing = &self.config.deploy;
         let mut delay = timing.poll_initial;
-        let mut last_looks = 0;
         let mut looked_past_deadline = false;
+        let mut failing = 0;
+        let mut unseen = false;
+        // ECS's events for this deployment wake the watch: it looks at once.
+        let mut woken_by = (!ecs_id.is_empty()).then(|| self.watchers.watch(ecs_id));
         loop {
             let left = deadline - self.now();
+            // While ECS's events arrive, polling is only the fallback for a lost one.
+            let mut wait = match &woken_by {
+                Some(r) if r.events_arrive() => delay.max(timing.poll_with_events),
+                _ => delay,
+            };
             if left > 0 {
-                tokio::time::sleep(delay.min(Duration::from_millis(left as u64))).await;
+                wait = wait.min(Duration::from_millis(left as u64));
+            }
+            if left > 0 || looked_past_deadline {
+                // Past the deadline only a look that succeeds decides: look again, backing off.
+                match &woken_by {
+                    Some(r) => tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = r.watch.wake.notified() => {
+                            tracing::info!("ECS's deployment event: looking now");
+                        }
+                    },
+                    None => tokio::time::sleep(wait).await,
+                }
                 delay = next_poll(delay, timing);
-            } else if looked_past_deadline {
-                // The last look gave no answer: look again soon.
-                tokio::time::sleep(timing.poll_initial).await;
             }
             let past_deadline = deadline <= self.now();
             looked_past_deadline |= past_deadline;
-            match self.look(app, ecs_id, (from_td, to_td), &mut source).await {
+            let looked = self
+                .look(d, app, ecs_id, target, past_deadline, source)
+                .await;
+            if woken_by.is_none() && !ecs_id.is_empty() {
+                woken_by = Some(self.watchers.watch(ecs_id));
+            }
+            if looked.is_ok() {
+                failing = 0;
+                if unseen {
+                    unseen = false;
+                    if let Some(d) = d {
+                        self.record_unseen(d, String::new()).await;
+                    }
+                }
+            }
+            match looked {
                 Ok(Looked::Rollout(Rollout::InProgress(p), stage)) => {
                     tracing::debug!(
                         running = p.running,
@@ -734,9 +894,18 @@ impl Deployer {
                         self.progress(d, p, stage).await;
                     }
                     if past_deadline {
-                        return Ok(Followed::TimedOut);
+                        return Ok(Followed::TimedOut {
+                            open_sd: source.watched_service_deployment(),
+                        });
                     }
-                    continue;
+                }
+                // ECS is rolling ours back: nothing is sent on top of it, deadline or not.
+                Ok(Looked::Rollout(Rollout::EcsRollingBack(p), stage)) => {
+                    tracing::info!("ECS is rolling the deployment back");
+                    if let Some(d) = d {
+                        let stage = stage.unwrap_or_else(|| "ROLLBACK_IN_PROGRESS".to_owned());
+                        self.progress(d, p, Some(stage)).await;
+                    }
                 }
                 Ok(Looked::Rollout(other, _)) => {
                     if let (Some(d), Rollout::Completed(p) | Rollout::CompletedThenReplaced(p, _)) =
@@ -747,24 +916,46 @@ impl Deployer {
                     return Ok(Followed::Ended(other));
                 }
                 // Nothing to judge by yet: the watch just switched to the service deployment,
-                // or ECS does not list it yet. That is no failing look, and uses up no last
-                // look: it happens at most SD_MISSES times, then the deployments list judges.
-                Ok(Looked::Nothing) => continue,
+                // or ECS does not list it yet, or shows no deployment of ours yet.
+                Ok(Looked::Nothing) => {}
                 Err(e) => {
                     if e.is_throttling() {
                         delay = timing.poll_max;
                     }
-                    tracing::warn!(error = %e, "polling the rollout failed; will poll again");
+                    failing += 1;
+                    tracing::warn!(error = %e, failing, "looking at the rollout failed; will look again");
+                    if let Some(d) = d.filter(|_| past_deadline || failing >= FAILING_LOOKS) {
+                        if !unseen {
+                            unseen = true;
+                            self.record_unseen(d, format!("cannot see the service: {e}"))
+                                .await;
+                        }
+                    }
                 }
             }
-            // The last look decides between success and a rollback: past the deadline a failing
-            // look is tried again, a few times, never taken as the rollout's failure.
-            if past_deadline {
-                last_looks += 1;
-                if last_looks >= LAST_LOOKS {
-                    return Ok(Followed::TimedOut);
-                }
-            }
+        }
+    }
+
+    /// Says on the deployment that slipway cannot see the service (`""` clears it); the first
+    /// time for this deploy, a notification says so too.
+    async fn record_unseen(&self, d: &Deployment, why: String) {
+        let first = !why.is_empty() && self.unseen_told.lock().expect("unseen set").insert(d.id);
+        if !why.is_empty() {
+            tracing::warn!(reason = %why, "nothing is decided until slipway sees the service");
+        }
+        let update = DeploymentUpdate {
+            unseen: Some(why.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .journal
+            .update_deployment(d.id, update, self.now())
+            .await
+        {
+            tracing::warn!(error = %e, "could not journal that the service cannot be seen");
+        }
+        if first {
+            self.notify(d, EventKind::ServiceUnseen, d.image.clone(), Some(why));
         }
     }
 
@@ -773,21 +964,66 @@ impl Deployer {
     /// whenever the service deployment cannot be read.
     async fn look(
         &self,
+        d: Option<&Deployment>,
         app: &AppConfig,
-        ecs_id: &str,
-        (from_td, to_td): (&str, &str),
+        ecs_id: &mut String,
+        target: Target<'_>,
+        past_deadline: bool,
         source: &mut Source,
     ) -> Result<Looked, AwsError> {
+        let (from_td, to_td) = (target.earlier.from_td, target.to_td);
         // Why ECS's service deployment stopped, when it did: the list then decides.
         let mut stopped = None;
-        if let Source::ServiceDeployment { arn, misses } = source {
-            match self.read_service_deployment(app, ecs_id, arn).await {
+        if let Source::ServiceDeployment { arn, named, misses } = source {
+            let read = match arn {
+                Some(found) => service_deployment::describe(&self.ecs, found).await,
+                None => {
+                    let wanted = service_deployment::Wanted {
+                        cluster: &app.cluster,
+                        service: &app.service,
+                        named: named.as_deref(),
+                        started_ms: target.started_ms,
+                        to_td,
+                    };
+                    match service_deployment::find(&self.ecs, &wanted).await {
+                        Ok(Some(found)) => {
+                            tracing::info!(service_deployment = %found.arn,
+                                "found ECS's service deployment");
+                            *arn = Some(found.arn.clone());
+                            if let Some(d) = d {
+                                let update = DeploymentUpdate {
+                                    service_deployment_arn: Some(found.arn),
+                                    ..Default::default()
+                                };
+                                if let Err(e) = self
+                                    .journal
+                                    .update_deployment(d.id, update, self.now())
+                                    .await
+                                {
+                                    tracing::warn!(error = %e,
+                                        "could not journal the service deployment");
+                                }
+                            }
+                            match found.read {
+                                Some(sd) => Ok(Some(sd)),
+                                // Read at the next poll: one call a poll.
+                                None => return Ok(Looked::Nothing),
+                            }
+                        }
+                        other => other.map(|_| None),
+                    }
+                }
+            };
+            match read {
                 Ok(Some(sd)) => match rollout::evaluate_service_deployment(&sd, from_td, to_td) {
                     Verdict::Rollout(r, stage) => return Ok(Looked::Rollout(r, stage)),
                     Verdict::AskTheService(why) => {
                         tracing::info!(%why, "asking the service's deployments list");
                         stopped = Some(why);
-                        *source = Source::List { allow_sd: false };
+                        *source = Source::List {
+                            allow_sd: false,
+                            known: None,
+                        };
                     }
                 },
                 Ok(None) => {
@@ -796,15 +1032,21 @@ impl Deployer {
                         return Ok(Looked::Nothing);
                     }
                     tracing::warn!(
-                        "ECS lists no service deployment of {ecs_id}; watching the deployments list"
+                        "ECS lists no service deployment of {to_td}; watching the deployments list"
                     );
-                    *source = Source::List { allow_sd: false };
+                    *source = Source::List {
+                        allow_sd: false,
+                        known: None,
+                    };
                 }
                 Err(e) if e.retryable => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e,
                         "cannot read ECS's service deployments; watching the deployments list");
-                    *source = Source::List { allow_sd: false };
+                    *source = Source::List {
+                        allow_sd: false,
+                        known: None,
+                    };
                 }
             }
         }
@@ -815,17 +1057,66 @@ impl Deployer {
                 None,
             ));
         };
-        if matches!(source, Source::List { allow_sd: true })
-            && rollout::wants_service_deployment(service, ecs_id)
+        if ecs_id.is_empty() {
+            // UpdateService's answer named no deployment of ours: find it in the list.
+            let ours = rollout::primary(service.deployments())
+                .filter(|x| x.task_definition() == Some(to_td))
+                .or_else(|| {
+                    service
+                        .deployments()
+                        .iter()
+                        .find(|x| x.task_definition() == Some(to_td))
+                })
+                .and_then(|x| x.id.clone());
+            match ours {
+                Some(id) => {
+                    tracing::info!(ecs_deployment = %id, "found ECS's deployment of this deploy");
+                    *ecs_id = id.clone();
+                    if let Some(d) = d {
+                        let update = DeploymentUpdate {
+                            ecs_deployment_id: Some(id),
+                            ..Default::default()
+                        };
+                        if let Err(e) = self
+                            .journal
+                            .update_deployment(d.id, update, self.now())
+                            .await
+                        {
+                            tracing::warn!(error = %e, "could not journal the ECS deployment");
+                        }
+                    }
+                }
+                None if past_deadline => {
+                    return Ok(Looked::Rollout(
+                        Rollout::Replaced(format!(
+                            "ECS shows no deployment of {to_td} (the service runs {}); nothing \
+                             was changed",
+                            service
+                                .task_definition()
+                                .unwrap_or("an unknown task definition")
+                        )),
+                        None,
+                    ))
+                }
+                None => return Ok(Looked::Nothing),
+            }
+        }
+        if let Source::List {
+            allow_sd: true,
+            known,
+        } = source
         {
-            tracing::info!("watching ECS's service deployment");
-            *source = Source::service_deployment();
-            // The list's verdict is not trusted here; the service deployment's comes next poll.
-            return Ok(Looked::Nothing);
+            if rollout::wants_service_deployment(service, ecs_id) {
+                tracing::info!("watching ECS's service deployment");
+                let named = service.current_service_deployment().map(str::to_owned);
+                *source = Source::service_deployment(known.take(), named);
+                // The list's verdict is not trusted here; the service deployment's comes next poll.
+                return Ok(Looked::Nothing);
+            }
         }
         let ours_primary_without_state = rollout::primary(service.deployments())
-            .is_some_and(|x| x.id.as_deref() == Some(ecs_id) && x.rollout_state.is_none());
-        let verdict = evaluate(service.deployments(), ecs_id, from_td, to_td);
+            .is_some_and(|x| x.id.as_deref() == Some(ecs_id.as_str()) && x.rollout_state.is_none());
+        let verdict = evaluate(service.deployments(), ecs_id, target.earlier, to_td);
         Ok(match (stopped, verdict) {
             // ECS stopped ours and still runs it: it failed without a rollback by ECS.
             (Some(why), Rollout::InProgress(_) | Rollout::Completed(_))
@@ -835,48 +1126,6 @@ impl Deployer {
             }
             (_, verdict) => Looked::Rollout(verdict, None),
         })
-    }
-
-    /// Our service deployment: found once by its target revision (ListServiceDeployments),
-    /// then read by ARN (DescribeServiceDeployments). `None` while ECS does not list it yet.
-    async fn read_service_deployment(
-        &self,
-        app: &AppConfig,
-        ecs_id: &str,
-        arn: &mut Option<String>,
-    ) -> Result<Option<ServiceDeployment>, AwsError> {
-        if arn.is_none() {
-            let out = self
-                .ecs
-                .list_service_deployments()
-                .cluster(&app.cluster)
-                .service(&app.service)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("ECS ListServiceDeployments", &e))?;
-            *arn = out
-                .service_deployments()
-                .iter()
-                .find(|b| rollout::targets(b.target_service_revision_arn(), ecs_id))
-                .and_then(|b| b.service_deployment_arn().map(str::to_owned));
-            match arn {
-                Some(found) => {
-                    tracing::info!(service_deployment = %found, "found ECS's service deployment")
-                }
-                None => return Ok(None),
-            }
-        }
-        let Some(found) = arn.as_deref() else {
-            return Ok(None);
-        };
-        let out = self
-            .ecs
-            .describe_service_deployments()
-            .service_deployment_arns(found)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("ECS DescribeServiceDeployments", &e))?;
-        Ok(out.service_deployments().first().cloned())
     }
 
     /// Best effort: progress is for people watching, not for correctness.
@@ -895,52 +1144,145 @@ impl Deployer {
         }
     }
 
-    /// Watches the rollout until it ends or `rollout_timeout` (counted from the journaled
-    /// start, so a restart does not extend it).
+    /// The deploy's deadline (ms) and why: as journaled when the rollout started (from the
+    /// service's strategy, see [`deadline`]), else `rollout_timeout` from the journaled start,
+    /// so a restart does not extend it.
+    fn deadline_of(&self, d: &Deployment, app: &AppConfig) -> (i64, String) {
+        let started = d.started_ms.unwrap_or_else(|| self.now());
+        match (d.deadline_ms, &d.deadline_why) {
+            (Some(at), Some(why)) => (at, why.clone()),
+            _ => (
+                started + app.rollout_timeout.as_millis() as i64,
+                format!("rollout_timeout_secs = {}", app.rollout_timeout.as_secs()),
+            ),
+        }
+    }
+
+    fn earlier<'a>(d: &'a Deployment, from_td: &'a str) -> Earlier<'a> {
+        Earlier {
+            from_td,
+            original: d.from_original.as_deref(),
+        }
+    }
+
+    /// Watches the rollout until it ends or a look past the deadline shows it still open:
+    /// then ECS rolls back its own service deployment (StopServiceDeployment), or, for a
+    /// rolling update, slipway puts `from_td` back.
     async fn watch(
         &self,
         d: &Deployment,
         app: &AppConfig,
         (from_td, to_td): (&str, &str),
         ecs_id: &str,
-        source: Source,
+        mut source: Source,
     ) -> Result<(), Stop> {
+        let (deadline, deadline_why) = self.deadline_of(d, app);
         let started = d.started_ms.unwrap_or_else(|| self.now());
-        let deadline = started + app.rollout_timeout.as_millis() as i64;
-        tracing::info!(ecs_deployment = %ecs_id, "watching the rollout");
-        match self
-            .follow(Some(d), app, ecs_id, (from_td, to_td), deadline, source)
-            .await?
-        {
-            Followed::Ended(Rollout::Completed(p)) => {
-                let reason = completed(to_td, p, d.reason.as_deref());
-                self.finish(d, deploy_state::SUCCEEDED, reason).await;
-                Ok(())
+        let target = Target {
+            earlier: Self::earlier(d, from_td),
+            to_td,
+            started_ms: started,
+        };
+        let mut ecs_id = ecs_id.to_owned();
+        tracing::info!(ecs_deployment = %ecs_id, deadline = %deadline_why, "watching the rollout");
+        let late = || {
+            format!(
+                "rollout did not complete within {}s ({deadline_why})",
+                ((deadline - started).max(0) / 1000)
+            )
+        };
+        // Set once slipway asked ECS to roll its service deployment back.
+        let mut stop_requested: Option<String> = None;
+        loop {
+            let followed = self
+                .follow(Some(d), app, &mut ecs_id, target, deadline, &mut source)
+                .await?;
+            return match followed {
+                Followed::Ended(Rollout::Completed(p)) => {
+                    let reason = completed(to_td, p, d.reason.as_deref());
+                    self.finish(d, deploy_state::SUCCEEDED, reason).await;
+                    Ok(())
+                }
+                Followed::Ended(Rollout::CompletedThenReplaced(p, note)) => {
+                    let note = match &d.reason {
+                        Some(earlier) => format!("{note}; {earlier}"),
+                        None => note,
+                    };
+                    let reason = completed(to_td, p, Some(&note));
+                    self.finish(d, deploy_state::SUCCEEDED, reason).await;
+                    Ok(())
+                }
+                Followed::Ended(Rollout::RolledBackByEcs(ecs_why)) => match &stop_requested {
+                    Some(why) => {
+                        self.finish(
+                            d,
+                            deploy_state::ROLLED_BACK,
+                            format!("{why}; ECS rolled its service deployment back: {ecs_why}"),
+                        )
+                        .await;
+                        Ok(())
+                    }
+                    None => Err(Stop::Failed(ecs_why)),
+                },
+                Followed::Ended(Rollout::EcsRollbackFailed(e)) => match &stop_requested {
+                    Some(why) => Err(Stop::Failed(format!("{why}; {e}"))),
+                    None => Err(Stop::Failed(e)),
+                },
+                Followed::Ended(Rollout::Replaced(why)) => Err(Stop::Failed(why)),
+                Followed::Ended(Rollout::NeedsRollback(why)) => {
+                    self.roll_back(d, app, from_td, to_td, why).await
+                }
+                Followed::TimedOut { open_sd: Some(arn) } => {
+                    if stop_requested.is_none() {
+                        let why = late();
+                        if self.request_ecs_rollback(d, &arn, &why).await? {
+                            stop_requested = Some(why);
+                        }
+                    }
+                    // ECS takes a moment to show the rollback: look again after a poll's wait.
+                    tokio::time::sleep(self.config.deploy.poll_max).await;
+                    continue;
+                }
+                Followed::Ended(Rollout::InProgress(_) | Rollout::EcsRollingBack(_))
+                | Followed::TimedOut { open_sd: None } => {
+                    self.roll_back(d, app, from_td, to_td, late()).await
+                }
+            };
+        }
+    }
+
+    /// Past the deadline, ECS's open service deployment is stopped with a rollback by ECS
+    /// (StopServiceDeployment, `ROLLBACK`): never an UpdateService on top of it. Whether ECS
+    /// took the request; a failure that may pass is tried again after the next look, one that
+    /// will not (no permission) fails the deploy and leaves the service deployment to ECS.
+    async fn request_ecs_rollback(
+        &self,
+        d: &Deployment,
+        arn: &str,
+        why: &str,
+    ) -> Result<bool, Stop> {
+        tracing::warn!(reason = %why, service_deployment = %arn,
+            "asking ECS to roll its service deployment back");
+        self.update(
+            d,
+            DeploymentUpdate {
+                reason: Some(why.to_owned()),
+                stage: Some(ROLLBACK_REQUESTED.to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        match service_deployment::stop_and_roll_back(&self.ecs, arn).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.retryable || e.code.as_deref() == Some("ConflictException") => {
+                // Retryable, or ECS's deployment moved on meanwhile: the next look says how.
+                tracing::warn!(error = %e, "StopServiceDeployment failed; looking again");
+                Ok(false)
             }
-            Followed::Ended(Rollout::CompletedThenReplaced(p, note)) => {
-                let note = match &d.reason {
-                    Some(earlier) => format!("{note}; {earlier}"),
-                    None => note,
-                };
-                let reason = completed(to_td, p, Some(&note));
-                self.finish(d, deploy_state::SUCCEEDED, reason).await;
-                Ok(())
-            }
-            Followed::Ended(
-                Rollout::RolledBackByEcs(why)
-                | Rollout::EcsRollbackFailed(why)
-                | Rollout::Replaced(why),
-            ) => Err(Stop::Failed(why)),
-            Followed::Ended(Rollout::NeedsRollback(why)) => {
-                self.roll_back(d, app, from_td, to_td, why).await
-            }
-            Followed::Ended(Rollout::InProgress(_)) | Followed::TimedOut => {
-                let why = format!(
-                    "rollout did not complete within {}s",
-                    app.rollout_timeout.as_secs()
-                );
-                self.roll_back(d, app, from_td, to_td, why).await
-            }
+            Err(e) => Err(Stop::Failed(format!(
+                "{why}; ECS refused to roll its service deployment back ({e}); nothing else \
+                 was sent: the service deployment is left to ECS"
+            ))),
         }
     }
 
@@ -996,7 +1338,7 @@ impl Deployer {
         let primary = rollout::primary(service.deployments());
         match primary.map(|p| (p.task_definition(), p.id.clone().unwrap_or_default())) {
             Some((Some(td), id)) if td == from_td => {
-                self.follow_rollback(d, app, (from_td, to_td), why, &id, Source::list())
+                self.follow_rollback(d, app, (from_td, to_td), why, &id, Source::list(None))
                     .await
             }
             Some((Some(td), _)) if td == to_td => self.roll_back(d, app, from_td, to_td, why).await,
@@ -1020,11 +1362,18 @@ impl Deployer {
         (from_td, to_td): (&str, &str),
         why: String,
         rollback_id: &str,
-        source: Source,
+        mut source: Source,
     ) -> Result<(), Stop> {
-        let deadline = self.now() + app.rollout_timeout.as_millis() as i64;
+        let started_ms = self.now();
+        let deadline = started_ms + app.rollout_timeout.as_millis() as i64;
+        let target = Target {
+            earlier: Earlier::only(to_td),
+            to_td: from_td,
+            started_ms,
+        };
+        let mut rollback_id = rollback_id.to_owned();
         let followed = self
-            .follow(None, app, rollback_id, (to_td, from_td), deadline, source)
+            .follow(None, app, &mut rollback_id, target, deadline, &mut source)
             .await?;
         match followed {
             Followed::Ended(Rollout::Completed(_) | Rollout::CompletedThenReplaced(..)) => {
@@ -1044,12 +1393,11 @@ impl Deployer {
             ) => Err(Stop::Failed(format!(
                 "{why}; the rollback to {from_td} failed: {e}"
             ))),
-            Followed::Ended(Rollout::InProgress(_)) | Followed::TimedOut => {
-                Err(Stop::Failed(format!(
-                    "{why}; the rollback to {from_td} did not complete within {}s",
-                    app.rollout_timeout.as_secs()
-                )))
-            }
+            Followed::Ended(Rollout::InProgress(_) | Rollout::EcsRollingBack(_))
+            | Followed::TimedOut { .. } => Err(Stop::Failed(format!(
+                "{why}; the rollback to {from_td} did not complete within {}s",
+                app.rollout_timeout.as_secs()
+            ))),
         }
     }
 
@@ -1120,6 +1468,19 @@ impl Deployer {
     }
 }
 
+/// Whether ECS still takes UpdateService to this revision (not INACTIVE or DELETE_IN_PROGRESS).
+fn is_active(td: &aws_sdk_ecs::types::TaskDefinition) -> bool {
+    matches!(
+        td.status(),
+        None | Some(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+    )
+}
+
+/// Whether `td` is one of the revisions the service ran before the deploy.
+fn earlier_has(earlier: &Earlier<'_>, td: Option<&str>) -> bool {
+    td.is_some_and(|td| td == earlier.from_td || Some(td) == earlier.original)
+}
+
 fn journal_stop(e: crate::journal::JournalError) -> Stop {
     Stop::Interrupted(format!("journal: {e}"))
 }
@@ -1171,7 +1532,8 @@ mod tests {
 
     /// Issue 9: at most 4 AWS calls a minute per deploy while watching, with the default
     /// polling. A poll is one call (a test through the proxy counts them); the first poll of
-    /// a service deployment adds one ListServiceDeployments.
+    /// a service deployment adds one call (DescribeServiceRevisions confirming the one ECS
+    /// named; when ECS names none, the listing is read at the next poll instead).
     #[test]
     fn default_polling_makes_at_most_four_calls_a_minute() {
         let timing = crate::config::Config::parse(crate::config::MINIMAL_FOR_TESTS)

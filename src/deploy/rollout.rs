@@ -19,6 +19,9 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rollout {
     InProgress(Progress),
+    /// ECS is rolling ours back (circuit breaker, alarms, or a StopServiceDeployment): the
+    /// service is still moving, and nothing may be sent on top of it.
+    EcsRollingBack(Progress),
     Completed(Progress),
     /// Ours completed, then someone else's deployment took over before slipway looked again:
     /// ours did succeed; the note says what replaced it.
@@ -54,10 +57,45 @@ pub fn primary(deployments: &[Deployment]) -> Option<&Deployment> {
         .find(|d| d.status.as_deref() == Some("PRIMARY"))
 }
 
-/// Judges the rollout of deployment `ours` (to `to_td`, from `from_td`).
-pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &str) -> Rollout {
+/// The revisions the service ran before a deploy: `from_td` (the rollback target) first, then
+/// the original it is a copy of, when it is one. ECS's own rollback goes back to the most recent
+/// deployment that completed, which may be the original.
+#[derive(Debug, Clone, Copy)]
+pub struct Earlier<'a> {
+    pub from_td: &'a str,
+    pub original: Option<&'a str>,
+}
+
+impl<'a> Earlier<'a> {
+    pub fn only(from_td: &'a str) -> Earlier<'a> {
+        Earlier {
+            from_td,
+            original: None,
+        }
+    }
+
+    fn has(&self, td: Option<&str>) -> bool {
+        td.is_some_and(|td| td == self.from_td || Some(td) == self.original)
+    }
+}
+
+/// Judges the rollout of deployment `ours` (to `to_td`, from `earlier`).
+pub fn evaluate(
+    deployments: &[Deployment],
+    ours: &str,
+    earlier: Earlier<'_>,
+    to_td: &str,
+) -> Rollout {
+    let from_td = earlier.from_td;
     let mine = deployments.iter().find(|d| d.id.as_deref() == Some(ours));
     let primary = primary(deployments);
+    // ECS rolls back by making the most recent completed deployment PRIMARY again (it keeps
+    // its `createdAt`): a PRIMARY older than ours, or running what the service ran before.
+    let older_than_mine = |p: &Deployment| match (mine.and_then(|m| m.created_at()), p.created_at())
+    {
+        (Some(m), Some(p)) => p.to_millis().unwrap_or(0) < m.to_millis().unwrap_or(0),
+        _ => false,
+    };
     let judge = |d: &Deployment| match d.rollout_state {
         Some(DeploymentRolloutState::Completed) => Rollout::Completed(progress(d)),
         Some(DeploymentRolloutState::Failed) => {
@@ -79,18 +117,24 @@ pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &s
         (Some(m), Some(p)) if m.id == p.id => judge(m),
         // ECS is putting the previous task definition back: only its completion is a rollback;
         // until then the service is still moving and nothing else may start on top of it.
-        (_, Some(p)) if p.task_definition.as_deref() == Some(from_td) => match p.rollout_state {
-            Some(DeploymentRolloutState::Completed) => Rollout::RolledBackByEcs(format!(
-                "ECS rolled the service back to {from_td}: {}",
-                reason_of(mine)
-            )),
-            Some(DeploymentRolloutState::Failed) => Rollout::EcsRollbackFailed(format!(
-                "ECS's rollback to {from_td} failed: {} (the deployment of {to_td}: {})",
-                reason_of(Some(p)),
-                reason_of(mine)
-            )),
-            _ => Rollout::InProgress(progress(p)),
-        },
+        (_, Some(p))
+            if earlier.has(p.task_definition.as_deref())
+                || (older_than_mine(p) && p.task_definition.as_deref() != Some(to_td)) =>
+        {
+            let back_to = p.task_definition.as_deref().unwrap_or(from_td);
+            match p.rollout_state {
+                Some(DeploymentRolloutState::Completed) => Rollout::RolledBackByEcs(format!(
+                    "ECS rolled the service back to {back_to}: {}",
+                    reason_of(mine)
+                )),
+                Some(DeploymentRolloutState::Failed) => Rollout::EcsRollbackFailed(format!(
+                    "ECS's rollback to {back_to} failed: {} (the deployment of {to_td}: {})",
+                    reason_of(Some(p)),
+                    reason_of(mine)
+                )),
+                _ => Rollout::EcsRollingBack(progress(p)),
+            }
+        }
         // Another deployment of our own task definition took over (a forced redeploy): follow it.
         (_, Some(p)) if p.task_definition.as_deref() == Some(to_td) => judge(p),
         // Ours had completed before someone else's deployment replaced it.
@@ -116,20 +160,6 @@ pub fn evaluate(deployments: &[Deployment], ours: &str, from_td: &str, to_td: &s
             reason_of(mine)
         )),
     }
-}
-
-/// The numeric part of an ECS deployment id (`ecs-svc/1485800978477494678`): the id of the
-/// service revision that deployment rolls out, which ends the service deployment's
-/// `targetServiceRevisionArn`.
-pub fn revision_id(ecs_deployment_id: &str) -> &str {
-    ecs_deployment_id.rsplit('/').next().unwrap_or_default()
-}
-
-/// Whether the service deployment targets the revision of ECS deployment `ours`.
-pub fn targets(target_service_revision_arn: Option<&str>, ours: &str) -> bool {
-    target_service_revision_arn
-        .map(revision_id)
-        .is_some_and(|id| !id.is_empty() && id == revision_id(ours))
 }
 
 /// Whether the deployments list cannot judge this rollout and ECS's service deployment must:
@@ -180,7 +210,7 @@ pub fn evaluate_service_deployment(sd: &ServiceDeployment, from_td: &str, to_td:
         Some(S::Pending | S::InProgress) => Verdict::Rollout(Rollout::InProgress(progress), stage),
         // ECS is putting the previous revision back: nothing may start on top of it yet.
         Some(S::RollbackRequested | S::RollbackInProgress) => Verdict::Rollout(
-            Rollout::InProgress(progress),
+            Rollout::EcsRollingBack(progress),
             Some("ROLLBACK_IN_PROGRESS".to_owned()),
         ),
         Some(S::Successful) => Verdict::Rollout(Rollout::Completed(progress), None),
@@ -237,7 +267,7 @@ mod tests {
         use DeploymentRolloutState::*;
         let d = [dep("new", "PRIMARY", TO, Completed)];
         assert!(matches!(
-            evaluate(&d, "new", FROM, TO),
+            evaluate(&d, "new", Earlier::only(FROM), TO),
             Rollout::Completed(_)
         ));
         let d = [
@@ -245,7 +275,7 @@ mod tests {
             dep("old", "ACTIVE", FROM, Completed),
         ];
         assert_eq!(
-            evaluate(&d, "new", FROM, TO),
+            evaluate(&d, "new", Earlier::only(FROM), TO),
             Rollout::InProgress(Progress {
                 running: 1,
                 desired: 2,
@@ -262,13 +292,13 @@ mod tests {
             dep("new", "ACTIVE", TO, Failed),
         ];
         // Still rolling back: not reported yet.
-        let r = evaluate(&d, "new", FROM, TO);
-        assert!(matches!(&r, Rollout::InProgress(_)), "{r:?}");
+        let r = evaluate(&d, "new", Earlier::only(FROM), TO);
+        assert!(matches!(&r, Rollout::EcsRollingBack(_)), "{r:?}");
         let d = [
             dep("back", "PRIMARY", FROM, Completed),
             dep("new", "ACTIVE", TO, Failed),
         ];
-        let r = evaluate(&d, "new", FROM, TO);
+        let r = evaluate(&d, "new", Earlier::only(FROM), TO);
         assert!(
             matches!(&r, Rollout::RolledBackByEcs(m) if m.contains("new Failed")),
             "{r:?}"
@@ -277,7 +307,7 @@ mod tests {
             dep("back", "PRIMARY", FROM, Failed),
             dep("new", "ACTIVE", TO, Failed),
         ];
-        let r = evaluate(&d, "new", FROM, TO);
+        let r = evaluate(&d, "new", Earlier::only(FROM), TO);
         assert!(
             matches!(&r, Rollout::EcsRollbackFailed(m) if m.contains("back Failed")),
             "{r:?}"
@@ -285,7 +315,7 @@ mod tests {
         // Even when the old deployment finished, and ours is gone.
         let d = [dep("back", "PRIMARY", FROM, Completed)];
         assert!(matches!(
-            evaluate(&d, "new", FROM, TO),
+            evaluate(&d, "new", Earlier::only(FROM), TO),
             Rollout::RolledBackByEcs(_)
         ));
     }
@@ -306,7 +336,7 @@ mod tests {
             plain("old", "ACTIVE", FROM, 2),
         ];
         assert!(matches!(
-            evaluate(&d, "new", FROM, TO),
+            evaluate(&d, "new", Earlier::only(FROM), TO),
             Rollout::InProgress(_)
         ));
         let d = [
@@ -314,12 +344,12 @@ mod tests {
             plain("old", "ACTIVE", FROM, 1),
         ];
         assert!(matches!(
-            evaluate(&d, "new", FROM, TO),
+            evaluate(&d, "new", Earlier::only(FROM), TO),
             Rollout::InProgress(_)
         ));
         let d = [plain("new", "PRIMARY", TO, 2)];
         assert!(matches!(
-            evaluate(&d, "new", FROM, TO),
+            evaluate(&d, "new", Earlier::only(FROM), TO),
             Rollout::Completed(_)
         ));
     }
@@ -329,30 +359,32 @@ mod tests {
         use DeploymentRolloutState::*;
         let d = [dep("new", "PRIMARY", TO, Failed)];
         assert!(matches!(
-            evaluate(&d, "new", FROM, TO),
+            evaluate(&d, "new", Earlier::only(FROM), TO),
             Rollout::NeedsRollback(_)
         ));
         let d: [Deployment; 0] = [];
         assert!(
-            matches!(evaluate(&d, "new", FROM, TO), Rollout::NeedsRollback(m) if m.contains("vanished"))
+            matches!(evaluate(&d, "new", Earlier::only(FROM), TO), Rollout::NeedsRollback(m) if m.contains("vanished"))
         );
         let other = "arn:aws:ecs:eu-west-1:1:task-definition/web:7";
         let d = [
             dep("x", "PRIMARY", other, InProgress),
             dep("new", "ACTIVE", TO, InProgress),
         ];
-        assert!(matches!(evaluate(&d, "new", FROM, TO), Rollout::Replaced(m) if m.contains(other)));
+        assert!(
+            matches!(evaluate(&d, "new", Earlier::only(FROM), TO), Rollout::Replaced(m) if m.contains(other))
+        );
         // Ours completed, then someone else deployed before the next look.
         let d = [
             dep("x", "PRIMARY", other, InProgress),
             dep("new", "ACTIVE", TO, Completed),
         ];
         assert!(
-            matches!(evaluate(&d, "new", FROM, TO), Rollout::CompletedThenReplaced(_, m) if m.contains(other))
+            matches!(evaluate(&d, "new", Earlier::only(FROM), TO), Rollout::CompletedThenReplaced(_, m) if m.contains(other))
         );
         let d = [dep("forced", "PRIMARY", TO, Completed)];
         assert!(matches!(
-            evaluate(&d, "new", FROM, TO),
+            evaluate(&d, "new", Earlier::only(FROM), TO),
             Rollout::Completed(_)
         ));
     }
@@ -395,7 +427,10 @@ mod tests {
         );
         assert_eq!(
             evaluate_service_deployment(&sd("ROLLBACK_IN_PROGRESS"), FROM, TO),
-            Verdict::Rollout(Rollout::InProgress(p), Some("ROLLBACK_IN_PROGRESS".into()))
+            Verdict::Rollout(
+                Rollout::EcsRollingBack(p),
+                Some("ROLLBACK_IN_PROGRESS".into())
+            )
         );
         assert_eq!(
             evaluate_service_deployment(&sd("SUCCESSFUL"), FROM, TO),
@@ -420,18 +455,6 @@ mod tests {
                 "{r:?}"
             );
         }
-    }
-
-    #[test]
-    fn the_service_deployment_is_found_by_the_deployments_revision() {
-        let arn = "arn:aws:ecs:eu-west-1:1:service-revision/web/web/1485800978477494678";
-        assert!(targets(Some(arn), "ecs-svc/1485800978477494678"));
-        assert!(!targets(Some(arn), "ecs-svc/1485800978477494679"));
-        assert!(!targets(None, "ecs-svc/1485800978477494678"));
-        assert!(!targets(
-            Some("arn:aws:ecs:eu-west-1:1:service-revision/web/web/"),
-            "ecs-svc/"
-        ));
     }
 
     #[test]

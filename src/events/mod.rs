@@ -6,6 +6,7 @@
 //! slipway dies, the message comes back and the journal makes the retry join the same deploy.
 
 pub mod codebuild;
+pub mod ecs;
 pub mod trust;
 
 use std::sync::Arc;
@@ -149,6 +150,8 @@ pub struct Consumer {
     pub codebuild: aws_sdk_codebuild::Client,
     pub queue_url: String,
     pub results: Arc<BuildResults>,
+    /// The deploys' watched rollouts, woken by ECS's deployment events (`ecs`).
+    pub ecs_watchers: Option<Arc<crate::deploy::watchers::Watchers>>,
 }
 
 /// The consumer with where its events must come from.
@@ -233,6 +236,9 @@ impl Running {
             return;
         };
         let body = message.body().unwrap_or("");
+        if ecs::is_ecs_deployment_event(body) {
+            return self.handle_ecs(&message, &receipt, body).await;
+        }
         let event = match parse_event(body) {
             Ok(event) => event,
             Err(e) => {

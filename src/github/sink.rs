@@ -446,7 +446,8 @@ impl Worker {
                 "error",
                 n.reason.clone().unwrap_or_else(|| "superseded".to_owned()),
             ),
-            EventKind::BuildFailed => return Ok(()),
+            // The deploy is still in progress: its GitHub status stays as it is.
+            EventKind::BuildFailed | EventKind::ServiceUnseen => return Ok(()),
         };
         let page = self.deployment_page(n.deployment);
         self.post_status(

@@ -355,6 +355,7 @@ pub async fn run(
                 codebuild: aws.codebuild.clone(),
                 queue_url: queue_url.clone(),
                 results: results.clone(),
+                ecs_watchers: Some(deployer.watchers.clone()),
             }
             .run(workers.clone()),
         );

@@ -58,12 +58,23 @@ pub struct Deployment {
     pub updated_ms: i64,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// ECS's service deployment of the rollout (its ARN), once slipway found it.
+    pub service_deployment_arn: Option<String>,
+    /// When slipway stops waiting for the rollout (ms since the epoch) and why then.
+    pub deadline_ms: Option<i64>,
+    pub deadline_why: Option<String>,
+    /// "cannot see the service: <reason>" while slipway's looks at the rollout fail.
+    pub unseen: Option<String>,
+    /// The rollback target's original when `from_task_definition` is a copy of it (ECS's
+    /// own rollback goes back to the original).
+    pub from_original: Option<String>,
 }
 
 const COLUMNS: &str = "id, app, service_key, sha, image_tag, trigger, actor, build_row, build_id,
     delivery_id, order_key, target_task_definition, image, from_task_definition,
     to_task_definition, ecs_deployment_id, state, reason, log_link, running_count,
-    desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms, stage";
+    desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms, stage,
+    service_deployment_arn, deadline_ms, deadline_why, unseen, from_original";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
@@ -94,6 +105,11 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
         started_ms: r.get(24)?,
         finished_ms: r.get(25)?,
         stage: r.get(26)?,
+        service_deployment_arn: r.get(27)?,
+        deadline_ms: r.get(28)?,
+        deadline_why: r.get(29)?,
+        unseen: r.get(30)?,
+        from_original: r.get(31)?,
     })
 }
 
@@ -361,6 +377,13 @@ pub struct DeploymentUpdate {
     pub progress: Option<(i64, i64, i64)>,
     /// ECS's lifecycle stage now; a terminal state clears it.
     pub stage: Option<String>,
+    pub service_deployment_arn: Option<String>,
+    /// The deadline (ms) and why.
+    pub deadline: Option<(i64, String)>,
+    /// `Some(reason)` records that slipway cannot see the service; `Some("")` clears it; a
+    /// terminal state clears it.
+    pub unseen: Option<String>,
+    pub from_original: Option<String>,
 }
 
 /// A build slipway started that has had no result for a while.
@@ -484,6 +507,11 @@ impl Journal {
                     desired_count = COALESCE(?12, desired_count),
                     failed_tasks = COALESCE(?13, failed_tasks),
                     stage = CASE WHEN ?10 THEN NULL ELSE COALESCE(?15, stage) END,
+                    service_deployment_arn = COALESCE(?16, service_deployment_arn),
+                    deadline_ms = COALESCE(?17, deadline_ms),
+                    deadline_why = COALESCE(?18, deadline_why),
+                    unseen = CASE WHEN ?10 OR ?19 = '' THEN NULL ELSE COALESCE(?19, unseen) END,
+                    from_original = COALESCE(?20, from_original),
                     updated_ms = ?9
                  WHERE id = ?1",
                 params![
@@ -502,6 +530,11 @@ impl Journal {
                     failed,
                     u.restart_clock,
                     u.stage,
+                    u.service_deployment_arn,
+                    u.deadline.as_ref().map(|d| d.0),
+                    u.deadline.as_ref().map(|d| d.1.clone()),
+                    u.unseen,
+                    u.from_original,
                 ],
             )?;
             Ok(())

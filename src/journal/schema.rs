@@ -276,6 +276,16 @@ INSERT OR IGNORE INTO meta (key, value)
     SELECT 'created_ms', CAST(COALESCE((SELECT MIN(received_ms) FROM deliveries),
         (julianday('now') - 2440587.5) * 86400000.0) AS INTEGER);
 "#,
+    // Issue 22 (deploys judged the way ECS judges them): the service deployment ECS names, the
+    // deadline taken from the service's strategy and why, "cannot see the service" while looks
+    // fail, and the original of a copied rollback target. Additive: nullable columns.
+    r#"
+ALTER TABLE deployments ADD COLUMN service_deployment_arn TEXT;
+ALTER TABLE deployments ADD COLUMN deadline_ms INTEGER;
+ALTER TABLE deployments ADD COLUMN deadline_why TEXT;
+ALTER TABLE deployments ADD COLUMN unseen TEXT;
+ALTER TABLE deployments ADD COLUMN from_original TEXT;
+"#,
 ];
 
 /// The migrations a release before them cannot live with, and why. A new entry is a breaking

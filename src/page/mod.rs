@@ -149,6 +149,8 @@ fn rollout(d: &Deployment) -> Markup {
         } @else {
             p.muted { "No rollout progress yet." }
         }
+        @if let Some(unseen) = &d.unseen { p.why { (unseen) } }
+        @if let Some(why) = &d.deadline_why { p.muted { "Deadline: " (why) } }
     }
 }
 

@@ -13,6 +13,7 @@
 //! `--dry-run` makes no change at all and reports what a real run would do.
 
 mod checks;
+pub mod ecs_events;
 mod plumbing;
 pub mod policy;
 mod recognize;
@@ -80,7 +81,8 @@ pub async fn run(config: &Config, aws: &Clients, dry_run: bool) -> Report {
     };
     // A failed call stops the plumbing (its steps build on each other); the checks still run,
     // and every step not attempted says so.
-    if plumbing.run(&projects).await.is_err() {
+    let services = ecs_events::services(config);
+    if plumbing.run(&projects, &services).await.is_err() {
         let names = &config.provision;
         let target = format!("{}/{TARGET_ID}", names.rule_name);
         for (kind, name) in [

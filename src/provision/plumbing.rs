@@ -113,10 +113,14 @@ impl Plumbing<'_> {
     }
 
     /// The steps build on each other: the first failure stops them.
-    pub(super) async fn run(&mut self, projects: &[String]) -> Result<(), Stopped> {
+    pub(super) async fn run(
+        &mut self,
+        projects: &[String],
+        services: &[String],
+    ) -> Result<(), Stopped> {
         let dlq_arn = self.dead_letter_queue().await?;
         let (queue, queue_is_new, queue_arn) = self.events_queue(dlq_arn).await?;
-        let (rule_exists, rule_arn) = self.rule(projects, queue_arn.as_deref()).await?;
+        let (rule_exists, rule_arn) = self.rule(projects, services, queue_arn.as_deref()).await?;
         self.queue_policy(
             queue.as_ref(),
             queue_is_new,
@@ -290,11 +294,16 @@ impl Plumbing<'_> {
     async fn rule(
         &mut self,
         projects: &[String],
+        services: &[String],
         queue_arn: Option<&str>,
     ) -> Result<(bool, Option<String>), Stopped> {
         let rule_name = self.names.rule_name.clone();
-        let pattern = event_pattern(projects);
-        let pattern_text = format!("CodeBuild final states of {}", projects.join(", "));
+        let pattern = super::ecs_events::rule_pattern(event_pattern(projects), services);
+        let pattern_text = format!(
+            "CodeBuild final states of {}; ECS deployment events of {}",
+            projects.join(", "),
+            services.join(", ")
+        );
         let rule = self
             .describe_rule(&rule_name)
             .await

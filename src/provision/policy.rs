@@ -59,6 +59,7 @@ struct Resources {
     projects: Vec<String>,
     services: Vec<String>,
     service_deployments: Vec<String>,
+    service_revisions: Vec<String>,
     clusters: Vec<String>,
     repositories: Vec<String>,
     queue: String,
@@ -91,6 +92,16 @@ fn resources(config: &Config, env: &Environment) -> Resources {
                     env,
                     "ecs",
                     &format!("service-deployment/{}/{}/*", a.cluster, a.service),
+                )
+            })
+            .collect(),
+        service_revisions: apps
+            .iter()
+            .map(|a| {
+                arn(
+                    env,
+                    "ecs",
+                    &format!("service-revision/{}/{}/*", a.cluster, a.service),
                 )
             })
             .collect(),
@@ -130,11 +141,21 @@ pub fn runtime(config: &Config, env: &Environment) -> Value {
             ],
             r.services.clone(),
         ),
-        // Watching a rollout through ECS's service deployment (blue/green, linear, canary).
+        // Watching a rollout through ECS's service deployment (blue/green, linear, canary),
+        // and, at the deadline, asking ECS to roll it back.
         statement(
             "SlipwayRunServiceDeployments",
-            &["ecs:DescribeServiceDeployments"],
+            &[
+                "ecs:DescribeServiceDeployments",
+                "ecs:StopServiceDeployment",
+            ],
             r.service_deployments,
+        ),
+        // Confirming a service deployment is ours: its target revision runs our revision.
+        statement(
+            "SlipwayRunServiceRevisions",
+            &["ecs:DescribeServiceRevisions"],
+            r.service_revisions,
         ),
         statement("SlipwayRunClusters", &["ecs:DescribeClusters"], r.clusters),
         // ECS supports no resource-level permission for these two.

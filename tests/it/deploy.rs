@@ -25,6 +25,8 @@ pub struct Setup<'a> {
     pub extra: &'a str,
     pub container: &'a str,
     pub images: &'a [&'a str],
+    /// The `[deploy]` section's keys (the tests poll fast by default).
+    pub deploy_timing: &'a str,
 }
 
 impl Default for Setup<'_> {
@@ -34,6 +36,7 @@ impl Default for Setup<'_> {
             extra: "",
             container: "web",
             images: &[MASTER_SHA],
+            deploy_timing: "poll_initial_ms = 50\npoll_max_ms = 200\npoll_with_events_ms = 5000",
         }
     }
 }
@@ -67,8 +70,8 @@ impl Deploy {
         let builder = SlipwayBuilder::new(&proxy.url)
             .apps(&setup.apps)
             .extra(&format!(
-                "queue_url = \"{queue}\"\n{}\n[deploy]\npoll_initial_ms = 50\npoll_max_ms = 200\n[events]\nvisibility_timeout_secs = 3\n[notify]\nwebhook_url_env = \"TEST_NOTIFY_URL\"\n",
-                setup.extra
+                "queue_url = \"{queue}\"\n{}\n[deploy]\n{}\n[events]\nvisibility_timeout_secs = 3\n[notify]\nwebhook_url_env = \"TEST_NOTIFY_URL\"\n",
+                setup.extra, setup.deploy_timing
             ))
             .env("TEST_NOTIFY_URL", &notes.url);
         Deploy {

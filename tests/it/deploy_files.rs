@@ -39,6 +39,8 @@ const RUN_ACTIONS: &[&str] = &[
     "ecs:UpdateService",
     "ecs:ListServiceDeployments",
     "ecs:DescribeServiceDeployments",
+    "ecs:StopServiceDeployment",
+    "ecs:DescribeServiceRevisions",
     "ecs:TagResource",
     "iam:PassRole",
 ];

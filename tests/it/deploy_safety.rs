@@ -491,17 +491,23 @@ async fn a_service_without_rollout_state_completes_when_its_deployment_list_is_s
     let w = Deploy::new().await;
     w.proxy.hide_rollout_state();
     // Its service deployment cannot be read (no permission): the deployments list decides.
-    w.proxy
-        .fail("ListServiceDeployments", 1, 400, "AccessDeniedException");
+    w.proxy.fail(
+        "DescribeServiceDeployments",
+        1,
+        400,
+        "AccessDeniedException",
+    );
     w.proxy.rollouts([Rollout::Complete { after: 2 }]);
     let s = w.builder.start().await;
     let d = w.ship(&s, "clb-1", MASTER_SHA).await;
     assert_eq!(d["state"], "succeeded", "{d}");
     assert_eq!(w.proxy.update_service_calls().len(), 1, "no rollback");
-    assert!(
-        w.proxy.requests("DescribeServiceDeployments").is_empty(),
-        "judged by the deployments list"
+    assert_eq!(
+        w.proxy.requests("DescribeServiceDeployments").len(),
+        1,
+        "refused once, then judged by the deployments list"
     );
+    assert!(w.proxy.requests("DescribeServiceRevisions").is_empty());
 }
 
 /// A task definition of family `web` with the given (name, image) containers; the service
@@ -671,7 +677,9 @@ async fn a_service_without_rollout_state_is_watched_through_its_service_deployme
         1,
         "slipway adds no rollback of its own"
     );
-    assert_eq!(w.proxy.requests("ListServiceDeployments").len(), 1);
+    // ECS named it in UpdateService's answer; its target revision confirmed it.
+    assert!(w.proxy.requests("ListServiceDeployments").is_empty());
+    assert_eq!(w.proxy.requests("DescribeServiceRevisions").len(), 1);
     assert!(!w.proxy.requests("DescribeServiceDeployments").is_empty());
 }
 
@@ -956,8 +964,17 @@ async fn past_the_timeout_an_unlisted_service_deployment_leaves_the_deployments_
     // Before: switching to the service deployment, and each poll that did not find it listed,
     // used up a last look: the deploy timed out and was rolled back before the deployments
     // list, which said the rollout had completed, was ever asked for a verdict.
-    let w = blue_green_completed_while_down("bgunlisted-1").await;
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 1"),
+        ..Setup::default()
+    })
+    .await;
+    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
+    // ECS neither names nor lists the service deployment.
     w.proxy.unlist_service_deployments();
+    w.proxy.hide_current_service_deployment();
+    w.completed_while_down_past_the_timeout("bgunlisted-1")
+        .await;
     let listed_before = w.proxy.requests("ListServiceDeployments").len();
     let _s = w.builder.start().await;
     let done = w.finished(MASTER_SHA).await;

@@ -8,6 +8,7 @@ mod backup;
 mod chat;
 mod cli;
 mod deploy;
+mod deploy_ecs;
 mod deploy_files;
 mod deploy_safety;
 mod edge;

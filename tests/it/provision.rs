@@ -284,15 +284,28 @@ async fn target_arn(emu: &Emulator, rule: &str) -> Option<String> {
         .map(|t| t.arn().to_owned())
 }
 
-fn expected_pattern(projects: &[&str]) -> Value {
-    json!({
-        "source": ["aws.codebuild"],
-        "detail-type": ["CodeBuild Build State Change"],
-        "detail": {
-            "project-name": projects,
-            "build-status": ["SUCCEEDED", "FAILED", "FAULT", "STOPPED", "TIMED_OUT"],
+/// The rule's pattern: CodeBuild's final states of `projects`, or ECS's deployment events of
+/// the `services` (`cluster/service`, sorted) (issue 22).
+fn expected_pattern(projects: &[&str], services: &[&str]) -> Value {
+    let suffixes: Vec<Value> = services
+        .iter()
+        .map(|s| json!({ "suffix": format!(":service/{s}") }))
+        .collect();
+    json!({ "$or": [
+        {
+            "source": ["aws.codebuild"],
+            "detail-type": ["CodeBuild Build State Change"],
+            "detail": {
+                "project-name": projects,
+                "build-status": ["SUCCEEDED", "FAILED", "FAULT", "STOPPED", "TIMED_OUT"],
+            },
         },
-    })
+        {
+            "source": ["aws.ecs"],
+            "detail-type": ["ECS Deployment State Change"],
+            "resources": suffixes,
+        },
+    ]})
 }
 
 #[tokio::test]
@@ -357,7 +370,7 @@ async fn fresh_account_gets_queue_dead_letter_queue_rule_and_target() {
 
     assert_eq!(
         rule_pattern(&emu, RULE).await,
-        expected_pattern(&["web-build"])
+        expected_pattern(&["web-build"], &["main/web"])
     );
     assert_eq!(target_arn(&emu, RULE).await, Some(queue_arn));
 }
@@ -493,7 +506,7 @@ async fn drift_is_reported_and_repaired() {
     assert_eq!(run.status("queue_policy", QUEUE), "unchanged");
     assert_eq!(
         rule_pattern(&emu, RULE).await,
-        expected_pattern(&["web-build"])
+        expected_pattern(&["web-build"], &["main/web"])
     );
     assert_eq!(target_arn(&emu, RULE).await, Some(queue_arn));
     let redrive: Value =
@@ -538,7 +551,7 @@ async fn drift_is_reported_and_repaired() {
     assert_eq!(run.status("rule", RULE), "updated");
     assert_eq!(
         rule_pattern(&emu, RULE).await,
-        expected_pattern(&["api-build", "web-build"])
+        expected_pattern(&["api-build", "web-build"], &["main/api", "main/web"])
     );
 }
 
@@ -668,7 +681,7 @@ async fn every_missing_user_resource_is_reported_in_one_run() {
     // The plumbing is still set up.
     assert_eq!(run.status("rule", RULE), "created");
     assert_eq!(
-        rule_pattern(&emu, RULE).await["detail"]["project-name"]
+        rule_pattern(&emu, RULE).await["$or"][0]["detail"]["project-name"]
             .as_array()
             .unwrap()
             .len(),

@@ -319,10 +319,15 @@ async fn ecs_rolls_back_to_the_previous_task_definition() {
 
     let (td, deps) = w.describe("web").await;
     assert_eq!(td, w.rev1, "the service runs the old task definition again");
-    assert_eq!(deps.len(), 3, "{deps:#?}");
-    let rollback = deps[0].clone();
-    assert!(is_deployment_id(&rollback.id));
-    assert!(rollback.id != id && rollback.id != base);
+    // ECS makes no new deployment for its rollback: the last one that completed goes
+    // IN_PROGRESS again and PRIMARY (ECS developer guide, deployment circuit breaker).
+    assert_eq!(deps.len(), 2, "{deps:#?}");
+    let rollback = deps
+        .iter()
+        .find(|d| d.status == "PRIMARY")
+        .cloned()
+        .unwrap();
+    assert_eq!(rollback.id, base);
     assert_eq!(
         rollback.summary(),
         ("PRIMARY", "IN_PROGRESS", w.rev1.as_str())
@@ -332,12 +337,10 @@ async fn ecs_rolls_back_to_the_previous_task_definition() {
         "{}",
         rollback.reason
     );
-    assert_eq!(deps[1].id, id);
-    assert_eq!(deps[1].summary(), ("ACTIVE", "FAILED", w.rev2.as_str()));
-    assert_eq!(deps[1].failed, 3);
-    assert!(deps[1].reason.contains("circuit breaker"));
-    assert_eq!(deps[2].id, base);
-    assert_eq!(deps[2].status, "ACTIVE");
+    let failed = deps.iter().find(|d| d.id == id).unwrap();
+    assert_eq!(failed.summary(), ("ACTIVE", "FAILED", w.rev2.as_str()));
+    assert_eq!(failed.failed, 3);
+    assert!(failed.reason.contains("circuit breaker"));
     // The emulator was moved back too.
     assert_eq!(w.emulator_task_definition("web").await, w.rev1);
 
@@ -345,7 +348,7 @@ async fn ecs_rolls_back_to_the_previous_task_definition() {
         let (td, deps) = w.describe("web").await;
         assert_eq!(td, w.rev1);
         assert_eq!(deps.len(), 1, "{deps:#?}");
-        assert_eq!(deps[0].id, rollback.id);
+        assert_eq!(deps[0].id, base);
         assert_eq!(deps[0].summary(), ("PRIMARY", "COMPLETED", w.rev1.as_str()));
         assert_eq!(deps[0].running, 2);
     }
@@ -551,4 +554,127 @@ async fn throttling_on_describe_services_is_a_service_error_and_does_not_advance
     let (td, deps) = w.describe("web").await;
     assert_eq!(td, w.rev2);
     assert_eq!(deps[0].summary(), ("PRIMARY", "COMPLETED", w.rev2.as_str()));
+}
+
+#[tokio::test]
+async fn service_deployments_and_revisions_are_modelled_as_the_api_reference_says() {
+    use aws_sdk_ecs::types::{CreatedAt, StopServiceDeploymentStopType};
+    let w = world().await;
+    w.proxy.rollouts([Rollout::Never]);
+    let (id, _base) = w.deploy_rev2().await;
+    // UpdateService named the current service deployment: an opaque id, not the digits.
+    let service = w
+        .ecs
+        .describe_services()
+        .cluster(CLUSTER)
+        .services("web")
+        .send()
+        .await
+        .unwrap()
+        .services()[0]
+        .clone();
+    let current = service.current_service_deployment().unwrap().to_owned();
+    let opaque = current.rsplit('/').next().unwrap();
+    assert!(current.contains(":service-deployment/"), "{current}");
+    assert!(
+        !current.contains(id.rsplit('/').next().unwrap()),
+        "{current} {id}"
+    );
+    assert_eq!(opaque.len(), 21, "like NCWGC2ZR-taawPAYrIaU5: {opaque}");
+    // Its target revision runs rev2 (DescribeServiceRevisions).
+    let sd = w
+        .ecs
+        .describe_service_deployments()
+        .service_deployment_arns(&current)
+        .send()
+        .await
+        .unwrap()
+        .service_deployments()[0]
+        .clone();
+    let revision = sd
+        .target_service_revision()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+    let revisions = w
+        .ecs
+        .describe_service_revisions()
+        .service_revision_arns(&revision)
+        .service_revision_arns("arn:aws:ecs:eu-west-1:123456789012:service-revision/x/y/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        revisions.service_revisions()[0].task_definition(),
+        Some(w.rev2.as_str())
+    );
+    assert_eq!(revisions.failures().len(), 1);
+    // Listing: newest first, cut at maxResults with a nextToken, filtered by createdAt.
+    let page = w
+        .ecs
+        .list_service_deployments()
+        .cluster(CLUSTER)
+        .service("web")
+        .max_results(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.service_deployments().len(), 1);
+    assert_eq!(
+        page.service_deployments()[0].service_deployment_arn(),
+        Some(current.as_str())
+    );
+    assert!(page.next_token().is_some());
+    let later = w
+        .ecs
+        .list_service_deployments()
+        .cluster(CLUSTER)
+        .service("web")
+        .created_at(
+            CreatedAt::builder()
+                .after(aws_smithy_types::DateTime::from_secs(4_000_000_000))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(later.service_deployments().is_empty());
+    // StopServiceDeployment(ROLLBACK): ECS rolls back to the previous revision, no new one.
+    w.ecs
+        .stop_service_deployment()
+        .service_deployment_arn(&current)
+        .stop_type(StopServiceDeploymentStopType::Rollback)
+        .send()
+        .await
+        .unwrap();
+    let (td, _) = w.describe("web").await;
+    assert_eq!(td, w.rev1, "rolled back");
+    let sd = w
+        .ecs
+        .describe_service_deployments()
+        .service_deployment_arns(&current)
+        .send()
+        .await
+        .unwrap()
+        .service_deployments()[0]
+        .clone();
+    assert_eq!(sd.status().map(|s| s.as_str()), Some("ROLLBACK_SUCCESSFUL"));
+    assert!(sd
+        .rollback()
+        .and_then(|r| r.service_revision_arn())
+        .is_some());
+    // A finished service deployment cannot be stopped.
+    let refused = w
+        .ecs
+        .stop_service_deployment()
+        .service_deployment_arn(&current)
+        .stop_type(StopServiceDeploymentStopType::Rollback)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.as_service_error().and_then(|e| e.meta().code()),
+        Some("ConflictException")
+    );
 }

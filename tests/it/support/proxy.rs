@@ -29,6 +29,17 @@
 //!   sends the emulator an `UpdateService` to that task definition so the two agree (best
 //!   effort: a made-up revision such as `:999` is refused by the emulator and only lives in the
 //!   rewritten answers).
+//! - Service deployments and revisions are modelled as the ECS API reference describes them
+//!   (ListServiceDeployments, DescribeServiceDeployments, DescribeServiceRevisions,
+//!   StopServiceDeployment): every deployment started by an update gets a new service revision
+//!   (`…:service-revision/<cluster>/<service>/<ECS's number>`) and a service deployment with an
+//!   opaque id (`…:service-deployment/<cluster>/<service>/NCWGC2ZR-taawPAYrIaU5`), neither
+//!   related to the `ecs-svc/…` digits; the service shows the newest as
+//!   `currentServiceDeployment`. ECS's rollback (circuit breaker, StopServiceDeployment with
+//!   `ROLLBACK`) creates neither: the deployment that last completed goes IN_PROGRESS and
+//!   PRIMARY again, keeping its `createdAt`, and the failed service deployment goes
+//!   `ROLLBACK_IN_PROGRESS` with `rollback.serviceRevisionArn` naming the revision it goes back
+//!   to.
 //! - Faults scripted with [`Proxy::script`] / [`Proxy::fail`] are applied before all of this: a
 //!   faulted call never reaches the emulator and does not advance any rollout.
 //!
@@ -95,13 +106,17 @@ pub enum Rollout {
     Complete { after: u32 },
     /// The deployment becomes `FAILED` (3 failed tasks) and stays `PRIMARY`: no rollback.
     Fail { after: u32 },
-    /// ECS's circuit breaker rolls back: the deployment becomes `FAILED` and `ACTIVE`, a new
-    /// `PRIMARY` deployment of the task definition that was `PRIMARY` before the update appears
-    /// `IN_PROGRESS`, and completes at the next call (the other deployments are then removed).
+    /// ECS's circuit breaker rolls back: the deployment becomes `FAILED` and `ACTIVE`, the
+    /// deployment that was `PRIMARY` before the update becomes `PRIMARY` and `IN_PROGRESS` again
+    /// (same id, same `createdAt`), and completes at the next call (the other deployments are
+    /// then removed).
     EcsRollsBack { after: u32 },
     /// Like `EcsRollsBack`, but ECS's rollback deployment fails too (`FAILED`, still `PRIMARY`)
     /// at the next call.
     EcsRollbackFails { after: u32 },
+    /// Like `EcsRollsBack`, but ECS's rollback stays in progress until
+    /// [`Proxy::complete_now`].
+    EcsRollbackNever { after: u32 },
     /// The deployment `COMPLETED`, and in the same moment someone else deployed: a new
     /// `PRIMARY` deployment of revision 999 appears `IN_PROGRESS` and ours stays `ACTIVE`,
     /// `COMPLETED`.
@@ -124,6 +139,7 @@ impl Rollout {
             | Rollout::Fail { after }
             | Rollout::EcsRollsBack { after }
             | Rollout::EcsRollbackFails { after }
+            | Rollout::EcsRollbackNever { after }
             | Rollout::CompleteThenForeign { after }
             | Rollout::Foreign { after }
             | Rollout::ForeignTo { after, .. }
@@ -151,6 +167,7 @@ impl std::str::FromStr for Rollout {
             ("fail", None) => Rollout::Fail { after },
             ("rollback" | "ecs-rolls-back", None) => Rollout::EcsRollsBack { after },
             ("rollback-fails", None) => Rollout::EcsRollbackFails { after },
+            ("rollback-never", None) => Rollout::EcsRollbackNever { after },
             ("complete-then-foreign", None) => Rollout::CompleteThenForeign { after },
             ("foreign", None) => Rollout::Foreign { after },
             ("foreign", Some(arn)) => Rollout::ForeignTo {
@@ -180,7 +197,10 @@ struct Script {
 struct ServiceDeploymentRecord {
     /// The `ecs-svc/…` id of the deployment it rolls out.
     deployment: String,
+    /// `…:service-deployment/<cluster>/<service>/<opaque id>`.
     arn: String,
+    /// The service revision it rolls out (`…:service-revision/<cluster>/<service>/<digits>`).
+    target_revision: String,
     created: f64,
     updated: f64,
     finished: Option<f64>,
@@ -199,6 +219,23 @@ impl ServiceDeploymentRecord {
     fn is_open(&self) -> bool {
         matches!(self.status, "PENDING" | "IN_PROGRESS")
     }
+
+    /// StopServiceDeployment accepts these: "You can stop a deployment that is in any of the
+    /// following states": PENDING, IN_PROGRESS, STOP_REQUESTED, ROLLBACK_REQUESTED,
+    /// ROLLBACK_IN_PROGRESS
+    /// (<https://docs.aws.amazon.com/AmazonECS/latest/developerguide/stop-service-deployment.html>).
+    fn is_stoppable(&self) -> bool {
+        self.is_open() || matches!(self.status, "ROLLBACK_REQUESTED" | "ROLLBACK_IN_PROGRESS")
+    }
+}
+
+/// A service revision: what one deployment rolls out. ECS makes one per UpdateService that
+/// changes the service; a rollback makes none (it goes back to an existing one).
+#[derive(Debug, Clone)]
+struct RevisionRecord {
+    arn: String,
+    task_definition: String,
+    created: f64,
 }
 
 /// The lifecycle stages the proxy walks an ECS blue/green, linear or canary deployment through,
@@ -225,6 +262,12 @@ struct ServiceOverlay {
     service_deployments: Vec<ServiceDeploymentRecord>,
     /// ECS rollback deployment id → the deployment it rolls back.
     rollback_of: HashMap<String, String>,
+    /// Every service revision of the service, oldest first.
+    revisions: Vec<RevisionRecord>,
+    /// `ecs-svc/…` deployment id → the ARN of the service revision it rolls out.
+    revision_of: HashMap<String, String>,
+    /// The ARN of the newest service deployment (`currentServiceDeployment`).
+    current_service_deployment: Option<String>,
     /// Newest first.
     deployments: Vec<Value>,
     script: Option<Script>,
@@ -249,6 +292,13 @@ struct State {
     no_rollout_state: bool,
     /// ListServiceDeployments lists nothing (ECS is late listing a service deployment).
     no_service_deployments_listed: bool,
+    /// Task definition ARN → the status ECS reports for it (DELETE_IN_PROGRESS, which the
+    /// emulator does not model; INACTIVE).
+    td_status: HashMap<String, String>,
+    /// Services are answered without `currentServiceDeployment`.
+    no_current_service_deployment: bool,
+    /// The next UpdateService answer lists no deployments (no PRIMARY).
+    no_deployments_in_next_update: bool,
     /// StartBuild's environment overrides by build id: the emulator drops them, AWS shows
     /// them in the build's environment.
     build_env: HashMap<String, Value>,
@@ -362,6 +412,54 @@ impl Proxy {
     /// after one started (DescribeServiceDeployments still finds one by its ARN).
     pub fn unlist_service_deployments(&self) {
         self.state.lock().unwrap().no_service_deployments_listed = true;
+    }
+
+    /// From now on ECS reports task definition `arn` with this status (`DELETE_IN_PROGRESS`
+    /// after DeleteTaskDefinitions, `INACTIVE`), and refuses UpdateService to it as ECS does:
+    /// "You can't use a DELETE_IN_PROGRESS task definition revision to run new tasks or create
+    /// new services. You also can't update an existing service to reference a
+    /// DELETE_IN_PROGRESS task definition revision"
+    /// (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_DeleteTaskDefinitions.html>).
+    pub fn task_definition_status(&self, arn: &str, status: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .td_status
+            .insert(arn.to_owned(), status.to_owned());
+    }
+
+    /// From now on services are answered without `currentServiceDeployment` (slipway must
+    /// find its service deployment through ListServiceDeployments).
+    pub fn hide_current_service_deployment(&self) {
+        self.state.lock().unwrap().no_current_service_deployment = true;
+    }
+
+    /// The next UpdateService answer lists no deployments, so it has no PRIMARY one (ECS acted
+    /// on the request all the same).
+    pub fn next_update_without_deployments(&self) {
+        self.state.lock().unwrap().no_deployments_in_next_update = true;
+    }
+
+    /// The service deployments of a service (ARN, `ecs-svc/…` deployment id, status), oldest
+    /// first.
+    pub fn service_deployments(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Vec<(String, String, String)> {
+        let key = service_key(Some(cluster), service);
+        self.state
+            .lock()
+            .unwrap()
+            .overlays
+            .get(&key)
+            .map(|o| {
+                o.service_deployments
+                    .iter()
+                    .map(|r| (r.arn.clone(), r.deployment.clone(), r.status.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every request seen, in order of arrival.
@@ -485,8 +583,8 @@ fn now() -> f64 {
     ms as f64 / 1000.0
 }
 
-/// `ecs-svc/` and 19 random digits, like ECS.
-fn deployment_id() -> String {
+/// A random number (a fresh hasher per call, fed a counter and the time).
+fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -497,10 +595,43 @@ fn deployment_id() -> String {
             .map(|d| d.as_nanos())
             .unwrap_or(0),
     );
-    format!(
-        "ecs-svc/{:019}",
-        hasher.finish() % 10_000_000_000_000_000_000
-    )
+    hasher.finish()
+}
+
+/// `ecs-svc/` and 19 random digits, like ECS.
+fn deployment_id() -> String {
+    format!("ecs-svc/{:019}", random_u64() % 10_000_000_000_000_000_000)
+}
+
+/// The opaque id that ends a service deployment's ARN. The API reference's example is
+/// `NCWGC2ZR-taawPAYrIaU5` (DescribeServiceDeployments) and its StopServiceDeployment example
+/// `…:service-deployment/MyCluster/MyService/r9i43YFjvgF_xlg7m2eJ1r`: nothing in it relates to
+/// the `ecs-svc/…` id of the deployment it rolls out
+/// (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_DescribeServiceDeployments.html>).
+fn service_deployment_id() -> String {
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    const ANY: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_";
+    let pick = |alphabet: &[u8], n: usize| -> String {
+        let mut r = random_u64();
+        (0..n)
+            .map(|i| {
+                if i % 8 == 7 {
+                    r = random_u64();
+                }
+                let c = alphabet[(r % alphabet.len() as u64) as usize] as char;
+                r /= alphabet.len() as u64;
+                c
+            })
+            .collect()
+    };
+    format!("{}-{}", pick(UPPER, 8), pick(ANY, 12))
+}
+
+/// The numeric id that ends a service revision's ARN: ECS's own number, unrelated to the
+/// deployment's `ecs-svc/…` digits
+/// (<https://docs.aws.amazon.com/AmazonECS/latest/developerguide/service-revision.html>).
+fn service_revision_id() -> String {
+    format!("{:019}", random_u64() % 10_000_000_000_000_000_000)
 }
 
 /// The same family at revision 999.
@@ -554,15 +685,30 @@ fn mark_failed(d: &mut Value, t: f64) {
 }
 
 impl ServiceOverlay {
-    /// `arn:aws:ecs:…:service-revision/<cluster>/<service>/<digits of the deployment id>`, as
-    /// ECS names the revision a deployment rolls out.
+    /// The ARN of the service revision deployment `deployment` rolls out.
     fn revision_arn(&self, deployment: &str) -> String {
-        format!(
+        self.revision_of
+            .get(deployment)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A new service revision of `task_definition` for deployment `deployment`:
+    /// `arn:aws:ecs:…:service-revision/<cluster>/<service>/<ECS's own number>`.
+    fn new_revision(&mut self, deployment: &str, task_definition: &str, t: f64) -> String {
+        let arn = format!(
             "{}/{}",
             self.service_arn
                 .replacen(":service/", ":service-revision/", 1),
-            last_segment(deployment)
-        )
+            service_revision_id()
+        );
+        self.revisions.push(RevisionRecord {
+            arn: arn.clone(),
+            task_definition: task_definition.to_owned(),
+            created: t,
+        });
+        self.revision_of.insert(deployment.to_owned(), arn.clone());
+        arn
     }
 
     fn sd_mut(&mut self, deployment: &str) -> Option<&mut ServiceDeploymentRecord> {
@@ -571,8 +717,16 @@ impl ServiceOverlay {
             .find(|r| r.deployment == deployment)
     }
 
-    /// A new service deployment for `deployment`; the open ones are stopped (replaced).
-    fn open_service_deployment(&mut self, deployment: &str, desired: i64, t: f64) {
+    /// A new service deployment for `deployment` (to a new service revision of
+    /// `task_definition`); the open ones are stopped (replaced).
+    fn open_service_deployment(
+        &mut self,
+        deployment: &str,
+        task_definition: &str,
+        desired: i64,
+        t: f64,
+    ) {
+        let target_revision = self.new_revision(deployment, task_definition, t);
         for r in self.service_deployments.iter_mut().filter(|r| r.is_open()) {
             r.status = "STOPPED";
             r.reason = "A newer service deployment replaced this one.".to_owned();
@@ -580,14 +734,16 @@ impl ServiceOverlay {
             r.updated = t;
         }
         let arn = format!(
-            "{}/sd{}",
+            "{}/{}",
             self.service_arn
                 .replacen(":service/", ":service-deployment/", 1),
-            last_segment(deployment)
+            service_deployment_id()
         );
+        self.current_service_deployment = Some(arn.clone());
         self.service_deployments.push(ServiceDeploymentRecord {
             deployment: deployment.to_owned(),
             arn,
+            target_revision,
             created: t,
             updated: t,
             finished: None,
@@ -646,7 +802,7 @@ impl ServiceOverlay {
         if let Some(d) = self.find_mut(id) {
             mark_completed(d, t);
         }
-        match self.rollback_of.get(id).cloned() {
+        match self.rollback_of.remove(id) {
             Some(original) => {
                 let running = self.find_mut(id).and_then(|d| d["runningCount"].as_i64());
                 self.end_service_deployment(
@@ -666,16 +822,9 @@ impl ServiceOverlay {
         }
     }
 
-    /// Puts a new `PRIMARY` deployment in front; the others become `ACTIVE`.
-    /// `rolls_back`: the deployment ECS rolls back with this one (then no new service
-    /// deployment: the rolled-back one goes `ROLLBACK_IN_PROGRESS`).
-    fn push_primary(
-        &mut self,
-        task_definition: &str,
-        desired: i64,
-        reason: Option<String>,
-        rolls_back: Option<&str>,
-    ) {
+    /// Puts a new `PRIMARY` deployment in front, with its own service revision and service
+    /// deployment; the others become `ACTIVE`.
+    fn push_primary(&mut self, task_definition: &str, desired: i64, reason: Option<String>) {
         let t = now();
         for d in self.deployments.iter_mut() {
             if d["status"] == "PRIMARY" {
@@ -689,25 +838,95 @@ impl ServiceOverlay {
             d["rolloutStateReason"] = json!(reason);
         }
         self.deployments.insert(0, d);
-        match rolls_back {
-            Some(original) => {
-                let revision = self.revision_arn(&id);
-                self.rollback_of.insert(id.clone(), original.to_owned());
-                if let Some(r) = self.sd_mut(original) {
-                    r.status = "ROLLBACK_IN_PROGRESS";
-                    r.reason =
-                        "ECS deployment circuit breaker: the deployment failed; rolling back."
-                            .to_owned();
-                    r.failures = 3;
-                    r.updated = t;
-                    r.rollback = Some((
-                        reason.unwrap_or_else(|| "circuit breaker".to_owned()),
-                        revision,
-                    ));
-                }
+        self.open_service_deployment(&id, task_definition, desired, t);
+    }
+
+    /// ECS rolls deployment `failed` back to deployment `to` (the most recent one that
+    /// completed). ECS makes no new deployment and no new service revision for it: "the
+    /// deployment that was previously in the COMPLETED state" moves to IN_PROGRESS (keeping its
+    /// `createdAt`) and becomes `PRIMARY`; the failed one's service deployment goes
+    /// ROLLBACK_IN_PROGRESS, its `rollback.serviceRevisionArn` naming the revision it goes back
+    /// to (<https://docs.aws.amazon.com/AmazonECS/latest/developerguide/deployment-circuit-breaker.html>,
+    /// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Rollback.html>).
+    /// Returns the task definition the service goes back to.
+    fn roll_back_to(&mut self, failed: &str, to: &str, reason: String) -> Option<String> {
+        let t = now();
+        let td = self
+            .deployments
+            .iter()
+            .find(|d| d["id"] == to)
+            .map(|d| str_of(d, "taskDefinition").to_owned())?;
+        for d in self.deployments.iter_mut() {
+            if d["id"] == failed {
+                d["status"] = json!("ACTIVE");
+                d["updatedAt"] = json!(t);
+            } else if d["id"] == to {
+                d["status"] = json!("PRIMARY");
+                d["rolloutState"] = json!("IN_PROGRESS");
+                d["rolloutStateReason"] = json!(reason);
+                d["updatedAt"] = json!(t);
             }
-            None => self.open_service_deployment(&id, desired, t),
         }
+        let revision = self.revision_arn(to);
+        self.rollback_of.insert(to.to_owned(), failed.to_owned());
+        if let Some(r) = self.sd_mut(failed) {
+            r.status = "ROLLBACK_IN_PROGRESS";
+            r.reason = reason.clone();
+            r.updated = t;
+            r.rollback = Some((reason, revision));
+        }
+        self.settling = None;
+        self.failing = None;
+        Some(td)
+    }
+
+    /// StopServiceDeployment(ROLLBACK) of the service deployment `arn`: "rolls back the service
+    /// deployment to the previous service revision"
+    /// (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_StopServiceDeployment.html>).
+    /// Returns the task definition the service goes back to, or the AWS error.
+    fn stop_service_deployment(
+        &mut self,
+        arn: &str,
+    ) -> Result<Option<String>, (u16, &'static str)> {
+        let r = self
+            .service_deployments
+            .iter()
+            .find(|r| r.arn == arn)
+            .ok_or((400, "ServiceDeploymentNotFoundException"))?;
+        if !r.is_stoppable() {
+            return Err((400, "ConflictException"));
+        }
+        if !r.is_open() {
+            // Already rolling back: ECS "continues the rollback operation".
+            return Ok(None);
+        }
+        let failed = r.deployment.clone();
+        // The previous service revision: the deployment that was PRIMARY before this one.
+        let to = match &self.script {
+            Some(script) if script.deployment == failed => {
+                script.previous.as_ref().map(|(id, _)| id.clone())
+            }
+            _ => None,
+        }
+        .or_else(|| {
+            self.deployments
+                .iter()
+                .find(|d| d["id"] != failed.as_str())
+                .map(|d| str_of(d, "id").to_owned())
+        })
+        .ok_or((400, "ConflictException"))?;
+        if self.script.as_ref().is_some_and(|s| s.deployment == failed) {
+            self.script = None;
+        }
+        let td = self.roll_back_to(
+            &failed,
+            &to,
+            "Service deployment rolled back because StopServiceDeployment was requested."
+                .to_owned(),
+        );
+        // The rollback completes at the next step.
+        self.settling = Some(to);
+        Ok(td)
     }
 
     fn newest_id(&self) -> String {
@@ -731,7 +950,7 @@ impl ServiceOverlay {
                 d["rolloutStateReason"] =
                     json!("ECS deployment circuit breaker: the rollback's tasks failed to start.");
             }
-            if let Some(original) = self.rollback_of.get(&id).cloned() {
+            if let Some(original) = self.rollback_of.remove(&id) {
                 self.end_service_deployment(
                     &original,
                     "ROLLBACK_FAILED",
@@ -787,27 +1006,28 @@ impl ServiceOverlay {
                 );
                 None
             }
-            Rollout::EcsRollsBack { .. } | Rollout::EcsRollbackFails { .. } => {
+            Rollout::EcsRollsBack { .. }
+            | Rollout::EcsRollbackFails { .. }
+            | Rollout::EcsRollbackNever { .. } => {
                 if let Some(d) = self.find_mut(&id) {
                     mark_failed(d, t);
                 }
                 let (previous_id, previous_td) = script.previous?;
-                self.push_primary(
-                    &previous_td,
-                    desired,
-                    Some(format!(
+                let moved = self.roll_back_to(
+                    &id,
+                    &previous_id,
+                    format!(
                         "ECS deployment circuit breaker: rolling back to deploymentId {previous_id}."
-                    )),
-                    Some(&id),
+                    ),
                 );
-                // ECS's rollback deployment completes, or fails too, at the next step.
-                let rollback = Some(self.newest_id());
-                if matches!(script.outcome, Rollout::EcsRollbackFails { .. }) {
-                    self.failing = rollback;
-                } else {
-                    self.settling = rollback;
+                // ECS's rollback (the earlier deployment again) completes, or fails too, at the
+                // next step.
+                match script.outcome {
+                    Rollout::EcsRollbackFails { .. } => self.failing = Some(previous_id),
+                    Rollout::EcsRollbackNever { .. } => {}
+                    _ => self.settling = Some(previous_id),
                 }
-                Some(previous_td)
+                Some(moved.unwrap_or(previous_td))
             }
             Rollout::CompleteThenForeign { .. } => {
                 let ours = self
@@ -818,7 +1038,7 @@ impl ServiceOverlay {
                     .unwrap_or_default();
                 self.complete(&id, t);
                 let td = foreign_revision(&ours);
-                self.push_primary(&td, desired, None, None);
+                self.push_primary(&td, desired, None);
                 self.settling = Some(self.newest_id());
                 Some(td)
             }
@@ -837,7 +1057,7 @@ impl ServiceOverlay {
                         foreign_revision(&ours)
                     }
                 };
-                self.push_primary(&td, desired, None, None);
+                self.push_primary(&td, desired, None);
                 self.settling = Some(self.newest_id());
                 Some(td)
             }
@@ -858,6 +1078,11 @@ impl ServiceOverlay {
     /// Rewrites a service object of an ECS answer.
     fn rewrite(&self, service: &mut Value) {
         service["deployments"] = Value::Array(self.deployments.clone());
+        // "The ARN of the current service deployment"
+        // (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Service.html>).
+        if let Some(arn) = &self.current_service_deployment {
+            service["currentServiceDeployment"] = json!(arn);
+        }
         if let Some(td) = self.primary_task_definition() {
             service["taskDefinition"] = json!(td);
         }
@@ -1016,6 +1241,12 @@ fn baseline_from(service: &Value, td: &str) -> Value {
     d
 }
 
+fn strip_current_service_deployment(service: &mut Value) {
+    if let Some(service) = service.as_object_mut() {
+        service.remove("currentServiceDeployment");
+    }
+}
+
 fn strip_rollout_state(service: &mut Value) {
     for d in service["deployments"].as_array_mut().into_iter().flatten() {
         if let Some(d) = d.as_object_mut() {
@@ -1101,6 +1332,24 @@ async fn handle(
         Some(Fault::DelayAnswer(d)) => delay_answer = Some(d),
         None => {}
     }
+    if is_ecs && operation == "UpdateService" {
+        if let Some(td) = request["taskDefinition"].as_str() {
+            let refused = state
+                .lock()
+                .unwrap()
+                .td_status
+                .get(td)
+                .filter(|st| st.as_str() != "ACTIVE")
+                .cloned();
+            if let Some(status) = refused {
+                return aws_error(
+                    400,
+                    "ClientException",
+                    &format!("The task definition {td} is {status}: it cannot be deployed."),
+                );
+            }
+        }
+    }
     let ctx = Ctx {
         state,
         client,
@@ -1147,11 +1396,33 @@ async fn handle(
         }
     }
     if is_ecs && operation == "ListServiceDeployments" {
-        return json_response(
-            &list_service_deployments(&ctx.state, &request),
-            delay_answer,
-        )
-        .await;
+        return match list_service_deployments(&ctx.state, &request) {
+            Ok(out) => json_response(&out, delay_answer).await,
+            Err(e) => aws_error(400, "InvalidParameterException", &e),
+        };
+    }
+    if is_ecs && operation == "DescribeServiceRevisions" {
+        return match describe_service_revisions(&ctx.state, &request) {
+            Ok(out) => json_response(&out, delay_answer).await,
+            Err(e) => aws_error(400, "InvalidParameterException", &e),
+        };
+    }
+    if is_ecs && operation == "StopServiceDeployment" {
+        let (answer, moved) = stop_service_deployment(&ctx.state, &request);
+        if let Some((key, td)) = moved {
+            let (cluster, service) = key.split_once('/').unwrap_or(("default", &key));
+            let _ = ctx
+                .ecs(
+                    headers,
+                    "UpdateService",
+                    json!({ "cluster": cluster, "service": service, "taskDefinition": td }),
+                )
+                .await;
+        }
+        return match answer {
+            Ok(out) => json_response(&out, delay_answer).await,
+            Err((status, code)) => aws_error(status, code, "refused by the test proxy's ECS"),
+        };
     }
     if is_ecs && operation == "DescribeServiceDeployments" {
         return json_response(
@@ -1260,6 +1531,14 @@ async fn ecs_answer(
     }
     match operation {
         "CreateService" => {}
+        "DescribeTaskDefinition" => {
+            let s = ctx.state.lock().unwrap();
+            let arn = str_of(&out["taskDefinition"], "taskDefinitionArn").to_owned();
+            match s.td_status.get(&arn) {
+                Some(status) => out["taskDefinition"]["status"] = json!(status),
+                None => return answer.into_response(),
+            }
+        }
         "UpdateService" => {
             let key = service_key(
                 request["cluster"].as_str(),
@@ -1292,10 +1571,11 @@ async fn ecs_answer(
                         baseline_from(service, &moto_td)
                     });
                     let id = str_of(&base, "id").to_owned();
+                    let base_td = str_of(&base, "taskDefinition").to_owned();
                     let created = base["createdAt"].as_f64().unwrap_or_else(now);
                     let desired = base["desiredCount"].as_i64().unwrap_or(0);
                     overlay.deployments.push(base);
-                    overlay.open_service_deployment(&id, desired, created);
+                    overlay.open_service_deployment(&id, &base_td, desired, created);
                     overlay.end_service_deployment(
                         &id,
                         "SUCCESSFUL",
@@ -1311,7 +1591,7 @@ async fn ecs_answer(
                 let td = td
                     .or_else(|| overlay.primary_task_definition())
                     .unwrap_or_default();
-                overlay.push_primary(&td, desired, None, None);
+                overlay.push_primary(&td, desired, None);
                 overlay.script = Some(Script {
                     deployment: overlay.newest_id(),
                     previous,
@@ -1339,6 +1619,12 @@ async fn ecs_answer(
             if s.no_rollout_state {
                 strip_rollout_state(service);
             }
+            if s.no_current_service_deployment {
+                strip_current_service_deployment(service);
+            }
+            if std::mem::take(&mut s.no_deployments_in_next_update) {
+                service["deployments"] = json!([]);
+            }
         }
         "DescribeServices" => {
             let s = ctx.state.lock().unwrap();
@@ -1353,6 +1639,9 @@ async fn ecs_answer(
                     }
                     if s.no_rollout_state {
                         strip_rollout_state(service);
+                    }
+                    if s.no_current_service_deployment {
+                        strip_current_service_deployment(service);
                     }
                 }
             }
@@ -1458,7 +1747,7 @@ impl ServiceOverlay {
             "status": r.status,
             "statusReason": r.reason,
             "targetServiceRevision": {
-                "arn": self.revision_arn(&r.deployment),
+                "arn": r.target_revision,
                 "requestedTaskCount": r.requested,
                 "runningTaskCount": running,
                 "pendingTaskCount": 0,
@@ -1500,7 +1789,7 @@ impl ServiceOverlay {
             "clusterArn": self.cluster_arn,
             "createdAt": r.created,
             "startedAt": r.created,
-            "targetServiceRevisionArn": self.revision_arn(&r.deployment),
+            "targetServiceRevisionArn": r.target_revision,
             "status": r.status,
             "statusReason": r.reason,
         });
@@ -1511,8 +1800,11 @@ impl ServiceOverlay {
     }
 }
 
-/// ListServiceDeployments, newest first, from the overlay (the emulator answers 500).
-fn list_service_deployments(state: &Mutex<State>, request: &Value) -> Value {
+/// ListServiceDeployments, newest first, from the overlay (the emulator answers 500). As the
+/// API reference says: `status` and `createdAt` (`before` / `after`) filter; at most
+/// `maxResults` (1-100, default 20) a page, then a `nextToken`
+/// (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ListServiceDeployments.html>).
+fn list_service_deployments(state: &Mutex<State>, request: &Value) -> Result<Value, String> {
     let key = service_key(
         request["cluster"].as_str(),
         request["service"].as_str().unwrap_or(""),
@@ -1523,8 +1815,24 @@ fn list_service_deployments(state: &Mutex<State>, request: &Value) -> Value {
         .flatten()
         .filter_map(Value::as_str)
         .collect();
+    let after = request["createdAt"]["after"].as_f64();
+    let before = request["createdAt"]["before"].as_f64();
+    let max = match &request["maxResults"] {
+        Value::Null => 20,
+        v => match v.as_u64() {
+            Some(n @ 1..=100) => n as usize,
+            _ => return Err("maxResults must be between 1 and 100".into()),
+        },
+    };
+    let skip = match request["nextToken"].as_str() {
+        None => 0,
+        Some(t) => t
+            .strip_prefix("page-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| "invalid nextToken".to_owned())?,
+    };
     let s = state.lock().unwrap();
-    let briefs: Vec<Value> = s
+    let all: Vec<Value> = s
         .overlays
         .get(&key)
         .filter(|_| !s.no_service_deployments_listed)
@@ -1533,11 +1841,97 @@ fn list_service_deployments(state: &Mutex<State>, request: &Value) -> Value {
                 .iter()
                 .rev()
                 .filter(|r| statuses.is_empty() || statuses.contains(&r.status))
+                .filter(|r| after.is_none_or(|a| r.created >= a))
+                .filter(|r| before.is_none_or(|b| r.created <= b))
                 .map(|r| o.brief_json(r))
                 .collect()
         })
         .unwrap_or_default();
-    json!({ "serviceDeployments": briefs })
+    let page: Vec<Value> = all.iter().skip(skip).take(max).cloned().collect();
+    let mut out = json!({ "serviceDeployments": page });
+    if skip + max < all.len() {
+        out["nextToken"] = json!(format!("page-{}", skip + max));
+    }
+    Ok(out)
+}
+
+/// DescribeServiceRevisions from the overlay: at most 20 ARNs a call; unknown ones are
+/// `failures` (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_DescribeServiceRevisions.html>).
+fn describe_service_revisions(state: &Mutex<State>, request: &Value) -> Result<Value, String> {
+    let arns: Vec<&str> = request["serviceRevisionArns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if arns.is_empty() || arns.len() > 20 {
+        return Err("serviceRevisionArns must name 1 to 20 service revisions".into());
+    }
+    let s = state.lock().unwrap();
+    let mut found = vec![];
+    let mut failures = vec![];
+    for arn in arns {
+        let hit = s.overlays.values().find_map(|o| {
+            o.revisions.iter().find(|r| r.arn == arn).map(|r| {
+                json!({
+                    "serviceRevisionArn": r.arn,
+                    "serviceArn": o.service_arn,
+                    "clusterArn": o.cluster_arn,
+                    "taskDefinition": r.task_definition,
+                    "launchType": "FARGATE",
+                    "createdAt": r.created,
+                })
+            })
+        });
+        match hit {
+            Some(v) => found.push(v),
+            None => failures.push(json!({ "arn": arn, "reason": "MISSING" })),
+        }
+    }
+    Ok(json!({ "serviceRevisions": found, "failures": failures }))
+}
+
+/// An AWS error the proxy answers with: HTTP status and error code.
+type AwsFault = (u16, &'static str);
+
+/// StopServiceDeployment from the overlay. Returns the answer, or an AWS error, and the
+/// service (key, task definition) the emulator must be moved to.
+fn stop_service_deployment(
+    state: &Mutex<State>,
+    request: &Value,
+) -> (Result<Value, AwsFault>, Option<(String, String)>) {
+    let arn = request["serviceDeploymentArn"].as_str().unwrap_or("");
+    if request["stopType"].as_str().unwrap_or("ROLLBACK") != "ROLLBACK" {
+        // ABORT is not modelled.
+        return (Err((400, "InvalidParameterException")), None);
+    }
+    let mut s = state.lock().unwrap();
+    let key = s
+        .overlays
+        .iter()
+        .find(|(_, o)| o.service_deployments.iter().any(|r| r.arn == arn))
+        .map(|(k, _)| k.clone());
+    let Some(key) = key else {
+        return (Err((400, "ServiceDeploymentNotFoundException")), None);
+    };
+    let overlay = s.overlays.get_mut(&key).expect("found above");
+    match overlay.stop_service_deployment(arn) {
+        Ok(td) => (
+            Ok(json!({ "serviceDeploymentArn": arn })),
+            td.map(|td| (key, td)),
+        ),
+        Err(e) => (Err(e), None),
+    }
+}
+
+fn aws_error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let payload = json!({ "__type": code, "message": message });
+    Response::builder()
+        .status(status)
+        .header("content-type", AMZ_JSON)
+        .header("x-amzn-errortype", code)
+        .body(Full::new(Bytes::from(payload.to_string())))
+        .unwrap()
 }
 
 /// DescribeServiceDeployments from the overlay.
