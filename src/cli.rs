@@ -615,7 +615,7 @@ async fn require_region() -> anyhow::Result<aws_config::SdkConfig> {
 async fn check_config(path: &std::path::Path, aws: bool) -> anyhow::Result<()> {
     let loaded = Config::load(path)?;
     let shared = crate::aws::shared_config().await;
-    let problems = crate::config::check_serve_environment(
+    let problems = crate::startup::check_serve_environment(
         &loaded,
         |name| std::env::var(name).ok(),
         shared.region().map(|r| r.as_ref()),
@@ -652,8 +652,8 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let mut config = Config::load(path)?;
     let keys = crate::webhook_keys::Keyring::load(&config, &|name| std::env::var(name).ok())?;
     let shared = require_region().await?;
-    let notifier =
-        crate::notify::Notifier::from_config(&config.notify, |name| std::env::var(name).ok())?;
+    let notify =
+        crate::notify::Endpoints::from_config(&config.notify, |name| std::env::var(name).ok())?;
     let github = crate::github::Credentials::from_env(config.github.as_ref(), |name| {
         std::env::var(name).ok()
     })?;
@@ -725,7 +725,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             journal,
             clock,
             aws,
-            notifier,
+            notify,
             ops_tokens,
             read_token: crate::config::ReadToken::parse(
                 std::env::var(crate::config::READ_TOKEN_ENV).ok().as_deref(),

@@ -20,6 +20,10 @@ use crate::config::Config;
 use crate::journal::deploy_state;
 use crate::journal::{Journal, JournalError};
 
+// `metrics` reads the journal's plain numbers (`pending_builds`, `notify_outbox_stats`) and the
+// configuration; nothing below it imports `metrics`, and the modules that emit name only the
+// constants here (no circle: see `tests_imports`).
+
 pub const DELIVERIES: &str = "slipway_deliveries_total";
 pub const WEBHOOK_DURATION: &str = "slipway_webhook_request_duration_seconds";
 pub const JOURNAL_COMMIT_DURATION: &str = "slipway_journal_commit_duration_seconds";
@@ -31,6 +35,14 @@ pub const SQS_MESSAGES: &str = "slipway_sqs_messages_received_total";
 pub const NOTIFICATIONS_DROPPED: &str = "slipway_notifications_dropped_total";
 pub const AWS_CALLS: &str = "slipway_aws_calls_total";
 pub const GITHUB_REQUESTS: &str = "slipway_github_requests_total";
+/// Delivery recovery rounds that stopped before the end of the window (issue 24), by hook.
+pub const GITHUB_RECOVERY_STOPPED_EARLY: &str = "slipway_github_recovery_stopped_early_total";
+/// Attempts at Slack and generic-webhook notifications (issue 24), by target and result.
+pub const NOTIFICATIONS: &str = "slipway_notifications_total";
+/// Notifications journaled and not yet sent or given up, by target (read at scrape time).
+pub const NOTIFICATIONS_PENDING: &str = "slipway_notifications_pending";
+/// Age of the oldest pending notification, by target (read at scrape time).
+pub const OLDEST_PENDING_NOTIFICATION_AGE: &str = "slipway_oldest_pending_notification_age_seconds";
 /// Journal backups (issue 21), by result.
 pub const BACKUPS: &str = "slipway_backups_total";
 pub const BUILDS_PENDING: &str = "slipway_builds_pending";
@@ -57,6 +69,21 @@ const DEPLOYMENT_OUTCOMES: &[&str] = &[
 /// `result` of `slipway_github_requests_total` and `slipway_aws_calls_total`.
 pub const RESULT_OK: &str = "ok";
 pub const RESULT_ERROR: &str = "error";
+/// `result` of `slipway_github_requests_total` for an update that never reached GitHub:
+/// dropped before it was journaled (queue full, journal failing), or given up (too old, or
+/// refused for good).
+pub const RESULT_DROPPED: &str = "dropped";
+pub const RESULT_GIVEN_UP: &str = "given_up";
+
+/// `target` of the notification metrics: every HTTP notification target (fixed, whether
+/// configured or not).
+pub const NOTIFY_TARGETS: &[&str] = &["slack", "webhook"];
+/// `result` of `slipway_notifications_total`: the target took it (2xx); an attempt failed and
+/// it stays first in line; it was given up (too old, or refused for good).
+pub const NOTIFY_SENT: &str = "sent";
+pub const NOTIFY_FAILED: &str = "failed";
+pub const NOTIFY_GIVEN_UP: &str = "given_up";
+const NOTIFY_RESULTS: &[&str] = &[NOTIFY_SENT, NOTIFY_FAILED, NOTIFY_GIVEN_UP];
 
 /// `slipway_aws_calls_total` series present from the first scrape (`service` is the SDK's
 /// service name, lowercased).
@@ -128,13 +155,34 @@ fn describe() {
     describe_counter!(SQS_MESSAGES, "Build-result messages received from SQS.");
     describe_counter!(
         NOTIFICATIONS_DROPPED,
-        "Notifications dropped because the outbound queue was full."
+        "Notifications dropped before they were journaled (queue full or journal failing)."
+    );
+    describe_counter!(
+        NOTIFICATIONS,
+        "Slack and generic-webhook notification attempts, by target and result (sent, failed: \
+         tried again later, given_up: too old or refused for good)."
+    );
+    describe_gauge!(
+        NOTIFICATIONS_PENDING,
+        "Notifications journaled and not yet sent or given up, by target."
+    );
+    describe_gauge!(
+        OLDEST_PENDING_NOTIFICATION_AGE,
+        "Age of the oldest pending notification, by target, in seconds (0 when none)."
     );
     describe_counter!(
         AWS_CALLS,
         "AWS API calls (after the SDK's retries), by service, operation and result."
     );
-    describe_counter!(GITHUB_REQUESTS, "Requests to the GitHub API, by result.");
+    describe_counter!(
+        GITHUB_REQUESTS,
+        "GitHub API requests and updates, by result (ok, error: a request failed; dropped: an \
+         update never journaled; given_up: an update too old or refused for good)."
+    );
+    describe_counter!(
+        GITHUB_RECOVERY_STOPPED_EARLY,
+        "Delivery recovery rounds that stopped paging before the end of the window, by hook."
+    );
     describe_counter!(BACKUPS, "Journal backups taken, by result (ok, error).");
     describe_gauge!(BUILDS_PENDING, "Builds waiting for CodeBuild StartBuild.");
     describe_gauge!(
@@ -155,6 +203,20 @@ fn register_zero(config: &Config) {
     for result in [RESULT_OK, RESULT_ERROR] {
         metrics::counter!(GITHUB_REQUESTS, "result" => result).increment(0);
         metrics::counter!(BACKUPS, "result" => result).increment(0);
+    }
+    for result in [RESULT_DROPPED, RESULT_GIVEN_UP] {
+        metrics::counter!(GITHUB_REQUESTS, "result" => result).increment(0);
+    }
+    for hook in config.github.iter().flat_map(|g| &g.hooks) {
+        metrics::counter!(GITHUB_RECOVERY_STOPPED_EARLY, "hook" => hook.id.to_string())
+            .increment(0);
+    }
+    for target in NOTIFY_TARGETS {
+        for result in NOTIFY_RESULTS {
+            metrics::counter!(NOTIFICATIONS, "target" => *target, "result" => *result).increment(0);
+        }
+        metrics::gauge!(NOTIFICATIONS_PENDING, "target" => *target).increment(0.0);
+        metrics::gauge!(OLDEST_PENDING_NOTIFICATION_AGE, "target" => *target).increment(0.0);
     }
     // The calls an alert would watch; other operations appear with their first call.
     for (service, operation) in WATCHED_AWS_CALLS {
@@ -183,6 +245,12 @@ pub async fn render(journal: &Journal, now_ms: i64) -> Result<String, JournalErr
     let pending = journal.pending_builds(now_ms).await?;
     metrics::gauge!(BUILDS_PENDING).set(pending.count as f64);
     metrics::gauge!(OLDEST_PENDING_BUILD_AGE).set(pending.oldest_age_ms as f64 / 1000.0);
+    for outbox in journal.notify_outbox_stats(NOTIFY_TARGETS, now_ms).await? {
+        metrics::gauge!(NOTIFICATIONS_PENDING, "target" => outbox.target.clone())
+            .set(outbox.pending as f64);
+        metrics::gauge!(OLDEST_PENDING_NOTIFICATION_AGE, "target" => outbox.target)
+            .set(outbox.oldest_pending_age_ms as f64 / 1000.0);
+    }
     let Some(handle) = HANDLE.get() else {
         return Ok(String::new());
     };

@@ -166,3 +166,40 @@ pub async fn take_journal(
     .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
     Ok(Some(journal))
 }
+
+/// What `serve` would refuse in the environment for `config`, without calling AWS: the webhook
+/// secrets, the ops tokens, the variables `[notify]` names, Slack's signing secret without
+/// `[chat] slack_team_id`, `[github]` without credentials, and the AWS region. Every problem is
+/// one line naming the variable or key; the values are never shown. `region` is the region the
+/// SDK resolved (environment or profile).
+pub fn check_serve_environment(
+    config: &Config,
+    env: impl Fn(&str) -> Option<String>,
+    region: Option<&str>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = crate::webhook_keys::Keyring::load(config, &env) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = crate::config::OpsTokens::parse(env(crate::config::OPS_TOKENS_ENV).as_deref()) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = crate::config::ReadToken::parse(env(crate::config::READ_TOKEN_ENV).as_deref()) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = crate::notify::Endpoints::from_config(&config.notify, &env) {
+        problems.push(e.to_string());
+    }
+    let slack_secret =
+        env(crate::config::SLACK_SIGNING_SECRET_ENV).is_some_and(|s| !s.trim().is_empty());
+    if slack_secret && config.chat.slack_team_id.is_none() {
+        problems.push(crate::config::SLACK_TEAM_REQUIRED.to_owned());
+    }
+    if let Err(e) = crate::github::Credentials::from_env(config.github.as_ref(), &env) {
+        problems.push(e.to_string());
+    }
+    if region.is_none_or(str::is_empty) {
+        problems.push(crate::config::NO_REGION.to_owned());
+    }
+    problems
+}

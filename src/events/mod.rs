@@ -36,6 +36,8 @@ pub struct BuildResults {
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub notifier: Notifier,
+    /// The `slipway/build` status of a build whose deploy starts (not a notification).
+    pub github: crate::github::GithubSink,
     pub deploy_wake: Arc<Notify>,
 }
 
@@ -134,7 +136,7 @@ impl BuildResults {
             } => {
                 if created {
                     tracing::info!(deployment, "build succeeded; deploy requested");
-                    self.notifier.github().build_succeeded(deployment);
+                    self.github.build_succeeded(deployment);
                     self.deploy_wake.notify_one();
                 }
                 Ok(Some(deployment))

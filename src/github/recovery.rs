@@ -160,7 +160,7 @@ impl Recovery {
                     return Ok(requested);
                 }
             }
-            let path = format!("{}/{}/attempts", hook.deliveries_path(), attempt.id);
+            let path = format!("{}/{}/attempts", deliveries_path(hook), attempt.id);
             let result = self
                 .client
                 .request(Method::POST, &path, None, Self::auth(hook))
@@ -231,7 +231,7 @@ impl Recovery {
         let mut failed: BTreeMap<String, Attempt> = BTreeMap::new();
         let mut first: BTreeMap<String, (time::OffsetDateTime, i64)> = BTreeMap::new();
         let mut succeeded = std::collections::HashSet::new();
-        let mut next = Some(format!("{}?per_page={PER_PAGE}", hook.deliveries_path()));
+        let mut next = Some(format!("{}?per_page={PER_PAGE}", deliveries_path(hook)));
         let mut pages = 0;
         while let Some(url) = next.take() {
             pages += 1;
@@ -265,7 +265,7 @@ impl Recovery {
             match reply.next {
                 Some(url) if !older && pages < MAX_PAGES => next = Some(url),
                 Some(_) if !older => {
-                    metrics::counter!("slipway_github_recovery_stopped_early_total",
+                    metrics::counter!(crate::metrics::GITHUB_RECOVERY_STOPPED_EARLY,
                         "hook" => hook.id.to_string())
                     .increment(1);
                     tracing::warn!(
@@ -286,6 +286,15 @@ impl Recovery {
 }
 
 /// Whether GitHub got a 2xx for this attempt (0, or none: it could not deliver at all).
+/// The API path of a hook's deliveries.
+fn deliveries_path(hook: &Hook) -> String {
+    match &hook.owner {
+        HookOwner::Repository(repo) => format!("/repos/{repo}/hooks/{}/deliveries", hook.id),
+        HookOwner::Org(org) => format!("/orgs/{org}/hooks/{}/deliveries", hook.id),
+        HookOwner::App => "/app/hook/deliveries".to_owned(),
+    }
+}
+
 fn delivered(a: &Attempt) -> bool {
     a.status_code.is_some_and(|c| (200..300).contains(&c))
 }
@@ -297,6 +306,23 @@ fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_hook_owner_has_its_deliveries_path() {
+        let hook = |owner| Hook { owner, id: 7 };
+        assert_eq!(
+            deliveries_path(&hook(HookOwner::Repository("octo-org/web".into()))),
+            "/repos/octo-org/web/hooks/7/deliveries"
+        );
+        assert_eq!(
+            deliveries_path(&hook(HookOwner::Org("octo-org".into()))),
+            "/orgs/octo-org/hooks/7/deliveries"
+        );
+        assert_eq!(
+            deliveries_path(&hook(HookOwner::App)),
+            "/app/hook/deliveries"
+        );
+    }
 
     #[test]
     fn an_attempt_that_could_not_connect_failed() {

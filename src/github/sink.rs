@@ -23,7 +23,7 @@ use super::GithubError;
 use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
 use crate::journal::{millis, GithubDeployment, Journal};
-use crate::notify::{EventKind, Notification};
+use crate::notify::{EventKind, Flushing, Notification, Target};
 
 /// Events waiting to be posted; more are dropped (with a warning), like notifications.
 const QUEUE_CAPACITY: usize = 1024;
@@ -135,7 +135,7 @@ impl GithubSink {
         inner.pending.send_modify(|p| *p += 1);
         if let Err(e) = inner.tx.try_send(event()) {
             inner.pending.send_modify(|p| *p -= 1);
-            metrics::counter!("slipway_github_requests_total", "result" => "dropped").increment(1);
+            metrics::counter!(crate::metrics::GITHUB_REQUESTS, "result" => crate::metrics::RESULT_DROPPED).increment(1);
             tracing::warn!(event = ?e.into_inner(), "GitHub queue full: dropping the update");
         }
     }
@@ -145,6 +145,22 @@ impl GithubSink {
         if let Some(inner) = &self.inner {
             crate::notify::drained(&inner.pending, timeout, "GitHub updates still unposted").await;
         }
+    }
+}
+
+/// GitHub is one of the notifier's targets: deploy and build notifications become statuses
+/// and deployment statuses.
+impl Target for GithubSink {
+    fn name(&self) -> &'static str {
+        "github"
+    }
+
+    fn notify(&self, n: &Notification) {
+        self.notification(n);
+    }
+
+    fn flush(&self, timeout: Duration) -> Flushing<'_> {
+        Box::pin(GithubSink::flush(self, timeout))
     }
 }
 
@@ -187,7 +203,7 @@ async fn keep(
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) => {
-                    metrics::counter!("slipway_github_requests_total", "result" => "dropped")
+                    metrics::counter!(crate::metrics::GITHUB_REQUESTS, "result" => crate::metrics::RESULT_DROPPED)
                         .increment(1);
                     tracing::error!(error = %e, ?event, "GitHub outbox: cannot journal the update; dropping it");
                     pending.send_modify(|p| *p = p.saturating_sub(1));
@@ -277,7 +293,7 @@ impl Worker {
                     result => {
                         // Posted, or given up on (logged, counted and shown by the client).
                         if let Err(e) = result {
-                            metrics::counter!("slipway_github_requests_total", "result" => "given_up")
+                            metrics::counter!(crate::metrics::GITHUB_REQUESTS, "result" => crate::metrics::RESULT_GIVEN_UP)
                                 .increment(1);
                             tracing::warn!(error = %e, attempts = entry.attempts + 1,
                                 queued_secs = age_ms / 1000, "GitHub update given up");

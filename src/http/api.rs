@@ -136,6 +136,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/deployments", get(deployments))
         .route("/api/deployments/{id}", get(deployment))
         .route("/api/github/recoveries", get(github_recoveries))
+        .route("/api/notifications", get(notifications))
         .route("/api/backups", get(last_backup).post(take_backup))
 }
 
@@ -204,6 +205,43 @@ async fn github_recoveries(
         .await
         .map_err(OpsError::from)?;
     Ok(Json(json!({ "recoveries": rows })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationsQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Slack and generic-webhook notifications (issue 24), newest first: pending ones with their
+/// attempts and last error, sent ones, and given-up ones with the reason.
+async fn notifications(
+    _: Operator,
+    State(state): State<AppState>,
+    Query(q): Query<NotificationsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::journal::notify_state;
+    let limit = limit(&ListQuery {
+        app: None,
+        state: None,
+        limit: q.limit,
+    })?;
+    if let Some(s) = &q.state {
+        if !notify_state::ALL.contains(&s.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("state must be one of {}", notify_state::ALL.join(", ")),
+            ));
+        }
+    }
+    let rows = state
+        .journal
+        .notifications(q.state, limit)
+        .await
+        .map_err(OpsError::from)?;
+    Ok(Json(json!({ "notifications": rows })))
 }
 
 #[derive(Deserialize)]

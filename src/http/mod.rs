@@ -38,7 +38,7 @@ use crate::config::{Config, OpsTokens, ServerLimits};
 use crate::deploy::Deployer;
 use crate::events::{BuildResults, Consumer, Reconciler};
 use crate::journal::Journal;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, Target};
 pub use starting::answer_while_starting;
 
 /// What every request handler can reach: one `Arc`, so a request clones a pointer, not every
@@ -81,7 +81,8 @@ pub struct Services {
     pub journal: Journal,
     pub clock: SharedClock,
     pub aws: Clients,
-    pub notifier: Notifier,
+    /// Slack's and the generic webhook's URLs (checked; their outboxes start with the server).
+    pub notify: crate::notify::Endpoints,
     pub ops_tokens: OpsTokens,
     pub read_token: crate::config::ReadToken,
     pub slack_secret: Option<crate::config::Secret>,
@@ -284,7 +285,7 @@ pub async fn run(
         journal,
         clock,
         aws,
-        notifier,
+        notify,
         ops_tokens,
         read_token,
         slack_secret,
@@ -308,7 +309,13 @@ pub async fn run(
         None => None,
     };
     let github_sink = github.as_ref().map(|g| g.sink.clone()).unwrap_or_default();
-    let notifier = notifier.with_github(github_sink.clone());
+    // Every notification goes to every target, each through its own journaled outbox.
+    let mut targets: Vec<Arc<dyn Target>> =
+        notify.start(&config.notify, journal.clone(), clock.clone())?;
+    if github.is_some() {
+        targets.push(Arc::new(github_sink.clone()));
+    }
+    let notifier = Notifier::new(targets);
     let limits = config.server.clone();
     let build_wake = Arc::new(Notify::new());
     let deploy_wake = Arc::new(Notify::new());
@@ -346,6 +353,7 @@ pub async fn run(
         config: config.clone(),
         clock: clock.clone(),
         notifier: notifier.clone(),
+        github: github_sink.clone(),
         deploy_wake: deploy_wake.clone(),
     });
     if let Some(queue_url) = &config.queue_url {
@@ -453,6 +461,7 @@ pub async fn run(
     workers.cancel();
     while worker_tasks.join_next().await.is_some() {}
     notifier.flush(std::time::Duration::from_secs(5)).await;
+    // Also what GitHub took that was not a notification (build statuses).
     github_sink.flush(std::time::Duration::from_secs(5)).await;
     journal.close();
     tracing::info!("stopped");

@@ -31,6 +31,8 @@ pub struct Pruned {
     pub bodies_dropped: u64,
     /// Ignored, ping and duplicate deliveries deleted.
     pub deliveries_deleted: u64,
+    /// Notifications sent or given up longer ago than `keep_ignored_days`, deleted.
+    pub notifications_deleted: u64,
     /// Free pages given back to the file system (4 KiB each).
     pub pages_reclaimed: u64,
 }
@@ -39,6 +41,7 @@ impl Pruned {
     fn add(&mut self, other: Pruned) {
         self.bodies_dropped += other.bodies_dropped;
         self.deliveries_deleted += other.deliveries_deleted;
+        self.notifications_deleted += other.notifications_deleted;
         self.pages_reclaimed += other.pages_reclaimed;
     }
 }
@@ -117,6 +120,16 @@ fn prune_batch(
         })?
         .collect::<Result<_, _>>()?;
     more |= doomed.len() as i64 == BATCH;
+    // Notifications that are done (sent or given up) go with the ignored deliveries; pending
+    // ones are never pruned.
+    let notes = c
+        .prepare_cached(
+            "DELETE FROM notify_outbox WHERE id IN (SELECT id FROM notify_outbox
+                 WHERE state != 'pending' AND done_ms < ?1 ORDER BY done_ms LIMIT ?2)",
+        )?
+        .execute(params![ignored_before, BATCH])?;
+    more |= notes as i64 == BATCH;
+    pruned.notifications_deleted += notes as u64;
     for (n, (id, body_id)) in doomed.into_iter().enumerate() {
         // At least one row per batch, so a slow selection still makes progress.
         if n > 0 && started.elapsed() >= rows_until {
@@ -214,6 +227,7 @@ impl Retention {
                     Ok(p) if p != Pruned::default() => tracing::info!(
                         bodies_dropped = p.bodies_dropped,
                         deliveries_deleted = p.deliveries_deleted,
+                        notifications_deleted = p.notifications_deleted,
                         pages_reclaimed = p.pages_reclaimed,
                         "journal: pruned"
                     ),

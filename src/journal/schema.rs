@@ -286,6 +286,27 @@ ALTER TABLE deployments ADD COLUMN deadline_why TEXT;
 ALTER TABLE deployments ADD COLUMN unseen TEXT;
 ALTER TABLE deployments ADD COLUMN from_original TEXT;
 "#,
+    // Issue 24 (one outbox for every notification): a Slack or generic-webhook notification is
+    // journaled here, one row per target, before anything is sent; it leaves `pending` when its
+    // target answered 2xx (`sent`) or it was given up (`given_up`: too old, or refused for good),
+    // and the row stays for the ops API and the status page (retention prunes old ones).
+    // Additive: a new table.
+    r#"
+CREATE TABLE notify_outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    target          TEXT NOT NULL,                   -- slack | webhook
+    event           TEXT NOT NULL,                   -- the notification, JSON
+    idempotency_key TEXT NOT NULL,                   -- sent with every attempt (a UUID)
+    state           TEXT NOT NULL DEFAULT 'pending', -- pending | sent | given_up
+    created_ms      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_attempt_ms INTEGER,
+    last_error      TEXT,                            -- why the last attempt failed, or why given up
+    done_ms         INTEGER                          -- when it was sent or given up
+);
+CREATE INDEX notify_outbox_pending ON notify_outbox (target, id) WHERE state = 'pending';
+CREATE INDEX notify_outbox_done ON notify_outbox (done_ms) WHERE state != 'pending';
+"#,
 ];
 
 /// The migrations a release before them cannot live with, and why. A new entry is a breaking

@@ -7,11 +7,16 @@ use std::sync::Arc;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::journal::{build_state, deploy_state, format_millis, Deployment, Journal, Run};
+use crate::journal::{
+    build_state, deploy_state, format_millis, notify_state, Deployment, Journal,
+    NotificationRecord, Run,
+};
 use crate::ops::{AppStatus, Ops};
 
 /// Runs listed on the front page.
 const RECENT_RUNS: u32 = 30;
+/// Notifications in trouble (failing or given up) listed on the front page, newest first.
+const TROUBLED_NOTIFICATIONS: u32 = 20;
 /// Seconds between reloads while something is in progress.
 const REFRESH_SECS: u32 = 5;
 
@@ -68,6 +73,7 @@ pub async fn status(
     }
     let runs = journal.recent_runs(RECENT_RUNS).await?;
     let busy = runs.iter().any(in_progress);
+    let troubled = troubled_notifications(journal).await?;
     let body = html! {
         h1 { "slipway" }
         h2 { "Apps" }
@@ -94,6 +100,13 @@ pub async fn status(
             div.wrap { table {
                 thead { tr { th { "When" } th { "App" } th { "Trigger" } th { "Build" } th { "Deploy" } } }
                 tbody { @for run in &runs { (run_row(run)) } }
+            } }
+        }
+        @if !troubled.is_empty() {
+            h2 { "Notifications not delivered" }
+            div.wrap { table {
+                thead { tr { th { "When" } th { "To" } th { "Notification" } th { "State" } th { "Attempts" } th { "Why" } } }
+                tbody { @for n in &troubled { (notification_row(n)) } }
             } }
         }
     };
@@ -133,6 +146,43 @@ pub async fn deployment(
         }
     };
     Ok(Some(page(&format!("deployment {}", d.id), busy, body)))
+}
+
+/// Notifications given up, and pending ones whose attempts failed, newest first.
+async fn troubled_notifications(
+    journal: &Journal,
+) -> Result<Vec<NotificationRecord>, crate::journal::JournalError> {
+    let mut rows = journal
+        .notifications(Some(notify_state::PENDING.into()), TROUBLED_NOTIFICATIONS)
+        .await?;
+    rows.retain(|n| n.attempts > 0);
+    rows.extend(
+        journal
+            .notifications(Some(notify_state::GIVEN_UP.into()), TROUBLED_NOTIFICATIONS)
+            .await?,
+    );
+    rows.sort_by(|a, b| b.id.cmp(&a.id));
+    rows.truncate(TROUBLED_NOTIFICATIONS as usize);
+    Ok(rows)
+}
+
+fn notification_row(n: &NotificationRecord) -> Markup {
+    let field = |k: &str| n.notification[k].as_str().unwrap_or("").to_owned();
+    let state = if n.state == notify_state::GIVEN_UP {
+        "given up"
+    } else {
+        "retrying"
+    };
+    html! {
+        tr {
+            td { (n.created_at) }
+            td { (n.target) }
+            td { (field("kind")) " " strong { (field("app")) } " " code.sha { (short(&field("sha"))) } }
+            td { span.st.(if n.state == notify_state::GIVEN_UP { "bad" } else { "run" }) { (state) } }
+            td { (n.attempts) }
+            td { @if let Some(why) = &n.last_error { span.why { (why) } } }
+        }
+    }
 }
 
 fn rollout(d: &Deployment) -> Markup {

@@ -12,6 +12,11 @@ use serde::Deserialize;
 
 use crate::ids::AppName;
 
+pub mod github;
+pub mod notify;
+
+pub use notify::NotifyConfig;
+
 /// Environment variable holding the GitHub webhook secret(s), comma-separated for rotation.
 pub const WEBHOOK_SECRET_ENV: &str = "SLIPWAY_WEBHOOK_SECRET";
 
@@ -71,7 +76,7 @@ struct RawConfig {
     #[serde(default)]
     events: RawEvents,
     #[serde(default)]
-    notify: crate::notify::NotifyConfig,
+    notify: notify::RawNotifyConfig,
     #[serde(default)]
     provision: RawProvision,
     #[serde(default, rename = "app")]
@@ -81,7 +86,7 @@ struct RawConfig {
     #[serde(default)]
     journal: JournalConfig,
     /// Optional GitHub API access (issue 11): statuses, deployments, recovery.
-    github: Option<crate::github::RawGithubConfig>,
+    github: Option<github::RawGithubConfig>,
 }
 
 /// The `[chat]` table.
@@ -189,13 +194,13 @@ pub struct Config {
     pub deploy: DeployTiming,
     pub events: EventsConfig,
     /// Where notifications go (the URLs themselves come from the environment).
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: NotifyConfig,
     /// Names of what `slipway provision` creates.
     pub provision: ProvisionConfig,
     pub apps: Vec<AppConfig>,
     pub chat: ChatConfig,
     /// The `[github]` table, validated; None when absent.
-    pub github: Option<crate::github::GithubConfig>,
+    pub github: Option<github::GithubConfig>,
     /// `[server] public_url` (or the older `[github] public_url`), without a trailing slash:
     /// where a deploy's page is reached from outside.
     pub public_url: Option<String>,
@@ -550,7 +555,7 @@ impl RawConfig {
             build,
             deploy,
             events,
-            notify: self.notify,
+            notify: self.notify.validate()?,
             provision,
             apps,
             public_url: match self.server.public_url {
@@ -1338,43 +1343,6 @@ pub fn slack_signing_secret_from_env() -> Option<Secret> {
 /// What `serve` says when Slack's signing secret is set without `[chat] slack_team_id`.
 pub const SLACK_TEAM_REQUIRED: &str = "[chat] slack_team_id is required when \
      SLIPWAY_SLACK_SIGNING_SECRET is set (commands from other Slack workspaces must be refused)";
-
-/// What `serve` would refuse in the environment for `config`, without calling AWS: the webhook
-/// secrets, the ops tokens, the variables `[notify]` names, Slack's signing secret without
-/// `[chat] slack_team_id`, `[github]` without credentials, and the AWS region. Every problem is
-/// one line naming the variable or key; the values are never shown. `region` is the region the
-/// SDK resolved (environment or profile). Must run inside a tokio runtime (the notifier check
-/// builds the notifier the way `serve` does).
-pub fn check_serve_environment(
-    config: &Config,
-    env: impl Fn(&str) -> Option<String>,
-    region: Option<&str>,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Err(e) = crate::webhook_keys::Keyring::load(config, &env) {
-        problems.push(e.to_string());
-    }
-    if let Err(e) = OpsTokens::parse(env(OPS_TOKENS_ENV).as_deref()) {
-        problems.push(e.to_string());
-    }
-    if let Err(e) = ReadToken::parse(env(READ_TOKEN_ENV).as_deref()) {
-        problems.push(e.to_string());
-    }
-    if let Err(e) = crate::notify::Notifier::from_config(&config.notify, &env) {
-        problems.push(e.to_string());
-    }
-    let slack_secret = env(SLACK_SIGNING_SECRET_ENV).is_some_and(|s| !s.trim().is_empty());
-    if slack_secret && config.chat.slack_team_id.is_none() {
-        problems.push(SLACK_TEAM_REQUIRED.to_owned());
-    }
-    if let Err(e) = crate::github::Credentials::from_env(config.github.as_ref(), &env) {
-        problems.push(e.to_string());
-    }
-    if region.is_none_or(str::is_empty) {
-        problems.push(NO_REGION.to_owned());
-    }
-    problems
-}
 
 /// What `serve`, `provision` and `check-config` say when the SDK finds no region.
 pub const NO_REGION: &str =

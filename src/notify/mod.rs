@@ -1,0 +1,188 @@
+//! Deploy notifications: what happened ([`Notification`]) and the one door every target is
+//! reached through ([`Target`]).
+//!
+//! Callers hand a notification to [`Notifier::send`], which gives it to every target and
+//! returns: notifications never block, fail or slow the deploy path. The notifier names no
+//! target; whoever wires slipway together (`http::run`) gives it the list: the journaled
+//! outboxes of Slack and the generic webhook ([`Endpoints::start`], in `outbox`), and GitHub's
+//! statuses and deployments (`github::GithubSink`). Each target keeps its own journaled outbox,
+//! posts it in order, retries with backoff and gives up only by age.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+mod message;
+mod outbox;
+
+pub use outbox::Endpoints;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    BuildFailed,
+    DeployStarted,
+    DeploySucceeded,
+    DeployFailed,
+    RolledBack,
+    Superseded,
+    /// slipway's looks at a deploy's rollout keep failing: it decides nothing until it can see
+    /// the service again (sent once per deploy).
+    ServiceUnseen,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    pub kind: EventKind,
+    pub app: String,
+    /// The full commit SHA; messages show the 7-character short form.
+    pub sha: String,
+    pub image: Option<String>,
+    pub reason: Option<String>,
+    /// CodeBuild log deep link, when there is one.
+    pub log_link: Option<String>,
+    /// slipway's deployment id.
+    pub deployment: Option<i64>,
+    pub build_id: Option<String>,
+}
+
+/// What [`Target::flush`] returns.
+pub type Flushing<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// A destination for notifications. Implementations only take the notification in (into their
+/// journaled outbox) and deliver it in the background.
+pub trait Target: Send + Sync + 'static {
+    /// Its name in logs (`slack`, `webhook`, `github`).
+    fn name(&self) -> &'static str;
+
+    /// Takes `n` for delivery and returns at once: never blocks, never fails.
+    fn notify(&self, n: &Notification);
+
+    /// Waits until everything taken has been delivered or given up on, at most `timeout`
+    /// (graceful shutdown, tests).
+    fn flush(&self, timeout: Duration) -> Flushing<'_>;
+}
+
+/// Gives every notification to every target. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Notifier {
+    targets: Arc<Vec<Arc<dyn Target>>>,
+}
+
+impl Notifier {
+    pub fn new(targets: Vec<Arc<dyn Target>>) -> Notifier {
+        Notifier {
+            targets: Arc::new(targets),
+        }
+    }
+
+    /// A notifier that discards everything.
+    pub fn disabled() -> Notifier {
+        Notifier::default()
+    }
+
+    /// Gives `n` to every target and returns at once.
+    pub fn send(&self, n: Notification) {
+        for target in self.targets.iter() {
+            target.notify(&n);
+        }
+    }
+
+    /// Waits until every target has delivered or given up on what it took, each at most
+    /// `timeout`.
+    pub async fn flush(&self, timeout: Duration) {
+        for target in self.targets.iter() {
+            target.flush(timeout).await;
+        }
+    }
+}
+
+impl fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self.targets.iter().map(|t| t.name()).collect();
+        f.debug_struct("Notifier").field("targets", &names).finish()
+    }
+}
+
+/// Waits until a background queue's `pending` count is 0, at most `timeout`; then logs `what`
+/// with how many are still outstanding.
+pub(crate) async fn drained(pending: &watch::Sender<usize>, timeout: Duration, what: &str) {
+    let mut rx = pending.subscribe();
+    if tokio::time::timeout(timeout, rx.wait_for(|p| *p == 0))
+        .await
+        .is_err()
+    {
+        tracing::warn!(outstanding = *pending.borrow(), "{what} after {timeout:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A target that records what it was given.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<(EventKind, String)>>);
+
+    impl Target for Recording {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        fn notify(&self, n: &Notification) {
+            self.0.lock().unwrap().push((n.kind, n.app.clone()));
+        }
+        fn flush(&self, _: Duration) -> Flushing<'_> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn every_target_gets_every_notification_in_order() {
+        let a = Arc::new(Recording::default());
+        let b = Arc::new(Recording::default());
+        let notifier = Notifier::new(vec![a.clone(), b.clone()]);
+        for (kind, app) in [
+            (EventKind::DeployStarted, "web"),
+            (EventKind::DeployFailed, "api"),
+        ] {
+            notifier.send(Notification {
+                kind,
+                app: app.into(),
+                sha: "1f2e3d4".into(),
+                image: None,
+                reason: None,
+                log_link: None,
+                deployment: None,
+                build_id: None,
+            });
+        }
+        notifier.flush(Duration::from_secs(1)).await;
+        let expected = vec![
+            (EventKind::DeployStarted, "web".to_owned()),
+            (EventKind::DeployFailed, "api".to_owned()),
+        ];
+        assert_eq!(*a.0.lock().unwrap(), expected);
+        assert_eq!(*b.0.lock().unwrap(), expected);
+        assert_eq!(
+            format!("{notifier:?}"),
+            r#"Notifier { targets: ["recording", "recording"] }"#
+        );
+        // Nothing to give to: nothing happens.
+        Notifier::disabled().send(Notification {
+            kind: EventKind::Superseded,
+            app: "web".into(),
+            sha: "1f2e3d4".into(),
+            image: None,
+            reason: None,
+            log_link: None,
+            deployment: None,
+            build_id: None,
+        });
+    }
+}
