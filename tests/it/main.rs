@@ -22,6 +22,7 @@ mod intake_history;
 mod journal_lock;
 mod metrics;
 mod monorepo;
+mod notify_outbox;
 mod ops;
 mod provision;
 mod proxy_selftest;

@@ -35,7 +35,7 @@ pub async fn scrape(s: &Slipway) -> String {
 }
 
 /// `promtool check metrics` on the text; any problem it reports fails the test.
-fn promtool_check(text: &str) {
+pub fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
