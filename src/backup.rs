@@ -582,7 +582,7 @@ pub async fn restore_command(
 async fn s3_client() -> anyhow::Result<aws_sdk_s3::Client> {
     let shared = crate::aws::shared_config().await;
     if shared.region().is_none() {
-        return Err(crate::cli::UsageError(crate::config::NO_REGION.to_owned()).into());
+        return Err(crate::config::UsageError(crate::config::NO_REGION.to_owned()).into());
     }
     Ok(crate::aws::Clients::from_config(&shared).s3)
 }

@@ -23,11 +23,7 @@ use crate::journal::{DeliverySummary, Journal};
 /// otherwise: the admin listener.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:9090";
 
-/// An error in how slipway was called or set up (exit status 2), as opposed to something that
-/// failed (exit status 1).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::config::UsageError;
 
 /// The exit status for an error returned by [`run`].
 pub fn exit_code(err: &anyhow::Error) -> u8 {

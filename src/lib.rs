@@ -35,3 +35,6 @@ mod readiness;
 mod startup;
 pub mod webhook;
 mod webhook_keys;
+
+#[cfg(test)]
+mod tests_imports;

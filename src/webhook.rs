@@ -25,18 +25,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SignatureError {
-    #[error("missing X-Hub-Signature-256 header")]
-    Missing,
-    #[error("malformed X-Hub-Signature-256 header")]
-    Malformed,
-    #[error("signature does not match")]
-    Mismatch,
-    /// The signature matched a secret, but not one bound to what the delivery is about.
-    #[error("signature does not match a webhook secret of {0}")]
-    NotBound(String),
-}
+pub use crate::webhook_keys::SignatureError;
 
 /// Whether `header` (the `X-Hub-Signature-256` value) is the signature of `body` with one of
 /// `secrets`, checked as a delivery's is (every secret, each in constant time); which

@@ -15,9 +15,23 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{Config, ConfigError, Secret, WebhookSecrets, WEBHOOK_SECRET_ENV};
-use crate::webhook::SignatureError;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Why a delivery's signature is refused. Here, with the keys, so that the push domain
+/// (`webhook`) depends on the keys and not the reverse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("missing X-Hub-Signature-256 header")]
+    Missing,
+    #[error("malformed X-Hub-Signature-256 header")]
+    Malformed,
+    #[error("signature does not match")]
+    Mismatch,
+    /// The signature matched a secret, but not one bound to what the delivery is about.
+    #[error("signature does not match a webhook secret of {0}")]
+    NotBound(String),
+}
 
 /// One environment variable's secrets and the repositories they sign.
 #[derive(Debug)]
@@ -168,7 +182,8 @@ impl Signed<'_> {
             return Ok(());
         }
         Err(SignatureError::NotBound(match repository {
-            Some(repo) => format!("repository {}", crate::webhook::clip(repo)),
+            // At most 100 characters of the untrusted name (as `webhook::clip`).
+            Some(repo) => format!("repository {}", repo.chars().take(100).collect::<String>()),
             None => "a delivery without a repository".to_owned(),
         }))
     }

@@ -1344,6 +1344,12 @@ pub fn slack_signing_secret_from_env() -> Option<Secret> {
 pub const SLACK_TEAM_REQUIRED: &str = "[chat] slack_team_id is required when \
      SLIPWAY_SLACK_SIGNING_SECRET is set (commands from other Slack workspaces must be refused)";
 
+/// An error in how slipway was called or set up (exit status 2), as opposed to something that
+/// failed (exit status 1). Here, below every command, so that any of them can say it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// What `serve`, `provision` and `check-config` say when the SDK finds no region.
 pub const NO_REGION: &str =
     "no AWS region: set AWS_REGION (or a region in the AWS profile slipway uses)";

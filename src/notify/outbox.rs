@@ -187,7 +187,7 @@ impl Target for Outbox {
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::counter!(crate::metrics::NOTIFICATIONS_DROPPED).increment(1);
         // A flood of drops would otherwise be a flood of warnings.
-        if dropped == 1 || dropped % 100 == 0 {
+        if dropped == 1 || dropped.is_multiple_of(100) {
             tracing::warn!(
                 target_kind = self.kind.name(),
                 kind = ?n.kind,

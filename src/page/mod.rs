@@ -161,7 +161,7 @@ async fn troubled_notifications(
             .notifications(Some(notify_state::GIVEN_UP.into()), TROUBLED_NOTIFICATIONS)
             .await?,
     );
-    rows.sort_by(|a, b| b.id.cmp(&a.id));
+    rows.sort_by_key(|n| std::cmp::Reverse(n.id));
     rows.truncate(TROUBLED_NOTIFICATIONS as usize);
     Ok(rows)
 }
