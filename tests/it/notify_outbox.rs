@@ -188,7 +188,10 @@ async fn down_and_restarted_then_delivered_once(which: Which) {
         .map(|h| h.idempotency_key.expect("an Idempotency-Key header"))
         .collect();
     assert!(first_keys.len() >= 3, "{first_keys:?}");
-    assert!(first_keys.iter().all(|k| *k == first_keys[0]), "{first_keys:?}");
+    assert!(
+        first_keys.iter().all(|k| *k == first_keys[0]),
+        "{first_keys:?}"
+    );
     assert_ne!(taken[1].idempotency_key.as_ref(), Some(&first_keys[0]));
     // The other target, never down, got each once: the restart sent nothing again.
     let others = other.taken();
@@ -296,7 +299,11 @@ async fn a_notification_given_up_by_age_shows_why_in_the_api_the_status_page_and
         Some(0.0)
     );
     assert_eq!(
-        sample(&text, "slipway_notifications_pending", &[("target", "slack")]),
+        sample(
+            &text,
+            "slipway_notifications_pending",
+            &[("target", "slack")]
+        ),
         Some(0.0)
     );
     for name in [
@@ -313,7 +320,10 @@ async fn a_notification_given_up_by_age_shows_why_in_the_api_the_status_page_and
 
     // Bad queries say what is wrong, and the server keeps serving.
     for (query, says) in [
-        ("?state=lost", "state must be one of pending, sent, given_up"),
+        (
+            "?state=lost",
+            "state must be one of pending, sent, given_up",
+        ),
         ("?limit=0", "limit must be between 1 and 1000"),
     ] {
         let (status, body) = notifications(&s, query).await;
@@ -342,7 +352,11 @@ async fn a_pending_notification_shows_in_metrics_while_its_target_is_down() {
     .await;
     promtool_check(&text);
     assert_eq!(
-        sample(&text, "slipway_notifications_pending", &[("target", "webhook")]),
+        sample(
+            &text,
+            "slipway_notifications_pending",
+            &[("target", "webhook")]
+        ),
         Some(1.0),
         "{text}"
     );

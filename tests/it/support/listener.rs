@@ -102,7 +102,10 @@ impl Endpoint {
             .route("/{*path}", post(answer))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/services/T0/B0/secret", listener.local_addr().unwrap());
+        let url = format!(
+            "http://{}/services/T0/B0/secret",
+            listener.local_addr().unwrap()
+        );
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -128,7 +131,10 @@ impl Endpoint {
 
     /// The requests it took (answered 200), in order.
     pub fn taken(&self) -> Vec<Hit> {
-        self.hits().into_iter().filter(|h| h.status == 200).collect()
+        self.hits()
+            .into_iter()
+            .filter(|h| h.status == 200)
+            .collect()
     }
 }
 
