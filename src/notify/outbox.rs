@@ -307,7 +307,7 @@ impl Poster {
                 Some(Outcome::Sent)
             }
             Err(e) if e.retryable() && young => {
-                let pause = backoff(&self.settings, entry.attempts);
+                let pause = pause_after(&self.settings, entry.attempts, &e);
                 metrics::counter!(crate::metrics::NOTIFICATIONS, "target" => name, "result" => crate::metrics::NOTIFY_FAILED).increment(1);
                 tracing::warn!(target_kind = name, id = entry.id, status = e.status(), error = %e,
                     attempts = entry.attempts + 1, retry_in_secs = pause.as_secs_f64(),
@@ -394,6 +394,19 @@ async fn keep(
     }
 }
 
+/// The pause after a failed attempt: the backoff, or the target's `Retry-After` when it asks
+/// for longer (never past the give-up age).
+fn pause_after(settings: &NotifyConfig, attempts: i64, e: &AttemptError) -> Duration {
+    let asked = match e {
+        AttemptError::Status {
+            retry_after: Some(after),
+            ..
+        } => (*after).min(settings.give_up_after),
+        _ => Duration::ZERO,
+    };
+    asked.max(backoff(settings, attempts))
+}
+
 /// The pause after a row's attempt failed for the time `attempts + 1`: doubling from
 /// `retry_initial` up to `retry_max`, worked out from the journaled count so that a restart
 /// does not start it over.
@@ -440,7 +453,12 @@ fn read_url(
 /// Why one attempt failed. Never carries the URL.
 #[derive(Debug)]
 enum AttemptError {
-    Status { status: StatusCode, body: String },
+    Status {
+        status: StatusCode,
+        body: String,
+        /// The target's `Retry-After` (seconds), e.g. Slack's on a 429.
+        retry_after: Option<Duration>,
+    },
     Transport(reqwest::Error),
 }
 
@@ -467,8 +485,10 @@ impl AttemptError {
 impl fmt::Display for AttemptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AttemptError::Status { status, body } if body.is_empty() => write!(f, "HTTP {status}"),
-            AttemptError::Status { status, body } => write!(f, "HTTP {status}: {body}"),
+            AttemptError::Status { status, body, .. } if body.is_empty() => {
+                write!(f, "HTTP {status}")
+            }
+            AttemptError::Status { status, body, .. } => write!(f, "HTTP {status}: {body}"),
             AttemptError::Transport(e) => {
                 // `e` has had its URL stripped; its sources are hyper/io errors without one.
                 write!(f, "{e}")?;
@@ -501,6 +521,14 @@ async fn post(
     if status.is_success() {
         return Ok(());
     }
+    // Slack answers a 429 with `Retry-After` in seconds ("Rate limits" in
+    // https://api.slack.com/docs/rate-limits); a date is not expected and is ignored.
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     // A little of the body says why (Slack answers e.g. `invalid_blocks`); the rest is noise.
     let body = match response.chunk().await {
         Ok(Some(chunk)) => {
@@ -509,7 +537,11 @@ async fn post(
         }
         _ => String::new(),
     };
-    Err(AttemptError::Status { status, body })
+    Err(AttemptError::Status {
+        status,
+        body,
+        retry_after,
+    })
 }
 
 #[cfg(test)]
@@ -1063,6 +1095,39 @@ mod tests {
         .await
         .expect("flush is bounded by its timeout");
         assert!(answered.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_is_read_and_waited_when_longer_than_the_backoff() {
+        async fn slow_down() -> (AxumStatus, [(&'static str, &'static str); 1]) {
+            (AxumStatus::TOO_MANY_REQUESTS, [("retry-after", "30")])
+        }
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", tcp.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(tcp, Router::new().fallback(slow_down))
+                .await
+                .unwrap()
+        });
+        let err = post(
+            &reqwest::Client::new(),
+            &Url::parse(&url).unwrap(),
+            &json!({}),
+            "k",
+        )
+        .await
+        .unwrap_err();
+        assert!(err.retryable(), "{err}");
+        let cfg = NotifyConfig::default();
+        assert_eq!(pause_after(&cfg, 0, &err), Duration::from_secs(30));
+        // The backoff when it is longer.
+        assert_eq!(pause_after(&cfg, 5, &err), Duration::from_secs(64));
+        let plain = AttemptError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(pause_after(&cfg, 0, &plain), Duration::from_secs(2));
     }
 
     #[test]
