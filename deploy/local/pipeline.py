@@ -360,9 +360,11 @@ def main():
 
     step("slipway deploys it")
     seen = set()
+    # serve holds the journal: the CLI asks it through the admin API, as an operator would.
+    cli_env = dict(env, SLIPWAY_SERVER=admin_url, SLIPWAY_OPS_TOKEN=TOKEN)
 
     def deployed():
-        rows = json_rows(slipway(["deployments", "--json", "--config", config], env).stdout)
+        rows = json_rows(slipway(["deployments", "--json"], cli_env).stdout)
         for d in rows:
             line = f"    deployment {d['id']}: {d['state']}"
             if d.get("running_count") is not None:

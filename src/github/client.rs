@@ -109,7 +109,7 @@ pub enum GithubError {
     Status { status: u16, message: String },
     #[error("GitHub is unreachable: {0}")]
     Transport(String),
-    #[error("GitHub rate limit still holds after {MAX_ATTEMPTS} tries: {0}")]
+    #[error("GitHub rate limit: {0}")]
     RateLimited(String),
     #[error("cannot read GitHub's answer: {0}")]
     Decode(String),
@@ -212,12 +212,28 @@ impl Client {
     }
 
     /// `path` starts with `/` (relative to the API root) or is a full URL from a `Link` header.
+    /// A rate limit is waited out however far its reset (the outbox gives up by age only).
     pub async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
         auth: As,
+    ) -> Result<Reply, GithubError> {
+        self.request_within(method, path, body, auth, Duration::MAX)
+            .await
+    }
+
+    /// As [`Self::request`], but a rate limit that holds longer than `patience` fails the
+    /// request at once ([`GithubError::RateLimited`]) instead of being waited out: for work
+    /// that others wait on (the first recovery round holds `/readyz`) and that runs again later.
+    pub async fn request_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        auth: As,
+        patience: Duration,
     ) -> Result<Reply, GithubError> {
         let url = if path.starts_with('/') {
             format!("{}{path}", self.api)
@@ -233,7 +249,9 @@ impl Client {
         let mut delay = RETRY_MIN_DELAY;
         let mut attempt = 1;
         let result = loop {
-            self.wait_turn(&method).await;
+            if let Err(e) = self.wait_turn(&method, patience).await {
+                break Err(e);
+            }
             let outcome = self.attempt(&method, &url, body, auth).await;
             if !matches!(method, Method::GET | Method::HEAD) {
                 // The gap counts from the answer: GitHub sees the next write a second after
@@ -248,10 +266,20 @@ impl Client {
                     let mut pacing = self.pacing.lock().expect("pacing lock");
                     pacing.blocked_until = pacing.blocked_until.max(Some(until));
                     drop(pacing);
+                    if wait > patience {
+                        tracing::warn!(%method, path, error = %error, wait_secs = wait.as_secs(),
+                            "GitHub rate limit: not waited for by this request");
+                        break Err(GithubError::RateLimited(format!(
+                            "{error} (resets in {} s; not waited for)",
+                            wait.as_secs()
+                        )));
+                    }
                     tracing::warn!(%method, path, error = %error, wait_secs = wait.as_secs(),
                         "GitHub rate limit: waiting before the next request");
                     if attempt >= MAX_ATTEMPTS {
-                        break Err(GithubError::RateLimited(error.to_string()));
+                        break Err(GithubError::RateLimited(format!(
+                            "still holds after {MAX_ATTEMPTS} tries: {error}"
+                        )));
                     }
                     attempt += 1;
                     continue;
@@ -279,13 +307,22 @@ impl Client {
 
     /// Waits until no rate limit holds and, for a mutating request, until [`WRITE_GAP`] has
     /// passed since the last one; then takes its turn.
-    async fn wait_turn(&self, method: &Method) {
+    /// Waits for this request's turn (a rate limit's reset; a second after the last write).
+    /// A rate limit's reset further than `patience` is not waited for.
+    async fn wait_turn(&self, method: &Method, patience: Duration) -> Result<(), GithubError> {
         let write = !matches!(*method, Method::GET | Method::HEAD);
         loop {
             let now = self.clock.now();
             let wait = {
                 let mut pacing = self.pacing.lock().expect("pacing lock");
                 let mut ready = pacing.blocked_until.unwrap_or(now);
+                let blocked = ready - now;
+                if blocked > patience {
+                    return Err(GithubError::RateLimited(format!(
+                        "it resets in {} s; not waited for",
+                        blocked.whole_seconds()
+                    )));
+                }
                 if write {
                     ready = ready.max(pacing.last_write.map_or(now, |t| t + WRITE_GAP));
                 }
@@ -293,7 +330,7 @@ impl Client {
                     if write {
                         pacing.last_write = Some(now);
                     }
-                    return;
+                    return Ok(());
                 }
                 ready - now
             };

@@ -37,6 +37,10 @@ const MAX_REQUESTS: i64 = 3;
 /// How long the next redelivery waits for the previous one to reach the journal (GitHub gives
 /// a delivery 10 s).
 const REDELIVERY_WAIT: Duration = Duration::from_secs(12);
+/// The longest GitHub rate limit a round waits out. A round holds `/readyz` the first time and
+/// runs again every `recover_every` anyway, so a limit resetting later fails the round (it
+/// says why) instead of keeping slipway unready past ECS's health check grace period.
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(300);
 
 /// The recovery loop. Run it with [`Recovery::run`].
 pub struct Recovery {
@@ -163,7 +167,13 @@ impl Recovery {
             let path = format!("{}/{}/attempts", deliveries_path(hook), attempt.id);
             let result = self
                 .client
-                .request(Method::POST, &path, None, Self::auth(hook))
+                .request_within(
+                    Method::POST,
+                    &path,
+                    None,
+                    Self::auth(hook),
+                    RATE_LIMIT_PATIENCE,
+                )
                 .await;
             let (outcome, reason) = match &result {
                 Ok(_) => ("requested", None),
@@ -237,7 +247,13 @@ impl Recovery {
             pages += 1;
             let reply = self
                 .client
-                .request(Method::GET, &url, None, Self::auth(hook))
+                .request_within(
+                    Method::GET,
+                    &url,
+                    None,
+                    Self::auth(hook),
+                    RATE_LIMIT_PATIENCE,
+                )
                 .await?;
             let attempts: Vec<Attempt> = serde_json::from_value(reply.body)
                 .map_err(|e| GithubError::Decode(format!("hook deliveries: {e}")))?;

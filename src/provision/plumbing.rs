@@ -298,7 +298,7 @@ impl Plumbing<'_> {
         queue_arn: Option<&str>,
     ) -> Result<(bool, Option<String>), Stopped> {
         let rule_name = self.names.rule_name.clone();
-        let pattern = super::ecs_events::rule_pattern(event_pattern(projects), services);
+        let pattern = super::ecs_events::rule_pattern(event_pattern(projects), services, queue_arn);
         let pattern_text = format!(
             "CodeBuild final states of {}; ECS deployment events of {}",
             projects.join(", "),

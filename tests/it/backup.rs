@@ -362,7 +362,12 @@ async fn a_failed_backup_says_why_everywhere_and_the_server_keeps_serving() {
             .contains("NoSuchBucket"),
         "{body}"
     );
-    let (status, body) = s.get("/readyz").await;
+    assert_eq!(
+        s.get("/readyz").await.0,
+        200,
+        "a failed backup is a warning"
+    );
+    let (status, body) = s.admin_get("/readyz").await;
     assert_eq!(status, 200, "a failed backup is a warning: {body}");
     assert!(
         body["warnings"].as_array().unwrap().iter().any(|w| w

@@ -434,9 +434,7 @@ impl Deploy {
 
     /// The events the journal recorded as not acted on (newest first).
     async fn ignored_events(&self) -> Vec<slipway::journal::RejectedEvent> {
-        let journal = slipway::journal::Journal::open_read_only(&self.builder.state_dir())
-            .expect("the journal");
-        journal.rejected_events(100).await.expect("rejected events")
+        crate::support::slipway::rejected_events(&self.builder.state_dir())
     }
 }
 

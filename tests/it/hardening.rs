@@ -438,11 +438,11 @@ async fn serve_logging(
         }
     });
     let url = format!("http://127.0.0.1:{port}");
-    eventually("slipway listening", || async {
-        reqwest::get(format!("{url}/healthz"))
-            .await
-            .ok()
-            .map(|_| ())
+    // While starting, both listeners answer 503 to anything but the health checks; the real
+    // server answers an unknown path 404.
+    eventually("slipway serving", || async {
+        let r = reqwest::get(format!("{url}/not-a-route")).await.ok()?;
+        (r.status() == 404).then_some(())
     })
     .await;
     (child, out, url)

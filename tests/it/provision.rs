@@ -285,11 +285,12 @@ async fn target_arn(emu: &Emulator, rule: &str) -> Option<String> {
 }
 
 /// The rule's pattern: CodeBuild's final states of `projects`, or ECS's deployment events of
-/// the `services` (`cluster/service`, sorted) (issue 22).
+/// the `services` (`cluster/service`, sorted) by their ARNs in the queue's account and region,
+/// as the CloudFormation template lists them (issue 22).
 fn expected_pattern(projects: &[&str], services: &[&str]) -> Value {
-    let suffixes: Vec<Value> = services
+    let arns: Vec<Value> = services
         .iter()
-        .map(|s| json!({ "suffix": format!(":service/{s}") }))
+        .map(|s| json!(format!("arn:aws:ecs:eu-west-1:123456789012:service/{s}")))
         .collect();
     json!({ "$or": [
         {
@@ -303,7 +304,7 @@ fn expected_pattern(projects: &[&str], services: &[&str]) -> Value {
         {
             "source": ["aws.ecs"],
             "detail-type": ["ECS Deployment State Change"],
-            "resources": suffixes,
+            "resources": arns,
         },
     ]})
 }

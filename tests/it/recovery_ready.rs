@@ -53,7 +53,11 @@ async fn not_ready_until_the_first_recovery_round_has_run() {
     // The hook's delivery list is rate limited for a few seconds: the first round waits.
     gh.script("GET", DELIVERIES, vec![Scripted::rate_limited(in_secs(8))]);
     let s = slipway(&emulator, &gh).await;
+    // The load balancer's /readyz says only that slipway is starting; the admin one says why.
     let (status, body) = s.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "starting", "{body}");
+    let (status, body) = s.admin_get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["error"]
@@ -65,7 +69,7 @@ async fn not_ready_until_the_first_recovery_round_has_run() {
     // Alive meanwhile, and taking pushes (the load balancer decides on /readyz).
     assert_eq!(s.get("/healthz").await.0, 200);
     eventually("ready once the first round ran", || async {
-        let (status, body) = s.get("/readyz").await;
+        let (status, body) = s.admin_get("/readyz").await;
         (status == 200).then_some(body)
     })
     .await;
@@ -89,7 +93,7 @@ async fn a_first_round_that_fails_says_why_and_slipway_becomes_ready() {
     );
     let s = slipway(&emulator, &gh).await;
     let body = eventually("ready after the failed first round", || async {
-        let (status, body) = s.get("/readyz").await;
+        let (status, body) = s.admin_get("/readyz").await;
         (status == 200).then_some(body)
     })
     .await;
