@@ -1032,13 +1032,22 @@ mod tests {
             events == ["deploy_failed", "rolled_back"]
         })
         .await;
-        // Slack's are still pending, with why.
-        let rows = h
-            .journal
-            .notifications(Some("pending".into()), 10)
-            .await
-            .unwrap();
-        assert!(rows.iter().all(|r| r.target == "slack"), "{rows:?}");
+        // The webhook's are marked sent (just after their 2xx); Slack's are still pending,
+        // with why.
+        let deadline = std::time::Instant::now() + FLUSH;
+        loop {
+            let rows = h
+                .journal
+                .notifications(Some("pending".into()), 10)
+                .await
+                .unwrap();
+            let slack_failed = rows.iter().any(|r| r.last_error.is_some());
+            if rows.len() == 2 && rows.iter().all(|r| r.target == "slack") && slack_failed {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{rows:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
