@@ -56,6 +56,10 @@ pub enum EventKind {
     /// slipway's looks at a deploy's rollout keep failing: it decides nothing until it can see
     /// the service again (sent once per deploy).
     ServiceUnseen,
+    /// A deploy of a service with ECS's own strategy (blue/green, linear, canary) is past its
+    /// deadline and slipway cannot identify ECS's service deployment to roll back: it sends
+    /// nothing and keeps watching (sent once per deploy).
+    PastDeadline,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -530,6 +534,9 @@ fn summary(n: &Notification, style: Style) -> String {
         EventKind::ServiceUnseen => {
             format!(":warning: *{app}* deploy of `{short}` is waiting{reason}; nothing is changed until slipway sees the service again")
         }
+        EventKind::PastDeadline => {
+            format!(":warning: *{app}* deploy of `{short}` is past its deadline{reason}")
+        }
     }
 }
 
@@ -720,7 +727,7 @@ mod tests {
         }
     }
 
-    const ALL_KINDS: [EventKind; 7] = [
+    const ALL_KINDS: [EventKind; 8] = [
         EventKind::BuildFailed,
         EventKind::DeployStarted,
         EventKind::DeploySucceeded,
@@ -728,6 +735,7 @@ mod tests {
         EventKind::RolledBack,
         EventKind::Superseded,
         EventKind::ServiceUnseen,
+        EventKind::PastDeadline,
     ];
 
     const FLUSH: Duration = Duration::from_secs(20);

@@ -286,6 +286,11 @@ ALTER TABLE deployments ADD COLUMN deadline_why TEXT;
 ALTER TABLE deployments ADD COLUMN unseen TEXT;
 ALTER TABLE deployments ADD COLUMN from_original TEXT;
 "#,
+    // Issue 22 (review): when slipway asked ECS to roll a service deployment back, so that a
+    // restart reports ECS's rollback that follows as `rolled_back`. Additive: a nullable column.
+    r#"
+ALTER TABLE deployments ADD COLUMN rollback_requested_ms INTEGER;
+"#,
 ];
 
 /// The migrations a release before them cannot live with, and why. A new entry is a breaking

@@ -294,6 +294,162 @@ async fn an_ecs_rollback_at_the_deadline_is_watched_not_overwritten() {
     assert_eq!(w.proxy.update_service_calls().len(), 1, "nothing on top");
 }
 
+#[tokio::test]
+async fn a_lost_service_deployment_is_found_at_the_deadline_and_ecs_rolls_it_back() {
+    // Before: a blue/green rollout whose service deployment the watch had not found (ECS named
+    // none, the listing failed) was watched through `rolloutState`, and at the deadline
+    // slipway sent UpdateService(from_td) over ECS's open service deployment.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 2"),
+        ..Setup::default()
+    })
+    .await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.hide_current_service_deployment();
+    w.proxy
+        .fail("ListServiceDeployments", 1, 400, "AccessDeniedException");
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "lostsd-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    assert!(reason(&d).contains("did not complete within 2s"), "{d}");
+    assert!(
+        reason(&d).contains("ECS rolled its service deployment back"),
+        "{d}"
+    );
+    assert!(
+        s.logs()
+            .contains("cannot read ECS's service deployments; watching the deployments list"),
+        "the watch had lost the service deployment"
+    );
+    assert_eq!(updates_to(&w, &w.base_td), 0, "no UpdateService(from_td)");
+    let stops = w.proxy.requests("StopServiceDeployment");
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0]["stopType"], "ROLLBACK");
+    let sds = w.proxy.service_deployments(CLUSTER, SERVICE);
+    let (ours, _, _) = sds
+        .iter()
+        .find(|(_, dep, _)| *dep == d["ecs_deployment_id"])
+        .expect("ECS's service deployment of ours");
+    assert_eq!(stops[0]["serviceDeploymentArn"], ours.as_str());
+    assert_eq!(d["service_deployment_arn"], ours.as_str(), "{d}");
+    assert_eq!(w.service_td().await, w.base_td, "ECS put the base back");
+}
+
+#[tokio::test]
+async fn without_a_service_deployment_to_stop_nothing_is_sent_at_the_deadline() {
+    // A blue/green service whose service deployments cannot be listed: past the deadline the
+    // deploy says why it is not rolled back (once), sends nothing, and keeps watching.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 2"),
+        ..Setup::default()
+    })
+    .await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.hide_current_service_deployment();
+    w.proxy.fail(
+        "ListServiceDeployments",
+        10_000,
+        400,
+        "AccessDeniedException",
+    );
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    w.build_succeeds(&s, "nosd-1", MASTER_SHA).await;
+    let d = eventually("the deploy says why nothing was rolled back", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| reason(d).contains("nothing was sent to ECS"))
+    })
+    .await;
+    assert_eq!(d["state"], "deploying", "{d}");
+    assert!(reason(&d).contains("did not complete within 2s"), "{d}");
+    assert!(
+        reason(&d).contains("cannot list ECS's service deployments"),
+        "{d}"
+    );
+    assert!(reason(&d).contains("BLUE_GREEN"), "{d}");
+    let told = eventually("one notification", || async {
+        let n = w.notes_of("past_deadline");
+        (!n.is_empty()).then_some(n)
+    })
+    .await;
+    // More looks past the deadline: still nothing sent, nothing told again.
+    let looks = describes(&w);
+    eventually("more looks", || async {
+        (describes(&w) > looks + 5).then_some(())
+    })
+    .await;
+    assert_eq!(updates_to(&w, &w.base_td), 0, "no UpdateService(from_td)");
+    assert!(w.proxy.requests("StopServiceDeployment").is_empty());
+    // ECS completes the rollout after all.
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap();
+    w.proxy.complete_now(CLUSTER, SERVICE, ecs_id);
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(updates_to(&w, &w.base_td), 0, "no UpdateService(from_td)");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(w.notes_of("past_deadline").len(), 1, "told once");
+    assert!(
+        told[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("nothing was sent to ECS")),
+        "{told:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_asked_of_ecs_before_a_restart_ends_rolled_back() {
+    // Before: after a restart, ECS's rollback that slipway had asked for (StopServiceDeployment)
+    // was taken for ECS's own and the deploy ended `failed`.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 2"),
+        ..Setup::default()
+    })
+    .await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.hold_requested_rollbacks();
+    w.proxy.rollouts([Rollout::Never]);
+    let mut s = w.builder.start().await;
+    w.build_succeeds(&s, "rbrestart-1", MASTER_SHA).await;
+    eventually("the rollback asked of ECS", || async {
+        (!w.proxy.requests("StopServiceDeployment").is_empty()).then_some(())
+    })
+    .await;
+    s.kill();
+    let asked = w.builder.deployments();
+    assert!(asked[0]["rollback_requested_ms"].is_i64(), "{:?}", asked[0]);
+    let _s = w.builder.start().await;
+    // ECS's rollback completes after slipway is back.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let back = w
+        .proxy
+        .deployments(CLUSTER, SERVICE)
+        .into_iter()
+        .find(|x| x["status"] == "PRIMARY")
+        .unwrap();
+    assert_eq!(back["taskDefinition"], w.base_td.as_str(), "{back}");
+    w.proxy
+        .complete_now(CLUSTER, SERVICE, back["id"].as_str().unwrap());
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    assert!(
+        reason(&done).contains("did not complete within 2s"),
+        "{done}"
+    );
+    assert!(
+        reason(&done).contains("ECS rolled its service deployment back"),
+        "{done}"
+    );
+    assert_eq!(w.proxy.requests("StopServiceDeployment").len(), 1);
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy"
+    );
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
