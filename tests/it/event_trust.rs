@@ -48,33 +48,7 @@ impl Deploy {
             (self.emulator.queue_depth(&self.queue).await == 0).then_some(())
         })
         .await;
-        // slipway holds the journal (the CLI would be refused): the test looks inside the file
-        // read-only, as `sqlite3 -readonly` would. No API lists rejections.
-        let db = rusqlite::Connection::open_with_flags(
-            self.builder.state_dir().join("journal.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("the journal");
-        let mut stmt = db
-            .prepare(
-                "SELECT message_id, build_id, source, account, reason, received_ms
-                 FROM rejected_events ORDER BY id DESC",
-            )
-            .unwrap();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(slipway::journal::RejectedEvent {
-                    message_id: r.get(0)?,
-                    build_id: r.get(1)?,
-                    source: r.get(2)?,
-                    account: r.get(3)?,
-                    reason: r.get(4)?,
-                    received_ms: r.get(5)?,
-                })
-            })
-            .unwrap();
-        rows.collect::<Result<Vec<_>, _>>()
-            .expect("rejected events")
+        crate::support::rejected_events(&self.builder.state_dir())
     }
 
     /// The first event the journal rejected, once there is one.
