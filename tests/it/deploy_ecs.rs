@@ -590,9 +590,7 @@ impl Deploy {
 
     /// The events the journal recorded as not acted on (newest first).
     async fn ignored_events(&self) -> Vec<slipway::journal::RejectedEvent> {
-        let journal = slipway::journal::Journal::open_read_only(&self.builder.state_dir())
-            .expect("the journal");
-        journal.rejected_events(100).await.expect("rejected events")
+        crate::support::rejected_events(&self.builder.state_dir())
     }
 }
 
@@ -630,6 +628,11 @@ async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
         (describes(&w) > before).then_some(())
     })
     .await;
+    // An IN_PROGRESS event tells the watch nothing new: it costs no look.
+    assert!(
+        !s.logs().contains("ECS's deployment event: looking now"),
+        "a look for IN_PROGRESS"
+    );
     let looks = describes(&w);
     w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
     w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_COMPLETED", ""))
@@ -637,6 +640,7 @@ async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
     let done = w.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(describes(&w) - looks, 1, "one look confirmed the event");
+    assert!(s.logs().contains("ECS's deployment event: looking now"));
     assert!(
         w.ignored_events().await.is_empty(),
         "both events were acted on"
@@ -713,8 +717,12 @@ async fn events_for_unknown_deployments_or_from_another_account_are_recorded_and
 
 /// The benchmark of issue 22 (`scripts/bench-ecs-events.sh`): with slipway's default polling,
 /// the time from ECS's COMPLETED (the rollout completes and, with events, its event is put in
-/// the queue as EventBridge delivers it) to `succeeded` in the journal, and the AWS calls a
-/// minute while watching; event-driven and polling-only deploys in the same run.
+/// the queue as EventBridge delivers it) to `succeeded` in the journal, and the AWS calls
+/// (ECS and ECR; not SQS or CodeBuild) in three phases: start-up (the deploy until it watches,
+/// then the watch's first minute), the steady state (from then until ECS completes, per
+/// minute) and completion. Event-driven and polling-only deploys in the same run; with events,
+/// `SERVICE_DEPLOYMENT_IN_PROGRESS` arrives when the watch starts and again every
+/// `BENCH_EVENT_EVERY_SECS` (ECS itself sends it once per deployment: a worse case).
 #[tokio::test]
 #[ignore = "a benchmark: run scripts/bench-ecs-events.sh"]
 async fn bench_ecs_events() {
@@ -726,11 +734,15 @@ async fn bench_ecs_events() {
         "5555555555555555555555555555555555555555",
         "6666666666666666666666666666666666666666",
     ];
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .min(SHAS.len() / 2);
+    let env = |key: &str, default: u64| -> u64 {
+        std::env::var(key)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let runs = (env("BENCH_RUNS", 1) as usize).min(SHAS.len() / 2);
+    let watch = Duration::from_secs(env("BENCH_WATCH_SECS", 300).max(90));
+    let event_every = Duration::from_secs(env("BENCH_EVENT_EVERY_SECS", 45).max(5));
     let w = Deploy::with(Setup {
         images: &SHAS,
         // slipway's defaults.
@@ -739,10 +751,31 @@ async fn bench_ecs_events() {
     })
     .await;
     let s = w.builder.start().await;
+    // AWS calls recorded so far (ECS and ECR).
+    let calls = || {
+        w.proxy
+            .recorded()
+            .iter()
+            .filter(|r| {
+                r.arrived < u64::MAX
+                    && !matches!(
+                        r.operation.as_str(),
+                        "ReceiveMessage"
+                            | "DeleteMessage"
+                            | "ChangeMessageVisibility"
+                            | "BatchGetBuilds"
+                            | "StartBuild"
+                            | "SendMessage"
+                            | "GetQueueAttributes"
+                    )
+            })
+            .count()
+    };
     let mut report = vec![];
     for (i, sha) in SHAS.iter().take(runs * 2).enumerate() {
         let events = i % 2 == 0;
         w.proxy.rollouts([Rollout::Never]);
+        let deploy_from = calls();
         w.build_succeeds(&s, &format!("bench-{i}"), sha).await;
         let d = eventually("watching", || async {
             w.builder
@@ -752,19 +785,45 @@ async fn bench_ecs_events() {
         })
         .await;
         let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
-        let calls_from = w.proxy.recorded().len();
-        let watch_from = now_ms();
-        if events {
-            w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_IN_PROGRESS", ""))
-                .await;
+        let watch_from = calls();
+        let watch_from_ms = now_ms();
+        // The rollout runs `watch` (plus a different phase of the polling schedule each run).
+        let complete_at = tokio::time::Instant::now() + watch + Duration::from_secs(7 * i as u64);
+        let steady_at = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut steady_from = None;
+        let mut next_event = tokio::time::Instant::now();
+        let mut sent = 0;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= complete_at {
+                break;
+            }
+            if steady_from.is_none() && now >= steady_at {
+                steady_from = Some((calls(), now_ms()));
+            }
+            if events && now >= next_event {
+                w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_IN_PROGRESS", ""))
+                    .await;
+                sent += 1;
+                next_event += event_every;
+            }
+            let mut wake = complete_at;
+            if steady_from.is_none() {
+                wake = wake.min(steady_at);
+            }
+            if events {
+                wake = wake.min(next_event);
+            }
+            tokio::time::sleep_until(wake).await;
         }
-        // The rollout runs a while (a different phase of the polling schedule each run).
-        tokio::time::sleep(Duration::from_millis(40_000 + 7_000 * i as u64)).await;
+        let (steady_calls_from, steady_from_ms) = steady_from.expect("a watch over a minute");
         let completed_ms = now_ms();
+        let completed_from = calls();
         w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
         if events {
             w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_COMPLETED", ""))
                 .await;
+            sent += 1;
         }
         let done = loop {
             let found = w
@@ -779,29 +838,24 @@ async fn bench_ecs_events() {
         };
         assert_eq!(done["state"], "succeeded", "{done}");
         let finished = done["finished_ms"].as_i64().unwrap();
-        let aws_calls = w.proxy.recorded()[calls_from..]
-            .iter()
-            .filter(|r| {
-                r.arrived < u64::MAX
-                    && !matches!(
-                        r.operation.as_str(),
-                        "ReceiveMessage"
-                            | "DeleteMessage"
-                            | "ChangeMessageVisibility"
-                            | "BatchGetBuilds"
-                            | "SendMessage"
-                            | "GetQueueAttributes"
-                    )
-            })
-            .count();
-        let minutes = (finished - watch_from) as f64 / 60_000.0;
+        let end = calls();
+        let steady_minutes = (completed_ms - steady_from_ms) as f64 / 60_000.0;
+        let steady = completed_from - steady_calls_from;
         report.push(format!(
-            "{:8} completed->succeeded {:6} ms, {:2} AWS calls in {:.2} min watching = {:.1}/min",
+            "{:7} ({:2} events) completed->succeeded {:6} ms | start-up {:2} calls (deploy {:2}, \
+             first minute of the watch {}) | steady state {:2} calls in {:.2} min = {:.2}/min | \
+             completion {} | watch {:.2} min",
             if events { "events" } else { "polling" },
+            sent,
             finished - completed_ms,
-            aws_calls,
-            minutes,
-            aws_calls as f64 / minutes
+            steady_calls_from - deploy_from,
+            watch_from - deploy_from,
+            steady_calls_from - watch_from,
+            steady,
+            steady_minutes,
+            steady as f64 / steady_minutes,
+            end - completed_from,
+            (finished - watch_from_ms) as f64 / 60_000.0,
         ));
         eprintln!("{}", report.last().unwrap());
     }
