@@ -9,7 +9,7 @@ use aws_sdk_ecs::types::{DeploymentConfiguration, DeploymentStrategy};
 use serde_json::Value;
 
 use crate::deploy::{web_with, Deploy, Setup};
-use crate::support::proxy::Rollout;
+use crate::support::proxy::{Fault, Rollout};
 use crate::support::world::{CLUSTER, SERVICE};
 use crate::support::{eventually, sdk_config, MASTER_SHA};
 
@@ -448,6 +448,42 @@ async fn a_rollback_asked_of_ecs_before_a_restart_ends_rolled_back() {
         2,
         "the strategy, then the deploy"
     );
+}
+
+#[tokio::test]
+async fn a_resumed_rollback_sends_no_update_service_once_the_service_has_ecs_strategy() {
+    // slipway's own rollback (a rolling update) was journaled, and slipway stopped before its
+    // UpdateService reached ECS; meanwhile the service moved to BLUE_GREEN. Resuming must not
+    // send UpdateService(from_td) over ECS's strategy.
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Fail { after: 1 }]);
+    let mut s = w.builder.start().await;
+    w.build_succeeds(&s, "rbresume-1", MASTER_SHA).await;
+    w.watching().await;
+    // The rollback's UpdateService is held before it reaches ECS.
+    w.proxy
+        .script("UpdateService", [Fault::Delay(Duration::from_secs(120))]);
+    eventually("slipway's rollback journaled", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["stage"] == "ROLLING_BACK")
+    })
+    .await;
+    s.kill();
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    let sent = updates_to(&w, &w.base_td);
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(reason(&done).contains("BLUE_GREEN"), "{done}");
+    assert!(reason(&done).contains("nothing was sent"), "{done}");
+    assert_eq!(
+        updates_to(&w, &w.base_td),
+        sent,
+        "no UpdateService(from_td)"
+    );
+    assert_ne!(w.service_td().await, w.base_td);
 }
 
 fn now_ms() -> i64 {
