@@ -85,6 +85,13 @@ fn with_stamp(name: &str, stamp: &str) -> String {
     format!("{stem}-{stamp}{ext}")
 }
 
+/// The beginning every stamped copy of `key` has (`slipway/journal-` for
+/// `slipway/journal.db`): what the scheduled backups list, write, read and delete, and all
+/// the runtime IAM policy grants on a backup bucket (`provision::policy`).
+pub fn copies_prefix(key: &str) -> String {
+    format!("{}-", split_name(key).0)
+}
+
 /// The stamp of `candidate` if it is a stamped copy of `name`.
 fn stamp_in<'a>(name: &str, candidate: &'a str) -> Option<&'a str> {
     let (stem, ext) = split_name(name);
@@ -139,18 +146,18 @@ pub async fn copies(
             }
         }
         BackupLocation::S3 { bucket, key } => {
-            let (stem, _) = split_name(key);
+            let prefix = copies_prefix(key);
             let mut pages = s3
                 .list_objects_v2()
                 .bucket(bucket)
-                .prefix(format!("{stem}-"))
+                .prefix(&prefix)
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| BackupError::S3 {
                     operation: "ListObjectsV2",
                     bucket: bucket.clone(),
-                    key: format!("{stem}-*"),
+                    key: format!("{prefix}*"),
                     message: DisplayErrorContext(&e).to_string(),
                 })?;
                 for object in page.contents() {

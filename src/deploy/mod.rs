@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ecr::types::ImageIdentifier;
-use aws_sdk_ecs::types::TaskDefinitionField;
+use aws_sdk_ecs::types::{DeploymentStrategy, ServiceDeploymentStatus, TaskDefinitionField};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -104,6 +104,9 @@ const SD_MISSES: u32 = 3;
 const FAILING_LOOKS: u32 = 3;
 /// The stage of a deploy whose service deployment slipway asked ECS to roll back.
 const ROLLBACK_REQUESTED: &str = "ROLLBACK_REQUESTED";
+/// How often, past the deadline, slipway looks again for a service deployment it could not
+/// identify (ListServiceDeployments and DescribeServiceRevisions: two calls).
+const IDENTIFY_EVERY_MS: i64 = 5 * 60 * 1000;
 
 /// What one look at the rollout found.
 enum Looked {
@@ -154,6 +157,9 @@ pub struct Deployer {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Deploys whose "cannot see the service" was notified (once each).
     unseen_told: Mutex<HashSet<i64>>,
+    /// Deploys past their deadline with no service deployment to roll back, notified (once
+    /// each).
+    past_deadline_told: Mutex<HashSet<i64>>,
     /// The rollouts being watched, for ECS's deployment events to wake.
     pub watchers: Arc<watchers::Watchers>,
 }
@@ -177,6 +183,7 @@ impl Deployer {
             wake,
             locks: Mutex::default(),
             unseen_told: Mutex::default(),
+            past_deadline_told: Mutex::default(),
             watchers: Arc::default(),
         }
     }
@@ -825,6 +832,9 @@ impl Deployer {
     /// while looks fail the deploy says "cannot see the service" (journal and one
     /// notification). Records progress when `d` is given. One AWS call a poll (two at the
     /// first poll of a service deployment: finding it, then reading it).
+    /// `strategy`: ECS's own strategy of the service as the last look at it saw it (`None`: a
+    /// rolling update).
+    #[allow(clippy::too_many_arguments)]
     async fn follow(
         &self,
         d: Option<&Deployment>,
@@ -833,6 +843,7 @@ impl Deployer {
         target: Target<'_>,
         deadline: i64,
         source: &mut Source,
+        strategy: &mut Option<DeploymentStrategy>,
     ) -> Result<Followed, Stop> {
         let timing = &self.config.deploy;
         let mut delay = timing.poll_initial;
@@ -867,7 +878,7 @@ impl Deployer {
             let past_deadline = deadline <= self.now();
             looked_past_deadline |= past_deadline;
             let looked = self
-                .look(d, app, ecs_id, target, past_deadline, source)
+                .look(d, app, ecs_id, target, past_deadline, source, strategy)
                 .await;
             if woken_by.is_none() && !ecs_id.is_empty() {
                 woken_by = Some(self.watchers.watch(ecs_id));
@@ -962,6 +973,7 @@ impl Deployer {
     /// One look at the rollout: ECS's service deployment where it judges better than the
     /// deployments list (see [`rollout::wants_service_deployment`]), the list otherwise and
     /// whenever the service deployment cannot be read.
+    #[allow(clippy::too_many_arguments)]
     async fn look(
         &self,
         d: Option<&Deployment>,
@@ -970,6 +982,7 @@ impl Deployer {
         target: Target<'_>,
         past_deadline: bool,
         source: &mut Source,
+        strategy: &mut Option<DeploymentStrategy>,
     ) -> Result<Looked, AwsError> {
         let (from_td, to_td) = (target.earlier.from_td, target.to_td);
         // Why ECS's service deployment stopped, when it did: the list then decides.
@@ -1057,6 +1070,7 @@ impl Deployer {
                 None,
             ));
         };
+        *strategy = rollout::ecs_strategy(service);
         if ecs_id.is_empty() {
             // UpdateService's answer named no deployment of ours: find it in the list.
             let ours = rollout::primary(service.deployments())
@@ -1167,7 +1181,9 @@ impl Deployer {
 
     /// Watches the rollout until it ends or a look past the deadline shows it still open:
     /// then ECS rolls back its own service deployment (StopServiceDeployment), or, for a
-    /// rolling update, slipway puts `from_td` back.
+    /// rolling update, slipway puts `from_td` back. A service with ECS's own strategy never
+    /// gets UpdateService(from_td): without a service deployment of ours to stop, slipway says
+    /// why (the deploy's reason, one notification) and sends nothing.
     async fn watch(
         &self,
         d: &Deployment,
@@ -1191,17 +1207,37 @@ impl Deployer {
                 ((deadline - started).max(0) / 1000)
             )
         };
-        // Set once slipway asked ECS to roll its service deployment back.
-        let mut stop_requested: Option<String> = None;
+        // Set once slipway asked ECS to roll its service deployment back, journaled before the
+        // request: after a restart, ECS's rollback is still the one slipway asked for.
+        let mut stop_requested: Option<String> = d
+            .rollback_requested_ms
+            .map(|_| d.reason.clone().unwrap_or_else(late));
+        // Whether ECS took that request in this run (after a restart it is sent again while the
+        // service deployment is still open: ECS had not acted on it).
+        let mut stop_sent = false;
+        // ECS's own strategy of the service, as the last look saw it; `None`: a rolling update.
+        let mut strategy: Option<DeploymentStrategy> = None;
+        // When, past the deadline, slipway may look again for a service deployment it lost.
+        let mut identify_at = 0;
         loop {
             let followed = self
-                .follow(Some(d), app, &mut ecs_id, target, deadline, &mut source)
+                .follow(
+                    Some(d),
+                    app,
+                    &mut ecs_id,
+                    target,
+                    deadline,
+                    &mut source,
+                    &mut strategy,
+                )
                 .await?;
-            return match followed {
+            // Where a rolling update is rolled back by slipway: why, and whether the rollout
+            // failed (else it is still open past the deadline).
+            let (why, failed) = match followed {
                 Followed::Ended(Rollout::Completed(p)) => {
                     let reason = completed(to_td, p, d.reason.as_deref());
                     self.finish(d, deploy_state::SUCCEEDED, reason).await;
-                    Ok(())
+                    return Ok(());
                 }
                 Followed::Ended(Rollout::CompletedThenReplaced(p, note)) => {
                     let note = match &d.reason {
@@ -1210,44 +1246,173 @@ impl Deployer {
                     };
                     let reason = completed(to_td, p, Some(&note));
                     self.finish(d, deploy_state::SUCCEEDED, reason).await;
-                    Ok(())
+                    return Ok(());
                 }
-                Followed::Ended(Rollout::RolledBackByEcs(ecs_why)) => match &stop_requested {
-                    Some(why) => {
-                        self.finish(
-                            d,
-                            deploy_state::ROLLED_BACK,
-                            format!("{why}; ECS rolled its service deployment back: {ecs_why}"),
-                        )
-                        .await;
-                        Ok(())
-                    }
-                    None => Err(Stop::Failed(ecs_why)),
-                },
-                Followed::Ended(Rollout::EcsRollbackFailed(e)) => match &stop_requested {
-                    Some(why) => Err(Stop::Failed(format!("{why}; {e}"))),
-                    None => Err(Stop::Failed(e)),
-                },
-                Followed::Ended(Rollout::Replaced(why)) => Err(Stop::Failed(why)),
-                Followed::Ended(Rollout::NeedsRollback(why)) => {
-                    self.roll_back(d, app, from_td, to_td, why).await
-                }
-                Followed::TimedOut { open_sd: Some(arn) } => {
-                    if stop_requested.is_none() {
-                        let why = late();
-                        if self.request_ecs_rollback(d, &arn, &why).await? {
-                            stop_requested = Some(why);
+                Followed::Ended(Rollout::RolledBackByEcs(ecs_why)) => {
+                    return match &stop_requested {
+                        Some(why) => {
+                            self.finish(
+                                d,
+                                deploy_state::ROLLED_BACK,
+                                format!("{why}; ECS rolled its service deployment back: {ecs_why}"),
+                            )
+                            .await;
+                            Ok(())
                         }
+                        None => Err(Stop::Failed(ecs_why)),
+                    };
+                }
+                Followed::Ended(Rollout::EcsRollbackFailed(e)) => {
+                    return match &stop_requested {
+                        Some(why) => Err(Stop::Failed(format!("{why}; {e}"))),
+                        None => Err(Stop::Failed(e)),
+                    };
+                }
+                Followed::Ended(Rollout::Replaced(why)) => return Err(Stop::Failed(why)),
+                Followed::TimedOut { open_sd: Some(arn) } => {
+                    if !stop_sent {
+                        let why = stop_requested.clone().unwrap_or_else(late);
+                        stop_requested = Some(why.clone());
+                        stop_sent = self.request_ecs_rollback(d, &arn, &why).await?;
                     }
                     // ECS takes a moment to show the rollback: look again after a poll's wait.
                     tokio::time::sleep(self.config.deploy.poll_max).await;
                     continue;
                 }
+                Followed::Ended(Rollout::NeedsRollback(why)) => (why, true),
                 Followed::Ended(Rollout::InProgress(_) | Rollout::EcsRollingBack(_))
-                | Followed::TimedOut { open_sd: None } => {
-                    self.roll_back(d, app, from_td, to_td, late()).await
-                }
+                | Followed::TimedOut { open_sd: None } => (late(), false),
             };
+            let Some(ecs_strategy) = strategy.clone() else {
+                return self.roll_back(d, app, from_td, to_td, why).await;
+            };
+            // ECS's own strategy, and the watch lost its service deployment (ECS named none
+            // and listed none while the watch looked, or it could not be read): only ECS rolls
+            // back, never an UpdateService over its service deployment. Look for it once more;
+            // without it, nothing is sent.
+            let now = self.now();
+            if failed || now >= identify_at {
+                identify_at = now + IDENTIFY_EVERY_MS;
+                match self.identify_service_deployment(d, app, target).await {
+                    Ok((arn, open)) => {
+                        source = Source::service_deployment(Some(arn.clone()), None);
+                        if open && !stop_sent {
+                            let why = stop_requested.clone().unwrap_or(why);
+                            stop_requested = Some(why.clone());
+                            stop_sent = self.request_ecs_rollback(d, &arn, &why).await?;
+                        }
+                    }
+                    Err(not_found) => {
+                        let said = format!(
+                            "{why}; {not_found}: nothing was sent to ECS (on a {} service only \
+                             ECS rolls back)",
+                            ecs_strategy.as_str()
+                        );
+                        if failed {
+                            return Err(Stop::Failed(said));
+                        }
+                        self.record_past_deadline(
+                            d,
+                            format!("{said}; watching until ECS ends the rollout"),
+                        )
+                        .await;
+                    }
+                }
+            }
+            tokio::time::sleep(self.config.deploy.poll_max).await;
+        }
+    }
+
+    /// ECS's service deployment of this rollout, when the watch lost it: the service
+    /// deployments ECS lists as created since the deploy's start, kept only once its target
+    /// revision runs `to_td` (as [`service_deployment::find`] confirms them). `(arn, open)`:
+    /// `open` while it is PENDING or IN_PROGRESS (ECS can be asked to roll it back); otherwise
+    /// ECS is rolling it back or has ended it, and the watch follows it. Err: why there is
+    /// none to roll back.
+    async fn identify_service_deployment(
+        &self,
+        d: &Deployment,
+        app: &AppConfig,
+        target: Target<'_>,
+    ) -> Result<(String, bool), String> {
+        let to_td = target.to_td;
+        let wanted = service_deployment::Wanted {
+            cluster: &app.cluster,
+            service: &app.service,
+            named: None,
+            started_ms: target.started_ms,
+            to_td,
+        };
+        let found = match service_deployment::find(&self.ecs, &wanted).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return Err(format!(
+                    "ECS lists no service deployment of {to_td} created since the deploy started"
+                ))
+            }
+            Err(e) => return Err(format!("cannot list ECS's service deployments ({e})")),
+        };
+        let read = match found.read {
+            Some(sd) => Some(sd),
+            None => service_deployment::describe(&self.ecs, &found.arn)
+                .await
+                .map_err(|e| format!("cannot read ECS's service deployment {} ({e})", found.arn))?,
+        };
+        let status = read.as_ref().and_then(|sd| sd.status()).cloned();
+        tracing::info!(service_deployment = %found.arn,
+            status = status.as_ref().map_or("-", |s| s.as_str()),
+            "identified ECS's service deployment");
+        self.update(
+            d,
+            DeploymentUpdate {
+                service_deployment_arn: Some(found.arn.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|_| "cannot journal ECS's service deployment".to_owned())?;
+        use ServiceDeploymentStatus as S;
+        match status {
+            Some(S::Pending | S::InProgress) => Ok((found.arn, true)),
+            Some(
+                S::RollbackRequested
+                | S::RollbackInProgress
+                | S::RollbackSuccessful
+                | S::RollbackFailed
+                | S::Successful,
+            ) => Ok((found.arn, false)),
+            other => Err(format!(
+                "ECS's service deployment {} of {to_td} is {}",
+                found.arn,
+                other.as_ref().map_or("of unknown status", |s| s.as_str())
+            )),
+        }
+    }
+
+    /// Says on the deployment why a deploy past its deadline is not rolled back (its reason);
+    /// the first time for this deploy, a notification says so too.
+    async fn record_past_deadline(&self, d: &Deployment, why: String) {
+        let first = self
+            .past_deadline_told
+            .lock()
+            .expect("past-deadline set")
+            .insert(d.id);
+        if first {
+            tracing::warn!(reason = %why, "past the deadline with no rollback; nothing sent");
+        }
+        let update = DeploymentUpdate {
+            reason: Some(why.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .journal
+            .update_deployment(d.id, update, self.now())
+            .await
+        {
+            tracing::warn!(error = %e, "could not journal why nothing was rolled back");
+        }
+        if first {
+            self.notify(d, EventKind::PastDeadline, d.image.clone(), Some(why));
         }
     }
 
@@ -1268,6 +1433,7 @@ impl Deployer {
             DeploymentUpdate {
                 reason: Some(why.to_owned()),
                 stage: Some(ROLLBACK_REQUESTED.to_owned()),
+                rollback_requested: true,
                 ..Default::default()
             },
         )
@@ -1287,7 +1453,8 @@ impl Deployer {
     }
 
     /// Puts `from_td` back and waits for that rollout too: `rolled_back` only once ECS says
-    /// the previous task definition runs again.
+    /// the previous task definition runs again. Rolling updates only: a service with ECS's own
+    /// strategy is rolled back by ECS (see [`Self::watch`]).
     async fn roll_back(
         &self,
         d: &Deployment,
@@ -1341,7 +1508,16 @@ impl Deployer {
                 self.follow_rollback(d, app, (from_td, to_td), why, &id, Source::list(None))
                     .await
             }
-            Some((Some(td), _)) if td == to_td => self.roll_back(d, app, from_td, to_td, why).await,
+            // Never an UpdateService over ECS's own strategy's service deployment.
+            Some((Some(td), _)) if td == to_td => match rollout::ecs_strategy(&service) {
+                None => self.roll_back(d, app, from_td, to_td, why).await,
+                Some(strategy) => Err(Stop::Failed(format!(
+                    "{why}; service {} now deploys with ECS's {} strategy, which only ECS rolls \
+                     back; nothing was sent",
+                    app.service,
+                    strategy.as_str()
+                ))),
+            },
             Some((td, _)) => Err(Stop::Failed(format!(
                 "{why}; while slipway was stopped during its rollback, the service moved to {}; \
                  nothing was changed",
@@ -1373,7 +1549,15 @@ impl Deployer {
         };
         let mut rollback_id = rollback_id.to_owned();
         let followed = self
-            .follow(None, app, &mut rollback_id, target, deadline, &mut source)
+            .follow(
+                None,
+                app,
+                &mut rollback_id,
+                target,
+                deadline,
+                &mut source,
+                &mut None,
+            )
             .await?;
         match followed {
             Followed::Ended(Rollout::Completed(_) | Rollout::CompletedThenReplaced(..)) => {

@@ -167,16 +167,26 @@ pub fn evaluate(
 /// and the bake time), and deployments without a `rolloutState` (behind a Classic Load
 /// Balancer).
 pub fn wants_service_deployment(service: &Service, ours: &str) -> bool {
-    let strategy = service
-        .deployment_configuration()
-        .and_then(|c| c.strategy());
-    let ecs_strategy = !matches!(strategy, None | Some(DeploymentStrategy::Rolling));
+    let ecs_strategy = ecs_strategy(service).is_some();
     let no_rollout_state = service
         .deployments()
         .iter()
         .find(|d| d.id.as_deref() == Some(ours))
         .is_some_and(|d| d.rollout_state.is_none());
     ecs_strategy || no_rollout_state
+}
+
+/// ECS's own strategy of the service (BLUE_GREEN, LINEAR, CANARY, or one slipway does not
+/// know); `None` for a rolling update. Only ECS rolls back a service with its own strategy:
+/// slipway never sends UpdateService over its service deployment.
+pub fn ecs_strategy(service: &Service) -> Option<DeploymentStrategy> {
+    match service
+        .deployment_configuration()
+        .and_then(|c| c.strategy())
+    {
+        None | Some(DeploymentStrategy::Rolling) => None,
+        Some(other) => Some(other.clone()),
+    }
 }
 
 /// What a service deployment says about our rollout.

@@ -10,7 +10,8 @@ use tokio::sync::Notify;
 /// One watched rollout.
 #[derive(Debug, Default)]
 pub struct Watch {
-    /// Woken by an event for the rollout: the watch looks at once (one Describe call).
+    /// Woken by an event that may end the rollout: the watch looks at once (one Describe
+    /// call).
     pub wake: Notify,
     /// Events received for it: while they arrive, polling is only the fallback.
     pub events: AtomicU64,
@@ -39,14 +40,18 @@ impl Watchers {
         }
     }
 
-    /// An event for `ecs_id` arrived: wakes its watch. False when no rollout of slipway's is
-    /// watching that deployment.
-    pub fn event_for(&self, ecs_id: &str) -> bool {
+    /// An event for `ecs_id` arrived: counts it, and wakes the watch when `look` (an event
+    /// that may end the rollout; one saying it is in progress tells the watch nothing new, and
+    /// a look for each would make more than the fallback's one call a minute). False when no
+    /// rollout of slipway's is watching that deployment.
+    pub fn event_for(&self, ecs_id: &str, look: bool) -> bool {
         let watch = self.by_id.lock().expect("watchers").get(ecs_id).cloned();
         match watch {
             Some(w) => {
                 w.events.fetch_add(1, Ordering::Relaxed);
-                w.wake.notify_one();
+                if look {
+                    w.wake.notify_one();
+                }
                 true
             }
             None => false,
@@ -87,13 +92,31 @@ mod tests {
     #[test]
     fn an_event_wakes_only_a_registered_watch_until_it_ends() {
         let watchers = Arc::new(Watchers::default());
-        assert!(!watchers.event_for("ecs-svc/1"));
+        assert!(!watchers.event_for("ecs-svc/1", true));
         let r = watchers.watch("ecs-svc/1");
         assert!(!r.events_arrive());
-        assert!(watchers.event_for("ecs-svc/1"));
+        assert!(watchers.event_for("ecs-svc/1", true));
         assert!(r.events_arrive());
-        assert!(!watchers.event_for("ecs-svc/2"));
+        assert!(!watchers.event_for("ecs-svc/2", true));
         drop(r);
-        assert!(!watchers.event_for("ecs-svc/1"));
+        assert!(!watchers.event_for("ecs-svc/1", true));
+    }
+
+    #[test]
+    fn an_event_that_cannot_end_the_rollout_is_counted_without_a_wake() {
+        use futures_util::FutureExt;
+        let watchers = Arc::new(Watchers::default());
+        let r = watchers.watch("ecs-svc/1");
+        assert!(watchers.event_for("ecs-svc/1", false));
+        assert!(
+            r.events_arrive(),
+            "counted: polling falls back to once a minute"
+        );
+        assert!(
+            r.watch.wake.notified().now_or_never().is_none(),
+            "no look for it"
+        );
+        assert!(watchers.event_for("ecs-svc/1", true));
+        assert!(r.watch.wake.notified().now_or_never().is_some(), "a look");
     }
 }

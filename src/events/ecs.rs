@@ -55,6 +55,16 @@ struct RawDetail {
     deployment_id: String,
 }
 
+impl DeploymentStateChange {
+    /// Whether the event may say the rollout ended (COMPLETED, FAILED, or a name slipway does
+    /// not know): the watch looks at once. `SERVICE_DEPLOYMENT_IN_PROGRESS` for our own
+    /// deployment says only what the watch knows (ECS's rollback deployment has its own id,
+    /// and ours gets FAILED): it is counted, so polling falls back to `poll_with_events_ms`.
+    pub fn may_end_the_rollout(&self) -> bool {
+        self.event_name != "SERVICE_DEPLOYMENT_IN_PROGRESS"
+    }
+}
+
 /// Whether the message body is an ECS deployment event (the consumer's dispatch).
 pub fn is_ecs_deployment_event(body: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v["detail-type"] == DETAIL_TYPE)
@@ -129,7 +139,7 @@ impl super::Running {
                 Some(reason)
             }
             Ok(()) => match &self.ecs_watchers {
-                Some(w) if w.event_for(&event.deployment_id) => {
+                Some(w) if w.event_for(&event.deployment_id, event.may_end_the_rollout()) => {
                     tracing::info!("ECS deployment event for a watched rollout");
                     None
                 }
@@ -185,6 +195,12 @@ mod tests {
         let e = parse(EXAMPLE).unwrap();
         assert_eq!(e.deployment_id, "ecs-svc/123");
         assert_eq!(e.event_name, "SERVICE_DEPLOYMENT_COMPLETED");
+        assert!(e.may_end_the_rollout());
+        let in_progress = DeploymentStateChange {
+            event_name: "SERVICE_DEPLOYMENT_IN_PROGRESS".into(),
+            ..e.clone()
+        };
+        assert!(!in_progress.may_end_the_rollout());
         let origin = |account: &str, region: &str| super::super::trust::Origin {
             account: Some(account.into()),
             region: Some(region.into()),

@@ -463,7 +463,9 @@ impl Worker {
                 n.reason.clone().unwrap_or_else(|| "superseded".to_owned()),
             ),
             // The deploy is still in progress: its GitHub status stays as it is.
-            EventKind::BuildFailed | EventKind::ServiceUnseen => return Ok(()),
+            EventKind::BuildFailed | EventKind::ServiceUnseen | EventKind::PastDeadline => {
+                return Ok(())
+            }
         };
         let page = self.deployment_page(n.deployment);
         self.post_status(

@@ -68,13 +68,18 @@ pub struct Deployment {
     /// The rollback target's original when `from_task_definition` is a copy of it (ECS's
     /// own rollback goes back to the original).
     pub from_original: Option<String>,
+    /// When slipway asked ECS to roll the rollout's service deployment back
+    /// (StopServiceDeployment, `ROLLBACK`), journaled before the request: ECS's rollback that
+    /// follows is this deploy's `rolled_back`, across restarts too.
+    pub rollback_requested_ms: Option<i64>,
 }
 
 const COLUMNS: &str = "id, app, service_key, sha, image_tag, trigger, actor, build_row, build_id,
     delivery_id, order_key, target_task_definition, image, from_task_definition,
     to_task_definition, ecs_deployment_id, state, reason, log_link, running_count,
     desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms, stage,
-    service_deployment_arn, deadline_ms, deadline_why, unseen, from_original";
+    service_deployment_arn, deadline_ms, deadline_why, unseen, from_original,
+    rollback_requested_ms";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
@@ -110,6 +115,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
         deadline_why: r.get(29)?,
         unseen: r.get(30)?,
         from_original: r.get(31)?,
+        rollback_requested_ms: r.get(32)?,
     })
 }
 
@@ -384,6 +390,9 @@ pub struct DeploymentUpdate {
     /// terminal state clears it.
     pub unseen: Option<String>,
     pub from_original: Option<String>,
+    /// Records that slipway is asking ECS to roll the service deployment back (the first
+    /// time counts).
+    pub rollback_requested: bool,
 }
 
 /// A build slipway started that has had no result for a while.
@@ -512,6 +521,8 @@ impl Journal {
                     deadline_why = COALESCE(?18, deadline_why),
                     unseen = CASE WHEN ?10 OR ?19 = '' THEN NULL ELSE COALESCE(?19, unseen) END,
                     from_original = COALESCE(?20, from_original),
+                    rollback_requested_ms = CASE WHEN ?21 AND rollback_requested_ms IS NULL
+                        THEN ?9 ELSE rollback_requested_ms END,
                     updated_ms = ?9
                  WHERE id = ?1",
                 params![
@@ -535,6 +546,7 @@ impl Journal {
                     u.deadline.as_ref().map(|d| d.1.clone()),
                     u.unseen,
                     u.from_original,
+                    u.rollback_requested,
                 ],
             )?;
             Ok(())

@@ -307,6 +307,11 @@ CREATE TABLE notify_outbox (
 CREATE INDEX notify_outbox_pending ON notify_outbox (target, id) WHERE state = 'pending';
 CREATE INDEX notify_outbox_done ON notify_outbox (done_ms) WHERE state != 'pending';
 "#,
+    // Issue 22 (review): when slipway asked ECS to roll a service deployment back, so that a
+    // restart reports ECS's rollback that follows as `rolled_back`. Additive: a nullable column.
+    r#"
+ALTER TABLE deployments ADD COLUMN rollback_requested_ms INTEGER;
+"#,
 ];
 
 /// The migrations a release before them cannot live with, and why. A new entry is a breaking

@@ -102,6 +102,9 @@ fn summary(n: &Notification, style: Style) -> String {
         EventKind::ServiceUnseen => {
             format!(":warning: *{app}* deploy of `{short}` is waiting{reason}; nothing is changed until slipway sees the service again")
         }
+        EventKind::PastDeadline => {
+            format!(":warning: *{app}* deploy of `{short}` is past its deadline{reason}")
+        }
     }
 }
 

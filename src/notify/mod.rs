@@ -34,6 +34,10 @@ pub enum EventKind {
     /// slipway's looks at a deploy's rollout keep failing: it decides nothing until it can see
     /// the service again (sent once per deploy).
     ServiceUnseen,
+    /// A deploy of a service with ECS's own strategy (blue/green, linear, canary) is past its
+    /// deadline and slipway cannot identify ECS's service deployment to roll back: it sends
+    /// nothing and keeps watching (sent once per deploy).
+    PastDeadline,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -741,7 +741,7 @@ mod tests {
         }
     }
 
-    const ALL_KINDS: [EventKind; 7] = [
+    const ALL_KINDS: [EventKind; 8] = [
         EventKind::BuildFailed,
         EventKind::DeployStarted,
         EventKind::DeploySucceeded,
@@ -749,6 +749,7 @@ mod tests {
         EventKind::RolledBack,
         EventKind::Superseded,
         EventKind::ServiceUnseen,
+        EventKind::PastDeadline,
     ];
 
     const FLUSH: Duration = Duration::from_secs(20);

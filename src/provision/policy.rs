@@ -3,7 +3,9 @@
 //!
 //! - **runtime**, for the role `slipway serve` runs as: the configured CodeBuild projects,
 //!   ECS services, ECR repositories and slipway's queue only; `iam:PassRole` only for the task
-//!   and execution roles the services' task definitions use, and only to ECS tasks.
+//!   and execution roles the services' task definitions use, and only to ECS tasks; with
+//!   `[journal] backup_to = "s3://bucket/key"`, the backups' own calls on the stamped copies
+//!   of that key only.
 //! - **provisioning**, for whoever runs `slipway provision`: the queue, the dead-letter queue,
 //!   their attributes (the queue policy), the EventBridge rule and its target, and the
 //!   read-only checks of what the apps use.
@@ -16,7 +18,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use crate::aws::{AwsError, Clients};
-use crate::config::Config;
+use crate::config::{BackupLocation, Config};
 
 /// What the policies are generated from besides the config.
 #[derive(Debug, Clone, Default)]
@@ -197,6 +199,7 @@ pub fn runtime(config: &Config, env: &Environment) -> Value {
     if !env.families.is_empty() {
         statements.push(tag);
     }
+    statements.extend(backup_statements(config, env));
     if !env.roles.is_empty() {
         let mut pass = statement(
             "SlipwayRunPassTaskRoles",
@@ -208,6 +211,28 @@ pub fn runtime(config: &Config, env: &Environment) -> Value {
         statements.push(pass);
     }
     json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// The journal's backups to S3 (`[journal] backup_to = "s3://bucket/key"`, see `backup`):
+/// PutObject of a stamped copy, ListObjectsV2 of the copies (pruning, the schedule's next
+/// due time), DeleteObject of those beyond `backup_keep`, GetObject to restore one; on the
+/// copies' names (`key` without its extension, then `-`) and nothing else in the bucket.
+/// Nothing for a backup to a file or no backups.
+fn backup_statements(config: &Config, env: &Environment) -> Vec<Value> {
+    let Some(BackupLocation::S3 { bucket, key }) = &config.journal.backup_to else {
+        return vec![];
+    };
+    let prefix = crate::backup::copies_prefix(key);
+    let bucket_arn = format!("arn:{}:s3:::{bucket}", env.partition);
+    let objects = statement(
+        "SlipwayRunBackupCopies",
+        &["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],
+        [format!("{bucket_arn}/{prefix}*")],
+    );
+    // ListObjectsV2 is authorized as s3:ListBucket on the bucket, limited by its prefix.
+    let mut list = statement("SlipwayRunBackupList", &["s3:ListBucket"], [bucket_arn]);
+    list["Condition"] = json!({"StringLike": {"s3:prefix": [format!("{prefix}*")]}});
+    vec![objects, list]
 }
 
 /// What `slipway provision` calls.

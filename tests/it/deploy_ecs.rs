@@ -9,7 +9,7 @@ use aws_sdk_ecs::types::{DeploymentConfiguration, DeploymentStrategy};
 use serde_json::Value;
 
 use crate::deploy::{web_with, Deploy, Setup};
-use crate::support::proxy::Rollout;
+use crate::support::proxy::{Fault, Rollout};
 use crate::support::world::{CLUSTER, SERVICE};
 use crate::support::{eventually, sdk_config, MASTER_SHA};
 
@@ -294,6 +294,198 @@ async fn an_ecs_rollback_at_the_deadline_is_watched_not_overwritten() {
     assert_eq!(w.proxy.update_service_calls().len(), 1, "nothing on top");
 }
 
+#[tokio::test]
+async fn a_lost_service_deployment_is_found_at_the_deadline_and_ecs_rolls_it_back() {
+    // Before: a blue/green rollout whose service deployment the watch had not found (ECS named
+    // none, the listing failed) was watched through `rolloutState`, and at the deadline
+    // slipway sent UpdateService(from_td) over ECS's open service deployment.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 2"),
+        ..Setup::default()
+    })
+    .await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.hide_current_service_deployment();
+    w.proxy
+        .fail("ListServiceDeployments", 1, 400, "AccessDeniedException");
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    let d = w.ship(&s, "lostsd-1", MASTER_SHA).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    assert!(reason(&d).contains("did not complete within 2s"), "{d}");
+    assert!(
+        reason(&d).contains("ECS rolled its service deployment back"),
+        "{d}"
+    );
+    assert!(
+        s.logs()
+            .contains("cannot read ECS's service deployments; watching the deployments list"),
+        "the watch had lost the service deployment"
+    );
+    assert_eq!(updates_to(&w, &w.base_td), 0, "no UpdateService(from_td)");
+    let stops = w.proxy.requests("StopServiceDeployment");
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0]["stopType"], "ROLLBACK");
+    let sds = w.proxy.service_deployments(CLUSTER, SERVICE);
+    let (ours, _, _) = sds
+        .iter()
+        .find(|(_, dep, _)| *dep == d["ecs_deployment_id"])
+        .expect("ECS's service deployment of ours");
+    assert_eq!(stops[0]["serviceDeploymentArn"], ours.as_str());
+    assert_eq!(d["service_deployment_arn"], ours.as_str(), "{d}");
+    assert_eq!(w.service_td().await, w.base_td, "ECS put the base back");
+}
+
+#[tokio::test]
+async fn without_a_service_deployment_to_stop_nothing_is_sent_at_the_deadline() {
+    // A blue/green service whose service deployments cannot be listed: past the deadline the
+    // deploy says why it is not rolled back (once), sends nothing, and keeps watching.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 2"),
+        ..Setup::default()
+    })
+    .await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.hide_current_service_deployment();
+    w.proxy.fail(
+        "ListServiceDeployments",
+        10_000,
+        400,
+        "AccessDeniedException",
+    );
+    w.proxy.rollouts([Rollout::Never]);
+    let s = w.builder.start().await;
+    w.build_succeeds(&s, "nosd-1", MASTER_SHA).await;
+    let d = eventually("the deploy says why nothing was rolled back", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| reason(d).contains("nothing was sent to ECS"))
+    })
+    .await;
+    assert_eq!(d["state"], "deploying", "{d}");
+    assert!(reason(&d).contains("did not complete within 2s"), "{d}");
+    assert!(
+        reason(&d).contains("cannot list ECS's service deployments"),
+        "{d}"
+    );
+    assert!(reason(&d).contains("BLUE_GREEN"), "{d}");
+    let told = eventually("one notification", || async {
+        let n = w.notes_of("past_deadline");
+        (!n.is_empty()).then_some(n)
+    })
+    .await;
+    // More looks past the deadline: still nothing sent, nothing told again.
+    let looks = describes(&w);
+    eventually("more looks", || async {
+        (describes(&w) > looks + 5).then_some(())
+    })
+    .await;
+    assert_eq!(updates_to(&w, &w.base_td), 0, "no UpdateService(from_td)");
+    assert!(w.proxy.requests("StopServiceDeployment").is_empty());
+    // ECS completes the rollout after all.
+    let ecs_id = d["ecs_deployment_id"].as_str().unwrap();
+    w.proxy.complete_now(CLUSTER, SERVICE, ecs_id);
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(updates_to(&w, &w.base_td), 0, "no UpdateService(from_td)");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(w.notes_of("past_deadline").len(), 1, "told once");
+    assert!(
+        told[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("nothing was sent to ECS")),
+        "{told:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_asked_of_ecs_before_a_restart_ends_rolled_back() {
+    // Before: after a restart, ECS's rollback that slipway had asked for (StopServiceDeployment)
+    // was taken for ECS's own and the deploy ended `failed`.
+    let w = Deploy::with(Setup {
+        apps: web_with("rollout_timeout_secs = 2"),
+        ..Setup::default()
+    })
+    .await;
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.proxy.hold_requested_rollbacks();
+    w.proxy.rollouts([Rollout::Never]);
+    let mut s = w.builder.start().await;
+    w.build_succeeds(&s, "rbrestart-1", MASTER_SHA).await;
+    eventually("the rollback asked of ECS", || async {
+        (!w.proxy.requests("StopServiceDeployment").is_empty()).then_some(())
+    })
+    .await;
+    s.kill();
+    let asked = w.builder.deployments();
+    assert!(asked[0]["rollback_requested_ms"].is_i64(), "{:?}", asked[0]);
+    let _s = w.builder.start().await;
+    // ECS's rollback completes after slipway is back.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let back = w
+        .proxy
+        .deployments(CLUSTER, SERVICE)
+        .into_iter()
+        .find(|x| x["status"] == "PRIMARY")
+        .unwrap();
+    assert_eq!(back["taskDefinition"], w.base_td.as_str(), "{back}");
+    w.proxy
+        .complete_now(CLUSTER, SERVICE, back["id"].as_str().unwrap());
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    assert!(
+        reason(&done).contains("did not complete within 2s"),
+        "{done}"
+    );
+    assert!(
+        reason(&done).contains("ECS rolled its service deployment back"),
+        "{done}"
+    );
+    assert_eq!(w.proxy.requests("StopServiceDeployment").len(), 1);
+    assert_eq!(
+        w.proxy.update_service_calls().len(),
+        2,
+        "the strategy, then the deploy"
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_rollback_sends_no_update_service_once_the_service_has_ecs_strategy() {
+    // slipway's own rollback (a rolling update) was journaled, and slipway stopped before its
+    // UpdateService reached ECS; meanwhile the service moved to BLUE_GREEN. Resuming must not
+    // send UpdateService(from_td) over ECS's strategy.
+    let w = Deploy::new().await;
+    w.proxy.rollouts([Rollout::Fail { after: 1 }]);
+    let mut s = w.builder.start().await;
+    w.build_succeeds(&s, "rbresume-1", MASTER_SHA).await;
+    w.watching().await;
+    // The rollback's UpdateService is held before it reaches ECS.
+    w.proxy
+        .script("UpdateService", [Fault::Delay(Duration::from_secs(120))]);
+    eventually("slipway's rollback journaled", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["stage"] == "ROLLING_BACK")
+    })
+    .await;
+    s.kill();
+    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    let sent = updates_to(&w, &w.base_td);
+    let _s = w.builder.start().await;
+    let done = w.finished(MASTER_SHA).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(reason(&done).contains("BLUE_GREEN"), "{done}");
+    assert!(reason(&done).contains("nothing was sent"), "{done}");
+    assert_eq!(
+        updates_to(&w, &w.base_td),
+        sent,
+        "no UpdateService(from_td)"
+    );
+    assert_ne!(w.service_td().await, w.base_td);
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -434,7 +626,7 @@ impl Deploy {
 
     /// The events the journal recorded as not acted on (newest first).
     async fn ignored_events(&self) -> Vec<slipway::journal::RejectedEvent> {
-        crate::support::slipway::rejected_events(&self.builder.state_dir())
+        crate::support::rejected_events(&self.builder.state_dir())
     }
 }
 
@@ -472,6 +664,11 @@ async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
         (describes(&w) > before).then_some(())
     })
     .await;
+    // An IN_PROGRESS event tells the watch nothing new: it costs no look.
+    assert!(
+        !s.logs().contains("ECS's deployment event: looking now"),
+        "a look for IN_PROGRESS"
+    );
     let looks = describes(&w);
     w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
     w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_COMPLETED", ""))
@@ -479,6 +676,7 @@ async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
     let done = w.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(describes(&w) - looks, 1, "one look confirmed the event");
+    assert!(s.logs().contains("ECS's deployment event: looking now"));
     assert!(
         w.ignored_events().await.is_empty(),
         "both events were acted on"
@@ -555,8 +753,12 @@ async fn events_for_unknown_deployments_or_from_another_account_are_recorded_and
 
 /// The benchmark of issue 22 (`scripts/bench-ecs-events.sh`): with slipway's default polling,
 /// the time from ECS's COMPLETED (the rollout completes and, with events, its event is put in
-/// the queue as EventBridge delivers it) to `succeeded` in the journal, and the AWS calls a
-/// minute while watching; event-driven and polling-only deploys in the same run.
+/// the queue as EventBridge delivers it) to `succeeded` in the journal, and the AWS calls
+/// (ECS and ECR; not SQS or CodeBuild) in three phases: start-up (the deploy until it watches,
+/// then the watch's first minute), the steady state (from then until ECS completes, per
+/// minute) and completion. Event-driven and polling-only deploys in the same run; with events,
+/// `SERVICE_DEPLOYMENT_IN_PROGRESS` arrives when the watch starts and again every
+/// `BENCH_EVENT_EVERY_SECS` (ECS itself sends it once per deployment: a worse case).
 #[tokio::test]
 #[ignore = "a benchmark: run scripts/bench-ecs-events.sh"]
 async fn bench_ecs_events() {
@@ -568,11 +770,15 @@ async fn bench_ecs_events() {
         "5555555555555555555555555555555555555555",
         "6666666666666666666666666666666666666666",
     ];
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .min(SHAS.len() / 2);
+    let env = |key: &str, default: u64| -> u64 {
+        std::env::var(key)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let runs = (env("BENCH_RUNS", 1) as usize).min(SHAS.len() / 2);
+    let watch = Duration::from_secs(env("BENCH_WATCH_SECS", 300).max(90));
+    let event_every = Duration::from_secs(env("BENCH_EVENT_EVERY_SECS", 45).max(5));
     let w = Deploy::with(Setup {
         images: &SHAS,
         // slipway's defaults.
@@ -581,10 +787,31 @@ async fn bench_ecs_events() {
     })
     .await;
     let s = w.builder.start().await;
+    // AWS calls recorded so far (ECS and ECR).
+    let calls = || {
+        w.proxy
+            .recorded()
+            .iter()
+            .filter(|r| {
+                r.arrived < u64::MAX
+                    && !matches!(
+                        r.operation.as_str(),
+                        "ReceiveMessage"
+                            | "DeleteMessage"
+                            | "ChangeMessageVisibility"
+                            | "BatchGetBuilds"
+                            | "StartBuild"
+                            | "SendMessage"
+                            | "GetQueueAttributes"
+                    )
+            })
+            .count()
+    };
     let mut report = vec![];
     for (i, sha) in SHAS.iter().take(runs * 2).enumerate() {
         let events = i % 2 == 0;
         w.proxy.rollouts([Rollout::Never]);
+        let deploy_from = calls();
         w.build_succeeds(&s, &format!("bench-{i}"), sha).await;
         let d = eventually("watching", || async {
             w.builder
@@ -594,19 +821,45 @@ async fn bench_ecs_events() {
         })
         .await;
         let ecs_id = d["ecs_deployment_id"].as_str().unwrap().to_owned();
-        let calls_from = w.proxy.recorded().len();
-        let watch_from = now_ms();
-        if events {
-            w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_IN_PROGRESS", ""))
-                .await;
+        let watch_from = calls();
+        let watch_from_ms = now_ms();
+        // The rollout runs `watch` (plus a different phase of the polling schedule each run).
+        let complete_at = tokio::time::Instant::now() + watch + Duration::from_secs(7 * i as u64);
+        let steady_at = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut steady_from = None;
+        let mut next_event = tokio::time::Instant::now();
+        let mut sent = 0;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= complete_at {
+                break;
+            }
+            if steady_from.is_none() && now >= steady_at {
+                steady_from = Some((calls(), now_ms()));
+            }
+            if events && now >= next_event {
+                w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_IN_PROGRESS", ""))
+                    .await;
+                sent += 1;
+                next_event += event_every;
+            }
+            let mut wake = complete_at;
+            if steady_from.is_none() {
+                wake = wake.min(steady_at);
+            }
+            if events {
+                wake = wake.min(next_event);
+            }
+            tokio::time::sleep_until(wake).await;
         }
-        // The rollout runs a while (a different phase of the polling schedule each run).
-        tokio::time::sleep(Duration::from_millis(40_000 + 7_000 * i as u64)).await;
+        let (steady_calls_from, steady_from_ms) = steady_from.expect("a watch over a minute");
         let completed_ms = now_ms();
+        let completed_from = calls();
         w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
         if events {
             w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_COMPLETED", ""))
                 .await;
+            sent += 1;
         }
         let done = loop {
             let found = w
@@ -621,29 +874,24 @@ async fn bench_ecs_events() {
         };
         assert_eq!(done["state"], "succeeded", "{done}");
         let finished = done["finished_ms"].as_i64().unwrap();
-        let aws_calls = w.proxy.recorded()[calls_from..]
-            .iter()
-            .filter(|r| {
-                r.arrived < u64::MAX
-                    && !matches!(
-                        r.operation.as_str(),
-                        "ReceiveMessage"
-                            | "DeleteMessage"
-                            | "ChangeMessageVisibility"
-                            | "BatchGetBuilds"
-                            | "SendMessage"
-                            | "GetQueueAttributes"
-                    )
-            })
-            .count();
-        let minutes = (finished - watch_from) as f64 / 60_000.0;
+        let end = calls();
+        let steady_minutes = (completed_ms - steady_from_ms) as f64 / 60_000.0;
+        let steady = completed_from - steady_calls_from;
         report.push(format!(
-            "{:8} completed->succeeded {:6} ms, {:2} AWS calls in {:.2} min watching = {:.1}/min",
+            "{:7} ({:2} events) completed->succeeded {:6} ms | start-up {:2} calls (deploy {:2}, \
+             first minute of the watch {}) | steady state {:2} calls in {:.2} min = {:.2}/min | \
+             completion {} | watch {:.2} min",
             if events { "events" } else { "polling" },
+            sent,
             finished - completed_ms,
-            aws_calls,
-            minutes,
-            aws_calls as f64 / minutes
+            steady_calls_from - deploy_from,
+            watch_from - deploy_from,
+            steady_calls_from - watch_from,
+            steady,
+            steady_minutes,
+            steady as f64 / steady_minutes,
+            end - completed_from,
+            (finished - watch_from_ms) as f64 / 60_000.0,
         ));
         eprintln!("{}", report.last().unwrap());
     }

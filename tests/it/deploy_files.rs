@@ -43,6 +43,11 @@ const RUN_ACTIONS: &[&str] = &[
     "ecs:DescribeServiceRevisions",
     "ecs:TagResource",
     "iam:PassRole",
+    // The journal's backups, with `[journal] backup_to = "s3://…"` (the example's config).
+    "s3:PutObject",
+    "s3:GetObject",
+    "s3:DeleteObject",
+    "s3:ListBucket",
 ];
 
 /// What `slipway provision` calls.

@@ -4,7 +4,8 @@
 //!
 //! The source under `src/` is scanned for SDK calls (`self.ecs.describe_services()`,
 //! `aws.sqs\n    .receive_message()`, …): a `.method()` with empty parentheses whose name is an
-//! operation of one of the five SDK clients. The operations, and their IAM action names, come
+//! operation of one of the six SDK clients (S3 for the journal's backups: its actions are
+//! granted only with `[journal] backup_to = "s3://…"`, as the example policy's config has). The operations, and their IAM action names, come
 //! from the SDK crates themselves (`src/operation/*.rs` of the versions in `Cargo.lock`); a
 //! hand-written map is the fallback when the crates' sources cannot be found, and then any
 //! `.xxx()` on a client variable the map does not know fails the test.
@@ -47,6 +48,20 @@ const CLIENTS: &[Client] = &[
         prefix: "events",
         receivers: &["events", "eventbridge"],
     },
+    Client {
+        krate: "aws-sdk-s3",
+        prefix: "s3",
+        receivers: &["s3"],
+    },
+];
+
+/// Operations whose IAM action has another name (Amazon S3 User Guide, "Policy actions for
+/// Amazon S3": ListObjectsV2 is authorized as s3:ListBucket, HeadObject as s3:GetObject).
+const ACTION_OF_OPERATION: &[(&str, &str)] = &[
+    ("s3:ListObjectsV2", "s3:ListBucket"),
+    ("s3:ListObjects", "s3:ListBucket"),
+    ("s3:HeadObject", "s3:GetObject"),
+    ("s3:HeadBucket", "s3:ListBucket"),
 ];
 
 /// Methods of a client (or of a field that happens to share a client's name) that are not
@@ -96,6 +111,10 @@ const HAND_MAP: &[(&str, &str)] = &[
     ("list_rules", "events:ListRules"),
     ("list_targets_by_rule", "events:ListTargetsByRule"),
     ("put_events", "events:PutEvents"),
+    ("put_object", "s3:PutObject"),
+    ("get_object", "s3:GetObject"),
+    ("delete_object", "s3:DeleteObject"),
+    ("list_objects_v2", "s3:ListBucket"),
 ];
 
 /// Operations per IAM prefix: snake_case method → action (`ecs:DescribeServices`).
@@ -162,7 +181,12 @@ fn sdk_operations(krate: &str, prefix: &str) -> Option<BTreeMap<String, String>>
         let after = &text[text.find(marker)? + marker.len()..];
         let after = after.trim_start().strip_prefix('"')?;
         let name = &after[..after.find('"')?];
-        ops.insert(module.to_owned(), format!("{prefix}:{name}"));
+        let action = format!("{prefix}:{name}");
+        let action = ACTION_OF_OPERATION
+            .iter()
+            .find(|(op, _)| *op == action)
+            .map_or(action, |(_, a)| (*a).to_owned());
+        ops.insert(module.to_owned(), action);
     }
     (ops.len() > 10).then_some(ops)
 }
@@ -304,7 +328,7 @@ fn scan_text(file: &str, text: &str, ops: &Operations, strict: bool, scan: &mut 
             (None, many) => {
                 scan.problems.push(format!(
                     "{at}: .{method}() on `{receiver}` could be {}: name the client variable \
-                     codebuild/ecs/ecr/sqs/events",
+                     codebuild/ecs/ecr/sqs/events/s3",
                     many.join(" or ")
                 ));
                 None
@@ -591,10 +615,20 @@ fn the_hand_map_agrees_with_the_sdk() {
     }
 }
 
+/// The example policies' config: journal backups to S3 (`slipway/journal.db` in
+/// `slipway-backups-example`, as the CloudFormation template sets `backup_to`).
+const BACKUP_TO_S3: &str =
+    "[journal]\nbackup_to = \"s3://slipway-backups-example/slipway/journal.db\"";
+
 /// `slipway provision --policy` against the test world (app `web`: project `web-build`,
-/// service `web/web` whose task definition uses the roles `web-task` and `web-exec`).
-async fn generated_policies() -> (Value, Value) {
-    let w = crate::deploy::Deploy::new().await;
+/// service `web/web` whose task definition uses the roles `web-task` and `web-exec`), with
+/// `extra` top-level config.
+async fn generated_policies(extra: &str) -> (Value, Value) {
+    let w = crate::deploy::Deploy::with(crate::deploy::Setup {
+        extra,
+        ..crate::deploy::Setup::default()
+    })
+    .await;
     let builder = w.builder.clone();
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
         let config = builder.write_config();
@@ -638,7 +672,7 @@ fn resources_for(policy: &Value, action: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn generated_policies_name_exact_resources_and_match_the_examples() {
-    let (runtime, provisioning) = generated_policies().await;
+    let (runtime, provisioning) = generated_policies(BACKUP_TO_S3).await;
     let set =
         |items: &[&str]| -> BTreeSet<String> { items.iter().map(|s| s.to_string()).collect() };
     let arn = |rest: &str| format!("arn:aws:{rest}");
@@ -707,6 +741,28 @@ async fn generated_policies_name_exact_resources_and_match_the_examples() {
         set(&[&arn("events:eu-west-1:123456789012:rule/slipway-codebuild")])
     );
 
+    // The backups: their four calls on the stamped copies of backup_to's key, nothing else.
+    let copies = "arn:aws:s3:::slipway-backups-example/slipway/journal-*";
+    for action in ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"] {
+        assert_eq!(resources_for(&runtime, action), set(&[copies]), "{action}");
+    }
+    assert_eq!(
+        resources_for(&runtime, "s3:ListBucket"),
+        set(&["arn:aws:s3:::slipway-backups-example"])
+    );
+    let list = runtime["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Action"].to_string().contains("s3:ListBucket"))
+        .unwrap();
+    assert_eq!(
+        list["Condition"]["StringLike"]["s3:prefix"],
+        serde_json::json!(["slipway/journal-*"])
+    );
+    assert_eq!(s3_actions(&runtime).len(), 4, "{runtime:#}");
+    assert!(s3_actions(&provisioning).is_empty());
+
     // The examples in deploy/ are exactly this output (SLIPWAY_BLESS=1 rewrites them).
     for (file, generated) in POLICY_FILES.iter().zip([&runtime, &provisioning]) {
         let path = manifest_dir().join(file);
@@ -719,5 +775,28 @@ async fn generated_policies_name_exact_resources_and_match_the_examples() {
             on_disk, text,
             "{file} is not what `slipway provision --policy` generates (SLIPWAY_BLESS=1 rewrites it)"
         );
+    }
+}
+
+/// The S3 actions a policy grants.
+fn s3_actions(policy: &Value) -> Vec<String> {
+    granted(policy)
+        .into_iter()
+        .filter(|a| a.starts_with("s3:"))
+        .collect()
+}
+
+#[tokio::test]
+async fn without_backups_to_s3_the_runtime_policy_grants_no_s3() {
+    for extra in [
+        "",
+        "[journal]\nbackup_to = \"/var/backups/slipway/journal.db\"",
+    ] {
+        let (runtime, _) = generated_policies(extra).await;
+        assert!(
+            s3_actions(&runtime).is_empty(),
+            "with {extra:?}: {runtime:#}"
+        );
+        assert!(!resources_for(&runtime, "ecs:UpdateService").is_empty());
     }
 }

@@ -297,6 +297,9 @@ struct State {
     td_status: HashMap<String, String>,
     /// Services are answered without `currentServiceDeployment`.
     no_current_service_deployment: bool,
+    /// Rollbacks asked for with StopServiceDeployment stay in progress until
+    /// [`Proxy::complete_now`] (ECS's rollback takes as long as its tasks take to start).
+    hold_requested_rollbacks: bool,
     /// The next UpdateService answer lists no deployments (no PRIMARY).
     no_deployments_in_next_update: bool,
     /// StartBuild's environment overrides by build id: the emulator drops them, AWS shows
@@ -432,6 +435,12 @@ impl Proxy {
     /// find its service deployment through ListServiceDeployments).
     pub fn hide_current_service_deployment(&self) {
         self.state.lock().unwrap().no_current_service_deployment = true;
+    }
+
+    /// From now on a rollback asked for with StopServiceDeployment stays
+    /// `ROLLBACK_IN_PROGRESS` until [`Proxy::complete_now`] names the deployment it goes back to.
+    pub fn hold_requested_rollbacks(&self) {
+        self.state.lock().unwrap().hold_requested_rollbacks = true;
     }
 
     /// The next UpdateService answer lists no deployments, so it has no PRIMARY one (ECS acted
@@ -1914,8 +1923,13 @@ fn stop_service_deployment(
     let Some(key) = key else {
         return (Err((400, "ServiceDeploymentNotFoundException")), None);
     };
+    let hold = s.hold_requested_rollbacks;
     let overlay = s.overlays.get_mut(&key).expect("found above");
-    match overlay.stop_service_deployment(arn) {
+    let stopped = overlay.stop_service_deployment(arn);
+    if hold {
+        overlay.settling = None;
+    }
+    match stopped {
         Ok(td) => (
             Ok(json!({ "serviceDeploymentArn": arn })),
             td.map(|td| (key, td)),

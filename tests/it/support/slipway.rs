@@ -392,34 +392,3 @@ impl Drop for Slipway {
         self.stopped();
     }
 }
-
-/// The CodeBuild and ECS events the journal in `state_dir` recorded as not acted on, newest
-/// first. slipway holds the journal while it serves (the CLI would be refused), so this looks
-/// inside the file read-only, as `sqlite3 -readonly` would. No API lists rejections.
-pub fn rejected_events(state_dir: &std::path::Path) -> Vec<slipway::journal::RejectedEvent> {
-    let db = rusqlite::Connection::open_with_flags(
-        state_dir.join("journal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("the journal");
-    let mut stmt = db
-        .prepare(
-            "SELECT message_id, build_id, source, account, reason, received_ms
-             FROM rejected_events ORDER BY id DESC",
-        )
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(slipway::journal::RejectedEvent {
-                message_id: r.get(0)?,
-                build_id: r.get(1)?,
-                source: r.get(2)?,
-                account: r.get(3)?,
-                reason: r.get(4)?,
-                received_ms: r.get(5)?,
-            })
-        })
-        .unwrap();
-    rows.collect::<Result<Vec<_>, _>>()
-        .expect("rejected events")
-}
