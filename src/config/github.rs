@@ -121,13 +121,13 @@ impl RawGithubConfig {
                 ))
             }
         };
-        let every = self.recover_every_mins.unwrap_or(10);
-        if every == 0 {
-            return Err(invalid(
-                "github.recover_every_mins",
-                "must be greater than 0",
-            ));
-        }
+        let every = super::duration(
+            "github.recover_every_mins",
+            self.recover_every_mins,
+            10,
+            |m| Duration::from_secs(m * 60),
+            1440,
+        )?;
         let window = self.recover_window_hours.unwrap_or(24);
         if window == 0 || window > MAX_RECOVER_WINDOW_HOURS {
             return Err(invalid(
@@ -137,13 +137,13 @@ impl RawGithubConfig {
                 ),
             ));
         }
-        let give_up = self.give_up_after_hours.unwrap_or(24);
-        if give_up == 0 {
-            return Err(invalid(
-                "github.give_up_after_hours",
-                "must be greater than 0",
-            ));
-        }
+        let give_up = super::duration(
+            "github.give_up_after_hours",
+            self.give_up_after_hours,
+            24,
+            |h| Duration::from_secs(h * 3600),
+            super::MAX_GIVE_UP_AFTER_HOURS,
+        )?;
         let public_url = match self.public_url {
             None => None,
             Some(url) => Some(super::http_url("github.public_url", &url)?),
@@ -191,9 +191,9 @@ impl RawGithubConfig {
         Ok(GithubConfig {
             api_url: api_url.trim_end_matches('/').to_owned(),
             app,
-            recover_every: Duration::from_secs(every * 60),
+            recover_every: every,
             recover_window: Duration::from_secs(window * 3600),
-            give_up_after: Duration::from_secs(give_up * 3600),
+            give_up_after: give_up,
             public_url,
             hooks,
         })
@@ -270,6 +270,12 @@ id = 3
             ("recover_window_hours = 73", "github.recover_window_hours"),
             ("recover_window_hours = 0", "github.recover_window_hours"),
             ("give_up_after_hours = 0", "github.give_up_after_hours"),
+            // Too large to mean anything, and to multiply into seconds.
+            (
+                "give_up_after_hours = 9223372036854775807",
+                "github.give_up_after_hours",
+            ),
+            ("recover_every_mins = 1441", "github.recover_every_mins"),
             ("public_url = \"slipway\"", "github.public_url"),
             (
                 "[[hook]]\nrepository = \"web\"\nid = 1",

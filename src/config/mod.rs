@@ -724,6 +724,9 @@ pub mod max {
     pub const ROLLOUT_TIMEOUT_SECS: u64 = 24 * 3600;
 }
 
+/// The longest an outbox (GitHub's, a notification target's) may keep trying an entry: 30 days.
+const MAX_GIVE_UP_AFTER_HOURS: u64 = 720;
+
 /// A number of `unit`s (`Duration::from_secs` or `from_millis`) in `1..=max`, or the default.
 fn duration(
     key: &str,
@@ -1240,7 +1243,7 @@ impl OpsTokens {
                 Some((label, token)) => (label.trim(), token.trim()),
                 None => ("ops", entry),
             };
-            if label.is_empty() || token.len() < 16 {
+            if label.is_empty() || token.chars().count() < 16 {
                 return Err(ConfigError::Secret(format!(
                     "{OPS_TOKENS_ENV}: every entry must be `token` or `label:token`, with tokens of at least 16 characters (entry {} is not)",
                     tokens.len() + 1
@@ -1308,7 +1311,7 @@ impl ReadToken {
     pub fn parse(value: Option<&str>) -> Result<ReadToken, ConfigError> {
         match value.map(str::trim).filter(|v| !v.is_empty()) {
             None => Ok(ReadToken(None)),
-            Some(t) if t.len() < 16 => Err(ConfigError::Secret(format!(
+            Some(t) if t.chars().count() < 16 => Err(ConfigError::Secret(format!(
                 "{READ_TOKEN_ENV} must be at least 16 characters"
             ))),
             Some(t) => Ok(ReadToken(Some(digest(t.as_bytes())))),

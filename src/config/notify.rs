@@ -45,33 +45,42 @@ impl Default for NotifyConfig {
 
 impl RawNotifyConfig {
     pub fn validate(self) -> Result<NotifyConfig, ConfigError> {
-        let give_up = self.give_up_after_hours.unwrap_or(24);
-        if give_up == 0 {
-            return Err(invalid(
-                "notify.give_up_after_hours",
-                "must be greater than 0",
-            ));
-        }
-        let initial = self.retry_initial_secs.unwrap_or(2);
-        if initial == 0 {
-            return Err(invalid(
-                "notify.retry_initial_secs",
-                "must be greater than 0",
-            ));
-        }
-        let max = self.retry_max_secs.unwrap_or(300);
+        let give_up = super::duration(
+            "notify.give_up_after_hours",
+            self.give_up_after_hours,
+            24,
+            |h| Duration::from_secs(h * 3600),
+            super::MAX_GIVE_UP_AFTER_HOURS,
+        )?;
+        let initial = super::duration(
+            "notify.retry_initial_secs",
+            self.retry_initial_secs,
+            2,
+            Duration::from_secs,
+            3600,
+        )?;
+        let max = super::duration(
+            "notify.retry_max_secs",
+            self.retry_max_secs,
+            300,
+            Duration::from_secs,
+            86_400,
+        )?;
         if max < initial {
             return Err(invalid(
                 "notify.retry_max_secs",
-                format!("must be at least notify.retry_initial_secs ({initial})"),
+                format!(
+                    "must be at least notify.retry_initial_secs ({})",
+                    initial.as_secs()
+                ),
             ));
         }
         Ok(NotifyConfig {
             slack_webhook_url_env: self.slack_webhook_url_env,
             webhook_url_env: self.webhook_url_env,
-            give_up_after: Duration::from_secs(give_up * 3600),
-            retry_initial: Duration::from_secs(initial),
-            retry_max: Duration::from_secs(max),
+            give_up_after: give_up,
+            retry_initial: initial,
+            retry_max: max,
         })
     }
 }
@@ -104,6 +113,11 @@ mod tests {
     fn bad_values_name_the_key() {
         for (text, key) in [
             ("give_up_after_hours = 0", "notify.give_up_after_hours"),
+            (
+                "give_up_after_hours = 9223372036854775807",
+                "notify.give_up_after_hours",
+            ),
+            ("retry_max_secs = 86401", "notify.retry_max_secs"),
             ("retry_initial_secs = 0", "notify.retry_initial_secs"),
             (
                 "retry_initial_secs = 10\nretry_max_secs = 5",
