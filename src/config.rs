@@ -80,6 +80,8 @@ struct RawConfig {
     chat: RawChat,
     #[serde(default)]
     journal: JournalConfig,
+    #[serde(default)]
+    store: crate::store::RawStoreConfig,
     /// Optional GitHub API access (issue 11): statuses, deployments, recovery.
     github: Option<crate::github::RawGithubConfig>,
 }
@@ -201,6 +203,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Retention and queueing of the journal.
     pub journal: JournalConfig,
+    /// Which engine holds the state (`[store]`).
+    pub store: crate::store::StoreConfig,
 }
 
 /// The `[chat]` table.
@@ -559,6 +563,7 @@ impl RawConfig {
             },
             github,
             journal: self.journal.validate()?,
+            store: self.store.validate()?,
         })
     }
 }

@@ -433,9 +433,9 @@ impl Deploy {
     }
 
     /// The events the journal recorded as not acted on (newest first).
-    async fn ignored_events(&self) -> Vec<slipway::journal::RejectedEvent> {
-        let journal = slipway::journal::Journal::open_read_only(&self.builder.state_dir())
-            .expect("the journal");
+    async fn ignored_events(&self) -> Vec<slipway::store::RejectedEvent> {
+        let journal =
+            slipway::store::Store::open_read_only(&self.builder.state_dir()).expect("the journal");
         journal.rejected_events(100).await.expect("rejected events")
     }
 }

@@ -4,8 +4,10 @@ use rusqlite::{params, Connection};
 use serde_json::json;
 
 use super::*;
+use super::{deliveries, deployments, retention};
 use crate::config::JournalConfig;
 use crate::ids::{AppName, CommitSha, DeliveryId, HookId};
+use crate::store::*;
 
 pub(super) const DAY_MS: i64 = 24 * 3600 * 1000;
 pub(super) const T0: i64 = 1_700_000_000_000;
@@ -49,9 +51,9 @@ fn plan(c: &Connection, sql: &str) -> Vec<String> {
 }
 
 /// A new journal (in a directory kept while the first value lives) and a connection to it.
-fn new_journal() -> (tempfile::TempDir, Journal, Connection) {
+fn new_journal() -> (tempfile::TempDir, SqliteStore, Connection) {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let c = Connection::open(journal.path()).unwrap();
     (dir, journal, c)
 }
@@ -81,9 +83,9 @@ fn intake_queries_use_an_index_never_a_scan() {
         "UPDATE deliveries SET replay_of = NULL WHERE replay_of = ?1",
         &retention::disposable_sql(),
         &retention::old_bodies_sql(),
-        // The build a CodeBuild result is about (journal/deployments.rs, complete_build).
+        // The build a CodeBuild result is about (sqlite/deployments.rs, complete_build).
         deployments::FIND_COMPLETED_BUILD,
-        // Is this delivery held? (GitHub delivery recovery, journal/github.rs)
+        // Is this delivery held? (GitHub delivery recovery, sqlite/github.rs)
         super::github::HELD_DELIVERY,
         // A delivery's deployments (the API's delivery view).
         &format!(
@@ -152,7 +154,7 @@ fn a_redelivery_finds_its_build_through_its_guid() {
 #[tokio::test]
 async fn same_push_from_two_hooks_builds_once_and_redelivery_dedups() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let count_builds = || {
         journal
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get::<_, i64>(0))?))
@@ -182,7 +184,7 @@ async fn same_push_from_two_hooks_builds_once_and_redelivery_dedups() {
 
 /// Admits delivery `id` from `hook` asking for a build of `sha` (its body names the commit):
 /// the build it was accepted with, and whether that was a retry. Panics on any other answer.
-async fn accepted(journal: &Journal, id: &str, hook: &str, at: i64, sha: char) -> (i64, bool) {
+async fn accepted(journal: &SqliteStore, id: &str, hook: &str, at: i64, sha: char) -> (i64, bool) {
     let body = format!("{{\"after\":\"{sha}\"}}");
     let (_, admission) = journal
         .admit(delivery(id, hook, at, body.as_bytes()), build(sha))
@@ -197,7 +199,7 @@ async fn accepted(journal: &Journal, id: &str, hook: &str, at: i64, sha: char) -
 #[tokio::test]
 async fn a_redelivery_of_a_build_that_failed_for_good_does_not_build_the_push_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let (b1, _) = accepted(&journal, "d-1", "1", T0, 'a').await;
     journal
         .build_failed_to_start(b1, "AccessDenied".into(), T0 + 1)
@@ -246,7 +248,7 @@ async fn a_redelivery_of_a_build_that_failed_for_good_does_not_build_the_push_tw
 #[tokio::test]
 async fn delivery_lines_show_a_redelivery_with_the_build_it_repeats_and_tell_hooks_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let (row, _) = journal
         .admit(delivery("d-1", "1", T0, b"{\"a\":1}"), build('a'))
         .await
@@ -313,7 +315,7 @@ async fn a_journal_from_the_first_schema_is_converted_and_keeps_every_row() {
         )
         .unwrap();
     }
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let (deliveries, bodies, builds, version, vacuum): (i64, i64, i64, i64, i64) = journal
         .read(|c| {
             Ok((
@@ -345,7 +347,7 @@ async fn a_journal_from_the_first_schema_is_converted_and_keeps_every_row() {
     assert!(matches!(a, Admission::Accepted(_)));
 }
 
-async fn set_build(journal: &Journal, delivery_row: i64, state: &'static str) -> i64 {
+async fn set_build(journal: &SqliteStore, delivery_row: i64, state: &'static str) -> i64 {
     journal
         .write(move |c| {
             c.execute(
@@ -362,7 +364,7 @@ async fn set_build(journal: &Journal, delivery_row: i64, state: &'static str) ->
         .unwrap()
 }
 
-async fn add_deployment(journal: &Journal, build_row: i64, state: &'static str) {
+async fn add_deployment(journal: &SqliteStore, build_row: i64, state: &'static str) {
     journal
         .write(move |c| {
             c.execute(
@@ -380,7 +382,7 @@ async fn add_deployment(journal: &Journal, build_row: i64, state: &'static str) 
 #[tokio::test]
 async fn retention_drops_old_bodies_and_ignored_deliveries_but_not_unfinished_work() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let settings = JournalConfig::default();
     let (ignored, _) = journal
         .admit(
@@ -426,7 +428,7 @@ async fn retention_drops_old_bodies_and_ignored_deliveries_but_not_unfinished_wo
     let p = journal.prune(T0 + 100 * DAY_MS, &settings).await.unwrap();
     assert_eq!((p.deliveries_deleted, p.bodies_dropped), (0, 1));
     let rec = journal.delivery("done").await.unwrap().unwrap();
-    assert!(matches!(rec.payload(), Err(JournalError::PayloadNotKept)));
+    assert!(matches!(rec.payload(), Err(StoreError::PayloadNotKept)));
     for (row, body) in [
         (deploying, &b"deploying"[..]),
         (pending, b"pending"),
@@ -458,7 +460,7 @@ async fn a_stalled_writer_turns_new_deliveries_away_and_loses_none_it_queued() {
         max_queued_deliveries: 2,
         ..JournalConfig::default()
     };
-    let journal = Journal::open_with(dir.path(), &settings).unwrap();
+    let journal = SqliteStore::open_with(dir.path(), &settings).unwrap();
     let hold = dir.path().join(HOLD_FILE);
     std::fs::write(&hold, b"").unwrap();
     let queued: Vec<_> = ["q-1", "q-2"]
@@ -485,7 +487,7 @@ async fn a_stalled_writer_turns_new_deliveries_away_and_loses_none_it_queued() {
         .admit(delivery("q-3", "1", T0, b"q-3"), build('c'))
         .await;
     assert!(
-        matches!(turned_away, Err(JournalError::Busy(_))),
+        matches!(turned_away, Err(StoreError::Busy(_))),
         "{turned_away:?}"
     );
     std::fs::remove_file(&hold).unwrap();
@@ -509,7 +511,7 @@ async fn a_stalled_writer_turns_new_deliveries_away_and_loses_none_it_queued() {
 #[tokio::test]
 async fn a_result_named_only_by_its_run_token_finds_a_build_whose_start_was_requested() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     for (id, sha) in [("tok-1", 'a'), ("tok-2", 'b')] {
         journal
             .admit(delivery(id, "1", T0, id.as_bytes()), build(sha))
@@ -561,7 +563,7 @@ async fn a_group_waits_for_a_checkpointer_holding_the_write_lock_instead_of_fail
     // delivery after a quiet second could be answered 503. Another connection holds the lock
     // here, as the checkpointer would, then lets it go.
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let holder = Connection::open(journal.path()).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     let release = std::thread::spawn(move || {
@@ -634,7 +636,7 @@ fn journal_at_schema_10(dir: &std::path::Path, foreign_keys: bool) -> Connection
 async fn builds_lose_their_unique_key_index_and_keep_every_row_id_and_reference() {
     let dir = tempfile::tempdir().unwrap();
     drop(journal_at_schema_10(dir.path(), true));
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     // The rebuilt table's pages are copied at open, not left in the WAL for the checkpointer's
     // first idle truncation (which holds the write lock while it copies).
     let wal = std::fs::metadata(dir.path().join("journal.db-wal")).map_or(0, |m| m.len());
@@ -750,7 +752,7 @@ async fn a_reference_broken_before_migrating_is_left_and_does_not_stop_the_journ
         c.execute("DELETE FROM deliveries WHERE id = 2", [])
             .unwrap();
     }
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let (version, builds, broken): (i64, Vec<i64>, i64) = journal
         .read(|c| {
             Ok((

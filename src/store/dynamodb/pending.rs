@@ -1,0 +1,74 @@
+//! The methods the DynamoDB engine does not have yet: each answers
+//! [`StoreError::Unavailable`] naming itself. A method leaves this list when it is written.
+
+use super::{not_complete, DynamoStore};
+use crate::config::JournalConfig;
+use crate::readiness::BackupOutcome;
+use crate::store::*;
+
+/// Declares methods that are not written yet.
+macro_rules! pending {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;)*) => {
+        impl DynamoStore {
+            $(
+                pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
+                    $(let _ = $arg;)*
+                    Err(not_complete(stringify!($name)))
+                }
+            )*
+        }
+    };
+}
+
+pending! {
+    fn admit(&self, delivery: NewDelivery, verdict: Verdict) -> (i64, Admission);
+    fn admit_all(&self, deliveries: Vec<(NewDelivery, Verdict)>) -> Vec<(i64, Admission)>;
+    fn due_builds(&self, now_ms: i64, limit: u32) -> Vec<PendingBuild>;
+    fn next_due_ms(&self) -> Option<i64>;
+    fn build_start_requested(&self, id: i64, now_ms: i64) -> ();
+    fn build_started(&self, id: i64, build_id: String, build_arn: Option<String>, now_ms: i64) -> ();
+    fn build_retry_later(&self, id: i64, reason: String, next_attempt_ms: i64, now_ms: i64) -> ();
+    fn build_failed_to_start(&self, id: i64, reason: String, now_ms: i64) -> ();
+    fn recent_deliveries(&self, limit: u32) -> Vec<DeliverySummary>;
+    fn delivery_summary(&self, row: i64) -> Vec<DeliverySummary>;
+    fn delivery(&self, id: &str) -> Option<DeliveryRecord>;
+    fn find_deliveries(&self, app: Option<String>, state: Option<String>, limit: u32) -> Vec<DeliverySummary>;
+    fn shas_with_prefix(&self, app: &str, prefix: &str) -> Vec<String>;
+    fn complete_build(&self, done: BuildCompletion, now_ms: i64) -> CompletionOutcome;
+    fn request_deployment(&self, d: NewDeployment, now_ms: i64) -> i64;
+    fn deployment(&self, id: i64) -> Option<Deployment>;
+    fn unfinished_deployments(&self) -> Vec<Deployment>;
+    fn newer_deployment(&self, d: &Deployment) -> Option<Deployment>;
+    fn update_deployment(&self, id: i64, u: DeploymentUpdate, now_ms: i64) -> ();
+    fn recent_deployments(&self, app: Option<String>, limit: u32) -> Vec<Deployment>;
+    fn builds_in_flight(&self, before_ms: i64) -> Vec<InFlightBuild>;
+    fn last_deployed_task_definition(&self, service_key: &str) -> Option<String>;
+    fn successful_deployments(&self, app: &str) -> Vec<Deployment>;
+    fn deployments_of_delivery(&self, delivery_row: i64) -> Vec<Deployment>;
+    fn builds_checked(&self, rows: Vec<i64>, now_ms: i64) -> ();
+    fn build_unknown_to_codebuild(&self, row: i64, now_ms: i64) -> ();
+    fn event_rejected(&self, event: RejectedEvent) -> ();
+    fn rejected_events(&self, limit: u32) -> Vec<RejectedEvent>;
+    fn run_token_of(&self, build_id: &str) -> Option<String>;
+    fn slack_first_time(&self, signature: Vec<u8>, now: i64, window_secs: i64) -> bool;
+    fn created_ms(&self) -> Option<i64>;
+    fn github_deployment(&self, deployment: i64) -> Option<GithubDeployment>;
+    fn record_github_deployment(&self, deployment: i64, app: String, d: GithubDeployment, now_ms: i64) -> ();
+    fn set_github_deployment_state(&self, deployment: i64, state: &'static str, now_ms: i64) -> ();
+    fn replaced_github_deployments(&self, app: String, deployment: i64) -> Vec<GithubDeployment>;
+    fn delivery_recovery_state(&self, hook_id: String, delivery_id: String) -> RecoveryState;
+    fn record_recovery(&self, r: NewRecovery, now_ms: i64) -> ();
+    fn recoveries(&self, limit: u32) -> Vec<RecoveryRecord>;
+    fn queue_github_update(&self, event: String, now_ms: i64) -> i64;
+    fn github_outbox(&self, limit: i64) -> Vec<OutboxEntry>;
+    fn github_outbox_len(&self) -> i64;
+    fn github_posted(&self, id: i64) -> ();
+    fn github_post_failed(&self, id: i64) -> ();
+    fn pending_builds(&self, now_ms: i64) -> PendingBuilds;
+    fn recent_runs(&self, limit: u32) -> Vec<Run>;
+    fn prune(&self, now_ms: i64, settings: &JournalConfig) -> Pruned;
+    fn record_backup(&self, outcome: &BackupOutcome) -> ();
+    fn last_backup(&self) -> Option<BackupOutcome>;
+    fn snapshot_into(&self, dest: std::path::PathBuf) -> sqlite::backup::BackupSummary;
+    fn check_writable(&self, now_ms: i64) -> ();
+}
