@@ -177,3 +177,11 @@ impl DeliveryRecord {
         self.body.as_deref().ok_or(StoreError::PayloadNotKept)
     }
 }
+
+/// The run token of the build `app` of the delivery with `dedup_key` (`SLIPWAY_RUN`): the same
+/// in both engines, so a build started by one is found by the other after `store copy`.
+pub(crate) fn token_for(dedup_key: &str, app: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{dedup_key}\n{app}").as_bytes());
+    hex::encode(&digest[..16])
+}

@@ -27,3 +27,4 @@ mod provision;
 mod proxy_selftest;
 mod recovery_ready;
 mod status_page;
+mod store;

@@ -1,29 +1,73 @@
 //! The DynamoDB engine (issue 25): slipway's state in one DynamoDB table, large bodies in S3.
-//! The table's design is in `docs/dynamodb.md`.
+//! The table's design is in `docs/dynamodb.md`; `table.rs` creates it.
 //!
-//! Not complete in this version: the methods listed in [`pending`] answer
+//! Not complete in this version: the methods listed in `pending.rs` answer
 //! [`StoreError::Unavailable`] naming themselves, and `serve` refuses `engine = "dynamodb"`
 //! ([`NOT_COMPLETE`]) until none is left, so no deployment can run on half an engine.
 
+mod deliveries;
+mod item;
 mod pending;
+mod table;
+
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::StoreError;
+use crate::config::JournalConfig;
 
 /// Why `serve` refuses `[store] engine = "dynamodb"` in this version.
 pub const NOT_COMPLETE: &str = "the DynamoDB engine is not complete in this version: \
-     deliveries, builds, deployments, the GitHub outbox and retention are not all stored in \
-     DynamoDB yet; use engine = \"sqlite\" (the default)";
+     deployments, the GitHub outbox, listings and retention are not stored in DynamoDB yet; \
+     use engine = \"sqlite\" (the default)";
 
 /// The DynamoDB engine's handle (cheap to clone).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DynamoStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: aws_sdk_dynamodb::Client,
     table: String,
+    /// `[journal]`'s retention, applied as DynamoDB TTL (`expires`).
+    settings: JournalConfig,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore")
+            .field("table", &self.inner.table)
+            .finish()
+    }
 }
 
 impl DynamoStore {
+    /// The engine on `table`, through `client` (its retry policy is the SDK's, set once where
+    /// the client is built). The table must exist ([`DynamoStore::create_table`]).
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        table: impl Into<String>,
+        settings: &JournalConfig,
+    ) -> DynamoStore {
+        DynamoStore {
+            inner: Arc::new(Inner {
+                client,
+                table: table.into(),
+                settings: settings.clone(),
+            }),
+        }
+    }
+
     /// The table this engine keeps its state in.
     pub fn table(&self) -> &str {
-        &self.table
+        &self.inner.table
+    }
+
+    fn client(&self) -> &aws_sdk_dynamodb::Client {
+        &self.inner.client
     }
 
     /// DynamoDB queues nothing in slipway: a write is sent as it comes, so there is no queue to
@@ -42,5 +86,61 @@ fn not_complete(method: &str) -> StoreError {
         reason: format!(
             "the DynamoDB engine is not complete in this version: {method} is not implemented"
         ),
+    }
+}
+
+/// Error codes after which the same request may succeed later: DynamoDB throttled it or had
+/// a fault of its own (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>).
+const RETRY_LATER_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionInProgressException",
+];
+
+/// Sorts an SDK error of `operation` (`"DynamoDB PutItem"`) that the SDK's own retries did not
+/// overcome: throttling, DynamoDB's faults, an endpoint that cannot be reached or a timeout
+/// are `Unavailable` (the caller may try again later; nothing was written); the rest are
+/// engine errors, said the way every AWS error is (`aws_error`).
+fn sdk_error<E>(operation: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use crate::aws_error::Cause;
+    let cause = crate::aws_error::cause(operation, &err);
+    let retry = match &cause {
+        Cause::Service { code, .. } => code
+            .as_deref()
+            .is_some_and(|c| RETRY_LATER_CODES.contains(&c)),
+        Cause::CouldNotConnect(_) | Cause::TimedOut => true,
+        _ => false,
+    };
+    if retry {
+        StoreError::Unavailable {
+            reason: format!("{operation}: {cause}"),
+        }
+    } else {
+        StoreError::Engine {
+            engine: "DynamoDB",
+            source: format!("{operation}: {cause}").into(),
+        }
+    }
+}
+
+/// An item that does not read as the engine wrote it.
+fn malformed(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine {
+        engine: "DynamoDB",
+        source: format!("an item is not as slipway wrote it: {what}").into(),
+    }
+}
+
+/// A request the SDK's builder refused (a required field missing: a bug in slipway).
+fn bad_request(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine {
+        engine: "DynamoDB",
+        source: format!("cannot make the request: {what}").into(),
     }
 }

@@ -21,17 +21,9 @@ macro_rules! pending {
 }
 
 pending! {
-    fn admit(&self, delivery: NewDelivery, verdict: Verdict) -> (i64, Admission);
     fn admit_all(&self, deliveries: Vec<(NewDelivery, Verdict)>) -> Vec<(i64, Admission)>;
-    fn due_builds(&self, now_ms: i64, limit: u32) -> Vec<PendingBuild>;
-    fn next_due_ms(&self) -> Option<i64>;
-    fn build_start_requested(&self, id: i64, now_ms: i64) -> ();
-    fn build_started(&self, id: i64, build_id: String, build_arn: Option<String>, now_ms: i64) -> ();
-    fn build_retry_later(&self, id: i64, reason: String, next_attempt_ms: i64, now_ms: i64) -> ();
-    fn build_failed_to_start(&self, id: i64, reason: String, now_ms: i64) -> ();
     fn recent_deliveries(&self, limit: u32) -> Vec<DeliverySummary>;
     fn delivery_summary(&self, row: i64) -> Vec<DeliverySummary>;
-    fn delivery(&self, id: &str) -> Option<DeliveryRecord>;
     fn find_deliveries(&self, app: Option<String>, state: Option<String>, limit: u32) -> Vec<DeliverySummary>;
     fn shas_with_prefix(&self, app: &str, prefix: &str) -> Vec<String>;
     fn complete_build(&self, done: BuildCompletion, now_ms: i64) -> CompletionOutcome;
@@ -70,5 +62,4 @@ pending! {
     fn record_backup(&self, outcome: &BackupOutcome) -> ();
     fn last_backup(&self) -> Option<BackupOutcome>;
     fn snapshot_into(&self, dest: std::path::PathBuf) -> sqlite::backup::BackupSummary;
-    fn check_writable(&self, now_ms: i64) -> ();
 }

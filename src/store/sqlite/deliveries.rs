@@ -1,15 +1,9 @@
 //! Deliveries (what reached the webhook) and the builds they asked for.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use sha2::{Digest, Sha256};
 
 use super::{SqliteStore, StoreError};
 use crate::store::deliveries::*;
-
-fn token_for(dedup_key: &str, app: &str) -> String {
-    let digest = Sha256::digest(format!("{dedup_key}\n{app}").as_bytes());
-    hex::encode(&digest[..16])
-}
 
 /// How long a delivery may wait for the writer before it is answered 503 (GitHub gives up
 /// after 10 s; this leaves room for the answer).

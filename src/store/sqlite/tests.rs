@@ -151,30 +151,18 @@ fn a_redelivery_finds_its_build_through_its_guid() {
     );
 }
 
+/// The same push from two hooks, and a redelivery, is one build (`tests/it/store.rs` asserts
+/// that for both engines); here, what only this engine does: identical bodies stored once.
 #[tokio::test]
-async fn same_push_from_two_hooks_builds_once_and_redelivery_dedups() {
+async fn identical_bodies_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let journal = SqliteStore::open(dir.path()).unwrap();
-    let count_builds = || {
-        journal
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get::<_, i64>(0))?))
-    };
     let (first, _) = accepted(&journal, "d-1", "1", T0, 'a').await;
-    // The organisation's hook: another hook and delivery id, the same push, a pending build.
-    assert_eq!(
-        accepted(&journal, "d-2", "2", T0, 'a').await,
-        (first, true),
-        "the pending build is retried, not doubled"
-    );
-    assert_eq!(count_builds().await.unwrap(), 1);
-    // GitHub redelivers the first hook's delivery while the build is still pending: a retry of
-    // the same build, not a second one.
+    assert_eq!(accepted(&journal, "d-2", "2", T0, 'a').await, (first, true));
     assert_eq!(
         accepted(&journal, "d-1", "1", T0 + 1, 'a').await,
         (first, true)
     );
-    assert_eq!(count_builds().await.unwrap(), 1);
-    // Identical bodies are stored once.
     let bodies: i64 = journal
         .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM bodies", [], |r| r.get(0))?))
         .await
@@ -194,55 +182,6 @@ async fn accepted(journal: &SqliteStore, id: &str, hook: &str, at: i64, sha: cha
         Admission::Accepted(b) => (b[0].build_row, b[0].retry),
         other => panic!("{id} from hook {hook}: {other:?}"),
     }
-}
-
-#[tokio::test]
-async fn a_redelivery_of_a_build_that_failed_for_good_does_not_build_the_push_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = SqliteStore::open(dir.path()).unwrap();
-    let (b1, _) = accepted(&journal, "d-1", "1", T0, 'a').await;
-    journal
-        .build_failed_to_start(b1, "AccessDenied".into(), T0 + 1)
-        .await
-        .unwrap();
-    // The organisation's hook sends the same push: the failed build is not reused, a new one is.
-    let (b2, retry) = accepted(&journal, "d-2", "2", T0 + 2, 'a').await;
-    assert!(!retry);
-    assert_ne!(b1, b2);
-    // GitHub redelivers the repository hook's delivery: the push's live build is retried, the
-    // failed one stays failed.
-    assert_eq!(
-        accepted(&journal, "d-1", "1", T0 + 3, 'a').await,
-        (b2, true)
-    );
-    let due: Vec<i64> = journal
-        .due_builds(T0 + 10, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| b.id)
-        .collect();
-    assert_eq!(due, [b2], "one build of the push is due");
-    // Once that build has started, another redelivery is a duplicate.
-    journal
-        .build_started(b2, "web-build:1".into(), Some("arn".into()), T0 + 11)
-        .await
-        .unwrap();
-    let (_, third) = journal
-        .admit(delivery("d-1", "1", T0 + 12, b"{}"), build('a'))
-        .await
-        .unwrap();
-    assert!(matches!(third, Admission::Duplicate), "{third:?}");
-    // With no other build of the push, a redelivery still retries the failed one.
-    let (b3, _) = accepted(&journal, "d-3", "1", T0 + 13, 'b').await;
-    journal
-        .build_failed_to_start(b3, "AccessDenied".into(), T0 + 14)
-        .await
-        .unwrap();
-    assert_eq!(
-        accepted(&journal, "d-3", "1", T0 + 15, 'b').await,
-        (b3, true)
-    );
 }
 
 #[tokio::test]
