@@ -30,7 +30,7 @@ mod ops;
 mod page;
 pub mod provision;
 mod push_filter;
-mod readiness;
+pub mod readiness;
 mod startup;
 pub mod store;
 pub mod webhook;

@@ -389,3 +389,139 @@ async fn the_same_push_from_many_hooks_at_once_builds_once() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_github_outbox_keeps_order_counts_attempts_and_lets_go_of_posted_updates() {
+    for Engine { name, store, .. } in engines().await {
+        assert!(store.github_outbox(10).await.unwrap().is_empty(), "{name}");
+        assert_eq!(store.github_outbox_len().await.unwrap(), 0, "{name}");
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(
+                store
+                    .queue_github_update(format!("{{\"n\":{i}}}"), T0 + i)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(store.github_outbox_len().await.unwrap(), 5, "{name}");
+        let first_three = store.github_outbox(3).await.unwrap();
+        let events: Vec<&str> = first_three.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(events, ["{\"n\":0}", "{\"n\":1}", "{\"n\":2}"], "{name}");
+        assert_eq!(first_three[0].created_ms, T0, "{name}");
+        store.github_post_failed(ids[0]).await.unwrap();
+        store.github_post_failed(ids[0]).await.unwrap();
+        store.github_posted(ids[1]).await.unwrap();
+        // Posting an update that is gone already changes nothing.
+        store.github_posted(ids[1]).await.unwrap();
+        store.github_post_failed(ids[1]).await.unwrap();
+        let left = store.github_outbox(-1).await.unwrap();
+        let seen: Vec<(i64, i64)> = left.iter().map(|e| (e.id, e.attempts)).collect();
+        assert_eq!(
+            seen,
+            [(ids[0], 2), (ids[2], 0), (ids[3], 0), (ids[4], 0)],
+            "{name}"
+        );
+        assert_eq!(store.github_outbox_len().await.unwrap(), 4, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_replays_refused_events_run_tokens_and_the_last_backup_are_kept() {
+    for Engine { name, store, .. } in engines().await {
+        // A Slack signature is taken once within its window, again after it.
+        let sig = b"v0=abc".to_vec();
+        assert!(
+            store
+                .slack_first_time(sig.clone(), 1_000, 600)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store
+                .slack_first_time(sig.clone(), 1_300, 600)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            store
+                .slack_first_time(b"v0=abd".to_vec(), 1_300, 600)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            store.slack_first_time(sig, 1_700, 600).await.unwrap(),
+            "{name}"
+        );
+
+        // Refused events, newest first.
+        assert!(
+            store.rejected_events(10).await.unwrap().is_empty(),
+            "{name}"
+        );
+        for (i, reason) in ["another account", "unknown source"]
+            .into_iter()
+            .enumerate()
+        {
+            store
+                .event_rejected(slipway::store::RejectedEvent {
+                    message_id: Some(format!("m-{i}")),
+                    build_id: None,
+                    source: Some("aws.codebuild".into()),
+                    account: None,
+                    reason: reason.into(),
+                    received_ms: T0 + i as i64,
+                })
+                .await
+                .unwrap();
+        }
+        let events = store.rejected_events(10).await.unwrap();
+        let seen: Vec<(Option<&str>, &str)> = events
+            .iter()
+            .map(|e| (e.message_id.as_deref(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("m-1"), "unknown source"),
+                (Some("m-0"), "another account")
+            ],
+            "{name}"
+        );
+        assert_eq!(events[0].source.as_deref(), Some("aws.codebuild"), "{name}");
+        assert_eq!(store.rejected_events(1).await.unwrap().len(), 1, "{name}");
+
+        // The run token of a started build, by its CodeBuild id.
+        let (b, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+        let token = store.due_builds(T0, 1).await.unwrap()[0].token.clone();
+        assert_eq!(
+            store.run_token_of("web-build:7").await.unwrap(),
+            None,
+            "{name}"
+        );
+        store
+            .build_started(b, "web-build:7".into(), None, T0 + 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.run_token_of("web-build:7").await.unwrap(),
+            Some(token),
+            "{name}"
+        );
+
+        // The last backup's outcome.
+        assert_eq!(store.last_backup().await.unwrap(), None, "{name}");
+        for error in [None, Some("disk full".to_owned())] {
+            let outcome = slipway::readiness::BackupOutcome {
+                at: "2026-12-06T05:00:00Z".into(),
+                to: "s3://b/journal.db".into(),
+                error,
+            };
+            store.record_backup(&outcome).await.unwrap();
+            assert_eq!(store.last_backup().await.unwrap(), Some(outcome), "{name}");
+        }
+    }
+}

@@ -96,7 +96,7 @@ impl DynamoStore {
     }
 
     /// Hands out `count` consecutive ids; the first of them.
-    async fn take_ids(&self, count: i64) -> Result<i64, StoreError> {
+    pub(super) async fn take_ids(&self, count: i64) -> Result<i64, StoreError> {
         let out = self
             .client()
             .update_item()

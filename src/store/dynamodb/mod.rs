@@ -8,6 +8,7 @@
 mod deliveries;
 mod item;
 mod pending;
+mod records;
 mod table;
 
 use std::sync::Arc;

@@ -3,7 +3,6 @@
 
 use super::{not_complete, DynamoStore};
 use crate::config::JournalConfig;
-use crate::readiness::BackupOutcome;
 use crate::store::*;
 
 /// Declares methods that are not written yet.
@@ -39,10 +38,6 @@ pending! {
     fn deployments_of_delivery(&self, delivery_row: i64) -> Vec<Deployment>;
     fn builds_checked(&self, rows: Vec<i64>, now_ms: i64) -> ();
     fn build_unknown_to_codebuild(&self, row: i64, now_ms: i64) -> ();
-    fn event_rejected(&self, event: RejectedEvent) -> ();
-    fn rejected_events(&self, limit: u32) -> Vec<RejectedEvent>;
-    fn run_token_of(&self, build_id: &str) -> Option<String>;
-    fn slack_first_time(&self, signature: Vec<u8>, now: i64, window_secs: i64) -> bool;
     fn created_ms(&self) -> Option<i64>;
     fn github_deployment(&self, deployment: i64) -> Option<GithubDeployment>;
     fn record_github_deployment(&self, deployment: i64, app: String, d: GithubDeployment, now_ms: i64) -> ();
@@ -51,15 +46,8 @@ pending! {
     fn delivery_recovery_state(&self, hook_id: String, delivery_id: String) -> RecoveryState;
     fn record_recovery(&self, r: NewRecovery, now_ms: i64) -> ();
     fn recoveries(&self, limit: u32) -> Vec<RecoveryRecord>;
-    fn queue_github_update(&self, event: String, now_ms: i64) -> i64;
-    fn github_outbox(&self, limit: i64) -> Vec<OutboxEntry>;
-    fn github_outbox_len(&self) -> i64;
-    fn github_posted(&self, id: i64) -> ();
-    fn github_post_failed(&self, id: i64) -> ();
     fn pending_builds(&self, now_ms: i64) -> PendingBuilds;
     fn recent_runs(&self, limit: u32) -> Vec<Run>;
     fn prune(&self, now_ms: i64, settings: &JournalConfig) -> Pruned;
-    fn record_backup(&self, outcome: &BackupOutcome) -> ();
-    fn last_backup(&self) -> Option<BackupOutcome>;
     fn snapshot_into(&self, dest: std::path::PathBuf) -> sqlite::backup::BackupSummary;
 }
