@@ -30,7 +30,7 @@ async fn engines() -> Vec<Engine> {
         "slipway",
         &JournalConfig::default(),
     );
-    dynamo.create_table().await.unwrap();
+    dynamo.create_table(T0).await.unwrap();
     vec![
         Engine {
             name: "sqlite",
@@ -524,4 +524,185 @@ async fn slack_replays_refused_events_run_tokens_and_the_last_backup_are_kept() 
             assert_eq!(store.last_backup().await.unwrap(), Some(outcome), "{name}");
         }
     }
+}
+
+/// GitHub deployment records refer to deployments, which the SQLite engine checks (a foreign
+/// key) and the DynamoDB engine cannot make yet (`request_deployment` is not written): this
+/// runs on DynamoDB alone until it can, then joins the test below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_deployments_are_kept_updated_in_place_and_replaced_per_app() {
+    use slipway::store::GithubDeployment;
+    let dynamodb = engines().await.pop().unwrap();
+    let (name, store) = (dynamodb.name, &dynamodb.store);
+    {
+        assert_eq!(store.github_deployment(1).await.unwrap(), None, "{name}");
+        let gh = |deployment, github_id, state: &str| GithubDeployment {
+            deployment,
+            repository: "octo-org/web".into(),
+            github_id,
+            state: state.into(),
+        };
+        // Deployment ids are the store's own; these rows only refer to them.
+        for (d, id, state) in [
+            (1, 101, "success"),
+            (2, 102, "success"),
+            (3, 103, "failure"),
+        ] {
+            store
+                .record_github_deployment(d, "web".into(), gh(d, id, state), T0)
+                .await
+                .unwrap();
+        }
+        store
+            .record_github_deployment(4, "api".into(), gh(4, 104, "success"), T0)
+            .await
+            .unwrap();
+        // Recorded again (a new GitHub deployment for the same slipway one): updated in place.
+        store
+            .record_github_deployment(2, "web".into(), gh(2, 202, "success"), T0 + 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.github_deployment(2).await.unwrap(),
+            Some(gh(2, 202, "success")),
+            "{name}"
+        );
+        let replaced = store
+            .replaced_github_deployments("web".into(), 5)
+            .await
+            .unwrap();
+        assert_eq!(
+            replaced,
+            [gh(1, 101, "success"), gh(2, 202, "success")],
+            "{name}"
+        );
+        store
+            .set_github_deployment_state(1, "inactive", T0 + 2)
+            .await
+            .unwrap();
+        // A deployment with no GitHub record: nothing to change, nothing made.
+        store
+            .set_github_deployment_state(99, "inactive", T0 + 2)
+            .await
+            .unwrap();
+        assert_eq!(store.github_deployment(99).await.unwrap(), None, "{name}");
+        let replaced = store
+            .replaced_github_deployments("web".into(), 2)
+            .await
+            .unwrap();
+        assert!(replaced.is_empty(), "{name}: {replaced:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recoveries_are_counted_and_a_delivery_that_came_is_held() {
+    use slipway::store::{NewRecovery, RecoveryState};
+    for Engine { name, store, .. } in engines().await {
+        assert!(store.created_ms().await.unwrap().is_some(), "{name}");
+        // Unknown, asked (counted), held once the delivery came.
+        let state = |hook: &str, guid: &str| {
+            store.delivery_recovery_state(hook.to_owned(), guid.to_owned())
+        };
+        assert_eq!(
+            state("1", "g-1").await.unwrap(),
+            RecoveryState::Unknown,
+            "{name}"
+        );
+        let recovery = |attempt_id, outcome: &str| NewRecovery {
+            hook_id: "1".into(),
+            delivery_id: "g-1".into(),
+            attempt_id,
+            event: "push".into(),
+            status_code: Some(502),
+            delivered_ms: T0 - 1_000,
+            actor: "recovery".into(),
+            outcome: outcome.into(),
+            reason: (outcome == "failed").then(|| "HTTP 500".to_owned()),
+        };
+        store
+            .record_recovery(recovery(7, "failed"), T0 + 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            state("1", "g-1").await.unwrap(),
+            RecoveryState::Asked {
+                attempt_id: 7,
+                requested: false,
+                requests: 1
+            },
+            "{name}"
+        );
+        store
+            .record_recovery(recovery(8, "requested"), T0 + 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            state("1", "g-1").await.unwrap(),
+            RecoveryState::Asked {
+                attempt_id: 8,
+                requested: true,
+                requests: 2
+            },
+            "{name}"
+        );
+        let listed = store.recoveries(10).await.unwrap();
+        assert_eq!(listed.len(), 1, "{name}: {listed:?}");
+        assert_eq!(
+            (
+                listed[0].requests,
+                listed[0].outcome.as_str(),
+                listed[0].reason.as_deref()
+            ),
+            (2, "requested", None),
+            "{name}"
+        );
+        assert_eq!(
+            listed[0].requested_at,
+            slipway::store::format_millis(T0 + 20)
+        );
+        store
+            .admit(delivery("g-1", "1", T0 + 30, b"{}"), Verdict::Pong)
+            .await
+            .unwrap();
+        assert_eq!(
+            state("1", "g-1").await.unwrap(),
+            RecoveryState::Held,
+            "{name}"
+        );
+        // The same GUID from another hook is another delivery.
+        assert_eq!(
+            state("2", "g-1").await.unwrap(),
+            RecoveryState::Unknown,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_build_gauge_counts_builds_waiting_for_start_build() {
+    for Engine { name, store, .. } in engines().await {
+        let none = store.pending_builds(T0).await.unwrap();
+        assert_eq!((none.count, none.oldest_age_ms), (0, 0), "{name}");
+        let (b, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+        accepted(&store, "d-2", "1", T0 + 500, 'b').await;
+        let two = store.pending_builds(T0 + 1_000).await.unwrap();
+        assert_eq!((two.count, two.oldest_age_ms), (2, 1_000), "{name}");
+        store
+            .build_started(b, "web-build:1".into(), None, T0 + 600)
+            .await
+            .unwrap();
+        let one = store.pending_builds(T0 + 1_000).await.unwrap();
+        assert_eq!((one.count, one.oldest_age_ms), (1, 500), "{name}");
+    }
+}
+
+/// A DynamoDB table has no file to copy: `snapshot_into` says where its backups are instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamodb_snapshot_is_refused_naming_point_in_time_recovery() {
+    let dynamodb = engines().await.pop().unwrap();
+    let store = &dynamodb.store;
+    let dest = std::env::temp_dir().join("slipway-never-written.db");
+    let e = store.snapshot_into(dest.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("point-in-time recovery"), "{e}");
+    assert!(!dest.exists());
 }

@@ -38,16 +38,6 @@ pending! {
     fn deployments_of_delivery(&self, delivery_row: i64) -> Vec<Deployment>;
     fn builds_checked(&self, rows: Vec<i64>, now_ms: i64) -> ();
     fn build_unknown_to_codebuild(&self, row: i64, now_ms: i64) -> ();
-    fn created_ms(&self) -> Option<i64>;
-    fn github_deployment(&self, deployment: i64) -> Option<GithubDeployment>;
-    fn record_github_deployment(&self, deployment: i64, app: String, d: GithubDeployment, now_ms: i64) -> ();
-    fn set_github_deployment_state(&self, deployment: i64, state: &'static str, now_ms: i64) -> ();
-    fn replaced_github_deployments(&self, app: String, deployment: i64) -> Vec<GithubDeployment>;
-    fn delivery_recovery_state(&self, hook_id: String, delivery_id: String) -> RecoveryState;
-    fn record_recovery(&self, r: NewRecovery, now_ms: i64) -> ();
-    fn recoveries(&self, limit: u32) -> Vec<RecoveryRecord>;
-    fn pending_builds(&self, now_ms: i64) -> PendingBuilds;
     fn recent_runs(&self, limit: u32) -> Vec<Run>;
     fn prune(&self, now_ms: i64, settings: &JournalConfig) -> Pruned;
-    fn snapshot_into(&self, dest: std::path::PathBuf) -> sqlite::backup::BackupSummary;
 }

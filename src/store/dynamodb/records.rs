@@ -7,7 +7,7 @@ use super::item::{get_n, get_opt_s, get_s, key, n, opt_s, pad, s, Item};
 use super::table::EXPIRES;
 use super::{sdk_error, DynamoStore};
 use crate::readiness::BackupOutcome;
-use crate::store::{OutboxEntry, RejectedEvent, StoreError};
+use crate::store::{OutboxEntry, PendingBuilds, RejectedEvent, StoreError};
 
 /// The outbox's entries in the `due` index, oldest first.
 const OUTBOX: &str = "outbox";
@@ -267,6 +267,41 @@ impl DynamoStore {
         Ok(match out.item() {
             Some(item) => get_opt_s(item, "value")?.and_then(|v| serde_json::from_str(&v).ok()),
             None => None,
+        })
+    }
+
+    /// How many builds wait for StartBuild, and for how long the oldest has (the pending
+    /// builds' part of the `due` index, page by page).
+    pub async fn pending_builds(&self, now_ms: i64) -> Result<PendingBuilds, StoreError> {
+        let mut count = 0u64;
+        let mut oldest: Option<i64> = None;
+        let mut start = None;
+        loop {
+            let out = self
+                .client()
+                .query()
+                .table_name(self.table())
+                .index_name("due")
+                .key_condition_expression("due_pk = :build")
+                .expression_attribute_values(":build", s("build"))
+                .projection_expression("created_ms")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DynamoDB Query", e))?;
+            for item in out.items() {
+                count += 1;
+                let created = get_n(item, "created_ms")?;
+                oldest = Some(oldest.map_or(created, |o| o.min(created)));
+            }
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(PendingBuilds {
+            count,
+            oldest_age_ms: oldest.map_or(0, |t| (now_ms - t).max(0)),
         })
     }
 }

@@ -37,9 +37,10 @@ fn string_attribute(name: &str) -> Result<AttributeDefinition, StoreError> {
 }
 
 impl DynamoStore {
-    /// Creates the table (on-demand, the GSIs, TTL on `expires`). DynamoDB answers before the
-    /// table is active; waiting for it is `provision`'s part (moto makes it active at once).
-    pub async fn create_table(&self) -> Result<(), StoreError> {
+    /// Creates the table (on-demand, the GSIs, TTL on `expires`) and records when (`now_ms`,
+    /// [`DynamoStore::created_ms`]). DynamoDB answers before the table is active; waiting for
+    /// it is `provision`'s part (moto makes it active at once).
+    pub async fn create_table(&self, now_ms: i64) -> Result<(), StoreError> {
         let mut create = self
             .client()
             .create_table()
@@ -84,6 +85,48 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| sdk_error("DynamoDB UpdateTimeToLive", e))?;
+        let mut created = super::item::key("meta", "created_ms");
+        created.insert("value".into(), super::item::n(now_ms));
+        self.client()
+            .put_item()
+            .table_name(self.table())
+            .set_item(Some(created))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB PutItem", e))?;
         Ok(())
+    }
+
+    /// When the table was created (ms since the epoch): delivery recovery asks for nothing
+    /// older.
+    pub async fn created_ms(&self) -> Result<Option<i64>, StoreError> {
+        let out = self
+            .client()
+            .get_item()
+            .table_name(self.table())
+            .set_key(Some(super::item::key("meta", "created_ms")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB GetItem", e))?;
+        match out.item() {
+            Some(item) => super::item::get_opt_n(item, "value"),
+            None => Ok(None),
+        }
+    }
+
+    /// `slipway backup` copies the SQLite journal's file; DynamoDB's own backups are its
+    /// point-in-time recovery (on for the table `provision` makes), so there is no copy to take.
+    pub async fn snapshot_into(
+        &self,
+        dest: std::path::PathBuf,
+    ) -> Result<crate::store::sqlite::backup::BackupSummary, StoreError> {
+        Err(StoreError::Invalid(format!(
+            "not copying the DynamoDB table {} to {}: its backups are DynamoDB's point-in-time \
+             recovery (or AWS Backup), not a file",
+            self.table(),
+            dest.display()
+        )))
     }
 }
