@@ -706,3 +706,104 @@ async fn a_dynamodb_snapshot_is_refused_naming_point_in_time_recovery() {
     assert!(e.to_string().contains("point-in-time recovery"), "{e}");
     assert!(!dest.exists());
 }
+
+/// Records the name of every DynamoDB request a client sends (after the SDK's retries: one
+/// entry per operation called).
+#[derive(Debug, Clone, Default)]
+struct Requests(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Requests {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Requests {
+    fn name(&self) -> &'static str {
+        "tests::store::Requests"
+    }
+
+    fn read_after_execution(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let name = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or("unknown", |m| m.name())
+            .to_owned();
+        self.0.lock().unwrap().push(name);
+        Ok(())
+    }
+}
+
+/// The intake path's requests, counted (the query-plan equivalent): no Scan, and a
+/// bounded number per delivery: 2 writes per accepted or duplicate delivery (the id counter,
+/// one transaction) after 2 batched reads; 2 writes per ignored one (the counter, one
+/// transaction; the target of 1 needs ids that are not from the counter, see
+/// docs/dynamodb.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_sends_a_bounded_number_of_requests_and_never_a_scan() {
+    let emulator = Emulator::start().await;
+    let requests = Requests::default();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&emulator.config)
+            .interceptor(requests.clone())
+            .build(),
+    );
+    let dynamo = DynamoStore::new(client, "slipway", &JournalConfig::default());
+    dynamo.create_table(T0).await.unwrap();
+    let store = Store::DynamoDb(dynamo);
+    requests.take();
+
+    let (b, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+    assert_eq!(
+        requests.take(),
+        ["BatchGetItem", "UpdateItem", "TransactWriteItems"],
+        "an accepted delivery of a new push (no build yet: no second read)"
+    );
+    accepted(&store, "d-2", "2", T0, 'a').await;
+    assert_eq!(
+        requests.take(),
+        [
+            "BatchGetItem",
+            "BatchGetItem",
+            "UpdateItem",
+            "TransactWriteItems"
+        ],
+        "the same push from another hook"
+    );
+    store
+        .build_started(b, "web-build:1".into(), None, T0 + 1)
+        .await
+        .unwrap();
+    requests.take();
+    let (_, dup) = store
+        .admit(delivery("d-1", "1", T0 + 2, b"{}"), build('a'))
+        .await
+        .unwrap();
+    assert_eq!(dup, Admission::Duplicate);
+    assert_eq!(
+        requests.take(),
+        [
+            "BatchGetItem",
+            "BatchGetItem",
+            "UpdateItem",
+            "TransactWriteItems"
+        ],
+        "a duplicate"
+    );
+    store
+        .admit(
+            delivery("d-3", "1", T0 + 3, b"{}"),
+            Verdict::Ignored("branch dev".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        requests.take(),
+        ["UpdateItem", "TransactWriteItems"],
+        "an ignored delivery"
+    );
+}
