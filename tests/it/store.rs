@@ -352,13 +352,10 @@ async fn the_unwritten_dynamodb_methods_say_so() {
         "slipway",
         &JournalConfig::default(),
     ));
-    let e = store.unfinished_deployments().await.unwrap_err();
+    let e = store.recent_runs(10).await.unwrap_err();
     assert_eq!(
         e.retry_later(),
-        Some(
-            "the DynamoDB engine is not complete in this version: unfinished_deployments is \
-             not implemented"
-        )
+        Some("the DynamoDB engine is not complete in this version: recent_runs is not implemented")
     );
 }
 
@@ -526,27 +523,242 @@ async fn slack_replays_refused_events_run_tokens_and_the_last_backup_are_kept() 
     }
 }
 
-/// GitHub deployment records refer to deployments, which the SQLite engine checks (a foreign
-/// key) and the DynamoDB engine cannot make yet (`request_deployment` is not written): this
-/// runs on DynamoDB alone until it can, then joins the test below.
+/// A deploy to make, of `app`'s service, as the build worker or an operator asks for it.
+fn new_deployment(app: &str, sha: char, build_row: Option<i64>) -> slipway::store::NewDeployment {
+    let sha: String = std::iter::repeat_n(sha, 40).collect();
+    slipway::store::NewDeployment {
+        app: app.into(),
+        service_key: format!("main/{app}"),
+        sha: sha.clone(),
+        image_tag: sha,
+        trigger: if build_row.is_some() {
+            slipway::store::trigger::PUSH
+        } else {
+            slipway::store::trigger::OPERATOR
+        },
+        actor: build_row.is_none().then(|| "alice".to_owned()),
+        build_row,
+        build_id: build_row.map(|r| format!("web-build:{r}")),
+        delivery_id: build_row.map(|_| "d-1".to_owned()),
+        // A push's deploy ranks by its build (as `complete_build` asks); None: explicit.
+        order_key: build_row.map(|r| 2 * r),
+        target_task_definition: None,
+        log_link: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_rank_above_their_pushes_change_field_by_field_and_finish() {
+    use slipway::store::{deploy_state, DeploymentUpdate};
+    for Engine { name, store, .. } in engines().await {
+        let (b, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+        let pushed = store
+            .request_deployment(new_deployment("web", 'a', Some(b)), T0 + 10)
+            .await
+            .unwrap();
+        let explicit = store
+            .request_deployment(new_deployment("web", 'c', None), T0 + 20)
+            .await
+            .unwrap();
+        let api = store
+            .request_deployment(new_deployment("api", 'e', None), T0 + 30)
+            .await
+            .unwrap();
+        let p = store.deployment(pushed).await.unwrap().unwrap();
+        let x = store.deployment(explicit).await.unwrap().unwrap();
+        assert_eq!((p.order_key, p.build_row), (2 * b, Some(b)), "{name}");
+        assert!(
+            x.order_key > p.order_key,
+            "{name}: an explicit deploy ranks above"
+        );
+        assert_eq!(
+            (p.state.as_str(), p.trigger.as_str(), p.created_ms),
+            (deploy_state::PENDING, "push", T0 + 10),
+            "{name}"
+        );
+        assert_eq!(
+            (x.actor.as_deref(), x.build_id.as_deref()),
+            (Some("alice"), None)
+        );
+        assert_eq!(store.deployment(9_999).await.unwrap().map(|d| d.id), None);
+        let unfinished: Vec<i64> = store
+            .unfinished_deployments()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(unfinished, [pushed, explicit, api], "{name}: oldest first");
+
+        store
+            .update_deployment(
+                pushed,
+                DeploymentUpdate {
+                    state: Some(deploy_state::DEPLOYING),
+                    started: true,
+                    to_task_definition: Some("web:7".into()),
+                    progress: Some((1, 2, 0)),
+                    stage: Some("BAKE_TIME".into()),
+                    unseen: Some("cannot see the service: throttled".into()),
+                    deadline: Some((T0 + 900, "the strategy's bake time".into())),
+                    ..Default::default()
+                },
+                T0 + 40,
+            )
+            .await
+            .unwrap();
+        // Started again: the first start stays; fields not given stay.
+        store
+            .update_deployment(
+                pushed,
+                DeploymentUpdate {
+                    started: true,
+                    unseen: Some(String::new()),
+                    ..Default::default()
+                },
+                T0 + 50,
+            )
+            .await
+            .unwrap();
+        let d = store.deployment(pushed).await.unwrap().unwrap();
+        assert_eq!(
+            (d.state.as_str(), d.started_ms, d.updated_ms),
+            (deploy_state::DEPLOYING, Some(T0 + 40), T0 + 50),
+            "{name}"
+        );
+        assert_eq!(
+            (d.running_count, d.desired_count, d.failed_tasks),
+            (Some(1), Some(2), Some(0))
+        );
+        assert_eq!(d.to_task_definition.as_deref(), Some("web:7"), "{name}");
+        assert_eq!(
+            (d.stage.as_deref(), d.unseen.as_deref()),
+            (Some("BAKE_TIME"), None)
+        );
+        assert_eq!(d.deadline_ms, Some(T0 + 900), "{name}");
+        // The clock restarted (a resumed deploy whose UpdateService never reached ECS).
+        store
+            .update_deployment(
+                pushed,
+                DeploymentUpdate {
+                    restart_clock: true,
+                    unseen: Some("cannot see the service: gone".into()),
+                    ..Default::default()
+                },
+                T0 + 60,
+            )
+            .await
+            .unwrap();
+        let d = store.deployment(pushed).await.unwrap().unwrap();
+        assert_eq!(d.started_ms, Some(T0 + 60), "{name}");
+        assert_eq!(d.unseen.as_deref(), Some("cannot see the service: gone"));
+        // Finished: stage and "cannot see" cleared, no longer unfinished.
+        store
+            .update_deployment(
+                pushed,
+                DeploymentUpdate {
+                    state: Some(deploy_state::SUCCEEDED),
+                    reason: Some("steady".into()),
+                    ..Default::default()
+                },
+                T0 + 70,
+            )
+            .await
+            .unwrap();
+        let d = store.deployment(pushed).await.unwrap().unwrap();
+        assert_eq!(
+            (d.state.as_str(), d.finished_ms, d.reason.as_deref()),
+            (deploy_state::SUCCEEDED, Some(T0 + 70), Some("steady")),
+            "{name}"
+        );
+        assert_eq!((d.stage, d.unseen), (None, None), "{name}");
+        let unfinished: Vec<i64> = store
+            .unfinished_deployments()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(unfinished, [explicit, api], "{name}");
+        // An update of a deployment that does not exist changes nothing, makes nothing.
+        store
+            .update_deployment(9_999, DeploymentUpdate::default(), T0)
+            .await
+            .unwrap();
+        assert!(store.deployment(9_999).await.unwrap().is_none(), "{name}");
+
+        let ids = |ds: Vec<slipway::store::Deployment>| ds.iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.recent_deployments(None, 10).await.unwrap()),
+            [api, explicit, pushed],
+            "{name}: newest first"
+        );
+        assert_eq!(
+            ids(store.recent_deployments(None, 2).await.unwrap()),
+            [api, explicit]
+        );
+        assert_eq!(
+            ids(store
+                .recent_deployments(Some("web".into()), 10)
+                .await
+                .unwrap()),
+            [explicit, pushed],
+            "{name}"
+        );
+        assert_eq!(
+            ids(store
+                .recent_deployments(Some("web".into()), 1)
+                .await
+                .unwrap()),
+            [explicit]
+        );
+        assert!(store
+            .recent_deployments(Some("db".into()), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_deployments_are_kept_updated_in_place_and_replaced_per_app() {
     use slipway::store::GithubDeployment;
-    let dynamodb = engines().await.pop().unwrap();
-    let (name, store) = (dynamodb.name, &dynamodb.store);
-    {
-        assert_eq!(store.github_deployment(1).await.unwrap(), None, "{name}");
+    for Engine { name, store, .. } in engines().await {
+        // Deployment ids are the store's own: these rows refer to deployments it made.
+        let mut made = Vec::new();
+        for (app, sha) in [
+            ("web", 'a'),
+            ("web", 'b'),
+            ("web", 'c'),
+            ("api", 'd'),
+            ("web", 'e'),
+        ] {
+            made.push(
+                store
+                    .request_deployment(new_deployment(app, sha, None), T0)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(made, {
+            let mut sorted = made.clone();
+            sorted.sort();
+            sorted
+        });
+        let [d1, d2, d3, d4, d5] = made[..] else {
+            unreachable!()
+        };
+        assert_eq!(store.github_deployment(d1).await.unwrap(), None, "{name}");
         let gh = |deployment, github_id, state: &str| GithubDeployment {
             deployment,
             repository: "octo-org/web".into(),
             github_id,
             state: state.into(),
         };
-        // Deployment ids are the store's own; these rows only refer to them.
         for (d, id, state) in [
-            (1, 101, "success"),
-            (2, 102, "success"),
-            (3, 103, "failure"),
+            (d1, 101, "success"),
+            (d2, 102, "success"),
+            (d3, 103, "failure"),
         ] {
             store
                 .record_github_deployment(d, "web".into(), gh(d, id, state), T0)
@@ -554,40 +766,40 @@ async fn github_deployments_are_kept_updated_in_place_and_replaced_per_app() {
                 .unwrap();
         }
         store
-            .record_github_deployment(4, "api".into(), gh(4, 104, "success"), T0)
+            .record_github_deployment(d4, "api".into(), gh(d4, 104, "success"), T0)
             .await
             .unwrap();
         // Recorded again (a new GitHub deployment for the same slipway one): updated in place.
         store
-            .record_github_deployment(2, "web".into(), gh(2, 202, "success"), T0 + 1)
+            .record_github_deployment(d2, "web".into(), gh(d2, 202, "success"), T0 + 1)
             .await
             .unwrap();
         assert_eq!(
-            store.github_deployment(2).await.unwrap(),
-            Some(gh(2, 202, "success")),
+            store.github_deployment(d2).await.unwrap(),
+            Some(gh(d2, 202, "success")),
             "{name}"
         );
         let replaced = store
-            .replaced_github_deployments("web".into(), 5)
+            .replaced_github_deployments("web".into(), d5)
             .await
             .unwrap();
         assert_eq!(
             replaced,
-            [gh(1, 101, "success"), gh(2, 202, "success")],
+            [gh(d1, 101, "success"), gh(d2, 202, "success")],
             "{name}"
         );
         store
-            .set_github_deployment_state(1, "inactive", T0 + 2)
+            .set_github_deployment_state(d1, "inactive", T0 + 2)
             .await
             .unwrap();
         // A deployment with no GitHub record: nothing to change, nothing made.
         store
-            .set_github_deployment_state(99, "inactive", T0 + 2)
+            .set_github_deployment_state(d5, "inactive", T0 + 2)
             .await
             .unwrap();
-        assert_eq!(store.github_deployment(99).await.unwrap(), None, "{name}");
+        assert_eq!(store.github_deployment(d5).await.unwrap(), None, "{name}");
         let replaced = store
-            .replaced_github_deployments("web".into(), 2)
+            .replaced_github_deployments("web".into(), d2)
             .await
             .unwrap();
         assert!(replaced.is_empty(), "{name}: {replaced:?}");

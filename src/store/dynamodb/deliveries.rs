@@ -287,6 +287,8 @@ impl DynamoStore {
                         ("due_sk", s(due_sk(now, id))),
                         ("look_pk", s(format!("token#{token}"))),
                         ("look_sk", s(pad(id))),
+                        ("list_pk", s("build")),
+                        ("list_sk", s(pad(id))),
                     ] {
                         build.insert(name.to_owned(), value);
                     }

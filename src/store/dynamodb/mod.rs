@@ -6,6 +6,7 @@
 //! ([`NOT_COMPLETE`]) until none is left, so no deployment can run on half an engine.
 
 mod deliveries;
+mod deployments;
 mod github;
 mod item;
 mod pending;

@@ -26,12 +26,7 @@ pending! {
     fn find_deliveries(&self, app: Option<String>, state: Option<String>, limit: u32) -> Vec<DeliverySummary>;
     fn shas_with_prefix(&self, app: &str, prefix: &str) -> Vec<String>;
     fn complete_build(&self, done: BuildCompletion, now_ms: i64) -> CompletionOutcome;
-    fn request_deployment(&self, d: NewDeployment, now_ms: i64) -> i64;
-    fn deployment(&self, id: i64) -> Option<Deployment>;
-    fn unfinished_deployments(&self) -> Vec<Deployment>;
     fn newer_deployment(&self, d: &Deployment) -> Option<Deployment>;
-    fn update_deployment(&self, id: i64, u: DeploymentUpdate, now_ms: i64) -> ();
-    fn recent_deployments(&self, app: Option<String>, limit: u32) -> Vec<Deployment>;
     fn builds_in_flight(&self, before_ms: i64) -> Vec<InFlightBuild>;
     fn last_deployed_task_definition(&self, service_key: &str) -> Option<String>;
     fn successful_deployments(&self, app: &str) -> Vec<Deployment>;
