@@ -1019,3 +1019,343 @@ async fn intake_sends_a_bounded_number_of_requests_and_never_a_scan() {
         "an ignored delivery"
     );
 }
+
+/// A push of `sha` that followed `before`.
+fn push_of(sha: char, before: char) -> Verdict {
+    let sha: String = std::iter::repeat_n(sha, 40).collect();
+    Verdict::Build(vec![BuildRequest {
+        app: AppName::parse("web").unwrap(),
+        sha: CommitSha::parse(&sha).unwrap(),
+        project: "web-build".into(),
+        image_tag: sha.clone(),
+        service_key: "main/web".into(),
+        before: Some(std::iter::repeat_n(before, 40).collect()),
+        pushed_at: Some(T0 / 1000),
+    }])
+}
+
+/// CodeBuild's word on a build slipway journaled.
+fn result(build_id: &str, succeeded: bool) -> slipway::store::BuildCompletion {
+    slipway::store::BuildCompletion {
+        build_id: build_id.into(),
+        succeeded,
+        status: if succeeded { "SUCCEEDED" } else { "FAILED" }.into(),
+        log_link: Some(format!("https://logs/{build_id}")),
+        foreign: None,
+        run_token: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_result_is_recorded_once_and_leads_to_one_deployment() {
+    use slipway::store::CompletionOutcome;
+    for Engine { name, store, .. } in engines().await {
+        let (row, _) = store
+            .admit(delivery("d-1", "1", T0, b"{}"), build('a'))
+            .await
+            .unwrap();
+        let b = store.due_builds(T0, 1).await.unwrap()[0].id;
+        store
+            .build_started(b, "web-build:1".into(), None, T0 + 10)
+            .await
+            .unwrap();
+        let in_flight = |at| {
+            let store = store.clone();
+            async move {
+                let builds = store.builds_in_flight(at).await.unwrap();
+                builds
+                    .iter()
+                    .map(|f| (f.build_row, f.build_id.clone()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(in_flight(T0 + 9).await, [], "{name}");
+        assert_eq!(in_flight(T0 + 10).await, [(b, "web-build:1".to_owned())]);
+        store.builds_checked(vec![b], T0 + 20).await.unwrap();
+        assert_eq!(in_flight(T0 + 15).await, [], "{name}: looked at since");
+        assert_eq!(in_flight(T0 + 20).await.len(), 1, "{name}");
+
+        let first = store
+            .complete_build(result("web-build:1", true), T0 + 30)
+            .await
+            .unwrap();
+        let CompletionOutcome::Deploy {
+            deployment,
+            created: true,
+        } = first
+        else {
+            panic!("{name}: {first:?}")
+        };
+        // CodeBuild (or SQS) says it again: the same deployment.
+        assert_eq!(
+            store
+                .complete_build(result("web-build:1", true), T0 + 31)
+                .await
+                .unwrap(),
+            CompletionOutcome::Deploy {
+                deployment,
+                created: false
+            },
+            "{name}"
+        );
+        let d = store.deployment(deployment).await.unwrap().unwrap();
+        assert_eq!(
+            (d.build_row, d.order_key, d.trigger.as_str()),
+            (Some(b), 2 * b, "push"),
+            "{name}"
+        );
+        assert_eq!(d.delivery_id.as_deref(), Some("d-1"), "{name}");
+        assert_eq!(d.log_link.as_deref(), Some("https://logs/web-build:1"));
+        assert_eq!(in_flight(T0 + 1_000).await, [], "{name}: done");
+        let of_delivery: Vec<i64> = store
+            .deployments_of_delivery(row)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(of_delivery, [deployment], "{name}");
+
+        // A failed build: failed once, then a repeat of the same word.
+        let (c, _) = accepted(&store, "d-2", "1", T0 + 40, 'c').await;
+        store
+            .build_started(c, "web-build:2".into(), None, T0 + 41)
+            .await
+            .unwrap();
+        for first_time in [true, false] {
+            let failed = store
+                .complete_build(result("web-build:2", false), T0 + 42)
+                .await
+                .unwrap();
+            assert_eq!(
+                failed,
+                CompletionOutcome::Failed {
+                    app: "web".into(),
+                    sha: "c".repeat(40),
+                    first_time
+                },
+                "{name}"
+            );
+        }
+
+        // Started, but the answer never stored: found by its run token and adopted.
+        let (e, _) = accepted(&store, "d-3", "1", T0 + 50, 'e').await;
+        let token = store
+            .due_builds(T0 + 50, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.id == e)
+            .unwrap()
+            .token;
+        let mut by_token = result("web-build:9", true);
+        by_token.run_token = Some(token.clone());
+        // Not yet asked to start: the token alone does not name it.
+        assert_eq!(
+            store
+                .complete_build(by_token.clone(), T0 + 51)
+                .await
+                .unwrap(),
+            CompletionOutcome::Foreign,
+            "{name}"
+        );
+        store.build_start_requested(e, T0 + 52).await.unwrap();
+        let adopted = store.complete_build(by_token, T0 + 53).await.unwrap();
+        assert!(
+            matches!(adopted, CompletionOutcome::Deploy { created: true, .. }),
+            "{name}: {adopted:?}"
+        );
+        assert_eq!(
+            store.run_token_of("web-build:9").await.unwrap(),
+            Some(token),
+            "{name}"
+        );
+        assert!(!store
+            .due_builds(T0 + 100, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.id == e));
+
+        // A build slipway did not start: deployed as asked, once.
+        let mut foreign = result("other:1", true);
+        foreign.foreign = Some(slipway::store::NewDeployment {
+            trigger: slipway::store::trigger::FOREIGN_BUILD,
+            build_id: Some("other:1".into()),
+            ..new_deployment("web", 'f', None)
+        });
+        let made = store
+            .complete_build(foreign.clone(), T0 + 60)
+            .await
+            .unwrap();
+        let CompletionOutcome::Deploy {
+            deployment: f,
+            created: true,
+        } = made
+        else {
+            panic!("{name}: {made:?}")
+        };
+        assert_eq!(
+            store
+                .complete_build(foreign.clone(), T0 + 61)
+                .await
+                .unwrap(),
+            CompletionOutcome::Deploy {
+                deployment: f,
+                created: false
+            },
+            "{name}"
+        );
+        foreign.foreign = None;
+        assert_eq!(
+            store.complete_build(foreign, T0 + 62).await.unwrap(),
+            CompletionOutcome::Foreign,
+            "{name}: without a deploy to make, a stranger's build is only noted"
+        );
+
+        // A build CodeBuild does not know: failed, out of the reconciler's view.
+        let (g, _) = accepted(&store, "d-5", "1", T0 + 70, 'd').await;
+        store
+            .build_started(g, "web-build:11".into(), None, T0 + 71)
+            .await
+            .unwrap();
+        store.build_unknown_to_codebuild(g, T0 + 72).await.unwrap();
+        assert_eq!(in_flight(T0 + 1_000).await, [], "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_deployments_win_by_rank_or_by_following_the_commit_whatever_the_delivery_order() {
+    use slipway::store::{deploy_state, CompletionOutcome, DeploymentUpdate};
+    for Engine { name, store, .. } in engines().await {
+        // Push b (which followed a) arrives first; push a (which followed 0) second.
+        let mut deployments = Vec::new();
+        for (i, (sha, before)) in [('b', 'a'), ('a', '0')].into_iter().enumerate() {
+            let (_, admission) = store
+                .admit(
+                    delivery(&format!("d-{i}"), "1", T0 + i as i64, b"{}"),
+                    push_of(sha, before),
+                )
+                .await
+                .unwrap();
+            let Admission::Accepted(builds) = admission else {
+                panic!("{name}: {admission:?}")
+            };
+            let id = format!("web-build:{sha}");
+            store
+                .build_started(builds[0].build_row, id.clone(), None, T0 + 10)
+                .await
+                .unwrap();
+            let CompletionOutcome::Deploy { deployment, .. } = store
+                .complete_build(result(&id, true), T0 + 20)
+                .await
+                .unwrap()
+            else {
+                panic!("{name}")
+            };
+            deployments.push(store.deployment(deployment).await.unwrap().unwrap());
+        }
+        let (of_b, of_a) = (deployments[0].clone(), deployments[1].clone());
+        assert!(
+            of_a.order_key > of_b.order_key,
+            "{name}: a was stored later"
+        );
+        // a ranks higher, but b followed a: b is the newer one for a.
+        let newer = store.newer_deployment(&of_a).await.unwrap();
+        assert_eq!(newer.map(|d| d.id), Some(of_b.id), "{name}");
+        // For b, a ranks higher, and is going ahead.
+        let newer = store.newer_deployment(&of_b).await.unwrap();
+        assert_eq!(newer.map(|d| d.id), Some(of_a.id), "{name}");
+        // A failed deploy is no reason to stand down.
+        let failed = DeploymentUpdate {
+            state: Some(deploy_state::FAILED),
+            ..Default::default()
+        };
+        store
+            .update_deployment(of_b.id, failed, T0 + 30)
+            .await
+            .unwrap();
+        assert!(
+            store.newer_deployment(&of_a).await.unwrap().is_none(),
+            "{name}"
+        );
+
+        // What the service last ran: none finished yet; then a's new revision; then an
+        // explicit deploy, rolled back, left its previous revision running.
+        assert_eq!(
+            store
+                .last_deployed_task_definition("main/web")
+                .await
+                .unwrap(),
+            None
+        );
+        let succeeded = DeploymentUpdate {
+            state: Some(deploy_state::SUCCEEDED),
+            from_task_definition: Some("web:1".into()),
+            to_task_definition: Some("web:2".into()),
+            ..Default::default()
+        };
+        store
+            .update_deployment(of_a.id, succeeded, T0 + 40)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .last_deployed_task_definition("main/web")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("web:2"),
+            "{name}"
+        );
+        let explicit = store
+            .request_deployment(new_deployment("web", 'c', None), T0 + 50)
+            .await
+            .unwrap();
+        let newer = store.newer_deployment(&of_a).await.unwrap();
+        assert_eq!(
+            newer.map(|d| d.id),
+            Some(explicit),
+            "{name}: explicit ranks above"
+        );
+        let rolled_back = DeploymentUpdate {
+            state: Some(deploy_state::ROLLED_BACK),
+            from_task_definition: Some("web:2".into()),
+            to_task_definition: Some("web:3".into()),
+            ..Default::default()
+        };
+        store
+            .update_deployment(explicit, rolled_back, T0 + 60)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .last_deployed_task_definition("main/web")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("web:2"),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .last_deployed_task_definition("main/api")
+                .await
+                .unwrap(),
+            None
+        );
+        let ok: Vec<i64> = store
+            .successful_deployments("web")
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(ok, [of_a.id], "{name}");
+        assert!(store
+            .successful_deployments("api")
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}

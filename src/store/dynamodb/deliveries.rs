@@ -22,7 +22,7 @@ use crate::store::{
 /// Bodies larger than this go to S3 (DynamoDB's item limit is 400 KB, with the attributes).
 const MAX_ITEM_BODY: usize = 350 * 1024;
 /// Tries at an admission whose conditional writes found that another writer got there first.
-const ADMIT_TRIES: usize = 3;
+pub(super) const ADMIT_TRIES: usize = 3;
 /// Most items one `TransactWriteItems` takes.
 const MAX_TRANSACTION: usize = 100;
 const DAY_SECS: i64 = 86_400;
@@ -30,11 +30,11 @@ const DAY_SECS: i64 = 86_400;
 /// engine's `DISPOSABLE`).
 const DISPOSABLE: [&str; 3] = ["ignored", "pong", "duplicate"];
 
-fn delivery_pk(row: i64) -> String {
+pub(super) fn delivery_pk(row: i64) -> String {
     format!("delivery#{row}")
 }
 
-fn build_pk(row: i64) -> String {
+pub(super) fn build_pk(row: i64) -> String {
     format!("build#{row}")
 }
 
@@ -55,7 +55,11 @@ fn push_pk(req: &BuildRequest) -> String {
     )
 }
 
-fn due_sk(at_ms: i64, id: i64) -> String {
+/// Started builds waiting for their result, in the `due` index by when they were last looked at
+/// (the reconciler's order).
+pub(super) const INFLIGHT: &str = "inflight";
+
+pub(super) fn due_sk(at_ms: i64, id: i64) -> String {
     format!("{}#{}", pad(at_ms), pad(id))
 }
 
@@ -79,7 +83,7 @@ struct Step {
 const EXISTS: &str = "attribute_exists(pk)";
 
 impl DynamoStore {
-    fn put(
+    pub(super) fn put(
         &self,
         item: Item,
         condition: Option<&str>,
@@ -114,7 +118,7 @@ impl DynamoStore {
 
     /// The items with these keys (those that exist), through `BatchGetItem`, asking again for
     /// what DynamoDB left unprocessed.
-    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+    pub(super) async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
         // BatchGetItem refuses a key named twice.
         let mut unique: BTreeMap<(String, String), Item> = BTreeMap::new();
         for k in keys {
@@ -595,7 +599,7 @@ impl DynamoStore {
 
     /// Runs an update of build `id` whose condition (besides that the build exists) may fail:
     /// then nothing changes, as the SQLite engine's `UPDATE … WHERE state = …` changes no row.
-    async fn update_build(
+    pub(super) async fn update_build(
         &self,
         id: i64,
         expression: &str,
@@ -654,8 +658,9 @@ impl DynamoStore {
         self.update_build(
             id,
             "SET #st = :started, build_id = :build_id, build_arn = :arn, \
-             attempts = attempts + :one, updated_ms = :now, look_pk = :look, look_sk = :row \
-             REMOVE reason, due_pk, due_sk",
+             attempts = attempts + :one, updated_ms = :now, look_pk = :look, look_sk = :row, \
+             due_pk = :inflight, due_sk = :due \
+             REMOVE reason",
             Some("#st = :pending"),
             vec![
                 (":started", s(build_state::STARTED)),
@@ -665,6 +670,8 @@ impl DynamoStore {
                 (":now", n(now_ms)),
                 (":look", s(format!("build_id#{build_id}"))),
                 (":row", s(pad(id))),
+                (":inflight", s(INFLIGHT)),
+                (":due", s(due_sk(now_ms, id))),
                 (":pending", s(build_state::PENDING)),
             ],
         )
@@ -804,7 +811,9 @@ impl DynamoStore {
 /// Whether a transaction was cancelled because another writer got there first: one of its
 /// conditions failed, or another transaction was writing the same item
 /// (<https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html>).
-fn condition_failed<R>(e: &aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, R>) -> bool {
+pub(super) fn condition_failed<R>(
+    e: &aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, R>,
+) -> bool {
     match e.as_service_error() {
         Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
             c.cancellation_reasons().iter().any(|r| {

@@ -9,13 +9,15 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, pad, s, Item};
 use super::{sdk_error, DynamoStore};
-use crate::store::{deploy_state, Deployment, DeploymentUpdate, NewDeployment, StoreError};
+use crate::store::{
+    deploy_state, trigger, Deployment, DeploymentUpdate, NewDeployment, StoreError,
+};
 
 /// How many of the newest builds an explicit deploy's push time is read from (as the SQLite
 /// engine's `EXPLICIT_PUSHED_AT`).
 const EXPLICIT_WINDOW: i32 = 1000;
 
-fn deployment_key(id: i64) -> Item {
+pub(super) fn deployment_key(id: i64) -> Item {
     key(format!("deployment#{id}"), "deployment")
 }
 
@@ -30,7 +32,7 @@ fn rank(pushed_at: Option<i64>, order_key: i64, id: i64) -> String {
     )
 }
 
-fn deployment_from(item: &Item) -> Result<Deployment, StoreError> {
+pub(super) fn deployment_from(item: &Item) -> Result<Deployment, StoreError> {
     Ok(Deployment {
         id: get_n(item, "id")?,
         app: get_s(item, "app")?,
@@ -109,20 +111,24 @@ impl Expression {
 }
 
 impl DynamoStore {
-    /// The push time of build `row`, if it has one.
-    async fn build_pushed_at(&self, row: i64) -> Result<Option<i64>, StoreError> {
+    /// The push time of build `row` and the commit its push followed, as far as known (the
+    /// latter kept on the deployment for `newer_deployment`).
+    async fn build_push(&self, row: i64) -> Result<(Option<i64>, Option<String>), StoreError> {
         let out = self
             .client()
             .get_item()
             .table_name(self.table())
             .set_key(Some(key(format!("build#{row}"), "build")))
-            .projection_expression("pushed_at")
+            .projection_expression("pushed_at, before_sha")
             .send()
             .await
             .map_err(|e| sdk_error("DynamoDB GetItem", e))?;
         match out.item() {
-            Some(item) => get_opt_n(item, "pushed_at"),
-            None => Ok(None),
+            Some(item) => Ok((
+                get_opt_n(item, "pushed_at")?,
+                get_opt_s(item, "before_sha")?,
+            )),
+            None => Ok((None, None)),
         }
     }
 
@@ -173,13 +179,35 @@ impl DynamoStore {
         d: NewDeployment,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        let (order_key, pushed_at) = match (d.order_key, d.build_row) {
-            (Some(k), Some(row)) => (k, self.build_pushed_at(row).await?),
-            (Some(k), None) => (k, None),
+        let (id, item) = self.deployment_item(d, now_ms).await?;
+        self.client()
+            .put_item()
+            .table_name(self.table())
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB PutItem", e))?;
+        Ok(id)
+    }
+
+    /// A new deployment's id and item, ranked (not written).
+    pub(super) async fn deployment_item(
+        &self,
+        d: NewDeployment,
+        now_ms: i64,
+    ) -> Result<(i64, Item), StoreError> {
+        let (order_key, pushed_at, before_sha) = match (d.order_key, d.build_row) {
+            (Some(k), Some(row)) => {
+                let (pushed_at, before) = self.build_push(row).await?;
+                (k, pushed_at, before)
+            }
+            (Some(k), None) => (k, None, None),
             // Explicit deploys rank above every push stored so far (and below later ones).
             (None, _) => (
                 2 * self.last_id().await? + 1,
                 self.recent_pushed_at().await?,
+                None,
             ),
         };
         let id = self.take_ids(1).await?;
@@ -213,16 +241,13 @@ impl DynamoStore {
                 item.insert(name.to_owned(), value);
             }
         }
+        // The rank twice: the index's sort key, and an attribute a filter may read.
         item.insert("look_sk".into(), s(rank(pushed_at, order_key, id)));
-        self.client()
-            .put_item()
-            .table_name(self.table())
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(|e| sdk_error("DynamoDB PutItem", e))?;
-        Ok(id)
+        item.insert("rank_key".into(), s(rank(pushed_at, order_key, id)));
+        if let Some(before) = before_sha {
+            item.insert("before_sha".into(), s(before));
+        }
+        Ok((id, item))
     }
 
     pub async fn deployment(&self, id: i64) -> Result<Option<Deployment>, StoreError> {
@@ -381,6 +406,204 @@ impl DynamoStore {
                 break;
             }
         }
+        Ok(found)
+    }
+
+    /// The service's deployments, highest rank first, that match `filter`, page by page until
+    /// `enough` says so (the service's partition of the `lookup` index).
+    async fn service_deployments(
+        &self,
+        service_key: &str,
+        filter: &str,
+        mut values: HashMap<String, AttributeValue>,
+        enough: impl Fn(&[Deployment]) -> bool,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        values.insert(":service".into(), s(format!("service#{service_key}")));
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client()
+                .query()
+                .table_name(self.table())
+                .index_name("lookup")
+                .key_condition_expression("look_pk = :service")
+                .filter_expression(filter)
+                .expression_attribute_names("#st", "state")
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DynamoDB Query", e))?;
+            for item in out.items() {
+                found.push(deployment_from(item)?);
+            }
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() || enough(&found) {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// A deployment of the same service that is newer than `d` and is going ahead or went
+    /// ahead: ranked after it, or (for pushes) the deploy of a push that followed `d`'s commit
+    /// (its `before` is `d`'s commit), whatever order GitHub delivered them in. The highest
+    /// ranked such deployment, as the SQLite engine answers.
+    pub async fn newer_deployment(&self, d: &Deployment) -> Result<Option<Deployment>, StoreError> {
+        let stored = self
+            .client()
+            .get_item()
+            .table_name(self.table())
+            .set_key(Some(deployment_key(d.id)))
+            .projection_expression("rank_key")
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB GetItem", e))?;
+        // A deployment not stored ranks at its order key with no push time.
+        let own_rank = match stored.item() {
+            Some(item) => get_s(item, "rank_key")?,
+            None => rank(None, d.order_key, d.id),
+        };
+        let automatic = d.trigger == trigger::PUSH || d.trigger == trigger::FOREIGN_BUILD;
+        let mut values = HashMap::from([
+            (":id".to_owned(), n(d.id)),
+            (":pending".to_owned(), s(deploy_state::PENDING)),
+            (":deploying".to_owned(), s(deploy_state::DEPLOYING)),
+            (":succeeded".to_owned(), s(deploy_state::SUCCEEDED)),
+            (":rank".to_owned(), s(own_rank)),
+        ]);
+        let newer = if automatic {
+            values.insert(":sha".into(), s(&d.sha));
+            "(rank_key > :rank OR before_sha = :sha)"
+        } else {
+            "rank_key > :rank"
+        };
+        let filter = format!("id <> :id AND #st IN (:pending, :deploying, :succeeded) AND {newer}");
+        let found = self
+            .service_deployments(&d.service_key, &filter, values, |found| !found.is_empty())
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// The task definition the newest finished deploy of a service left running (its new
+    /// revision when it succeeded, the previous one when it was rolled back).
+    pub async fn last_deployed_task_definition(
+        &self,
+        service_key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let values = HashMap::from([
+            (":succeeded".to_owned(), s(deploy_state::SUCCEEDED)),
+            (":rolled_back".to_owned(), s(deploy_state::ROLLED_BACK)),
+        ]);
+        let found = self
+            .service_deployments(
+                service_key,
+                "#st IN (:succeeded, :rolled_back)",
+                values,
+                |found| !found.is_empty(),
+            )
+            .await?;
+        Ok(found.into_iter().next().and_then(|d| {
+            if d.state == deploy_state::SUCCEEDED {
+                d.to_task_definition
+            } else {
+                d.from_task_definition
+            }
+        }))
+    }
+
+    /// Succeeded deployments of `app` with a task definition, newest first, at most 100.
+    pub async fn successful_deployments(&self, app: &str) -> Result<Vec<Deployment>, StoreError> {
+        let mut found = Vec::new();
+        let mut start = None;
+        while found.len() < 100 {
+            let out = self
+                .client()
+                .query()
+                .table_name(self.table())
+                .index_name("recent")
+                .key_condition_expression("list_pk = :kind")
+                .filter_expression(
+                    "app = :app AND #st = :succeeded AND attribute_exists(to_task_definition)",
+                )
+                .expression_attribute_names("#st", "state")
+                .expression_attribute_values(":kind", s("deployment"))
+                .expression_attribute_values(":app", s(app))
+                .expression_attribute_values(":succeeded", s(deploy_state::SUCCEEDED))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DynamoDB Query", e))?;
+            for item in out.items() {
+                if found.len() < 100 {
+                    found.push(deployment_from(item)?);
+                }
+            }
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deployments that came from the builds of one delivery key (those made by the delivery
+    /// of its hook and GUID: a redelivery's are those of the delivery it repeats), by id.
+    pub async fn deployments_of_delivery(
+        &self,
+        delivery_row: i64,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let delivery = self
+            .client()
+            .get_item()
+            .table_name(self.table())
+            .set_key(Some(key(
+                super::deliveries::delivery_pk(delivery_row),
+                "delivery",
+            )))
+            .projection_expression("dedup_key")
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB GetItem", e))?;
+        let Some(dedup_key) = delivery.item().map(|i| get_s(i, "dedup_key")).transpose()? else {
+            return Ok(Vec::new());
+        };
+        // The key's builds, one item per app.
+        let by_key = self
+            .client()
+            .query()
+            .table_name(self.table())
+            .key_condition_expression("pk = :key")
+            .expression_attribute_values(":key", s(format!("key#{dedup_key}")))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB Query", e))?;
+        let builds: Vec<Item> = by_key
+            .items()
+            .iter()
+            .map(|i| {
+                Ok(key(
+                    super::deliveries::build_pk(get_n(i, "build")?),
+                    "build",
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let deployments: Vec<Item> = self
+            .batch_get(builds)
+            .await?
+            .iter()
+            .filter_map(|b| get_opt_n(b, "deployment").transpose())
+            .map(|id| Ok(deployment_key(id?)))
+            .collect::<Result<_, StoreError>>()?;
+        let mut found = self
+            .batch_get(deployments)
+            .await?
+            .iter()
+            .map(deployment_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        found.sort_by_key(|d| d.id);
         Ok(found)
     }
 }

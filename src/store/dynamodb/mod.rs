@@ -5,6 +5,7 @@
 //! [`StoreError::Unavailable`] naming themselves, and `serve` refuses `engine = "dynamodb"`
 //! ([`NOT_COMPLETE`]) until none is left, so no deployment can run on half an engine.
 
+mod builds;
 mod deliveries;
 mod deployments;
 mod github;

@@ -25,14 +25,6 @@ pending! {
     fn delivery_summary(&self, row: i64) -> Vec<DeliverySummary>;
     fn find_deliveries(&self, app: Option<String>, state: Option<String>, limit: u32) -> Vec<DeliverySummary>;
     fn shas_with_prefix(&self, app: &str, prefix: &str) -> Vec<String>;
-    fn complete_build(&self, done: BuildCompletion, now_ms: i64) -> CompletionOutcome;
-    fn newer_deployment(&self, d: &Deployment) -> Option<Deployment>;
-    fn builds_in_flight(&self, before_ms: i64) -> Vec<InFlightBuild>;
-    fn last_deployed_task_definition(&self, service_key: &str) -> Option<String>;
-    fn successful_deployments(&self, app: &str) -> Vec<Deployment>;
-    fn deployments_of_delivery(&self, delivery_row: i64) -> Vec<Deployment>;
-    fn builds_checked(&self, rows: Vec<i64>, now_ms: i64) -> ();
-    fn build_unknown_to_codebuild(&self, row: i64, now_ms: i64) -> ();
     fn recent_runs(&self, limit: u32) -> Vec<Run>;
     fn prune(&self, now_ms: i64, settings: &JournalConfig) -> Pruned;
 }
