@@ -153,6 +153,33 @@ impl Store {
         }
     }
 
+    /// Deliveries (newest first, one line per build), filtered by app and by state (a build
+    /// state, a deploy state or a delivery outcome), among the newest lines: the same for
+    /// both engines, on top of [`Store::recent_deliveries`].
+    pub async fn find_deliveries(
+        &self,
+        app: Option<String>,
+        state: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
+        let rows = self
+            .recent_deliveries(limit.saturating_mul(20).max(1000))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| app.is_none() || r.app == app)
+            .filter(|r| match &state {
+                None => true,
+                Some(s) => {
+                    r.state.as_ref() == Some(s)
+                        || r.deploy_state.as_ref() == Some(s)
+                        || &r.outcome == s
+                }
+            })
+            .take(limit as usize)
+            .collect())
+    }
+
     /// Stops taking writes after the ones already queued are stored.
     pub fn close(&self) {
         match self {
@@ -208,8 +235,6 @@ interface! {
     fn delivery_summary(&self, row: i64) -> Vec<DeliverySummary>;
     /// A delivery by row (digits) or by GitHub delivery id (the newest with that id).
     fn delivery(&self, id: &str) -> Option<DeliveryRecord>;
-    /// Deliveries filtered by app and state, newest first.
-    fn find_deliveries(&self, app: Option<String>, state: Option<String>, limit: u32) -> Vec<DeliverySummary>;
     /// The commits of `app` whose SHA starts with `prefix`.
     fn shas_with_prefix(&self, app: &str, prefix: &str) -> Vec<String>;
 

@@ -1359,3 +1359,135 @@ async fn newer_deployments_win_by_rank_or_by_following_the_commit_whatever_the_d
             .is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_lines_show_a_redelivery_with_the_build_it_repeats_and_tell_hooks_apart() {
+    for Engine { name, store, .. } in engines().await {
+        let (row, first) = store
+            .admit(delivery("d-1", "1", T0, b"{\"a\":1}"), build('a'))
+            .await
+            .unwrap();
+        let Admission::Accepted(builds) = first else {
+            panic!("{name}: {first:?}")
+        };
+        // Another hook, the same GUID (GUIDs are per hook only by convention), another push.
+        store
+            .admit(delivery("d-1", "2", T0 + 1, b"{\"b\":1}"), build('b'))
+            .await
+            .unwrap();
+        store
+            .build_started(builds[0].build_row, "web-build:1".into(), None, T0 + 2)
+            .await
+            .unwrap();
+        let (_, again) = store
+            .admit(delivery("d-1", "1", T0 + 3, b"{\"a\":1}"), build('a'))
+            .await
+            .unwrap();
+        assert_eq!(again, Admission::Duplicate, "{name}");
+        store
+            .admit(
+                delivery("d-9", "1", T0 + 4, b"{}"),
+                Verdict::Ignored("branch dev".into()),
+            )
+            .await
+            .unwrap();
+        let lines = store.recent_deliveries(10).await.unwrap();
+        let seen: Vec<(&str, Option<&str>, Option<&str>)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l.outcome.as_str(),
+                    l.sha.as_deref().map(|s| &s[..1]),
+                    l.reason.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("ignored", None, Some("branch dev")),
+                (
+                    "duplicate",
+                    Some("a"),
+                    Some("every build this delivery asks for was already started")
+                ),
+                ("accepted", Some("b"), None),
+                ("accepted", Some("a"), None)
+            ],
+            "{name}: {lines:?}"
+        );
+        assert_eq!(store.recent_deliveries(2).await.unwrap().len(), 2, "{name}");
+        let one = store.delivery_summary(row).await.unwrap();
+        assert_eq!(one.len(), 1, "{name}: {one:?}");
+        assert_eq!(one[0].state.as_deref(), Some("build_started"), "{name}");
+        assert_eq!(one[0].build_id.as_deref(), Some("web-build:1"), "{name}");
+        assert!(store.delivery_summary(9_999).await.unwrap().is_empty());
+
+        // Filtered by app and by state (a build state, or an outcome).
+        let started = store
+            .find_deliveries(Some("web".into()), Some("build_started".into()), 10)
+            .await
+            .unwrap();
+        let rows: Vec<i64> = started.iter().map(|l| l.row).collect();
+        assert_eq!(
+            rows.len(),
+            2,
+            "{name}: the first delivery and its duplicate"
+        );
+        assert!(rows.contains(&row), "{name}");
+        let ignored = store
+            .find_deliveries(None, Some("ignored".into()), 10)
+            .await
+            .unwrap();
+        assert_eq!(ignored.len(), 1, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_found_by_prefix_per_app_and_a_bulk_admission_keeps_order() {
+    for Engine { name, store, .. } in engines().await {
+        let batch = vec![
+            (delivery("b-1", "1", T0, b"{}"), build('a')),
+            (delivery("b-2", "1", T0 + 1, b"{}"), Verdict::Pong),
+            (delivery("b-3", "2", T0 + 2, b"{}"), build('a')),
+            (delivery("b-4", "1", T0 + 3, b"{}"), build('c')),
+        ];
+        let admitted = store.admit_all(batch).await.unwrap();
+        let kinds: Vec<String> = admitted
+            .iter()
+            .map(|(_, a)| match a {
+                Admission::Accepted(b) => format!("accepted retry={}", b[0].retry),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "accepted retry=false",
+                "Pong",
+                "accepted retry=true",
+                "accepted retry=false"
+            ],
+            "{name}"
+        );
+        // An operator's deploy of a commit no push built (the deployment holds it).
+        store
+            .request_deployment(new_deployment("web", 'e', None), T0 + 4)
+            .await
+            .unwrap();
+        let mut shas = store.shas_with_prefix("web", "").await.unwrap();
+        shas.sort();
+        assert_eq!(
+            shas,
+            ["a".repeat(40), "c".repeat(40), "e".repeat(40)],
+            "{name}"
+        );
+        assert_eq!(
+            store.shas_with_prefix("web", "CCC").await.unwrap(),
+            ["c".repeat(40)],
+            "{name}: prefixes are case-insensitive"
+        );
+        assert!(store.shas_with_prefix("web", "b").await.unwrap().is_empty());
+        assert!(store.shas_with_prefix("api", "a").await.unwrap().is_empty());
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
-use super::deliveries::{build_pk, condition_failed, due_sk, ADMIT_TRIES, INFLIGHT};
+use super::deliveries::{build_pk, commit_item, condition_failed, due_sk, ADMIT_TRIES, INFLIGHT};
 use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, pad, s, Item};
 use super::{bad_request, sdk_error, DynamoStore};
 use crate::store::{
@@ -230,6 +230,7 @@ impl DynamoStore {
         let writes = vec![
             self.put(deployment, Some("attribute_not_exists(pk)"), None)?,
             self.put(marker, Some("attribute_not_exists(pk)"), None)?,
+            self.put(commit_item(&foreign.app, &foreign.sha), None, None)?,
         ];
         self.transact(writes).await.map(|written| {
             written.then_some(CompletionOutcome::Deploy {
@@ -240,7 +241,10 @@ impl DynamoStore {
     }
 
     /// Runs `writes` in one transaction: false if a condition failed (nothing was written).
-    async fn transact(&self, writes: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
+    pub(super) async fn transact(
+        &self,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<bool, StoreError> {
         match self
             .client()
             .transact_write_items()

@@ -55,6 +55,12 @@ fn push_pk(req: &BuildRequest) -> String {
     )
 }
 
+/// The item that says `app` has commit `sha` (a build or a deployment of it), for
+/// `shas_with_prefix`: the app's commits are one partition, sorted by SHA.
+pub(super) fn commit_item(app: &str, sha: &str) -> Item {
+    key(format!("commit#{app}"), sha)
+}
+
 /// Started builds waiting for their result, in the `due` index by when they were last looked at
 /// (the reconciler's order).
 pub(super) const INFLIGHT: &str = "inflight";
@@ -74,6 +80,8 @@ struct Found {
 struct Step {
     req: BuildRequest,
     existing: Option<Found>,
+    /// Whether `existing` is this delivery key's own build (not the push's from another hook).
+    from_key: bool,
     /// The push's build that failed for good, which a new build replaces as the push's build.
     failed_push_build: Option<i64>,
 }
@@ -238,8 +246,11 @@ impl DynamoStore {
                 if f.state != build_state::PENDING && f.state != build_state::FAILED)
         });
         if all_started && !steps.is_empty() {
+            // The delivery's lines show its key's builds (as the SQLite engine's
+            // `builds_of_delivery`), not another hook's.
             let seen: Vec<i64> = steps
                 .iter()
+                .filter(|s| s.from_key)
                 .filter_map(|s| s.existing.as_ref())
                 .map(|f| f.id)
                 .collect();
@@ -323,6 +334,11 @@ impl DynamoStore {
                                 .map_err(bad_request)?;
                         writes.push(TransactWriteItem::builder().put(put).build());
                     }
+                    writes.push(self.put(
+                        commit_item(req.app.as_str(), req.sha.as_str()),
+                        None,
+                        None,
+                    )?);
                     build_rows.push(id);
                     accepted.push(AcceptedBuild {
                         app: req.app,
@@ -364,7 +380,9 @@ impl DynamoStore {
                         .build()
                         .map_err(bad_request)?;
                     writes.push(TransactWriteItem::builder().update(update).build());
-                    build_rows.push(found.id);
+                    if step.from_key {
+                        build_rows.push(found.id);
+                    }
                     accepted.push(AcceptedBuild {
                         app: req.app,
                         sha: req.sha,
@@ -372,7 +390,12 @@ impl DynamoStore {
                         retry: true,
                     });
                 }
-                Some(found) => build_rows.push(found.id), // already started; the others go on
+                // Already started; the others go on.
+                Some(found) => {
+                    if step.from_key {
+                        build_rows.push(found.id);
+                    }
+                }
             }
         }
         let written = self
@@ -440,12 +463,14 @@ impl DynamoStore {
             let live_push = push.filter(|f| f.state != build_state::FAILED);
             // As the SQLite engine: the key's build unless it failed for good; then (GitHub
             // deliveries) the push's live build from another hook; else the failed one, retried.
+            let by_key_id = by_key.as_ref().map(|f| f.id);
             let existing = match by_key {
                 Some(f) if f.state != build_state::FAILED => Some(f),
                 found if github => live_push.or(found),
                 found => found,
             };
             steps.push(Step {
+                from_key: existing.as_ref().map(|f| f.id) == by_key_id && by_key_id.is_some(),
                 req,
                 existing,
                 failed_push_build,

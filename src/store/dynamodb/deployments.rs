@@ -179,15 +179,18 @@ impl DynamoStore {
         d: NewDeployment,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
+        let commit = super::deliveries::commit_item(&d.app, &d.sha);
         let (id, item) = self.deployment_item(d, now_ms).await?;
-        self.client()
-            .put_item()
-            .table_name(self.table())
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(|e| sdk_error("DynamoDB PutItem", e))?;
+        let writes = vec![
+            self.put(item, Some("attribute_not_exists(pk)"), None)?,
+            self.put(commit, None, None)?,
+        ];
+        if !self.transact(writes).await? {
+            // A fresh id is never taken: only a bug could get here.
+            return Err(StoreError::Invalid(format!(
+                "deployment id {id} was taken twice"
+            )));
+        }
         Ok(id)
     }
 

@@ -10,6 +10,7 @@ mod deliveries;
 mod deployments;
 mod github;
 mod item;
+mod listings;
 mod pending;
 mod records;
 mod table;

@@ -20,11 +20,6 @@ macro_rules! pending {
 }
 
 pending! {
-    fn admit_all(&self, deliveries: Vec<(NewDelivery, Verdict)>) -> Vec<(i64, Admission)>;
-    fn recent_deliveries(&self, limit: u32) -> Vec<DeliverySummary>;
-    fn delivery_summary(&self, row: i64) -> Vec<DeliverySummary>;
-    fn find_deliveries(&self, app: Option<String>, state: Option<String>, limit: u32) -> Vec<DeliverySummary>;
-    fn shas_with_prefix(&self, app: &str, prefix: &str) -> Vec<String>;
     fn recent_runs(&self, limit: u32) -> Vec<Run>;
     fn prune(&self, now_ms: i64, settings: &JournalConfig) -> Pruned;
 }

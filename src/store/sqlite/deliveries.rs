@@ -535,32 +535,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Deliveries (newest first, one line per build), filtered by app and by state (a build
-    /// state, a deploy state or a delivery outcome).
-    pub async fn find_deliveries(
-        &self,
-        app: Option<String>,
-        state: Option<String>,
-        limit: u32,
-    ) -> Result<Vec<DeliverySummary>, StoreError> {
-        let rows = self
-            .recent_deliveries(limit.saturating_mul(20).max(1000))
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| app.is_none() || r.app == app)
-            .filter(|r| match &state {
-                None => true,
-                Some(s) => {
-                    r.state.as_ref() == Some(s)
-                        || r.deploy_state.as_ref() == Some(s)
-                        || &r.outcome == s
-                }
-            })
-            .take(limit as usize)
-            .collect())
-    }
-
     /// Full commit SHAs of `app` in the journal that start with `prefix`.
     pub async fn shas_with_prefix(
         &self,

@@ -185,51 +185,6 @@ async fn accepted(journal: &SqliteStore, id: &str, hook: &str, at: i64, sha: cha
 }
 
 #[tokio::test]
-async fn delivery_lines_show_a_redelivery_with_the_build_it_repeats_and_tell_hooks_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = SqliteStore::open(dir.path()).unwrap();
-    let (row, _) = journal
-        .admit(delivery("d-1", "1", T0, b"{\"a\":1}"), build('a'))
-        .await
-        .unwrap();
-    // Another hook, the same GUID (GUIDs are per hook only by convention), another push.
-    journal
-        .admit(delivery("d-1", "2", T0 + 1, b"{\"b\":1}"), build('b'))
-        .await
-        .unwrap();
-    let build_row: i64 = journal
-        .read(|c| Ok(c.query_row("SELECT id FROM builds WHERE delivery = 1", [], |r| r.get(0))?))
-        .await
-        .unwrap();
-    journal
-        .build_started(build_row, "web-build:1".into(), Some("arn".into()), T0 + 2)
-        .await
-        .unwrap();
-    let (_, again) = journal
-        .admit(delivery("d-1", "1", T0 + 3, b"{\"a\":1}"), build('a'))
-        .await
-        .unwrap();
-    assert!(matches!(again, Admission::Duplicate), "{again:?}");
-    let lines = journal.recent_deliveries(10).await.unwrap();
-    let seen: Vec<(&str, Option<&str>)> = lines
-        .iter()
-        .map(|l| (l.outcome.as_str(), l.sha.as_deref().map(|s| &s[..1])))
-        .collect();
-    assert_eq!(
-        seen,
-        [
-            ("duplicate", Some("a")),
-            ("accepted", Some("b")),
-            ("accepted", Some("a"))
-        ],
-        "{lines:?}"
-    );
-    let one = journal.delivery_summary(row).await.unwrap();
-    assert_eq!(one.len(), 1, "{one:?}");
-    assert_eq!(one[0].state.as_deref(), Some("build_started"));
-}
-
-#[tokio::test]
 async fn a_journal_from_the_first_schema_is_converted_and_keeps_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
