@@ -352,10 +352,13 @@ async fn the_unwritten_dynamodb_methods_say_so() {
         "slipway",
         &JournalConfig::default(),
     ));
-    let e = store.recent_runs(10).await.unwrap_err();
+    let e = store
+        .prune(T0, &JournalConfig::default())
+        .await
+        .unwrap_err();
     assert_eq!(
         e.retry_later(),
-        Some("the DynamoDB engine is not complete in this version: recent_runs is not implemented")
+        Some("the DynamoDB engine is not complete in this version: prune is not implemented")
     );
 }
 
@@ -1489,5 +1492,75 @@ async fn commits_are_found_by_prefix_per_app_and_a_bulk_admission_keeps_order() 
         );
         assert!(store.shas_with_prefix("web", "b").await.unwrap().is_empty());
         assert!(store.shas_with_prefix("api", "a").await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_show_who_pushed_what_came_of_it_and_deploys_no_build_started() {
+    use slipway::store::CompletionOutcome;
+    for Engine { name, store, .. } in engines().await {
+        // Who pushed comes from the payload, read by its JSON type; a replay names its operator.
+        let pushes: [(&str, &[u8], char); 3] = [
+            ("r-1", br#"{"pusher":{"name":"octocat"}}"#, 'a'),
+            ("r-2", br#"{"pusher":{"name":42}}"#, 'c'),
+            ("r-3", br#"{"pusher":{"name":{"x":1}}}"#, 'e'),
+        ];
+        for (i, (id, body, sha)) in pushes.into_iter().enumerate() {
+            store
+                .admit(delivery(id, "1", T0 + i as i64, body), build(sha))
+                .await
+                .unwrap();
+        }
+        let mut replay = delivery("r-4", "1", T0 + 3, b"{}");
+        replay.source = Source::Replay;
+        replay.actor = Some("alice".into());
+        store.admit(replay, build('d')).await.unwrap();
+        // The first push built and deployed.
+        let b = store.due_builds(T0, 1).await.unwrap()[0].id;
+        store
+            .build_started(b, "web-build:1".into(), None, T0 + 10)
+            .await
+            .unwrap();
+        let CompletionOutcome::Deploy { deployment, .. } = store
+            .complete_build(result("web-build:1", true), T0 + 20)
+            .await
+            .unwrap()
+        else {
+            panic!("{name}")
+        };
+        let explicit = store
+            .request_deployment(new_deployment("web", 'f', None), T0 + 30)
+            .await
+            .unwrap();
+
+        let runs = store.recent_runs(10).await.unwrap();
+        let seen: Vec<(&str, &str, Option<&str>)> = runs
+            .iter()
+            .map(|r| (&r.sha[..1], r.trigger.as_str(), r.actor.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("f", "operator", Some("alice")),
+                ("d", "replay", Some("alice")),
+                ("e", "push", None),
+                ("c", "push", Some("42")),
+                ("a", "push", Some("octocat")),
+            ],
+            "{name}: {runs:?}"
+        );
+        let first = runs.last().unwrap();
+        assert_eq!(first.delivery.as_deref(), Some("r-1"), "{name}");
+        let build = first.build.as_ref().unwrap();
+        assert_eq!(
+            (build.state.as_str(), build.build_id.as_deref()),
+            ("build_succeeded", Some("web-build:1")),
+            "{name}"
+        );
+        assert_eq!(build.log_link.as_deref(), Some("https://logs/web-build:1"));
+        assert_eq!(first.deployment.as_ref().map(|d| d.id), Some(deployment));
+        assert_eq!(runs[0].deployment.as_ref().map(|d| d.id), Some(explicit));
+        assert!(runs[0].build.is_none(), "{name}");
+        assert_eq!(store.recent_runs(2).await.unwrap().len(), 2, "{name}");
     }
 }

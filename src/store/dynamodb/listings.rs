@@ -6,9 +6,13 @@ use std::collections::HashMap;
 
 use super::deliveries::{build_pk, delivery_pk};
 use super::deployments::deployment_key;
-use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, s, Item};
+use super::item::{get_b, get_n, get_opt_n, get_opt_s, get_s, key, s, Item};
 use super::{sdk_error, DynamoStore};
-use crate::store::{format_millis, Admission, DeliverySummary, NewDelivery, StoreError, Verdict};
+use crate::store::sqlite::body_codec;
+use crate::store::{
+    format_millis, Admission, DeliverySummary, NewDelivery, Run, RunBuild, RunDeployment,
+    StoreError, Verdict,
+};
 
 impl DynamoStore {
     /// Stores many deliveries in order, one after the other.
@@ -191,5 +195,159 @@ impl DynamoStore {
                 return Ok(shas);
             }
         }
+    }
+}
+
+/// Who pushed, from a push payload's `pusher.name`, read by its JSON type as the SQLite engine
+/// reads it: text as it is, a number as text, anything else as nothing (issue 23 item 5).
+fn pusher_name(body: &[u8]) -> Option<String> {
+    let payload: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match payload.get("pusher")?.get("name")? {
+        serde_json::Value::String(name) => Some(name.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl DynamoStore {
+    /// The newest `limit` pipeline runs, newest first: builds with the delivery that asked for
+    /// them and their deployment, and deployments no build started (operator deploys,
+    /// rollbacks).
+    pub async fn recent_runs(&self, limit: u32) -> Result<Vec<Run>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let builds = self
+            .client()
+            .query()
+            .table_name(self.table())
+            .index_name("recent")
+            .key_condition_expression("list_pk = :kind")
+            .expression_attribute_values(":kind", s("build"))
+            .scan_index_forward(false)
+            .limit(limit.min(1000) as i32)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DynamoDB Query", e))?;
+        let builds = builds.items();
+        // Their deliveries (with bodies, for who pushed) and deployments, in batches.
+        let mut keys = Vec::new();
+        for b in builds {
+            let row = get_n(b, "delivery_row")?;
+            keys.push(key(delivery_pk(row), "delivery"));
+            keys.push(key(delivery_pk(row), "body"));
+            if let Some(id) = get_opt_n(b, "deployment")? {
+                keys.push(deployment_key(id));
+            }
+        }
+        let mut deliveries: HashMap<String, Item> = HashMap::new();
+        let mut bodies: HashMap<String, Item> = HashMap::new();
+        let mut deployments: HashMap<i64, Item> = HashMap::new();
+        for item in self.batch_get(keys).await? {
+            match get_s(&item, "sk")?.as_str() {
+                "delivery" => {
+                    deliveries.insert(get_s(&item, "pk")?, item);
+                }
+                "body" => {
+                    bodies.insert(get_s(&item, "pk")?, item);
+                }
+                _ => {
+                    deployments.insert(get_n(&item, "id")?, item);
+                }
+            }
+        }
+        let run_deployment = |dp: &Item| -> Result<RunDeployment, StoreError> {
+            Ok(RunDeployment {
+                id: get_n(dp, "id")?,
+                state: get_s(dp, "state")?,
+                reason: get_opt_s(dp, "reason")?,
+                log_link: get_opt_s(dp, "log_link")?,
+                updated_ms: get_n(dp, "updated_ms")?,
+            })
+        };
+        let mut runs = Vec::new();
+        for b in builds {
+            let pk = delivery_pk(get_n(b, "delivery_row")?);
+            let Some(d) = deliveries.get(&pk) else {
+                continue;
+            };
+            let source = get_s(d, "source")?;
+            let actor = match get_opt_s(d, "actor")? {
+                Some(actor) => Some(actor),
+                None => match bodies.get(&pk) {
+                    Some(body) => {
+                        let stored = get_b(body, "body")?.unwrap_or_default();
+                        let decoded = body_codec::decode(&get_s(body, "enc")?, &stored)?;
+                        pusher_name(&decoded)
+                    }
+                    None => None,
+                },
+            };
+            let deployment = match get_opt_n(b, "deployment")?.and_then(|id| deployments.get(&id)) {
+                Some(dp) => Some(run_deployment(dp)?),
+                None => None,
+            };
+            runs.push(Run {
+                app: get_s(b, "app")?,
+                sha: get_s(b, "sha")?,
+                trigger: if source == "github" {
+                    "push".to_owned()
+                } else {
+                    source
+                },
+                actor,
+                started_ms: get_n(d, "received_ms")?,
+                delivery: Some(get_s(d, "delivery_id")?),
+                build: Some(RunBuild {
+                    state: get_s(b, "state")?,
+                    build_id: get_opt_s(b, "build_id")?,
+                    log_link: get_opt_s(b, "log_link")?,
+                    reason: get_opt_s(b, "reason")?,
+                    updated_ms: get_n(b, "updated_ms")?,
+                }),
+                deployment,
+            });
+        }
+        // Deployments no build started, newest first.
+        let mut start = None;
+        let mut others = 0;
+        while others < limit {
+            let out = self
+                .client()
+                .query()
+                .table_name(self.table())
+                .index_name("recent")
+                .key_condition_expression("list_pk = :kind")
+                .filter_expression("attribute_not_exists(build_row)")
+                .expression_attribute_values(":kind", s("deployment"))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DynamoDB Query", e))?;
+            for dp in out.items() {
+                if others == limit {
+                    break;
+                }
+                others += 1;
+                runs.push(Run {
+                    app: get_s(dp, "app")?,
+                    sha: get_s(dp, "sha")?,
+                    trigger: get_s(dp, "trigger")?,
+                    actor: get_opt_s(dp, "actor")?,
+                    started_ms: get_n(dp, "created_ms")?,
+                    delivery: get_opt_s(dp, "delivery_id")?,
+                    build: None,
+                    deployment: Some(run_deployment(dp)?),
+                });
+            }
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        runs.sort_by_key(|r| std::cmp::Reverse(r.started_ms));
+        runs.truncate(limit as usize);
+        Ok(runs)
     }
 }

@@ -20,6 +20,5 @@ macro_rules! pending {
 }
 
 pending! {
-    fn recent_runs(&self, limit: u32) -> Vec<Run>;
     fn prune(&self, now_ms: i64, settings: &JournalConfig) -> Pruned;
 }
