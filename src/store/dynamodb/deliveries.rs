@@ -506,7 +506,10 @@ impl DynamoStore {
     ) -> Result<Option<i64>, StoreError> {
         let (encoding, stored) = body_codec::encode(&d.body);
         if stored.len() > MAX_ITEM_BODY {
-            return Err(not_complete("bodies over 350 KB (kept in S3)"));
+            return Err(not_complete(&format!(
+                "a body of {} bytes stored is over 350 KB, which is kept in S3: not written yet",
+                stored.len()
+            )));
         }
         let expires = DISPOSABLE.contains(&outcome).then(|| {
             d.received_ms / 1000 + self.inner.settings.keep_ignored_days as i64 * DAY_SECS
@@ -530,6 +533,9 @@ impl DynamoStore {
             ("list_sk", s(pad(row))),
             ("look_pk", s(format!("guid#{}", d.delivery_id))),
             ("look_sk", s(pad(row))),
+            // Retention finds the bodies to drop here (`retention.rs`), oldest first.
+            ("due_pk", s(super::retention::BODIES)),
+            ("due_sk", s(due_sk(d.received_ms, row))),
         ] {
             item.insert(name.to_owned(), value);
         }
