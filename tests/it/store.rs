@@ -343,22 +343,26 @@ async fn an_unreachable_dynamodb_is_unavailable_and_says_why() {
         .is_some());
 }
 
-/// A body too large for an item (its S3 half is not written yet) is refused, saying so, and
-/// nothing of the delivery is stored: GitHub is answered 503 and redelivers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_too_large_for_an_item_is_refused_and_nothing_is_stored() {
-    let dynamodb = engines().await.pop().unwrap();
-    let store = &dynamodb.store;
-    // Bytes zstd cannot shrink: 400 KB stored as they are.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let body: Vec<u8> = (0..400_000)
+/// `n` bytes zstd cannot shrink.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..n)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state as u8
         })
-        .collect();
+        .collect()
+}
+
+/// A body too large for an item, and no bucket to keep it in: refused, saying so, nothing of
+/// the delivery stored (GitHub is answered 503 and redelivers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_for_an_item_without_a_bucket_is_refused_and_nothing_is_stored() {
+    let dynamodb = engines().await.pop().unwrap();
+    let store = &dynamodb.store;
+    let body = noise(400_000, 7);
     for verdict in [Verdict::Pong, build('a')] {
         let e = store
             .admit(delivery("big-1", "1", T0, &body), verdict)
@@ -366,14 +370,83 @@ async fn a_body_too_large_for_an_item_is_refused_and_nothing_is_stored() {
             .unwrap_err();
         let why = e.retry_later().unwrap_or_else(|| panic!("{e}"));
         assert!(
-            why.starts_with("the DynamoDB engine is not complete in this version: a body of")
-                && why.ends_with("is over 350 KB, which is kept in S3: not written yet"),
+            why.ends_with("is over 350 KB and there is no [store] bodies_bucket to keep it in"),
             "{why}"
         );
     }
     assert!(store.delivery("big-1").await.unwrap().is_none());
     assert!(store.due_builds(T0, 10).await.unwrap().is_empty());
     assert!(store.recent_deliveries(10).await.unwrap().is_empty());
+}
+
+/// Bodies over 350 KB go to the bodies bucket, one object per distinct body, and come back
+/// byte for byte; the item keeps the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_are_kept_in_s3_once_each_and_read_back_byte_for_byte() {
+    let emulator = Emulator::start().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&emulator.config)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket("slipway-bodies")
+        .create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let dynamo = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&emulator.config),
+        "slipway",
+        &JournalConfig::default(),
+    )
+    .with_bodies_bucket(s3.clone(), "slipway-bodies");
+    dynamo.create_table(T0).await.unwrap();
+    let store = Store::DynamoDb(dynamo);
+
+    // A push whose payload is 1 MB of hex: about half a megabyte compressed.
+    let pad: String = noise(500_000, 3)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let push = format!("{{\"pusher\":{{\"name\":\"big\"}},\"pad\":\"{pad}\"}}");
+    let (row, _) = store
+        .admit(delivery("big-1", "1", T0, push.as_bytes()), build('a'))
+        .await
+        .unwrap();
+    // The same body again (GitHub's redelivery), and another large body.
+    store
+        .admit(delivery("big-1", "1", T0 + 1, push.as_bytes()), build('a'))
+        .await
+        .unwrap();
+    let other = noise(400_000, 11);
+    store
+        .admit(delivery("big-2", "1", T0 + 2, &other), Verdict::Pong)
+        .await
+        .unwrap();
+
+    let first = store.delivery(&row.to_string()).await.unwrap().unwrap();
+    assert_eq!(first.payload().unwrap(), push.as_bytes());
+    let second = store.delivery("big-2").await.unwrap().unwrap();
+    assert_eq!(second.payload().unwrap(), other.as_slice());
+    let objects = s3
+        .list_objects_v2()
+        .bucket("slipway-bodies")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys.len(), 2, "one object per distinct body: {keys:?}");
+    assert!(keys
+        .iter()
+        .all(|k| k.starts_with("bodies/") && k.len() == 7 + 64));
+    // Who pushed is read from the body in S3 too.
+    let runs = store.recent_runs(10).await.unwrap();
+    assert_eq!(runs[0].actor.as_deref(), Some("big"), "{runs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

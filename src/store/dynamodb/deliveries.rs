@@ -505,12 +505,6 @@ impl DynamoStore {
         mut writes: Vec<TransactWriteItem>,
     ) -> Result<Option<i64>, StoreError> {
         let (encoding, stored) = body_codec::encode(&d.body);
-        if stored.len() > MAX_ITEM_BODY {
-            return Err(not_complete(&format!(
-                "a body of {} bytes stored is over 350 KB, which is kept in S3: not written yet",
-                stored.len()
-            )));
-        }
         let expires = DISPOSABLE.contains(&outcome).then(|| {
             d.received_ms / 1000 + self.inner.settings.keep_ignored_days as i64 * DAY_SECS
         });
@@ -547,7 +541,15 @@ impl DynamoStore {
         }
         let mut body = key(delivery_pk(row), "body");
         body.insert("enc".into(), s(encoding));
-        body.insert("body".into(), AttributeValue::B(Blob::new(stored)));
+        if stored.len() > MAX_ITEM_BODY {
+            // Written before the item that names it: a stored delivery's body is always there.
+            body.insert(
+                "s3_key".into(),
+                s(self.put_large_body(&d.body, stored).await?),
+            );
+        } else {
+            body.insert("body".into(), AttributeValue::B(Blob::new(stored)));
+        }
         if let Some(at) = expires {
             item.insert(EXPIRES.into(), n(at));
             body.insert(EXPIRES.into(), n(at));
@@ -799,10 +801,7 @@ impl DynamoStore {
         for item in out.items() {
             match get_s(item, "sk")?.as_str() {
                 "delivery" => record = Some(item),
-                "body" => {
-                    let stored = get_b(item, "body")?.unwrap_or_default();
-                    body = Some(body_codec::decode(&get_s(item, "enc")?, &stored)?);
-                }
+                "body" => body = Some(self.read_body(item).await?),
                 _ => {}
             }
         }
@@ -855,5 +854,60 @@ pub(super) fn condition_failed<R>(
             })
         }
         _ => false,
+    }
+}
+
+impl DynamoStore {
+    /// Puts a body too large for an item in the bodies bucket, under its SHA-256 (one object
+    /// per distinct body: a second put of the same body writes the same bytes); its key.
+    async fn put_large_body(&self, body: &[u8], stored: Vec<u8>) -> Result<String, StoreError> {
+        let Some((s3, bucket)) = &self.inner.bodies else {
+            return Err(not_complete(&format!(
+                "a body of {} bytes stored is over 350 KB and there is no [store] bodies_bucket \
+                 to keep it in",
+                stored.len()
+            )));
+        };
+        let object = format!(
+            "bodies/{}",
+            hex::encode(crate::store::sqlite::schema::body_digest(body))
+        );
+        s3.put_object()
+            .bucket(bucket)
+            .key(&object)
+            .body(aws_sdk_s3::primitives::ByteStream::from(stored))
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("S3 PutObject s3://{bucket}/{object}"), e))?;
+        Ok(object)
+    }
+
+    /// A body item's body as received: from the item, or from the bodies bucket.
+    pub(super) async fn read_body(&self, item: &Item) -> Result<Vec<u8>, StoreError> {
+        let encoding = get_s(item, "enc")?;
+        let Some(object) = get_opt_s(item, "s3_key")? else {
+            let stored = get_b(item, "body")?.unwrap_or_default();
+            return body_codec::decode(&encoding, &stored);
+        };
+        let Some((s3, bucket)) = &self.inner.bodies else {
+            return Err(StoreError::Invalid(format!(
+                "the body is in S3 ({object}) and there is no [store] bodies_bucket"
+            )));
+        };
+        let out = s3
+            .get_object()
+            .bucket(bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("S3 GetObject s3://{bucket}/{object}"), e))?;
+        let stored = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                reason: format!("S3 GetObject s3://{bucket}/{object}: {e}"),
+            })?;
+        body_codec::decode(&encoding, &stored.into_bytes())
     }
 }

@@ -6,9 +6,8 @@ use std::collections::HashMap;
 
 use super::deliveries::{build_pk, delivery_pk};
 use super::deployments::deployment_key;
-use super::item::{get_b, get_n, get_opt_n, get_opt_s, get_s, key, s, Item};
+use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, s, Item};
 use super::{sdk_error, DynamoStore};
-use crate::store::sqlite::body_codec;
 use crate::store::{
     format_millis, Admission, DeliverySummary, NewDelivery, Run, RunBuild, RunDeployment,
     StoreError, Verdict,
@@ -275,11 +274,7 @@ impl DynamoStore {
             let actor = match get_opt_s(d, "actor")? {
                 Some(actor) => Some(actor),
                 None => match bodies.get(&pk) {
-                    Some(body) => {
-                        let stored = get_b(body, "body")?.unwrap_or_default();
-                        let decoded = body_codec::decode(&get_s(body, "enc")?, &stored)?;
-                        pusher_name(&decoded)
-                    }
+                    Some(body) => pusher_name(&self.read_body(body).await?),
                     None => None,
                 },
             };

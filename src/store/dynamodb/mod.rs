@@ -2,10 +2,9 @@
 //! The table's design is in `docs/dynamodb.md`; `table.rs` creates it.
 //!
 //! Not complete in this version: every `Store` method is written and tested against moto
-//! (`tests/it/store.rs`, with the SQLite engine), but a body over 350 KB is refused
-//! ([`StoreError::Unavailable`]: its S3 half is not written), `slipway provision` does not
-//! make the table yet, and the end-to-end suite has not run on this engine. Until then `serve`
-//! refuses `engine = "dynamodb"` ([`NOT_COMPLETE`]).
+//! (`tests/it/store.rs`, with the SQLite engine), but `slipway provision` does not make the
+//! table and bucket yet, `serve` does not build the engine from `[store]`, and the end-to-end
+//! suite has not run on it. Until then `serve` refuses `engine = "dynamodb"` ([`NOT_COMPLETE`]).
 
 mod builds;
 mod deliveries;
@@ -27,7 +26,7 @@ use crate::config::JournalConfig;
 
 /// Why `serve` refuses `[store] engine = "dynamodb"` in this version.
 pub const NOT_COMPLETE: &str = "the DynamoDB engine is not complete in this version: \
-     bodies over 350 KB (kept in S3), the table made by `slipway provision` and the end-to-end \
+     the table and bucket made by `slipway provision`, serve's use of them and the end-to-end \
      checks are not done yet; use engine = \"sqlite\" (the default)";
 
 /// The DynamoDB engine's handle (cheap to clone).
@@ -41,6 +40,8 @@ struct Inner {
     table: String,
     /// `[journal]`'s retention, applied as DynamoDB TTL (`expires`).
     settings: JournalConfig,
+    /// Where bodies over 350 KB go: an S3 client and the bucket (None: such a body is refused).
+    bodies: Option<(aws_sdk_s3::Client, String)>,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -64,6 +65,20 @@ impl DynamoStore {
                 client,
                 table: table.into(),
                 settings: settings.clone(),
+                bodies: None,
+            }),
+        }
+    }
+
+    /// Keeps bodies over 350 KB in `bucket` (`[store] bodies_bucket`), one object per distinct
+    /// body under `bodies/<sha256 hex>`.
+    pub fn with_bodies_bucket(self, s3: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        DynamoStore {
+            inner: Arc::new(Inner {
+                client: self.inner.client.clone(),
+                table: self.inner.table.clone(),
+                settings: self.inner.settings.clone(),
+                bodies: Some((s3, bucket.into())),
             }),
         }
     }
@@ -94,7 +109,7 @@ fn not_complete(what: &str) -> StoreError {
     }
 }
 
-/// Error codes after which the same request may succeed later: DynamoDB throttled it or had
+/// Error codes after which the same request may succeed later: DynamoDB (or S3) throttled it or had
 /// a fault of its own (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>).
 const RETRY_LATER_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
@@ -103,6 +118,10 @@ const RETRY_LATER_CODES: &[&str] = &[
     "InternalServerError",
     "ServiceUnavailable",
     "TransactionInProgressException",
+    // S3's, for the bodies bucket
+    // (<https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html>).
+    "SlowDown",
+    "InternalError",
 ];
 
 /// Sorts an SDK error of `operation` (`"DynamoDB PutItem"`) that the SDK's own retries did not
