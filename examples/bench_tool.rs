@@ -7,7 +7,7 @@
 //!
 //! `bench_tool seed STATE_DIR N`: adds N deliveries to the journal through its own API (9 of
 //! 10 ignored, 1 of 10 accepted with its build run and deployed), received over the last year in time
-//! order, in transactions of 5,000 (`Journal::admit_all`), pruning with the default `[journal]`
+//! order, in transactions of 5,000 (`Store::admit_all`), pruning with the default `[journal]`
 //! retention every 50,000 (as a running slipway would).
 //!
 //! `bench_tool pending STATE_DIR N`: adds N accepted pushes received now whose builds are
@@ -23,9 +23,9 @@ use std::io::Write;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use slipway::ids::{AppName, CommitSha, DeliveryId, HookId};
-use slipway::journal::{
+use slipway::store::{
     deploy_state, Admission, BuildCompletion, BuildRequest, CompletionOutcome, DeploymentUpdate,
-    Journal, NewDelivery, Source, Verdict,
+    NewDelivery, Source, Store, Verdict,
 };
 
 /// Deliveries written per transaction (one sync each) by `seed` and `pending`.
@@ -89,9 +89,9 @@ fn requests(file: &str, n: u64, branch: &str, prefix: &str) {
 }
 
 async fn seed(state_dir: &str, n: u64) {
-    let journal = Journal::open(std::path::Path::new(state_dir)).expect("open the journal");
+    let journal = Store::open(std::path::Path::new(state_dir)).expect("open the journal");
     let template = template();
-    let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
+    let now = slipway::store::millis(time::OffsetDateTime::now_utc());
     let started = std::time::Instant::now();
     let settings = slipway::config::JournalConfig::default();
     const PRUNE_EVERY: u64 = 50_000;
@@ -128,7 +128,7 @@ async fn seed(state_dir: &str, n: u64) {
 }
 
 /// A seeded build ran long ago: started, succeeded, deployed.
-async fn finish(journal: &Journal, build_row: i64, now: i64) {
+async fn finish(journal: &Store, build_row: i64, now: i64) {
     let build_id = format!("web-build:{build_row}");
     journal
         .build_started(build_row, build_id.clone(), None, now)
@@ -191,9 +191,9 @@ fn seed_delivery(template: &Value, i: u64, n: u64, now: i64) -> (NewDelivery, Ve
 }
 
 async fn pending(state_dir: &str, n: u64) {
-    let journal = Journal::open(std::path::Path::new(state_dir)).expect("open the journal");
+    let journal = Store::open(std::path::Path::new(state_dir)).expect("open the journal");
     let template = template();
-    let now = slipway::journal::millis(time::OffsetDateTime::now_utc());
+    let now = slipway::store::millis(time::OffsetDateTime::now_utc());
     for range in chunks(n) {
         let chunk: Vec<(NewDelivery, Verdict)> = range
             .map(|i| {
@@ -234,13 +234,13 @@ fn floor(n: usize) {
         slipway::webhook::verify(&secrets, Some(&signatures[i]), &bodies[i]).expect("signed");
     });
     let digest = per_push(&|i| {
-        black_box(slipway::journal::body_digest(&bodies[i]));
+        black_box(slipway::store::body_digest(&bodies[i]));
     });
     let parse = per_push(&|i| {
         black_box(slipway::webhook::Push::parse(&bodies[i]).expect("a push"));
     });
     let zstd = per_push(&|i| {
-        black_box(slipway::journal::encode_body(&bodies[i]));
+        black_box(slipway::store::encode_body(&bodies[i]));
     });
     println!(
         "floor, one core, per push of {} bytes: HMAC {hmac:.1} µs, SHA-256 {digest:.1} µs, \

@@ -1,7 +1,7 @@
 //! Backups of the journal (issue 21): `slipway backup --to`, `slipway restore --from`, and the
 //! schedule `[journal] backup_to` / `backup_every_hours` / `backup_keep`.
 //!
-//! A backup is a consistent copy (see `journal::backup`) written to a file or uploaded to S3.
+//! A backup is a consistent copy (see `store::sqlite::backup`) written to a file or uploaded to S3.
 //! While `serve` holds the journal, `slipway backup` asks it through the ops API
 //! (`POST /api/backups`), which takes the copy itself. Each scheduled copy gets a timestamp in
 //! its name (`journal.db` → `journal-20261204T190000Z.db`), and copies beyond `backup_keep` are
@@ -20,14 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::BackupLocation;
-use crate::journal::backup::BackupSummary;
-use crate::journal::{Journal, JournalError};
 use crate::readiness::{BackupOutcome, Readiness};
+use crate::store::sqlite::backup::BackupSummary;
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error(transparent)]
-    Journal(#[from] JournalError),
+    Journal(#[from] StoreError),
     #[error("S3 {operation} s3://{bucket}/{key}: {message}")]
     S3 {
         operation: &'static str,
@@ -216,7 +216,7 @@ pub async fn prune(
 /// (the state_dir) first: a file target is then renamed into place (never half-written), an
 /// S3 target uploaded in one PutObject (at most 5 GB).
 pub async fn take(
-    journal: &Journal,
+    journal: &Store,
     s3: &aws_sdk_s3::Client,
     staging: &Path,
     to: &BackupLocation,
@@ -329,7 +329,7 @@ pub async fn fetch(
 
 /// Backups taken by the server: on request (`POST /api/backups`) and on schedule.
 pub struct Backups {
-    pub journal: Journal,
+    pub journal: Store,
     pub s3: aws_sdk_s3::Client,
     pub clock: SharedClock,
     pub readiness: Arc<Readiness>,
@@ -341,7 +341,7 @@ pub struct Backups {
 
 impl Backups {
     pub fn new(
-        journal: Journal,
+        journal: Store,
         s3: aws_sdk_s3::Client,
         clock: SharedClock,
         readiness: Arc<Readiness>,
@@ -421,7 +421,7 @@ impl Backups {
     }
 
     /// The last backup's outcome, from the journal (it outlives restarts).
-    pub async fn last(&self) -> Result<Option<BackupOutcome>, JournalError> {
+    pub async fn last(&self) -> Result<Option<BackupOutcome>, StoreError> {
         self.journal.last_backup().await
     }
 
@@ -491,7 +491,7 @@ pub async fn backup_command(
     server: &str,
     insecure: bool,
 ) -> anyhow::Result<()> {
-    let taken: Taken = match Journal::open_read_only(&config.state_dir) {
+    let taken: Taken = match Store::open_configured_read_only(config) {
         Ok(journal) => {
             let s3 = match to {
                 BackupLocation::S3 { .. } => s3_client().await?,
@@ -507,7 +507,7 @@ pub async fn backup_command(
             .await
             .with_context(|| format!("backing up the journal to {to}"))?
         }
-        Err(JournalError::ServerRunning { host, .. }) => {
+        Err(StoreError::ServerRunning { host, .. }) => {
             eprintln!("slipway is running on {host}: asking it ({server}) to take the backup");
             let v = crate::client::Client::new(server, insecure)?
                 .post("/api/backups", &serde_json::json!({ "to": to.to_string() }))
@@ -530,7 +530,8 @@ pub async fn restore_command(
     config: &crate::config::Config,
     from: &BackupLocation,
 ) -> anyhow::Result<()> {
-    use crate::journal::lock::{Holder, JournalLock, LockError};
+    use crate::store::sqlite::lock::{Holder, JournalLock, LockError};
+    crate::store::Store::check_engine(&config.store)?;
     let state_dir = &config.state_dir;
     let lock = match JournalLock::try_exclusive(state_dir, &Holder::this_process(None)) {
         Ok(lock) => lock,
@@ -557,14 +558,14 @@ pub async fn restore_command(
             "cannot read the backup {from}: {e}; the journal was not changed"
         ));
     }
-    let summary = match crate::journal::backup::check_backup(&candidate) {
+    let summary = match crate::store::sqlite::backup::check_backup(&candidate) {
         Ok(summary) => summary,
         Err(e) => {
             let _ = std::fs::remove_file(&candidate);
             anyhow::bail!("refused {from}: {e}; the journal was not changed");
         }
     };
-    let aside = crate::journal::backup::put_in_place(state_dir, &lock, &candidate, &now)
+    let aside = crate::store::sqlite::backup::put_in_place(state_dir, &lock, &candidate, &now)
         .with_context(|| format!("putting {from} in place"))?;
     println!(
         "restored {from} into {} (schema version {}, {} deliveries, {} deployments, {} bytes; \

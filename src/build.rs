@@ -19,7 +19,7 @@ use crate::aws::AwsError;
 use crate::clock::SharedClock;
 use crate::config::BuildRetry;
 use crate::github::BuildState;
-use crate::journal::{millis, Journal, PendingBuild};
+use crate::store::{millis, PendingBuild, Store};
 
 /// Most StartBuild calls in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
@@ -51,7 +51,7 @@ impl Breaker {
 }
 
 pub struct BuildStarter {
-    pub journal: Journal,
+    pub journal: Store,
     pub codebuild: aws_sdk_codebuild::Client,
     pub clock: SharedClock,
     pub wake: Arc<Notify>,
@@ -328,7 +328,7 @@ impl BuildStarter {
         millis(self.clock.now())
     }
 
-    fn record(&self, result: Result<(), crate::journal::JournalError>) {
+    fn record(&self, result: Result<(), crate::store::StoreError>) {
         if let Err(e) = result {
             tracing::error!(error = %e, "build worker: could not journal the outcome");
         }

@@ -17,7 +17,7 @@ use crate::client::Client;
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::http::{self as server, Services};
-use crate::journal::{DeliverySummary, Journal};
+use crate::store::{DeliverySummary, Store};
 
 /// Where the CLI looks for a running slipway unless `--server` or `SLIPWAY_SERVER` says
 /// otherwise: the admin listener.
@@ -374,7 +374,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => {
                     let config = Config::load(&source.config.config)?;
-                    let journal = Journal::open_read_only(&config.state_dir)?;
+                    let journal = Store::open_configured_read_only(&config)?;
                     journal.recent_deliveries(limit).await?
                 }
             };
@@ -405,7 +405,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             anyhow::bail!("unknown app {app}");
                         }
                     }
-                    let journal = Journal::open_read_only(&config.state_dir)?;
+                    let journal = Store::open_configured_read_only(&config)?;
                     journal.recent_deployments(app.clone(), limit).await?
                 }
             };
@@ -611,11 +611,14 @@ async fn require_region() -> anyhow::Result<aws_config::SdkConfig> {
 async fn check_config(path: &std::path::Path, aws: bool) -> anyhow::Result<()> {
     let loaded = Config::load(path)?;
     let shared = crate::aws::shared_config().await;
-    let problems = crate::startup::check_serve_environment(
+    let mut problems = crate::startup::check_serve_environment(
         &loaded,
         |name| std::env::var(name).ok(),
         shared.region().map(|r| r.as_ref()),
     );
+    if let Err(e) = Store::check_engine(&loaded.store) {
+        problems.push(e.to_string());
+    }
     for p in &problems {
         eprintln!("{}: {p}", path.display());
     }
@@ -646,6 +649,7 @@ async fn check_config(path: &std::path::Path, aws: bool) -> anyhow::Result<()> {
 
 async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let mut config = Config::load(path)?;
+    Store::check_engine(&config.store)?;
     let keys = crate::webhook_keys::Keyring::load(&config, &|name| std::env::var(name).ok())?;
     let shared = require_region().await?;
     let notify =
@@ -802,7 +806,7 @@ fn revision(arn: &Option<String>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-fn print_deployments(rows: &[crate::journal::Deployment], app: Option<&str>, json: bool) {
+fn print_deployments(rows: &[crate::store::Deployment], app: Option<&str>, json: bool) {
     if json {
         return print_json(rows);
     }
@@ -818,7 +822,7 @@ fn print_deployments(rows: &[crate::journal::Deployment], app: Option<&str>, jso
         .map(|d| {
             [
                 d.id.to_string(),
-                crate::journal::format_millis(d.created_ms),
+                crate::store::format_millis(d.created_ms),
                 d.app.clone(),
                 d.sha.chars().take(7).collect(),
                 d.state.clone(),

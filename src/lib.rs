@@ -24,15 +24,15 @@ mod http;
 pub mod ids;
 pub mod image;
 mod init;
-pub mod journal;
 mod metrics;
 mod notify;
 mod ops;
 mod page;
 pub mod provision;
 mod push_filter;
-mod readiness;
+pub mod readiness;
 mod startup;
+pub mod store;
 pub mod webhook;
 mod webhook_keys;
 

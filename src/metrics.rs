@@ -17,8 +17,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Config;
-use crate::journal::deploy_state;
-use crate::journal::{Journal, JournalError};
+use crate::store::deploy_state;
+use crate::store::{Store, StoreError};
 
 // `metrics` reads the journal's plain numbers (`pending_builds`, `notify_outbox_stats`) and the
 // configuration; nothing below it imports `metrics`, and the modules that emit name only the
@@ -241,7 +241,7 @@ fn register_zero(config: &Config) {
 }
 
 /// The text of a scrape: the scrape-time gauges read from the journal, then everything.
-pub async fn render(journal: &Journal, now_ms: i64) -> Result<String, JournalError> {
+pub async fn render(journal: &Store, now_ms: i64) -> Result<String, StoreError> {
     let pending = journal.pending_builds(now_ms).await?;
     metrics::gauge!(BUILDS_PENDING).set(pending.count as f64);
     metrics::gauge!(OLDEST_PENDING_BUILD_AGE).set(pending.oldest_age_ms as f64 / 1000.0);

@@ -13,9 +13,9 @@ use crate::aws::{AwsError, Clients};
 use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
 use crate::ids::{CommitSha, DeliveryId, HookId};
-use crate::journal::{
-    deploy_state, millis, trigger, Admission, Deployment, Journal, JournalError, NewDelivery,
-    NewDeployment, Source, Verdict,
+use crate::store::{
+    deploy_state, millis, trigger, Admission, Deployment, NewDelivery, NewDeployment, Source,
+    Store, StoreError, Verdict,
 };
 use crate::webhook::{decide, ContentType};
 
@@ -35,7 +35,7 @@ pub enum OpsError {
     #[error("{0}")]
     Aws(String),
     #[error("{0}")]
-    Journal(#[from] JournalError),
+    Journal(#[from] StoreError),
 }
 
 impl OpsError {
@@ -86,7 +86,7 @@ pub struct Replayed {
 #[derive(Clone)]
 pub struct Ops {
     pub config: Arc<Config>,
-    pub journal: Journal,
+    pub journal: Store,
     pub aws: Clients,
     pub clock: SharedClock,
     pub build_wake: Arc<Notify>,

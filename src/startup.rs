@@ -114,8 +114,8 @@ pub async fn take_journal(
     config: &Config,
     readiness: &Readiness,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Option<crate::journal::Journal>> {
-    use crate::journal::lock::{Holder, JournalLock};
+) -> anyhow::Result<Option<crate::store::Store>> {
+    use crate::store::sqlite::lock::{Holder, JournalLock};
     use anyhow::Context;
     let state_dir = config.state_dir.clone();
     let me = Holder::this_process(ecs_task_arn(|name| std::env::var(name).ok()).await);
@@ -159,7 +159,7 @@ pub async fn take_journal(
     ));
     let settings = config.journal.clone();
     let journal = tokio::task::spawn_blocking(move || {
-        crate::journal::Journal::open_locked(&state_dir, lock, &settings)
+        crate::store::Store::open_locked(&state_dir, lock, &settings)
     })
     .await
     .context("the journal's opening task failed")?

@@ -10,8 +10,8 @@ use sha2::Sha256;
 
 use crate::config::{AppConfig, Config, WebhookSecrets};
 use crate::ids::CommitSha;
-use crate::journal::{BuildRequest, SkippedApp, Verdict};
 use crate::push_filter::{self, AppDecision, ChangedFilesSource, Changes, PushFiles};
+use crate::store::{BuildRequest, SkippedApp, Verdict};
 
 /// GitHub's payload cap.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;

@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 
 use super::reply::{escape, outcome};
 use crate::config::AppConfig;
-use crate::journal::deploy_state;
 use crate::ops::Ops;
+use crate::store::deploy_state;
 
 /// Slack waits 3 s for the answer; work that takes longer answers through `response_url`.
 const ANSWER_WITHIN: Duration = Duration::from_millis(2500);

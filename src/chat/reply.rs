@@ -4,8 +4,8 @@ use serde_json::Value;
 
 use super::command::{SlashCommand, DEPLOY_USAGE, ROLLBACK_USAGE, STATUS_USAGE};
 use crate::config::Config;
-use crate::journal::deploy_state;
 use crate::ops::{AppStatus, OpsError};
+use crate::store::deploy_state;
 
 /// Text from outside (app names, SHAs, error messages) made safe for Slack's markup.
 pub(super) fn escape(s: &str) -> String {
@@ -154,7 +154,7 @@ pub(super) fn outcome(d: &Value, mention: Option<&str>) -> String {
     let by = mention
         .map(|m| format!(" (requested by {m})"))
         .unwrap_or_default();
-    let kind = if d["trigger"] == crate::journal::trigger::ROLLBACK {
+    let kind = if d["trigger"] == crate::store::trigger::ROLLBACK {
         "Rollback"
     } else {
         "Deployment"

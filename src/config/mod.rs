@@ -14,6 +14,7 @@ use crate::ids::AppName;
 
 pub mod github;
 pub mod notify;
+pub mod store;
 
 pub use notify::NotifyConfig;
 
@@ -85,6 +86,8 @@ struct RawConfig {
     chat: RawChat,
     #[serde(default)]
     journal: JournalConfig,
+    #[serde(default)]
+    store: store::RawStoreConfig,
     /// Optional GitHub API access (issue 11): statuses, deployments, recovery.
     github: Option<github::RawGithubConfig>,
 }
@@ -206,6 +209,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Retention and queueing of the journal.
     pub journal: JournalConfig,
+    /// Which engine holds the state (`[store]`).
+    pub store: store::StoreConfig,
 }
 
 /// The `[chat]` table.
@@ -564,6 +569,7 @@ impl RawConfig {
             },
             github,
             journal: self.journal.validate()?,
+            store: self.store.validate()?,
         })
     }
 }

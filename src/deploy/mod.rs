@@ -27,8 +27,8 @@ use crate::aws::AwsError;
 use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
 use crate::image::ImageRef;
-use crate::journal::{deploy_state, millis, Deployment, DeploymentUpdate, Journal};
 use crate::notify::{EventKind, Notification, Notifier};
+use crate::store::{deploy_state, millis, Deployment, DeploymentUpdate, Store};
 use rollout::{evaluate, Earlier, Rollout, Verdict};
 use taskdef::NewRevision;
 
@@ -147,7 +147,7 @@ type DescribedTaskDefinition =
     aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionOutput;
 
 pub struct Deployer {
-    pub journal: Journal,
+    pub journal: Store,
     pub ecs: aws_sdk_ecs::Client,
     pub ecr: aws_sdk_ecr::Client,
     pub clock: SharedClock,
@@ -166,7 +166,7 @@ pub struct Deployer {
 
 impl Deployer {
     pub fn new(
-        journal: Journal,
+        journal: Store,
         aws: &crate::aws::Clients,
         clock: SharedClock,
         config: Arc<Config>,
@@ -1665,7 +1665,7 @@ fn earlier_has(earlier: &Earlier<'_>, td: Option<&str>) -> bool {
     td.is_some_and(|td| td == earlier.from_td || Some(td) == earlier.original)
 }
 
-fn journal_stop(e: crate::journal::JournalError) -> Stop {
+fn journal_stop(e: crate::store::StoreError) -> Stop {
     Stop::Interrupted(format!("journal: {e}"))
 }
 

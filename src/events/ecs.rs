@@ -12,7 +12,7 @@
 use aws_sdk_sqs::types::Message;
 use serde::Deserialize;
 
-use crate::journal::{millis, RejectedEvent};
+use crate::store::{millis, RejectedEvent};
 
 /// The only detail type handled here.
 pub const DETAIL_TYPE: &str = "ECS Deployment State Change";

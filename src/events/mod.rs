@@ -22,17 +22,17 @@ use crate::aws::AwsError;
 use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
 use crate::ids::CommitSha;
-use crate::journal::{
-    deploy_state, millis, trigger, BuildCompletion, CompletionOutcome, Journal, JournalError,
-    NewDeployment,
-};
 use crate::notify::{EventKind, Notification, Notifier};
+use crate::store::{
+    deploy_state, millis, trigger, BuildCompletion, CompletionOutcome, NewDeployment, Store,
+    StoreError,
+};
 use codebuild::{build_id_from_arn, parse_event, BuildStatus};
 
 /// Turns a build's terminal state into journal records, notifications and deploys. Shared by
 /// the SQS consumer and the reconciler, so both paths behave the same.
 pub struct BuildResults {
-    pub journal: Journal,
+    pub journal: Store,
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub notifier: Notifier,
@@ -58,7 +58,7 @@ impl BuildResults {
         &self,
         app: &AppConfig,
         result: BuildResult,
-    ) -> Result<Option<i64>, JournalError> {
+    ) -> Result<Option<i64>, StoreError> {
         if !result.status.is_terminal() {
             return Ok(None);
         }
@@ -365,7 +365,7 @@ impl Running {
             account = ?crate::webhook::clip(&event.account),
             "event rejected; not deploying"
         );
-        let record = crate::journal::RejectedEvent {
+        let record = crate::store::RejectedEvent {
             message_id: message.message_id().map(str::to_owned),
             build_id: Some(event.build_id().to_owned()),
             source: Some(event.source.clone()),

@@ -66,7 +66,7 @@ impl Health {
 
     fn failed(&self, why: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        let now = crate::journal::millis(self.clock.now());
+        let now = crate::store::millis(self.clock.now());
         *self.last_error.lock().expect("health lock") = Some((why.to_owned(), now));
     }
 
@@ -77,7 +77,7 @@ impl Health {
             requests_failed: self.failed.load(Ordering::Relaxed),
             last_error_at: last
                 .as_ref()
-                .map(|(_, at)| crate::journal::format_millis(*at)),
+                .map(|(_, at)| crate::store::format_millis(*at)),
             last_error: last.map(|(why, _)| why),
         }
     }
@@ -100,7 +100,7 @@ impl Github {
         credentials: Credentials,
         cfg: GithubConfig,
         config: Arc<crate::config::Config>,
-        journal: crate::journal::Journal,
+        journal: crate::store::Store,
         clock: crate::clock::SharedClock,
     ) -> Result<Github, GithubError> {
         let health = Arc::new(Health::new(clock.clone()));

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::client::{As, Client};
 use super::{GithubError, Hook, HookOwner, RECOVERY_ACTOR};
 use crate::clock::SharedClock;
-use crate::journal::{millis, Journal, NewRecovery, RecoveryState};
 use crate::readiness::{Readiness, Recovery as ReadyState};
+use crate::store::{millis, NewRecovery, RecoveryState, Store};
 
 /// Deliveries asked for per page (GitHub's maximum).
 const PER_PAGE: u32 = 100;
@@ -45,7 +45,7 @@ const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(300);
 /// The recovery loop. Run it with [`Recovery::run`].
 pub struct Recovery {
     pub(super) client: Arc<Client>,
-    pub(super) journal: Journal,
+    pub(super) journal: Store,
     pub(super) hooks: Vec<Hook>,
     pub(super) every: Duration,
     pub(super) window: Duration,

@@ -22,8 +22,8 @@ use super::client::{As, Client};
 use super::GithubError;
 use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
-use crate::journal::{millis, GithubDeployment, Journal};
 use crate::notify::{EventKind, Flushing, Notification, Target};
+use crate::store::{millis, GithubDeployment, Store};
 
 /// Events waiting to be posted; more are dropped (with a warning), like notifications.
 const QUEUE_CAPACITY: usize = 1024;
@@ -81,7 +81,7 @@ impl GithubSink {
     pub(super) fn start(
         client: Arc<Client>,
         config: Arc<Config>,
-        journal: Journal,
+        journal: Store,
         clock: SharedClock,
         give_up_after: Duration,
     ) -> GithubSink {
@@ -167,7 +167,7 @@ impl Target for GithubSink {
 struct Worker {
     client: Arc<Client>,
     config: Arc<Config>,
-    journal: Journal,
+    journal: Store,
     clock: SharedClock,
     /// An update not posted by this age is given up.
     give_up_after: Duration,
@@ -184,7 +184,7 @@ struct Status<'a> {
 /// Puts each update in the journal's outbox, in the order they came, and wakes the poster.
 async fn keep(
     mut rx: mpsc::Receiver<Event>,
-    journal: Journal,
+    journal: Store,
     clock: SharedClock,
     wake: Arc<Notify>,
     pending: Arc<watch::Sender<usize>>,

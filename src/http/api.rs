@@ -221,7 +221,7 @@ async fn notifications(
     State(state): State<AppState>,
     Query(q): Query<NotificationsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    use crate::journal::notify_state;
+    use crate::store::notify_state;
     let limit = limit(&ListQuery {
         app: None,
         state: None,

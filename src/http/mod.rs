@@ -37,8 +37,8 @@ use crate::clock::SharedClock;
 use crate::config::{Config, OpsTokens, ServerLimits};
 use crate::deploy::Deployer;
 use crate::events::{BuildResults, Consumer, Reconciler};
-use crate::journal::Journal;
 use crate::notify::{Notifier, Target};
+use crate::store::Store;
 pub use starting::answer_while_starting;
 
 /// What every request handler can reach: one `Arc`, so a request clones a pointer, not every
@@ -50,7 +50,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// The webhook secrets and the repositories each may sign for.
     pub keys: Arc<crate::webhook_keys::Keyring>,
-    pub journal: Journal,
+    pub journal: Store,
     pub clock: SharedClock,
     pub build_wake: Arc<Notify>,
     pub limits: ServerLimits,
@@ -78,7 +78,7 @@ pub struct Shared {
 pub struct Services {
     pub config: Config,
     pub keys: crate::webhook_keys::Keyring,
-    pub journal: Journal,
+    pub journal: Store,
     pub clock: SharedClock,
     pub aws: Clients,
     /// Slack's and the generic webhook's URLs (checked; their outboxes start with the server).
@@ -228,7 +228,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         let body = json!({ "status": "not ready", "error": why });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let now = crate::journal::millis(state.clock.now());
+    let now = crate::store::millis(state.clock.now());
     let facts = state.readiness.facts();
     let writable = tokio::time::timeout(
         std::time::Duration::from_secs(3),
@@ -236,7 +236,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     );
     match writable
         .await
-        .unwrap_or_else(|_| Err(crate::journal::JournalError::Busy("".into())))
+        .unwrap_or_else(|_| Err(crate::store::StoreError::Busy("".into())))
     {
         Ok(()) if !facts.problems().is_empty() => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -379,7 +379,7 @@ pub async fn run(
     );
 
     worker_tasks.spawn(
-        crate::journal::Retention {
+        crate::store::Retention {
             journal: journal.clone(),
             clock: clock.clone(),
             settings: config.journal.clone(),

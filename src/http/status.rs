@@ -36,7 +36,7 @@ async fn deployment_page(State(state): State<AppState>, Path(id): Path<String>) 
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let now = crate::journal::millis(state.clock.now());
+    let now = crate::store::millis(state.clock.now());
     match crate::metrics::render(&state.journal, now).await {
         Ok(text) => (
             [(
@@ -50,7 +50,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-fn unavailable(what: &str, e: &crate::journal::JournalError) -> Response {
+fn unavailable(what: &str, e: &crate::store::StoreError) -> Response {
     tracing::error!(error = %e, "{what}: journal read failed");
     (
         StatusCode::SERVICE_UNAVAILABLE,

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::body::{declared_too_large, error, header, read_body};
 use super::AppState;
 use crate::ids::{DeliveryId, HookId};
-use crate::journal::{Admission, NewDelivery, Source};
+use crate::store::{Admission, NewDelivery, Source};
 use crate::webhook::{
     clip, decide, hook_bound, repository_of, signature_header, skipped_json, ContentType,
     MAX_BODY_BYTES,
@@ -134,7 +134,7 @@ async fn handle_request(state: AppState, request: axum::extract::Request) -> Res
         source: Source::Github,
         actor: None,
         replay_of: None,
-        received_ms: crate::journal::millis(state.clock.now()),
+        received_ms: crate::store::millis(state.clock.now()),
         content_type: content_type.as_str().to_owned(),
         headers: kept_headers(&headers),
         body,
@@ -157,8 +157,9 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
     let delivery_id = delivery.delivery_id.clone();
     let admission = match state.journal.admit(delivery, verdict).await {
         Ok((_, admission)) => admission,
-        Err(crate::journal::JournalError::Busy(why)) => {
-            tracing::warn!(%why, "webhook: journal busy; asking GitHub to retry");
+        Err(e) if e.retry_later().is_some() => {
+            let why = e.retry_later().unwrap_or_default();
+            tracing::warn!(%why, "webhook: store busy or unavailable; asking GitHub to retry");
             let mut busy = error(StatusCode::SERVICE_UNAVAILABLE, &format!("busy: {why}"));
             busy.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -30,7 +30,7 @@ use super::message::{one_line, slack_payload, webhook_payload};
 use super::{drained, Flushing, Notification, Target};
 use crate::clock::SharedClock;
 use crate::config::NotifyConfig;
-use crate::journal::{millis, Journal, PendingNotification};
+use crate::store::{millis, PendingNotification, Store};
 
 /// Notifications waiting to be journaled; more are dropped (with a warning and a count).
 const QUEUE_CAPACITY: usize = 1024;
@@ -125,7 +125,7 @@ impl Endpoints {
     pub fn start(
         self,
         cfg: &NotifyConfig,
-        journal: Journal,
+        journal: Store,
         clock: SharedClock,
     ) -> Result<Vec<Arc<dyn Target>>, NotifyError> {
         if self.targets.is_empty() {
@@ -213,7 +213,7 @@ struct Poster {
     kind: Kind,
     url: Url,
     client: reqwest::Client,
-    journal: Journal,
+    journal: Store,
     clock: SharedClock,
     settings: NotifyConfig,
     pending: Arc<watch::Sender<usize>>,
@@ -361,7 +361,7 @@ impl Poster {
 async fn keep(
     kind: Kind,
     mut rx: mpsc::Receiver<Notification>,
-    journal: Journal,
+    journal: Store,
     clock: SharedClock,
     wake: Arc<Notify>,
     pending: Arc<watch::Sender<usize>>,
@@ -560,7 +560,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::super::{EventKind, Notifier};
-    use crate::journal::notify_state;
+    use crate::store::notify_state;
 
     const SHA: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c";
     const LOG: &str = "https://console.aws.amazon.com/cloudwatch/home?region=eu-west-1#logEvent:group=/aws/codebuild/web;stream=5f2c8e1a";
@@ -699,7 +699,7 @@ mod tests {
     /// A notifier with the given targets' outboxes in a journal of its own.
     struct Harness {
         notifier: Notifier,
-        journal: Journal,
+        journal: Store,
         _dir: tempfile::TempDir,
     }
 
@@ -712,7 +712,7 @@ mod tests {
             vars.push(("TEST_WEBHOOK_URL", url));
         }
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = Store::open(dir.path()).unwrap();
         let targets = Endpoints::from_config(&cfg, env(&vars))
             .unwrap()
             .start(&cfg, journal.clone(), Arc::new(crate::clock::SystemClock))
@@ -1195,7 +1195,7 @@ mod tests {
         };
         let endpoints = Endpoints::from_config(&cfg, env(&[("S", url), ("W", generic)])).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = Store::open(dir.path()).unwrap();
         let debug_endpoints = format!("{endpoints:?}");
         let notifier = Notifier::new(
             endpoints
@@ -1222,7 +1222,7 @@ mod tests {
     async fn nothing_configured_starts_nothing() {
         let cfg = NotifyConfig::default();
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = Store::open(dir.path()).unwrap();
         let targets = Endpoints::from_config(&cfg, env(&[]))
             .unwrap()
             .start(&cfg, journal, Arc::new(crate::clock::SystemClock))

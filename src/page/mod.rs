@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::journal::{
-    build_state, deploy_state, format_millis, notify_state, Deployment, Journal,
-    NotificationRecord, Run,
-};
 use crate::ops::{AppStatus, Ops};
+use crate::store::{
+    build_state, deploy_state, format_millis, notify_state, Deployment, NotificationRecord, Run,
+    Store,
+};
 
 /// Runs listed on the front page.
 const RECENT_RUNS: u32 = 30;
@@ -64,8 +64,8 @@ impl StatusCache {
 pub async fn status(
     ops: &Ops,
     cache: &StatusCache,
-    journal: &Journal,
-) -> Result<String, crate::journal::JournalError> {
+    journal: &Store,
+) -> Result<String, crate::store::StoreError> {
     let apps = cache.get(ops).await;
     let mut since = Vec::with_capacity(apps.len());
     for app in apps.iter() {
@@ -115,9 +115,9 @@ pub async fn status(
 
 /// GET /deployments/{id}: one deployment and its rollout. None when there is no such id.
 pub async fn deployment(
-    journal: &Journal,
+    journal: &Store,
     id: i64,
-) -> Result<Option<String>, crate::journal::JournalError> {
+) -> Result<Option<String>, crate::store::StoreError> {
     let Some(d) = journal.deployment(id).await? else {
         return Ok(None);
     };
@@ -150,8 +150,8 @@ pub async fn deployment(
 
 /// Notifications given up, and pending ones whose attempts failed, newest first.
 async fn troubled_notifications(
-    journal: &Journal,
-) -> Result<Vec<NotificationRecord>, crate::journal::JournalError> {
+    journal: &Store,
+) -> Result<Vec<NotificationRecord>, crate::store::StoreError> {
     let mut rows = journal
         .notifications(Some(notify_state::PENDING.into()), TROUBLED_NOTIFICATIONS)
         .await?;
@@ -284,9 +284,9 @@ fn in_progress(run: &Run) -> bool {
 
 /// When the task definition the app runs now was put there by slipway, if it was.
 async fn running_since(
-    journal: &Journal,
+    journal: &Store,
     app: &AppStatus,
-) -> Result<Option<i64>, crate::journal::JournalError> {
+) -> Result<Option<i64>, crate::store::StoreError> {
     let Some(td) = &app.task_definition else {
         return Ok(None);
     };

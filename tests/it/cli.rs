@@ -282,6 +282,45 @@ api_url = \"http://127.0.0.1:9\"",
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
+/// Issue 25: `[store] engine = "dynamodb"` is refused, clearly, by every command that would
+/// touch the state, until the engine is complete: never a silent fall back to the SQLite
+/// journal (state written where the operator did not ask for it is state they do not keep).
+#[test]
+fn the_unfinished_dynamodb_engine_is_refused_and_nothing_falls_back_to_sqlite() {
+    let b = SlipwayBuilder::new(&closed_endpoint())
+        .extra("[store]\nengine = \"dynamodb\"\ntable = \"slipway\"");
+    let config = b.config_path();
+    let config = config.to_str().unwrap();
+    let backup = b.state_dir().with_extension("backup.db");
+    let backup = backup.to_str().unwrap();
+    for args in [
+        ["serve", "--config", config].as_slice(),
+        &["check-config", "--config", config],
+        &["deliveries", "--config", config],
+        &["backup", "--config", config, "--to", backup],
+        &["restore", "--config", config, "--from", backup],
+    ] {
+        let (code, out, err) = cli(&b, &[], args);
+        assert_eq!(code, Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains("the DynamoDB engine is not complete in this version"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !b.state_dir().join("journal.db").exists(),
+        "no SQLite journal was made instead"
+    );
+
+    // A [store] key that does not exist is named, as everywhere in the config.
+    let typo = b
+        .clone()
+        .extra("[store]\nengine = \"dynamodb\"\ntabel = \"slipway\"");
+    let (code, _, err) = cli(&typo, &[], &["check-config", "--config", config]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unknown field `tabel`"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_aws_checks_the_named_resources_exist() {
     let emulator = Emulator::start().await;

@@ -625,7 +625,7 @@ impl Deploy {
     }
 
     /// The events the journal recorded as not acted on (newest first).
-    async fn ignored_events(&self) -> Vec<slipway::journal::RejectedEvent> {
+    async fn ignored_events(&self) -> Vec<slipway::store::RejectedEvent> {
         crate::support::rejected_events(&self.builder.state_dir())
     }
 }

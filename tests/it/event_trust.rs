@@ -43,7 +43,7 @@ impl Deploy {
     }
 
     /// Waits until the queue is empty; returns the journaled rejections (newest first).
-    async fn rejections(&self) -> Vec<slipway::journal::RejectedEvent> {
+    async fn rejections(&self) -> Vec<slipway::store::RejectedEvent> {
         eventually("the queue drained", || async {
             (self.emulator.queue_depth(&self.queue).await == 0).then_some(())
         })
@@ -52,7 +52,7 @@ impl Deploy {
     }
 
     /// The first event the journal rejected, once there is one.
-    async fn first_rejection(&self) -> slipway::journal::RejectedEvent {
+    async fn first_rejection(&self) -> slipway::store::RejectedEvent {
         eventually("journaled as rejected", || async {
             self.rejections().await.into_iter().next()
         })

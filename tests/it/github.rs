@@ -70,7 +70,7 @@ fn push_body(sha: &str) -> Vec<u8> {
 /// slipway's journal exists from now on, as if slipway had run once: recovery asks for no
 /// delivery older than it.
 fn journal_exists(w: &Deploy) {
-    slipway::journal::Journal::open(&w.builder.state_dir())
+    slipway::store::Store::open(&w.builder.state_dir())
         .unwrap()
         .close();
 }
@@ -956,7 +956,7 @@ fn github_in_process(
     github_extra: &str,
 ) -> (
     slipway::github::Github,
-    slipway::journal::Journal,
+    slipway::store::Store,
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -969,7 +969,7 @@ fn github_in_process(
         gh.url
     ))
     .unwrap();
-    let journal = slipway::journal::Journal::open(dir.path()).unwrap();
+    let journal = slipway::store::Store::open(dir.path()).unwrap();
     let github = slipway::github::Github::start(
         slipway::github::Credentials::Token(STATIC_TOKEN.into()),
         config.github.clone().unwrap(),

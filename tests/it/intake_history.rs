@@ -94,8 +94,8 @@ async fn replaying_a_delivery_whose_payload_was_pruned_answers_409() {
 
     // A hundred days later (the clock is injected into pruning), with the default retention.
     {
-        let journal = slipway::journal::Journal::open(&builder.state_dir()).unwrap();
-        let later = slipway::journal::millis(time::OffsetDateTime::now_utc()) + 100 * 86_400_000;
+        let journal = slipway::store::Store::open(&builder.state_dir()).unwrap();
+        let later = slipway::store::millis(time::OffsetDateTime::now_utc()) + 100 * 86_400_000;
         let settings = slipway::config::JournalConfig::default();
         let pruned = journal.prune(later, &settings).await.unwrap();
         assert_eq!(pruned.bodies_dropped, 1);

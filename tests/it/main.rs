@@ -28,3 +28,4 @@ mod provision;
 mod proxy_selftest;
 mod recovery_ready;
 mod status_page;
+mod store;

@@ -68,7 +68,7 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 /// slipway holds the journal while it serves (the CLI and `Journal::open_read_only` would be
 /// refused): the test looks inside the file read-only, as `sqlite3 -readonly` would. No API
 /// lists them.
-pub fn rejected_events(state_dir: &std::path::Path) -> Vec<::slipway::journal::RejectedEvent> {
+pub fn rejected_events(state_dir: &std::path::Path) -> Vec<::slipway::store::RejectedEvent> {
     let db = rusqlite::Connection::open_with_flags(
         state_dir.join("journal.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -82,7 +82,7 @@ pub fn rejected_events(state_dir: &std::path::Path) -> Vec<::slipway::journal::R
         .unwrap();
     let rows = stmt
         .query_map([], |r| {
-            Ok(::slipway::journal::RejectedEvent {
+            Ok(::slipway::store::RejectedEvent {
                 message_id: r.get(0)?,
                 build_id: r.get(1)?,
                 source: r.get(2)?,

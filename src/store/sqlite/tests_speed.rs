@@ -6,6 +6,7 @@ use rusqlite::Connection;
 use super::tests::{build, delivery, DAY_MS, T0};
 use super::*;
 use crate::config::JournalConfig;
+use crate::store::*;
 
 /// Bytes that do not compress (so they take the pages they say).
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -56,8 +57,8 @@ fn pages(path: &std::path::Path) -> (i64, i64) {
 #[tokio::test]
 async fn a_body_is_stored_compressed_and_read_back_as_received() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    let push = include_bytes!("../../fixtures/github/push_master.json");
+    let journal = SqliteStore::open(dir.path()).unwrap();
+    let push = include_bytes!("../../../fixtures/github/push_master.json");
     let (row, _) = journal
         .admit(delivery("d-1", "1", T0, push), build('a'))
         .await
@@ -84,7 +85,7 @@ async fn a_body_is_stored_compressed_and_read_back_as_received() {
 #[tokio::test]
 async fn admit_all_decides_each_delivery_as_admit_does_in_one_transaction() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let results = journal
         .admit_all(vec![
             (delivery("d-1", "1", T0, b"{}"), build('a')),
@@ -110,7 +111,7 @@ async fn admit_all_decides_each_delivery_as_admit_does_in_one_transaction() {
 #[tokio::test]
 async fn pruning_gives_the_freed_pages_back_to_the_file_system() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     // 400 ignored deliveries of 16 KB each: about 1,600 pages.
     journal
         .admit_all(ignored("d", 400, 16 * 1024))
@@ -159,7 +160,7 @@ async fn pruning_gives_the_freed_pages_back_to_the_file_system() {
 #[tokio::test]
 async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let writer_setting: i64 = journal
         .write(|c| Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
         .await
@@ -197,11 +198,11 @@ type Runs = std::sync::Arc<std::sync::atomic::AtomicUsize>;
 
 /// A repeatable write that stores `key` in `meta`, counts its runs, and fails if `fail`.
 fn store_key(
-    journal: &Journal,
+    journal: &SqliteStore,
     key: &'static str,
     fail: bool,
     runs: &Runs,
-) -> std::pin::Pin<Box<impl std::future::Future<Output = Result<(), JournalError>>>> {
+) -> std::pin::Pin<Box<impl std::future::Future<Output = Result<(), StoreError>>>> {
     let runs = runs.clone();
     let journal = journal.clone();
     Box::pin(async move {
@@ -210,7 +211,7 @@ fn store_key(
                 runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 c.execute("INSERT INTO meta (key, value) VALUES (?1, 'x')", [key])?;
                 if fail {
-                    return Err(JournalError::Invalid(format!("{key} fails")));
+                    return Err(StoreError::Invalid(format!("{key} fails")));
                 }
                 Ok(())
             })
@@ -221,7 +222,7 @@ fn store_key(
 #[tokio::test]
 async fn admissions_in_one_group_share_a_savepoint_and_a_failing_one_still_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let hold = dir.path().join(HOLD_FILE);
     std::fs::write(&hold, b"").unwrap();
     let runs: Vec<Runs> = (0..6).map(|_| Runs::default()).collect();
@@ -267,7 +268,7 @@ async fn admissions_in_one_group_share_a_savepoint_and_a_failing_one_still_fails
 #[tokio::test]
 async fn the_wal_file_is_emptied_once_the_journal_is_idle() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     // A reader on the snapshot before the writes keeps the checkpointer from copying them, so
     // the first check cannot race the truncation however slowly this test runs.
     let mut reader = Connection::open(dir.path().join("journal.db")).unwrap();

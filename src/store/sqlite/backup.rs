@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use super::lock::JournalLock;
-use super::{schema, Journal, JournalError};
+use super::{schema, SqliteStore, StoreError};
 
 /// What a backup holds, as read from the file itself.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -26,12 +26,12 @@ pub struct BackupSummary {
 /// The `meta` key holding the last backup's outcome (JSON).
 const LAST_BACKUP: &str = "last_backup";
 
-impl Journal {
+impl SqliteStore {
     /// Keeps the last backup's outcome (it outlives restarts: `GET /api/backups`).
     pub async fn record_backup(
         &self,
         outcome: &crate::readiness::BackupOutcome,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         let value = serde_json::to_string(outcome).expect("an outcome serializes");
         self.write(move |c| {
             c.execute(
@@ -45,9 +45,7 @@ impl Journal {
     }
 
     /// The last backup's outcome, if one was recorded.
-    pub async fn last_backup(
-        &self,
-    ) -> Result<Option<crate::readiness::BackupOutcome>, JournalError> {
+    pub async fn last_backup(&self) -> Result<Option<crate::readiness::BackupOutcome>, StoreError> {
         self.read(|c| {
             Ok(schema::meta_value(c, LAST_BACKUP)?.and_then(|v| serde_json::from_str(&v).ok()))
         })
@@ -55,17 +53,17 @@ impl Journal {
     }
 
     /// Copies the journal as it is now into `dest` (which must not exist), synced, owner-only.
-    pub async fn snapshot_into(&self, dest: PathBuf) -> Result<BackupSummary, JournalError> {
+    pub async fn snapshot_into(&self, dest: PathBuf) -> Result<BackupSummary, StoreError> {
         let source = self.path().to_owned();
         tokio::task::spawn_blocking(move || snapshot(&source, &dest))
             .await
-            .map_err(|e| JournalError::Invalid(format!("backup task failed: {e}")))?
+            .map_err(|e| StoreError::Invalid(format!("backup task failed: {e}")))?
     }
 }
 
-fn snapshot(source: &Path, dest: &Path) -> Result<BackupSummary, JournalError> {
+fn snapshot(source: &Path, dest: &Path) -> Result<BackupSummary, StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source: std::io::Error| JournalError::Create {
+    let io = |source: std::io::Error| StoreError::Create {
         path: dest.to_owned(),
         source,
     };
@@ -89,9 +87,9 @@ fn snapshot(source: &Path, dest: &Path) -> Result<BackupSummary, JournalError> {
     summarize(dest)
 }
 
-fn summarize(path: &Path) -> Result<BackupSummary, JournalError> {
+fn summarize(path: &Path) -> Result<BackupSummary, StoreError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let count = |table: &str| -> Result<i64, JournalError> {
+    let count = |table: &str| -> Result<i64, StoreError> {
         Ok(conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
     };
     Ok(BackupSummary {
@@ -105,8 +103,8 @@ fn summarize(path: &Path) -> Result<BackupSummary, JournalError> {
 /// Why `path` cannot replace a journal, if it cannot: not an SQLite database, damaged
 /// (`PRAGMA integrity_check`), a schema this release does not know and cannot use, or tables
 /// missing for its schema version.
-pub fn check_backup(path: &Path) -> Result<BackupSummary, JournalError> {
-    let unusable = |why: String| JournalError::Invalid(format!("the backup is not usable: {why}"));
+pub fn check_backup(path: &Path) -> Result<BackupSummary, StoreError> {
+    let unusable = |why: String| StoreError::Invalid(format!("the backup is not usable: {why}"));
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let integrity: Vec<String> = conn
         .prepare("PRAGMA integrity_check")
@@ -145,7 +143,7 @@ pub fn check_backup(path: &Path) -> Result<BackupSummary, JournalError> {
         schema::MIGRATIONS,
         version.min(known) as usize,
     )?;
-    let tables = |c: &Connection| -> Result<Vec<String>, JournalError> {
+    let tables = |c: &Connection| -> Result<Vec<String>, StoreError> {
         let mut stmt = c.prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
         )?;
@@ -178,10 +176,10 @@ pub fn put_in_place(
     _lock: &JournalLock,
     candidate: &Path,
     stamp: &str,
-) -> Result<Option<PathBuf>, JournalError> {
+) -> Result<Option<PathBuf>, StoreError> {
     let journal = state_dir.join("journal.db");
     let moved = |from: &Path, to: &Path| {
-        std::fs::rename(from, to).map_err(|source| JournalError::Create {
+        std::fs::rename(from, to).map_err(|source| StoreError::Create {
             path: to.to_owned(),
             source,
         })
@@ -206,7 +204,7 @@ pub fn put_in_place(
     // The renames are durable once the directory is synced.
     std::fs::File::open(state_dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| JournalError::Create {
+        .map_err(|source| StoreError::Create {
             path: state_dir.to_owned(),
             source,
         })?;

@@ -1,78 +1,11 @@
 //! Deployments: one record per deploy of a commit (or a rollback) to an ECS service.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
 
 use super::deliveries::BUILDS_OF_DELIVERY;
-use super::{build_state, Journal, JournalError};
-
-/// Deployment states, as stored.
-pub mod deploy_state {
-    pub const PENDING: &str = "pending";
-    pub const DEPLOYING: &str = "deploying";
-    pub const SUCCEEDED: &str = "succeeded";
-    pub const FAILED: &str = "failed";
-    pub const ROLLED_BACK: &str = "rolled_back";
-    pub const SUPERSEDED: &str = "superseded";
-
-    pub fn is_terminal(state: &str) -> bool {
-        !matches!(state, PENDING | DEPLOYING)
-    }
-}
-
-/// How a deployment was started.
-pub mod trigger {
-    pub const PUSH: &str = "push";
-    pub const FOREIGN_BUILD: &str = "foreign_build";
-    pub const OPERATOR: &str = "operator";
-    pub const ROLLBACK: &str = "rollback";
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Deployment {
-    pub id: i64,
-    pub app: String,
-    pub service_key: String,
-    pub sha: String,
-    pub image_tag: String,
-    pub trigger: String,
-    pub actor: Option<String>,
-    pub build_row: Option<i64>,
-    pub build_id: Option<String>,
-    pub delivery_id: Option<String>,
-    pub order_key: i64,
-    pub target_task_definition: Option<String>,
-    pub image: Option<String>,
-    pub from_task_definition: Option<String>,
-    pub to_task_definition: Option<String>,
-    pub ecs_deployment_id: Option<String>,
-    pub state: String,
-    pub reason: Option<String>,
-    pub log_link: Option<String>,
-    pub running_count: Option<i64>,
-    pub desired_count: Option<i64>,
-    pub failed_tasks: Option<i64>,
-    /// ECS's lifecycle stage of the rollout while it runs (`BAKE_TIME`, ...), when ECS says.
-    pub stage: Option<String>,
-    pub created_ms: i64,
-    pub updated_ms: i64,
-    pub started_ms: Option<i64>,
-    pub finished_ms: Option<i64>,
-    /// ECS's service deployment of the rollout (its ARN), once slipway found it.
-    pub service_deployment_arn: Option<String>,
-    /// When slipway stops waiting for the rollout (ms since the epoch) and why then.
-    pub deadline_ms: Option<i64>,
-    pub deadline_why: Option<String>,
-    /// "cannot see the service: <reason>" while slipway's looks at the rollout fail.
-    pub unseen: Option<String>,
-    /// The rollback target's original when `from_task_definition` is a copy of it (ECS's
-    /// own rollback goes back to the original).
-    pub from_original: Option<String>,
-    /// When slipway asked ECS to roll the rollout's service deployment back
-    /// (StopServiceDeployment, `ROLLBACK`), journaled before the request: ECS's rollback that
-    /// follows is this deploy's `rolled_back`, across restarts too.
-    pub rollback_requested_ms: Option<i64>,
-}
+use super::{SqliteStore, StoreError};
+use crate::store::build_state;
+use crate::store::deployments::*;
 
 const COLUMNS: &str = "id, app, service_key, sha, image_tag, trigger, actor, build_row, build_id,
     delivery_id, order_key, target_task_definition, image, from_task_definition,
@@ -119,54 +52,6 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     })
 }
 
-/// A deploy to ask for.
-#[derive(Debug, Clone)]
-pub struct NewDeployment {
-    pub app: String,
-    pub service_key: String,
-    pub sha: String,
-    pub image_tag: String,
-    pub trigger: &'static str,
-    pub actor: Option<String>,
-    pub build_row: Option<i64>,
-    pub build_id: Option<String>,
-    pub delivery_id: Option<String>,
-    /// None: rank it after every push journaled so far (explicit deploys are the newest).
-    pub order_key: Option<i64>,
-    pub target_task_definition: Option<String>,
-    pub log_link: Option<String>,
-}
-
-/// A terminal CodeBuild state for a build, from an event or from the reconciler.
-#[derive(Debug, Clone)]
-pub struct BuildCompletion {
-    pub build_id: String,
-    pub succeeded: bool,
-    /// CodeBuild's status word (`FAILED`, `TIMED_OUT`, …), for the reason.
-    pub status: String,
-    pub log_link: Option<String>,
-    /// When slipway did not start the build: deploy it anyway as this (None: don't).
-    pub foreign: Option<NewDeployment>,
-    /// The build's `SLIPWAY_RUN`: finds a build whose id was never journaled (slipway stopped
-    /// between StartBuild and recording its answer).
-    pub run_token: Option<String>,
-}
-
-/// What the journal made of a build completion.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CompletionOutcome {
-    /// Slipway did not start this build, and the app does not deploy foreign builds.
-    Foreign,
-    /// The build failed; `first_time` is false for a repeated event.
-    Failed {
-        app: String,
-        sha: String,
-        first_time: bool,
-    },
-    /// The deployment this build leads to (`created` is false for a repeated event).
-    Deploy { deployment: i64, created: bool },
-}
-
 /// Deploys of a service rank by `(pushed_at, order_key, id)`: first by when GitHub received
 /// the push (NULL, from before issue 24, counts as 0), so that a push delivered late
 /// (recovery, GitHub's redelivery, a replayed file) never ranks above one pushed after it;
@@ -183,7 +68,7 @@ fn push_rank(build_row: i64) -> i64 {
 const EXPLICIT_PUSHED_AT: &str =
     "SELECT MAX(pushed_at) FROM (SELECT pushed_at FROM builds ORDER BY id DESC LIMIT 1000)";
 
-fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64, JournalError> {
+fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64, StoreError> {
     let (order_key, pushed_at): (i64, Option<i64>) = match (d.order_key, d.build_row) {
         (Some(k), Some(row)) => {
             let pushed_at = c
@@ -243,7 +128,7 @@ fn complete_build(
     c: &Connection,
     done: &BuildCompletion,
     now: i64,
-) -> Result<CompletionOutcome, JournalError> {
+) -> Result<CompletionOutcome, StoreError> {
     type BuildRow = (i64, String, String, String, String, String, Option<String>);
     let row: Option<BuildRow> = c
         .query_row(
@@ -367,50 +252,14 @@ fn complete_build(
     })
 }
 
-/// A change to a deployment's record.
-#[derive(Debug, Clone, Default)]
-pub struct DeploymentUpdate {
-    pub state: Option<&'static str>,
-    pub reason: Option<String>,
-    pub image: Option<String>,
-    pub from_task_definition: Option<String>,
-    pub to_task_definition: Option<String>,
-    pub ecs_deployment_id: Option<String>,
-    pub started: bool,
-    /// The rollout (re)starts now: `started_ms` is set to now even if it was set before (a
-    /// resumed deploy whose UpdateService never reached ECS).
-    pub restart_clock: bool,
-    pub progress: Option<(i64, i64, i64)>,
-    /// ECS's lifecycle stage now; a terminal state clears it.
-    pub stage: Option<String>,
-    pub service_deployment_arn: Option<String>,
-    /// The deadline (ms) and why.
-    pub deadline: Option<(i64, String)>,
-    /// `Some(reason)` records that slipway cannot see the service; `Some("")` clears it; a
-    /// terminal state clears it.
-    pub unseen: Option<String>,
-    pub from_original: Option<String>,
-    /// Records that slipway is asking ECS to roll the service deployment back (the first
-    /// time counts).
-    pub rollback_requested: bool,
-}
-
-/// A build slipway started that has had no result for a while.
-#[derive(Debug, Clone)]
-pub struct InFlightBuild {
-    pub build_row: i64,
-    pub build_id: String,
-    pub app: String,
-}
-
-impl Journal {
+impl SqliteStore {
     /// Records a build's terminal state and, for a success, the deployment it leads to (once,
     /// however often CodeBuild or SQS repeat themselves).
     pub async fn complete_build(
         &self,
         done: BuildCompletion,
         now_ms: i64,
-    ) -> Result<CompletionOutcome, JournalError> {
+    ) -> Result<CompletionOutcome, StoreError> {
         self.write(move |c| complete_build(c, &done, now_ms)).await
     }
 
@@ -418,11 +267,11 @@ impl Journal {
         &self,
         d: NewDeployment,
         now_ms: i64,
-    ) -> Result<i64, JournalError> {
+    ) -> Result<i64, StoreError> {
         self.write(move |c| insert_deployment(c, &d, now_ms)).await
     }
 
-    pub async fn deployment(&self, id: i64) -> Result<Option<Deployment>, JournalError> {
+    pub async fn deployment(&self, id: i64) -> Result<Option<Deployment>, StoreError> {
         self.read(move |c| {
             Ok(c.query_row(
                 &format!("SELECT {COLUMNS} FROM deployments WHERE id = ?1"),
@@ -435,7 +284,7 @@ impl Journal {
     }
 
     /// Deployments that are not finished: pending or deploying, oldest first.
-    pub async fn unfinished_deployments(&self) -> Result<Vec<Deployment>, JournalError> {
+    pub async fn unfinished_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM deployments WHERE state IN (?1, ?2) ORDER BY id"
@@ -454,10 +303,7 @@ impl Journal {
     /// A deployment of the same service that is newer than `d` and is going ahead or went
     /// ahead: ranked after it, or (for pushes) the deploy of a push that followed `d`'s commit
     /// (its `before` is `d`'s commit), whatever order GitHub delivered them in.
-    pub async fn newer_deployment(
-        &self,
-        d: &Deployment,
-    ) -> Result<Option<Deployment>, JournalError> {
+    pub async fn newer_deployment(&self, d: &Deployment) -> Result<Option<Deployment>, StoreError> {
         let (key, order, id, sha) = (d.service_key.clone(), d.order_key, d.id, d.sha.clone());
         let automatic = d.trigger == trigger::PUSH || d.trigger == trigger::FOREIGN_BUILD;
         self.read(move |c| {
@@ -495,7 +341,7 @@ impl Journal {
         id: i64,
         u: DeploymentUpdate,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             let finished = u.state.is_some_and(deploy_state::is_terminal);
             let (running, desired, failed) = match u.progress {
@@ -559,7 +405,7 @@ impl Journal {
         &self,
         app: Option<String>,
         limit: u32,
-    ) -> Result<Vec<Deployment>, JournalError> {
+    ) -> Result<Vec<Deployment>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM deployments WHERE (?1 IS NULL OR app = ?1)
@@ -574,10 +420,7 @@ impl Journal {
     }
 
     /// Builds started before `before_ms` whose result never arrived.
-    pub async fn builds_in_flight(
-        &self,
-        before_ms: i64,
-    ) -> Result<Vec<InFlightBuild>, JournalError> {
+    pub async fn builds_in_flight(&self, before_ms: i64) -> Result<Vec<InFlightBuild>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, build_id, app FROM builds
@@ -599,14 +442,14 @@ impl Journal {
     }
 }
 
-impl Journal {
+impl SqliteStore {
     /// The task definition the newest finished deploy of a service left running (its new
     /// revision when it succeeded, the previous one when it was rolled back): a guess at what
     /// the service runs now, so the deploy can read it while it asks ECS.
     pub async fn last_deployed_task_definition(
         &self,
         service_key: &str,
-    ) -> Result<Option<String>, JournalError> {
+    ) -> Result<Option<String>, StoreError> {
         let key = service_key.to_owned();
         self.read(move |c| {
             Ok(c.query_row(
@@ -623,7 +466,7 @@ impl Journal {
     }
 
     /// Succeeded deployments of `app`, newest first.
-    pub async fn successful_deployments(&self, app: &str) -> Result<Vec<Deployment>, JournalError> {
+    pub async fn successful_deployments(&self, app: &str) -> Result<Vec<Deployment>, StoreError> {
         let app = app.to_owned();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -642,7 +485,7 @@ impl Journal {
     pub async fn deployments_of_delivery(
         &self,
         delivery_row: i64,
-    ) -> Result<Vec<Deployment>, JournalError> {
+    ) -> Result<Vec<Deployment>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM deployments WHERE build_row IN ({BUILDS_OF_DELIVERY})
@@ -657,9 +500,9 @@ impl Journal {
     }
 }
 
-impl Journal {
+impl SqliteStore {
     /// Marks builds as asked about, so the reconciler's next pass starts with others.
-    pub async fn builds_checked(&self, rows: Vec<i64>, now_ms: i64) -> Result<(), JournalError> {
+    pub async fn builds_checked(&self, rows: Vec<i64>, now_ms: i64) -> Result<(), StoreError> {
         self.write(move |c| {
             for row in rows {
                 c.execute(
@@ -677,7 +520,7 @@ impl Journal {
         &self,
         row: i64,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "UPDATE builds SET state = ?2, reason = 'CodeBuild does not know this build',

@@ -2,77 +2,18 @@
 //! deployment, and the deliveries slipway asked GitHub to redeliver.
 
 use rusqlite::{params, OptionalExtension};
-use serde::{Deserialize, Serialize};
 
-use super::{Journal, JournalError};
+use super::{SqliteStore, StoreError};
+use crate::store::github::*;
 
 /// Whether a delivery (hook, GUID) is in the journal, found by its GUID's index.
 pub(crate) const HELD_DELIVERY: &str =
     "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?2 AND hook_id = ?1)";
 
-/// A GitHub deployment slipway created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GithubDeployment {
-    /// slipway's deployment id.
-    pub deployment: i64,
-    pub repository: String,
-    pub github_id: i64,
-    pub state: String,
-}
-
-/// What the journal knows of a delivery GitHub lists as failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecoveryState {
-    /// slipway received it: nothing to recover.
-    Held,
-    /// Never seen, never asked for.
-    Unknown,
-    /// slipway asked GitHub for it (`requested`: GitHub accepted the request).
-    Asked {
-        /// The failed attempt slipway last asked about.
-        attempt_id: i64,
-        requested: bool,
-        requests: i64,
-    },
-}
-
-/// A redelivery slipway asked for, or tried to.
-#[derive(Debug, Clone)]
-pub struct NewRecovery {
-    pub hook_id: String,
-    pub delivery_id: String,
-    pub attempt_id: i64,
-    pub event: String,
-    pub status_code: Option<i64>,
-    pub delivered_ms: i64,
-    pub actor: String,
-    /// `requested` or `failed`.
-    pub outcome: String,
-    pub reason: Option<String>,
-}
-
-/// A recovery as the API and the CLI show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RecoveryRecord {
-    pub id: i64,
-    pub hook_id: String,
-    pub delivery: String,
-    pub attempt_id: i64,
-    pub event: String,
-    pub status_code: Option<i64>,
-    pub delivered_at: String,
-    pub actor: String,
-    pub outcome: String,
-    pub reason: Option<String>,
-    /// How many times slipway asked for it.
-    pub requests: i64,
-    pub requested_at: String,
-}
-
-impl Journal {
+impl SqliteStore {
     /// When this journal was created (ms since the epoch; for a journal older than the record,
     /// its oldest delivery): delivery recovery asks for nothing older.
-    pub async fn created_ms(&self) -> Result<Option<i64>, JournalError> {
+    pub async fn created_ms(&self) -> Result<Option<i64>, StoreError> {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'created_ms'",
@@ -88,7 +29,7 @@ impl Journal {
     pub async fn github_deployment(
         &self,
         deployment: i64,
-    ) -> Result<Option<GithubDeployment>, JournalError> {
+    ) -> Result<Option<GithubDeployment>, StoreError> {
         self.read(move |c| {
             Ok(c.query_row(
                 "SELECT deployment, repository, github_id, state FROM github_deployments
@@ -114,7 +55,7 @@ impl Journal {
         app: String,
         d: GithubDeployment,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "INSERT INTO github_deployments
@@ -135,7 +76,7 @@ impl Journal {
         deployment: i64,
         state: &'static str,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "UPDATE github_deployments SET state = ?2, updated_ms = ?3 WHERE deployment = ?1",
@@ -152,7 +93,7 @@ impl Journal {
         &self,
         app: String,
         deployment: i64,
-    ) -> Result<Vec<GithubDeployment>, JournalError> {
+    ) -> Result<Vec<GithubDeployment>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT deployment, repository, github_id, state FROM github_deployments
@@ -179,7 +120,7 @@ impl Journal {
         &self,
         hook_id: String,
         delivery_id: String,
-    ) -> Result<RecoveryState, JournalError> {
+    ) -> Result<RecoveryState, StoreError> {
         self.read(move |c| {
             let held: bool =
                 c.query_row(HELD_DELIVERY, params![hook_id, delivery_id], |r| r.get(0))?;
@@ -206,7 +147,7 @@ impl Journal {
     }
 
     /// Journals a recovery. A failed request may be tried again later; its row is updated.
-    pub async fn record_recovery(&self, r: NewRecovery, now_ms: i64) -> Result<(), JournalError> {
+    pub async fn record_recovery(&self, r: NewRecovery, now_ms: i64) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "INSERT INTO github_recoveries (hook_id, delivery_id, attempt_id, event,
@@ -236,7 +177,7 @@ impl Journal {
     }
 
     /// The most recent recoveries, newest first.
-    pub async fn recoveries(&self, limit: u32) -> Result<Vec<RecoveryRecord>, JournalError> {
+    pub async fn recoveries(&self, limit: u32) -> Result<Vec<RecoveryRecord>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, hook_id, delivery_id, attempt_id, event, status_code, delivered_ms,
@@ -267,23 +208,9 @@ impl Journal {
     }
 }
 
-/// A GitHub update waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEntry {
-    pub id: i64,
-    /// The update, as JSON (the GitHub sink's own format).
-    pub event: String,
-    pub created_ms: i64,
-    pub attempts: i64,
-}
-
-impl Journal {
-    /// Puts a GitHub update in the outbox; it stays there until [`Journal::github_posted`].
-    pub async fn queue_github_update(
-        &self,
-        event: String,
-        now_ms: i64,
-    ) -> Result<i64, JournalError> {
+impl SqliteStore {
+    /// Puts a GitHub update in the outbox; it stays there until [`SqliteStore::github_posted`].
+    pub async fn queue_github_update(&self, event: String, now_ms: i64) -> Result<i64, StoreError> {
         self.write(move |c| {
             c.execute(
                 "INSERT INTO github_outbox (event, created_ms) VALUES (?1, ?2)",
@@ -295,7 +222,7 @@ impl Journal {
     }
 
     /// The oldest updates in the outbox, in order.
-    pub async fn github_outbox(&self, limit: i64) -> Result<Vec<OutboxEntry>, JournalError> {
+    pub async fn github_outbox(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, event, created_ms, attempts FROM github_outbox ORDER BY id LIMIT ?1",
@@ -316,13 +243,13 @@ impl Journal {
     }
 
     /// How many updates wait in the outbox.
-    pub async fn github_outbox_len(&self) -> Result<i64, JournalError> {
+    pub async fn github_outbox_len(&self) -> Result<i64, StoreError> {
         self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM github_outbox", [], |r| r.get(0))?))
             .await
     }
 
     /// The update was posted, or given up on: it leaves the outbox.
-    pub async fn github_posted(&self, id: i64) -> Result<(), JournalError> {
+    pub async fn github_posted(&self, id: i64) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute("DELETE FROM github_outbox WHERE id = ?1", [id])?;
             Ok(())
@@ -331,7 +258,7 @@ impl Journal {
     }
 
     /// Posting the update failed for now; it stays first in line.
-    pub async fn github_post_failed(&self, id: i64) -> Result<(), JournalError> {
+    pub async fn github_post_failed(&self, id: i64) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "UPDATE github_outbox SET attempts = attempts + 1 WHERE id = ?1",

@@ -11,6 +11,7 @@ use super::schema::{self, MIGRATIONS, NOT_READABLE_BY_OLDER, VERSION};
 use super::tests::{build, delivery, T0};
 use super::*;
 use crate::config::JournalConfig;
+use crate::store::*;
 
 /// A column as an older release sees it: whether it must be given (NOT NULL without a default).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +208,7 @@ fn schema_version(path: &std::path::Path) -> i64 {
 async fn a_journal_at_this_schema_opens_as_the_previous_release_and_takes_its_intake() {
     let dir = tempfile::tempdir().unwrap();
     let settings = JournalConfig::default();
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     let path = journal.path().to_owned();
     let (_, first) = journal
         .admit(delivery("new-release", "1", T0, b"{\"a\":1}"), build('a'))
@@ -223,7 +224,7 @@ async fn a_journal_at_this_schema_opens_as_the_previous_release_and_takes_its_in
     // The previous release: it knows one migration fewer, and uses the journal as it is.
     let previous = (VERSION - 1) as usize;
     let journal =
-        Journal::open_with_known_version(dir.path(), lock(dir.path()), &settings, previous)
+        SqliteStore::open_with_known_version(dir.path(), lock(dir.path()), &settings, previous)
             .unwrap();
     let (_, admission) = journal
         .admit(
@@ -262,15 +263,15 @@ async fn a_journal_at_this_schema_opens_as_the_previous_release_and_takes_its_in
     assert_eq!(schema_version(&path), VERSION, "not migrated back or forth");
 
     // And the newer release again (rolled forward) finds both.
-    let journal = Journal::open(dir.path()).unwrap();
+    let journal = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(journal.recent_deliveries(10).await.unwrap().len(), 3);
 }
 
 #[tokio::test]
 async fn a_release_from_before_a_breaking_migration_is_refused_and_told_how_to_go_back() {
     let dir = tempfile::tempdir().unwrap();
-    drop(Journal::open(dir.path()).unwrap());
-    let err = Journal::open_with_known_version(
+    drop(SqliteStore::open(dir.path()).unwrap());
+    let err = SqliteStore::open_with_known_version(
         dir.path(),
         lock(dir.path()),
         &JournalConfig::default(),

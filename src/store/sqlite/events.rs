@@ -2,22 +2,12 @@
 
 use rusqlite::params;
 
-use super::{Journal, JournalError};
+use super::{SqliteStore, StoreError};
+use crate::store::events::*;
 
-/// An SQS message that was not acted on, and why.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RejectedEvent {
-    pub message_id: Option<String>,
-    pub build_id: Option<String>,
-    pub source: Option<String>,
-    pub account: Option<String>,
-    pub reason: String,
-    pub received_ms: i64,
-}
-
-impl Journal {
+impl SqliteStore {
     /// Records a refused event. Written before the message is deleted.
-    pub async fn event_rejected(&self, event: RejectedEvent) -> Result<(), JournalError> {
+    pub async fn event_rejected(&self, event: RejectedEvent) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "INSERT INTO rejected_events (message_id, build_id, source, account, reason,
@@ -38,7 +28,7 @@ impl Journal {
     }
 
     /// The newest refused events first.
-    pub async fn rejected_events(&self, limit: u32) -> Result<Vec<RejectedEvent>, JournalError> {
+    pub async fn rejected_events(&self, limit: u32) -> Result<Vec<RejectedEvent>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare(
                 "SELECT message_id, build_id, source, account, reason, received_ms
@@ -60,7 +50,7 @@ impl Journal {
     }
 
     /// The `SLIPWAY_RUN` token of the build slipway journaled under this CodeBuild id, if any.
-    pub async fn run_token_of(&self, build_id: &str) -> Result<Option<String>, JournalError> {
+    pub async fn run_token_of(&self, build_id: &str) -> Result<Option<String>, StoreError> {
         let build_id = build_id.to_owned();
         self.read(move |c| {
             use rusqlite::OptionalExtension;

@@ -1,4 +1,5 @@
-//! The journal: slipway's durable state, an embedded SQLite database.
+//! The SQLite engine: slipway's state in an embedded SQLite database, `journal.db` in
+//! `state_dir` (the journal).
 //!
 //! All writes go through one writer thread that commits them in groups: every request that
 //! arrives while a commit is being synced joins the next transaction, so concurrent webhook
@@ -6,11 +7,11 @@
 //! transaction holding it is committed and synced (`journal_mode=WAL`, `synchronous=FULL`).
 //! Reads use a separate connection and never wait for the writer.
 //!
-//! The typed methods in the submodules are the journal's whole interface, so another store
-//! (DynamoDB, for several replicas) can stand behind the same calls later.
+//! The rest of slipway calls this engine through [`crate::store::Store`]; only the store
+//! module, the backup commands (a copy of the file) and startup (the state_dir lock) know it.
 
 pub mod backup;
-mod body_codec;
+pub(super) mod body_codec;
 mod bulk;
 mod checkpoint;
 mod deliveries;
@@ -20,7 +21,7 @@ mod github;
 pub mod lock;
 mod notify;
 mod retention;
-mod schema;
+pub(super) mod schema;
 mod slack;
 mod stats;
 
@@ -33,44 +34,21 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
 
-/// How a body is stored and keyed, as the webhook path does it (for `bench_tool floor`).
-pub use body_codec::encode as encode_body;
-pub use deliveries::*;
-pub use deployments::*;
-pub use events::RejectedEvent;
-pub use github::*;
-pub use notify::*;
-pub use retention::*;
-pub use schema::body_digest;
-pub use stats::*;
+use super::{format_millis, Admission, NewDelivery, StoreError, Verdict};
 
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("journal: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("journal: cannot create {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("journal: commit failed: {0}")]
-    Commit(String),
-    #[error("journal: the writer has stopped")]
-    Closed,
-    #[error("journal: {0}")]
-    Invalid(String),
-    /// The writer is behind (a slow or stalled disk): try again shortly. Nothing was stored.
-    #[error("journal is busy: {0}")]
-    Busy(String),
-    /// Another process holds the journal (see [`lock`]).
-    #[error("journal: {0}")]
-    Locked(#[from] lock::LockError),
-    /// The read-only CLI was refused: `serve` holds the journal.
-    #[error("slipway is running on {host}; use SLIPWAY_SERVER (or --server) with its admin URL to ask it ({holder})")]
-    ServerRunning { host: String, holder: String },
-    /// Retention dropped this delivery's body; its metadata is still there.
-    #[error("payload no longer kept (older than the journal's keep_bodies_days)")]
-    PayloadNotKept,
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Engine {
+            engine: "journal",
+            source: Box::new(e),
+        }
+    }
+}
+
+impl From<lock::LockError> for StoreError {
+    fn from(e: lock::LockError) -> StoreError {
+        StoreError::Locked(e.to_string())
+    }
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -95,14 +73,14 @@ enum Job {
 
 struct Repeatable<R, F> {
     write: F,
-    outcome: Option<Result<R, JournalError>>,
-    done: oneshot::Sender<Result<R, JournalError>>,
+    outcome: Option<Result<R, StoreError>>,
+    done: oneshot::Sender<Result<R, StoreError>>,
 }
 
 impl<R, F> RepeatableJob for Repeatable<R, F>
 where
     R: Send + 'static,
-    F: FnMut(&Connection) -> Result<R, JournalError> + Send + 'static,
+    F: FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
 {
     fn run(&mut self, conn: &Connection) -> bool {
         let outcome = (self.write)(conn);
@@ -114,10 +92,10 @@ where
     fn complete(self: Box<Self>, committed: Result<(), String>) {
         let result = match (committed, self.outcome) {
             (Ok(()), Some(outcome)) => outcome,
-            (Ok(()), None) => Err(JournalError::Commit(
+            (Ok(()), None) => Err(StoreError::Commit(
                 "the transaction was rolled back before this write ran".into(),
             )),
-            (Err(e), _) => Err(JournalError::Commit(e)),
+            (Err(e), _) => Err(StoreError::Commit(e)),
         };
         let _ = self.done.send(result);
     }
@@ -127,7 +105,7 @@ where
 const MAX_GROUP: usize = 512;
 
 #[derive(Clone)]
-pub struct Journal {
+pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
@@ -145,19 +123,19 @@ struct Inner {
     _lock: Option<lock::JournalLock>,
 }
 
-impl std::fmt::Debug for Journal {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal")
+        f.debug_struct("SqliteStore")
             .field("path", &self.inner.path)
             .finish()
     }
 }
 
 /// Sets `path`'s permission bits to `mode`.
-fn private(path: &Path, mode: u32) -> Result<(), JournalError> {
+fn private(path: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        JournalError::Create {
+        StoreError::Create {
             path: path.to_owned(),
             source,
         }
@@ -165,7 +143,7 @@ fn private(path: &Path, mode: u32) -> Result<(), JournalError> {
 }
 
 /// Creates `path` if needed (0600 from the start) and makes it 0600 if it existed.
-fn create_private(path: &Path) -> Result<(), JournalError> {
+fn create_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
@@ -173,7 +151,7 @@ fn create_private(path: &Path) -> Result<(), JournalError> {
         .append(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| JournalError::Create {
+        .map_err(|source| StoreError::Create {
             path: path.to_owned(),
             source,
         })?;
@@ -209,7 +187,7 @@ fn configure_sqlite() {
 /// Opens a connection. Each connection is used by one thread at a time (the writer and the
 /// checkpointer own theirs, the reader sits behind a mutex), so SQLite's own per-connection
 /// mutex is left out (`NO_MUTEX`, as rusqlite's default flags do).
-fn open(path: &Path, flags: OpenFlags) -> Result<Connection, JournalError> {
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     configure_sqlite();
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -223,8 +201,8 @@ const STALLED_AFTER: Duration = Duration::from_secs(2);
 
 /// Creates `state_dir` if needed, owner-only whatever the umask (the journal holds private
 /// repositories' payloads).
-fn prepare_state_dir(state_dir: &Path) -> Result<(), JournalError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Create {
+fn prepare_state_dir(state_dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Create {
         path: state_dir.to_owned(),
         source,
     })?;
@@ -235,10 +213,10 @@ fn prepare_state_dir(state_dir: &Path) -> Result<(), JournalError> {
 /// make the journal's disk "stall" on purpose (backpressure tests, drills). Remove it to resume.
 pub const HOLD_FILE: &str = "journal.hold";
 
-impl Journal {
+impl SqliteStore {
     /// Opens (creating if needed) the journal in `state_dir`, with the default settings.
-    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
-        Journal::open_with(state_dir, &crate::config::JournalConfig::default())
+    pub fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(state_dir, &crate::config::JournalConfig::default())
     }
 
     /// Opens (creating if needed) the journal in `state_dir`, refusing at once if another
@@ -246,9 +224,9 @@ impl Journal {
     pub fn open_with(
         state_dir: &Path,
         settings: &crate::config::JournalConfig,
-    ) -> Result<Journal, JournalError> {
+    ) -> Result<SqliteStore, StoreError> {
         let lock = lock::JournalLock::try_exclusive(state_dir, &lock::Holder::this_process(None))?;
-        Journal::open_locked(state_dir, lock, settings)
+        SqliteStore::open_locked(state_dir, lock, settings)
     }
 
     /// Opens (creating if needed) the journal in `state_dir`, whose lock the caller holds
@@ -257,8 +235,8 @@ impl Journal {
         state_dir: &Path,
         lock: lock::JournalLock,
         settings: &crate::config::JournalConfig,
-    ) -> Result<Journal, JournalError> {
-        Journal::open_with_known_version(state_dir, lock, settings, schema::MIGRATIONS.len())
+    ) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with_known_version(state_dir, lock, settings, schema::MIGRATIONS.len())
     }
 
     /// Opens the journal as a release that knows the first `known` migrations would (the real
@@ -268,7 +246,7 @@ impl Journal {
         lock: lock::JournalLock,
         settings: &crate::config::JournalConfig,
         known: usize,
-    ) -> Result<Journal, JournalError> {
+    ) -> Result<SqliteStore, StoreError> {
         prepare_state_dir(state_dir)?;
         let lock_path = lock.path().to_owned();
         let path = state_dir.join("journal.db");
@@ -310,8 +288,8 @@ impl Journal {
         thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer_loop(writer, rx, writer_state))
-            .map_err(|e| JournalError::Invalid(format!("cannot start writer thread: {e}")))?;
-        Ok(Journal {
+            .map_err(|e| StoreError::Invalid(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some(tx)),
                 reader: Mutex::new(reader),
@@ -328,10 +306,10 @@ impl Journal {
     /// Opens an existing journal for reading only (the CLI), under a shared lock: refused while
     /// `serve` holds the journal (its answers are the ones to trust then, and the journal may be
     /// on another host's disk: SQLite's WAL is for one host only).
-    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
+    pub fn open_read_only(state_dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = state_dir.join("journal.db");
         if !path.exists() {
-            return Err(JournalError::Invalid(format!(
+            return Err(StoreError::Invalid(format!(
                 "no journal at {} (has slipway run with this state_dir?)",
                 path.display()
             )));
@@ -339,7 +317,7 @@ impl Journal {
         let lock = match lock::JournalLock::try_shared(state_dir) {
             Ok(lock) => lock,
             Err(lock::LockError::Held(holder)) => {
-                return Err(JournalError::ServerRunning {
+                return Err(StoreError::ServerRunning {
                     host: holder
                         .as_ref()
                         .map(|h| h.host.clone())
@@ -353,7 +331,7 @@ impl Journal {
             Err(e) => return Err(e.into()),
         };
         let reader = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        Ok(Journal {
+        Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(None),
                 reader: Mutex::new(reader),
@@ -373,16 +351,16 @@ impl Journal {
 
     /// Runs `f` in the next group transaction; resolves once that transaction is durable.
     /// If `f` fails, its changes are rolled back alone (a savepoint); the group commits.
-    pub async fn write<R, F>(&self, f: F) -> Result<R, JournalError>
+    pub(crate) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, JournalError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let (done_tx, done_rx) = oneshot::channel::<Result<R, JournalError>>();
+        let (done_tx, done_rx) = oneshot::channel::<Result<R, StoreError>>();
         let job: OnceJob = Box::new(move |tx: Option<&mut Transaction<'_>>| {
             let Some(tx) = tx else {
                 return Box::new(move |_: Result<(), String>| {
-                    let _ = done_tx.send(Err(JournalError::Commit(
+                    let _ = done_tx.send(Err(StoreError::Commit(
                         "the transaction was rolled back before this write ran".into(),
                     )));
                 }) as Completion;
@@ -391,44 +369,44 @@ impl Journal {
             Box::new(move |committed: Result<(), String>| {
                 let result = match (committed, outcome) {
                     (Ok(()), outcome) => outcome,
-                    (Err(e), _) => Err(JournalError::Commit(e)),
+                    (Err(e), _) => Err(StoreError::Commit(e)),
                 };
                 let _ = done_tx.send(result);
             })
         });
         self.send(Job::Once(job))?;
-        done_rx.await.map_err(|_| JournalError::Closed)?
+        done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Like [`Journal::write`], for a write that may be run more than once: it must do the same
+    /// Like [`SqliteStore::write`], for a write that may be run more than once: it must do the same
     /// thing each time (its changes are undone between runs). Consecutive such writes share one
     /// savepoint; if one fails, they are all undone and run again, one savepoint each, so a
     /// failing write still fails alone.
-    pub(crate) async fn write_repeatable<R, F>(&self, write: F) -> Result<R, JournalError>
+    pub(crate) async fn write_repeatable<R, F>(&self, write: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnMut(&Connection) -> Result<R, JournalError> + Send + 'static,
+        F: FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let (done, done_rx) = oneshot::channel::<Result<R, JournalError>>();
+        let (done, done_rx) = oneshot::channel::<Result<R, StoreError>>();
         self.send(Job::Repeatable(Box::new(Repeatable {
             write,
             outcome: None,
             done,
         })))?;
-        done_rx.await.map_err(|_| JournalError::Closed)?
+        done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    fn send(&self, job: Job) -> Result<(), JournalError> {
+    fn send(&self, job: Job) -> Result<(), StoreError> {
         let guard = self.inner.writer.lock().expect("journal writer lock");
-        let sender = guard.as_ref().ok_or(JournalError::Closed)?;
-        sender.send(job).map_err(|_| JournalError::Closed)
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)
     }
 
     /// Runs a read on the reader connection, off the async runtime.
-    pub async fn read<R, F>(&self, f: F) -> Result<R, JournalError>
+    pub(crate) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, JournalError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -436,11 +414,11 @@ impl Journal {
             f(&conn)
         })
         .await
-        .map_err(|e| JournalError::Invalid(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Invalid(format!("read task failed: {e}")))?
     }
 
     /// Proves the journal can take a durable write (for `/readyz`).
-    pub async fn check_writable(&self, now_ms: i64) -> Result<(), JournalError> {
+    pub async fn check_writable(&self, now_ms: i64) -> Result<(), StoreError> {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('ready_check', ?1)
@@ -477,16 +455,16 @@ impl Journal {
     }
 
     /// Takes a place in the bounded queue of deliveries waiting for the writer.
-    fn admission_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, JournalError> {
+    fn admission_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
         if let Some(why) = self.backpressure() {
-            return Err(JournalError::Busy(why));
+            return Err(StoreError::Busy(why));
         }
         self.inner
             .admissions
             .clone()
             .try_acquire_owned()
             .map_err(|_| {
-                JournalError::Busy(format!(
+                StoreError::Busy(format!(
                     "{} deliveries are waiting for the journal writer (the most it queues)",
                     self.inner.max_admissions
                 ))
@@ -507,8 +485,8 @@ impl Journal {
 /// group's stay. The savepoint statements are prepared once per connection, not per write.
 fn in_savepoint<R>(
     tx: &Connection,
-    f: impl FnOnce(&Connection) -> Result<R, JournalError>,
-) -> Result<R, JournalError> {
+    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
     exec(tx, "SAVEPOINT journal_write")?;
     let outcome = f(tx).and_then(|value| exec(tx, "RELEASE journal_write").map(|()| value));
     if outcome.is_err() && !tx.is_autocommit() {
@@ -519,7 +497,7 @@ fn in_savepoint<R>(
 }
 
 /// Runs a statement without parameters or rows (a savepoint's), prepared once per connection.
-fn exec(tx: &Connection, sql: &str) -> Result<(), JournalError> {
+fn exec(tx: &Connection, sql: &str) -> Result<(), StoreError> {
     tx.prepare_cached(sql)?.execute([])?;
     Ok(())
 }
@@ -548,7 +526,7 @@ fn run_repeatable(tx: &Connection, run: &mut [Box<dyn RepeatableJob>]) {
             if job.run(conn) {
                 Ok(())
             } else {
-                Err(JournalError::Invalid("undone".into()))
+                Err(StoreError::Invalid("undone".into()))
             }
         });
     }
@@ -647,18 +625,6 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, state: WriterState
             done(committed.clone());
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, the journal's time unit.
-pub fn millis(t: time::OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// Formats journal milliseconds for people (RFC 3339, UTC).
-pub fn format_millis(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .map(crate::clock::format)
-        .unwrap_or_else(|_| ms.to_string())
 }
 
 #[cfg(test)]

@@ -1,162 +1,9 @@
 //! Deliveries (what reached the webhook) and the builds they asked for.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::{Journal, JournalError};
-use crate::ids::{AppName, CommitSha, DeliveryId, HookId};
-
-/// Where a delivery came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Github,
-    Replay,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Github => "github",
-            Source::Replay => "replay",
-        }
-    }
-}
-
-/// An authentic delivery, as received.
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    pub delivery_id: DeliveryId,
-    pub hook_id: HookId,
-    pub event: String,
-    pub source: Source,
-    pub actor: Option<String>,
-    pub replay_of: Option<i64>,
-    pub received_ms: i64,
-    pub content_type: String,
-    /// The headers that matter, as a JSON object.
-    pub headers: serde_json::Value,
-    pub body: Vec<u8>,
-}
-
-impl NewDelivery {
-    /// What a redelivery of this delivery repeats: (hook id, delivery id).
-    pub fn dedup_key(&self) -> String {
-        format!("{}/{}", self.hook_id, self.delivery_id)
-    }
-}
-
-/// What slipway decided from the payload alone, before looking at the journal.
-#[derive(Debug, Clone)]
-pub enum Verdict {
-    Pong,
-    Ignored(String),
-    Rejected(String),
-    Build(Vec<BuildRequest>),
-    /// Some of the apps a push reached build; the others' paths or skip markers rule them out.
-    BuildSome {
-        builds: Vec<BuildRequest>,
-        skipped: Vec<SkippedApp>,
-    },
-}
-
-impl Verdict {
-    /// The apps this verdict leaves out, and why.
-    pub fn skipped(&self) -> &[SkippedApp] {
-        match self {
-            Verdict::BuildSome { skipped, .. } => skipped,
-            _ => &[],
-        }
-    }
-}
-
-/// An app a push reached but does not build (monorepo paths or a skip marker).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedApp {
-    pub app: AppName,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct BuildRequest {
-    pub app: AppName,
-    pub sha: CommitSha,
-    pub project: String,
-    pub image_tag: String,
-    pub service_key: String,
-    /// The push's `before`, when it had one.
-    pub before: Option<String>,
-    /// When GitHub received the push (Unix seconds); None: when slipway received it.
-    pub pushed_at: Option<i64>,
-}
-
-/// What the journal made of a delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    Pong,
-    Ignored(String),
-    Rejected(String),
-    /// Every build it asks for was already started.
-    Duplicate,
-    Accepted(Vec<AcceptedBuild>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceptedBuild {
-    pub app: AppName,
-    pub sha: CommitSha,
-    pub build_row: i64,
-    /// A redelivery of a delivery whose build had not started yet.
-    pub retry: bool,
-}
-
-/// Build states, as stored.
-pub mod build_state {
-    pub const PENDING: &str = "pending";
-    pub const STARTED: &str = "build_started";
-    pub const SUCCEEDED: &str = "build_succeeded";
-    pub const BUILD_FAILED: &str = "build_failed";
-    /// StartBuild failed for good; a redelivery retries it.
-    pub const FAILED: &str = "failed";
-}
-
-/// A build waiting for StartBuild.
-#[derive(Debug, Clone)]
-pub struct PendingBuild {
-    pub id: i64,
-    pub delivery_id: String,
-    pub app: String,
-    pub sha: String,
-    pub project: String,
-    pub image_tag: String,
-    pub token: String,
-    pub attempts: u32,
-    pub start_requested: bool,
-}
-
-/// One line of `slipway deliveries`: a delivery and, if it asked for one, a build.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeliverySummary {
-    pub row: i64,
-    pub received_at: String,
-    pub delivery: String,
-    pub event: String,
-    pub source: String,
-    pub outcome: String,
-    pub app: Option<String>,
-    pub sha: Option<String>,
-    pub state: Option<String>,
-    pub build_id: Option<String>,
-    pub attempts: Option<u32>,
-    pub reason: Option<String>,
-    pub deployment: Option<i64>,
-    pub deploy_state: Option<String>,
-}
-
-fn token_for(dedup_key: &str, app: &str) -> String {
-    let digest = Sha256::digest(format!("{dedup_key}\n{app}").as_bytes());
-    hex::encode(&digest[..16])
-}
+use super::{SqliteStore, StoreError};
+use crate::store::deliveries::*;
 
 /// How long a delivery may wait for the writer before it is answered 503 (GitHub gives up
 /// after 10 s; this leaves room for the answer).
@@ -184,7 +31,7 @@ impl Incoming {
 }
 
 /// Stores the body once per digest and counts the delivery pointing at it.
-fn store_body(tx: &Connection, incoming: &Incoming) -> Result<i64, JournalError> {
+fn store_body(tx: &Connection, incoming: &Incoming) -> Result<i64, StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO bodies (sha256, refs, body, encoding) VALUES (?1, 1, ?2, ?3)
          ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1
@@ -205,7 +52,7 @@ fn insert_delivery(
     incoming: &Incoming,
     outcome: &str,
     reason: Option<&str>,
-) -> Result<i64, JournalError> {
+) -> Result<i64, StoreError> {
     let d = &incoming.delivery;
     let body_id = store_body(tx, incoming)?;
     tx.prepare_cached(
@@ -294,7 +141,7 @@ pub(super) fn admit_in(
     tx: &Connection,
     incoming: &Incoming,
     verdict: Verdict,
-) -> Result<(i64, Admission), JournalError> {
+) -> Result<(i64, Admission), StoreError> {
     let d = &incoming.delivery;
     let d_in = incoming;
     let requests = match verdict {
@@ -440,14 +287,14 @@ fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingBuild> {
     })
 }
 
-impl Journal {
+impl SqliteStore {
     /// Journals a delivery and the builds it asks for, deduplicated on (hook id, delivery
     /// id) and app. Returns the delivery's row (0 for a duplicate) and what was decided.
     pub async fn admit(
         &self,
         delivery: NewDelivery,
         verdict: Verdict,
-    ) -> Result<(i64, Admission), JournalError> {
+    ) -> Result<(i64, Admission), StoreError> {
         let permit = self.admission_permit()?;
         let incoming = Incoming::new(delivery);
         let mut permit = Some(permit);
@@ -459,7 +306,7 @@ impl Journal {
         let result = match tokio::time::timeout(ADMIT_WAIT, write).await {
             Ok(result) => result,
             // It may still be stored later; a redelivery then dedups against it.
-            Err(_) => Err(JournalError::Busy(format!(
+            Err(_) => Err(StoreError::Busy(format!(
                 "the journal writer did not commit within {} s",
                 ADMIT_WAIT.as_secs()
             ))),
@@ -470,7 +317,7 @@ impl Journal {
             Ok((_, Admission::Rejected(_))) => "rejected",
             Ok((_, Admission::Duplicate)) => "duplicate",
             Ok((_, Admission::Accepted(_))) => "accepted",
-            Err(JournalError::Busy(_)) => "busy",
+            Err(StoreError::Busy(_)) => "busy",
             Err(_) => "error",
         };
         metrics::counter!("slipway_deliveries_total", "outcome" => outcome).increment(1);
@@ -482,7 +329,7 @@ impl Journal {
         &self,
         now_ms: i64,
         limit: u32,
-    ) -> Result<Vec<PendingBuild>, JournalError> {
+    ) -> Result<Vec<PendingBuild>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT b.id, d.delivery_id, b.app, b.sha, b.project, b.image_tag, b.token, b.attempts,
@@ -500,7 +347,7 @@ impl Journal {
     }
 
     /// When the earliest pending build is due, if any is pending.
-    pub async fn next_due_ms(&self) -> Result<Option<i64>, JournalError> {
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT MIN(next_attempt_ms) FROM builds WHERE state = ?1",
@@ -513,7 +360,7 @@ impl Journal {
 
     /// Records that StartBuild is about to be called (so a restart knows to look for a build
     /// that may have been started before the answer was recorded).
-    pub async fn build_start_requested(&self, id: i64, now_ms: i64) -> Result<(), JournalError> {
+    pub async fn build_start_requested(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
         self.write(move |tx| {
             tx.prepare_cached(
                 "UPDATE builds SET start_requested_ms = ?2, updated_ms = ?2 WHERE id = ?1",
@@ -530,7 +377,7 @@ impl Journal {
         build_id: String,
         build_arn: Option<String>,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |tx| {
             tx.prepare_cached(
                 "UPDATE builds SET state = ?2, build_id = ?3, build_arn = ?4, reason = NULL,
@@ -557,7 +404,7 @@ impl Journal {
         reason: String,
         next_attempt_ms: i64,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |tx| {
             tx.prepare_cached(
                 "UPDATE builds SET attempts = attempts + 1, reason = ?2, next_attempt_ms = ?3,
@@ -582,7 +429,7 @@ impl Journal {
         id: i64,
         reason: String,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |tx| {
             tx.prepare_cached(
                 "UPDATE builds SET state = ?2, attempts = attempts + 1, reason = ?3,
@@ -602,15 +449,12 @@ impl Journal {
     }
 
     /// The most recent deliveries, newest first, one line per build they asked for.
-    pub async fn recent_deliveries(
-        &self,
-        limit: u32,
-    ) -> Result<Vec<DeliverySummary>, JournalError> {
+    pub async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
         self.summaries(None, limit).await
     }
 
     /// The lines of one delivery (by journal row): what came of it, however old it is.
-    pub async fn delivery_summary(&self, row: i64) -> Result<Vec<DeliverySummary>, JournalError> {
+    pub async fn delivery_summary(&self, row: i64) -> Result<Vec<DeliverySummary>, StoreError> {
         self.summaries(Some(row), 1).await
     }
 
@@ -619,7 +463,7 @@ impl Journal {
         &self,
         only: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<DeliverySummary>, JournalError> {
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
         self.read(move |c| {
             let (sql, which) = match only {
                 Some(row) => (ONE_SUMMARY, row),
@@ -652,36 +496,9 @@ impl Journal {
     }
 }
 
-/// A delivery as stored, with its payload.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryRecord {
-    pub row: i64,
-    pub delivery: String,
-    pub hook_id: String,
-    pub event: String,
-    pub source: String,
-    pub actor: Option<String>,
-    pub replay_of: Option<i64>,
-    pub received_at: String,
-    pub content_type: String,
-    pub headers: serde_json::Value,
-    pub outcome: String,
-    pub reason: Option<String>,
-    /// The raw body; None once retention dropped it (see [`DeliveryRecord::payload`]).
-    #[serde(skip)]
-    pub body: Option<Vec<u8>>,
-}
-
-impl DeliveryRecord {
-    /// The body as received, or `PayloadNotKept` once retention dropped it.
-    pub fn payload(&self) -> Result<&[u8], JournalError> {
-        self.body.as_deref().ok_or(JournalError::PayloadNotKept)
-    }
-}
-
-impl Journal {
+impl SqliteStore {
     /// A delivery by journal row (digits) or by GitHub delivery id (the newest with that id).
-    pub async fn delivery(&self, id: &str) -> Result<Option<DeliveryRecord>, JournalError> {
+    pub async fn delivery(&self, id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
         let id = id.to_owned();
         self.read(move |c| {
             let by_row = id.parse::<i64>().ok();
@@ -718,38 +535,12 @@ impl Journal {
         .await
     }
 
-    /// Deliveries (newest first, one line per build), filtered by app and by state (a build
-    /// state, a deploy state or a delivery outcome).
-    pub async fn find_deliveries(
-        &self,
-        app: Option<String>,
-        state: Option<String>,
-        limit: u32,
-    ) -> Result<Vec<DeliverySummary>, JournalError> {
-        let rows = self
-            .recent_deliveries(limit.saturating_mul(20).max(1000))
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| app.is_none() || r.app == app)
-            .filter(|r| match &state {
-                None => true,
-                Some(s) => {
-                    r.state.as_ref() == Some(s)
-                        || r.deploy_state.as_ref() == Some(s)
-                        || &r.outcome == s
-                }
-            })
-            .take(limit as usize)
-            .collect())
-    }
-
     /// Full commit SHAs of `app` in the journal that start with `prefix`.
     pub async fn shas_with_prefix(
         &self,
         app: &str,
         prefix: &str,
-    ) -> Result<Vec<String>, JournalError> {
+    ) -> Result<Vec<String>, StoreError> {
         let (app, pattern) = (app.to_owned(), format!("{}%", prefix.to_ascii_lowercase()));
         self.read(move |c| {
             let mut stmt = c.prepare_cached(

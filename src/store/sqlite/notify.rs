@@ -1,64 +1,12 @@
-//! The notification outbox (issue 24): each Slack or generic-webhook notification, one row per
-//! target, journaled before anything is sent. A row is `pending` until its target answered 2xx
-//! (`sent`) or it was given up (`given_up`); the rows that are done stay for the ops API and
-//! the status page until retention prunes them. The journal knows targets only by name and
-//! notifications only as JSON.
+//! The notification outbox in SQLite (`notify_outbox`; the rows are `store::notify`'s).
 
 use rusqlite::{params, OptionalExtension};
-use serde::{Deserialize, Serialize};
 
-use super::{format_millis, Journal, JournalError};
+use super::{SqliteStore, StoreError};
+use crate::store::format_millis;
+use crate::store::notify::*;
 
-/// `notify_outbox.state`.
-pub mod notify_state {
-    pub const PENDING: &str = "pending";
-    pub const SENT: &str = "sent";
-    pub const GIVEN_UP: &str = "given_up";
-    pub const ALL: &[&str] = &[PENDING, SENT, GIVEN_UP];
-}
-
-/// A notification waiting for its target, as the target's worker reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingNotification {
-    pub id: i64,
-    /// The notification, as JSON (notify's own format).
-    pub event: String,
-    /// Sent with every attempt, so a receiver that knows it can drop a repeat.
-    pub idempotency_key: String,
-    pub created_ms: i64,
-    /// Failed attempts so far (journaled, so a restart does not start the backoff over).
-    pub attempts: i64,
-}
-
-/// A notification as the ops API and the status page show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NotificationRecord {
-    pub id: i64,
-    pub target: String,
-    /// pending | sent | given_up
-    pub state: String,
-    /// The notification (kind, app, sha, reason, ...).
-    pub notification: serde_json::Value,
-    pub idempotency_key: String,
-    pub attempts: i64,
-    pub created_at: String,
-    pub last_attempt_at: Option<String>,
-    /// Why the last attempt failed, or why it was given up.
-    pub last_error: Option<String>,
-    /// When it was sent or given up.
-    pub done_at: Option<String>,
-}
-
-/// One target's outbox, for `/metrics` (plain numbers: the journal knows nothing of metrics).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NotifyOutboxStats {
-    pub target: String,
-    pub pending: u64,
-    /// Age of the oldest pending notification; 0 when none waits.
-    pub oldest_pending_age_ms: i64,
-}
-
-impl Journal {
+impl SqliteStore {
     /// Journals `event` once for each of `targets` (name, idempotency key), in one transaction;
     /// returns the new rows' ids in the same order.
     pub async fn queue_notification(
@@ -66,7 +14,7 @@ impl Journal {
         targets: Vec<(String, String)>,
         event: String,
         now_ms: i64,
-    ) -> Result<Vec<i64>, JournalError> {
+    ) -> Result<Vec<i64>, StoreError> {
         self.write(move |c| {
             let mut ids = Vec::with_capacity(targets.len());
             let mut insert = c.prepare_cached(
@@ -86,7 +34,7 @@ impl Journal {
     pub async fn next_notification(
         &self,
         target: &'static str,
-    ) -> Result<Option<PendingNotification>, JournalError> {
+    ) -> Result<Option<PendingNotification>, StoreError> {
         self.read(move |c| {
             Ok(c.prepare_cached(
                 "SELECT id, event, idempotency_key, created_ms, attempts FROM notify_outbox
@@ -107,7 +55,7 @@ impl Journal {
     }
 
     /// How many notifications wait for `target`.
-    pub async fn pending_notifications(&self, target: &'static str) -> Result<u64, JournalError> {
+    pub async fn pending_notifications(&self, target: &'static str) -> Result<u64, StoreError> {
         self.read(move |c| {
             let n: i64 = c.query_row(
                 "SELECT COUNT(*) FROM notify_outbox WHERE target = ?1 AND state = 'pending'",
@@ -120,7 +68,7 @@ impl Journal {
     }
 
     /// Its target took it (2xx): it will not be sent again.
-    pub async fn notification_sent(&self, id: i64, now_ms: i64) -> Result<(), JournalError> {
+    pub async fn notification_sent(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "UPDATE notify_outbox SET state = 'sent', attempts = attempts + 1,
@@ -139,7 +87,7 @@ impl Journal {
         id: i64,
         error: String,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "UPDATE notify_outbox SET attempts = attempts + 1, last_attempt_ms = ?2,
@@ -158,7 +106,7 @@ impl Journal {
         id: i64,
         reason: String,
         now_ms: i64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             c.execute(
                 "UPDATE notify_outbox SET state = 'given_up', attempts = attempts + 1,
@@ -176,7 +124,7 @@ impl Journal {
         &self,
         state: Option<String>,
         limit: u32,
-    ) -> Result<Vec<NotificationRecord>, JournalError> {
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, target, state, event, idempotency_key, attempts, created_ms,
@@ -212,7 +160,7 @@ impl Journal {
         &self,
         targets: &'static [&'static str],
         now_ms: i64,
-    ) -> Result<Vec<NotifyOutboxStats>, JournalError> {
+    ) -> Result<Vec<NotifyOutboxStats>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT COUNT(*), MIN(created_ms) FROM notify_outbox
@@ -241,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn a_notification_is_pending_per_target_until_sent_or_given_up() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
+        let j = SqliteStore::open(dir.path()).unwrap();
         let ids = j
             .queue_notification(
                 vec![
@@ -293,7 +241,7 @@ mod tests {
     #[tokio::test]
     async fn stats_count_what_waits_per_target() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
+        let j = SqliteStore::open(dir.path()).unwrap();
         j.queue_notification(vec![("slack".into(), "a".into())], "{}".into(), 1_000)
             .await
             .unwrap();

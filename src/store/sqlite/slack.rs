@@ -1,8 +1,8 @@
 //! Slack requests already handled (replay protection), durable across restarts.
 
-use super::{Journal, JournalError};
+use super::{SqliteStore, StoreError};
 
-impl Journal {
+impl SqliteStore {
     /// Records the Slack request signed with `signature` (its decoded bytes, so a re-encoded
     /// header is the same request) at `now` (Unix seconds). True the first time; false if it
     /// was seen within `window_secs`. Older entries are forgotten.
@@ -11,7 +11,7 @@ impl Journal {
         signature: Vec<u8>,
         now: i64,
         window_secs: i64,
-    ) -> Result<bool, JournalError> {
+    ) -> Result<bool, StoreError> {
         self.write(move |tx| {
             tx.execute(
                 "DELETE FROM slack_seen WHERE seen_at < ?1",

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::JournalError;
+use super::StoreError;
 
 /// WAL frames (pages) past which the writer is asked to finish a checkpoint (about 256 MB).
 /// Only sustained load gets there: a journal with pauses between commits starts its WAL over
@@ -62,7 +62,7 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
 impl Checkpointer {
     /// Starts the checkpoint thread for the journal at `path`. It stops when the returned
     /// value (owned by the writer) is dropped.
-    pub(crate) fn start(path: &Path) -> Result<Checkpointer, JournalError> {
+    pub(crate) fn start(path: &Path) -> Result<Checkpointer, StoreError> {
         let conn = super::open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let restart = Arc::new(AtomicBool::new(false));
@@ -70,7 +70,7 @@ impl Checkpointer {
         thread::Builder::new()
             .name("journal-checkpoint".into())
             .spawn(move || run(conn, woken, asked))
-            .map_err(|e| JournalError::Invalid(format!("cannot start checkpoint thread: {e}")))?;
+            .map_err(|e| StoreError::Invalid(format!("cannot start checkpoint thread: {e}")))?;
         Ok(Checkpointer { wake, restart })
     }
 

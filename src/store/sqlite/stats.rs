@@ -2,55 +2,14 @@
 //! page lists.
 
 use rusqlite::params;
-use serde::Serialize;
 
-use super::{build_state, Journal, JournalError};
+use super::{SqliteStore, StoreError};
+use crate::store::build_state;
+use crate::store::stats::*;
 
-/// Builds waiting for CodeBuild StartBuild.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PendingBuilds {
-    pub count: u64,
-    /// How long the oldest one has waited; 0 when none waits.
-    pub oldest_age_ms: i64,
-}
-
-/// One pipeline run: a push (or an operator's deploy, or a rollback), its build when there is
-/// one, and the deployment that followed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Run {
-    pub app: String,
-    pub sha: String,
-    /// push | replay | operator | rollback | foreign_build
-    pub trigger: String,
-    /// Who pushed, replayed or deployed, when the journal knows.
-    pub actor: Option<String>,
-    pub started_ms: i64,
-    pub delivery: Option<String>,
-    pub build: Option<RunBuild>,
-    pub deployment: Option<RunDeployment>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunBuild {
-    pub state: String,
-    pub build_id: Option<String>,
-    pub log_link: Option<String>,
-    pub reason: Option<String>,
-    pub updated_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunDeployment {
-    pub id: i64,
-    pub state: String,
-    pub reason: Option<String>,
-    pub log_link: Option<String>,
-    pub updated_ms: i64,
-}
-
-impl Journal {
+impl SqliteStore {
     /// How many builds wait for StartBuild, and for how long the oldest has.
-    pub async fn pending_builds(&self, now_ms: i64) -> Result<PendingBuilds, JournalError> {
+    pub async fn pending_builds(&self, now_ms: i64) -> Result<PendingBuilds, StoreError> {
         self.read(move |c| {
             let (count, oldest): (i64, Option<i64>) = c.query_row(
                 "SELECT COUNT(*), MIN(created_ms) FROM builds WHERE state = ?1",
@@ -68,7 +27,7 @@ impl Journal {
     /// The newest `limit` pipeline runs, newest first: builds with the delivery that asked for
     /// them and their deployment, and deployments no build started (operator deploys,
     /// rollbacks).
-    pub async fn recent_runs(&self, limit: u32) -> Result<Vec<Run>, JournalError> {
+    pub async fn recent_runs(&self, limit: u32) -> Result<Vec<Run>, StoreError> {
         self.read(move |c| {
             // Who pushed is in the payload (`pusher.name`); a replay names its operator. The
             // payload is whatever was signed: the name is read by its JSON type (a number is

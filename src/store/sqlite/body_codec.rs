@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::Connection;
 
-use super::JournalError;
+use super::StoreError;
 
 /// Stored as received.
 pub const IDENTITY: &str = "identity";
@@ -41,19 +41,19 @@ pub fn encode(body: &[u8]) -> (&'static str, Vec<u8>) {
 }
 
 /// The body as received, from what was stored.
-pub fn decode(encoding: &str, stored: &[u8]) -> Result<Vec<u8>, JournalError> {
+pub fn decode(encoding: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
     match encoding {
         IDENTITY => Ok(stored.to_vec()),
         ZSTD => zstd::stream::decode_all(stored)
-            .map_err(|e| JournalError::Invalid(format!("a stored body does not decompress: {e}"))),
-        other => Err(JournalError::Invalid(format!(
+            .map_err(|e| StoreError::Invalid(format!("a stored body does not decompress: {e}"))),
+        other => Err(StoreError::Invalid(format!(
             "a stored body has an unknown encoding {other:?}"
         ))),
     }
 }
 
 /// Registers `slipway_body(encoding, body)` on `conn`: the body as received (NULL for NULL).
-pub fn register(conn: &Connection) -> Result<(), JournalError> {
+pub fn register(conn: &Connection) -> Result<(), StoreError> {
     conn.create_scalar_function(
         "slipway_body",
         2,
@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn a_push_is_stored_compressed_and_read_back_exactly() {
-        let push = include_bytes!("../../fixtures/github/push_master.json");
+        let push = include_bytes!("../../../fixtures/github/push_master.json");
         let (encoding, stored) = encode(push);
         assert_eq!(encoding, ZSTD);
         assert!(stored.len() * 2 < push.len(), "{} bytes", stored.len());

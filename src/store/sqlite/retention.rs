@@ -9,11 +9,10 @@
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
-use tokio_util::sync::CancellationToken;
 
-use super::{Journal, JournalError};
-use crate::clock::SharedClock;
+use super::{SqliteStore, StoreError};
 use crate::config::JournalConfig;
+use crate::store::retention::*;
 
 /// Rows one batch selects at most.
 const BATCH: i64 = 200;
@@ -23,28 +22,6 @@ const BATCH_BUDGET: Duration = Duration::from_millis(4);
 /// Free pages given back per step of a batch's vacuum (each step is timed).
 const VACUUM_STEP: i64 = 64;
 const DAY_MS: i64 = 24 * 3600 * 1000;
-
-/// What a pruning pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pruned {
-    /// Deliveries whose body was dropped (the row stays).
-    pub bodies_dropped: u64,
-    /// Ignored, ping and duplicate deliveries deleted.
-    pub deliveries_deleted: u64,
-    /// Notifications sent or given up longer ago than `keep_ignored_days`, deleted.
-    pub notifications_deleted: u64,
-    /// Free pages given back to the file system (4 KiB each).
-    pub pages_reclaimed: u64,
-}
-
-impl Pruned {
-    fn add(&mut self, other: Pruned) {
-        self.bodies_dropped += other.bodies_dropped;
-        self.deliveries_deleted += other.deliveries_deleted;
-        self.notifications_deleted += other.notifications_deleted;
-        self.pages_reclaimed += other.pages_reclaimed;
-    }
-}
 
 /// One batch's work, and whether there is more to do.
 struct Batch {
@@ -81,7 +58,7 @@ pub(crate) fn old_bodies_sql() -> String {
     )
 }
 
-fn release_body(c: &Connection, body_id: Option<i64>) -> Result<(), JournalError> {
+fn release_body(c: &Connection, body_id: Option<i64>) -> Result<(), StoreError> {
     let Some(body_id) = body_id else {
         return Ok(());
     };
@@ -94,7 +71,7 @@ fn release_body(c: &Connection, body_id: Option<i64>) -> Result<(), JournalError
 
 /// Gives up to `pages` free pages back to the file system. The pragma frees one page per
 /// step, so it is stepped to the end (`execute_batch` would step it once: one page).
-fn incremental_vacuum(c: &Connection, pages: i64) -> Result<(), JournalError> {
+fn incremental_vacuum(c: &Connection, pages: i64) -> Result<(), StoreError> {
     let mut stmt = c.prepare_cached(&format!("PRAGMA incremental_vacuum({pages})"))?;
     let mut rows = stmt.query([])?;
     while rows.next()?.is_some() {}
@@ -103,11 +80,7 @@ fn incremental_vacuum(c: &Connection, pages: i64) -> Result<(), JournalError> {
 
 /// One batch: deletes what is due and drops old bodies for half of `BATCH_BUDGET`, then gives
 /// free pages back for the rest of it. `more` when it stopped on its budget or its row limit.
-fn prune_batch(
-    c: &Connection,
-    now_ms: i64,
-    settings: &JournalConfig,
-) -> Result<Batch, JournalError> {
+fn prune_batch(c: &Connection, now_ms: i64, settings: &JournalConfig) -> Result<Batch, StoreError> {
     let started = Instant::now();
     let rows_until = BATCH_BUDGET / 2;
     let mut pruned = Pruned::default();
@@ -185,15 +158,11 @@ fn prune_batch(
     Ok(Batch { pruned, more })
 }
 
-impl Journal {
+impl SqliteStore {
     /// Prunes what `settings` no longer keeps as of `now_ms` and gives the space back, batch
     /// by batch: each batch is its own turn on the writer (a few ms), and after each the
     /// pruner waits as long as the batch took, so intake always has at least half the writer.
-    pub async fn prune(
-        &self,
-        now_ms: i64,
-        settings: &JournalConfig,
-    ) -> Result<Pruned, JournalError> {
+    pub async fn prune(&self, now_ms: i64, settings: &JournalConfig) -> Result<Pruned, StoreError> {
         let mut total = Pruned::default();
         loop {
             let s = settings.clone();
@@ -205,40 +174,6 @@ impl Journal {
             }
             // Let deliveries waiting for the writer go first.
             tokio::time::sleep(started.elapsed().max(Duration::from_millis(1))).await;
-        }
-    }
-}
-
-/// The background pruning worker.
-pub struct Retention {
-    pub journal: Journal,
-    pub clock: SharedClock,
-    pub settings: JournalConfig,
-}
-
-impl Retention {
-    pub async fn run(self, shutdown: CancellationToken) {
-        let every = Duration::from_secs(self.settings.prune_interval_secs);
-        loop {
-            let now = super::millis(self.clock.now());
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                pruned = self.journal.prune(now, &self.settings) => match pruned {
-                    Ok(p) if p != Pruned::default() => tracing::info!(
-                        bodies_dropped = p.bodies_dropped,
-                        deliveries_deleted = p.deliveries_deleted,
-                        notifications_deleted = p.notifications_deleted,
-                        pages_reclaimed = p.pages_reclaimed,
-                        "journal: pruned"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "journal: pruning failed; will try again"),
-                },
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
         }
     }
 }

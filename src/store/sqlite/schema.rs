@@ -15,7 +15,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
-use super::JournalError;
+use super::StoreError;
 
 /// The schema version a fully migrated journal is at.
 #[cfg(test)]
@@ -350,12 +350,12 @@ pub(super) fn oldest_reader(version: usize) -> usize {
 
 /// Migrates as a release that knows only the first `known` migrations would: how tests open a
 /// journal with the previous release's expectations (`known` = this release's minus one).
-pub(crate) fn migrate_known(conn: &mut Connection, known: usize) -> Result<(), JournalError> {
+pub(crate) fn migrate_known(conn: &mut Connection, known: usize) -> Result<(), StoreError> {
     migrate_with(conn, &MIGRATIONS[..known], known)
 }
 
 /// The value of `key` in the journal's `meta` table, if set.
-pub(crate) fn meta_value(conn: &Connection, key: &str) -> Result<Option<String>, JournalError> {
+pub(crate) fn meta_value(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     use rusqlite::OptionalExtension;
     Ok(conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -368,7 +368,7 @@ pub(crate) fn newer_journal_refusal(
     conn: &Connection,
     version: i64,
     known: i64,
-) -> Result<Option<String>, JournalError> {
+) -> Result<Option<String>, StoreError> {
     let oldest = meta_value(conn, OLDEST_READER)?.and_then(|v| v.parse::<i64>().ok());
     match oldest {
         Some(oldest) if oldest <= known => Ok(None),
@@ -384,7 +384,7 @@ pub(crate) fn newer_journal_refusal(
 
 /// Applies the migrations up to version `target` (a test builds yesterday's journal with it).
 #[cfg(test)]
-pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), JournalError> {
+pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
     migrate_with(conn, MIGRATIONS, target)
 }
 
@@ -393,7 +393,7 @@ pub(crate) fn migrate_with(
     conn: &mut Connection,
     migrations: &[&str],
     target: usize,
-) -> Result<(), JournalError> {
+) -> Result<(), StoreError> {
     conn.create_scalar_function(
         "slipway_sha256",
         1,
@@ -418,7 +418,7 @@ pub(crate) fn migrate_with(
 type BrokenReference = (String, Option<i64>, String);
 
 /// Every broken reference in the journal (`PRAGMA foreign_key_check`: reads every table).
-fn broken_references(tx: &Connection) -> Result<BTreeSet<BrokenReference>, JournalError> {
+fn broken_references(tx: &Connection) -> Result<BTreeSet<BrokenReference>, StoreError> {
     let mut stmt = tx.prepare("PRAGMA foreign_key_check")?;
     let broken = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -434,17 +434,13 @@ fn describe((table, row, parent): &BrokenReference) -> String {
     }
 }
 
-fn migrate_in(
-    conn: &mut Connection,
-    migrations: &[&str],
-    target: usize,
-) -> Result<(), JournalError> {
+fn migrate_in(conn: &mut Connection, migrations: &[&str], target: usize) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = migrations.len() as i64;
     if version > known {
         if let Some(why) = newer_journal_refusal(&tx, version, known)? {
-            return Err(JournalError::Invalid(why));
+            return Err(StoreError::Invalid(why));
         }
         // A rollback: the newer release's migrations were additive, so this one uses the
         // journal as it is; what the newer release added stays for when it comes back.
@@ -483,7 +479,7 @@ fn migrate_in(
     record_oldest_reader(&tx, target)?;
     let after = broken_references(&tx)?;
     if let Some(broken) = after.difference(&before).next() {
-        return Err(JournalError::Invalid(format!(
+        return Err(StoreError::Invalid(format!(
             "migrating the journal would break a reference ({}); nothing was changed",
             describe(broken)
         )));
@@ -494,7 +490,7 @@ fn migrate_in(
 
 /// Records which releases can use a journal at `version` (for a release that knows fewer
 /// migrations: see [`newer_journal_refusal`]). Nothing is written when it is already there.
-fn record_oldest_reader(tx: &Connection, version: usize) -> Result<(), JournalError> {
+fn record_oldest_reader(tx: &Connection, version: usize) -> Result<(), StoreError> {
     if version == 0 {
         return Ok(());
     }
@@ -513,7 +509,7 @@ pub fn body_digest(body: &[u8]) -> [u8; 32] {
 
 /// Turns on incremental vacuum (so pruning can give disk back). Changing it on a journal that
 /// already has tables takes a VACUUM, once; a new journal gets it before its first table.
-pub fn incremental_vacuum(conn: &Connection) -> Result<(), JournalError> {
+pub fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
     const INCREMENTAL: i64 = 2;
     let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
     if mode == INCREMENTAL {

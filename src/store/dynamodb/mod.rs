@@ -1,0 +1,171 @@
+//! The DynamoDB engine (issue 25): slipway's state in one DynamoDB table, large bodies in S3.
+//! The table's design is in `docs/dynamodb.md`; `table.rs` creates it.
+//!
+//! Not complete in this version: every `Store` method is written and tested against moto
+//! (`tests/it/store.rs`, with the SQLite engine), but `slipway provision` does not make the
+//! table and bucket yet, `serve` does not build the engine from `[store]`, and the end-to-end
+//! suite has not run on it. Until then `serve` refuses `engine = "dynamodb"` ([`NOT_COMPLETE`]).
+
+mod builds;
+mod deliveries;
+mod deployments;
+mod github;
+mod item;
+mod listings;
+mod notify;
+mod records;
+mod retention;
+mod table;
+
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+use super::StoreError;
+use crate::config::JournalConfig;
+
+/// Why `serve` refuses `[store] engine = "dynamodb"` in this version.
+pub const NOT_COMPLETE: &str = "the DynamoDB engine is not complete in this version: \
+     the table and bucket made by `slipway provision`, serve's use of them and the end-to-end \
+     checks are not done yet; use engine = \"sqlite\" (the default)";
+
+/// The DynamoDB engine's handle (cheap to clone).
+#[derive(Clone)]
+pub struct DynamoStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    /// `[journal]`'s retention, applied as DynamoDB TTL (`expires`).
+    settings: JournalConfig,
+    /// Where bodies over 350 KB go: an S3 client and the bucket (None: such a body is refused).
+    bodies: Option<(aws_sdk_s3::Client, String)>,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore")
+            .field("table", &self.inner.table)
+            .finish()
+    }
+}
+
+impl DynamoStore {
+    /// The engine on `table`, through `client` (its retry policy is the SDK's, set once where
+    /// the client is built). The table must exist ([`DynamoStore::create_table`]).
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        table: impl Into<String>,
+        settings: &JournalConfig,
+    ) -> DynamoStore {
+        DynamoStore {
+            inner: Arc::new(Inner {
+                client,
+                table: table.into(),
+                settings: settings.clone(),
+                bodies: None,
+            }),
+        }
+    }
+
+    /// Keeps bodies over 350 KB in `bucket` (`[store] bodies_bucket`), one object per distinct
+    /// body under `bodies/<sha256 hex>`.
+    pub fn with_bodies_bucket(self, s3: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        DynamoStore {
+            inner: Arc::new(Inner {
+                client: self.inner.client.clone(),
+                table: self.inner.table.clone(),
+                settings: self.inner.settings.clone(),
+                bodies: Some((s3, bucket.into())),
+            }),
+        }
+    }
+
+    /// The table this engine keeps its state in.
+    pub fn table(&self) -> &str {
+        &self.inner.table
+    }
+
+    fn client(&self) -> &aws_sdk_dynamodb::Client {
+        &self.inner.client
+    }
+
+    /// DynamoDB queues nothing in slipway: a write is sent as it comes, so there is no queue to
+    /// be full (throttling is DynamoDB's answer to a write, see [`StoreError::Unavailable`]).
+    pub fn backpressure(&self) -> Option<String> {
+        None
+    }
+
+    /// Nothing to stop: every write was answered before its call returned.
+    pub fn close(&self) {}
+}
+
+/// The error a part of the engine that is not there yet answers.
+fn not_complete(what: &str) -> StoreError {
+    StoreError::Unavailable {
+        reason: format!("the DynamoDB engine is not complete in this version: {what}"),
+    }
+}
+
+/// Error codes after which the same request may succeed later: DynamoDB (or S3) throttled it or had
+/// a fault of its own (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>).
+const RETRY_LATER_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionInProgressException",
+    // S3's, for the bodies bucket
+    // (<https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html>).
+    "SlowDown",
+    "InternalError",
+];
+
+/// Sorts an SDK error of `operation` (`"DynamoDB PutItem"`) that the SDK's own retries did not
+/// overcome: throttling, DynamoDB's faults, an endpoint that cannot be reached or a timeout
+/// are `Unavailable` (the caller may try again later; nothing was written); the rest are
+/// engine errors, said the way every AWS error is (`aws_error`).
+fn sdk_error<E>(operation: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use crate::aws_error::Cause;
+    let cause = crate::aws_error::cause(operation, &err);
+    let retry = match &cause {
+        Cause::Service { code, .. } => code
+            .as_deref()
+            .is_some_and(|c| RETRY_LATER_CODES.contains(&c)),
+        Cause::CouldNotConnect(_) | Cause::TimedOut => true,
+        _ => false,
+    };
+    if retry {
+        StoreError::Unavailable {
+            reason: format!("{operation}: {cause}"),
+        }
+    } else {
+        StoreError::Engine {
+            engine: "DynamoDB",
+            source: format!("{operation}: {cause}").into(),
+        }
+    }
+}
+
+/// An item that does not read as the engine wrote it.
+fn malformed(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine {
+        engine: "DynamoDB",
+        source: format!("an item is not as slipway wrote it: {what}").into(),
+    }
+}
+
+/// A request the SDK's builder refused (a required field missing: a bug in slipway).
+fn bad_request(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine {
+        engine: "DynamoDB",
+        source: format!("cannot make the request: {what}").into(),
+    }
+}
