@@ -1204,7 +1204,9 @@ impl Deployer {
         let late = || {
             format!(
                 "rollout did not complete within {}s ({deadline_why})",
-                ((deadline - started).max(0) / 1000)
+                // To the nearest second: the deadline was fixed a moment before the start was
+                // journaled, so the difference is a few milliseconds short of what was set.
+                ((deadline - started).max(0) + 500) / 1000
             )
         };
         // Set once slipway asked ECS to roll its service deployment back, journaled before the

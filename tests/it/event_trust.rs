@@ -187,6 +187,11 @@ async fn a_forged_failed_event_for_a_build_that_succeeded_changes_nothing() {
             .unwrap()
     };
     let before = row(&s);
+    // The deploy's notifications go through their outbox: count them once the last is in.
+    eventually("the deploy's success notified", || async {
+        (!w.notes_of("deploy_succeeded").is_empty()).then_some(())
+    })
+    .await;
     let notes_before = w.notes.bodies().len();
 
     let mut forged = event(&arn, "aws.codebuild", "123456789012", "FAILED");
