@@ -1351,9 +1351,18 @@ fn dynamodb_writes(proxy: &Proxy) -> usize {
 #[tokio::test]
 async fn dynamodb_store_fresh_account_gets_its_table_and_bucket_and_a_second_run_changes_nothing() {
     let (emu, proxy, builder) = dynamodb_world().await;
+    // A new table's backups are not ready at once: DynamoDB refuses PITR for a while
+    // (UpdateContinuousBackups, DynamoDB API Reference); provision asks again.
+    proxy.fail(
+        "UpdateContinuousBackups",
+        1,
+        400,
+        "ContinuousBackupsUnavailableException",
+    );
     let run = provision(&builder, &[]).await;
     assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
     assert_eq!(run.status("dynamodb_table", STATE_TABLE), "created");
+    assert_eq!(proxy.requests("UpdateContinuousBackups").len(), 2);
     assert_eq!(run.status("bodies_bucket", BODIES_BUCKET), "created");
     // The plumbing is made as before.
     assert_eq!(run.status("queue", QUEUE), "created");

@@ -185,20 +185,37 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Turns point-in-time recovery on. A table made moments ago answers
+    /// `ContinuousBackupsUnavailableException` ("backups have not yet been enabled for this
+    /// table", UpdateContinuousBackups in the DynamoDB API Reference) until its backups are
+    /// ready: asked again every [`POLL_EVERY`], within [`ACTIVE_WITHIN`].
     async fn enable_pitr(&self) -> Result<(), StoreError> {
-        self.client()
-            .update_continuous_backups()
-            .table_name(self.table())
-            .point_in_time_recovery_specification(
-                PointInTimeRecoverySpecification::builder()
-                    .point_in_time_recovery_enabled(true)
-                    .build()
-                    .map_err(super::bad_request)?,
-            )
-            .send()
-            .await
-            .map_err(|e| sdk_error("DynamoDB UpdateContinuousBackups", e))?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + ACTIVE_WITHIN;
+        loop {
+            let sent = self
+                .client()
+                .update_continuous_backups()
+                .table_name(self.table())
+                .point_in_time_recovery_specification(
+                    PointInTimeRecoverySpecification::builder()
+                        .point_in_time_recovery_enabled(true)
+                        .build()
+                        .map_err(super::bad_request)?,
+                )
+                .send()
+                .await;
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if tokio::time::Instant::now() < deadline
+                        && e.as_service_error()
+                            .is_some_and(|e| e.is_continuous_backups_unavailable_exception()) =>
+                {
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+                Err(e) => return Err(sdk_error("DynamoDB UpdateContinuousBackups", e)),
+            }
+        }
     }
 
     /// How the table differs from what [`DynamoStore::create_table`] makes; `None` when there
