@@ -23,6 +23,8 @@ pub struct Clients {
     /// For backups to `s3://` (issue 21). Path-style addressing when an endpoint is set (an
     /// emulator or a VPC endpoint), so a bucket name needs no DNS of its own.
     pub s3: aws_sdk_s3::Client,
+    /// The DynamoDB engine's table (`[store] engine = "dynamodb"`, issue 25).
+    pub dynamodb: aws_sdk_dynamodb::Client,
 }
 
 impl Clients {
@@ -97,6 +99,11 @@ impl Clients {
                 aws_sdk_s3::config::Builder::from(shared)
                     .interceptor(calls)
                     .force_path_style(shared.endpoint_url().is_some())
+                    .build(),
+            ),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(shared)
+                    .interceptor(calls)
                     .build(),
             ),
         }

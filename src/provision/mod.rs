@@ -18,6 +18,7 @@ mod plumbing;
 pub mod policy;
 mod recognize;
 mod report;
+mod state_store;
 
 pub use checks::github_repository;
 use checks::*;
@@ -102,6 +103,8 @@ pub async fn run(config: &Config, aws: &Clients, dry_run: bool) -> Report {
             }
         }
     }
+    // The store's table and bucket stand apart from the plumbing: made even when it failed.
+    state_store::provision(config, aws, dry_run, &mut report).await;
     check_config(config, &mut report);
     check_projects(config, aws, &mut report).await;
     check_repositories(config, aws, &mut report).await;

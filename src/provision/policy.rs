@@ -10,6 +10,9 @@
 //!   their attributes (the queue policy), the EventBridge rule and its target, and the
 //!   read-only checks of what the apps use.
 //!
+//! - with `[store] engine = "dynamodb"`, both add the engine's table and its indexes, and the
+//!   bodies bucket's `bodies/` objects (runtime) or the bucket itself (provisioning).
+//!
 //! The task definition families and roles are read from AWS (the services' current task
 //! definitions), so the policies match what slipway will register and pass.
 
@@ -19,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::aws::{AwsError, Clients};
 use crate::config::{BackupLocation, Config};
+use crate::store::StoreConfig;
 
 /// What the policies are generated from besides the config.
 #[derive(Debug, Clone, Default)]
@@ -200,6 +204,7 @@ pub fn runtime(config: &Config, env: &Environment) -> Value {
         statements.push(tag);
     }
     statements.extend(backup_statements(config, env));
+    statements.extend(store_runtime_statements(config, env));
     if !env.roles.is_empty() {
         let mut pass = statement(
             "SlipwayRunPassTaskRoles",
@@ -235,8 +240,105 @@ fn backup_statements(config: &Config, env: &Environment) -> Vec<Value> {
     vec![objects, list]
 }
 
+/// The DynamoDB engine's table and its indexes' ARNs, and the bodies bucket's (None for the
+/// SQLite engine).
+fn store_arns(config: &Config, env: &Environment) -> Option<(String, String, Option<String>)> {
+    let StoreConfig::DynamoDb {
+        table,
+        bodies_bucket,
+    } = &config.store
+    else {
+        return None;
+    };
+    let table_arn = arn(env, "dynamodb", &format!("table/{table}"));
+    let indexes = format!("{table_arn}/index/*");
+    let bucket = bodies_bucket
+        .as_ref()
+        .map(|b| format!("arn:{}:s3:::{b}", env.partition));
+    Some((table_arn, indexes, bucket))
+}
+
+/// What the DynamoDB engine calls (`src/store/dynamodb/`): item reads and writes on the table,
+/// queries on its indexes (a `TransactWriteItems` is authorized as the Put/Update/Delete
+/// actions of its parts, DynamoDB Developer Guide, "Using IAM with DynamoDB transactions"); with a bodies bucket, PutObject and GetObject under `bodies/` only.
+fn store_runtime_statements(config: &Config, env: &Environment) -> Vec<Value> {
+    let Some((table, indexes, bucket)) = store_arns(config, env) else {
+        return vec![];
+    };
+    let mut statements = vec![
+        statement(
+            "SlipwayRunStoreTable",
+            &[
+                "dynamodb:GetItem",
+                "dynamodb:BatchGetItem",
+                "dynamodb:Query",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+            ],
+            [table],
+        ),
+        statement("SlipwayRunStoreIndexes", &["dynamodb:Query"], [indexes]),
+    ];
+    if let Some(bucket) = bucket {
+        statements.push(statement(
+            "SlipwayRunStoreBodies",
+            &["s3:PutObject", "s3:GetObject"],
+            [format!("{bucket}/{}", crate::store::dynamodb::BODIES_PREFIX) + "*"],
+        ));
+    }
+    statements
+}
+
+/// What `slipway provision` calls for the DynamoDB engine: the table made, checked and
+/// repaired (its `created_ms` item put once), the bucket made, checked and repaired.
+fn store_provisioning_statements(config: &Config, env: &Environment) -> Vec<Value> {
+    let Some((table, indexes, bucket)) = store_arns(config, env) else {
+        return vec![];
+    };
+    let mut statements = vec![statement(
+        "SlipwayProvisionStoreTable",
+        &[
+            "dynamodb:CreateTable",
+            "dynamodb:DescribeTable",
+            "dynamodb:UpdateTable",
+            "dynamodb:DescribeTimeToLive",
+            "dynamodb:UpdateTimeToLive",
+            "dynamodb:DescribeContinuousBackups",
+            "dynamodb:UpdateContinuousBackups",
+            "dynamodb:PutItem",
+        ],
+        [table, indexes],
+    )];
+    if let Some(bucket) = bucket {
+        statements.push(statement(
+            "SlipwayProvisionStoreBucket",
+            &[
+                "s3:CreateBucket",
+                "s3:ListBucket",
+                "s3:GetBucketPublicAccessBlock",
+                "s3:PutBucketPublicAccessBlock",
+                "s3:GetEncryptionConfiguration",
+                "s3:PutEncryptionConfiguration",
+                "s3:GetLifecycleConfiguration",
+                "s3:PutLifecycleConfiguration",
+            ],
+            [bucket],
+        ));
+    }
+    statements
+}
+
 /// What `slipway provision` calls.
 pub fn provisioning(config: &Config, env: &Environment) -> Value {
+    let mut policy = provisioning_plumbing(config, env);
+    if let Some(list) = policy["Statement"].as_array_mut() {
+        list.extend(store_provisioning_statements(config, env));
+    }
+    policy
+}
+
+fn provisioning_plumbing(config: &Config, env: &Environment) -> Value {
     let r = resources(config, env);
     json!({
         "Version": "2012-10-17",

@@ -17,6 +17,10 @@ pub enum Kind {
     Container,
     CircuitBreaker,
     Config,
+    /// The DynamoDB engine's table (`[store] engine = "dynamodb"`).
+    DynamodbTable,
+    /// The DynamoDB engine's bucket for large bodies (`[store] bodies_bucket`).
+    BodiesBucket,
 }
 
 impl Kind {
@@ -34,6 +38,8 @@ impl Kind {
             Kind::Container => "container",
             Kind::CircuitBreaker => "circuit_breaker",
             Kind::Config => "config",
+            Kind::DynamodbTable => "dynamodb_table",
+            Kind::BodiesBucket => "bodies_bucket",
         }
     }
 }

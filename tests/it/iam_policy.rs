@@ -53,6 +53,13 @@ const CLIENTS: &[Client] = &[
         prefix: "s3",
         receivers: &["s3"],
     },
+    // The DynamoDB engine calls through `self.client()` (no receiver name: its operations
+    // are attributed by name, none of them being another client's).
+    Client {
+        krate: "aws-sdk-dynamodb",
+        prefix: "dynamodb",
+        receivers: &["dynamodb"],
+    },
 ];
 
 /// Operations whose IAM action has another name (Amazon S3 User Guide, "Policy actions for
@@ -62,6 +69,28 @@ const ACTION_OF_OPERATION: &[(&str, &str)] = &[
     ("s3:ListObjects", "s3:ListBucket"),
     ("s3:HeadObject", "s3:GetObject"),
     ("s3:HeadBucket", "s3:ListBucket"),
+    ("s3:GetPublicAccessBlock", "s3:GetBucketPublicAccessBlock"),
+    ("s3:PutPublicAccessBlock", "s3:PutBucketPublicAccessBlock"),
+    ("s3:GetBucketEncryption", "s3:GetEncryptionConfiguration"),
+    ("s3:PutBucketEncryption", "s3:PutEncryptionConfiguration"),
+    (
+        "s3:GetBucketLifecycleConfiguration",
+        "s3:GetLifecycleConfiguration",
+    ),
+    (
+        "s3:PutBucketLifecycleConfiguration",
+        "s3:PutLifecycleConfiguration",
+    ),
+];
+
+/// DynamoDB's `TransactWriteItems` has no IAM action of its own: each of its parts is
+/// authorized as the item operation it is (DynamoDB Developer Guide, "Using IAM with DynamoDB
+/// transactions"). `TransactWriteItem::builder().put(…)` and so on, found in the source.
+const TRANSACT_PARTS: &[(&str, &str)] = &[
+    ("put", "dynamodb:PutItem"),
+    ("update", "dynamodb:UpdateItem"),
+    ("delete", "dynamodb:DeleteItem"),
+    ("condition_check", "dynamodb:ConditionCheckItem"),
 ];
 
 /// Methods of a client (or of a field that happens to share a client's name) that are not
@@ -115,6 +144,40 @@ const HAND_MAP: &[(&str, &str)] = &[
     ("get_object", "s3:GetObject"),
     ("delete_object", "s3:DeleteObject"),
     ("list_objects_v2", "s3:ListBucket"),
+    ("head_bucket", "s3:ListBucket"),
+    ("create_bucket", "s3:CreateBucket"),
+    ("get_public_access_block", "s3:GetBucketPublicAccessBlock"),
+    ("put_public_access_block", "s3:PutBucketPublicAccessBlock"),
+    ("get_bucket_encryption", "s3:GetEncryptionConfiguration"),
+    ("put_bucket_encryption", "s3:PutEncryptionConfiguration"),
+    (
+        "get_bucket_lifecycle_configuration",
+        "s3:GetLifecycleConfiguration",
+    ),
+    (
+        "put_bucket_lifecycle_configuration",
+        "s3:PutLifecycleConfiguration",
+    ),
+    ("get_item", "dynamodb:GetItem"),
+    ("batch_get_item", "dynamodb:BatchGetItem"),
+    ("query", "dynamodb:Query"),
+    ("put_item", "dynamodb:PutItem"),
+    ("update_item", "dynamodb:UpdateItem"),
+    ("delete_item", "dynamodb:DeleteItem"),
+    ("transact_write_items", "dynamodb:TransactWriteItems"),
+    ("create_table", "dynamodb:CreateTable"),
+    ("describe_table", "dynamodb:DescribeTable"),
+    ("update_table", "dynamodb:UpdateTable"),
+    ("update_time_to_live", "dynamodb:UpdateTimeToLive"),
+    ("describe_time_to_live", "dynamodb:DescribeTimeToLive"),
+    (
+        "update_continuous_backups",
+        "dynamodb:UpdateContinuousBackups",
+    ),
+    (
+        "describe_continuous_backups",
+        "dynamodb:DescribeContinuousBackups",
+    ),
 ];
 
 /// Operations per IAM prefix: snake_case method → action (`ecs:DescribeServices`).
@@ -328,7 +391,7 @@ fn scan_text(file: &str, text: &str, ops: &Operations, strict: bool, scan: &mut 
             (None, many) => {
                 scan.problems.push(format!(
                     "{at}: .{method}() on `{receiver}` could be {}: name the client variable \
-                     codebuild/ecs/ecr/sqs/events/s3",
+                     codebuild/ecs/ecr/sqs/events/s3/dynamodb",
                     many.join(" or ")
                 ));
                 None
@@ -370,6 +433,40 @@ fn scan_sources(ops: &Operations, strict: bool) -> Scan {
         scan_text(&name, &text, ops, strict, &mut scan);
     }
     scan
+}
+
+/// The item actions of the parts of DynamoDB transactions in `src/`, with where each is made.
+fn transact_parts() -> Vec<(String, String)> {
+    let root = manifest_dir();
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let marker = "TransactWriteItem::builder()";
+    let mut out = Vec::new();
+    for path in files {
+        let text = strip_comments(&std::fs::read_to_string(&path).unwrap());
+        let name = path.strip_prefix(&root).unwrap().display().to_string();
+        for (pos, _) in text.match_indices(marker) {
+            let rest = text[pos + marker.len()..].trim_start();
+            let method: String = rest
+                .strip_prefix('.')
+                .unwrap_or_default()
+                .trim_start()
+                .bytes()
+                .take_while(|b| is_ident(*b))
+                .map(char::from)
+                .collect();
+            let action = TRANSACT_PARTS
+                .iter()
+                .find(|(part, _)| *part == method)
+                .map(|(_, a)| (*a).to_owned())
+                .unwrap_or_else(|| {
+                    panic!("{name}: TransactWriteItem::builder().{method}( is not a part the test knows")
+                });
+            let line = text[..pos].bytes().filter(|b| *b == b'\n').count() + 1;
+            out.push((action, format!("{name}:{line} (in a transaction)")));
+        }
+    }
+    out
 }
 
 /// `*` and `?` wildcards, case-insensitive (IAM action names are).
@@ -433,9 +530,11 @@ fn policy() -> Value {
 }
 
 /// The generated examples: runtime, then provisioning.
-const POLICY_FILES: [&str; 2] = [
+const POLICY_FILES: [&str; 4] = [
     "deploy/iam-policy-runtime.json",
     "deploy/iam-policy-provision.json",
+    "deploy/iam-policy-runtime-dynamodb.json",
+    "deploy/iam-policy-provision-dynamodb.json",
 ];
 
 /// Every action the code needs, with where it is called.
@@ -450,6 +549,18 @@ fn required_actions() -> BTreeMap<String, Vec<String>> {
     let mut required: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for call in scan.calls {
         required.entry(call.action).or_default().push(call.at);
+    }
+    if let Some(at) = required.remove("dynamodb:TransactWriteItems") {
+        let parts = transact_parts();
+        assert!(
+            !parts.is_empty(),
+            "TransactWriteItems is called ({}) but no TransactWriteItem::builder().<part>( was \
+             found",
+            at.join(", ")
+        );
+        for (action, part_at) in parts {
+            required.entry(action).or_default().push(part_at);
+        }
     }
     // RegisterTaskDefinition with tags also needs ecs:TagResource.
     if required.contains_key("ecs:RegisterTaskDefinition") {
@@ -474,6 +585,11 @@ fn the_policy_grants_every_call_the_code_makes() {
         "ecr:DescribeImages",
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
+        "dynamodb:Query",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:CreateTable",
+        "s3:PutLifecycleConfiguration",
     ] {
         assert!(
             required.contains_key(action),
@@ -500,7 +616,14 @@ fn the_policy_grants_every_call_the_code_makes() {
 fn a_policy_without_one_of_the_actions_fails_the_check() {
     let required = required_actions();
     let full = policy();
-    for removed in ["sqs:ReceiveMessage", "ecs:TagResource", "events:PutRule"] {
+    for removed in [
+        "sqs:ReceiveMessage",
+        "ecs:TagResource",
+        "events:PutRule",
+        // A part of a DynamoDB transaction, and a call of provision's on the table.
+        "dynamodb:DeleteItem",
+        "dynamodb:UpdateContinuousBackups",
+    ] {
         assert!(required.contains_key(removed), "{removed} is not required");
         // A copy of the policy without the action, wherever it appears.
         let mut copy = full.clone();
@@ -764,7 +887,18 @@ async fn generated_policies_name_exact_resources_and_match_the_examples() {
     assert!(s3_actions(&provisioning).is_empty());
 
     // The examples in deploy/ are exactly this output (SLIPWAY_BLESS=1 rewrites them).
-    for (file, generated) in POLICY_FILES.iter().zip([&runtime, &provisioning]) {
+    assert!(granted(&runtime)
+        .iter()
+        .all(|a| !a.starts_with("dynamodb:")));
+    assert!(granted(&provisioning)
+        .iter()
+        .all(|a| !a.starts_with("dynamodb:")));
+    bless_or_compare(&POLICY_FILES[..2], [&runtime, &provisioning]);
+}
+
+/// The examples in deploy/ are exactly this output (SLIPWAY_BLESS=1 rewrites them).
+fn bless_or_compare(files: &[&str], generated: [&Value; 2]) {
+    for (file, generated) in files.iter().zip(generated) {
         let path = manifest_dir().join(file);
         let text = format!("{}\n", serde_json::to_string_pretty(generated).unwrap());
         if std::env::var_os("SLIPWAY_BLESS").is_some() {
@@ -776,6 +910,78 @@ async fn generated_policies_name_exact_resources_and_match_the_examples() {
             "{file} is not what `slipway provision --policy` generates (SLIPWAY_BLESS=1 rewrites it)"
         );
     }
+}
+
+/// The DynamoDB engine's example config: the table `slipway`, a bodies bucket.
+const DYNAMODB_STORE: &str =
+    "[store]\nengine = \"dynamodb\"\ntable = \"slipway\"\nbodies_bucket = \"slipway-bodies-example\"";
+
+#[tokio::test]
+async fn with_the_dynamodb_engine_the_policies_name_its_table_indexes_and_bodies_only() {
+    let (runtime, provisioning) = generated_policies(DYNAMODB_STORE).await;
+    let set =
+        |items: &[&str]| -> BTreeSet<String> { items.iter().map(|s| s.to_string()).collect() };
+    let table = "arn:aws:dynamodb:eu-west-1:123456789012:table/slipway";
+    let indexes = "arn:aws:dynamodb:eu-west-1:123456789012:table/slipway/index/*";
+    for action in [
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    ] {
+        assert_eq!(resources_for(&runtime, action), set(&[table]), "{action}");
+    }
+    assert_eq!(
+        resources_for(&runtime, "dynamodb:Query"),
+        set(&[table, indexes])
+    );
+    // Runtime makes no table and changes none; it never scans.
+    for action in [
+        "dynamodb:CreateTable",
+        "dynamodb:UpdateTable",
+        "dynamodb:Scan",
+    ] {
+        assert!(resources_for(&runtime, action).is_empty(), "{action}");
+    }
+    let bodies = "arn:aws:s3:::slipway-bodies-example/bodies/*";
+    for action in ["s3:PutObject", "s3:GetObject"] {
+        assert_eq!(resources_for(&runtime, action), set(&[bodies]), "{action}");
+    }
+    assert_eq!(s3_actions(&runtime).len(), 2, "{runtime:#}");
+    for action in [
+        "dynamodb:CreateTable",
+        "dynamodb:UpdateTable",
+        "dynamodb:UpdateTimeToLive",
+        "dynamodb:UpdateContinuousBackups",
+    ] {
+        assert_eq!(
+            resources_for(&provisioning, action),
+            set(&[table, indexes]),
+            "{action}"
+        );
+    }
+    for action in [
+        "s3:CreateBucket",
+        "s3:PutBucketPublicAccessBlock",
+        "s3:PutEncryptionConfiguration",
+        "s3:PutLifecycleConfiguration",
+    ] {
+        assert_eq!(
+            resources_for(&provisioning, action),
+            set(&["arn:aws:s3:::slipway-bodies-example"]),
+            "{action}"
+        );
+    }
+    // Without a bodies bucket, no S3 at all.
+    let (runtime, provisioning) =
+        generated_policies("[store]\nengine = \"dynamodb\"\ntable = \"slipway\"").await;
+    assert!(s3_actions(&runtime).is_empty(), "{runtime:#}");
+    assert!(s3_actions(&provisioning).is_empty(), "{provisioning:#}");
+    assert!(!resources_for(&runtime, "dynamodb:Query").is_empty());
+
+    let (runtime, provisioning) = generated_policies(DYNAMODB_STORE).await;
+    bless_or_compare(&POLICY_FILES[2..], [&runtime, &provisioning]);
 }
 
 /// The S3 actions a policy grants.

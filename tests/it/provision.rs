@@ -1178,3 +1178,426 @@ async fn provision_against_the_templates_resources_reports_a_second_target() {
     );
     assert_eq!(targets_of(&emu, &rule_name).await.len(), 2);
 }
+
+// The DynamoDB engine's table and bodies bucket (`[store] engine = "dynamodb"`, issue 25).
+
+const STATE_TABLE: &str = "slipway-state";
+const BODIES_BUCKET: &str = "slipway-bodies-test";
+
+/// `web` complete, and the DynamoDB engine with a bodies bucket kept 30 days.
+async fn dynamodb_world() -> (Emulator, Proxy, SlipwayBuilder) {
+    let emu = Emulator::start().await;
+    let proxy = Proxy::start(&emu.url).await;
+    let web = App::good("web");
+    build_app(&emu, &web, Faults::default()).await;
+    let builder = SlipwayBuilder::new(&proxy.url)
+        .apps(&apps_toml(&[web]))
+        .extra(&format!(
+            "[store]\nengine = \"dynamodb\"\ntable = \"{STATE_TABLE}\"\nbodies_bucket = \
+             \"{BODIES_BUCKET}\"\n[journal]\nkeep_bodies_days = 30\n"
+        ));
+    (emu, proxy, builder)
+}
+
+fn dynamodb(emu: &Emulator) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&emu.config)
+}
+
+fn s3(emu: &Emulator) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&emu.config)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// The table as DynamoDB describes it: billing mode, GSIs (name, keys, projection), TTL
+/// (status, attribute), point-in-time recovery status.
+async fn table_as_seen(emu: &Emulator) -> (String, Vec<String>, (String, String), String) {
+    let ddb = dynamodb(emu);
+    let t = ddb
+        .describe_table()
+        .table_name(STATE_TABLE)
+        .send()
+        .await
+        .unwrap();
+    let t = t.table().unwrap();
+    let billing = t
+        .billing_mode_summary()
+        .and_then(|b| b.billing_mode())
+        .map(|b| b.as_str().to_owned())
+        .unwrap_or_default();
+    let mut indexes: Vec<String> = t
+        .global_secondary_indexes()
+        .iter()
+        .map(|i| {
+            let keys: Vec<String> = i
+                .key_schema()
+                .iter()
+                .map(|k| format!("{}:{}", k.attribute_name(), k.key_type().as_str()))
+                .collect();
+            format!(
+                "{} {} {}",
+                i.index_name().unwrap(),
+                keys.join(","),
+                i.projection().unwrap().projection_type().unwrap().as_str()
+            )
+        })
+        .collect();
+    indexes.sort();
+    let ttl = ddb
+        .describe_time_to_live()
+        .table_name(STATE_TABLE)
+        .send()
+        .await
+        .unwrap();
+    let ttl = ttl.time_to_live_description().unwrap();
+    let ttl = (
+        ttl.time_to_live_status().unwrap().as_str().to_owned(),
+        ttl.attribute_name().unwrap_or_default().to_owned(),
+    );
+    let backups = ddb
+        .describe_continuous_backups()
+        .table_name(STATE_TABLE)
+        .send()
+        .await
+        .unwrap();
+    let pitr = backups
+        .continuous_backups_description()
+        .and_then(|d| d.point_in_time_recovery_description())
+        .and_then(|p| p.point_in_time_recovery_status())
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_default();
+    (billing, indexes, ttl, pitr)
+}
+
+const WANTED_INDEXES: [&str; 3] = [
+    "due due_pk:HASH,due_sk:RANGE ALL",
+    "lookup look_pk:HASH,look_sk:RANGE ALL",
+    "recent list_pk:HASH,list_sk:RANGE ALL",
+];
+
+/// The bucket as S3 describes it: public access blocked (all four), default encryption
+/// algorithm, the `bodies/` lifecycle rules as `(id, prefix, days)`.
+async fn bucket_as_seen(emu: &Emulator) -> (bool, String, Vec<(String, String, i32)>) {
+    let s3 = s3(emu);
+    let blocked = s3
+        .get_public_access_block()
+        .bucket(BODIES_BUCKET)
+        .send()
+        .await
+        .ok()
+        .and_then(|o| o.public_access_block_configuration().cloned())
+        .is_some_and(|c| {
+            c.block_public_acls() == Some(true)
+                && c.ignore_public_acls() == Some(true)
+                && c.block_public_policy() == Some(true)
+                && c.restrict_public_buckets() == Some(true)
+        });
+    let encryption = s3
+        .get_bucket_encryption()
+        .bucket(BODIES_BUCKET)
+        .send()
+        .await
+        .ok()
+        .and_then(|o| {
+            o.server_side_encryption_configuration()?
+                .rules()
+                .first()?
+                .apply_server_side_encryption_by_default()
+                .map(|d| d.sse_algorithm().as_str().to_owned())
+        })
+        .unwrap_or_default();
+    let rules = s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(BODIES_BUCKET)
+        .send()
+        .await
+        .map(|o| o.rules().to_vec())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r.id().unwrap_or_default().to_owned(),
+                r.filter()
+                    .and_then(|f| f.prefix())
+                    .unwrap_or_default()
+                    .to_owned(),
+                r.expiration().and_then(|e| e.days()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    (blocked, encryption, rules)
+}
+
+fn our_rule() -> (String, String, i32) {
+    ("slipway-bodies".to_owned(), "bodies/".to_owned(), 30)
+}
+
+/// The DynamoDB requests that change something, as the proxy saw them.
+fn dynamodb_writes(proxy: &Proxy) -> usize {
+    [
+        "CreateTable",
+        "UpdateTable",
+        "UpdateTimeToLive",
+        "UpdateContinuousBackups",
+        "PutItem",
+    ]
+    .iter()
+    .map(|op| proxy.requests(op).len())
+    .sum()
+}
+
+#[tokio::test]
+async fn dynamodb_store_fresh_account_gets_its_table_and_bucket_and_a_second_run_changes_nothing() {
+    let (emu, proxy, builder) = dynamodb_world().await;
+    // A new table's backups are not ready at once: DynamoDB refuses PITR for a while
+    // (UpdateContinuousBackups, DynamoDB API Reference); provision asks again.
+    proxy.fail(
+        "UpdateContinuousBackups",
+        1,
+        400,
+        "ContinuousBackupsUnavailableException",
+    );
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
+    assert_eq!(run.status("dynamodb_table", STATE_TABLE), "created");
+    assert_eq!(proxy.requests("UpdateContinuousBackups").len(), 2);
+    assert_eq!(run.status("bodies_bucket", BODIES_BUCKET), "created");
+    // The plumbing is made as before.
+    assert_eq!(run.status("queue", QUEUE), "created");
+
+    let (billing, indexes, ttl, pitr) = table_as_seen(&emu).await;
+    assert_eq!(billing, "PAY_PER_REQUEST");
+    assert_eq!(indexes, WANTED_INDEXES);
+    assert_eq!(ttl, ("ENABLED".to_owned(), "expires".to_owned()));
+    assert_eq!(pitr, "ENABLED");
+    // The engine's own record of when its table was made (delivery recovery reads it).
+    let store = slipway::store::dynamodb::DynamoStore::new(
+        dynamodb(&emu),
+        STATE_TABLE,
+        &slipway::config::JournalConfig::default(),
+    );
+    assert!(store.created_ms().await.unwrap().is_some());
+    let (blocked, encryption, rules) = bucket_as_seen(&emu).await;
+    assert!(blocked, "public access is not blocked");
+    assert_eq!(encryption, "AES256");
+    assert_eq!(rules, [our_rule()]);
+
+    let writes = dynamodb_writes(&proxy);
+    let second = provision(&builder, &[]).await;
+    assert!(second.status.success(), "{:#}", second.report);
+    assert_eq!(second.status("dynamodb_table", STATE_TABLE), "unchanged");
+    assert_eq!(second.status("bodies_bucket", BODIES_BUCKET), "unchanged");
+    assert_eq!(
+        dynamodb_writes(&proxy),
+        writes,
+        "the second run wrote to DynamoDB"
+    );
+
+    // provision makes the table; serve still refuses the engine in this version.
+    let config = builder.write_config();
+    let (status, _, stderr) = slipway(
+        &builder,
+        &["check-config", "--config", config.to_str().unwrap()],
+    )
+    .await;
+    assert!(!status.success());
+    assert!(stderr.contains("not complete"), "{stderr}");
+}
+
+#[tokio::test]
+async fn dynamodb_store_dry_run_on_a_fresh_account_changes_nothing() {
+    let (emu, proxy, builder) = dynamodb_world().await;
+    let run = provision(&builder, &["--dry-run"]).await;
+    assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
+    assert_eq!(run.status("dynamodb_table", STATE_TABLE), "would_create");
+    assert_eq!(run.status("bodies_bucket", BODIES_BUCKET), "would_create");
+    assert!(
+        run.detail("bodies_bucket", BODIES_BUCKET)
+            .contains("after 30 days"),
+        "{:#}",
+        run.report
+    );
+    assert_eq!(dynamodb_writes(&proxy), 0);
+    let tables = dynamodb(&emu).list_tables().send().await.unwrap();
+    assert!(tables.table_names().is_empty(), "{tables:?}");
+    let buckets = s3(&emu).list_buckets().send().await.unwrap();
+    assert!(buckets.buckets().is_empty(), "{buckets:?}");
+}
+
+#[tokio::test]
+async fn dynamodb_store_drift_is_reported_by_a_dry_run_and_repaired() {
+    let (emu, proxy, builder) = dynamodb_world().await;
+    let first = provision(&builder, &[]).await;
+    assert!(first.status.success(), "{:#}", first.report);
+
+    // Someone turns TTL and point-in-time recovery off, drops an index, unblocks public
+    // access and replaces the lifecycle with a rule of their own.
+    let ddb = dynamodb(&emu);
+    ddb.update_time_to_live()
+        .table_name(STATE_TABLE)
+        .time_to_live_specification(
+            aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                .attribute_name("expires")
+                .enabled(false)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    ddb.update_continuous_backups()
+        .table_name(STATE_TABLE)
+        .point_in_time_recovery_specification(
+            aws_sdk_dynamodb::types::PointInTimeRecoverySpecification::builder()
+                .point_in_time_recovery_enabled(false)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    ddb.update_table()
+        .table_name(STATE_TABLE)
+        .global_secondary_index_updates(
+            aws_sdk_dynamodb::types::GlobalSecondaryIndexUpdate::builder()
+                .delete(
+                    aws_sdk_dynamodb::types::DeleteGlobalSecondaryIndexAction::builder()
+                        .index_name("lookup")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let s3 = s3(&emu);
+    s3.delete_public_access_block()
+        .bucket(BODIES_BUCKET)
+        .send()
+        .await
+        .unwrap();
+    let theirs = aws_sdk_s3::types::LifecycleRule::builder()
+        .id("theirs")
+        .status(aws_sdk_s3::types::ExpirationStatus::Enabled)
+        .filter(
+            aws_sdk_s3::types::LifecycleRuleFilter::builder()
+                .prefix("other/")
+                .build(),
+        )
+        .expiration(
+            aws_sdk_s3::types::LifecycleExpiration::builder()
+                .days(7)
+                .build(),
+        )
+        .build()
+        .unwrap();
+    s3.put_bucket_lifecycle_configuration()
+        .bucket(BODIES_BUCKET)
+        .lifecycle_configuration(
+            aws_sdk_s3::types::BucketLifecycleConfiguration::builder()
+                .rules(theirs)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let theirs = ("theirs".to_owned(), "other/".to_owned(), 7);
+
+    // A dry run says what differs and changes nothing.
+    let writes = dynamodb_writes(&proxy);
+    let dry = provision(&builder, &["--dry-run"]).await;
+    assert!(dry.status.success(), "{:#}", dry.report);
+    assert_eq!(dry.status("dynamodb_table", STATE_TABLE), "would_update");
+    let detail = dry.detail("dynamodb_table", STATE_TABLE);
+    for says in [
+        "TTL off",
+        "point-in-time recovery off",
+        "GSI lookup missing",
+    ] {
+        assert!(detail.contains(says), "{says}: {detail}");
+    }
+    assert_eq!(dry.status("bodies_bucket", BODIES_BUCKET), "would_update");
+    let detail = dry.detail("bodies_bucket", BODIES_BUCKET);
+    for says in [
+        "public access not blocked",
+        "no lifecycle rule slipway-bodies",
+    ] {
+        assert!(detail.contains(says), "{says}: {detail}");
+    }
+    assert_eq!(dynamodb_writes(&proxy), writes);
+    let (_, indexes, ttl, pitr) = table_as_seen(&emu).await;
+    assert_eq!(indexes.len(), 2);
+    assert_eq!(ttl.0, "DISABLED");
+    assert_eq!(pitr, "DISABLED");
+    assert_eq!(bucket_as_seen(&emu).await.2, std::slice::from_ref(&theirs));
+
+    // A real run repairs all of it, keeping the bucket's other lifecycle rule.
+    let run = provision(&builder, &[]).await;
+    assert!(run.status.success(), "{:#}", run.report);
+    assert_eq!(run.status("dynamodb_table", STATE_TABLE), "updated");
+    assert_eq!(run.status("bodies_bucket", BODIES_BUCKET), "updated");
+    let (_, indexes, ttl, pitr) = table_as_seen(&emu).await;
+    assert_eq!(indexes, WANTED_INDEXES);
+    assert_eq!(ttl, ("ENABLED".to_owned(), "expires".to_owned()));
+    assert_eq!(pitr, "ENABLED");
+    let (blocked, _, mut rules) = bucket_as_seen(&emu).await;
+    assert!(blocked);
+    rules.sort();
+    assert_eq!(rules, [our_rule(), theirs]);
+
+    let again = provision(&builder, &[]).await;
+    assert_eq!(again.status("dynamodb_table", STATE_TABLE), "unchanged");
+    assert_eq!(again.status("bodies_bucket", BODIES_BUCKET), "unchanged");
+}
+
+/// A table slipway cannot use (other keys) is an error naming why, and left as it is.
+#[tokio::test]
+async fn dynamodb_store_a_table_with_other_keys_is_an_error() {
+    let (emu, _proxy, builder) = dynamodb_world().await;
+    dynamodb(&emu)
+        .create_table()
+        .table_name(STATE_TABLE)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let run = provision(&builder, &[]).await;
+    assert!(!run.status.success(), "{:#}", run.report);
+    assert_eq!(run.status("dynamodb_table", STATE_TABLE), "error");
+    let detail = run.detail("dynamodb_table", STATE_TABLE);
+    assert!(detail.contains("not pk (HASH) and sk (RANGE)"), "{detail}");
+    // Nothing is done to a table slipway cannot use: its TTL stays off.
+    assert!(!detail.contains("repaired"), "{detail}");
+    let ttl = dynamodb(&emu)
+        .describe_time_to_live()
+        .table_name(STATE_TABLE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl.time_to_live_description()
+            .and_then(|t| t.time_to_live_status())
+            .map(|s| s.as_str()),
+        Some("DISABLED")
+    );
+    // The bucket is still made.
+    assert_eq!(run.status("bodies_bucket", BODIES_BUCKET), "created");
+}

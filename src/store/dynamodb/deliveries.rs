@@ -870,7 +870,8 @@ impl DynamoStore {
             )));
         };
         let object = format!(
-            "bodies/{}",
+            "{}{}",
+            super::BODIES_PREFIX,
             hex::encode(crate::store::sqlite::schema::body_digest(body))
         );
         s3.put_object()

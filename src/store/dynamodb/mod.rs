@@ -2,8 +2,8 @@
 //! The table's design is in `docs/dynamodb.md`; `table.rs` creates it.
 //!
 //! Not complete in this version: every `Store` method is written and tested against moto
-//! (`tests/it/store.rs`, with the SQLite engine), but `slipway provision` does not make the
-//! table and bucket yet, `serve` does not build the engine from `[store]`, and the end-to-end
+//! (`tests/it/store.rs`, with the SQLite engine) and `slipway provision` makes the table and
+//! bucket, but `serve` does not build the engine from `[store]`, and the end-to-end
 //! suite has not run on it. Until then `serve` refuses `engine = "dynamodb"` ([`NOT_COMPLETE`]).
 
 mod builds;
@@ -17,6 +17,8 @@ mod records;
 mod retention;
 mod table;
 
+pub use table::{Drift, EXPIRES, INDEXES};
+
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -27,8 +29,12 @@ use crate::config::JournalConfig;
 
 /// Why `serve` refuses `[store] engine = "dynamodb"` in this version.
 pub const NOT_COMPLETE: &str = "the DynamoDB engine is not complete in this version: \
-     the table and bucket made by `slipway provision`, serve's use of them and the end-to-end \
+     serve's use of the table and bucket `slipway provision` makes and the end-to-end \
      checks are not done yet; use engine = \"sqlite\" (the default)";
+
+/// Where bodies over 350 KB go in the bodies bucket (`bodies/<sha256 hex>`); the bucket's
+/// lifecycle rule (`slipway provision`) expires them under this prefix.
+pub const BODIES_PREFIX: &str = "bodies/";
 
 /// The DynamoDB engine's handle (cheap to clone).
 #[derive(Clone)]
