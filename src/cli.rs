@@ -826,7 +826,10 @@ fn print_deployments(rows: &[crate::store::Deployment], app: Option<&str>, json:
                 d.app.clone(),
                 d.sha.chars().take(7).collect(),
                 d.state.clone(),
-                d.trigger.clone(),
+                match &d.tag {
+                    Some(tag) => format!("{} (tag {tag})", d.trigger),
+                    None => d.trigger.clone(),
+                },
                 format!(
                     "{} -> {}",
                     revision(&d.from_task_definition),

@@ -264,9 +264,10 @@ impl Push {
         let mut changes = self.files.changes();
         let wants_files = !self.deleted
             && !self.after.is_zero()
+            && self.tag().is_none()
             && config.apps.iter().any(|a| {
                 a.path_rules.filters_paths()
-                    && a.git_ref() == self.git_ref
+                    && a.deploys_ref(&self.git_ref)
                     && a.repository.eq_ignore_ascii_case(&self.repository)
             });
         if let (Changes::Unknown(why), Some(github), true) = (&changes, github, wants_files) {
@@ -285,13 +286,22 @@ impl Push {
         self.verdict_for(config, &self.files.changes())
     }
 
+    /// The tag this push is about (`refs/tags/<tag>`), if it is a tag push.
+    pub fn tag(&self) -> Option<&str> {
+        self.git_ref.strip_prefix("refs/tags/")
+    }
+
     /// Which apps this push builds, or why none, with the changed files as known.
+    ///
+    /// A tag push (`tags`) is a deliberate release: it builds every app whose `tags` it
+    /// matches, whatever `paths`, `paths_ignore` and skip markers say (GitHub's tag push has
+    /// no `before` to compare with, and its commit list is empty or the whole history).
     fn verdict_for(&self, config: &Config, changes: &Changes) -> Verdict {
         if self.deleted || self.after.is_zero() {
-            return Verdict::Ignored(format!("{} was deleted", self.git_ref));
-        }
-        if let Some(tag) = self.git_ref.strip_prefix("refs/tags/") {
-            return Verdict::Ignored(format!("tag push ({tag}) is not deployed"));
+            return Verdict::Ignored(match self.tag() {
+                Some(tag) => format!("tag {tag} was deleted: a deletion deploys nothing"),
+                None => format!("{} was deleted", self.git_ref),
+            });
         }
         let by_repo: Vec<&AppConfig> = config
             .apps
@@ -304,14 +314,17 @@ impl Push {
                 self.repository
             ));
         }
-        let on_branch: Vec<&&AppConfig> = by_repo
+        let on_ref: Vec<&&AppConfig> = by_repo
             .iter()
-            .filter(|a| a.git_ref() == self.git_ref)
+            .filter(|a| a.deploys_ref(&self.git_ref))
             .collect();
         let mut skipped = Vec::new();
-        let matched: Vec<BuildRequest> = on_branch
+        let matched: Vec<BuildRequest> = on_ref
             .iter()
             .filter(|a| {
+                if self.tag().is_some() {
+                    return true;
+                }
                 let head = self.files.head_message.as_deref();
                 match push_filter::judge(a.name.as_str(), &a.path_rules, head, changes) {
                     AppDecision::Build => true,
@@ -332,6 +345,7 @@ impl Push {
                 service_key: a.service_key(),
                 before: self.before.as_ref().map(|b| b.to_string()),
                 pushed_at: self.pushed_at,
+                tag: self.tag().map(str::to_owned),
             })
             .collect();
         if !skipped.is_empty() {
@@ -351,7 +365,26 @@ impl Push {
             };
         }
         if matched.is_empty() {
-            let branches: Vec<&str> = by_repo.iter().map(|a| a.branch.as_str()).collect();
+            if let Some(tag) = self.tag() {
+                let globs: Vec<&str> = by_repo
+                    .iter()
+                    .filter_map(|a| a.tags.as_ref())
+                    .flat_map(|t| t.patterns().iter().map(String::as_str))
+                    .collect();
+                return Verdict::Ignored(if globs.is_empty() {
+                    format!(
+                        "tag {tag} is not deployed: no app of {} sets `tags`",
+                        self.repository
+                    )
+                } else {
+                    format!(
+                        "tag {tag} matches no app's tags in {} (tags: {})",
+                        self.repository,
+                        globs.join(", ")
+                    )
+                });
+            }
+            let branches: Vec<&str> = by_repo.iter().filter_map(|a| a.branch.as_deref()).collect();
             return Verdict::Ignored(format!(
                 "{} is not a deployed branch of {} (deployed: {})",
                 self.git_ref,

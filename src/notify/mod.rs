@@ -53,6 +53,10 @@ pub struct Notification {
     /// slipway's deployment id.
     pub deployment: Option<i64>,
     pub build_id: Option<String>,
+    /// The tag whose push this deploys (`tags`, issue 27); absent from the webhook's JSON
+    /// for a branch push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// What [`Target::flush`] returns.
@@ -164,6 +168,7 @@ mod tests {
                 log_link: None,
                 deployment: None,
                 build_id: None,
+                tag: None,
             });
         }
         notifier.flush(Duration::from_secs(1)).await;
@@ -187,6 +192,7 @@ mod tests {
             log_link: None,
             deployment: None,
             build_id: None,
+            tag: None,
         });
     }
 }

@@ -738,6 +738,7 @@ mod tests {
             log_link: Some(LOG.into()),
             deployment: Some(42),
             build_id: Some("web:5f2c8e1a".into()),
+            tag: None,
         }
     }
 

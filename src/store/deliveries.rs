@@ -86,6 +86,8 @@ pub struct BuildRequest {
     pub before: Option<String>,
     /// When GitHub received the push (Unix seconds); None: when slipway received it.
     pub pushed_at: Option<i64>,
+    /// The tag a tag push released (`refs/tags/<tag>`, issue 27); None for a branch push.
+    pub tag: Option<String>,
 }
 
 /// What the journal made of a delivery.

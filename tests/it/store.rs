@@ -72,6 +72,7 @@ fn build(sha: char) -> Verdict {
         service_key: "main/web".into(),
         before: Some("1".repeat(40)),
         pushed_at: None,
+        tag: None,
     }])
 }
 
@@ -631,6 +632,7 @@ fn new_deployment(app: &str, sha: char, build_row: Option<i64>) -> slipway::stor
         order_key: build_row.map(|r| 2 * r),
         target_task_definition: None,
         log_link: None,
+        tag: None,
     }
 }
 
@@ -1118,6 +1120,7 @@ fn push_of(sha: char, before: char) -> Verdict {
         service_key: "main/web".into(),
         before: Some(std::iter::repeat_n(before, 40).collect()),
         pushed_at: Some(T0 / 1000),
+        tag: None,
     }])
 }
 
