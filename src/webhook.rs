@@ -385,11 +385,14 @@ impl Push {
                 });
             }
             let branches: Vec<&str> = by_repo.iter().filter_map(|a| a.branch.as_deref()).collect();
+            let deployed = if branches.is_empty() {
+                "its apps deploy only tags".to_owned()
+            } else {
+                format!("deployed: {}", branches.join(", "))
+            };
             return Verdict::Ignored(format!(
-                "{} is not a deployed branch of {} (deployed: {})",
-                self.git_ref,
-                self.repository,
-                branches.join(", ")
+                "{} is not a deployed branch of {} ({deployed})",
+                self.git_ref, self.repository,
             ));
         }
         Verdict::Build(matched)

@@ -150,7 +150,11 @@ async fn pushes_that_do_not_deploy_are_ignored_with_a_reason() {
             "refs/heads/release-1 is not a deployed branch",
         ),
         ("push", "github/push_branch_deleted.json", "was deleted"),
-        ("push", "github/push_tag.json", "tag push"),
+        (
+            "push",
+            "github/push_tag.json",
+            "tag v1.2.0 is not deployed: no app of octo-org/web sets `tags`",
+        ),
         (
             "push",
             "github/push_other_repo.json",
