@@ -667,6 +667,47 @@ mod tests {
         assert_eq!(github.1.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
+    #[tokio::test]
+    async fn a_tag_push_builds_its_apps_whatever_their_paths_and_asks_no_compare() {
+        let config = Config::parse(&format!(
+            "state_dir = \"/x\"\n{}",
+            ["web", "api"]
+                .iter()
+                .map(|name| format!(
+                    "[[app]]\nname = \"{name}\"\nrepository = \"octo-org/monorepo\"\n\
+                     codebuild_project = \"{name}-build\"\ncluster = \"c\"\nservice = \"{name}\"\n\
+                     container = \"{name}\"\necr_repository = \"{name}\"\n\
+                     paths = [\"services/{name}/**\"]\n{}",
+                    if *name == "web" {
+                        "tags = [\"v*\"]\n"
+                    } else {
+                        ""
+                    }
+                ))
+                .collect::<String>()
+        ))
+        .unwrap();
+        // GitHub's tag push: `before` all zeros, the commit's files unrelated to `web`, and a
+        // skip marker in its message. A release is deliberate: `web` builds; `api` sets no tags.
+        let push = Push::parse(
+            br#"{"ref":"refs/tags/v2.0.0","before":"0000000000000000000000000000000000000000",
+                 "after":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c","created":true,
+                 "base_ref":"refs/heads/master","repository":{"full_name":"octo-org/monorepo"},
+                 "commits":[{"added":["docs/x.md"]}],"head_commit":{"message":"docs [skip ci]"}}"#,
+        )
+        .unwrap();
+        let github = Compare(vec![], Default::default());
+        let verdict = push.verdict_with(&config, Some(&github)).await;
+        assert_eq!(built(&verdict), ["web"]);
+        assert!(verdict.skipped().is_empty());
+        let Verdict::Build(builds) = &verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(builds[0].tag.as_deref(), Some("v2.0.0"));
+        assert_eq!(builds[0].before, None);
+        assert_eq!(github.1.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
     #[test]
     fn push_parse_collects_the_changed_files() {
         let push = Push::parse(

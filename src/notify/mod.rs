@@ -53,9 +53,9 @@ pub struct Notification {
     /// slipway's deployment id.
     pub deployment: Option<i64>,
     pub build_id: Option<String>,
-    /// The tag whose push this deploys (`tags`, issue 27); absent from the webhook's JSON
-    /// for a branch push.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The tag whose push this deploys (`tags`, issue 27); null for a branch push. (Default:
+    /// notifications journaled before tags existed have none.)
+    #[serde(default)]
     pub tag: Option<String>,
 }
 
