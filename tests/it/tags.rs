@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::deploy::{web_with, Deploy, Setup};
+use crate::support::github_fake::{GithubFake, STATIC_TOKEN};
 use crate::support::slipway::{Slipway, SlipwayBuilder, HARNESS_TOKEN};
 use crate::support::world::PROJECT;
 use crate::support::{eventually, fixture, Emulator, MASTER_SHA};
@@ -41,12 +42,16 @@ async fn html(s: &Slipway, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_push_matching_tags_builds_and_deploys_its_commit_and_the_deploy_shows_the_tag() {
-    // Tags only: the app has no branch.
-    let w = Deploy::with(Setup {
+    // Tags only: the app has no branch. GitHub (the fake) gets the deploy's statuses.
+    let gh = GithubFake::start().await;
+    let extra = format!("[github]\napi_url = \"{}\"\n", gh.url);
+    let mut w = Deploy::with(Setup {
         apps: web_with("tags = [\"v*\"]"),
+        extra: &extra,
         ..Setup::default()
     })
     .await;
+    w.builder = w.builder.clone().env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN);
     let s = w.builder.start().await;
 
     // A branch push no longer deploys this app.
@@ -141,6 +146,21 @@ async fn a_tag_push_matching_tags_builds_and_deploys_its_commit_and_the_deploy_s
             .contains("deployed `1f2e3d4` (tag `v1.2.0`)"),
         "{done}"
     );
+
+    // GitHub's deployment is of the commit, and says which tag.
+    let body = eventually("the GitHub deployment", || async {
+        gh.deployments().into_iter().next().map(|(_, b)| b)
+    })
+    .await;
+    assert_eq!(body["ref"], MASTER_SHA, "{body}");
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap()
+            .ends_with("of web (tag v1.2.0)"),
+        "{body}"
+    );
+    assert_eq!(body["payload"]["tag"], "v1.2.0", "{body}");
 
     // The same tag delivered again (GitHub's redelivery): nothing is built twice.
     let r = s.deliver("push", "tag-1", &tag_push("v1.2.0")).await;
