@@ -132,6 +132,8 @@ pub struct PendingBuild {
     pub token: String,
     pub attempts: u32,
     pub start_requested: bool,
+    /// The tag a tag push released (the build gets it as `SLIPWAY_TAG`).
+    pub tag: Option<String>,
 }
 
 /// One line of `slipway deliveries`: a delivery and, if it asked for one, a build.

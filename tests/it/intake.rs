@@ -85,6 +85,11 @@ async fn push_to_the_branch_starts_exactly_one_build_of_that_commit() {
             "{name} missing from {env:?}"
         );
     }
+    // A branch push's build has no tag.
+    assert!(
+        env.iter().all(|(name, ..)| name != "SLIPWAY_TAG"),
+        "{env:?}"
+    );
     let token = sent[0]["idempotencyToken"].as_str().unwrap();
     assert!(!token.is_empty());
 }

@@ -81,6 +81,16 @@ async fn a_tag_push_matching_tags_builds_and_deploys_its_commit_and_the_deploy_s
     let starts = w.proxy.requests("StartBuild");
     assert_eq!(starts.len(), 1, "{starts:?}");
     assert_eq!(starts[0]["sourceVersion"], MASTER_SHA);
+    let env = starts[0]["environmentVariablesOverride"]
+        .as_array()
+        .unwrap();
+    let var = |name: &str| {
+        env.iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(var("SLIPWAY_TAG"), Some("v1.2.0".into()), "{env:?}");
+    assert_eq!(var("SLIPWAY_COMMIT"), Some(MASTER_SHA.into()), "{env:?}");
     let arn = w
         .emulator
         .builds(PROJECT)

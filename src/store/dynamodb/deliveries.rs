@@ -614,6 +614,7 @@ impl DynamoStore {
                     token: get_s(item, "token")?,
                     attempts: get_n(item, "attempts")? as u32,
                     start_requested: get_opt_n(item, "start_requested_ms")?.is_some(),
+                    tag: get_opt_s(item, "tag")?,
                 })
             })
             .collect()

@@ -286,6 +286,7 @@ fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingBuild> {
         token: r.get(6)?,
         attempts: r.get(7)?,
         start_requested: r.get::<_, Option<i64>>(8)?.is_some(),
+        tag: r.get(9)?,
     })
 }
 
@@ -335,7 +336,7 @@ impl SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT b.id, d.delivery_id, b.app, b.sha, b.project, b.image_tag, b.token, b.attempts,
-                        b.start_requested_ms
+                        b.start_requested_ms, b.tag
                  FROM builds b JOIN deliveries d ON d.id = b.delivery
                  WHERE b.state = ?1 AND b.next_attempt_ms <= ?2
                  ORDER BY b.id LIMIT ?3",
