@@ -955,7 +955,10 @@ fn print_status(apps: &[serde_json::Value], json: bool) {
                 revision(&a["task_definition"].as_str().map(str::to_owned)),
                 text(&a["image"]),
                 match last["id"].as_i64() {
-                    Some(id) => format!("#{id} {}", text(&last["state"])),
+                    Some(id) => match last["tag"].as_str() {
+                        Some(tag) => format!("#{id} {} (tag {tag})", text(&last["state"])),
+                        None => format!("#{id} {}", text(&last["state"])),
+                    },
                     None => "-".into(),
                 },
                 a["error"].as_str().unwrap_or("").to_owned(),

@@ -144,6 +144,20 @@ async fn a_tag_push_matching_tags_builds_and_deploys_its_commit_and_the_deploy_s
     );
     assert!(cli.status.success(), "{err}");
     assert!(out.contains("push (tag v1.2.0)"), "{out}");
+    let cli = w
+        .builder
+        .command()
+        .env("SLIPWAY_OPS_TOKEN", HARNESS_TOKEN)
+        .arg("status")
+        .args(["--server", &s.admin_url])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        status.contains(&format!("#{id} succeeded (tag v1.2.0)")),
+        "{status}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let done = eventually("the success notification", || async {
         w.notes_of("deploy_succeeded").into_iter().next()
     })
