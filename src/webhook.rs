@@ -147,6 +147,10 @@ struct CommitField {
 
 #[derive(Debug, Deserialize)]
 struct HeadCommitField {
+    /// The commit itself; for a tag push, the commit the tag points to (`after` is the tag
+    /// object's SHA for an annotated tag).
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     message: Option<String>,
 }
@@ -158,8 +162,12 @@ pub struct Push {
     pub git_ref: String,
     /// The commit the branch pointed at before (None for a new branch).
     pub before: Option<CommitSha>,
+    /// The commit pushed: `after`, except for a tag push, where it is the commit the tag
+    /// points to (`head_commit.id`; without it, `after`, and the verdict ignores the push).
     pub after: CommitSha,
     pub deleted: bool,
+    /// For a tag push: whether `head_commit.id` named the tagged commit.
+    pub tag_commit_known: bool,
     /// When GitHub received the push (`repository.pushed_at`, Unix seconds): deploys of a
     /// service rank by it, whatever order the deliveries arrive in.
     pub pushed_at: Option<i64>,
@@ -221,6 +229,18 @@ impl Push {
             .and_then(|b| CommitSha::parse(b).ok())
             .filter(|b| !b.is_zero());
         let commits = raw.commits.unwrap_or_default();
+        let head_id = raw
+            .head_commit
+            .as_ref()
+            .and_then(|c| c.id.as_deref())
+            .and_then(|id| CommitSha::parse(id).ok());
+        // An annotated tag's `after` is the tag object, not a commit: build what it points to
+        // (GitHub sends `head_commit` on tag creation since 2021-10-01).
+        let is_tag = raw.git_ref.starts_with("refs/tags/");
+        let (after, tag_commit_known) = match head_id {
+            Some(commit) if is_tag => (commit, true),
+            _ => (after, false),
+        };
         let mut files = PushFiles {
             created: raw.created || before.is_none(),
             forced: raw.forced,
@@ -240,6 +260,7 @@ impl Push {
             before,
             after,
             deleted: raw.deleted,
+            tag_commit_known,
             pushed_at: raw.repository.pushed_at.as_ref().and_then(unix_seconds),
             files,
         })
@@ -318,6 +339,14 @@ impl Push {
             .iter()
             .filter(|a| a.deploys_ref(&self.git_ref))
             .collect();
+        if let (Some(tag), false, false) = (self.tag(), on_ref.is_empty(), self.tag_commit_known) {
+            // `after` may be an annotated tag's object, which neither CodeBuild nor GitHub's
+            // statuses take for a commit: say so rather than build the wrong thing.
+            return Verdict::Ignored(format!(
+                "tag {tag}: the payload has no head_commit.id, so the tagged commit is not known \
+                 (deploy it with `slipway deploy`)"
+            ));
+        }
         let mut skipped = Vec::new();
         let matched: Vec<BuildRequest> = on_ref
             .iter()
@@ -693,11 +722,35 @@ mod tests {
             br#"{"ref":"refs/tags/v2.0.0","before":"0000000000000000000000000000000000000000",
                  "after":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c","created":true,
                  "base_ref":"refs/heads/master","repository":{"full_name":"octo-org/monorepo"},
-                 "commits":[{"added":["docs/x.md"]}],"head_commit":{"message":"docs [skip ci]"}}"#,
+                 "commits":[{"added":["docs/x.md"]}],
+                 "head_commit":{"id":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c",
+                                "message":"docs [skip ci]"}}"#,
         )
         .unwrap();
         let github = Compare(vec![], Default::default());
         let verdict = push.verdict_with(&config, Some(&github)).await;
+        // An annotated tag: `after` is the tag object; the build is of `head_commit.id`.
+        let annotated = Push::parse(
+            br#"{"ref":"refs/tags/v2.0.0","before":"0000000000000000000000000000000000000000",
+                 "after":"abababababababababababababababababababab","created":true,
+                 "repository":{"full_name":"octo-org/monorepo"},"commits":[],
+                 "head_commit":{"id":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c","message":"m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            annotated.after.as_str(),
+            "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c"
+        );
+        assert_eq!(built(&annotated.verdict(&config)), ["web"]);
+        // Without head_commit the tagged commit is not known: ignored, saying why.
+        let unknown = Push::parse(
+            br#"{"ref":"refs/tags/v2.0.0","after":"abababababababababababababababababababab",
+                 "repository":{"full_name":"octo-org/monorepo"},"head_commit":null}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(unknown.verdict(&config), Verdict::Ignored(r) if r.contains("no head_commit.id")),
+        );
         assert_eq!(built(&verdict), ["web"]);
         assert!(verdict.skipped().is_empty());
         let Verdict::Build(builds) = &verdict else {

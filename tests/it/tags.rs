@@ -10,20 +10,26 @@ use crate::support::slipway::{Slipway, SlipwayBuilder, HARNESS_TOKEN};
 use crate::support::world::PROJECT;
 use crate::support::{eventually, fixture, Emulator, MASTER_SHA};
 
-/// GitHub's push payload for tag `tag` (`refs/tags/<tag>`) on `MASTER_SHA`, as recorded in
-/// `fixtures/github/push_tag.json`.
+/// GitHub's push payload for annotated tag `tag` (`refs/tags/<tag>`) on `MASTER_SHA`, from
+/// `fixtures/github/push_tag.json`: `after` is the tag object's SHA, `head_commit.id` the
+/// tagged commit (docs.github.com, "push" webhook payload; GitHub's changelog of 2021-10-01,
+/// "The push webhook payload provides a consistent head_commit on tag creation").
 fn tag_push(tag: &str) -> Vec<u8> {
-    String::from_utf8(fixture("github/push_tag.json"))
-        .unwrap()
-        .replace("refs/tags/v1.2.0", &format!("refs/tags/{tag}"))
-        .into_bytes()
+    let mut v: Value = serde_json::from_slice(&fixture("github/push_tag.json")).unwrap();
+    v["ref"] = format!("refs/tags/{tag}").into();
+    v["after"] = TAG_OBJECT.into();
+    assert_eq!(v["head_commit"]["id"], MASTER_SHA);
+    serde_json::to_vec(&v).unwrap()
 }
+
+/// The SHA of an annotated tag's object (not a commit).
+const TAG_OBJECT: &str = "5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081";
 
 /// GitHub's push payload for the deletion of tag `tag`: `deleted: true`, `after` all zeros
 /// (docs.github.com, "push" webhook payload).
 fn tag_deletion(tag: &str) -> Vec<u8> {
     let mut v: Value = serde_json::from_slice(&tag_push(tag)).unwrap();
-    v["before"] = v["after"].clone();
+    v["before"] = TAG_OBJECT.into();
     v["after"] = "0".repeat(40).into();
     v["created"] = false.into();
     v["deleted"] = true.into();
