@@ -183,6 +183,7 @@ fn seed_delivery(template: &Value, i: u64, n: u64, now: i64) -> (NewDelivery, Ve
             service_key: "main/web".into(),
             before: None,
             pushed_at: None,
+            tag: None,
         }])
     } else {
         Verdict::Ignored("branch feature is not deployed".into())

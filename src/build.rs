@@ -74,15 +74,17 @@ pub fn backoff(retry: &BuildRetry, attempts: u32) -> Duration {
         .min(retry.max)
 }
 
-/// The environment a build gets from slipway.
+/// The environment a build gets from slipway (`SLIPWAY_TAG` only for a tag push's build).
 pub fn build_environment(build: &PendingBuild) -> Vec<EnvironmentVariable> {
     [
-        ("IMAGE_TAG", build.image_tag.as_str()),
-        ("SLIPWAY_COMMIT", build.sha.as_str()),
-        ("SLIPWAY_DELIVERY", build.delivery_id.as_str()),
-        ("SLIPWAY_RUN", build.token.as_str()),
+        ("IMAGE_TAG", Some(build.image_tag.as_str())),
+        ("SLIPWAY_COMMIT", Some(build.sha.as_str())),
+        ("SLIPWAY_DELIVERY", Some(build.delivery_id.as_str())),
+        ("SLIPWAY_RUN", Some(build.token.as_str())),
+        ("SLIPWAY_TAG", build.tag.as_deref()),
     ]
     .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
     .map(|(name, value)| {
         EnvironmentVariable::builder()
             .name(name)

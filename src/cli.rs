@@ -826,7 +826,10 @@ fn print_deployments(rows: &[crate::store::Deployment], app: Option<&str>, json:
                 d.app.clone(),
                 d.sha.chars().take(7).collect(),
                 d.state.clone(),
-                d.trigger.clone(),
+                match &d.tag {
+                    Some(tag) => format!("{} (tag {tag})", d.trigger),
+                    None => d.trigger.clone(),
+                },
                 format!(
                     "{} -> {}",
                     revision(&d.from_task_definition),
@@ -952,7 +955,10 @@ fn print_status(apps: &[serde_json::Value], json: bool) {
                 revision(&a["task_definition"].as_str().map(str::to_owned)),
                 text(&a["image"]),
                 match last["id"].as_i64() {
-                    Some(id) => format!("#{id} {}", text(&last["state"])),
+                    Some(id) => match last["tag"].as_str() {
+                        Some(tag) => format!("#{id} {} (tag {tag})", text(&last["state"])),
+                        None => format!("#{id} {}", text(&last["state"])),
+                    },
                     None => "-".into(),
                 },
                 a["error"].as_str().unwrap_or("").to_owned(),

@@ -164,6 +164,7 @@ impl Ops {
                     order_key: None,
                     target_task_definition: None,
                     log_link: None,
+                    tag: None,
                 },
                 self.now(),
             )
@@ -311,6 +312,7 @@ impl Ops {
                     order_key: None,
                     target_task_definition: target.to_task_definition.clone(),
                     log_link: None,
+                    tag: None,
                 },
                 self.now(),
             )

@@ -147,6 +147,10 @@ struct CommitField {
 
 #[derive(Debug, Deserialize)]
 struct HeadCommitField {
+    /// The commit itself; for a tag push, the commit the tag points to (`after` is the tag
+    /// object's SHA for an annotated tag).
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     message: Option<String>,
 }
@@ -158,8 +162,12 @@ pub struct Push {
     pub git_ref: String,
     /// The commit the branch pointed at before (None for a new branch).
     pub before: Option<CommitSha>,
+    /// The commit pushed: `after`, except for a tag push, where it is the commit the tag
+    /// points to (`head_commit.id`; without it, `after`, and the verdict ignores the push).
     pub after: CommitSha,
     pub deleted: bool,
+    /// For a tag push: whether `head_commit.id` named the tagged commit.
+    pub tag_commit_known: bool,
     /// When GitHub received the push (`repository.pushed_at`, Unix seconds): deploys of a
     /// service rank by it, whatever order the deliveries arrive in.
     pub pushed_at: Option<i64>,
@@ -221,6 +229,18 @@ impl Push {
             .and_then(|b| CommitSha::parse(b).ok())
             .filter(|b| !b.is_zero());
         let commits = raw.commits.unwrap_or_default();
+        let head_id = raw
+            .head_commit
+            .as_ref()
+            .and_then(|c| c.id.as_deref())
+            .and_then(|id| CommitSha::parse(id).ok());
+        // An annotated tag's `after` is the tag object, not a commit: build what it points to
+        // (GitHub sends `head_commit` on tag creation since 2021-10-01).
+        let is_tag = raw.git_ref.starts_with("refs/tags/");
+        let (after, tag_commit_known) = match head_id {
+            Some(commit) if is_tag => (commit, true),
+            _ => (after, false),
+        };
         let mut files = PushFiles {
             created: raw.created || before.is_none(),
             forced: raw.forced,
@@ -240,6 +260,7 @@ impl Push {
             before,
             after,
             deleted: raw.deleted,
+            tag_commit_known,
             pushed_at: raw.repository.pushed_at.as_ref().and_then(unix_seconds),
             files,
         })
@@ -264,9 +285,10 @@ impl Push {
         let mut changes = self.files.changes();
         let wants_files = !self.deleted
             && !self.after.is_zero()
+            && self.tag().is_none()
             && config.apps.iter().any(|a| {
                 a.path_rules.filters_paths()
-                    && a.git_ref() == self.git_ref
+                    && a.deploys_ref(&self.git_ref)
                     && a.repository.eq_ignore_ascii_case(&self.repository)
             });
         if let (Changes::Unknown(why), Some(github), true) = (&changes, github, wants_files) {
@@ -285,13 +307,22 @@ impl Push {
         self.verdict_for(config, &self.files.changes())
     }
 
+    /// The tag this push is about (`refs/tags/<tag>`), if it is a tag push.
+    pub fn tag(&self) -> Option<&str> {
+        self.git_ref.strip_prefix("refs/tags/")
+    }
+
     /// Which apps this push builds, or why none, with the changed files as known.
+    ///
+    /// A tag push (`tags`) is a deliberate release: it builds every app whose `tags` it
+    /// matches, whatever `paths`, `paths_ignore` and skip markers say (GitHub's tag push has
+    /// no `before` to compare with, and its commit list is empty or the whole history).
     fn verdict_for(&self, config: &Config, changes: &Changes) -> Verdict {
         if self.deleted || self.after.is_zero() {
-            return Verdict::Ignored(format!("{} was deleted", self.git_ref));
-        }
-        if let Some(tag) = self.git_ref.strip_prefix("refs/tags/") {
-            return Verdict::Ignored(format!("tag push ({tag}) is not deployed"));
+            return Verdict::Ignored(match self.tag() {
+                Some(tag) => format!("tag {tag} was deleted: a deletion deploys nothing"),
+                None => format!("{} was deleted", self.git_ref),
+            });
         }
         let by_repo: Vec<&AppConfig> = config
             .apps
@@ -304,14 +335,25 @@ impl Push {
                 self.repository
             ));
         }
-        let on_branch: Vec<&&AppConfig> = by_repo
+        let on_ref: Vec<&&AppConfig> = by_repo
             .iter()
-            .filter(|a| a.git_ref() == self.git_ref)
+            .filter(|a| a.deploys_ref(&self.git_ref))
             .collect();
+        if let (Some(tag), false, false) = (self.tag(), on_ref.is_empty(), self.tag_commit_known) {
+            // `after` may be an annotated tag's object, which neither CodeBuild nor GitHub's
+            // statuses take for a commit: say so rather than build the wrong thing.
+            return Verdict::Ignored(format!(
+                "tag {tag}: the payload has no head_commit.id, so the tagged commit is not known \
+                 (deploy it with `slipway deploy`)"
+            ));
+        }
         let mut skipped = Vec::new();
-        let matched: Vec<BuildRequest> = on_branch
+        let matched: Vec<BuildRequest> = on_ref
             .iter()
             .filter(|a| {
+                if self.tag().is_some() {
+                    return true;
+                }
                 let head = self.files.head_message.as_deref();
                 match push_filter::judge(a.name.as_str(), &a.path_rules, head, changes) {
                     AppDecision::Build => true,
@@ -332,6 +374,7 @@ impl Push {
                 service_key: a.service_key(),
                 before: self.before.as_ref().map(|b| b.to_string()),
                 pushed_at: self.pushed_at,
+                tag: self.tag().map(str::to_owned),
             })
             .collect();
         if !skipped.is_empty() {
@@ -351,12 +394,34 @@ impl Push {
             };
         }
         if matched.is_empty() {
-            let branches: Vec<&str> = by_repo.iter().map(|a| a.branch.as_str()).collect();
+            if let Some(tag) = self.tag() {
+                let globs: Vec<&str> = by_repo
+                    .iter()
+                    .filter_map(|a| a.tags.as_ref())
+                    .flat_map(|t| t.patterns().iter().map(String::as_str))
+                    .collect();
+                return Verdict::Ignored(if globs.is_empty() {
+                    format!(
+                        "tag {tag} is not deployed: no app of {} sets `tags`",
+                        self.repository
+                    )
+                } else {
+                    format!(
+                        "tag {tag} matches no app's tags in {} (tags: {})",
+                        self.repository,
+                        globs.join(", ")
+                    )
+                });
+            }
+            let branches: Vec<&str> = by_repo.iter().filter_map(|a| a.branch.as_deref()).collect();
+            let deployed = if branches.is_empty() {
+                "its apps deploy only tags".to_owned()
+            } else {
+                format!("deployed: {}", branches.join(", "))
+            };
             return Verdict::Ignored(format!(
-                "{} is not a deployed branch of {} (deployed: {})",
-                self.git_ref,
-                self.repository,
-                branches.join(", ")
+                "{} is not a deployed branch of {} ({deployed})",
+                self.git_ref, self.repository,
             ));
         }
         Verdict::Build(matched)
@@ -629,6 +694,71 @@ mod tests {
         let verdict = deleted.verdict_with(&config, Some(&github)).await;
         assert!(matches!(verdict, Verdict::Ignored(r) if r.contains("deleted")));
         assert_eq!(github.1.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_tag_push_builds_its_apps_whatever_their_paths_and_asks_no_compare() {
+        let config = Config::parse(&format!(
+            "state_dir = \"/x\"\n{}",
+            ["web", "api"]
+                .iter()
+                .map(|name| format!(
+                    "[[app]]\nname = \"{name}\"\nrepository = \"octo-org/monorepo\"\n\
+                     codebuild_project = \"{name}-build\"\ncluster = \"c\"\nservice = \"{name}\"\n\
+                     container = \"{name}\"\necr_repository = \"{name}\"\n\
+                     paths = [\"services/{name}/**\"]\n{}",
+                    if *name == "web" {
+                        "tags = [\"v*\"]\n"
+                    } else {
+                        ""
+                    }
+                ))
+                .collect::<String>()
+        ))
+        .unwrap();
+        // GitHub's tag push: `before` all zeros, the commit's files unrelated to `web`, and a
+        // skip marker in its message. A release is deliberate: `web` builds; `api` sets no tags.
+        let push = Push::parse(
+            br#"{"ref":"refs/tags/v2.0.0","before":"0000000000000000000000000000000000000000",
+                 "after":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c","created":true,
+                 "base_ref":"refs/heads/master","repository":{"full_name":"octo-org/monorepo"},
+                 "commits":[{"added":["docs/x.md"]}],
+                 "head_commit":{"id":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c",
+                                "message":"docs [skip ci]"}}"#,
+        )
+        .unwrap();
+        let github = Compare(vec![], Default::default());
+        let verdict = push.verdict_with(&config, Some(&github)).await;
+        // An annotated tag: `after` is the tag object; the build is of `head_commit.id`.
+        let annotated = Push::parse(
+            br#"{"ref":"refs/tags/v2.0.0","before":"0000000000000000000000000000000000000000",
+                 "after":"abababababababababababababababababababab","created":true,
+                 "repository":{"full_name":"octo-org/monorepo"},"commits":[],
+                 "head_commit":{"id":"1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c","message":"m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            annotated.after.as_str(),
+            "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c"
+        );
+        assert_eq!(built(&annotated.verdict(&config)), ["web"]);
+        // Without head_commit the tagged commit is not known: ignored, saying why.
+        let unknown = Push::parse(
+            br#"{"ref":"refs/tags/v2.0.0","after":"abababababababababababababababababababab",
+                 "repository":{"full_name":"octo-org/monorepo"},"head_commit":null}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(unknown.verdict(&config), Verdict::Ignored(r) if r.contains("no head_commit.id")),
+        );
+        assert_eq!(built(&verdict), ["web"]);
+        assert!(verdict.skipped().is_empty());
+        let Verdict::Build(builds) = &verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(builds[0].tag.as_deref(), Some("v2.0.0"));
+        assert_eq!(builds[0].before, None);
+        assert_eq!(github.1.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

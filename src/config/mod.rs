@@ -158,6 +158,8 @@ struct RawApp {
     name: String,
     repository: String,
     branch: Option<String>,
+    /// Release on tags (issue 27): pushed tags matching these globs deploy their commit.
+    tags: Option<Vec<String>>,
     codebuild_project: String,
     cluster: String,
     service: String,
@@ -272,7 +274,12 @@ pub struct AppConfig {
     pub name: AppName,
     /// GitHub `full_name`, e.g. `octo-org/web`.
     pub repository: String,
-    pub branch: String,
+    /// The branch whose pushes deploy (`branch`; `master` when neither `branch` nor `tags` is
+    /// set; None for an app that deploys only tags).
+    pub branch: Option<String>,
+    /// The tags whose pushes deploy (`tags`, globs as GitHub Actions reads them: `*` stays
+    /// within one `/` segment, `**` crosses them).
+    pub tags: Option<crate::push_filter::Globs>,
     pub codebuild_project: String,
     pub cluster: String,
     pub service: String,
@@ -310,9 +317,15 @@ impl AppConfig {
         format!("{}/{}", self.cluster, self.service)
     }
 
-    /// The ref a push must have to match this app.
-    pub fn git_ref(&self) -> String {
-        format!("refs/heads/{}", self.branch)
+    /// Whether a push of `git_ref` (`refs/heads/<branch>` or `refs/tags/<tag>`) deploys this
+    /// app: its branch, or a tag matching its `tags`.
+    pub fn deploys_ref(&self, git_ref: &str) -> bool {
+        if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
+            return self.tags.as_ref().is_some_and(|t| t.is_match(tag));
+        }
+        self.branch
+            .as_deref()
+            .is_some_and(|b| git_ref.strip_prefix("refs/heads/") == Some(b))
     }
 
     /// The image tag CodeBuild pushes for a commit.
@@ -837,11 +850,14 @@ impl RawApp {
                 format!("\"{repository}\" is not a GitHub owner/name"),
             ));
         }
-        let branch = non_empty(
-            key("branch"),
-            self.branch.unwrap_or_else(|| "master".into()),
-        )?;
-        if let Some(stripped) = branch.strip_prefix("refs/") {
+        // `master` by default, as before tags existed; an app with `tags` and no `branch`
+        // deploys only tags.
+        let branch = match (self.branch, &self.tags) {
+            (Some(b), _) => Some(non_empty(key("branch"), b)?),
+            (None, None) => Some("master".to_owned()),
+            (None, Some(_)) => None,
+        };
+        if let Some(stripped) = branch.as_deref().and_then(|b| b.strip_prefix("refs/")) {
             return Err(invalid(
                 key("branch"),
                 format!(
@@ -850,6 +866,14 @@ impl RawApp {
                 ),
             ));
         }
+        if branch.is_none() && self.tags.as_ref().is_some_and(|t| t.is_empty()) {
+            return Err(invalid(
+                key("tags"),
+                "is empty and no `branch` is set: the app would deploy nothing \
+                 (set `branch`, `tags`, or both)",
+            ));
+        }
+        let tags = tag_globs(&key, self.tags)?;
         let image_tag = self.image_tag.unwrap_or_else(|| "{sha}".into());
         if !image_tag.contains("{sha}") && !image_tag.contains("{short_sha}") {
             return Err(invalid(
@@ -921,6 +945,7 @@ impl RawApp {
             path_rules,
             repository,
             branch,
+            tags,
             codebuild_project: non_empty(key("codebuild_project"), self.codebuild_project)?,
             cluster: non_empty(key("cluster"), self.cluster)?,
             service: non_empty(key("service"), self.service)?,
@@ -966,6 +991,40 @@ fn env_var_name(key: String, value: String) -> Result<String, ConfigError> {
             format!("\"{value}\" is not an environment variable name"),
         ))
     }
+}
+
+/// An app's `tags`, with a bad glob named. An empty list is refused (it would deploy no tag:
+/// leave the key out).
+fn tag_globs(
+    key: &dyn Fn(&str) -> String,
+    tags: Option<Vec<String>>,
+) -> Result<Option<crate::push_filter::Globs>, ConfigError> {
+    let Some(list) = tags else {
+        return Ok(None);
+    };
+    if list.is_empty() {
+        return Err(invalid(
+            key("tags"),
+            "must list at least one glob (leave it out to deploy no tag)",
+        ));
+    }
+    for (i, tag) in list.iter().enumerate() {
+        if let Some(short) = tag.strip_prefix("refs/") {
+            return Err(invalid(
+                format!("{}[{i}]", key("tags")),
+                format!(
+                    "give the tag glob (\"{}\"), not a ref",
+                    short.trim_start_matches("tags/")
+                ),
+            ));
+        }
+    }
+    crate::push_filter::Globs::new(list).map(Some).map_err(|e| {
+        invalid(
+            format!("{}[{}]", key("tags"), e.index),
+            format!("\"{}\" is not a valid glob: {}", e.pattern, e.message),
+        )
+    })
 }
 
 /// An app's `paths`, `paths_ignore` and `honor_skip_markers`, with a bad glob named.
@@ -1092,7 +1151,8 @@ mod tests {
     fn defaults_apply() {
         let c = Config::parse(GOOD).unwrap();
         let app = &c.apps[0];
-        assert_eq!(app.branch, "master");
+        assert_eq!(app.branch.as_deref(), Some("master"));
+        assert!(app.tags.is_none());
         assert_eq!(app.image_tag, "{sha}");
         assert_eq!(app.rollout_timeout, Duration::from_secs(900));
         assert_eq!(c.server.max_connections, 512);
@@ -1100,7 +1160,9 @@ mod tests {
         assert_eq!(c.server.max_connections_per_ip, 64);
         assert_eq!(c.server.unauthenticated_body_bytes, 64 * 1024 * 1024);
         assert!(c.chat.slack_team_id.is_none());
-        assert_eq!(app.git_ref(), "refs/heads/master");
+        assert!(app.deploys_ref("refs/heads/master"));
+        assert!(!app.deploys_ref("refs/heads/main"));
+        assert!(!app.deploys_ref("refs/tags/master"));
     }
 
     #[test]
@@ -1140,6 +1202,47 @@ mod tests {
         assert!(e.contains("at least one [[app]]"), "{e}");
         let e = err(&format!("{GOOD}branch = \"refs/heads/main\"\n"));
         assert!(e.contains("branch"), "{e}");
+    }
+
+    #[test]
+    fn tag_globs_are_checked_and_a_bad_one_named() {
+        // Tags only: no branch deploys.
+        let c = Config::parse(&format!("{GOOD}tags = [\"v*\", \"release/**\"]\n")).unwrap();
+        let app = &c.apps[0];
+        assert_eq!(app.branch, None);
+        assert!(app.deploys_ref("refs/tags/v1.2.0"));
+        assert!(app.deploys_ref("refs/tags/release/2026/12"));
+        assert!(
+            !app.deploys_ref("refs/tags/v1/rc"),
+            "* stays within a segment"
+        );
+        assert!(!app.deploys_ref("refs/tags/nightly"));
+        assert!(!app.deploys_ref("refs/heads/master"));
+        assert!(!app.deploys_ref("refs/heads/v1"));
+        // Next to a branch.
+        let c = Config::parse(&format!("{GOOD}branch = \"main\"\ntags = [\"v*\"]\n")).unwrap();
+        assert!(c.apps[0].deploys_ref("refs/heads/main"));
+        assert!(c.apps[0].deploys_ref("refs/tags/v2"));
+        let e = err(&format!("{GOOD}tags = [\"v*\", \"v[1\"]\n"));
+        assert!(e.contains("app[0] (web).tags[1]"), "{e}");
+        assert!(e.contains("\"v[1\" is not a valid glob"), "{e}");
+        let e = err(&format!("{GOOD}tags = [\"refs/tags/v*\"]\n"));
+        assert!(
+            e.contains("app[0] (web).tags[0]: give the tag glob (\"v*\")"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}tags = []\n"));
+        assert!(
+            e.contains("app[0] (web).tags: is empty and no `branch` is set"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}branch = \"main\"\ntags = []\n"));
+        assert!(
+            e.contains("app[0] (web).tags: must list at least one glob"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}tags = [\"\"]\n"));
+        assert!(e.contains("app[0] (web).tags[0]"), "{e}");
     }
 
     #[test]

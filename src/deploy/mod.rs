@@ -1650,6 +1650,7 @@ impl Deployer {
             log_link: d.log_link.clone(),
             deployment: Some(d.id),
             build_id: d.build_id.clone(),
+            tag: d.tag.clone(),
         });
     }
 }

@@ -77,6 +77,7 @@ impl BuildResults {
                     order_key: None,
                     target_task_definition: None,
                     log_link: result.log_link.clone(),
+                    tag: None,
                 }),
                 _ => {
                     tracing::warn!(
@@ -126,6 +127,7 @@ impl BuildResults {
                         log_link: result.log_link,
                         deployment: None,
                         build_id: Some(result.build_id),
+                        tag: None,
                     });
                 }
                 Ok(None)

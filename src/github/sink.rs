@@ -482,7 +482,9 @@ impl Worker {
         let Some(id) = n.deployment else {
             return Ok(());
         };
-        let gh = self.github_deployment(app, id, &n.sha).await?;
+        let gh = self
+            .github_deployment(app, id, &n.sha, n.tag.as_deref())
+            .await?;
         // The deploy's page when slipway's is reachable from outside, else the build's log.
         let log_url = page.as_deref().or(n.log_link.as_deref());
         self.deployment_status(
@@ -523,6 +525,7 @@ impl Worker {
         app: &AppConfig,
         id: i64,
         sha: &str,
+        tag: Option<&str>,
     ) -> Result<GithubDeployment, GithubError> {
         if let Ok(Some(existing)) = self.journal.github_deployment(id).await {
             return Ok(existing);
@@ -533,8 +536,13 @@ impl Worker {
             "auto_merge": false,
             "required_contexts": [],
             "production_environment": app.production,
-            "description": clip(&format!("slipway deployment {id} of {}", app.name)),
-            "payload": { "slipway_deployment": id },
+            // `ref` stays the commit (a tag can be moved; the deploy is of this commit); the
+            // tag a release was pushed as is in the description and the payload.
+            "description": clip(&match tag {
+                Some(tag) => format!("slipway deployment {id} of {} (tag {tag})", app.name),
+                None => format!("slipway deployment {id} of {}", app.name),
+            }),
+            "payload": { "slipway_deployment": id, "tag": tag },
         });
         let path = format!("/repos/{}/deployments", app.repository);
         let reply = self

@@ -66,7 +66,11 @@ fn summary(n: &Notification, style: Style) -> String {
         }
     };
     let app = text(&n.app);
-    let short = text(short_sha(&n.sha));
+    // The commit, with the tag its push released (issue 27).
+    let short = match &n.tag {
+        Some(tag) => format!("{}` (tag `{}`)", text(short_sha(&n.sha)), text(tag)),
+        None => format!("{}`", text(short_sha(&n.sha))),
+    };
     let image = n
         .image
         .as_deref()
@@ -87,23 +91,23 @@ fn summary(n: &Notification, style: Style) -> String {
         _ => String::new(),
     };
     match n.kind {
-        EventKind::BuildFailed => format!(":x: *{app}* build of `{short}` failed{reason}{log}"),
-        EventKind::DeployStarted => format!(":rocket: *{app}* deploying `{short}`{image}"),
+        EventKind::BuildFailed => format!(":x: *{app}* build of `{short} failed{reason}{log}"),
+        EventKind::DeployStarted => format!(":rocket: *{app}* deploying `{short}{image}"),
         EventKind::DeploySucceeded => {
-            format!(":white_check_mark: *{app}* deployed `{short}`{image}")
+            format!(":white_check_mark: *{app}* deployed `{short}{image}")
         }
-        EventKind::DeployFailed => format!(":x: *{app}* deploy of `{short}` failed{reason}{log}"),
+        EventKind::DeployFailed => format!(":x: *{app}* deploy of `{short} failed{reason}{log}"),
         EventKind::RolledBack => format!(
-            ":leftwards_arrow_with_hook: *{app}* deploy of `{short}` rolled back{reason}{log}"
+            ":leftwards_arrow_with_hook: *{app}* deploy of `{short} rolled back{reason}{log}"
         ),
         EventKind::Superseded => {
-            format!(":fast_forward: *{app}* `{short}` superseded by a newer commit{reason}")
+            format!(":fast_forward: *{app}* `{short} superseded by a newer commit{reason}")
         }
         EventKind::ServiceUnseen => {
-            format!(":warning: *{app}* deploy of `{short}` is waiting{reason}; nothing is changed until slipway sees the service again")
+            format!(":warning: *{app}* deploy of `{short} is waiting{reason}; nothing is changed until slipway sees the service again")
         }
         EventKind::PastDeadline => {
-            format!(":warning: *{app}* deploy of `{short}` is past its deadline{reason}")
+            format!(":warning: *{app}* deploy of `{short} is past its deadline{reason}")
         }
     }
 }
@@ -170,6 +174,7 @@ mod tests {
             log_link: Some(LOG.into()),
             deployment: Some(42),
             build_id: Some("web:5f2c8e1a".into()),
+            tag: None,
         }
     }
 
@@ -204,6 +209,14 @@ mod tests {
                 ..notification(EventKind::DeployFailed)
             }),
             ":x: *web* deploy of `1f2e3d4` failed"
+        );
+        // A tag push's deploy names its tag.
+        assert_eq!(
+            s(Notification {
+                tag: Some("v1.2.0".into()),
+                ..notification(EventKind::DeploySucceeded)
+            }),
+            format!(":white_check_mark: *web* deployed `1f2e3d4` (tag `v1.2.0`) — image `{image}`")
         );
         let long = s(Notification {
             reason: Some("x".repeat(5000)),

@@ -53,6 +53,10 @@ pub struct Notification {
     /// slipway's deployment id.
     pub deployment: Option<i64>,
     pub build_id: Option<String>,
+    /// The tag whose push this deploys (`tags`, issue 27); null for a branch push. (Default:
+    /// notifications journaled before tags existed have none.)
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// What [`Target::flush`] returns.
@@ -164,6 +168,7 @@ mod tests {
                 log_link: None,
                 deployment: None,
                 build_id: None,
+                tag: None,
             });
         }
         notifier.flush(Duration::from_secs(1)).await;
@@ -187,6 +192,7 @@ mod tests {
             log_link: None,
             deployment: None,
             build_id: None,
+            tag: None,
         });
     }
 }

@@ -738,6 +738,7 @@ mod tests {
             log_link: Some(LOG.into()),
             deployment: Some(42),
             build_id: Some("web:5f2c8e1a".into()),
+            tag: None,
         }
     }
 
@@ -835,6 +836,7 @@ mod tests {
         let body = &hook.bodies()[0];
         assert_eq!(body["event"], "superseded");
         assert!(body["image"].is_null() && body["log_link"].is_null());
+        assert!(body["tag"].is_null(), "{body}");
         assert_eq!(
             body["text"],
             ":fast_forward: *web* `1f2e3d4` superseded by a newer commit"

@@ -130,6 +130,7 @@ pub async fn deployment(
         (rollout(&d))
         table {
             tr { th { "Commit" } td { code { (d.sha) } } }
+            @if let Some(tag) = &d.tag { tr { th { "Tag" } td { code { (tag) } } } }
             tr { th { "Image" } td { code { (d.image.as_deref().unwrap_or(&d.image_tag)) } } }
             tr { th { "Service" } td { (d.service_key) } }
             tr { th { "Trigger" } td { (d.trigger) @if let Some(a) = &d.actor { " by " (a) } } }

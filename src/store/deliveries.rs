@@ -86,6 +86,8 @@ pub struct BuildRequest {
     pub before: Option<String>,
     /// When GitHub received the push (Unix seconds); None: when slipway received it.
     pub pushed_at: Option<i64>,
+    /// The tag a tag push released (`refs/tags/<tag>`, issue 27); None for a branch push.
+    pub tag: Option<String>,
 }
 
 /// What the journal made of a delivery.
@@ -130,6 +132,8 @@ pub struct PendingBuild {
     pub token: String,
     pub attempts: u32,
     pub start_requested: bool,
+    /// The tag a tag push released (the build gets it as `SLIPWAY_TAG`).
+    pub tag: Option<String>,
 }
 
 /// One line of `slipway deliveries`: a delivery and, if it asked for one, a build.

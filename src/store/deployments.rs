@@ -68,6 +68,10 @@ pub struct Deployment {
     /// (StopServiceDeployment, `ROLLBACK`), journaled before the request: ECS's rollback that
     /// follows is this deploy's `rolled_back`, across restarts too.
     pub rollback_requested_ms: Option<i64>,
+    /// The tag whose push this deploys (`tags`, issue 27); None for a branch push and for
+    /// deploys not made by a push.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// A deploy to ask for.
@@ -86,6 +90,8 @@ pub struct NewDeployment {
     pub order_key: Option<i64>,
     pub target_task_definition: Option<String>,
     pub log_link: Option<String>,
+    /// The tag a tag push released (issue 27).
+    pub tag: Option<String>,
 }
 
 /// A terminal CodeBuild state for a build, from an event or from the reconciler.

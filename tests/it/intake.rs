@@ -85,6 +85,11 @@ async fn push_to_the_branch_starts_exactly_one_build_of_that_commit() {
             "{name} missing from {env:?}"
         );
     }
+    // A branch push's build has no tag.
+    assert!(
+        env.iter().all(|(name, ..)| name != "SLIPWAY_TAG"),
+        "{env:?}"
+    );
     let token = sent[0]["idempotencyToken"].as_str().unwrap();
     assert!(!token.is_empty());
 }
@@ -150,7 +155,11 @@ async fn pushes_that_do_not_deploy_are_ignored_with_a_reason() {
             "refs/heads/release-1 is not a deployed branch",
         ),
         ("push", "github/push_branch_deleted.json", "was deleted"),
-        ("push", "github/push_tag.json", "tag push"),
+        (
+            "push",
+            "github/push_tag.json",
+            "tag v1.2.0 is not deployed: no app of octo-org/web sets `tags`",
+        ),
         (
             "push",
             "github/push_other_repo.json",

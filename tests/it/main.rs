@@ -29,3 +29,4 @@ mod proxy_selftest;
 mod recovery_ready;
 mod status_page;
 mod store;
+mod tags;

@@ -461,7 +461,10 @@ async fn replaying_a_stored_delivery_starts_exactly_one_new_build() {
         (409, Some("conflict")),
         "{body}"
     );
-    assert!(body["error"].as_str().unwrap().contains("tag push"));
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("tag v1.2.0 is not deployed"));
     assert_eq!(w.proxy.requests("StartBuild").len(), 2);
 
     let (_, list) = api(&s, "GET", "/api/deliveries?state=ignored", None).await;

@@ -72,6 +72,7 @@ fn build(sha: char) -> Verdict {
         service_key: "main/web".into(),
         before: Some("1".repeat(40)),
         pushed_at: None,
+        tag: None,
     }])
 }
 
@@ -631,6 +632,7 @@ fn new_deployment(app: &str, sha: char, build_row: Option<i64>) -> slipway::stor
         order_key: build_row.map(|r| 2 * r),
         target_task_definition: None,
         log_link: None,
+        tag: None,
     }
 }
 
@@ -1118,6 +1120,7 @@ fn push_of(sha: char, before: char) -> Verdict {
         service_key: "main/web".into(),
         before: Some(std::iter::repeat_n(before, 40).collect()),
         pushed_at: Some(T0 / 1000),
+        tag: None,
     }])
 }
 
@@ -1130,6 +1133,72 @@ fn result(build_id: &str, succeeded: bool) -> slipway::store::BuildCompletion {
         log_link: Some(format!("https://logs/{build_id}")),
         foreign: None,
         run_token: None,
+    }
+}
+
+/// A push of `sha` with no `before` (a new branch, or a tag when `tag` is set: GitHub's tag
+/// push has `before` all zeros).
+fn first_push_of(sha: char, tag: Option<&str>) -> Verdict {
+    let sha: String = std::iter::repeat_n(sha, 40).collect();
+    Verdict::Build(vec![BuildRequest {
+        app: AppName::parse("web").unwrap(),
+        sha: CommitSha::parse(&sha).unwrap(),
+        project: "web-build".into(),
+        image_tag: sha.clone(),
+        service_key: "main/web".into(),
+        before: None,
+        pushed_at: Some(T0 / 1000),
+        tag: tag.map(str::to_owned),
+    }])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_push_is_its_own_push_and_its_deployment_keeps_the_tag() {
+    use slipway::store::CompletionOutcome;
+    for Engine { name, store, .. } in engines().await {
+        let admit = |id: &'static str, hook: &'static str, tag: Option<&'static str>| {
+            let store = store.clone();
+            async move {
+                let (_, admission) = store
+                    .admit(delivery(id, hook, T0, b"{}"), first_push_of('a', tag))
+                    .await
+                    .unwrap();
+                match admission {
+                    Admission::Accepted(b) => b[0].build_row,
+                    other => panic!("{name}: {id}: {other:?}"),
+                }
+            }
+        };
+        // A new branch and a tag on the same commit: two pushes, two builds.
+        let branch = admit("d-1", "1", None).await;
+        let tagged = admit("d-2", "2", Some("v1.0.0")).await;
+        assert_ne!(branch, tagged, "{name}");
+        // The same tag push through another hook: the same build.
+        assert_eq!(admit("d-3", "3", Some("v1.0.0")).await, tagged, "{name}");
+        // Another tag on the commit is another release.
+        let other = admit("d-4", "4", Some("v1.0.1")).await;
+        assert!(![branch, tagged].contains(&other), "{name}");
+
+        let mut deployments = Vec::new();
+        for (row, build_id) in [(branch, "web-build:1"), (tagged, "web-build:2")] {
+            store
+                .build_started(row, build_id.into(), None, T0 + 10)
+                .await
+                .unwrap();
+            let done = store
+                .complete_build(result(build_id, true), T0 + 20)
+                .await
+                .unwrap();
+            let CompletionOutcome::Deploy { deployment, .. } = done else {
+                panic!("{name}: {done:?}")
+            };
+            deployments.push(store.deployment(deployment).await.unwrap().unwrap());
+        }
+        assert_eq!(deployments[0].tag, None, "{name}");
+        assert_eq!(deployments[1].tag.as_deref(), Some("v1.0.0"), "{name}");
+        let listed = store.recent_deployments(None, 10).await.unwrap();
+        let tags: Vec<Option<&str>> = listed.iter().map(|d| d.tag.as_deref()).collect();
+        assert_eq!(tags, [Some("v1.0.0"), None], "{name}: newest first");
     }
 }
 

@@ -165,6 +165,7 @@ impl DynamoStore {
                     order_key: Some(2 * row),
                     target_task_definition: None,
                     log_link: done.log_link.clone(),
+                    tag: get_opt_s(&build, "tag")?,
                 },
                 now,
             )

@@ -47,12 +47,18 @@ fn app_sk(app: &str) -> String {
 }
 
 fn push_pk(req: &BuildRequest) -> String {
-    format!(
+    let push = format!(
         "push#{}#{}#{}",
         req.app,
         req.sha,
         req.before.as_deref().unwrap_or("")
-    )
+    );
+    // A tag push is another push than a branch push of the same commit (as the SQLite
+    // engine's `FIND_SAME_PUSH` compares tags); a branch push's key is what it always was.
+    match &req.tag {
+        Some(tag) => format!("{push}#tag#{tag}"),
+        None => push,
+    }
 }
 
 /// The item that says `app` has commit `sha` (a build or a deployment of it), for
@@ -299,6 +305,7 @@ impl DynamoStore {
                         ("service_key", s(&req.service_key)),
                         ("before_sha", opt_s(req.before.clone())),
                         ("pushed_at", n(req.pushed_at.unwrap_or(now / 1000))),
+                        ("tag", opt_s(req.tag.clone())),
                         ("due_pk", s("build")),
                         ("due_sk", s(due_sk(now, id))),
                         ("look_pk", s(format!("token#{token}"))),
@@ -607,6 +614,7 @@ impl DynamoStore {
                     token: get_s(item, "token")?,
                     attempts: get_n(item, "attempts")? as u32,
                     start_requested: get_opt_n(item, "start_requested_ms")?.is_some(),
+                    tag: get_opt_s(item, "tag")?,
                 })
             })
             .collect()

@@ -67,6 +67,7 @@ pub(super) fn deployment_from(item: &Item) -> Result<Deployment, StoreError> {
         unseen: get_opt_s(item, "unseen")?,
         from_original: get_opt_s(item, "from_original")?,
         rollback_requested_ms: get_opt_n(item, "rollback_requested_ms")?,
+        tag: get_opt_s(item, "tag")?,
     })
 }
 
@@ -216,7 +217,7 @@ impl DynamoStore {
         };
         let id = self.take_ids(1).await?;
         let mut item = deployment_key(id);
-        let fields: [(&str, Option<AttributeValue>); 22] = [
+        let fields: [(&str, Option<AttributeValue>); 23] = [
             ("id", Some(n(id))),
             ("app", Some(s(&d.app))),
             ("service_key", Some(s(&d.service_key))),
@@ -231,6 +232,7 @@ impl DynamoStore {
             ("pushed_at", pushed_at.map(n)),
             ("target_task_definition", d.target_task_definition.map(s)),
             ("log_link", d.log_link.map(s)),
+            ("tag", d.tag.map(s)),
             ("state", Some(s(deploy_state::PENDING))),
             ("created_ms", Some(n(now_ms))),
             ("updated_ms", Some(n(now_ms))),

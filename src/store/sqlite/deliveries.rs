@@ -90,7 +90,7 @@ pub(crate) const FIND_BY_KEY: &str = "SELECT b.id, b.state FROM deliveries d
 pub(crate) const FIND_SAME_PUSH: &str = "SELECT b.id, b.state FROM builds b
      JOIN deliveries d ON d.id = b.delivery
      WHERE b.app = ?1 AND b.sha = ?2 AND b.before_sha IS ?3 AND b.state != ?4
-       AND d.source = 'github'
+       AND b.tag IS ?5 AND d.source = 'github'
      ORDER BY b.id DESC LIMIT 1";
 
 /// The builds of delivery row `$row`: those made by the delivery of its hook and GUID that made
@@ -190,7 +190,8 @@ pub(super) fn admit_in(
                         req.app.as_str(),
                         req.sha.as_str(),
                         req.before,
-                        build_state::FAILED
+                        build_state::FAILED,
+                        req.tag
                     ],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -222,9 +223,9 @@ pub(super) fn admit_in(
                 tx.prepare_cached(
                     "INSERT INTO builds (delivery, dedup_key, app, sha, project, image_tag, token,
                          state, next_attempt_ms, created_ms, updated_ms, service_key, before_sha,
-                         pushed_at)
+                         pushed_at, tag)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11,
-                         COALESCE(?12, ?9 / 1000))",
+                         COALESCE(?12, ?9 / 1000), ?13)",
                 )?
                 .execute(params![
                     row,
@@ -239,6 +240,7 @@ pub(super) fn admit_in(
                     req.service_key,
                     req.before,
                     req.pushed_at,
+                    req.tag,
                 ])?;
                 accepted.push(AcceptedBuild {
                     app: req.app,
@@ -284,6 +286,7 @@ fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingBuild> {
         token: r.get(6)?,
         attempts: r.get(7)?,
         start_requested: r.get::<_, Option<i64>>(8)?.is_some(),
+        tag: r.get(9)?,
     })
 }
 
@@ -333,7 +336,7 @@ impl SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT b.id, d.delivery_id, b.app, b.sha, b.project, b.image_tag, b.token, b.attempts,
-                        b.start_requested_ms
+                        b.start_requested_ms, b.tag
                  FROM builds b JOIN deliveries d ON d.id = b.delivery
                  WHERE b.state = ?1 AND b.next_attempt_ms <= ?2
                  ORDER BY b.id LIMIT ?3",

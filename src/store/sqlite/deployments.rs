@@ -12,7 +12,7 @@ const COLUMNS: &str = "id, app, service_key, sha, image_tag, trigger, actor, bui
     to_task_definition, ecs_deployment_id, state, reason, log_link, running_count,
     desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms, stage,
     service_deployment_arn, deadline_ms, deadline_why, unseen, from_original,
-    rollback_requested_ms";
+    rollback_requested_ms, tag";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
@@ -49,6 +49,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
         unseen: r.get(30)?,
         from_original: r.get(31)?,
         rollback_requested_ms: r.get(32)?,
+        tag: r.get(33)?,
     })
 }
 
@@ -91,8 +92,8 @@ fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64,
     c.execute(
         "INSERT INTO deployments (app, service_key, sha, image_tag, trigger, actor, build_row,
              build_id, delivery_id, order_key, target_task_definition, log_link, state,
-             created_ms, updated_ms, pushed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15)",
+             created_ms, updated_ms, pushed_at, tag)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16)",
         params![
             d.app,
             d.service_key,
@@ -109,6 +110,7 @@ fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64,
             deploy_state::PENDING,
             now,
             pushed_at,
+            d.tag,
         ],
     )?;
     Ok(c.last_insert_rowid())
@@ -228,6 +230,10 @@ fn complete_build(
             created: false,
         });
     }
+    let tag: Option<String> =
+        c.query_row("SELECT tag FROM builds WHERE id = ?1", [build_row], |r| {
+            r.get(0)
+        })?;
     let id = insert_deployment(
         c,
         &NewDeployment {
@@ -243,6 +249,7 @@ fn complete_build(
             order_key: Some(push_rank(build_row)),
             target_task_definition: None,
             log_link: done.log_link.clone(),
+            tag,
         },
         now,
     )?;

@@ -312,6 +312,12 @@ CREATE INDEX notify_outbox_done ON notify_outbox (done_ms) WHERE state != 'pendi
     r#"
 ALTER TABLE deployments ADD COLUMN rollback_requested_ms INTEGER;
 "#,
+    // Issue 27 (release on tags): the tag a tag push released, on its build and on the deploy
+    // that build leads to (NULL for a branch push). Additive: nullable columns.
+    r#"
+ALTER TABLE builds ADD COLUMN tag TEXT;
+ALTER TABLE deployments ADD COLUMN tag TEXT;
+"#,
 ];
 
 /// The migrations a release before them cannot live with, and why. A new entry is a breaking

@@ -37,6 +37,7 @@ pub(super) fn build(sha: char) -> Verdict {
         service_key: "main/web".into(),
         before: Some("1".repeat(40)),
         pushed_at: None,
+        tag: None,
     }])
 }
 
