@@ -8,7 +8,7 @@ use slipway::ids::{AppName, CommitSha, DeliveryId, HookId};
 use slipway::store::dynamodb::DynamoStore;
 use slipway::store::{Admission, BuildRequest, NewDelivery, Source, Store, Verdict};
 
-use crate::support::{free_port, sdk_config, Emulator};
+use crate::support::{free_port, sdk_config, Emulator, Proxy};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -341,6 +341,47 @@ async fn an_unreachable_dynamodb_is_unavailable_and_says_why() {
         .unwrap_err()
         .retry_later()
         .is_some());
+}
+
+/// A write that meets another writer's transaction on the same item is refused with
+/// `TransactionConflictException`, which DynamoDB's documentation says may be retried
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>)
+/// and the SDK does not retry itself: the caller is told to try again later, and the next try
+/// goes through. (moto never conflicts: the proxy answers as DynamoDB would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_meets_another_writers_transaction_is_unavailable_then_goes_through() {
+    let emulator = Emulator::start().await;
+    let proxy = Proxy::start(&emulator.url).await;
+    let config = sdk_config(&proxy.url).await;
+    let dynamo = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        "slipway",
+        &JournalConfig::default(),
+    );
+    dynamo.create_table(T0).await.unwrap();
+    let store = Store::DynamoDb(dynamo);
+    let (first, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+    proxy.fail("UpdateItem", 1, 400, "TransactionConflictException");
+    let e = store
+        .build_started(first, "web-build:1".into(), None, T0 + 1)
+        .await
+        .unwrap_err();
+    let why = e
+        .retry_later()
+        .unwrap_or_else(|| panic!("not retryable: {e}"));
+    assert!(
+        why.starts_with("DynamoDB UpdateItem:") && why.contains("TransactionConflictException"),
+        "{why}"
+    );
+    assert_eq!(due(&store, T0 + 1).await, [first], "nothing changed");
+    store
+        .build_started(first, "web-build:1".into(), None, T0 + 2)
+        .await
+        .unwrap();
+    assert!(
+        due(&store, T0 + 2).await.is_empty(),
+        "started on the next try"
+    );
 }
 
 /// `n` bytes zstd cannot shrink.
