@@ -384,6 +384,93 @@ async fn a_write_that_meets_another_writers_transaction_is_unavailable_then_goes
     );
 }
 
+/// A stand-in for DynamoDB that hands out ids and cancels every transaction because DynamoDB
+/// throttled one of its items, as the TransactWriteItems reference describes the answer
+/// (`TransactionCanceledException` with `CancellationReasons`, code `ThrottlingError`:
+/// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html>).
+/// moto never throttles, and the proxy's scripted errors carry no cancellation reasons.
+async fn throttling_dynamodb() -> String {
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let target = req
+                    .headers()
+                    .get("x-amz-target")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let (status, body) = if target.ends_with(".UpdateItem") {
+                    (
+                        200,
+                        serde_json::json!({ "Attributes": { "n": { "N": "7" } } }),
+                    )
+                } else {
+                    (
+                        400,
+                        serde_json::json!({
+                            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                            "Message": "Transaction cancelled, please refer cancellation reasons \
+                                        for specific reasons [ThrottlingError, None]",
+                            "CancellationReasons": [
+                                { "Code": "ThrottlingError", "Message": "Throughput exceeds the \
+                                  current capacity of your table or index." },
+                                { "Code": "None" }
+                            ]
+                        }),
+                    )
+                };
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/x-amz-json-1.0")
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .unwrap(),
+                )
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// A transaction DynamoDB cancelled for throttling may go through later: the delivery is
+/// answered "try again later" (503), as a throttled single write is, not as an engine error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_cancelled_for_throttling_is_unavailable() {
+    let config = sdk_config(&throttling_dynamodb().await).await;
+    let store = Store::DynamoDb(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        "slipway",
+        &JournalConfig::default(),
+    ));
+    let e = store
+        .admit(
+            delivery("d-1", "1", T0, b"{}"),
+            Verdict::Ignored("a tag".into()),
+        )
+        .await
+        .unwrap_err();
+    let why = e
+        .retry_later()
+        .unwrap_or_else(|| panic!("not retryable: {e}"));
+    assert!(
+        why.starts_with("DynamoDB TransactWriteItems:") && why.contains("ThrottlingError"),
+        "{why}"
+    );
+}
+
 /// `n` bytes zstd cannot shrink.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;

@@ -572,7 +572,7 @@ impl DynamoStore {
         match sent {
             Ok(_) => Ok(Some(row)),
             Err(e) if condition_failed(&e) => Ok(None),
-            Err(e) => Err(sdk_error("DynamoDB TransactWriteItems", e)),
+            Err(e) => Err(transaction_error(e)),
         }
     }
 
@@ -856,6 +856,37 @@ pub(super) fn condition_failed<R>(
         }
         _ => false,
     }
+}
+
+/// Reasons DynamoDB cancels a transaction for that say nothing about its items: throttled, it
+/// may go through later (the TransactWriteItems reference's `CancellationReasons`).
+const THROTTLED_REASONS: [&str; 2] = ["ThrottlingError", "ProvisionedThroughputExceeded"];
+
+/// A failed transaction as a store error: cancelled because DynamoDB throttled one of its
+/// items (no condition failed: [`condition_failed`] is asked first) is `Unavailable`, as a
+/// throttled single write is; the rest as [`sdk_error`] sorts them.
+pub(super) fn transaction_error(
+    e: aws_sdk_dynamodb::error::SdkError<
+        TransactWriteItemsError,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> StoreError {
+    if let Some(TransactWriteItemsError::TransactionCanceledException(c)) = e.as_service_error() {
+        let codes: Vec<&str> = c
+            .cancellation_reasons()
+            .iter()
+            .filter_map(|r| r.code())
+            .collect();
+        if codes.iter().any(|code| THROTTLED_REASONS.contains(code)) {
+            return StoreError::Unavailable {
+                reason: format!(
+                    "DynamoDB TransactWriteItems: cancelled, DynamoDB throttled it ({})",
+                    codes.join(", ")
+                ),
+            };
+        }
+    }
+    sdk_error("DynamoDB TransactWriteItems", e)
 }
 
 impl DynamoStore {
