@@ -186,6 +186,43 @@ async fn a_redelivery_of_a_build_that_failed_for_good_does_not_build_the_push_tw
     }
 }
 
+/// Both hooks' builds of one push failed for good; the repository hook's redelivery retries its
+/// own. The organisation hook's redelivery then finds that live build, as the SQLite engine's
+/// newest-live-build-of-the-push does: retrying its own failed one too would build twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_failed_build_is_the_pushs_build_for_the_other_hooks_redelivery() {
+    for Engine { name, store, .. } in engines().await {
+        let (b1, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+        store
+            .build_failed_to_start(b1, "AccessDenied".into(), T0 + 1)
+            .await
+            .unwrap();
+        let (b2, retry) = accepted(&store, "d-2", "2", T0 + 2, 'a').await;
+        assert!(!retry && b2 != b1, "{name}");
+        store
+            .build_failed_to_start(b2, "AccessDenied".into(), T0 + 3)
+            .await
+            .unwrap();
+        // No live build of the push: the repository hook's redelivery retries its own.
+        assert_eq!(
+            accepted(&store, "d-1", "1", T0 + 4, 'a').await,
+            (b1, true),
+            "{name}"
+        );
+        // The organisation hook's redelivery: the push has a live build again.
+        assert_eq!(
+            accepted(&store, "d-2", "2", T0 + 5, 'a').await,
+            (b1, true),
+            "{name}: the push's live build, not a second one"
+        );
+        assert_eq!(
+            due(&store, T0 + 10).await,
+            [b1],
+            "{name}: one build of the push"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_build_schedule_is_kept_retries_wait_and_a_started_build_is_done() {
     for Engine { name, store, .. } in engines().await {

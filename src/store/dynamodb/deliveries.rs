@@ -381,6 +381,22 @@ impl DynamoStore {
                         .build()
                         .map_err(bad_request)?;
                     writes.push(TransactWriteItem::builder().update(update).build());
+                    // The push's build failed for good and this one is retried: it becomes the
+                    // push's build, so another hook's redelivery finds it (as the SQLite
+                    // engine's newest live build of the push) instead of retrying its own.
+                    if let Some(failed) = step.failed_push_build.filter(|f| *f != found.id) {
+                        let mut push = key(push_pk(&req), "push");
+                        push.insert("build".into(), n(found.id));
+                        let put = Put::builder()
+                            .table_name(self.table())
+                            .set_item(Some(push))
+                            .condition_expression("#b = :failed")
+                            .expression_attribute_names("#b", "build")
+                            .expression_attribute_values(":failed", n(failed))
+                            .build()
+                            .map_err(bad_request)?;
+                        writes.push(TransactWriteItem::builder().put(put).build());
+                    }
                     if step.from_key {
                         build_rows.push(found.id);
                     }
