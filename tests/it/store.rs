@@ -508,6 +508,51 @@ async fn a_transaction_cancelled_for_throttling_is_unavailable() {
     );
 }
 
+/// A `Query` answers at most 1 MB a page, fewer items than its `Limit` then, with a
+/// `LastEvaluatedKey` (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Query.Pagination.html>):
+/// refused events and recoveries with long reasons still come back all of them, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_events_and_recoveries_over_a_query_page_are_all_listed() {
+    for Engine { name, store, .. } in engines().await {
+        for i in 0..30 {
+            store
+                .event_rejected(slipway::store::RejectedEvent {
+                    message_id: Some(format!("m-{i}")),
+                    build_id: None,
+                    source: None,
+                    account: None,
+                    reason: format!("{i:02}{}", "x".repeat(40_000)),
+                    received_ms: T0 + i,
+                })
+                .await
+                .unwrap();
+        }
+        let listed = store.rejected_events(50).await.unwrap();
+        let ids: Vec<String> = listed.iter().filter_map(|e| e.message_id.clone()).collect();
+        let expected: Vec<String> = (0..30).rev().map(|i| format!("m-{i}")).collect();
+        assert_eq!(ids, expected, "{name}");
+        // The same for recoveries whose failures say a lot.
+        for i in 0..30 {
+            let recovery = slipway::store::NewRecovery {
+                hook_id: "1".into(),
+                delivery_id: format!("g-{i}"),
+                attempt_id: i,
+                event: "push".into(),
+                status_code: Some(500),
+                delivered_ms: T0,
+                actor: "recovery".into(),
+                outcome: "failed".into(),
+                reason: Some("y".repeat(40_000)),
+            };
+            store.record_recovery(recovery, T0 + i).await.unwrap();
+        }
+        let listed = store.recoveries(50).await.unwrap();
+        let guids: Vec<&str> = listed.iter().map(|r| r.delivery.as_str()).collect();
+        let expected: Vec<String> = (0..30).rev().map(|i| format!("g-{i}")).collect();
+        assert_eq!(guids, expected, "{name}");
+    }
+}
+
 /// `n` bytes zstd cannot shrink.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
