@@ -8,7 +8,7 @@ use slipway::ids::{AppName, CommitSha, DeliveryId, HookId};
 use slipway::store::dynamodb::DynamoStore;
 use slipway::store::{Admission, BuildRequest, NewDelivery, Source, Store, Verdict};
 
-use crate::support::{free_port, sdk_config, Emulator};
+use crate::support::{free_port, sdk_config, Emulator, Proxy};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -187,6 +187,43 @@ async fn a_redelivery_of_a_build_that_failed_for_good_does_not_build_the_push_tw
     }
 }
 
+/// Both hooks' builds of one push failed for good; the repository hook's redelivery retries its
+/// own. The organisation hook's redelivery then finds that live build, as the SQLite engine's
+/// newest-live-build-of-the-push does: retrying its own failed one too would build twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_failed_build_is_the_pushs_build_for_the_other_hooks_redelivery() {
+    for Engine { name, store, .. } in engines().await {
+        let (b1, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+        store
+            .build_failed_to_start(b1, "AccessDenied".into(), T0 + 1)
+            .await
+            .unwrap();
+        let (b2, retry) = accepted(&store, "d-2", "2", T0 + 2, 'a').await;
+        assert!(!retry && b2 != b1, "{name}");
+        store
+            .build_failed_to_start(b2, "AccessDenied".into(), T0 + 3)
+            .await
+            .unwrap();
+        // No live build of the push: the repository hook's redelivery retries its own.
+        assert_eq!(
+            accepted(&store, "d-1", "1", T0 + 4, 'a').await,
+            (b1, true),
+            "{name}"
+        );
+        // The organisation hook's redelivery: the push has a live build again.
+        assert_eq!(
+            accepted(&store, "d-2", "2", T0 + 5, 'a').await,
+            (b1, true),
+            "{name}: the push's live build, not a second one"
+        );
+        assert_eq!(
+            due(&store, T0 + 10).await,
+            [b1],
+            "{name}: one build of the push"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_build_schedule_is_kept_retries_wait_and_a_started_build_is_done() {
     for Engine { name, store, .. } in engines().await {
@@ -342,6 +379,179 @@ async fn an_unreachable_dynamodb_is_unavailable_and_says_why() {
         .unwrap_err()
         .retry_later()
         .is_some());
+}
+
+/// A write that meets another writer's transaction on the same item is refused with
+/// `TransactionConflictException`, which DynamoDB's documentation says may be retried
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>)
+/// and the SDK does not retry itself: the caller is told to try again later, and the next try
+/// goes through. (moto never conflicts: the proxy answers as DynamoDB would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_meets_another_writers_transaction_is_unavailable_then_goes_through() {
+    let emulator = Emulator::start().await;
+    let proxy = Proxy::start(&emulator.url).await;
+    let config = sdk_config(&proxy.url).await;
+    let dynamo = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        "slipway",
+        &JournalConfig::default(),
+    );
+    dynamo.create_table(T0).await.unwrap();
+    let store = Store::DynamoDb(dynamo);
+    let (first, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+    proxy.fail("UpdateItem", 1, 400, "TransactionConflictException");
+    let e = store
+        .build_started(first, "web-build:1".into(), None, T0 + 1)
+        .await
+        .unwrap_err();
+    let why = e
+        .retry_later()
+        .unwrap_or_else(|| panic!("not retryable: {e}"));
+    assert!(
+        why.starts_with("DynamoDB UpdateItem:") && why.contains("TransactionConflictException"),
+        "{why}"
+    );
+    assert_eq!(due(&store, T0 + 1).await, [first], "nothing changed");
+    store
+        .build_started(first, "web-build:1".into(), None, T0 + 2)
+        .await
+        .unwrap();
+    assert!(
+        due(&store, T0 + 2).await.is_empty(),
+        "started on the next try"
+    );
+}
+
+/// A stand-in for DynamoDB that hands out ids and cancels every transaction because DynamoDB
+/// throttled one of its items, as the TransactWriteItems reference describes the answer
+/// (`TransactionCanceledException` with `CancellationReasons`, code `ThrottlingError`:
+/// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html>).
+/// moto never throttles, and the proxy's scripted errors carry no cancellation reasons.
+async fn throttling_dynamodb() -> String {
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let target = req
+                    .headers()
+                    .get("x-amz-target")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let (status, body) = if target.ends_with(".UpdateItem") {
+                    (
+                        200,
+                        serde_json::json!({ "Attributes": { "n": { "N": "7" } } }),
+                    )
+                } else {
+                    (
+                        400,
+                        serde_json::json!({
+                            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                            "Message": "Transaction cancelled, please refer cancellation reasons \
+                                        for specific reasons [ThrottlingError, None]",
+                            "CancellationReasons": [
+                                { "Code": "ThrottlingError", "Message": "Throughput exceeds the \
+                                  current capacity of your table or index." },
+                                { "Code": "None" }
+                            ]
+                        }),
+                    )
+                };
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/x-amz-json-1.0")
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .unwrap(),
+                )
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// A transaction DynamoDB cancelled for throttling may go through later: the delivery is
+/// answered "try again later" (503), as a throttled single write is, not as an engine error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_cancelled_for_throttling_is_unavailable() {
+    let config = sdk_config(&throttling_dynamodb().await).await;
+    let store = Store::DynamoDb(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        "slipway",
+        &JournalConfig::default(),
+    ));
+    let e = store
+        .admit(
+            delivery("d-1", "1", T0, b"{}"),
+            Verdict::Ignored("a tag".into()),
+        )
+        .await
+        .unwrap_err();
+    let why = e
+        .retry_later()
+        .unwrap_or_else(|| panic!("not retryable: {e}"));
+    assert!(
+        why.starts_with("DynamoDB TransactWriteItems:") && why.contains("ThrottlingError"),
+        "{why}"
+    );
+}
+
+/// A `Query` answers at most 1 MB a page, fewer items than its `Limit` then, with a
+/// `LastEvaluatedKey` (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Query.Pagination.html>):
+/// refused events and recoveries with long reasons still come back all of them, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_events_and_recoveries_over_a_query_page_are_all_listed() {
+    for Engine { name, store, .. } in engines().await {
+        for i in 0..30 {
+            store
+                .event_rejected(slipway::store::RejectedEvent {
+                    message_id: Some(format!("m-{i}")),
+                    build_id: None,
+                    source: None,
+                    account: None,
+                    reason: format!("{i:02}{}", "x".repeat(40_000)),
+                    received_ms: T0 + i,
+                })
+                .await
+                .unwrap();
+        }
+        let listed = store.rejected_events(50).await.unwrap();
+        let ids: Vec<String> = listed.iter().filter_map(|e| e.message_id.clone()).collect();
+        let expected: Vec<String> = (0..30).rev().map(|i| format!("m-{i}")).collect();
+        assert_eq!(ids, expected, "{name}");
+        // The same for recoveries whose failures say a lot.
+        for i in 0..30 {
+            let recovery = slipway::store::NewRecovery {
+                hook_id: "1".into(),
+                delivery_id: format!("g-{i}"),
+                attempt_id: i,
+                event: "push".into(),
+                status_code: Some(500),
+                delivered_ms: T0,
+                actor: "recovery".into(),
+                outcome: "failed".into(),
+                reason: Some("y".repeat(40_000)),
+            };
+            store.record_recovery(recovery, T0 + i).await.unwrap();
+        }
+        let listed = store.recoveries(50).await.unwrap();
+        let guids: Vec<&str> = listed.iter().map(|r| r.delivery.as_str()).collect();
+        let expected: Vec<String> = (0..30).rev().map(|i| format!("g-{i}")).collect();
+        assert_eq!(guids, expected, "{name}");
+    }
 }
 
 /// `n` bytes zstd cannot shrink.

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
-use super::deliveries::{build_pk, commit_item, condition_failed, due_sk, ADMIT_TRIES, INFLIGHT};
+use super::deliveries::{
+    build_pk, commit_item, condition_failed, due_sk, transaction_error, ADMIT_TRIES, INFLIGHT,
+};
 use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, pad, s, Item};
 use super::{bad_request, sdk_error, DynamoStore};
 use crate::store::{
@@ -255,7 +257,7 @@ impl DynamoStore {
         {
             Ok(_) => Ok(true),
             Err(e) if condition_failed(&e) => Ok(false),
-            Err(e) => Err(sdk_error("DynamoDB TransactWriteItems", e)),
+            Err(e) => Err(transaction_error(e)),
         }
     }
 

@@ -388,6 +388,22 @@ impl DynamoStore {
                         .build()
                         .map_err(bad_request)?;
                     writes.push(TransactWriteItem::builder().update(update).build());
+                    // The push's build failed for good and this one is retried: it becomes the
+                    // push's build, so another hook's redelivery finds it (as the SQLite
+                    // engine's newest live build of the push) instead of retrying its own.
+                    if let Some(failed) = step.failed_push_build.filter(|f| *f != found.id) {
+                        let mut push = key(push_pk(&req), "push");
+                        push.insert("build".into(), n(found.id));
+                        let put = Put::builder()
+                            .table_name(self.table())
+                            .set_item(Some(push))
+                            .condition_expression("#b = :failed")
+                            .expression_attribute_names("#b", "build")
+                            .expression_attribute_values(":failed", n(failed))
+                            .build()
+                            .map_err(bad_request)?;
+                        writes.push(TransactWriteItem::builder().put(put).build());
+                    }
                     if step.from_key {
                         build_rows.push(found.id);
                     }
@@ -579,7 +595,7 @@ impl DynamoStore {
         match sent {
             Ok(_) => Ok(Some(row)),
             Err(e) if condition_failed(&e) => Ok(None),
-            Err(e) => Err(sdk_error("DynamoDB TransactWriteItems", e)),
+            Err(e) => Err(transaction_error(e)),
         }
     }
 
@@ -864,6 +880,37 @@ pub(super) fn condition_failed<R>(
         }
         _ => false,
     }
+}
+
+/// Reasons DynamoDB cancels a transaction for that say nothing about its items: throttled, it
+/// may go through later (the TransactWriteItems reference's `CancellationReasons`).
+const THROTTLED_REASONS: [&str; 2] = ["ThrottlingError", "ProvisionedThroughputExceeded"];
+
+/// A failed transaction as a store error: cancelled because DynamoDB throttled one of its
+/// items (no condition failed: [`condition_failed`] is asked first) is `Unavailable`, as a
+/// throttled single write is; the rest as [`sdk_error`] sorts them.
+pub(super) fn transaction_error(
+    e: aws_sdk_dynamodb::error::SdkError<
+        TransactWriteItemsError,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> StoreError {
+    if let Some(TransactWriteItemsError::TransactionCanceledException(c)) = e.as_service_error() {
+        let codes: Vec<&str> = c
+            .cancellation_reasons()
+            .iter()
+            .filter_map(|r| r.code())
+            .collect();
+        if codes.iter().any(|code| THROTTLED_REASONS.contains(code)) {
+            return StoreError::Unavailable {
+                reason: format!(
+                    "DynamoDB TransactWriteItems: cancelled, DynamoDB throttled it ({})",
+                    codes.join(", ")
+                ),
+            };
+        }
+    }
+    sdk_error("DynamoDB TransactWriteItems", e)
 }
 
 impl DynamoStore {

@@ -237,19 +237,30 @@ impl DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let out = self
-            .client()
-            .query()
-            .table_name(self.table())
-            .index_name("recent")
-            .key_condition_expression("list_pk = :kind")
-            .expression_attribute_values(":kind", s("recovery"))
-            .scan_index_forward(false)
-            .limit(limit.min(i32::MAX as u32) as i32)
-            .send()
-            .await
-            .map_err(|e| sdk_error("DynamoDB Query", e))?;
-        out.items()
+        // Page by page: a page holds at most 1 MB, fewer items than asked for then.
+        let mut items = Vec::new();
+        let mut start = None;
+        while items.len() < limit as usize {
+            let out = self
+                .client()
+                .query()
+                .table_name(self.table())
+                .index_name("recent")
+                .key_condition_expression("list_pk = :kind")
+                .expression_attribute_values(":kind", s("recovery"))
+                .scan_index_forward(false)
+                .limit((limit as usize - items.len()).min(1000) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DynamoDB Query", e))?;
+            items.extend(out.items().iter().cloned());
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        items
             .iter()
             .map(|item| {
                 Ok(RecoveryRecord {

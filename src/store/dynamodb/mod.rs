@@ -125,6 +125,9 @@ const RETRY_LATER_CODES: &[&str] = &[
     "InternalServerError",
     "ServiceUnavailable",
     "TransactionInProgressException",
+    // A write to an item another writer's transaction holds ("OK to retry? Yes"); the SDK does
+    // not retry it itself.
+    "TransactionConflictException",
     // S3's, for the bodies bucket
     // (<https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html>).
     "SlowDown",

@@ -83,31 +83,39 @@ impl DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let out = self
-            .client()
-            .query()
-            .table_name(self.table())
-            .index_name("recent")
-            .key_condition_expression("list_pk = :kind")
-            .expression_attribute_values(":kind", s(REJECTED))
-            .scan_index_forward(false)
-            .limit(limit.min(i32::MAX as u32) as i32)
-            .send()
-            .await
-            .map_err(|e| sdk_error("DynamoDB Query", e))?;
-        out.items()
-            .iter()
-            .map(|item| {
-                Ok(RejectedEvent {
+        // Page by page: a page holds at most 1 MB, fewer items than asked for then.
+        let mut found = Vec::new();
+        let mut start = None;
+        while found.len() < limit as usize {
+            let out = self
+                .client()
+                .query()
+                .table_name(self.table())
+                .index_name("recent")
+                .key_condition_expression("list_pk = :kind")
+                .expression_attribute_values(":kind", s(REJECTED))
+                .scan_index_forward(false)
+                .limit((limit as usize - found.len()).min(1000) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DynamoDB Query", e))?;
+            for item in out.items() {
+                found.push(RejectedEvent {
                     message_id: get_opt_s(item, "message_id")?,
                     build_id: get_opt_s(item, "build_id")?,
                     source: get_opt_s(item, "source")?,
                     account: get_opt_s(item, "account")?,
                     reason: get_s(item, "reason")?,
                     received_ms: get_n(item, "received_ms")?,
-                })
-            })
-            .collect()
+                });
+            }
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     /// The `SLIPWAY_RUN` token of the build stored under this CodeBuild id, if any.
