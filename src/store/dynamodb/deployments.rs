@@ -120,6 +120,8 @@ impl DynamoStore {
             .client()
             .get_item()
             .table_name(self.table())
+            // Strongly consistent: read what was just written, as the SQLite engine does.
+            .consistent_read(true)
             .set_key(Some(key(format!("build#{row}"), "build")))
             .projection_expression("pushed_at, before_sha")
             .send()
@@ -467,6 +469,8 @@ impl DynamoStore {
             .client()
             .get_item()
             .table_name(self.table())
+            // Strongly consistent: read what was just written, as the SQLite engine does.
+            .consistent_read(true)
             .set_key(Some(deployment_key(d.id)))
             .projection_expression("rank_key")
             .send()
@@ -571,6 +575,8 @@ impl DynamoStore {
             .client()
             .get_item()
             .table_name(self.table())
+            // Strongly consistent: read what was just written, as the SQLite engine does.
+            .consistent_read(true)
             .set_key(Some(key(
                 super::deliveries::delivery_pk(delivery_row),
                 "delivery",
