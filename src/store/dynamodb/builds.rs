@@ -114,19 +114,8 @@ impl DynamoStore {
                 .update_expression(format!("SET {} REMOVE due_pk, due_sk", set.join(", ")))
                 .condition_expression("#st <> :state")
                 .expression_attribute_names("#st", "state")
-                .set_expression_attribute_values(Some(values))
-                .send()
-                .await;
-            let first_time = match updated {
-                Ok(_) => true,
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-                {
-                    false
-                }
-                Err(e) => return Err(sdk_error("DynamoDB UpdateItem", e)),
-            };
+                .set_expression_attribute_values(Some(values));
+            let first_time = super::update_if(updated).await?;
             return Ok(Some(CompletionOutcome::Failed {
                 app,
                 sha,

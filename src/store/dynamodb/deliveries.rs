@@ -682,16 +682,8 @@ impl DynamoStore {
         for (name, value) in values {
             update = update.expression_attribute_values(name, value);
         }
-        match update.send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error("DynamoDB UpdateItem", e)),
-        }
+        super::update_if(update).await?;
+        Ok(())
     }
 
     /// Records that StartBuild is about to be called (so a restart knows to look for a build

@@ -364,18 +364,9 @@ impl DynamoStore {
         if u.state.is_some() {
             update = update.expression_attribute_names("#st", "state");
         }
-        match update.send().await {
-            Ok(_) => Ok(()),
-            // No such deployment: nothing to change (as an UPDATE of no row).
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(err) => Err(sdk_error("DynamoDB UpdateItem", err)),
-        }
+        // No such deployment (the condition fails): nothing to change, as an UPDATE of no row.
+        super::update_if(update).await?;
+        Ok(())
     }
 
     /// Recent deployments, newest first, optionally of one app (the `recent` index, page by

@@ -163,6 +163,23 @@ where
     }
 }
 
+/// Sends a conditional `UpdateItem`: false when its condition failed (nothing was changed),
+/// which every caller takes as "already done" or "not there".
+async fn update_if(
+    update: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+) -> Result<bool, StoreError> {
+    match update.send().await {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(sdk_error("DynamoDB UpdateItem", e)),
+    }
+}
+
 /// An item that does not read as the engine wrote it.
 fn malformed(what: impl std::fmt::Display) -> StoreError {
     StoreError::Engine {

@@ -5,7 +5,7 @@
 //! leaves the `due` index and expires (TTL) after `[journal] keep_ignored_days`, as the SQLite
 //! engine prunes it.
 
-use aws_sdk_dynamodb::types::{Select, TransactWriteItem};
+use aws_sdk_dynamodb::types::TransactWriteItem;
 
 use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, pad, s, Item};
 use super::table::EXPIRES;
@@ -118,29 +118,9 @@ impl DynamoStore {
         out.items().first().map(pending_from).transpose()
     }
 
-    /// How many notifications wait for `target` (a count of its line, page by page).
+    /// How many notifications wait for `target` (a count of its line).
     pub async fn pending_notifications(&self, target: &'static str) -> Result<u64, StoreError> {
-        let mut count = 0u64;
-        let mut start = None;
-        loop {
-            let out = self
-                .client()
-                .query()
-                .table_name(self.table())
-                .index_name("due")
-                .key_condition_expression("due_pk = :line")
-                .expression_attribute_values(":line", s(line(target)))
-                .select(Select::Count)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DynamoDB Query", e))?;
-            count += out.count().max(0) as u64;
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(count);
-            }
-        }
+        Ok(self.count_due(line(target)).await?.max(0) as u64)
     }
 
     /// Ends a pending entry (`sent` or `given_up`): it leaves its target's line and expires
@@ -171,21 +151,13 @@ impl DynamoStore {
             set.push_str(", last_error = :error");
             update = update.expression_attribute_values(":error", s(error));
         }
-        let result = update
-            .update_expression(format!("SET {set} ADD attempts :one REMOVE due_pk, due_sk"))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Done already (or never there): nothing changes, as in the SQLite engine.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error("DynamoDB UpdateItem", e)),
-        }
+        // Done already (or never there: the condition fails): nothing changes, as in the
+        // SQLite engine.
+        super::update_if(
+            update.update_expression(format!("SET {set} ADD attempts :one REMOVE due_pk, due_sk")),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Its target took it (2xx): it will not be sent again.
@@ -212,30 +184,24 @@ impl DynamoStore {
         error: String,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let result = self
-            .client()
-            .update_item()
-            .table_name(self.table())
-            .set_key(Some(notify_key(id)))
-            .condition_expression("#st = :pending")
-            .update_expression("SET last_attempt_ms = :now, last_error = :error ADD attempts :one")
-            .expression_attribute_names("#st", "state")
-            .expression_attribute_values(":pending", s(notify_state::PENDING))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":error", s(error))
-            .expression_attribute_values(":one", n(1))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error("DynamoDB UpdateItem", e)),
-        }
+        // No longer pending (the condition fails): nothing to count.
+        super::update_if(
+            self.client()
+                .update_item()
+                .table_name(self.table())
+                .set_key(Some(notify_key(id)))
+                .condition_expression("#st = :pending")
+                .update_expression(
+                    "SET last_attempt_ms = :now, last_error = :error ADD attempts :one",
+                )
+                .expression_attribute_names("#st", "state")
+                .expression_attribute_values(":pending", s(notify_state::PENDING))
+                .expression_attribute_values(":now", n(now_ms))
+                .expression_attribute_values(":error", s(error))
+                .expression_attribute_values(":one", n(1)),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The most recent notifications, newest first; only those in `state` when given (a

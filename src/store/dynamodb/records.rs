@@ -189,8 +189,14 @@ impl DynamoStore {
         Ok(entries)
     }
 
-    /// How many updates wait in the outbox (a count of the index's keys, page by page).
+    /// How many updates wait in the outbox.
     pub async fn github_outbox_len(&self) -> Result<i64, StoreError> {
+        self.count_due(OUTBOX.to_owned()).await
+    }
+
+    /// How many items the `due` index holds under `due_pk` (a count of the index's keys, page
+    /// by page).
+    pub(super) async fn count_due(&self, due_pk: String) -> Result<i64, StoreError> {
         let mut count = 0;
         let mut start = None;
         loop {
@@ -199,8 +205,8 @@ impl DynamoStore {
                 .query()
                 .table_name(self.table())
                 .index_name("due")
-                .key_condition_expression("due_pk = :outbox")
-                .expression_attribute_values(":outbox", s(OUTBOX))
+                .key_condition_expression("due_pk = :line")
+                .expression_attribute_values(":line", s(due_pk.clone()))
                 .select(Select::Count)
                 .set_exclusive_start_key(start)
                 .send()
@@ -228,27 +234,18 @@ impl DynamoStore {
 
     /// Posting the update failed for now; it stays first in line.
     pub async fn github_post_failed(&self, id: i64) -> Result<(), StoreError> {
-        let updated = self
-            .client()
-            .update_item()
-            .table_name(self.table())
-            .set_key(Some(key(format!("outbox#{id}"), "outbox")))
-            .update_expression("ADD attempts :one")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":one", n(1))
-            .send()
-            .await;
-        match updated {
-            Ok(_) => Ok(()),
-            // Posted meanwhile: nothing to count.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error("DynamoDB UpdateItem", e)),
-        }
+        // Posted meanwhile (the condition fails): nothing to count.
+        super::update_if(
+            self.client()
+                .update_item()
+                .table_name(self.table())
+                .set_key(Some(key(format!("outbox#{id}"), "outbox")))
+                .update_expression("ADD attempts :one")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":one", n(1)),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Keeps the last backup's outcome (`GET /api/backups`).
