@@ -273,28 +273,18 @@ impl DynamoStore {
 
     /// Deployments that are not finished, oldest first (the `due` index's deployments).
     pub async fn unfinished_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        let mut found = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client()
-                .query()
-                .table_name(self.table())
-                .index_name("due")
-                .key_condition_expression("due_pk = :kind")
-                .expression_attribute_values(":kind", s("deployment"))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DynamoDB Query", e))?;
-            for item in out.items() {
-                found.push(deployment_from(item)?);
-            }
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(found);
-            }
-        }
+        let query = self
+            .client()
+            .query()
+            .table_name(self.table())
+            .index_name("due")
+            .key_condition_expression("due_pk = :kind")
+            .expression_attribute_values(":kind", s("deployment"));
+        self.query_items(query, None)
+            .await?
+            .iter()
+            .map(deployment_from)
+            .collect()
     }
 
     /// Changes a deployment's record as the SQLite engine's `update_deployment` does: each

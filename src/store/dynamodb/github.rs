@@ -119,32 +119,22 @@ impl DynamoStore {
         app: String,
         deployment: i64,
     ) -> Result<Vec<GithubDeployment>, StoreError> {
-        let mut found = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client()
-                .query()
-                .table_name(self.table())
-                .index_name("recent")
-                .key_condition_expression("list_pk = :app AND list_sk < :below")
-                .filter_expression("#st = :success")
-                .expression_attribute_names("#st", "state")
-                .expression_attribute_values(":app", s(format!("github#{app}")))
-                .expression_attribute_values(":below", s(pad(deployment)))
-                .expression_attribute_values(":success", s("success"))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DynamoDB Query", e))?;
-            for item in out.items() {
-                found.push(github_from(item)?);
-            }
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(found);
-            }
-        }
+        let query = self
+            .client()
+            .query()
+            .table_name(self.table())
+            .index_name("recent")
+            .key_condition_expression("list_pk = :app AND list_sk < :below")
+            .filter_expression("#st = :success")
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_values(":app", s(format!("github#{app}")))
+            .expression_attribute_values(":below", s(pad(deployment)))
+            .expression_attribute_values(":success", s("success"));
+        self.query_items(query, None)
+            .await?
+            .iter()
+            .map(github_from)
+            .collect()
     }
 
     /// What the store knows of delivery `delivery_id` of hook `hook_id`: held (received), asked
@@ -234,33 +224,16 @@ impl DynamoStore {
 
     /// The most recent recoveries, newest first.
     pub async fn recoveries(&self, limit: u32) -> Result<Vec<RecoveryRecord>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // Page by page: a page holds at most 1 MB, fewer items than asked for then.
-        let mut items = Vec::new();
-        let mut start = None;
-        while items.len() < limit as usize {
-            let out = self
-                .client()
-                .query()
-                .table_name(self.table())
-                .index_name("recent")
-                .key_condition_expression("list_pk = :kind")
-                .expression_attribute_values(":kind", s("recovery"))
-                .scan_index_forward(false)
-                .limit((limit as usize - items.len()).min(1000) as i32)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DynamoDB Query", e))?;
-            items.extend(out.items().iter().cloned());
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
-        items
+        let query = self
+            .client()
+            .query()
+            .table_name(self.table())
+            .index_name("recent")
+            .key_condition_expression("list_pk = :kind")
+            .expression_attribute_values(":kind", s("recovery"))
+            .scan_index_forward(false);
+        self.query_items(query, Some(limit as usize))
+            .await?
             .iter()
             .map(|item| {
                 Ok(RecoveryRecord {

@@ -28,28 +28,15 @@ impl DynamoStore {
 
     /// The most recent deliveries, newest first, one line per build they asked for.
     pub async fn recent_deliveries(&self, limit: u32) -> Result<Vec<DeliverySummary>, StoreError> {
-        let mut deliveries = Vec::new();
-        let mut start = None;
-        while deliveries.len() < limit as usize {
-            let out = self
-                .client()
-                .query()
-                .table_name(self.table())
-                .index_name("recent")
-                .key_condition_expression("list_pk = :kind")
-                .expression_attribute_values(":kind", s("delivery"))
-                .scan_index_forward(false)
-                .limit((limit as usize - deliveries.len()).min(1000) as i32)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DynamoDB Query", e))?;
-            deliveries.extend(out.items().iter().cloned());
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
+        let query = self
+            .client()
+            .query()
+            .table_name(self.table())
+            .index_name("recent")
+            .key_condition_expression("list_pk = :kind")
+            .expression_attribute_values(":kind", s("delivery"))
+            .scan_index_forward(false);
+        let deliveries = self.query_items(query, Some(limit as usize)).await?;
         self.summaries(deliveries).await
     }
 

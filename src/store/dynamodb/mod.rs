@@ -163,6 +163,42 @@ where
     }
 }
 
+impl DynamoStore {
+    /// Runs `query` page by page, following `LastEvaluatedKey` (a page holds at most 1 MB, so
+    /// fewer items than asked for is not the end), and returns its items: at most `limit`, each
+    /// page asking only for what is still wanted, or all of them (None).
+    async fn query_items(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        limit: Option<usize>,
+    ) -> Result<Vec<item::Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let mut page = query.clone().set_exclusive_start_key(start);
+            if let Some(limit) = limit {
+                if items.len() >= limit {
+                    break;
+                }
+                page = page.limit((limit - items.len()).min(1000) as i32);
+            }
+            let out = page
+                .send()
+                .await
+                .map_err(|e| sdk_error("DynamoDB Query", e))?;
+            items.extend(out.items().iter().cloned());
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        if let Some(limit) = limit {
+            items.truncate(limit);
+        }
+        Ok(items)
+    }
+}
+
 /// Sends a conditional `UpdateItem`: false when its condition failed (nothing was changed),
 /// which every caller takes as "already done" or "not there".
 async fn update_if(
