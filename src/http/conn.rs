@@ -55,11 +55,14 @@ struct Registry(Mutex<BTreeMap<u64, Tracked>>);
 
 impl Registry {
     /// Closes the oldest connection waiting for a request head, of `ip` if given, in the
-    /// reserve or not. Whether there was one.
-    fn evict(&self, ip: Option<IpAddr>, reserved: bool) -> bool {
+    /// reserve or not, among those accepted before connection `newcomer`. Whether there was
+    /// one. An admission runs off the accept loop, so connections accepted after it may be
+    /// registered by then: they are never its victims (a client's keep-alive connection that
+    /// has just been answered is not closed under it for an older newcomer).
+    fn evict(&self, ip: Option<IpAddr>, reserved: bool, newcomer: u64) -> bool {
         let mut table = self.0.lock().expect("connection registry");
         let victim = table
-            .iter()
+            .range(..newcomer)
             .find(|(_, t)| {
                 t.reserved == reserved
                     && ip.is_none_or(|ip| t.ip == ip)
@@ -251,8 +254,8 @@ impl Admission {
     /// (evicting its oldest idle one if it is full).
     async fn after_eviction(&self) -> Option<Slot> {
         let own_full = self.per_ip.open(self.ip) >= self.cap;
-        let evicted = self.registry.evict(Some(self.ip), false)
-            || (!own_full && self.registry.evict(None, false));
+        let evicted = self.registry.evict(Some(self.ip), false, self.id)
+            || (!own_full && self.registry.evict(None, false, self.id));
         if evicted {
             if let Some(slot) = self.wait(|| self.try_now()).await {
                 return Some(slot);
@@ -268,7 +271,7 @@ impl Admission {
         if let Some(slot) = reserve() {
             return Some(slot);
         }
-        if self.registry.evict(None, true) {
+        if self.registry.evict(None, true, self.id) {
             return self.wait(reserve).await;
         }
         None
@@ -414,6 +417,43 @@ pub(super) async fn limit_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn track(registry: &Registry, id: u64, ip: IpAddr, busy: usize) -> CancellationToken {
+        let close = CancellationToken::new();
+        registry.0.lock().unwrap().insert(
+            id,
+            Tracked {
+                ip,
+                busy: Arc::new(AtomicUsize::new(busy)),
+                close: close.clone(),
+                reserved: false,
+            },
+        );
+        close
+    }
+
+    #[test]
+    fn a_newcomer_evicts_only_idle_connections_older_than_itself_oldest_first() {
+        let registry = Registry::default();
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        let busy = track(&registry, 1, ip, 1);
+        let oldest_idle = track(&registry, 2, ip, 0);
+        let idle = track(&registry, 3, ip, 0);
+        // Accepted after newcomer 4 but registered before its admission ran.
+        let later = track(&registry, 5, ip, 0);
+        assert!(registry.evict(Some(ip), false, 4));
+        assert!(oldest_idle.is_cancelled() && !idle.is_cancelled() && !busy.is_cancelled());
+        assert!(registry.evict(Some(ip), false, 4));
+        assert!(idle.is_cancelled());
+        // Only the busy one and the later one are left: newcomer 4 takes neither.
+        assert!(!registry.evict(Some(ip), false, 4));
+        assert!(!registry.evict(None, false, 4));
+        assert!(!busy.is_cancelled() && !later.is_cancelled());
+        // A newer newcomer may take the later one; another address's is never taken by ip.
+        assert!(!registry.evict(Some("198.51.100.7".parse().unwrap()), false, 6));
+        assert!(registry.evict(Some(ip), false, 6));
+        assert!(later.is_cancelled());
+    }
 
     #[test]
     fn the_client_is_the_nearest_untrusted_forwarded_hop() {

@@ -41,10 +41,20 @@ async fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
-/// A signed push is accepted: slipway still serves.
+/// A signed push is accepted: slipway still serves. A 503 "busy" (the journal writer behind,
+/// on a loaded machine) is the documented ask to redeliver, so it is redelivered as GitHub's
+/// redelivery would be, a few times; anything else must be 202 at once.
 async fn push_accepted(s: &Slipway, delivery: &str) {
-    let r = s.deliver("push", delivery, &push_body()).await;
-    assert_eq!(r.status, 202, "{}", r.text);
+    for _ in 0..5 {
+        let r = s.deliver("push", delivery, &push_body()).await;
+        if r.status == 503 && r.text.contains("busy") {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        assert_eq!(r.status, 202, "{}", r.text);
+        return;
+    }
+    panic!("the push was refused as busy five times");
 }
 
 #[tokio::test]
