@@ -483,6 +483,21 @@ fn parse_stamp(stamp: &str) -> Option<time::OffsetDateTime> {
         .map(|t| t.assume_utc())
 }
 
+/// `slipway backup` and `restore` are for the SQLite journal's file; a DynamoDB table is
+/// backed up and restored by DynamoDB (usage error, exit 2, saying so).
+fn refuse_dynamodb(config: &crate::config::Config, command: &str) -> anyhow::Result<()> {
+    if let crate::config::store::StoreConfig::DynamoDb { table, .. } = &config.store {
+        return Err(crate::config::UsageError(format!(
+            "slipway {command} is for the SQLite journal; the state is in the DynamoDB table \
+             {table}, whose backups are DynamoDB's point-in-time recovery (restore one into a \
+             new table with `aws dynamodb restore-table-to-point-in-time`, then set [store] \
+             table to it)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// `slipway backup --to`: from the journal directly when no server holds it, else through the
 /// server's ops API (the server takes the copy; a file path is then on the server's host).
 pub async fn backup_command(
@@ -491,7 +506,8 @@ pub async fn backup_command(
     server: &str,
     insecure: bool,
 ) -> anyhow::Result<()> {
-    let taken: Taken = match Store::open_configured_read_only(config) {
+    refuse_dynamodb(config, "backup")?;
+    let taken: Taken = match Store::open_configured_read_only(config).await {
         Ok(journal) => {
             let s3 = match to {
                 BackupLocation::S3 { .. } => s3_client().await?,
@@ -531,7 +547,7 @@ pub async fn restore_command(
     from: &BackupLocation,
 ) -> anyhow::Result<()> {
     use crate::store::sqlite::lock::{Holder, JournalLock, LockError};
-    crate::store::Store::check_engine(&config.store)?;
+    refuse_dynamodb(config, "restore")?;
     let state_dir = &config.state_dir;
     let lock = match JournalLock::try_exclusive(state_dir, &Holder::this_process(None)) {
         Ok(lock) => lock,

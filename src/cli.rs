@@ -374,7 +374,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => {
                     let config = Config::load(&source.config.config)?;
-                    let journal = Store::open_configured_read_only(&config)?;
+                    let journal = Store::open_configured_read_only(&config).await?;
                     journal.recent_deliveries(limit).await?
                 }
             };
@@ -405,7 +405,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             anyhow::bail!("unknown app {app}");
                         }
                     }
-                    let journal = Store::open_configured_read_only(&config)?;
+                    let journal = Store::open_configured_read_only(&config).await?;
                     journal.recent_deployments(app.clone(), limit).await?
                 }
             };
@@ -611,14 +611,11 @@ async fn require_region() -> anyhow::Result<aws_config::SdkConfig> {
 async fn check_config(path: &std::path::Path, aws: bool) -> anyhow::Result<()> {
     let loaded = Config::load(path)?;
     let shared = crate::aws::shared_config().await;
-    let mut problems = crate::startup::check_serve_environment(
+    let problems = crate::startup::check_serve_environment(
         &loaded,
         |name| std::env::var(name).ok(),
         shared.region().map(|r| r.as_ref()),
     );
-    if let Err(e) = Store::check_engine(&loaded.store) {
-        problems.push(e.to_string());
-    }
     for p in &problems {
         eprintln!("{}: {p}", path.display());
     }
@@ -649,7 +646,6 @@ async fn check_config(path: &std::path::Path, aws: bool) -> anyhow::Result<()> {
 
 async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let mut config = Config::load(path)?;
-    Store::check_engine(&config.store)?;
     let keys = crate::webhook_keys::Keyring::load(&config, &|name| std::env::var(name).ok())?;
     let shared = require_region().await?;
     let notify =
@@ -677,12 +673,12 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let answering = tokio_util::sync::CancellationToken::new();
     let starting = async {
         let started = async {
+            let aws = Clients::from_config(&shared);
             let Some(journal) =
-                crate::startup::take_journal(&config, &readiness, &mut shutdown).await?
+                crate::startup::open_store(&config, &aws, &readiness, &mut shutdown).await?
             else {
                 return Ok(None);
             };
-            let aws = Clients::from_config(&shared);
             readiness.set_starting(Some("checking the AWS credentials".to_owned()));
             crate::startup::check_credentials(&aws, &readiness).await;
             crate::startup::find_queue(&mut config, &aws, &readiness).await;

@@ -107,10 +107,97 @@ pub fn recovery_state(config: &Config, credentials: bool) -> crate::readiness::R
     Recovery::Off(why.to_owned())
 }
 
+/// Opens the configured store for `serve`: the SQLite journal ([`take_journal`]), or the
+/// DynamoDB table ([`open_table`]). None if `shutdown` came first.
+pub async fn open_store(
+    config: &Config,
+    aws: &Clients,
+    readiness: &Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<crate::store::Store>> {
+    match &config.store {
+        crate::config::store::StoreConfig::Sqlite => {
+            take_journal(config, readiness, shutdown).await
+        }
+        crate::config::store::StoreConfig::DynamoDb {
+            table,
+            bodies_bucket,
+        } => {
+            open_table(
+                config,
+                table,
+                bodies_bucket.as_deref(),
+                aws,
+                readiness,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+/// How long `serve` waits between attempts to reach its DynamoDB table at start.
+const TABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the DynamoDB table for `serve`. While DynamoDB cannot be reached (or throttles),
+/// tries again every few seconds, saying why in the log and in `/readyz`; a table that does
+/// not exist, or refused credentials, end the start with the reason (`slipway provision` makes
+/// the table). None if `shutdown` came first.
+async fn open_table(
+    config: &Config,
+    table: &str,
+    bodies_bucket: Option<&str>,
+    aws: &Clients,
+    readiness: &Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<crate::store::Store>> {
+    use crate::store::{Store, StoreError};
+    tokio::pin!(shutdown);
+    let mut attempts = 0u32;
+    loop {
+        readiness.set_starting(Some(format!("opening the DynamoDB table {table}")));
+        let opened = Store::open_dynamodb(
+            aws.dynamodb.clone(),
+            aws.s3.clone(),
+            table,
+            bodies_bucket,
+            &config.journal,
+            crate::store::millis(time::OffsetDateTime::now_utc()),
+        )
+        .await;
+        match opened {
+            Ok(store) => {
+                tracing::info!(table, bodies_bucket, "state in DynamoDB");
+                return Ok(Some(store));
+            }
+            Err(StoreError::Unavailable { reason }) => {
+                attempts += 1;
+                let why = format!(
+                    "cannot reach the DynamoDB table {table} ({reason}); trying again every {} s",
+                    TABLE_RETRY.as_secs()
+                );
+                if attempts == 1 || attempts % 12 == 0 {
+                    tracing::warn!(table, attempts, "{why}");
+                }
+                readiness.set_starting(Some(why));
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("opening the DynamoDB table {table}"))
+                );
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ok(None),
+            _ = tokio::time::sleep(TABLE_RETRY) => {}
+        }
+    }
+}
+
 /// Takes the journal for `serve`: waits up to `[journal] lock_wait_secs` while another slipway
 /// holds it (a task being replaced may still be stopping), saying whom it waits for in the log
 /// and in `/readyz`, then opens it (migrating if needed). None if `shutdown` came first.
-pub async fn take_journal(
+async fn take_journal(
     config: &Config,
     readiness: &Readiness,
     shutdown: impl std::future::Future<Output = ()>,

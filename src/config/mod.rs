@@ -563,6 +563,18 @@ impl RawConfig {
             return Err(invalid("app", "at least one [[app]] is required"));
         }
         let github = self.github.map(|g| g.validate()).transpose()?;
+        let journal = self.journal.validate()?;
+        let store = self.store.validate()?;
+        if matches!(store, store::StoreConfig::DynamoDb { .. }) && journal.backup_to.is_some() {
+            // Silently unused otherwise: `slipway backup` copies the SQLite journal's file.
+            return Err(ConfigError::Invalid {
+                key: "journal.backup_to".into(),
+                message: "is for the SQLite journal; the DynamoDB engine's backups are \
+                          DynamoDB's point-in-time recovery (on for the table `slipway \
+                          provision` makes)"
+                    .into(),
+            });
+        }
         Ok(Config {
             listen,
             admin_listen,
@@ -581,8 +593,8 @@ impl RawConfig {
                 None => github.as_ref().and_then(|g| g.public_url.clone()),
             },
             github,
-            journal: self.journal.validate()?,
-            store: self.store.validate()?,
+            journal,
+            store,
         })
     }
 }

@@ -198,14 +198,18 @@ mod tests {
     }
 
     #[test]
-    fn the_dynamodb_engine_is_refused_until_it_is_complete() {
-        let config = store("engine = \"dynamodb\"\n").unwrap();
-        let e = crate::store::Store::check_engine(&config).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("the DynamoDB engine is not complete in this version"),
-            "{e}"
-        );
-        crate::store::Store::check_engine(&StoreConfig::Sqlite).unwrap();
+    fn a_journal_backup_schedule_is_refused_with_the_dynamodb_engine() {
+        let e = Config::parse(&format!(
+            "{BASE}\n[journal]\nbackup_to = \"s3://b/slipway/\"\n[store]\nengine = \"dynamodb\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("journal.backup_to"), "{e}");
+        assert!(e.contains("point-in-time recovery"), "{e}");
+        // With SQLite it is taken.
+        Config::parse(&format!(
+            "{BASE}\n[journal]\nbackup_to = \"s3://b/slipway/\"\n"
+        ))
+        .unwrap();
     }
 }

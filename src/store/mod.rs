@@ -5,8 +5,7 @@
 //! - [`sqlite`]: an embedded SQLite database, `journal.db` in `state_dir` (the journal; the
 //!   default). Group commit, synced before the answer, one process.
 //! - [`dynamodb`]: a DynamoDB table (and an S3 bucket for large bodies), for teams that want
-//!   no disk to keep (`[store] engine = "dynamodb"`, issue 25; not complete yet: `serve`
-//!   refuses it, see [`dynamodb::NOT_COMPLETE`]).
+//!   no disk to keep (`[store] engine = "dynamodb"`, issue 25): [`Store::open_dynamodb`].
 //!
 //! The rows callers see (`Deployment`, `NewDelivery`, ...) and [`StoreError`] are defined here,
 //! once, for both engines. `Store` is an enum rather than a trait object: each call is a
@@ -75,6 +74,9 @@ pub enum StoreError {
     /// The read-only CLI was refused: `serve` holds the journal.
     #[error("slipway is running on {host}; use SLIPWAY_SERVER (or --server) with its admin URL to ask it ({holder})")]
     ServerRunning { host: String, holder: String },
+    /// The store slipway is configured for is not there (the DynamoDB table was never made).
+    #[error("{0}: run `slipway provision` to make it")]
+    Missing(String),
     /// Retention dropped this delivery's body; its metadata is still there.
     #[error("payload no longer kept (older than the journal's keep_bodies_days)")]
     PayloadNotKept,
@@ -127,23 +129,50 @@ impl Store {
         sqlite::SqliteStore::open_read_only(state_dir).map(Store::Sqlite)
     }
 
-    /// Refuses an engine slipway cannot run on in this version (DynamoDB, until it is complete),
-    /// rather than fall back to another: state written where the operator did not ask for it
-    /// would be state they do not back up, and lose.
-    pub fn check_engine(config: &StoreConfig) -> Result<(), StoreError> {
-        match config {
-            StoreConfig::Sqlite => Ok(()),
-            StoreConfig::DynamoDb { .. } => Err(StoreError::Unavailable {
-                reason: dynamodb::NOT_COMPLETE.to_owned(),
-            }),
+    /// The DynamoDB engine on `table` (bodies over 350 KB to `bodies_bucket` when given),
+    /// through these clients. For `serve`: makes sure the table is there and writable by
+    /// writing its `created_ms` item when it has none (a table CloudFormation made has none;
+    /// delivery recovery asks GitHub for nothing older). A missing table is
+    /// [`StoreError::Missing`]; DynamoDB unreachable or throttling, `Unavailable`.
+    pub async fn open_dynamodb(
+        dynamodb: aws_sdk_dynamodb::Client,
+        s3: aws_sdk_s3::Client,
+        table: &str,
+        bodies_bucket: Option<&str>,
+        settings: &JournalConfig,
+        now_ms: i64,
+    ) -> Result<Store, StoreError> {
+        let mut engine = dynamodb::DynamoStore::new(dynamodb, table, settings);
+        if let Some(bucket) = bodies_bucket {
+            engine = engine.with_bodies_bucket(s3, bucket);
         }
+        engine.ensure_created_ms(now_ms).await?;
+        Ok(Store::DynamoDb(engine))
     }
 
-    /// Opens the configured store for the CLI's reads (the SQLite journal read-only; refused
-    /// while `serve` holds it).
-    pub fn open_configured_read_only(config: &crate::config::Config) -> Result<Store, StoreError> {
-        Store::check_engine(&config.store)?;
-        Store::open_read_only(&config.state_dir)
+    /// Opens the configured store for the CLI's reads: the SQLite journal read-only (refused
+    /// while `serve` holds it), or the DynamoDB table (read while `serve` runs: DynamoDB has
+    /// no single writer to stand aside for). AWS settings come from the environment, as for
+    /// `serve`.
+    pub async fn open_configured_read_only(
+        config: &crate::config::Config,
+    ) -> Result<Store, StoreError> {
+        match &config.store {
+            StoreConfig::Sqlite => Store::open_read_only(&config.state_dir),
+            StoreConfig::DynamoDb {
+                table,
+                bodies_bucket,
+            } => {
+                let shared = crate::aws::shared_config().await;
+                let clients = crate::aws::Clients::from_config(&shared);
+                let mut engine =
+                    dynamodb::DynamoStore::new(clients.dynamodb, table, &config.journal);
+                if let Some(bucket) = bodies_bucket {
+                    engine = engine.with_bodies_bucket(clients.s3, bucket);
+                }
+                Ok(Store::DynamoDb(engine))
+            }
+        }
     }
 
     /// Why the store cannot take deliveries right now, if it cannot (for `/readyz` and intake).

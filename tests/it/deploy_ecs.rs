@@ -626,7 +626,7 @@ impl Deploy {
 
     /// The events the journal recorded as not acted on (newest first).
     async fn ignored_events(&self) -> Vec<slipway::store::RejectedEvent> {
-        crate::support::rejected_events(&self.builder.state_dir())
+        crate::support::rejected_events(&self.builder).await
     }
 }
 

@@ -48,7 +48,7 @@ impl Deploy {
             (self.emulator.queue_depth(&self.queue).await == 0).then_some(())
         })
         .await;
-        crate::support::rejected_events(&self.builder.state_dir())
+        crate::support::rejected_events(&self.builder).await
     }
 
     /// The first event the journal rejected, once there is one.

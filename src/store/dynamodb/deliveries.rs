@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
 
 use super::item::{get_b, get_n, get_opt_n, get_opt_s, get_s, key, n, opt_n, opt_s, pad, s, Item};
 use super::table::EXPIRES;
-use super::{bad_request, not_complete, sdk_error, DynamoStore};
+use super::{bad_request, not_configured, sdk_error, DynamoStore};
 use crate::store::sqlite::body_codec;
 use crate::store::{
     build_state, format_millis, token_for, AcceptedBuild, Admission, BuildRequest, DeliveryRecord,
@@ -910,7 +910,7 @@ impl DynamoStore {
     /// per distinct body: a second put of the same body writes the same bytes); its key.
     async fn put_large_body(&self, body: &[u8], stored: Vec<u8>) -> Result<String, StoreError> {
         let Some((s3, bucket)) = &self.inner.bodies else {
-            return Err(not_complete(&format!(
+            return Err(not_configured(&format!(
                 "a body of {} bytes stored is over 350 KB and there is no [store] bodies_bucket \
                  to keep it in",
                 stored.len()

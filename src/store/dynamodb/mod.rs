@@ -1,10 +1,8 @@
 //! The DynamoDB engine (issue 25): slipway's state in one DynamoDB table, large bodies in S3.
 //! The table's design is in `docs/dynamodb.md`; `table.rs` creates it.
 //!
-//! Not complete in this version: every `Store` method is written and tested against moto
-//! (`tests/it/store.rs`, with the SQLite engine) and `slipway provision` makes the table and
-//! bucket, but `serve` does not build the engine from `[store]`, and the end-to-end
-//! suite has not run on it. Until then `serve` refuses `engine = "dynamodb"` ([`NOT_COMPLETE`]).
+//! `serve` opens it with [`crate::store::Store::open_dynamodb`] when `[store] engine =
+//! "dynamodb"`; `slipway provision` makes the table and the bucket.
 
 mod builds;
 mod deliveries;
@@ -26,11 +24,6 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::StoreError;
 use crate::config::JournalConfig;
-
-/// Why `serve` refuses `[store] engine = "dynamodb"` in this version.
-pub const NOT_COMPLETE: &str = "the DynamoDB engine is not complete in this version: \
-     serve's use of the table and bucket `slipway provision` makes and the end-to-end \
-     checks are not done yet; use engine = \"sqlite\" (the default)";
 
 /// Where bodies over 350 KB go in the bodies bucket (`bodies/<sha256 hex>`); the bucket's
 /// lifecycle rule (`slipway provision`) expires them under this prefix.
@@ -107,12 +100,46 @@ impl DynamoStore {
 
     /// Nothing to stop: every write was answered before its call returned.
     pub fn close(&self) {}
+
+    /// Writes the table's `created_ms` item unless it has one (one conditional `PutItem`):
+    /// proves the table is there and takes writes, and gives a table made by something other
+    /// than [`DynamoStore::create_table`] (CloudFormation) its start, which delivery recovery
+    /// asks GitHub for nothing older than.
+    pub async fn ensure_created_ms(&self, now_ms: i64) -> Result<(), StoreError> {
+        let mut created = item::key("meta", "created_ms");
+        created.insert("value".into(), item::n(now_ms));
+        match self
+            .client()
+            .put_item()
+            .table_name(self.table())
+            .set_item(Some(created))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(match sdk_error("DynamoDB PutItem", e) {
+                StoreError::Missing(_) => StoreError::Missing(format!(
+                    "the DynamoDB table {} does not exist in this account and region",
+                    self.table()
+                )),
+                other => other,
+            }),
+        }
+    }
 }
 
-/// The error a part of the engine that is not there yet answers.
-fn not_complete(what: &str) -> StoreError {
+/// A call the engine cannot make as configured (a body too large for an item and no bucket
+/// for it): nothing is stored, and the reason says what to configure.
+fn not_configured(what: &str) -> StoreError {
     StoreError::Unavailable {
-        reason: format!("the DynamoDB engine is not complete in this version: {what}"),
+        reason: what.to_owned(),
     }
 }
 
@@ -144,6 +171,15 @@ where
 {
     use crate::aws_error::Cause;
     let cause = crate::aws_error::cause(operation, &err);
+    if let Cause::Service {
+        code: Some(code), ..
+    } = &cause
+    {
+        // The table (or an index) is not there: no retry helps; `provision` makes it.
+        if code == "ResourceNotFoundException" {
+            return StoreError::Missing(format!("{operation}: {cause}"));
+        }
+    }
     let retry = match &cause {
         Cause::Service { code, .. } => code
             .as_deref()

@@ -17,6 +17,51 @@ pub use proxy::Proxy;
 pub use slipway::SlipwayBuilder;
 
 pub const SECRET: &str = "test-webhook-secret";
+
+/// Which engine the end-to-end tests run slipway's state on: `SLIPWAY_TEST_STORE`, "sqlite"
+/// (the default) or "dynamodb" (scripts/test.sh runs the suite once for each).
+pub fn store_engine() -> String {
+    match std::env::var("SLIPWAY_TEST_STORE").ok().as_deref() {
+        None | Some("") | Some("sqlite") => "sqlite".to_owned(),
+        Some("dynamodb") => "dynamodb".to_owned(),
+        Some(other) => panic!("SLIPWAY_TEST_STORE={other}: use sqlite or dynamodb"),
+    }
+}
+
+/// The table name the DynamoDB pass gives slipway (each builder has its own emulator).
+pub const STORE_TABLE: &str = "slipway-state";
+
+/// A DynamoDB table for one slipway's state in the DynamoDB pass, as `slipway provision`
+/// makes it (`DynamoStore::create_table`), on an emulator of its own.
+pub struct StoreTable {
+    pub emulator: Emulator,
+}
+
+impl StoreTable {
+    pub async fn make() -> StoreTable {
+        let emulator = Emulator::start().await;
+        let table = StoreTable { emulator };
+        let engine = table.engine();
+        engine
+            .create_table(::slipway::store::millis(time::OffsetDateTime::now_utc()))
+            .await
+            .expect("create the state table");
+        table
+    }
+
+    fn engine(&self) -> ::slipway::store::dynamodb::DynamoStore {
+        ::slipway::store::dynamodb::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&self.emulator.config),
+            STORE_TABLE,
+            &::slipway::config::JournalConfig::default(),
+        )
+    }
+
+    /// The engine on this table, for a test's own reads.
+    pub fn store(&self) -> ::slipway::store::Store {
+        ::slipway::store::Store::DynamoDb(self.engine())
+    }
+}
 pub const MASTER_SHA: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c";
 
 pub fn fixture(path: &str) -> Vec<u8> {
@@ -64,11 +109,18 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// The events the journal in `state_dir` recorded as rejected or not acted on, newest first.
-/// slipway holds the journal while it serves (the CLI and `Journal::open_read_only` would be
-/// refused): the test looks inside the file read-only, as `sqlite3 -readonly` would. No API
-/// lists them.
-pub fn rejected_events(state_dir: &std::path::Path) -> Vec<::slipway::store::RejectedEvent> {
+/// The events slipway's store recorded as rejected or not acted on, newest first. No API
+/// lists them. The SQLite journal is held by the running slipway (the CLI and
+/// `Store::open_read_only` would be refused): the test looks inside the file read-only, as
+/// `sqlite3 -readonly` would. A DynamoDB table is read through the engine.
+pub async fn rejected_events(builder: &SlipwayBuilder) -> Vec<::slipway::store::RejectedEvent> {
+    if let Some(table) = builder.store_table().await {
+        return table.store().rejected_events(1000).await.unwrap();
+    }
+    rejected_events_in(&builder.state_dir())
+}
+
+fn rejected_events_in(state_dir: &std::path::Path) -> Vec<::slipway::store::RejectedEvent> {
     let db = rusqlite::Connection::open_with_flags(
         state_dir.join("journal.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

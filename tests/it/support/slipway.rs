@@ -32,6 +32,9 @@ pub struct SlipwayBuilder {
     /// then ask it (the CLI refuses to read a journal a server holds).
     /// Its ops token too (the builder that started it may have been a clone with its own).
     running: Arc<Mutex<Option<Running>>>,
+    /// The DynamoDB table this builder's slipway keeps its state in, in the DynamoDB pass
+    /// (`SLIPWAY_TEST_STORE=dynamodb`): made at the first start, on an emulator of its own.
+    table: Arc<tokio::sync::OnceCell<super::StoreTable>>,
 }
 
 /// The running `serve`'s admin URL and the ops token it accepts (None: its ops API is off).
@@ -60,6 +63,7 @@ impl SlipwayBuilder {
             extra: String::new(),
             env: Vec::new(),
             running: Arc::default(),
+            table: Arc::default(),
         }
     }
 
@@ -100,8 +104,17 @@ impl SlipwayBuilder {
     }
 
     pub fn write_config(&self) -> PathBuf {
+        // The DynamoDB pass: the same tests, with the state in a DynamoDB table.
+        let store = if super::store_engine() == "dynamodb" && !self.extra.contains("[store]") {
+            format!(
+                "\n[store]\nengine = \"dynamodb\"\ntable = \"{}\"\n",
+                super::STORE_TABLE
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n{}\n[build]\nretry_initial_secs = 1\nretry_max_secs = 2\n{}",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n{}\n{store}[build]\nretry_initial_secs = 1\nretry_max_secs = 2\n{}",
             self.state_dir().display(),
             self.extra,
             self.apps
@@ -124,6 +137,11 @@ impl SlipwayBuilder {
             .env("SLIPWAY_LOG", "info,slipway=debug,aws=warn");
         if let Some(secret) = &self.secret {
             cmd.env("SLIPWAY_WEBHOOK_SECRET", secret);
+        }
+        if let Some(table) = self.table.get() {
+            // The SDK's service-specific endpoint: DynamoDB on the table's emulator, the rest
+            // where the test points AWS.
+            cmd.env("AWS_ENDPOINT_URL_DYNAMODB", &table.emulator.url);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -165,6 +183,7 @@ impl SlipwayBuilder {
 
     /// Runs `slipway serve`, and waits until it serves or, unless `serving`, only listens.
     async fn launch(&self, serving: bool) -> Slipway {
+        self.store_table().await;
         let config = self.write_config();
         let mut command = self.command();
         if !self.env.iter().any(|(k, _)| k == "SLIPWAY_OPS_TOKENS") {
@@ -214,6 +233,28 @@ impl SlipwayBuilder {
             admin_url: format!("http://{admin_addr}"),
             builder: self.clone(),
             logs,
+        }
+    }
+
+    /// In the DynamoDB pass, the table this builder's slipway uses (made on first use, on an
+    /// emulator of its own); None in the SQLite pass.
+    pub async fn store_table(&self) -> Option<&super::StoreTable> {
+        if super::store_engine() != "dynamodb" {
+            return None;
+        }
+        Some(
+            self.table
+                .get_or_init(|| async { super::StoreTable::make().await })
+                .await,
+        )
+    }
+
+    /// The store this builder's slipway keeps its state in, opened from the test: the SQLite
+    /// journal in state_dir (only while no serve holds it), or the DynamoDB table.
+    pub async fn open_store(&self) -> ::slipway::store::Store {
+        match self.store_table().await {
+            Some(table) => table.store(),
+            None => ::slipway::store::Store::open(&self.state_dir()).unwrap(),
         }
     }
 
