@@ -681,9 +681,14 @@ fn cloudformation_gives_every_secret_through_secrets_manager_only() {
 
 /// The example stack with `overrides`, and ids for every resource the tests evaluate.
 fn example_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
+    example_stack_of(cfn::load(), overrides)
+}
+
+/// [`example_stack`] of another decoded template.
+fn example_stack_of(template: Value, overrides: &[(&str, Value)]) -> cfn::Stack {
     let mut parameters = cfn::example_parameters("web-build");
     parameters.extend(overrides.iter().cloned());
-    let mut stack = cfn::Stack::new(cfn::load(), &parameters);
+    let mut stack = cfn::Stack::new(template, &parameters);
     // Every resource has an id; the ones whose form matters are set below.
     let logical: Vec<String> = stack.template["Resources"]
         .as_object()
@@ -726,6 +731,16 @@ fn example_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
             "AccessPoint",
             "fsap-0123".to_owned(),
             format!("arn:aws:elasticfilesystem:{region}:{account}:access-point/fsap-0123"),
+        ),
+        (
+            "StateTable",
+            "slipway-StateTable-ABC123".to_owned(),
+            format!("arn:aws:dynamodb:{region}:{account}:table/slipway-StateTable-ABC123"),
+        ),
+        (
+            "BodiesBucket",
+            "slipway-bodiesbucket-def456".to_owned(),
+            "arn:aws:s3:::slipway-bodiesbucket-def456".to_owned(),
         ),
     ] {
         stack.set_ref(logical, physical);
