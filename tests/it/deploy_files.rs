@@ -1256,34 +1256,68 @@ fn backups_go_to_a_private_encrypted_bucket_with_exact_permissions() {
     }
 
     let stack = example_stack(&[]);
-    let bucket = stack.properties("BackupBucket");
-    let block = &bucket["PublicAccessBlockConfiguration"];
+    assert_private_encrypted_tls_only(&stack, "BackupBucket", "BackupBucketPolicy");
+    assert_eq!(
+        stack.properties("FileSystem")["BackupPolicy"]["Status"],
+        "DISABLED",
+        "EFS's file-level backup copies journal.db and its WAL at different moments"
+    );
+}
+
+/// A bucket of the stack: every public access blocked, SSE-S3 by default, no ACLs, and its
+/// policy (`policy`) refusing plain HTTP on it and its objects.
+fn assert_private_encrypted_tls_only(stack: &cfn::Stack, bucket: &str, policy: &str) {
+    let properties = stack.properties(bucket);
+    let block = &properties["PublicAccessBlockConfiguration"];
     for key in [
         "BlockPublicAcls",
         "BlockPublicPolicy",
         "IgnorePublicAcls",
         "RestrictPublicBuckets",
     ] {
-        assert_eq!(block[key], true, "{key}");
+        assert_eq!(block[key], true, "{bucket}: {key}");
     }
     assert_eq!(
-        bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        properties["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
             ["ServerSideEncryptionByDefault"]["SSEAlgorithm"],
-        "AES256"
+        "AES256",
+        "{bucket}"
     );
     assert_eq!(
-        bucket["OwnershipControls"]["Rules"][0]["ObjectOwnership"],
-        "BucketOwnerEnforced"
+        properties["OwnershipControls"]["Rules"][0]["ObjectOwnership"], "BucketOwnerEnforced",
+        "{bucket}"
     );
-    let policy = stack.properties("BackupBucketPolicy");
+    let policy = stack.properties(policy);
+    let name = stack.eval(&serde_json::json!({"Ref": bucket}));
+    assert_eq!(policy["Bucket"], name);
     let deny = &policy["PolicyDocument"]["Statement"][0];
     assert_eq!(deny["Effect"], "Deny");
     assert_eq!(deny["Condition"]["Bool"]["aws:SecureTransport"], "false");
+    let arn = stack.eval(&serde_json::json!({"Fn::GetAtt": [bucket, "Arn"]}));
+    let arn = arn.as_str().unwrap();
     assert_eq!(
-        stack.properties("FileSystem")["BackupPolicy"]["Status"],
-        "DISABLED",
-        "EFS's file-level backup copies journal.db and its WAL at different moments"
+        deny["Resource"],
+        serde_json::json!([arn, format!("{arn}/*")]),
+        "{bucket}"
     );
+}
+
+/// The SlipwayToml output with an `[[app]]` table (app `web`) added, as a team writes its
+/// slipway.toml.
+fn generated_text_with_app(stack: &cfn::Stack) -> String {
+    format!(
+        "{}\n{}",
+        stack.output("SlipwayToml").as_str().unwrap(),
+        r#"[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "main"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#
+    )
 }
 
 /// The `[journal]` keys of SlipwayToml that the journal work of issue 21 adds to slipway's
@@ -1302,20 +1336,7 @@ const JOURNAL_KEYS_OF_ISSUE_21: &[&str] = &[
 #[test]
 fn generated_config_is_accepted_by_slipway_and_agrees_with_the_stack() {
     let stack = example_stack(&[]);
-    let generated = stack.output("SlipwayToml");
-    let text = format!(
-        "{}\n{}",
-        generated.as_str().unwrap(),
-        r#"[[app]]
-name = "web"
-repository = "octo-org/web"
-codebuild_project = "web-build"
-cluster = "main"
-service = "web"
-container = "web"
-ecr_repository = "web"
-"#
-    );
+    let text = generated_text_with_app(&stack);
     let config = match slipway::config::Config::parse(&text) {
         Ok(config) => config,
         Err(e)
@@ -1458,19 +1479,7 @@ fn dynamodb_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
 
 /// The generated slipway.toml with app `web` added, as slipway parses it.
 fn generated_slipway_config(stack: &cfn::Stack) -> slipway::config::Config {
-    let text = format!(
-        "{}\n{}",
-        stack.output("SlipwayToml").as_str().unwrap(),
-        r#"[[app]]
-name = "web"
-repository = "octo-org/web"
-codebuild_project = "web-build"
-cluster = "main"
-service = "web"
-container = "web"
-ecr_repository = "web"
-"#
-    );
+    let text = generated_text_with_app(stack);
     slipway::config::Config::parse(&text)
         .unwrap_or_else(|e| panic!("slipway refuses SlipwayToml: {e}\n{text}"))
 }
@@ -1719,25 +1728,8 @@ fn dynamodb_stack_has_no_efs_and_its_config_names_the_table_and_bucket() {
 fn dynamodb_bodies_bucket_is_private_encrypted_and_expires_bodies_as_the_journal_keeps_them() {
     let stack = dynamodb_stack(&[]);
     assert_eq!(stack.resource("BodiesBucket")["DeletionPolicy"], "Retain");
+    assert_private_encrypted_tls_only(&stack, "BodiesBucket", "BodiesBucketPolicy");
     let bucket = stack.properties("BodiesBucket");
-    let block = &bucket["PublicAccessBlockConfiguration"];
-    for key in [
-        "BlockPublicAcls",
-        "BlockPublicPolicy",
-        "IgnorePublicAcls",
-        "RestrictPublicBuckets",
-    ] {
-        assert_eq!(block[key], true, "{key}");
-    }
-    assert_eq!(
-        bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
-            ["ServerSideEncryptionByDefault"]["SSEAlgorithm"],
-        "AES256"
-    );
-    assert_eq!(
-        bucket["OwnershipControls"]["Rules"][0]["ObjectOwnership"],
-        "BucketOwnerEnforced"
-    );
     let config = generated_slipway_config(&stack);
     assert_eq!(
         bucket["LifecycleConfiguration"]["Rules"],
@@ -1747,18 +1739,6 @@ fn dynamodb_bodies_bucket_is_private_encrypted_and_expires_bodies_as_the_journal
             "Prefix": slipway::store::dynamodb::BODIES_PREFIX,
             "ExpirationInDays": config.journal.keep_bodies_days,
         }])
-    );
-    let policy = stack.properties("BodiesBucketPolicy");
-    assert_eq!(policy["Bucket"], "slipway-bodiesbucket-def456");
-    let deny = &policy["PolicyDocument"]["Statement"][0];
-    assert_eq!(deny["Effect"], "Deny");
-    assert_eq!(deny["Condition"]["Bool"]["aws:SecureTransport"], "false");
-    assert_eq!(
-        deny["Resource"],
-        serde_json::json!([
-            "arn:aws:s3:::slipway-bodiesbucket-def456",
-            "arn:aws:s3:::slipway-bodiesbucket-def456/*"
-        ])
     );
 }
 
