@@ -681,9 +681,14 @@ fn cloudformation_gives_every_secret_through_secrets_manager_only() {
 
 /// The example stack with `overrides`, and ids for every resource the tests evaluate.
 fn example_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
+    example_stack_of(cfn::load(), overrides)
+}
+
+/// [`example_stack`] of another decoded template.
+fn example_stack_of(template: Value, overrides: &[(&str, Value)]) -> cfn::Stack {
     let mut parameters = cfn::example_parameters("web-build");
     parameters.extend(overrides.iter().cloned());
-    let mut stack = cfn::Stack::new(cfn::load(), &parameters);
+    let mut stack = cfn::Stack::new(template, &parameters);
     // Every resource has an id; the ones whose form matters are set below.
     let logical: Vec<String> = stack.template["Resources"]
         .as_object()
@@ -726,6 +731,16 @@ fn example_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
             "AccessPoint",
             "fsap-0123".to_owned(),
             format!("arn:aws:elasticfilesystem:{region}:{account}:access-point/fsap-0123"),
+        ),
+        (
+            "StateTable",
+            "slipway-StateTable-ABC123".to_owned(),
+            format!("arn:aws:dynamodb:{region}:{account}:table/slipway-StateTable-ABC123"),
+        ),
+        (
+            "BodiesBucket",
+            "slipway-bodiesbucket-def456".to_owned(),
+            "arn:aws:s3:::slipway-bodiesbucket-def456".to_owned(),
         ),
     ] {
         stack.set_ref(logical, physical);
@@ -1241,34 +1256,68 @@ fn backups_go_to_a_private_encrypted_bucket_with_exact_permissions() {
     }
 
     let stack = example_stack(&[]);
-    let bucket = stack.properties("BackupBucket");
-    let block = &bucket["PublicAccessBlockConfiguration"];
+    assert_private_encrypted_tls_only(&stack, "BackupBucket", "BackupBucketPolicy");
+    assert_eq!(
+        stack.properties("FileSystem")["BackupPolicy"]["Status"],
+        "DISABLED",
+        "EFS's file-level backup copies journal.db and its WAL at different moments"
+    );
+}
+
+/// A bucket of the stack: every public access blocked, SSE-S3 by default, no ACLs, and its
+/// policy (`policy`) refusing plain HTTP on it and its objects.
+fn assert_private_encrypted_tls_only(stack: &cfn::Stack, bucket: &str, policy: &str) {
+    let properties = stack.properties(bucket);
+    let block = &properties["PublicAccessBlockConfiguration"];
     for key in [
         "BlockPublicAcls",
         "BlockPublicPolicy",
         "IgnorePublicAcls",
         "RestrictPublicBuckets",
     ] {
-        assert_eq!(block[key], true, "{key}");
+        assert_eq!(block[key], true, "{bucket}: {key}");
     }
     assert_eq!(
-        bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        properties["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
             ["ServerSideEncryptionByDefault"]["SSEAlgorithm"],
-        "AES256"
+        "AES256",
+        "{bucket}"
     );
     assert_eq!(
-        bucket["OwnershipControls"]["Rules"][0]["ObjectOwnership"],
-        "BucketOwnerEnforced"
+        properties["OwnershipControls"]["Rules"][0]["ObjectOwnership"], "BucketOwnerEnforced",
+        "{bucket}"
     );
-    let policy = stack.properties("BackupBucketPolicy");
+    let policy = stack.properties(policy);
+    let name = stack.eval(&serde_json::json!({"Ref": bucket}));
+    assert_eq!(policy["Bucket"], name);
     let deny = &policy["PolicyDocument"]["Statement"][0];
     assert_eq!(deny["Effect"], "Deny");
     assert_eq!(deny["Condition"]["Bool"]["aws:SecureTransport"], "false");
+    let arn = stack.eval(&serde_json::json!({"Fn::GetAtt": [bucket, "Arn"]}));
+    let arn = arn.as_str().unwrap();
     assert_eq!(
-        stack.properties("FileSystem")["BackupPolicy"]["Status"],
-        "DISABLED",
-        "EFS's file-level backup copies journal.db and its WAL at different moments"
+        deny["Resource"],
+        serde_json::json!([arn, format!("{arn}/*")]),
+        "{bucket}"
     );
+}
+
+/// The SlipwayToml output with an `[[app]]` table (app `web`) added, as a team writes its
+/// slipway.toml.
+fn generated_text_with_app(stack: &cfn::Stack) -> String {
+    format!(
+        "{}\n{}",
+        stack.output("SlipwayToml").as_str().unwrap(),
+        r#"[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "main"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#
+    )
 }
 
 /// The `[journal]` keys of SlipwayToml that the journal work of issue 21 adds to slipway's
@@ -1287,20 +1336,7 @@ const JOURNAL_KEYS_OF_ISSUE_21: &[&str] = &[
 #[test]
 fn generated_config_is_accepted_by_slipway_and_agrees_with_the_stack() {
     let stack = example_stack(&[]);
-    let generated = stack.output("SlipwayToml");
-    let text = format!(
-        "{}\n{}",
-        generated.as_str().unwrap(),
-        r#"[[app]]
-name = "web"
-repository = "octo-org/web"
-codebuild_project = "web-build"
-cluster = "main"
-service = "web"
-container = "web"
-ecr_repository = "web"
-"#
-    );
+    let text = generated_text_with_app(&stack);
     let config = match slipway::config::Config::parse(&text) {
         Ok(config) => config,
         Err(e)
@@ -1431,4 +1467,371 @@ fn dockerfile_build_context_is_a_complete_locked_cargo_project() {
             );
         }
     }
+}
+
+// --- StateStore dynamodb (issue 25, item 5) ---------------------------------------------------
+
+fn dynamodb_stack(overrides: &[(&str, Value)]) -> cfn::Stack {
+    let mut parameters = vec![("StateStore", Value::from("dynamodb"))];
+    parameters.extend(overrides.iter().cloned());
+    example_stack(&parameters)
+}
+
+/// The generated slipway.toml with app `web` added, as slipway parses it.
+fn generated_slipway_config(stack: &cfn::Stack) -> slipway::config::Config {
+    let text = generated_text_with_app(stack);
+    slipway::config::Config::parse(&text)
+        .unwrap_or_else(|e| panic!("slipway refuses SlipwayToml: {e}\n{text}"))
+}
+
+/// `[{"AttributeName": a, "KeyType": k}, …]` as `["a:k", …]`.
+fn key_schema(keys: &Value) -> Vec<String> {
+    keys.as_array()
+        .expect("a KeySchema")
+        .iter()
+        .map(|k| {
+            format!(
+                "{}:{}",
+                k["AttributeName"].as_str().unwrap(),
+                k["KeyType"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Issue 25 (item 5): the template's table is the one slipway makes itself
+/// (`DynamoStore::create_table`): keys pk/sk, on-demand, the GSIs of `INDEXES` with projection
+/// ALL, TTL on `EXPIRES`, point-in-time recovery, DynamoDB's own key. (That `slipway provision`
+/// finds nothing to change on a table made from these properties is
+/// `provision::provision_against_the_templates_dynamodb_table_and_bucket_changes_nothing`.)
+#[test]
+fn dynamodb_table_is_the_one_slipway_makes() {
+    use slipway::store::dynamodb::{EXPIRES, INDEXES};
+    let stack = dynamodb_stack(&[]);
+    let resource = stack.resource("StateTable");
+    assert_eq!(resource["Type"], "AWS::DynamoDB::Table");
+    // Deleting the stack or replacing the table must not drop slipway's history.
+    assert_eq!(resource["DeletionPolicy"], "Retain");
+    assert_eq!(resource["UpdateReplacePolicy"], "Retain");
+    let table = stack.properties("StateTable");
+    assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
+    assert!(table.get("ProvisionedThroughput").is_none(), "{table:#}");
+    assert_eq!(key_schema(&table["KeySchema"]), ["pk:HASH", "sk:RANGE"]);
+
+    let mut wanted_attributes: BTreeSet<String> = ["pk", "sk"].map(String::from).into();
+    let mut wanted_indexes = BTreeMap::new();
+    for (name, pk, sk) in INDEXES {
+        wanted_attributes.insert(pk.to_owned());
+        wanted_attributes.insert(sk.to_owned());
+        wanted_indexes.insert(
+            name.to_owned(),
+            (vec![format!("{pk}:HASH"), format!("{sk}:RANGE")], "ALL"),
+        );
+    }
+    let attributes: BTreeMap<String, String> = table["AttributeDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["AttributeName"].as_str().unwrap().to_owned(),
+                a["AttributeType"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attributes.keys().cloned().collect::<BTreeSet<_>>(),
+        wanted_attributes
+    );
+    assert!(
+        attributes.values().all(|t| t == "S"),
+        "every key is a string: {attributes:?}"
+    );
+    let indexes: BTreeMap<String, (Vec<String>, &str)> = table["GlobalSecondaryIndexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert!(i.get("ProvisionedThroughput").is_none(), "{i}");
+            (
+                i["IndexName"].as_str().unwrap().to_owned(),
+                (
+                    key_schema(&i["KeySchema"]),
+                    i["Projection"]["ProjectionType"].as_str().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(indexes, wanted_indexes);
+    assert_eq!(
+        table["TimeToLiveSpecification"],
+        serde_json::json!({"AttributeName": EXPIRES, "Enabled": true})
+    );
+    assert_eq!(
+        table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+        true
+    );
+    // SSEEnabled false is DynamoDB's own (AWS owned) key, as CreateTable without an
+    // SSESpecification (AWS::DynamoDB::Table SSESpecification, CloudFormation reference);
+    // true would be the KMS key aws/dynamodb.
+    assert_eq!(
+        table["SSESpecification"],
+        serde_json::json!({"SSEEnabled": false})
+    );
+    // The table is named by CloudFormation, so two stacks in one account do not collide.
+    assert!(table.get("TableName").is_none(), "{table:#}");
+
+    // With SQLite there is no table.
+    let sqlite = example_stack(&[]);
+    assert!(!sqlite.is_made("StateTable"));
+    assert!(!sqlite.is_made("BodiesBucket"));
+}
+
+/// Issue 25 (item 5): with `StateStore dynamodb` the stack makes no EFS (file system, mount
+/// targets, access point, NFS security group), no journal volume or mount, no journal backups
+/// (bucket, policy, IAM, `[journal]` keys), and its SlipwayToml names the table and bucket in
+/// a `[store]` table slipway accepts; still one task at a time. With SQLite nothing of the
+/// DynamoDB side exists.
+#[test]
+fn dynamodb_stack_has_no_efs_and_its_config_names_the_table_and_bucket() {
+    let stack = dynamodb_stack(&[]);
+    let made = stack.made_resources();
+    for gone in [
+        "FileSystem",
+        "MountTargetA",
+        "MountTargetB",
+        "AccessPoint",
+        "FileSystemSecurityGroup",
+        "BackupBucket",
+        "BackupBucketPolicy",
+    ] {
+        assert!(!made.iter().any(|m| m == gone), "{gone} is made");
+    }
+    for name in &made {
+        let kind = stack.resource(name)["Type"].as_str().unwrap();
+        assert!(!kind.starts_with("AWS::EFS::"), "{name} ({kind}) is made");
+    }
+    for present in [
+        "StateTable",
+        "BodiesBucket",
+        "BodiesBucketPolicy",
+        "Service",
+    ] {
+        assert!(made.iter().any(|m| m == present), "{present} is not made");
+    }
+    // The service waits for nothing of EFS (its DependsOn names the handle, which then
+    // depends on nothing).
+    let handle = &stack.resource("JournalReachable")["Metadata"];
+    assert_eq!(stack.eval(handle), serde_json::json!({"MountTargets": ""}));
+
+    let td = stack.properties("TaskDefinition");
+    let volumes = td["Volumes"].as_array().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v.get("EFSVolumeConfiguration").is_none() && v["Name"] != "journal"),
+        "{volumes:?}"
+    );
+    let container = slipway_container(&td);
+    let mounts = container["MountPoints"].as_array().unwrap();
+    for mount in mounts {
+        let volume = mount["SourceVolume"].as_str().unwrap();
+        assert!(
+            volumes.iter().any(|v| v["Name"] == volume),
+            "mount of an undefined volume {volume}"
+        );
+    }
+    let config = generated_slipway_config(&stack);
+    assert!(
+        !mounts
+            .iter()
+            .any(|m| Path::new(m["ContainerPath"].as_str().unwrap()) == config.state_dir),
+        "something is mounted at state_dir: {mounts:?}"
+    );
+    // The task-local ones stay: /tmp and the SSM agent's two.
+    let paths: BTreeSet<&str> = mounts
+        .iter()
+        .map(|m| m["ContainerPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        BTreeSet::from(["/tmp", "/var/lib/amazon", "/var/log/amazon"])
+    );
+
+    let task_role = stack.properties("TaskRole").to_string();
+    for absent in ["elasticfilesystem:", "/slipway/*", "JournalBackup"] {
+        assert!(!task_role.contains(absent), "the task role has {absent}");
+    }
+
+    // The config: the stack's table and bucket; no lock wait and no backups (the SQLite
+    // journal's); bodies kept as long as the bucket's lifecycle rule keeps them.
+    assert_eq!(
+        config.store,
+        slipway::store::StoreConfig::DynamoDb {
+            table: "slipway-StateTable-ABC123".into(),
+            bodies_bucket: Some("slipway-bodiesbucket-def456".into()),
+        }
+    );
+    let journal = &generated_config(&stack)["journal"];
+    for key in JOURNAL_KEYS_OF_ISSUE_21 {
+        assert!(journal.get(*key).is_none(), "[journal] {key} with DynamoDB");
+    }
+    assert_eq!(stack.output("StateTable"), "slipway-StateTable-ABC123");
+    assert_eq!(stack.output("BodiesBucket"), "slipway-bodiesbucket-def456");
+    assert!(!stack.has_output("BackupBucket"));
+
+    // Still one task, never two at once (until issue 26).
+    let service = stack.properties("Service");
+    assert_eq!(service["DesiredCount"], 1);
+    assert_eq!(service["DeploymentConfiguration"]["MaximumPercent"], 100);
+
+    // SQLite: no [store] table (the default engine), no DynamoDB outputs or statements.
+    let sqlite = example_stack(&[]);
+    assert!(!generated_config(&sqlite).contains_key("store"));
+    assert!(!sqlite.has_output("StateTable") && !sqlite.has_output("BodiesBucket"));
+    for role in ["TaskRole", "ProvisionRole"] {
+        let text = sqlite.properties(role).to_string();
+        assert!(!text.contains("dynamodb:"), "{role} under SQLite: {text}");
+    }
+    let journal_reachable = sqlite.eval(&sqlite.resource("JournalReachable")["Metadata"]);
+    assert_eq!(
+        journal_reachable["MountTargets"],
+        serde_json::json!(["MountTargetA-id", "MountTargetB-id"]),
+        "with SQLite the service no longer waits for the mount targets"
+    );
+    assert_eq!(
+        sqlite.resource("Service")["DependsOn"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| *d == "JournalReachable")
+            .count(),
+        1
+    );
+
+    // A backup bucket with DynamoDB would be silently unused: refused.
+    assert_eq!(
+        dynamodb_stack(&[("BackupBucketName", Value::from("team-backups"))]).violated_rules(),
+        ["BackupBucketOnlyWithSqlite"]
+    );
+    assert!(
+        example_stack(&[("BackupBucketName", Value::from("team-backups"))])
+            .violated_rules()
+            .is_empty()
+    );
+}
+
+/// Issue 25 (item 5): the bodies bucket is as `slipway provision` makes it: every public
+/// access blocked, SSE-S3, and the one lifecycle rule slipway owns, expiring `bodies/` after
+/// the `keep_bodies_days` the generated config sets; TLS only, no ACLs.
+#[test]
+fn dynamodb_bodies_bucket_is_private_encrypted_and_expires_bodies_as_the_journal_keeps_them() {
+    let stack = dynamodb_stack(&[]);
+    assert_eq!(stack.resource("BodiesBucket")["DeletionPolicy"], "Retain");
+    assert_private_encrypted_tls_only(&stack, "BodiesBucket", "BodiesBucketPolicy");
+    let bucket = stack.properties("BodiesBucket");
+    let config = generated_slipway_config(&stack);
+    assert_eq!(
+        bucket["LifecycleConfiguration"]["Rules"],
+        serde_json::json!([{
+            "Id": "slipway-bodies",
+            "Status": "Enabled",
+            "Prefix": slipway::store::dynamodb::BODIES_PREFIX,
+            "ExpirationInDays": config.journal.keep_bodies_days,
+        }])
+    );
+}
+
+/// Statements as `Sid -> (actions, resources)`, both sorted, for the Sids starting with
+/// `prefix`.
+fn statements_under(
+    statements: &[Value],
+    prefix: &str,
+) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+    let list = |v: &Value| -> Vec<String> {
+        let mut out: Vec<String> = match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_owned()).collect(),
+            other => panic!("{other}"),
+        };
+        out.sort();
+        out
+    };
+    statements
+        .iter()
+        .filter(|s| s["Sid"].as_str().is_some_and(|sid| sid.starts_with(prefix)))
+        .map(|s| {
+            assert_eq!(s["Effect"], "Allow", "{s}");
+            assert!(s.get("Condition").is_none(), "{s}");
+            (
+                s["Sid"].as_str().unwrap().to_owned(),
+                (list(&s["Action"]), list(&s["Resource"])),
+            )
+        })
+        .collect()
+}
+
+/// Every statement of a role's inline policies.
+fn role_statements(stack: &cfn::Stack, role: &str) -> Vec<Value> {
+    stack.properties(role)["Policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["PolicyDocument"]["Statement"].as_array().unwrap().clone())
+        .collect()
+}
+
+/// Issue 25 (item 5): with DynamoDB the task role gets exactly the store statements
+/// `slipway provision --policy` prints for the generated config (the table, its indexes,
+/// `bodies/` in the bucket), and the provision role the provisioning ones, so `provision`
+/// can check the stack's table and bucket; the same actions as the
+/// deploy/iam-policy-*-dynamodb.json examples.
+#[test]
+fn dynamodb_stack_grants_the_store_statements_provision_prints() {
+    let stack = dynamodb_stack(&[]);
+    let config = generated_slipway_config(&stack);
+    let env = slipway::provision::policy::Environment {
+        partition: "aws".into(),
+        region: "eu-west-1".into(),
+        account: "123456789012".into(),
+        ..Default::default()
+    };
+    let printed = slipway::provision::policy::policies(&config, &env);
+    for (role, policy, prefix, example) in [
+        (
+            "TaskRole",
+            "runtime",
+            "SlipwayRunStore",
+            "deploy/iam-policy-runtime-dynamodb.json",
+        ),
+        (
+            "ProvisionRole",
+            "provisioning",
+            "SlipwayProvisionStore",
+            "deploy/iam-policy-provision-dynamodb.json",
+        ),
+    ] {
+        let wanted = statements_under(printed[policy]["Statement"].as_array().unwrap(), prefix);
+        assert!(!wanted.is_empty(), "provision --policy prints no {prefix}*");
+        let granted = statements_under(&role_statements(&stack, role), prefix);
+        assert_eq!(granted, wanted, "{role}");
+        let file: Value = serde_json::from_str(&read(example)).unwrap();
+        let file = statements_under(file["Statement"].as_array().unwrap(), prefix);
+        let actions = |m: &BTreeMap<String, (Vec<String>, Vec<String>)>| {
+            m.iter()
+                .map(|(sid, (actions, _))| (sid.clone(), actions.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(actions(&granted), actions(&file), "{role} and {example}");
+    }
+    // The task role's only S3 grant is bodies/ in the stack's bucket.
+    let s3: Vec<Value> = role_statements(&stack, "TaskRole")
+        .into_iter()
+        .filter(|s| s["Action"].to_string().contains("s3:"))
+        .collect();
+    assert_eq!(s3.len(), 1, "{s3:?}");
+    assert_eq!(
+        s3[0]["Resource"],
+        "arn:aws:s3:::slipway-bodiesbucket-def456/bodies/*"
+    );
 }

@@ -942,7 +942,18 @@ async fn a_service_deployed_by_codedeploy_is_reported_missing() {
 /// here in the emulator with the SDK from the template's own properties (evaluated for one
 /// set of parameters). The stack, with what Ref and GetAtt give for them.
 async fn create_template_plumbing(emu: &Emulator, projects: &str) -> cfn::Stack {
-    let mut stack = cfn::Stack::new(cfn::load(), &cfn::example_parameters(projects));
+    create_template_plumbing_with(emu, projects, &[]).await
+}
+
+/// [`create_template_plumbing`] with these parameters overridden.
+async fn create_template_plumbing_with(
+    emu: &Emulator,
+    projects: &str,
+    overrides: &[(&str, Value)],
+) -> cfn::Stack {
+    let mut parameters = cfn::example_parameters(projects);
+    parameters.extend(overrides.iter().cloned());
+    let mut stack = cfn::Stack::new(cfn::load(), &parameters);
     // Not made here: only named in the generated config.
     stack.set_ref("BackupBucket", "slipway-backups-example");
     for logical in ["DeadLetterQueue", "EventsQueue"] {
@@ -1600,4 +1611,343 @@ async fn dynamodb_store_a_table_with_other_keys_is_an_error() {
     );
     // The bucket is still made.
     assert_eq!(run.status("bodies_bucket", BODIES_BUCKET), "created");
+}
+
+/// What CloudFormation makes of the template's `StateTable` (StateStore dynamodb), made here in
+/// the emulator with the SDK from the template's own properties, named `STATE_TABLE`. moto's
+/// own CloudFormation would not do: it drops TimeToLiveSpecification and
+/// PointInTimeRecoverySpecification (moto 5.2.5, `Table.create_from_cloudformation_json`).
+/// CloudFormation applies those two after creating the table, as done here. A property this
+/// does not know fails the test, so a new one is translated here before it is trusted.
+async fn create_template_table(emu: &Emulator, stack: &mut cfn::Stack) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+        PointInTimeRecoverySpecification, Projection, ProjectionType, ScalarAttributeType,
+        SseSpecification, TimeToLiveSpecification,
+    };
+    let properties = stack.properties("StateTable");
+    let keys = |schema: &Value| -> Vec<KeySchemaElement> {
+        schema
+            .as_array()
+            .expect("KeySchema")
+            .iter()
+            .map(|k| {
+                KeySchemaElement::builder()
+                    .attribute_name(k["AttributeName"].as_str().unwrap())
+                    .key_type(KeyType::from(k["KeyType"].as_str().unwrap()))
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let ddb = dynamodb(emu);
+    let mut create = ddb.create_table().table_name(STATE_TABLE);
+    let mut after: Vec<(&str, Value)> = Vec::new();
+    for (key, value) in properties.as_object().unwrap() {
+        create = match key.as_str() {
+            "BillingMode" => create.billing_mode(BillingMode::from(value.as_str().unwrap())),
+            "KeySchema" => create.set_key_schema(Some(keys(value))),
+            "AttributeDefinitions" => create.set_attribute_definitions(Some(
+                value
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| {
+                        AttributeDefinition::builder()
+                            .attribute_name(a["AttributeName"].as_str().unwrap())
+                            .attribute_type(ScalarAttributeType::from(
+                                a["AttributeType"].as_str().unwrap(),
+                            ))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect(),
+            )),
+            "GlobalSecondaryIndexes" => create.set_global_secondary_indexes(Some(
+                value
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| {
+                        for k in i.as_object().unwrap().keys() {
+                            assert!(
+                                ["IndexName", "KeySchema", "Projection"].contains(&k.as_str()),
+                                "GSI property {k} is not translated here"
+                            );
+                        }
+                        GlobalSecondaryIndex::builder()
+                            .index_name(i["IndexName"].as_str().unwrap())
+                            .set_key_schema(Some(keys(&i["KeySchema"])))
+                            .projection(
+                                Projection::builder()
+                                    .projection_type(ProjectionType::from(
+                                        i["Projection"]["ProjectionType"].as_str().unwrap(),
+                                    ))
+                                    .build(),
+                            )
+                            .build()
+                            .unwrap()
+                    })
+                    .collect(),
+            )),
+            "SSESpecification" => create.sse_specification(
+                SseSpecification::builder()
+                    .enabled(value["SSEEnabled"].as_bool().unwrap())
+                    .build(),
+            ),
+            "TimeToLiveSpecification" => {
+                after.push(("ttl", value.clone()));
+                create
+            }
+            "PointInTimeRecoverySpecification" => {
+                after.push(("pitr", value.clone()));
+                create
+            }
+            other => panic!("StateTable property {other} is not translated here"),
+        };
+    }
+    create.send().await.expect("CreateTable");
+    for (what, value) in after {
+        if what == "ttl" {
+            ddb.update_time_to_live()
+                .table_name(STATE_TABLE)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .attribute_name(value["AttributeName"].as_str().unwrap())
+                        .enabled(value["Enabled"].as_bool().unwrap())
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .expect("UpdateTimeToLive");
+        } else {
+            ddb.update_continuous_backups()
+                .table_name(STATE_TABLE)
+                .point_in_time_recovery_specification(
+                    PointInTimeRecoverySpecification::builder()
+                        .point_in_time_recovery_enabled(
+                            value["PointInTimeRecoveryEnabled"].as_bool().unwrap(),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .expect("UpdateContinuousBackups");
+        }
+    }
+    stack.set_ref("StateTable", STATE_TABLE);
+    stack.set_attribute(
+        "StateTable",
+        "Arn",
+        format!("arn:aws:dynamodb:eu-west-1:123456789012:table/{STATE_TABLE}"),
+    );
+}
+
+/// What CloudFormation makes of the template's `BodiesBucket`, made with the SDK from the
+/// template's properties, named `BODIES_BUCKET`. A lifecycle rule's `Prefix` is sent as the
+/// rule's `Filter` prefix (CloudFormation's rule properties include filters, such as
+/// `ObjectSizeGreaterThan`, that only a `Filter` can carry; the top-level `Prefix` of the S3
+/// API is deprecated). Unknown properties fail the test.
+async fn create_template_bucket(emu: &Emulator, stack: &mut cfn::Stack) {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration,
+        ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, ObjectOwnership,
+        OwnershipControls, OwnershipControlsRule, PublicAccessBlockConfiguration,
+        ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
+        ServerSideEncryptionRule,
+    };
+    let properties = stack.properties("BodiesBucket");
+    let s3 = s3(emu);
+    s3.create_bucket()
+        .bucket(BODIES_BUCKET)
+        .create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from("eu-west-1"))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateBucket");
+    for (key, value) in properties.as_object().unwrap() {
+        match key.as_str() {
+            "PublicAccessBlockConfiguration" => {
+                let flag = |k: &str| value[k].as_bool().unwrap();
+                s3.put_public_access_block()
+                    .bucket(BODIES_BUCKET)
+                    .public_access_block_configuration(
+                        PublicAccessBlockConfiguration::builder()
+                            .block_public_acls(flag("BlockPublicAcls"))
+                            .block_public_policy(flag("BlockPublicPolicy"))
+                            .ignore_public_acls(flag("IgnorePublicAcls"))
+                            .restrict_public_buckets(flag("RestrictPublicBuckets"))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .expect("PutPublicAccessBlock");
+            }
+            "BucketEncryption" => {
+                let mut configuration = ServerSideEncryptionConfiguration::builder();
+                for rule in value["ServerSideEncryptionConfiguration"]
+                    .as_array()
+                    .unwrap()
+                {
+                    let by_default = &rule["ServerSideEncryptionByDefault"];
+                    configuration = configuration.rules(
+                        ServerSideEncryptionRule::builder()
+                            .apply_server_side_encryption_by_default(
+                                ServerSideEncryptionByDefault::builder()
+                                    .sse_algorithm(ServerSideEncryption::from(
+                                        by_default["SSEAlgorithm"].as_str().unwrap(),
+                                    ))
+                                    .build()
+                                    .unwrap(),
+                            )
+                            .set_bucket_key_enabled(rule["BucketKeyEnabled"].as_bool())
+                            .build(),
+                    );
+                }
+                s3.put_bucket_encryption()
+                    .bucket(BODIES_BUCKET)
+                    .server_side_encryption_configuration(configuration.build().unwrap())
+                    .send()
+                    .await
+                    .expect("PutBucketEncryption");
+            }
+            "OwnershipControls" => {
+                let mut controls = OwnershipControls::builder();
+                for rule in value["Rules"].as_array().unwrap() {
+                    controls = controls.rules(
+                        OwnershipControlsRule::builder()
+                            .object_ownership(ObjectOwnership::from(
+                                rule["ObjectOwnership"].as_str().unwrap(),
+                            ))
+                            .build()
+                            .unwrap(),
+                    );
+                }
+                s3.put_bucket_ownership_controls()
+                    .bucket(BODIES_BUCKET)
+                    .ownership_controls(controls.build().unwrap())
+                    .send()
+                    .await
+                    .expect("PutBucketOwnershipControls");
+            }
+            "LifecycleConfiguration" => {
+                let mut rules = Vec::new();
+                for rule in value["Rules"].as_array().unwrap() {
+                    let mut made = LifecycleRule::builder();
+                    for (k, v) in rule.as_object().unwrap() {
+                        made = match k.as_str() {
+                            "Id" => made.id(v.as_str().unwrap()),
+                            "Status" => made.status(ExpirationStatus::from(v.as_str().unwrap())),
+                            "Prefix" => made.filter(
+                                LifecycleRuleFilter::builder()
+                                    .prefix(v.as_str().unwrap())
+                                    .build(),
+                            ),
+                            "ExpirationInDays" => made.expiration(
+                                LifecycleExpiration::builder()
+                                    .days(v.as_i64().unwrap() as i32)
+                                    .build(),
+                            ),
+                            other => {
+                                panic!("lifecycle rule property {other} is not translated here")
+                            }
+                        };
+                    }
+                    rules.push(made.build().unwrap());
+                }
+                s3.put_bucket_lifecycle_configuration()
+                    .bucket(BODIES_BUCKET)
+                    .lifecycle_configuration(
+                        BucketLifecycleConfiguration::builder()
+                            .set_rules(Some(rules))
+                            .build()
+                            .unwrap(),
+                    )
+                    .send()
+                    .await
+                    .expect("PutBucketLifecycleConfiguration");
+            }
+            other => panic!("BodiesBucket property {other} is not translated here"),
+        }
+    }
+    stack.set_ref("BodiesBucket", BODIES_BUCKET);
+    stack.set_attribute(
+        "BodiesBucket",
+        "Arn",
+        format!("arn:aws:s3:::{BODIES_BUCKET}"),
+    );
+    let policy = stack.properties("BodiesBucketPolicy");
+    s3.put_bucket_policy()
+        .bucket(policy["Bucket"].as_str().unwrap())
+        .policy(policy["PolicyDocument"].to_string())
+        .send()
+        .await
+        .expect("PutBucketPolicy");
+}
+
+/// Issue 25 (item 5): against the table and bucket the template makes (StateStore dynamodb),
+/// with the `[store]` and `[journal]` tables its SlipwayToml writes, `slipway provision` finds
+/// nothing to change (its own definition: `DynamoStore::table_drift`, the bucket's checks) and
+/// writes nothing, twice.
+#[tokio::test]
+async fn provision_against_the_templates_dynamodb_table_and_bucket_changes_nothing() {
+    let emu = Emulator::start().await;
+    let proxy = Proxy::start(&emu.url).await;
+    let web = App::good("web");
+    build_app(&emu, &web, Faults::default()).await;
+    let mut stack = create_template_plumbing_with(
+        &emu,
+        web.project,
+        &[("StateStore", Value::from("dynamodb"))],
+    )
+    .await;
+    create_template_table(&emu, &mut stack).await;
+    create_template_bucket(&emu, &mut stack).await;
+    let table_before = table_as_seen(&emu).await;
+    let bucket_before = bucket_as_seen(&emu).await;
+    // The table is the engine's (the same view the provision tests check a made table with).
+    assert_eq!(table_before.1, WANTED_INDEXES);
+
+    let generated: toml::Table = stack
+        .output("SlipwayToml")
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut state = toml::Table::new();
+    for key in ["store", "journal"] {
+        state.insert(key.into(), generated[key].clone());
+    }
+    let builder = SlipwayBuilder::new(&proxy.url)
+        .apps(&apps_toml(&[web]))
+        .extra(&format!(
+            "{}\n{}",
+            provision_table_of(&stack),
+            toml::to_string(&state).unwrap()
+        ));
+    for run_number in 1..=2 {
+        let run = provision(&builder, &[]).await;
+        assert!(run.status.success(), "{:#}\n{}", run.report, run.stderr);
+        assert_eq!(
+            run.status("dynamodb_table", STATE_TABLE),
+            "unchanged",
+            "run {run_number}: {:#}",
+            run.report
+        );
+        assert_eq!(
+            run.status("bodies_bucket", BODIES_BUCKET),
+            "unchanged",
+            "run {run_number}: {:#}",
+            run.report
+        );
+        assert_eq!(run.status("queue", QUEUE), "unchanged");
+    }
+    assert_eq!(dynamodb_writes(&proxy), 0, "provision wrote to the table");
+    assert_eq!(table_as_seen(&emu).await, table_before);
+    assert_eq!(bucket_as_seen(&emu).await, bucket_before);
 }

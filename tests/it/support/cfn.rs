@@ -12,6 +12,11 @@ use serde_json::{Map, Value};
 
 /// The template, decoded.
 pub fn load() -> Value {
+    load_file(Path::new("deploy/cloudformation.yml"))
+}
+
+/// A template file (relative to the repository), decoded.
+pub fn load_file(path: &Path) -> Value {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = repo.join(".venv/bin/python");
     assert!(
@@ -25,13 +30,16 @@ pub fn load() -> Value {
                   if problems:\n    sys.exit('\\n'.join(str(p) for p in problems))\n\
                   print(json.dumps(template))\n";
     let out = Command::new(&python)
-        .args(["-c", script, "deploy/cloudformation.yml"])
+        .arg("-c")
+        .arg(script)
+        .arg(path)
         .current_dir(repo)
         .output()
         .expect("running cfn-lint's decoder");
     assert!(
         out.status.success(),
-        "decoding deploy/cloudformation.yml: {}",
+        "decoding {}: {}",
+        path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("the decoded template is JSON")
@@ -152,16 +160,56 @@ impl Stack {
         r
     }
 
-    /// A resource's properties, evaluated.
+    /// A resource's properties, evaluated. The resource must be made with these parameters
+    /// (its `Condition` holds).
     pub fn properties(&self, name: &str) -> Value {
+        assert!(
+            self.is_made(name),
+            "{name} is not made with these parameters (its Condition is false)"
+        );
         self.eval(&self.resource(name)["Properties"])
     }
 
-    /// An output's value, evaluated.
+    /// Whether CloudFormation makes the resource with these parameters: it has no
+    /// `Condition`, or its condition holds.
+    pub fn is_made(&self, name: &str) -> bool {
+        match self.resource(name).get("Condition") {
+            None => true,
+            Some(c) => self.condition(c.as_str().expect("a condition name")),
+        }
+    }
+
+    /// The logical ids of the resources made with these parameters.
+    pub fn made_resources(&self) -> Vec<String> {
+        self.template["Resources"]
+            .as_object()
+            .expect("Resources")
+            .keys()
+            .filter(|name| self.is_made(name))
+            .cloned()
+            .collect()
+    }
+
+    /// An output's value, evaluated. The output must exist with these parameters.
     pub fn output(&self, name: &str) -> Value {
-        let o = &self.template["Outputs"][name]["Value"];
-        assert!(!o.is_null(), "no output {name}");
-        self.eval(o)
+        assert!(
+            self.has_output(name),
+            "no output {name} with these parameters"
+        );
+        self.eval(&self.template["Outputs"][name]["Value"])
+    }
+
+    /// Whether the stack has the output with these parameters (it exists, and its
+    /// `Condition`, if any, holds).
+    pub fn has_output(&self, name: &str) -> bool {
+        let o = &self.template["Outputs"][name];
+        if o["Value"].is_null() {
+            return false;
+        }
+        match o.get("Condition") {
+            None => true,
+            Some(c) => self.condition(c.as_str().expect("a condition name")),
+        }
     }
 
     /// The rules (`Rules`) whose condition holds and one of whose assertions does not: what
