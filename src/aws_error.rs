@@ -29,8 +29,16 @@ pub fn record_endpoint(url: Option<&str>, region: Option<&str>) {
     });
 }
 
-/// The endpoint `service` (e.g. `ECS`) is reached at, as well as slipway knows it.
+/// The endpoint `service` (e.g. `ECS`) is reached at, as well as slipway knows it: the SDK's
+/// service-specific override (`AWS_ENDPOINT_URL_DYNAMODB`, …) before the general one.
 pub fn endpoint_of(service: &str) -> String {
+    let specific = format!(
+        "AWS_ENDPOINT_URL_{}",
+        service.to_ascii_uppercase().replace(' ', "_")
+    );
+    if let Some(url) = std::env::var(specific).ok().filter(|u| !u.is_empty()) {
+        return url;
+    }
     match ENDPOINT.get() {
         Some(Endpoint { url: Some(url), .. }) => url.clone(),
         Some(Endpoint {

@@ -234,10 +234,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         std::time::Duration::from_secs(3),
         state.journal.check_writable(now),
     );
-    match writable
-        .await
-        .unwrap_or_else(|_| Err(crate::store::StoreError::Busy("".into())))
-    {
+    match writable.await.unwrap_or_else(|_| {
+        Err(crate::store::StoreError::Busy(
+            "the store did not take a write within 3 s".into(),
+        ))
+    }) {
         Ok(()) if !facts.problems().is_empty() => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(
@@ -257,7 +258,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             let why = state
                 .journal
                 .backpressure()
-                .unwrap_or_else(|| "journal is not writable".to_owned());
+                .unwrap_or_else(|| format!("the store is not writable: {e}"));
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({ "status": "not ready", "error": why })),

@@ -14,7 +14,7 @@ pub struct Emulator {
     pub config: aws_config::SdkConfig,
 }
 
-fn moto_server() -> String {
+pub fn moto_server() -> String {
     if let Ok(path) = std::env::var("SLIPWAY_MOTO_SERVER") {
         return path;
     }

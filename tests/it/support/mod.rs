@@ -28,31 +28,87 @@ pub fn store_engine() -> String {
     }
 }
 
-/// The table name the DynamoDB pass gives slipway (each builder has its own emulator).
-pub const STORE_TABLE: &str = "slipway-state";
+/// The DynamoDB pass's emulator: one per test process (moto's start costs seconds of CPU),
+/// each slipway with a table of its own on it. It runs under a shell that stops it when the
+/// test process exits (its stdin, held open until then, closes).
+fn store_emulator_url() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "\"$0\" -H 127.0.0.1 -p 0 & pid=$!; cat >/dev/null; kill $pid",
+                &emulator::moto_server(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start moto_server for the DynamoDB pass");
+        // Held open for the life of the test process.
+        std::mem::forget(child.stdin.take());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(port) = line
+                    .split_once("Running on http://127.0.0.1:")
+                    .and_then(|(_, port)| port.trim().parse::<u16>().ok())
+                {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("moto_server said where it runs");
+        format!("http://127.0.0.1:{port}")
+    })
+}
 
 /// A DynamoDB table for one slipway's state in the DynamoDB pass, as `slipway provision`
-/// makes it (`DynamoStore::create_table`), on an emulator of its own.
+/// makes it (`DynamoStore::create_table`), on the pass's emulator.
 pub struct StoreTable {
-    pub emulator: Emulator,
+    pub url: String,
+    pub name: String,
+    config: aws_config::SdkConfig,
 }
 
 impl StoreTable {
-    pub async fn make() -> StoreTable {
-        let emulator = Emulator::start().await;
-        let table = StoreTable { emulator };
-        let engine = table.engine();
-        engine
-            .create_table(::slipway::store::millis(time::OffsetDateTime::now_utc()))
-            .await
-            .expect("create the state table");
+    pub async fn make(name: &str) -> StoreTable {
+        let url = store_emulator_url().to_owned();
+        let config = sdk_config(&url).await;
+        let table = StoreTable {
+            url,
+            name: name.to_owned(),
+            config,
+        };
+        // The emulator may still be starting up.
+        let now = ::slipway::store::millis(time::OffsetDateTime::now_utc());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match table.engine().create_table(now).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("create the state table {name}: {e}"),
+            }
+        }
         table
     }
 
     fn engine(&self) -> ::slipway::store::dynamodb::DynamoStore {
         ::slipway::store::dynamodb::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&self.emulator.config),
-            STORE_TABLE,
+            aws_sdk_dynamodb::Client::new(&self.config),
+            &self.name,
             &::slipway::config::JournalConfig::default(),
         )
     }
@@ -62,6 +118,16 @@ impl StoreTable {
         ::slipway::store::Store::DynamoDb(self.engine())
     }
 }
+
+/// A table name no other slipway of this test process has.
+pub fn unique_table_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "slipway-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 pub const MASTER_SHA: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c";
 
 pub fn fixture(path: &str) -> Vec<u8> {

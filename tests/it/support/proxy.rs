@@ -363,13 +363,27 @@ impl Proxy {
                         let state = state.clone();
                         let client = client.clone();
                         async move {
-                            let slot = Mutex::new(None);
-                            let response = handle(state.clone(), client, req, &slot).await;
-                            if let Some(i) = slot.into_inner().unwrap() {
-                                if let Some(r) = state.lock().unwrap().recorded.get_mut(i) {
-                                    r.answered = tick();
+                            // AWS carries out a request it has received even when the caller
+                            // is gone (killed mid-call): the forward, and what the proxy
+                            // keeps of its answer (a build's environment), finish in a task
+                            // of their own, not in the connection's, which a hang-up drops.
+                            let done = tokio::spawn(async move {
+                                let slot = Mutex::new(None);
+                                let response = handle(state.clone(), client, req, &slot).await;
+                                if let Some(i) = slot.into_inner().unwrap() {
+                                    if let Some(r) = state.lock().unwrap().recorded.get_mut(i) {
+                                        r.answered = tick();
+                                    }
                                 }
-                            }
+                                response
+                            });
+                            let response = done.await.unwrap_or_else(|_| {
+                                let mut r = Response::new(Full::new(Bytes::from_static(
+                                    b"proxy: the forwarding task failed",
+                                )));
+                                *r.status_mut() = StatusCode::BAD_GATEWAY;
+                                r
+                            });
                             Ok::<_, Infallible>(response)
                         }
                     });
@@ -392,6 +406,11 @@ impl Proxy {
         state
             .faults
             .push((operation.to_owned(), faults.into_iter().collect()));
+    }
+
+    /// Faults scripted and not used yet are dropped: every call is forwarded again.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
     }
 
     /// The next `times` calls of `operation` fail with this AWS error.

@@ -35,6 +35,8 @@ pub struct SlipwayBuilder {
     /// The DynamoDB table this builder's slipway keeps its state in, in the DynamoDB pass
     /// (`SLIPWAY_TEST_STORE=dynamodb`): made at the first start, on an emulator of its own.
     table: Arc<tokio::sync::OnceCell<super::StoreTable>>,
+    /// Its name (given at once: a config written before the first start names it too).
+    table_name: String,
 }
 
 /// The running `serve`'s admin URL and the ops token it accepts (None: its ops API is off).
@@ -64,6 +66,7 @@ impl SlipwayBuilder {
             env: Vec::new(),
             running: Arc::default(),
             table: Arc::default(),
+            table_name: super::unique_table_name(),
         }
     }
 
@@ -108,7 +111,7 @@ impl SlipwayBuilder {
         let store = if super::store_engine() == "dynamodb" && !self.extra.contains("[store]") {
             format!(
                 "\n[store]\nengine = \"dynamodb\"\ntable = \"{}\"\n",
-                super::STORE_TABLE
+                self.table_name
             )
         } else {
             String::new()
@@ -141,7 +144,7 @@ impl SlipwayBuilder {
         if let Some(table) = self.table.get() {
             // The SDK's service-specific endpoint: DynamoDB on the table's emulator, the rest
             // where the test points AWS.
-            cmd.env("AWS_ENDPOINT_URL_DYNAMODB", &table.emulator.url);
+            cmd.env("AWS_ENDPOINT_URL_DYNAMODB", &table.url);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -239,12 +242,13 @@ impl SlipwayBuilder {
     /// In the DynamoDB pass, the table this builder's slipway uses (made on first use, on an
     /// emulator of its own); None in the SQLite pass.
     pub async fn store_table(&self) -> Option<&super::StoreTable> {
-        if super::store_engine() != "dynamodb" {
+        // A test that sets its own [store] keeps it.
+        if super::store_engine() != "dynamodb" || self.extra.contains("[store]") {
             return None;
         }
         Some(
             self.table
-                .get_or_init(|| async { super::StoreTable::make().await })
+                .get_or_init(|| super::StoreTable::make(&self.table_name))
                 .await,
         )
     }
