@@ -654,6 +654,12 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         std::env::var(name).ok()
     })?;
     let ops_tokens = crate::config::OpsTokens::from_env()?;
+    // Refused before the store is opened: a DynamoDB table slow to reach must not hold it up.
+    if crate::config::slack_signing_secret_from_env().is_some()
+        && config.chat.slack_team_id.is_none()
+    {
+        anyhow::bail!(crate::config::SLACK_TEAM_REQUIRED);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

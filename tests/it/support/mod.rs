@@ -77,45 +77,54 @@ fn store_emulator_url() -> &'static str {
 pub struct StoreTable {
     pub url: String,
     pub name: String,
-    config: aws_config::SdkConfig,
 }
 
 impl StoreTable {
-    pub async fn make(name: &str) -> StoreTable {
-        let url = store_emulator_url().to_owned();
-        let config = sdk_config(&url).await;
+    /// Makes the table. Blocking, on a thread and runtime of its own, so that any config the
+    /// harness writes (from sync code too) names a table that exists.
+    pub fn make(name: &str) -> StoreTable {
         let table = StoreTable {
-            url,
+            url: store_emulator_url().to_owned(),
             name: name.to_owned(),
-            config,
         };
-        // The emulator may still be starting up.
-        let now = ::slipway::store::millis(time::OffsetDateTime::now_utc());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match table.engine().create_table(now).await {
-                Ok(()) => break,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        let (url, name) = (table.url.clone(), table.name.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let engine = StoreTable::engine(&url, &name).await;
+                let now = ::slipway::store::millis(time::OffsetDateTime::now_utc());
+                // The emulator may still be starting up.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match engine.create_table(now).await {
+                        Ok(()) => break,
+                        Err(_) if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("create the state table {name}: {e}"),
+                    }
                 }
-                Err(e) => panic!("create the state table {name}: {e}"),
-            }
-        }
+            })
+        })
+        .join()
+        .expect("the state table made");
         table
     }
 
-    fn engine(&self) -> ::slipway::store::dynamodb::DynamoStore {
+    async fn engine(url: &str, name: &str) -> ::slipway::store::dynamodb::DynamoStore {
         ::slipway::store::dynamodb::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&self.config),
-            &self.name,
+            aws_sdk_dynamodb::Client::new(&sdk_config(url).await),
+            name,
             &::slipway::config::JournalConfig::default(),
         )
     }
 
     /// The engine on this table, for a test's own reads.
-    pub fn store(&self) -> ::slipway::store::Store {
-        ::slipway::store::Store::DynamoDb(self.engine())
+    pub async fn store(&self) -> ::slipway::store::Store {
+        ::slipway::store::Store::DynamoDb(StoreTable::engine(&self.url, &self.name).await)
     }
 }
 
@@ -180,8 +189,8 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 /// `Store::open_read_only` would be refused): the test looks inside the file read-only, as
 /// `sqlite3 -readonly` would. A DynamoDB table is read through the engine.
 pub async fn rejected_events(builder: &SlipwayBuilder) -> Vec<::slipway::store::RejectedEvent> {
-    if let Some(table) = builder.store_table().await {
-        return table.store().rejected_events(1000).await.unwrap();
+    if let Some(table) = builder.store_table() {
+        return table.store().await.rejected_events(1000).await.unwrap();
     }
     rejected_events_in(&builder.state_dir())
 }

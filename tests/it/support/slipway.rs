@@ -34,7 +34,7 @@ pub struct SlipwayBuilder {
     running: Arc<Mutex<Option<Running>>>,
     /// The DynamoDB table this builder's slipway keeps its state in, in the DynamoDB pass
     /// (`SLIPWAY_TEST_STORE=dynamodb`): made at the first start, on an emulator of its own.
-    table: Arc<tokio::sync::OnceCell<super::StoreTable>>,
+    table: Arc<std::sync::OnceLock<super::StoreTable>>,
     /// Its name (given at once: a config written before the first start names it too).
     table_name: String,
 }
@@ -108,10 +108,10 @@ impl SlipwayBuilder {
 
     pub fn write_config(&self) -> PathBuf {
         // The DynamoDB pass: the same tests, with the state in a DynamoDB table.
-        let store = if super::store_engine() == "dynamodb" && !self.extra.contains("[store]") {
+        let store = if let Some(table) = self.store_table() {
             format!(
                 "\n[store]\nengine = \"dynamodb\"\ntable = \"{}\"\n",
-                self.table_name
+                table.name
             )
         } else {
             String::new()
@@ -141,7 +141,7 @@ impl SlipwayBuilder {
         if let Some(secret) = &self.secret {
             cmd.env("SLIPWAY_WEBHOOK_SECRET", secret);
         }
-        if let Some(table) = self.table.get() {
+        if let Some(table) = self.store_table() {
             // The SDK's service-specific endpoint: DynamoDB on the table's emulator, the rest
             // where the test points AWS.
             cmd.env("AWS_ENDPOINT_URL_DYNAMODB", &table.url);
@@ -186,7 +186,6 @@ impl SlipwayBuilder {
 
     /// Runs `slipway serve`, and waits until it serves or, unless `serving`, only listens.
     async fn launch(&self, serving: bool) -> Slipway {
-        self.store_table().await;
         let config = self.write_config();
         let mut command = self.command();
         if !self.env.iter().any(|(k, _)| k == "SLIPWAY_OPS_TOKENS") {
@@ -239,25 +238,23 @@ impl SlipwayBuilder {
         }
     }
 
-    /// In the DynamoDB pass, the table this builder's slipway uses (made on first use, on an
-    /// emulator of its own); None in the SQLite pass.
-    pub async fn store_table(&self) -> Option<&super::StoreTable> {
-        // A test that sets its own [store] keeps it.
+    /// In the DynamoDB pass, the table this builder's slipway uses (made on first use, on the
+    /// pass's emulator); None in the SQLite pass, and for a test that sets its own [store].
+    pub fn store_table(&self) -> Option<&super::StoreTable> {
         if super::store_engine() != "dynamodb" || self.extra.contains("[store]") {
             return None;
         }
         Some(
             self.table
-                .get_or_init(|| super::StoreTable::make(&self.table_name))
-                .await,
+                .get_or_init(|| super::StoreTable::make(&self.table_name)),
         )
     }
 
     /// The store this builder's slipway keeps its state in, opened from the test: the SQLite
     /// journal in state_dir (only while no serve holds it), or the DynamoDB table.
     pub async fn open_store(&self) -> ::slipway::store::Store {
-        match self.store_table().await {
-            Some(table) => table.store(),
+        match self.store_table() {
+            Some(table) => table.store().await,
             None => ::slipway::store::Store::open(&self.state_dir()).unwrap(),
         }
     }
