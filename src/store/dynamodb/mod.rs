@@ -11,6 +11,7 @@ mod deliveries;
 mod deployments;
 mod github;
 mod item;
+pub(crate) mod items;
 mod listings;
 mod notify;
 mod records;
