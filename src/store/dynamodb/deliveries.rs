@@ -270,7 +270,7 @@ impl DynamoStore {
                         updated_ms: now,
                         service_key: req.service_key.clone(),
                         before_sha: req.before.clone(),
-                        pushed_at: req.pushed_at.unwrap_or(now / 1000),
+                        pushed_at: Some(req.pushed_at.unwrap_or(now / 1000)),
                         tag: req.tag.clone(),
                         deployment: None,
                     });

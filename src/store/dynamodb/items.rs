@@ -283,7 +283,8 @@ pub(crate) struct BuildRow {
     pub updated_ms: i64,
     pub service_key: String,
     pub before_sha: Option<String>,
-    pub pushed_at: i64,
+    /// When GitHub received its push (Unix seconds); None for builds from before issue 24.
+    pub pushed_at: Option<i64>,
     pub tag: Option<String>,
     /// The deployment its success made.
     pub deployment: Option<i64>,
@@ -323,7 +324,6 @@ pub(super) fn build_item(b: &BuildRow) -> Item {
             ("updated_ms", n(b.updated_ms)),
             ("service_key", s(&b.service_key)),
             ("before_sha", opt_s(b.before_sha.clone())),
-            ("pushed_at", n(b.pushed_at)),
             ("tag", opt_s(b.tag.clone())),
             ("list_pk", s(recent::BUILD)),
             ("list_sk", s(pad(b.id))),
@@ -332,6 +332,7 @@ pub(super) fn build_item(b: &BuildRow) -> Item {
     insert_some(
         &mut item,
         [
+            ("pushed_at", b.pushed_at.map(n)),
             ("start_requested_ms", b.start_requested_ms.map(n)),
             ("build_id", b.build_id.as_deref().map(s)),
             ("build_arn", b.build_arn.as_deref().map(s)),

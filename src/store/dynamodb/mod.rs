@@ -7,6 +7,7 @@
 //! suite has not run on it. Until then `serve` refuses `engine = "dynamodb"` ([`NOT_COMPLETE`]).
 
 mod builds;
+mod copy;
 mod deliveries;
 mod deployments;
 mod github;
@@ -18,6 +19,8 @@ mod records;
 mod retention;
 mod table;
 
+pub(crate) use copy::{BatchWriter, BodyRow, CopyRefused};
+pub(crate) use items::{BuildRow, DeliveryRow, NotificationRow, RecoveryRow};
 pub use table::{Drift, EXPIRES, INDEXES};
 
 use std::sync::Arc;
