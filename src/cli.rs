@@ -674,7 +674,8 @@ async fn store_copy(from: &std::path::Path, to: &std::path::Path) -> anyhow::Res
             state_dir.display()
         ),
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot read the journal in {}", state_dir.display()))
+            return Err(e)
+                .with_context(|| format!("cannot read the journal in {}", state_dir.display()))
         }
     };
     let shared = require_region().await?;

@@ -459,9 +459,8 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 pub async fn verify(from: &SqliteStore, to: &DynamoStore) -> Result<Vec<KindCount>, StoreError> {
     let (sqlite_counts, apps) = from
         .read(|c| {
-            let count = |sql: &str| -> Result<i64, StoreError> {
-                Ok(c.query_row(sql, [], |r| r.get(0))?)
-            };
+            let count =
+                |sql: &str| -> Result<i64, StoreError> { Ok(c.query_row(sql, [], |r| r.get(0))?) };
             let counts = vec![
                 count("SELECT COUNT(*) FROM deliveries")?,
                 count("SELECT COUNT(*) FROM deliveries WHERE body_id IS NOT NULL")?,
@@ -481,7 +480,11 @@ pub async fn verify(from: &SqliteStore, to: &DynamoStore) -> Result<Vec<KindCoun
             Ok((counts, apps))
         })
         .await?;
-    let signatures: Vec<Vec<u8>> = slack_keys(from).await?.into_iter().map(|(s, _)| s).collect();
+    let signatures: Vec<Vec<u8>> = slack_keys(from)
+        .await?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
         let dynamodb = to.copied_counts(&apps, &signatures).await?;

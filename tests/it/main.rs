@@ -29,4 +29,5 @@ mod proxy_selftest;
 mod recovery_ready;
 mod status_page;
 mod store;
+mod store_copy;
 mod tags;
