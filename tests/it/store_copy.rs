@@ -444,6 +444,7 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
         debug(sqlite.unfinished_deployments().await.unwrap()),
         debug(dynamo.unfinished_deployments().await.unwrap())
     );
+    // The second push's deploy (deploying), the operator's and the foreign build's (pending).
     assert_eq!(dynamo.unfinished_deployments().await.unwrap().len(), 3);
     assert_eq!(
         debug(sqlite.builds_in_flight(far).await.unwrap()),
