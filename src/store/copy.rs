@@ -6,11 +6,11 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::dynamodb::{
-    BatchWriter, BodyRow, BuildRow, CopyRefused, DeliveryRow, DynamoStore, NotificationRow,
+    BatchWriter, BodyRow, BuildRow, CopyRefused, DeliveryRow, DynamoStore, NotificationRow, Record,
     RecoveryRow,
 };
 use super::sqlite::{self, SqliteStore};
-use super::{GithubDeployment, OutboxEntry, RejectedEvent, StoreError};
+use super::{GithubDeployment, NewRecovery, OutboxEntry, RejectedEvent, StoreError};
 
 /// Rows read from the journal at a time.
 const PAGE: i64 = 500;
@@ -61,10 +61,67 @@ pub async fn copy_journal(
         )));
     }
     let mut w = BatchWriter::new(to);
-    copy_deliveries(from, &mut w).await?;
-    copy_builds(from, &mut w).await?;
-    copy_deployments(from, &mut w).await?;
-    copy_rest(from, &mut w, slack_window_secs).await?;
+    let window = slack_window_secs;
+    copy_kind(from, &mut w, window, DELIVERIES, delivery).await?;
+    copy_kind(from, &mut w, window, BUILDS, build).await?;
+    copy_kind(from, &mut w, window, deployments_query(), deployment).await?;
+    copy_kind(from, &mut w, window, OUTBOX, |_, r| {
+        let e = OutboxEntry {
+            id: r.get(0)?,
+            event: r.get(1)?,
+            created_ms: r.get(2)?,
+            attempts: r.get(3)?,
+        };
+        Ok((e.id, Record::Outbox(e)))
+    })
+    .await?;
+    copy_kind(from, &mut w, window, NOTIFICATIONS, |_, r| {
+        let n = NotificationRow {
+            id: r.get(0)?,
+            target: r.get(1)?,
+            event: r.get(2)?,
+            idempotency_key: r.get(3)?,
+            state: r.get(4)?,
+            created_ms: r.get(5)?,
+            attempts: r.get(6)?,
+            last_attempt_ms: r.get(7)?,
+            last_error: r.get(8)?,
+            done_ms: r.get(9)?,
+        };
+        Ok((n.id, Record::Notification(n)))
+    })
+    .await?;
+    copy_kind(from, &mut w, window, REJECTED, |_, r| {
+        let id = r.get(0)?;
+        let e = RejectedEvent {
+            message_id: r.get(1)?,
+            build_id: r.get(2)?,
+            source: r.get(3)?,
+            account: r.get(4)?,
+            reason: r.get(5)?,
+            received_ms: r.get(6)?,
+        };
+        Ok((id, Record::Rejected(id, e)))
+    })
+    .await?;
+    copy_kind(from, &mut w, window, GITHUB, |_, r| {
+        let g = GithubDeployment {
+            deployment: r.get(0)?,
+            repository: r.get(2)?,
+            github_id: r.get(3)?,
+            state: r.get(4)?,
+        };
+        Ok((
+            g.deployment,
+            Record::Github(r.get(1)?, g, r.get(5)?, r.get(6)?),
+        ))
+    })
+    .await?;
+    copy_kind(from, &mut w, window, RECOVERIES, recovery).await?;
+    // Slack keys are few (those of the last minutes): read at once.
+    for (signature, seen_at) in slack_keys(from).await? {
+        w.record(Record::Slack(signature, seen_at), window).await?;
+    }
     w.flush().await?;
     let items = w.written;
     let (last_id, created_ms) = from
@@ -87,27 +144,42 @@ pub async fn copy_journal(
     })
 }
 
-/// One page of `query` after id `after`.
-async fn page<T, F>(
+/// Copies every row `query` selects (its `?1` the last id of the page before, `?2` the page
+/// size), page by page in id order; `row` reads one as its id and record.
+async fn copy_kind<F>(
     from: &SqliteStore,
+    w: &mut BatchWriter<'_>,
+    slack_window_secs: i64,
     query: &'static str,
-    after: i64,
     row: F,
-) -> Result<Vec<T>, StoreError>
+) -> Result<(), StoreError>
 where
-    T: Send + 'static,
-    F: Fn(&Connection, &rusqlite::Row<'_>) -> Result<T, StoreError> + Send + 'static,
+    F: Fn(&Connection, &rusqlite::Row<'_>) -> Result<(i64, Record), StoreError>
+        + Send
+        + Copy
+        + 'static,
 {
-    from.read(move |c| {
-        let mut stmt = c.prepare(query)?;
-        let mut rows = stmt.query(params![after, PAGE])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(row(c, r)?);
+    let mut after = 0;
+    loop {
+        let rows = from
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(query)?;
+                let mut rows = stmt.query(params![after, PAGE])?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    out.push(row(c, r)?);
+                }
+                Ok(out)
+            })
+            .await?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(());
+        };
+        for (_, record) in rows {
+            w.record(record, slack_window_secs).await?;
         }
-        Ok(out)
-    })
-    .await
+        after = last;
+    }
 }
 
 const DELIVERIES: &str = "SELECT d.id, d.delivery_id, d.hook_id, d.event, d.source, d.actor,
@@ -116,61 +188,46 @@ const DELIVERIES: &str = "SELECT d.id, d.delivery_id, d.hook_id, d.event, d.sour
      FROM deliveries d LEFT JOIN bodies b ON b.id = d.body_id
      WHERE d.id > ?1 ORDER BY d.id LIMIT ?2";
 
-async fn copy_deliveries(from: &SqliteStore, w: &mut BatchWriter<'_>) -> Result<(), StoreError> {
-    let mut after = 0;
-    loop {
-        let rows = page(from, DELIVERIES, after, |c, r| {
-            let row: i64 = r.get(0)?;
-            let outcome: String = r.get(11)?;
-            // The lines a delivery shows are its key's builds (accepted and duplicate ones).
-            let builds = if outcome == "accepted" || outcome == "duplicate" {
-                let mut stmt = c.prepare_cached(sqlite::BUILDS_OF_DELIVERY)?;
-                let mut ids = stmt
-                    .query_map([row], |r| r.get::<_, i64>(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                ids.sort_unstable();
-                ids
-            } else {
-                Vec::new()
-            };
-            let body = match r.get::<_, Option<Vec<u8>>>(14)? {
-                Some(stored) => Some(BodyRow {
-                    encoding: r.get(13)?,
-                    stored,
-                    digest: r.get(15)?,
-                }),
-                None => None,
-            };
-            Ok((
-                DeliveryRow {
-                    row,
-                    delivery_id: r.get(1)?,
-                    hook_id: r.get(2)?,
-                    event: r.get(3)?,
-                    source: r.get(4)?,
-                    actor: r.get(5)?,
-                    replay_of: r.get(6)?,
-                    received_ms: r.get(7)?,
-                    content_type: r.get(8)?,
-                    headers: r.get(9)?,
-                    dedup_key: r.get(10)?,
-                    outcome,
-                    reason: r.get(12)?,
-                    builds,
-                    body_kept: body.is_some(),
-                },
-                body,
-            ))
-        })
-        .await?;
-        let Some(last) = rows.last().map(|(d, _)| d.row) else {
-            return Ok(());
-        };
-        for (d, body) in rows {
-            w.delivery(&d, body).await?;
-        }
-        after = last;
-    }
+fn delivery(c: &Connection, r: &rusqlite::Row<'_>) -> Result<(i64, Record), StoreError> {
+    let row: i64 = r.get(0)?;
+    let outcome: String = r.get(11)?;
+    // The lines a delivery shows are its key's builds (accepted and duplicate ones).
+    let builds = if outcome == "accepted" || outcome == "duplicate" {
+        let mut stmt = c.prepare_cached(sqlite::BUILDS_OF_DELIVERY)?;
+        let mut ids = stmt
+            .query_map([row], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        ids
+    } else {
+        Vec::new()
+    };
+    let body = match r.get::<_, Option<Vec<u8>>>(14)? {
+        Some(stored) => Some(BodyRow {
+            encoding: r.get(13)?,
+            stored,
+            digest: r.get(15)?,
+        }),
+        None => None,
+    };
+    let d = DeliveryRow {
+        row,
+        delivery_id: r.get(1)?,
+        hook_id: r.get(2)?,
+        event: r.get(3)?,
+        source: r.get(4)?,
+        actor: r.get(5)?,
+        replay_of: r.get(6)?,
+        received_ms: r.get(7)?,
+        content_type: r.get(8)?,
+        headers: r.get(9)?,
+        dedup_key: r.get(10)?,
+        outcome,
+        reason: r.get(12)?,
+        builds,
+        body_kept: body.is_some(),
+    };
+    Ok((row, Record::Delivery(d, body)))
 }
 
 const BUILDS: &str = "SELECT b.id, b.delivery, d.delivery_id, b.dedup_key, b.app, b.sha,
@@ -188,255 +245,108 @@ const PUSH_BUILD: &str = "SELECT b.id FROM builds b JOIN deliveries d ON d.id = 
        AND d.source = 'github'
      ORDER BY b.state = ?5, b.id DESC LIMIT 1";
 
-async fn copy_builds(from: &SqliteStore, w: &mut BatchWriter<'_>) -> Result<(), StoreError> {
-    let mut after = 0;
-    loop {
-        let rows = page(from, BUILDS, after, |c, r| {
-            let b = BuildRow {
-                id: r.get(0)?,
-                delivery_row: r.get(1)?,
-                delivery_id: r.get(2)?,
-                dedup_key: r.get(3)?,
-                app: r.get(4)?,
-                sha: r.get(5)?,
-                project: r.get(6)?,
-                image_tag: r.get(7)?,
-                token: r.get(8)?,
-                state: r.get(9)?,
-                attempts: r.get(10)?,
-                next_attempt_ms: r.get(11)?,
-                start_requested_ms: r.get(12)?,
-                build_id: r.get(13)?,
-                build_arn: r.get(14)?,
-                reason: r.get(15)?,
-                log_link: r.get(16)?,
-                created_ms: r.get(17)?,
-                updated_ms: r.get(18)?,
-                service_key: r.get(19)?,
-                before_sha: r.get(20)?,
-                pushed_at: r.get(21)?,
-                tag: r.get(22)?,
-                deployment: r.get(23)?,
-            };
-            let github = r.get::<_, String>(24)? == "github";
-            let push_build = github
-                && c.prepare_cached(PUSH_BUILD)?
-                    .query_row(
-                        params![
-                            b.app,
-                            b.sha,
-                            b.before_sha,
-                            b.tag,
-                            super::build_state::FAILED
-                        ],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .optional()?
-                    == Some(b.id);
-            Ok((b, push_build))
-        })
-        .await?;
-        let Some(last) = rows.last().map(|(b, _)| b.id) else {
-            return Ok(());
-        };
-        for (b, push_build) in rows {
-            w.build(&b, push_build).await?;
-        }
-        after = last;
-    }
+fn build(c: &Connection, r: &rusqlite::Row<'_>) -> Result<(i64, Record), StoreError> {
+    let b = BuildRow {
+        id: r.get(0)?,
+        delivery_row: r.get(1)?,
+        delivery_id: r.get(2)?,
+        dedup_key: r.get(3)?,
+        app: r.get(4)?,
+        sha: r.get(5)?,
+        project: r.get(6)?,
+        image_tag: r.get(7)?,
+        token: r.get(8)?,
+        state: r.get(9)?,
+        attempts: r.get(10)?,
+        next_attempt_ms: r.get(11)?,
+        start_requested_ms: r.get(12)?,
+        build_id: r.get(13)?,
+        build_arn: r.get(14)?,
+        reason: r.get(15)?,
+        log_link: r.get(16)?,
+        created_ms: r.get(17)?,
+        updated_ms: r.get(18)?,
+        service_key: r.get(19)?,
+        before_sha: r.get(20)?,
+        pushed_at: r.get(21)?,
+        tag: r.get(22)?,
+        deployment: r.get(23)?,
+    };
+    let github = r.get::<_, String>(24)? == "github";
+    let push_build = github
+        && c.prepare_cached(PUSH_BUILD)?
+            .query_row(
+                params![
+                    b.app,
+                    b.sha,
+                    b.before_sha,
+                    b.tag,
+                    super::build_state::FAILED
+                ],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            == Some(b.id);
+    Ok((b.id, Record::Build(b, push_build)))
 }
 
-async fn copy_deployments(from: &SqliteStore, w: &mut BatchWriter<'_>) -> Result<(), StoreError> {
-    let query: &'static str = Box::leak(
+/// Deployments with the engine's own columns, their push time and the commit their push
+/// followed.
+fn deployments_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| {
         format!(
             "SELECT {}, pushed_at,
                  (SELECT b.before_sha FROM builds b WHERE b.id = deployments.build_row)
              FROM deployments WHERE id > ?1 ORDER BY id LIMIT ?2",
             sqlite::DEPLOYMENT_COLUMNS
         )
-        .into_boxed_str(),
-    );
-    let mut after = 0;
-    loop {
-        let rows = page(from, query, after, |_, r| {
-            let d = sqlite::deployment_from_row(r)?;
-            let pushed_at: Option<i64> = r.get(34)?;
-            let before_sha: Option<String> = r.get(35)?;
-            Ok((d, pushed_at, before_sha))
-        })
-        .await?;
-        let Some(last) = rows.last().map(|(d, _, _)| d.id) else {
-            return Ok(());
-        };
-        for (d, pushed_at, before_sha) in rows {
-            w.deployment(&d, pushed_at, before_sha.as_deref()).await?;
-        }
-        after = last;
-    }
+    })
 }
 
-/// The outbox, notifications, refused events, Slack keys, GitHub deployments and recoveries.
-async fn copy_rest(
-    from: &SqliteStore,
-    w: &mut BatchWriter<'_>,
-    slack_window_secs: i64,
-) -> Result<(), StoreError> {
-    let mut after = 0;
-    loop {
-        let rows = page(
-            from,
-            "SELECT id, event, created_ms, attempts FROM github_outbox
-             WHERE id > ?1 ORDER BY id LIMIT ?2",
-            after,
-            |_, r| {
-                Ok(OutboxEntry {
-                    id: r.get(0)?,
-                    event: r.get(1)?,
-                    created_ms: r.get(2)?,
-                    attempts: r.get(3)?,
-                })
-            },
-        )
-        .await?;
-        let Some(last) = rows.last().map(|e| e.id) else {
-            break;
-        };
-        for e in &rows {
-            w.outbox(e).await?;
-        }
-        after = last;
-    }
-    after = 0;
-    loop {
-        let rows = page(
-            from,
-            "SELECT id, target, event, idempotency_key, state, created_ms, attempts,
-                 last_attempt_ms, last_error, done_ms
-             FROM notify_outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
-            after,
-            |_, r| {
-                Ok(NotificationRow {
-                    id: r.get(0)?,
-                    target: r.get(1)?,
-                    event: r.get(2)?,
-                    idempotency_key: r.get(3)?,
-                    state: r.get(4)?,
-                    created_ms: r.get(5)?,
-                    attempts: r.get(6)?,
-                    last_attempt_ms: r.get(7)?,
-                    last_error: r.get(8)?,
-                    done_ms: r.get(9)?,
-                })
-            },
-        )
-        .await?;
-        let Some(last) = rows.last().map(|n| n.id) else {
-            break;
-        };
-        for n in &rows {
-            w.notification(n).await?;
-        }
-        after = last;
-    }
-    after = 0;
-    loop {
-        let rows = page(
-            from,
-            "SELECT id, message_id, build_id, source, account, reason, received_ms
-             FROM rejected_events WHERE id > ?1 ORDER BY id LIMIT ?2",
-            after,
-            |_, r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    RejectedEvent {
-                        message_id: r.get(1)?,
-                        build_id: r.get(2)?,
-                        source: r.get(3)?,
-                        account: r.get(4)?,
-                        reason: r.get(5)?,
-                        received_ms: r.get(6)?,
-                    },
-                ))
-            },
-        )
-        .await?;
-        let Some(last) = rows.last().map(|(id, _)| *id) else {
-            break;
-        };
-        for (id, e) in &rows {
-            w.rejected(*id, e).await?;
-        }
-        after = last;
-    }
-    after = 0;
-    loop {
-        let rows = page(
-            from,
-            "SELECT deployment, app, repository, github_id, state, created_ms, updated_ms
-             FROM github_deployments WHERE deployment > ?1 ORDER BY deployment LIMIT ?2",
-            after,
-            |_, r| {
-                Ok((
-                    r.get::<_, String>(1)?,
-                    GithubDeployment {
-                        deployment: r.get(0)?,
-                        repository: r.get(2)?,
-                        github_id: r.get(3)?,
-                        state: r.get(4)?,
-                    },
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                ))
-            },
-        )
-        .await?;
-        let Some(last) = rows.last().map(|(_, g, _, _)| g.deployment) else {
-            break;
-        };
-        for (app, g, created, updated) in &rows {
-            w.github(app, g, *created, *updated).await?;
-        }
-        after = last;
-    }
-    after = 0;
-    loop {
-        let rows = page(
-            from,
-            "SELECT id, hook_id, delivery_id, attempt_id, event, status_code, delivered_ms,
-                 actor, outcome, reason, requests, requested_ms
-             FROM github_recoveries WHERE id > ?1 ORDER BY id LIMIT ?2",
-            after,
-            |_, r| {
-                Ok(RecoveryRow {
-                    id: r.get(0)?,
-                    hook_id: r.get(1)?,
-                    delivery_id: r.get(2)?,
-                    attempt_id: r.get(3)?,
-                    event: r.get(4)?,
-                    status_code: r.get(5)?,
-                    delivered_ms: r.get(6)?,
-                    actor: r.get(7)?,
-                    outcome: r.get(8)?,
-                    reason: r.get(9)?,
-                    requests: r.get(10)?,
-                    requested_ms: r.get(11)?,
-                })
-            },
-        )
-        .await?;
-        let Some(last) = rows.last().map(|r| r.id) else {
-            break;
-        };
-        for r in &rows {
-            w.recovery(r).await?;
-        }
-        after = last;
-    }
-    // Slack keys are few (those of the last minutes): read at once.
-    for (signature, seen_at) in slack_keys(from).await? {
-        w.slack(&signature, seen_at, slack_window_secs).await?;
-    }
-    Ok(())
+fn deployment(_: &Connection, r: &rusqlite::Row<'_>) -> Result<(i64, Record), StoreError> {
+    let d = sqlite::deployment_from_row(r)?;
+    // After the engine's columns (`DEPLOYMENT_COLUMNS`, 34 of them).
+    let (pushed_at, before_sha) = (r.get(34)?, r.get(35)?);
+    Ok((d.id, Record::Deployment(d, pushed_at, before_sha)))
+}
+
+const OUTBOX: &str = "SELECT id, event, created_ms, attempts FROM github_outbox
+     WHERE id > ?1 ORDER BY id LIMIT ?2";
+
+const NOTIFICATIONS: &str = "SELECT id, target, event, idempotency_key, state, created_ms,
+        attempts, last_attempt_ms, last_error, done_ms
+     FROM notify_outbox WHERE id > ?1 ORDER BY id LIMIT ?2";
+
+const REJECTED: &str = "SELECT id, message_id, build_id, source, account, reason, received_ms
+     FROM rejected_events WHERE id > ?1 ORDER BY id LIMIT ?2";
+
+const GITHUB: &str = "SELECT deployment, app, repository, github_id, state, created_ms,
+        updated_ms
+     FROM github_deployments WHERE deployment > ?1 ORDER BY deployment LIMIT ?2";
+
+const RECOVERIES: &str = "SELECT id, hook_id, delivery_id, attempt_id, event, status_code,
+        delivered_ms, actor, outcome, reason, requests, requested_ms
+     FROM github_recoveries WHERE id > ?1 ORDER BY id LIMIT ?2";
+
+fn recovery(_: &Connection, r: &rusqlite::Row<'_>) -> Result<(i64, Record), StoreError> {
+    let row = RecoveryRow {
+        id: r.get(0)?,
+        recovery: NewRecovery {
+            hook_id: r.get(1)?,
+            delivery_id: r.get(2)?,
+            attempt_id: r.get(3)?,
+            event: r.get(4)?,
+            status_code: r.get(5)?,
+            delivered_ms: r.get(6)?,
+            actor: r.get(7)?,
+            outcome: r.get(8)?,
+            reason: r.get(9)?,
+        },
+        requests: r.get(10)?,
+        requested_ms: r.get(11)?,
+    };
+    Ok((row.id, Record::Recovery(row)))
 }
 
 async fn slack_keys(from: &SqliteStore) -> Result<Vec<(Vec<u8>, i64)>, StoreError> {

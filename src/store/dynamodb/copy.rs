@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{PutRequest, Select, WriteRequest};
+use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 
 use super::item::{get_opt_n, get_opt_s, get_s, key, n, s, Item};
-use super::items::{self, due, recent};
+use super::items::{self, due, recent, BuildRow, DeliveryRow, NotificationRow, RecoveryRow};
 use super::{bad_request, sdk_error, DynamoStore};
-use crate::store::StoreError;
+use crate::store::{trigger, Deployment, GithubDeployment, OutboxEntry, RejectedEvent, StoreError};
 
 /// Most items one `BatchWriteItem` takes.
 const BATCH: usize = 25;
@@ -128,24 +128,14 @@ impl DynamoStore {
         let mut marker = copy_marker();
         marker.insert("source".into(), s(source));
         marker.insert("started_ms".into(), n(now_ms));
-        let put = self
-            .client()
-            .put_item()
-            .table_name(self.table())
-            .set_item(Some(marker))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error("DynamoDB PutItem", e)),
-        }
+        super::put_if(
+            self.client()
+                .put_item()
+                .table_name(self.table())
+                .set_item(Some(marker))
+                .condition_expression("attribute_not_exists(pk)"),
+        )
+        .await
     }
 
     /// Ends a copy: the id counter (above every copied id: the next id the engine hands out is
@@ -178,29 +168,8 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// How many items the `recent` index holds under `list_pk`.
     async fn count_recent(&self, list_pk: &str) -> Result<i64, StoreError> {
-        let mut count = 0;
-        let mut start = None;
-        loop {
-            let out = self
-                .client()
-                .query()
-                .table_name(self.table())
-                .index_name("recent")
-                .key_condition_expression("list_pk = :kind")
-                .expression_attribute_values(":kind", s(list_pk))
-                .select(Select::Count)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DynamoDB Query", e))?;
-            count += i64::from(out.count());
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(count);
-            }
-        }
+        self.count_partition("recent", "list_pk", list_pk).await
     }
 
     /// How many records of each kind the table holds, counted through the index partition
@@ -323,104 +292,84 @@ pub struct BodyRow {
     pub digest: Vec<u8>,
 }
 
-/// The items of each kind of record, built by the engine's own builders ([`items`]).
+/// One record of the journal, in its current state.
+pub enum Record {
+    /// A delivery and (still kept) its body.
+    Delivery(DeliveryRow, Option<BodyRow>),
+    /// A build, and whether it is its push's build (the one the push key names).
+    Build(BuildRow, bool),
+    /// A deployment with its push's time and the commit that push followed.
+    Deployment(Deployment, Option<i64>, Option<String>),
+    Outbox(OutboxEntry),
+    Notification(NotificationRow),
+    Rejected(i64, RejectedEvent),
+    /// A Slack signature and when it was seen (Unix seconds).
+    Slack(Vec<u8>, i64),
+    /// A GitHub deployment of an app, created and updated then.
+    Github(String, GithubDeployment, i64, i64),
+    Recovery(RecoveryRow),
+}
+
 impl BatchWriter<'_> {
-    fn keep_ignored_days(&self) -> u64 {
-        self.store.inner.settings.keep_ignored_days
-    }
-
-    /// A delivery and (still kept) its body: a body over 350 KB goes to the bodies bucket
-    /// first, as intake does.
-    pub async fn delivery(
+    /// Puts the items of `record`, built by the engine's own builders ([`items`]), with those
+    /// SQLite keeps in indexes instead of rows: a build's delivery key, push key (when it is
+    /// its push's build) and commit; a deployment's commit and a foreign build's marker. A
+    /// body over 350 KB goes to the bodies bucket first, as intake does. `slack_window_secs`:
+    /// how long a Slack signature is remembered.
+    pub async fn record(
         &mut self,
-        d: &items::DeliveryRow,
-        body: Option<BodyRow>,
+        record: Record,
+        slack_window_secs: i64,
     ) -> Result<(), StoreError> {
-        let days = self.keep_ignored_days();
-        self.put(items::delivery_item(d, days)).await?;
-        if let Some(body) = body {
-            let stored = self.store.stored_body(&body.digest, body.stored).await?;
-            let expires = items::delivery_expiry(&d.outcome, d.received_ms, days);
-            self.put(items::body_item(d.row, &body.encoding, stored, expires))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// A build with what SQLite keeps in indexes instead of rows: its delivery key, its
-    /// commit, and (when it is its push's build, `push_build`) the push key.
-    pub async fn build(&mut self, b: &items::BuildRow, push_build: bool) -> Result<(), StoreError> {
-        self.put(items::build_item(b)).await?;
-        self.put(items::delivery_key_item(&b.dedup_key, &b.app, b.id))
-            .await?;
-        if push_build {
-            let push = items::PushOf {
-                app: &b.app,
-                sha: &b.sha,
-                before: b.before_sha.as_deref(),
-                tag: b.tag.as_deref(),
-            };
-            self.put(items::push_key_item(&push, b.id)).await?;
-        }
-        self.put(items::commit_item(&b.app, &b.sha)).await
-    }
-
-    /// A deployment, its commit, and the marker of a build slipway did not start.
-    pub async fn deployment(
-        &mut self,
-        d: &crate::store::Deployment,
-        pushed_at: Option<i64>,
-        before_sha: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.put(items::deployment_item(d, pushed_at, before_sha))
-            .await?;
-        if d.trigger == crate::store::trigger::FOREIGN_BUILD {
-            if let Some(build_id) = &d.build_id {
-                self.put(items::foreign_marker_item(build_id, d.id)).await?;
+        let days = self.store.inner.settings.keep_ignored_days;
+        match record {
+            Record::Delivery(d, body) => {
+                self.put(items::delivery_item(&d, days)).await?;
+                if let Some(body) = body {
+                    let stored = self.store.stored_body(&body.digest, body.stored).await?;
+                    let expires = items::delivery_expiry(&d.outcome, d.received_ms, days);
+                    self.put(items::body_item(d.row, &body.encoding, stored, expires))
+                        .await?;
+                }
+                Ok(())
             }
+            Record::Build(b, push_build) => {
+                self.put(items::build_item(&b)).await?;
+                self.put(items::delivery_key_item(&b.dedup_key, &b.app, b.id))
+                    .await?;
+                if push_build {
+                    let push = items::PushOf {
+                        app: &b.app,
+                        sha: &b.sha,
+                        before: b.before_sha.as_deref(),
+                        tag: b.tag.as_deref(),
+                    };
+                    self.put(items::push_key_item(&push, b.id)).await?;
+                }
+                self.put(items::commit_item(&b.app, &b.sha)).await
+            }
+            Record::Deployment(d, pushed_at, before_sha) => {
+                self.put(items::deployment_item(&d, pushed_at, before_sha.as_deref()))
+                    .await?;
+                if d.trigger == trigger::FOREIGN_BUILD {
+                    if let Some(build_id) = &d.build_id {
+                        self.put(items::foreign_marker_item(build_id, d.id)).await?;
+                    }
+                }
+                self.put(items::commit_item(&d.app, &d.sha)).await
+            }
+            Record::Outbox(e) => self.put(items::outbox_item(&e)).await,
+            Record::Notification(r) => self.put(items::notification_item(&r, days)).await,
+            Record::Rejected(id, e) => self.put(items::rejected_item(id, &e)).await,
+            Record::Slack(signature, seen_at) => {
+                self.put(items::slack_item(&signature, seen_at, slack_window_secs))
+                    .await
+            }
+            Record::Github(app, g, created_ms, updated_ms) => {
+                self.put(items::github_item(&app, &g, created_ms, updated_ms))
+                    .await
+            }
+            Record::Recovery(r) => self.put(items::recovery_item(&r)).await,
         }
-        self.put(items::commit_item(&d.app, &d.sha)).await
-    }
-
-    pub async fn outbox(&mut self, e: &crate::store::OutboxEntry) -> Result<(), StoreError> {
-        self.put(items::outbox_item(e)).await
-    }
-
-    pub async fn notification(&mut self, r: &items::NotificationRow) -> Result<(), StoreError> {
-        let days = self.keep_ignored_days();
-        self.put(items::notification_item(r, days)).await
-    }
-
-    pub async fn rejected(
-        &mut self,
-        id: i64,
-        e: &crate::store::RejectedEvent,
-    ) -> Result<(), StoreError> {
-        self.put(items::rejected_item(id, e)).await
-    }
-
-    pub async fn slack(
-        &mut self,
-        signature: &[u8],
-        seen_at: i64,
-        window_secs: i64,
-    ) -> Result<(), StoreError> {
-        self.put(items::slack_item(signature, seen_at, window_secs))
-            .await
-    }
-
-    pub async fn github(
-        &mut self,
-        app: &str,
-        g: &crate::store::GithubDeployment,
-        created_ms: i64,
-        updated_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.put(items::github_item(app, g, created_ms, updated_ms))
-            .await
-    }
-
-    pub async fn recovery(&mut self, r: &items::RecoveryRow) -> Result<(), StoreError> {
-        self.put(items::recovery_item(r)).await
     }
 }

@@ -10,8 +10,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::item::{key, n, opt_n, opt_s, pad, s, Item};
 use super::table::EXPIRES;
 use crate::store::{
-    build_state, deploy_state, notify_state, Deployment, GithubDeployment, OutboxEntry,
-    RejectedEvent,
+    build_state, deploy_state, notify_state, Deployment, GithubDeployment, NewRecovery,
+    OutboxEntry, RejectedEvent,
 };
 
 const DAY_SECS: i64 = 86_400;
@@ -621,29 +621,23 @@ pub(super) fn github_item(
     item
 }
 
-/// A delivery slipway asked GitHub to redeliver, as stored.
+/// A delivery slipway asked GitHub to redeliver, as stored: the last request's record, how
+/// many requests, when the last was made.
 pub(crate) struct RecoveryRow {
     pub id: i64,
-    pub hook_id: String,
-    pub delivery_id: String,
-    pub attempt_id: i64,
-    pub event: String,
-    pub status_code: Option<i64>,
-    pub delivered_ms: i64,
-    pub actor: String,
-    pub outcome: String,
-    pub reason: Option<String>,
+    pub recovery: NewRecovery,
     pub requests: i64,
     pub requested_ms: i64,
 }
 
 /// The recovery item (`recovery#<hook>/<guid>`, as `record_recovery` leaves it).
-pub(super) fn recovery_item(r: &RecoveryRow) -> Item {
+pub(super) fn recovery_item(row: &RecoveryRow) -> Item {
+    let r = &row.recovery;
     let mut item = recovery_key(&r.hook_id, &r.delivery_id);
     insert_all(
         &mut item,
         [
-            ("id", n(r.id)),
+            ("id", n(row.id)),
             ("hook_id", s(&r.hook_id)),
             ("delivery_id", s(&r.delivery_id)),
             ("attempt_id", n(r.attempt_id)),
@@ -653,12 +647,16 @@ pub(super) fn recovery_item(r: &RecoveryRow) -> Item {
             ("actor", s(&r.actor)),
             ("outcome", s(&r.outcome)),
             ("reason", opt_s(r.reason.clone())),
-            ("requests", n(r.requests)),
-            ("requested_ms", n(r.requested_ms)),
+            ("requests", n(row.requests)),
+            ("requested_ms", n(row.requested_ms)),
             ("list_pk", s(recent::RECOVERY)),
             (
                 "list_sk",
-                s(recovery_list_sk(r.requested_ms, &r.hook_id, &r.delivery_id)),
+                s(recovery_list_sk(
+                    row.requested_ms,
+                    &r.hook_id,
+                    &r.delivery_id,
+                )),
             ),
         ],
     );

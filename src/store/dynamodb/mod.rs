@@ -19,7 +19,7 @@ mod records;
 mod retention;
 mod table;
 
-pub(crate) use copy::{BatchWriter, BodyRow, CopyRefused};
+pub(crate) use copy::{BatchWriter, BodyRow, CopyRefused, Record};
 pub(crate) use items::{BuildRow, DeliveryRow, NotificationRow, RecoveryRow};
 pub use table::{Drift, EXPIRES, INDEXES};
 
@@ -217,6 +217,22 @@ async fn update_if(
             Ok(false)
         }
         Err(e) => Err(sdk_error("DynamoDB UpdateItem", e)),
+    }
+}
+
+/// Sends a conditional `PutItem`: false when its condition failed (nothing was written).
+async fn put_if(
+    put: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+) -> Result<bool, StoreError> {
+    match put.send().await {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(sdk_error("DynamoDB PutItem", e)),
     }
 }
 

@@ -25,25 +25,15 @@ impl DynamoStore {
         window_secs: i64,
     ) -> Result<bool, StoreError> {
         let item = items::slack_item(&signature, now, window_secs);
-        let put = self
-            .client()
-            .put_item()
-            .table_name(self.table())
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR seen_at < :oldest")
-            .expression_attribute_values(":oldest", n(now - window_secs))
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error("DynamoDB PutItem", e)),
-        }
+        super::put_if(
+            self.client()
+                .put_item()
+                .table_name(self.table())
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk) OR seen_at < :oldest")
+                .expression_attribute_values(":oldest", n(now - window_secs)),
+        )
+        .await
     }
 
     async fn put_item(&self, item: Item) -> Result<(), StoreError> {
@@ -175,9 +165,19 @@ impl DynamoStore {
         self.count_due(OUTBOX.to_owned()).await
     }
 
-    /// How many items the `due` index holds under `due_pk` (a count of the index's keys, page
-    /// by page).
+    /// How many items the `due` index holds under `due_pk`.
     pub(super) async fn count_due(&self, due_pk: String) -> Result<i64, StoreError> {
+        self.count_partition("due", "due_pk", &due_pk).await
+    }
+
+    /// How many items `index` holds under the partition `attribute = value` (a count of the
+    /// index's keys, page by page).
+    pub(super) async fn count_partition(
+        &self,
+        index: &str,
+        attribute: &str,
+        value: &str,
+    ) -> Result<i64, StoreError> {
         let mut count = 0;
         let mut start = None;
         loop {
@@ -185,9 +185,10 @@ impl DynamoStore {
                 .client()
                 .query()
                 .table_name(self.table())
-                .index_name("due")
-                .key_condition_expression("due_pk = :line")
-                .expression_attribute_values(":line", s(due_pk.clone()))
+                .index_name(index)
+                .key_condition_expression("#part = :part")
+                .expression_attribute_names("#part", attribute)
+                .expression_attribute_values(":part", s(value))
                 .select(Select::Count)
                 .set_exclusive_start_key(start)
                 .send()
