@@ -71,6 +71,45 @@ fn completion(build_id: &str, foreign: Option<NewDeployment>) -> BuildCompletion
     }
 }
 
+/// A build of push `c` from delivery `id`, started and succeeded: its deployment.
+async fn built_and_deployed(store: &Store, id: &str, at: i64, c: char) -> i64 {
+    let build = accepted(store, id, at, c).await;
+    let build_id = format!("web-build:{c}");
+    store
+        .build_started(build, build_id.clone(), None, at + 1)
+        .await
+        .unwrap();
+    match store
+        .complete_build(completion(&build_id, None), at + 2)
+        .await
+        .unwrap()
+    {
+        slipway::store::CompletionOutcome::Deploy { deployment, .. } => deployment,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A deploy no push asked for: an operator's (by alice), or a build slipway did not start
+/// (`other-build:1`).
+fn explicit_deploy(trigger: &'static str, c: char) -> NewDeployment {
+    let foreign = trigger == trigger::FOREIGN_BUILD;
+    NewDeployment {
+        app: "web".into(),
+        service_key: "main/web".into(),
+        sha: sha(c),
+        image_tag: sha(c),
+        trigger,
+        actor: (!foreign).then(|| "alice".to_owned()),
+        build_row: None,
+        build_id: foreign.then(|| "other-build:1".to_owned()),
+        delivery_id: None,
+        order_key: None,
+        target_task_definition: None,
+        log_link: None,
+        tag: None,
+    }
+}
+
 /// The Slack signature the journal holds, and when it was seen (now: within the window).
 fn slack_signature() -> (Vec<u8>, i64) {
     (
@@ -108,19 +147,7 @@ async fn journal_with_every_kind(state_dir: &std::path::Path) {
         .unwrap();
     assert_eq!((row, dup), (0, Admission::Duplicate));
     // A build that succeeded, deployed and finished.
-    let done = accepted(&store, "d-done", T0 + 20, 'c').await;
-    store
-        .build_started(done, "web-build:c".into(), None, T0 + 21)
-        .await
-        .unwrap();
-    let deployed = match store
-        .complete_build(completion("web-build:c", None), T0 + 22)
-        .await
-        .unwrap()
-    {
-        slipway::store::CompletionOutcome::Deploy { deployment, .. } => deployment,
-        other => panic!("{other:?}"),
-    };
+    let deployed = built_and_deployed(&store, "d-done", T0 + 20, 'c').await;
     store
         .update_deployment(
             deployed,
@@ -149,19 +176,7 @@ async fn journal_with_every_kind(state_dir: &std::path::Path) {
         .await
         .unwrap();
     // A push that followed it, built and deploying (unfinished).
-    let next = accepted(&store, "d-next", T0 + 30, 'd').await;
-    store
-        .build_started(next, "web-build:d".into(), None, T0 + 31)
-        .await
-        .unwrap();
-    let deploying = match store
-        .complete_build(completion("web-build:d", None), T0 + 32)
-        .await
-        .unwrap()
-    {
-        slipway::store::CompletionOutcome::Deploy { deployment, .. } => deployment,
-        other => panic!("{other:?}"),
-    };
+    let deploying = built_and_deployed(&store, "d-next", T0 + 30, 'd').await;
     store
         .update_deployment(
             deploying,
@@ -205,43 +220,17 @@ async fn journal_with_every_kind(state_dir: &std::path::Path) {
         .unwrap();
     // An operator's deploy (pending) and a foreign build's deploy.
     store
-        .request_deployment(
-            NewDeployment {
-                app: "web".into(),
-                service_key: "main/web".into(),
-                sha: sha('c'),
-                image_tag: sha('c'),
-                trigger: trigger::OPERATOR,
-                actor: Some("alice".into()),
-                build_row: None,
-                build_id: None,
-                delivery_id: None,
-                order_key: None,
-                target_task_definition: None,
-                log_link: None,
-                tag: None,
-            },
-            T0 + 60,
-        )
+        .request_deployment(explicit_deploy(trigger::OPERATOR, 'c'), T0 + 60)
         .await
         .unwrap();
-    let foreign = NewDeployment {
-        app: "web".into(),
-        service_key: "main/web".into(),
-        sha: sha('f'),
-        image_tag: sha('f'),
-        trigger: trigger::FOREIGN_BUILD,
-        actor: None,
-        build_row: None,
-        build_id: Some("other-build:1".into()),
-        delivery_id: None,
-        order_key: None,
-        target_task_definition: None,
-        log_link: None,
-        tag: None,
-    };
     store
-        .complete_build(completion("other-build:1", Some(foreign)), T0 + 61)
+        .complete_build(
+            completion(
+                "other-build:1",
+                Some(explicit_deploy(trigger::FOREIGN_BUILD, 'f')),
+            ),
+            T0 + 61,
+        )
         .await
         .unwrap();
     // The outboxes, a refused event, a Slack key, GitHub's records.
@@ -523,21 +512,7 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
         .complete_build(
             completion(
                 "other-build:1",
-                Some(NewDeployment {
-                    app: "web".into(),
-                    service_key: "main/web".into(),
-                    sha: sha('f'),
-                    image_tag: sha('f'),
-                    trigger: trigger::FOREIGN_BUILD,
-                    actor: None,
-                    build_row: None,
-                    build_id: Some("other-build:1".into()),
-                    delivery_id: None,
-                    order_key: None,
-                    target_task_definition: None,
-                    log_link: None,
-                    tag: None,
-                }),
+                Some(explicit_deploy(trigger::FOREIGN_BUILD, 'f')),
             ),
             far,
         )
