@@ -227,7 +227,7 @@ fn delivery(c: &Connection, r: &rusqlite::Row<'_>) -> Result<(i64, Record), Stor
         builds,
         body_kept: body.is_some(),
     };
-    Ok((row, Record::Delivery(d, body)))
+    Ok((row, Record::Delivery(Box::new(d), body)))
 }
 
 const BUILDS: &str = "SELECT b.id, b.delivery, d.delivery_id, b.dedup_key, b.app, b.sha,
@@ -287,7 +287,7 @@ fn build(c: &Connection, r: &rusqlite::Row<'_>) -> Result<(i64, Record), StoreEr
             )
             .optional()?
             == Some(b.id);
-    Ok((b.id, Record::Build(b, push_build)))
+    Ok((b.id, Record::Build(Box::new(b), push_build)))
 }
 
 /// Deployments with the engine's own columns, their push time and the commit their push
@@ -308,7 +308,7 @@ fn deployment(_: &Connection, r: &rusqlite::Row<'_>) -> Result<(i64, Record), St
     let d = sqlite::deployment_from_row(r)?;
     // After the engine's columns (`DEPLOYMENT_COLUMNS`, 34 of them).
     let (pushed_at, before_sha) = (r.get(34)?, r.get(35)?);
-    Ok((d.id, Record::Deployment(d, pushed_at, before_sha)))
+    Ok((d.id, Record::Deployment(Box::new(d), pushed_at, before_sha)))
 }
 
 const OUTBOX: &str = "SELECT id, event, created_ms, attempts FROM github_outbox

@@ -12,10 +12,11 @@ use slipway::store::{
     Verdict,
 };
 
-use crate::support::{Emulator, SlipwayBuilder};
+use crate::support::{noise, Emulator, SlipwayBuilder};
 
 const T0: i64 = 1_700_000_000_000;
 const TABLE: &str = "slipway";
+const BUCKET: &str = "slipway-bodies";
 
 fn sha(c: char) -> String {
     std::iter::repeat_n(c, 40).collect()
@@ -319,6 +320,17 @@ async fn journal_with_every_kind(state_dir: &std::path::Path) {
         .await
         .unwrap();
     assert!(pruned.bodies_dropped > 0, "{pruned:?}");
+    // A body too large for a DynamoDB item (400 KB that do not compress): the copy puts it in
+    // the bodies bucket.
+    let mut large = delivery("d-large", "1", T0 + 80, Source::Github);
+    large.body = noise(400_000, 7);
+    store
+        .admit(
+            large,
+            Verdict::Ignored("branch feature is not deployed".into()),
+        )
+        .await
+        .unwrap();
     store.close();
 }
 
@@ -337,15 +349,23 @@ fn dynamodb_config(emulator: &Emulator) -> SlipwayBuilder {
     ))
 }
 
-async fn run(
-    builder: &SlipwayBuilder,
-    args: &[&str],
+/// `slipway store copy --from <from> --to <target's config>`: its exit status, stdout, stderr.
+async fn copy(
+    target: &SlipwayBuilder,
+    from: &std::path::Path,
 ) -> (std::process::ExitStatus, String, String) {
-    let builder = builder.clone();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let target = target.clone();
+    let from = from.to_owned();
     tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        builder.run(&args)
+        let to = target.write_config();
+        target.run(&[
+            "store",
+            "copy",
+            "--from",
+            from.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ])
     })
     .await
     .unwrap()
@@ -361,19 +381,13 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
     let source = SlipwayBuilder::new(&emulator.url);
     journal_with_every_kind(&source.state_dir()).await;
     let from = source.write_config();
-    let target = dynamodb_config(&emulator);
-    let to = target.write_config();
+    let target = SlipwayBuilder::new(&emulator.url).extra(&format!(
+        "[store]\nengine = \"dynamodb\"\ntable = \"{TABLE}\"\nbodies_bucket = \"{BUCKET}\"\n"
+    ));
     dynamodb(&emulator).create_table(T0).await.unwrap();
+    let s3 = emulator.bucket(BUCKET).await;
 
-    let args = [
-        "store",
-        "copy",
-        "--from",
-        from.to_str().unwrap(),
-        "--to",
-        to.to_str().unwrap(),
-    ];
-    let (status, stdout, stderr) = run(&target, &args).await;
+    let (status, stdout, stderr) = copy(&target, &from).await;
     assert!(status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("every count matches"), "{stdout}");
     for line in [
@@ -393,7 +407,7 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
     }
 
     let sqlite = Store::open_read_only(&source.state_dir()).unwrap();
-    let dynamo = Store::DynamoDb(dynamodb(&emulator));
+    let dynamo = Store::DynamoDb(dynamodb(&emulator).with_bodies_bucket(s3.clone(), BUCKET));
     let far = T0 + 400 * 86_400_000;
     assert_eq!(
         debug(sqlite.recent_deliveries(100).await.unwrap()),
@@ -448,13 +462,17 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
         );
     }
     // Records found by key: a delivery (and its body) by GUID, a GitHub deployment, a commit.
-    for guid in ["d-pending", "d-ignored", "d-next"] {
+    for guid in ["d-pending", "d-ignored", "d-next", "d-large"] {
         assert_eq!(
             debug(sqlite.delivery(guid).await.unwrap()),
             debug(dynamo.delivery(guid).await.unwrap()),
             "{guid}"
         );
     }
+    let large = dynamo.delivery("d-large").await.unwrap().unwrap();
+    assert_eq!(large.body.as_deref(), Some(noise(400_000, 7).as_slice()));
+    let objects = s3.list_objects_v2().bucket(BUCKET).send().await.unwrap();
+    assert_eq!(objects.contents().len(), 1, "{objects:?}");
     let newest = sqlite.recent_deployments(None, 100).await.unwrap();
     for d in &newest {
         assert_eq!(
@@ -528,7 +546,7 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
 
     // A second copy into the same table is refused, and changes nothing.
     let before = debug(dynamo.recent_deliveries(100).await.unwrap());
-    let (status, stdout, stderr) = run(&target, &args).await;
+    let (status, stdout, stderr) = copy(&target, &from).await;
     assert!(!status.success(), "{stdout}");
     assert!(stderr.contains("already holds a copy"), "{stderr}");
     assert_eq!(debug(dynamo.recent_deliveries(100).await.unwrap()), before);
@@ -543,38 +561,14 @@ async fn a_copy_to_a_sqlite_config_or_a_missing_table_is_refused_and_writes_noth
 
     // --to a config whose engine is SQLite.
     let sqlite_target = SlipwayBuilder::new(&emulator.url);
-    let to = sqlite_target.write_config();
-    let (status, _, stderr) = run(
-        &sqlite_target,
-        &[
-            "store",
-            "copy",
-            "--from",
-            state_dir.to_str().unwrap(),
-            "--to",
-            to.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (status, _, stderr) = copy(&sqlite_target, &state_dir).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("engine is \"sqlite\""), "{stderr}");
     assert!(!sqlite_target.state_dir().join("journal.db").exists());
 
     // --to a DynamoDB table that does not exist: provision makes it.
     let target = dynamodb_config(&emulator);
-    let to = target.write_config();
-    let (status, _, stderr) = run(
-        &target,
-        &[
-            "store",
-            "copy",
-            "--from",
-            state_dir.to_str().unwrap(),
-            "--to",
-            to.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (status, _, stderr) = copy(&target, &state_dir).await;
     assert!(!status.success());
     assert!(stderr.contains("does not exist"), "{stderr}");
     assert!(stderr.contains("slipway provision --config"), "{stderr}");
@@ -587,28 +581,57 @@ async fn a_copy_to_a_sqlite_config_or_a_missing_table_is_refused_and_writes_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_into_a_table_in_use_or_half_copied_is_refused_and_writes_nothing() {
+    let emulator = Emulator::start().await;
+    let source = SlipwayBuilder::new(&emulator.url);
+    journal_with_every_kind(&source.state_dir()).await;
+    let state_dir = source.state_dir();
+    let target = dynamodb_config(&emulator);
+    let store = dynamodb(&emulator);
+    store.create_table(T0).await.unwrap();
+
+    // A copy that stopped half way (its marker written, never finished).
+    assert!(store.begin_copy("/elsewhere", T0).await.unwrap());
+    let (status, _, stderr) = copy(&target, &state_dir).await;
+    assert!(!status.success());
+    assert!(stderr.contains("did not finish"), "{stderr}");
+    assert!(stderr.contains("delete the table"), "{stderr}");
+    let dynamo = Store::DynamoDb(store.clone());
+    assert!(dynamo.recent_deliveries(10).await.unwrap().is_empty());
+
+    // A table a slipway has used (another table name, same account).
+    let used = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&emulator.config),
+        "in-use",
+        &JournalConfig::default(),
+    );
+    used.create_table(T0).await.unwrap();
+    let used = Store::DynamoDb(used);
+    used.admit(
+        delivery("d-live", "1", T0, Source::Github),
+        Verdict::Ignored("branch feature is not deployed".into()),
+    )
+    .await
+    .unwrap();
+    let in_use = SlipwayBuilder::new(&emulator.url)
+        .extra("[store]\nengine = \"dynamodb\"\ntable = \"in-use\"\n");
+    let (status, _, stderr) = copy(&in_use, &state_dir).await;
+    assert!(!status.success());
+    assert!(stderr.contains("is not empty"), "{stderr}");
+    let held = used.recent_deliveries(10).await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_from_a_journal_a_running_slipway_holds_is_refused_and_writes_nothing() {
     let emulator = Emulator::start().await;
     emulator.create_project("web-build", "octo-org/web").await;
     let source = SlipwayBuilder::new(&emulator.url);
     let mut running = source.start().await;
     let target = dynamodb_config(&emulator);
-    let to = target.write_config();
     let store = dynamodb(&emulator);
     store.create_table(T0).await.unwrap();
-    let state_dir = source.state_dir();
-    let (status, _, stderr) = run(
-        &target,
-        &[
-            "store",
-            "copy",
-            "--from",
-            state_dir.to_str().unwrap(),
-            "--to",
-            to.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (status, _, stderr) = copy(&target, &source.state_dir()).await;
     assert!(!status.success());
     assert!(stderr.contains("slipway is running"), "{stderr}");
     assert!(stderr.contains("stop it first"), "{stderr}");

@@ -295,11 +295,11 @@ pub struct BodyRow {
 /// One record of the journal, in its current state.
 pub enum Record {
     /// A delivery and (still kept) its body.
-    Delivery(DeliveryRow, Option<BodyRow>),
+    Delivery(Box<DeliveryRow>, Option<BodyRow>),
     /// A build, and whether it is its push's build (the one the push key names).
-    Build(BuildRow, bool),
+    Build(Box<BuildRow>, bool),
     /// A deployment with its push's time and the commit that push followed.
-    Deployment(Deployment, Option<i64>, Option<String>),
+    Deployment(Box<Deployment>, Option<i64>, Option<String>),
     Outbox(OutboxEntry),
     Notification(NotificationRow),
     Rejected(i64, RejectedEvent),
