@@ -486,9 +486,57 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
             d.id
         );
     }
+    for prefix in ["ffff", "cccc", "aaaa"] {
+        assert_eq!(
+            sqlite.shas_with_prefix("web", prefix).await.unwrap(),
+            dynamo.shas_with_prefix("web", prefix).await.unwrap(),
+            "{prefix}"
+        );
+    }
+    // What the deploy worker, the status page and the metrics read.
+    for line in sqlite.recent_deliveries(100).await.unwrap() {
+        assert_eq!(
+            debug(sqlite.deployments_of_delivery(line.row).await.unwrap()),
+            debug(dynamo.deployments_of_delivery(line.row).await.unwrap()),
+            "delivery {}",
+            line.row
+        );
+    }
     assert_eq!(
-        sqlite.shas_with_prefix("web", "ffff").await.unwrap(),
-        dynamo.shas_with_prefix("web", "ffff").await.unwrap()
+        debug(sqlite.successful_deployments("web").await.unwrap()),
+        debug(dynamo.successful_deployments("web").await.unwrap())
+    );
+    assert_eq!(
+        sqlite
+            .last_deployed_task_definition("main/web")
+            .await
+            .unwrap(),
+        dynamo
+            .last_deployed_task_definition("main/web")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        debug(sqlite.pending_builds(far).await.unwrap()),
+        debug(dynamo.pending_builds(far).await.unwrap())
+    );
+    assert_eq!(
+        sqlite.github_outbox_len().await.unwrap(),
+        dynamo.github_outbox_len().await.unwrap()
+    );
+    assert_eq!(
+        debug(
+            sqlite
+                .notify_outbox_stats(&["slack", "webhook"], far)
+                .await
+                .unwrap()
+        ),
+        debug(
+            dynamo
+                .notify_outbox_stats(&["slack", "webhook"], far)
+                .await
+                .unwrap()
+        )
     );
     assert_eq!(
         sqlite.created_ms().await.unwrap(),
