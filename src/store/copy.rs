@@ -2,6 +2,8 @@
 //! SQLite journal copied into a fresh DynamoDB table, every kind of record with its id, then
 //! counted on both sides. The only place that knows both engines: it reads the journal's rows
 //! page by page (by id, read-only) and hands each to the DynamoDB engine's item builders.
+//! The journal is held under its shared lock throughout: a `serve` started meanwhile cannot
+//! take it, so nothing changes between the pages.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -26,9 +28,11 @@ pub struct KindCount {
 /// What a copy did.
 #[derive(Debug)]
 pub struct Copied {
-    /// Items written (derived keys and commits included).
+    /// Item writes (derived keys and commits included; an app's commit is written again for
+    /// each of its builds and deployments).
     pub items: u64,
-    /// The id counter it left: above every copied id.
+    /// The id counter it left (the last id handed out): every copied id is at most this, every
+    /// id the engine hands out next above it.
     pub last_id: i64,
     pub counts: Vec<KindCount>,
 }

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 
 use super::item::{get_opt_n, get_opt_s, get_s, key, n, s, Item};
 use super::items::{self, due, recent, BuildRow, DeliveryRow, NotificationRow, RecoveryRow};
-use super::{bad_request, sdk_error, DynamoStore};
+use super::{bad_request, sdk_error, Drift, DynamoStore};
 use crate::store::{trigger, Deployment, GithubDeployment, OutboxEntry, RejectedEvent, StoreError};
 
 /// Most items one `BatchWriteItem` takes.
@@ -55,6 +55,13 @@ impl DynamoStore {
         if let Some(bad) = drift.iter().find(|d| !d.is_repairable()) {
             return Err(CopyRefused::Refused(format!(
                 "the DynamoDB table {table} is not one slipway can use ({bad})"
+            )));
+        }
+        // Without an index the copied items would not be found (and not counted).
+        if let Some(missing) = drift.iter().find(|d| matches!(d, Drift::MissingIndex(_))) {
+            return Err(CopyRefused::Refused(format!(
+                "the DynamoDB table {table} is not ready ({missing}): `{provision_hint}` \
+                 repairs it"
             )));
         }
         if let Some(marker) = self.get(copy_marker()).await? {
