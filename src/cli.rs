@@ -305,6 +305,14 @@ pub enum Command {
         #[arg(long)]
         from: crate::config::BackupLocation,
     },
+    /// Move slipway's state between engines (`store copy`: a SQLite journal into DynamoDB).
+    #[command(
+        after_help = "Examples:\n  slipway store copy --from /var/lib/slipway --to slipway-dynamodb.toml"
+    )]
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway\n  slipway completions zsh > ~/.zfunc/_slipway"
@@ -312,6 +320,27 @@ pub enum Command {
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `slipway store …`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a stopped slipway's SQLite journal into a fresh DynamoDB table (made by `slipway
+    /// provision`): every record with its id, then each kind counted on both sides; exits 1
+    /// if a count differs. The upgrade path to `[store] engine = "dynamodb"`.
+    #[command(
+        after_help = "Examples:\n  slipway store copy --from slipway.toml --to slipway-dynamodb.toml\n  slipway store copy --from /var/lib/slipway --to slipway-dynamodb.toml"
+    )]
+    Copy {
+        /// The journal to copy: a slipway.toml (its state_dir) or a state_dir. slipway must be
+        /// stopped.
+        #[arg(long)]
+        from: PathBuf,
+        /// The config to copy into: its `[store] engine = "dynamodb"`, `table` and
+        /// `bodies_bucket` (and `[journal]`'s retention) are used.
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -587,6 +616,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = Config::load(&config.config)?;
             crate::backup::restore_command(&loaded, &from).await
         }
+        Command::Store {
+            command: StoreCommand::Copy { from, to },
+        } => store_copy(&from, &to).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -597,6 +629,104 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `slipway store copy`: the journal of `from` (a config or a state_dir) into the DynamoDB
+/// table of the config `to`, then the counts, printed.
+async fn store_copy(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use crate::store::copy::copy_journal;
+    use crate::store::dynamodb::{CopyRefused, DynamoStore};
+    use crate::store::{StoreConfig, StoreError};
+    let target = Config::load(to)?;
+    let StoreConfig::DynamoDb {
+        table,
+        bodies_bucket,
+    } = &target.store
+    else {
+        return Err(UsageError(format!(
+            "--to {}: its [store] engine is \"sqlite\"; store copy copies into DynamoDB: give \
+             a config with [store] engine = \"dynamodb\" and its table",
+            to.display()
+        ))
+        .into());
+    };
+    let state_dir = if from.is_dir() {
+        from.to_owned()
+    } else {
+        let source = Config::load(from)?;
+        if source.store != StoreConfig::Sqlite {
+            return Err(UsageError(format!(
+                "--from {}: its [store] engine is not \"sqlite\"; store copy copies a SQLite \
+                 journal (a state_dir, or a config with engine = \"sqlite\")",
+                from.display()
+            ))
+            .into());
+        }
+        source.state_dir
+    };
+    let journal = match Store::open_read_only(&state_dir) {
+        Ok(Store::Sqlite(journal)) => journal,
+        Ok(Store::DynamoDb(_)) => anyhow::bail!("{}: not a SQLite journal", state_dir.display()),
+        Err(StoreError::ServerRunning { host, holder }) => anyhow::bail!(
+            "the journal in {} is in use: slipway is running on {host} ({holder}); stop it \
+             first: store copy copies from a stopped slipway, so that nothing changes while it \
+             copies",
+            state_dir.display()
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the journal in {}", state_dir.display()))
+        }
+    };
+    let shared = require_region().await?;
+    let clients = Clients::from_config(&shared);
+    let mut store = DynamoStore::new(clients.dynamodb.clone(), table.clone(), &target.journal);
+    if let Some(bucket) = bodies_bucket {
+        store = store.with_bodies_bucket(clients.s3.clone(), bucket.clone());
+    }
+    let hint = format!("slipway provision --config {}", to.display());
+    let now = crate::store::millis(time::OffsetDateTime::now_utc());
+    let source = state_dir.display().to_string();
+    let copied = match copy_journal(
+        &journal,
+        &source,
+        &store,
+        crate::chat::REPLAY_WINDOW_SECS,
+        now,
+        &hint,
+    )
+    .await
+    {
+        Ok(copied) => copied,
+        Err(CopyRefused::Refused(why)) => anyhow::bail!("not copying: {why}"),
+        Err(CopyRefused::Store(e)) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "the copy into the DynamoDB table {table} stopped: the table is left \
+                     half-filled and refused by the next copy; delete it, run `{hint}` and \
+                     copy again"
+                )
+            })
+        }
+    };
+    println!(
+        "copied the journal in {source} into the DynamoDB table {table}: {} items, ids up to {}",
+        copied.items, copied.last_id
+    );
+    println!("{:<20} {:>10} {:>10}", "kind", "sqlite", "dynamodb");
+    for c in &copied.counts {
+        println!("{:<20} {:>10} {:>10}", c.kind, c.sqlite, c.dynamodb);
+    }
+    let differ = copied.mismatches();
+    if !differ.is_empty() {
+        let kinds: Vec<String> = differ
+            .iter()
+            .map(|c| format!("{} (sqlite {}, dynamodb {})", c.kind, c.sqlite, c.dynamodb))
+            .collect();
+        anyhow::bail!("the counts differ: {}", kinds.join(", "));
+    }
+    println!("every count matches");
+    Ok(())
 }
 
 /// The SDK configuration, or a usage error (exit 2) naming AWS_REGION when there is no region.

@@ -30,6 +30,9 @@ use crate::ops::{Ops, OpsError};
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Requests whose timestamp is further than this from now are refused (replay protection).
 pub const MAX_CLOCK_SKEW_SECS: i64 = 5 * 60;
+/// How long a Slack request's signature is remembered to refuse it a second time: a signed
+/// request is good while its timestamp is within [`MAX_CLOCK_SKEW_SECS`] of now, either way.
+pub const REPLAY_WINDOW_SECS: i64 = 2 * MAX_CLOCK_SKEW_SECS;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::body::{declared_too_large, header, read_body};
 use super::AppState;
 use crate::chat::{
-    check_headers, verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES, MAX_CLOCK_SKEW_SECS,
+    check_headers, verify, Command, ResponseUrl, SlashCommand, MAX_BODY_BYTES, REPLAY_WINDOW_SECS,
 };
 use crate::webhook::{clip, ContentType};
 
@@ -89,7 +89,7 @@ pub(super) async fn slack(
         .slack_first_time(
             signature,
             state.clock.now().unix_timestamp(),
-            2 * MAX_CLOCK_SKEW_SECS,
+            REPLAY_WINDOW_SECS,
         )
         .await
     {

@@ -291,7 +291,9 @@ fn store_runtime_statements(config: &Config, env: &Environment) -> Vec<Value> {
 }
 
 /// What `slipway provision` calls for the DynamoDB engine: the table made, checked and
-/// repaired (its `created_ms` item put once), the bucket made, checked and repaired.
+/// repaired (its `created_ms` item put once), the bucket made, checked and repaired; and what
+/// `slipway store copy` (run by the same operator, slipway stopped) calls: the table checked
+/// empty, filled with `BatchWriteItem`, counted, and large bodies put under `bodies/`.
 fn store_provisioning_statements(config: &Config, env: &Environment) -> Vec<Value> {
     let Some((table, indexes, bucket)) = store_arns(config, env) else {
         return vec![];
@@ -307,6 +309,11 @@ fn store_provisioning_statements(config: &Config, env: &Environment) -> Vec<Valu
             "dynamodb:DescribeContinuousBackups",
             "dynamodb:UpdateContinuousBackups",
             "dynamodb:PutItem",
+            "dynamodb:GetItem",
+            "dynamodb:BatchGetItem",
+            "dynamodb:BatchWriteItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
         ],
         [table, indexes],
     )];
@@ -323,7 +330,12 @@ fn store_provisioning_statements(config: &Config, env: &Environment) -> Vec<Valu
                 "s3:GetLifecycleConfiguration",
                 "s3:PutLifecycleConfiguration",
             ],
-            [bucket],
+            [bucket.clone()],
+        ));
+        statements.push(statement(
+            "SlipwayCopyStoreBodies",
+            &["s3:PutObject"],
+            [format!("{bucket}/{}", crate::store::dynamodb::BODIES_PREFIX) + "*"],
         ));
     }
     statements

@@ -12,6 +12,7 @@
 //! `match` on two arms, no boxed futures (async functions in a `dyn` trait need them), and the
 //! compiler checks that both engines have every method.
 
+pub mod copy;
 mod deliveries;
 mod deployments;
 pub mod dynamodb;

@@ -7,37 +7,12 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::support::slipway::{Slipway, HARNESS_TOKEN};
-use crate::support::{eventually, fixture, sdk_config, Emulator, SlipwayBuilder, MASTER_SHA};
+use crate::support::{eventually, fixture, Emulator, SlipwayBuilder, MASTER_SHA};
 
 async fn emulator() -> Emulator {
     let emulator = Emulator::start().await;
     emulator.create_project("web-build", "octo-org/web").await;
     emulator
-}
-
-/// The test's own S3 client, path-style as slipway's against an endpoint.
-async fn s3(emulator: &Emulator) -> aws_sdk_s3::Client {
-    let shared = sdk_config(&emulator.url).await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
-async fn bucket(emulator: &Emulator, name: &str) -> aws_sdk_s3::Client {
-    let s3 = s3(emulator).await;
-    s3.create_bucket()
-        .bucket(name)
-        .create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateBucket");
-    s3
 }
 
 async fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
@@ -162,7 +137,7 @@ fn delivered(b: &SlipwayBuilder) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_webhook_load_restores_every_delivery_acknowledged_before_it() {
     let emulator = emulator().await;
-    let s3 = bucket(&emulator, "journal-backups").await;
+    let s3 = emulator.bucket("journal-backups").await;
     let b = SlipwayBuilder::new(&emulator.url);
     let mut s = b.start().await;
     let (acked, tasks) = load(&s, 4, 40);
@@ -263,7 +238,7 @@ async fn a_backup_under_webhook_load_restores_every_delivery_acknowledged_before
 #[tokio::test]
 async fn scheduled_backups_go_to_s3_and_keep_backup_keep_copies() {
     let emulator = emulator().await;
-    let s3 = bucket(&emulator, "journal-backups").await;
+    let s3 = emulator.bucket("journal-backups").await;
     // Three older scheduled copies and one taken by hand (not counted).
     for key in [
         "slipway/journal-20200101T000000Z.db",

@@ -160,6 +160,7 @@ const HAND_MAP: &[(&str, &str)] = &[
     ),
     ("get_item", "dynamodb:GetItem"),
     ("batch_get_item", "dynamodb:BatchGetItem"),
+    ("batch_write_item", "dynamodb:BatchWriteItem"),
     ("query", "dynamodb:Query"),
     ("put_item", "dynamodb:PutItem"),
     ("update_item", "dynamodb:UpdateItem"),

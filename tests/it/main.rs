@@ -30,5 +30,6 @@ mod proxy_selftest;
 mod recovery_ready;
 mod status_page;
 mod store;
+mod store_copy;
 mod store_dynamodb;
 mod tags;

@@ -8,7 +8,7 @@ use slipway::ids::{AppName, CommitSha, DeliveryId, HookId};
 use slipway::store::dynamodb::DynamoStore;
 use slipway::store::{Admission, BuildRequest, NewDelivery, Source, Store, Verdict};
 
-use crate::support::{free_port, sdk_config, Emulator, Proxy};
+use crate::support::{free_port, noise, sdk_config, Emulator, Proxy};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -555,18 +555,6 @@ async fn refused_events_and_recoveries_over_a_query_page_are_all_listed() {
 }
 
 /// `n` bytes zstd cannot shrink.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// A body too large for an item, and no bucket to keep it in: refused, saying so, nothing of
 /// the delivery stored (GitHub is answered 503 and redelivers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -595,21 +583,7 @@ async fn a_body_too_large_for_an_item_without_a_bucket_is_refused_and_nothing_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_are_kept_in_s3_once_each_and_read_back_byte_for_byte() {
     let emulator = Emulator::start().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&emulator.config)
-            .force_path_style(true)
-            .build(),
-    );
-    s3.create_bucket()
-        .bucket("slipway-bodies")
-        .create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let s3 = emulator.bucket("slipway-bodies").await;
     let dynamo = DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&emulator.config),
         "slipway",

@@ -6,19 +6,14 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
-use super::deliveries::{
-    build_pk, commit_item, condition_failed, due_sk, transaction_error, ADMIT_TRIES, INFLIGHT,
-};
+use super::deliveries::{condition_failed, transaction_error, ADMIT_TRIES};
 use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, pad, s, Item};
+use super::items::{self, build_pk, commit_item, due, due_sk, foreign_key, look};
 use super::{bad_request, sdk_error, DynamoStore};
 use crate::store::{
     build_state, trigger, BuildCompletion, CompletionOutcome, InFlightBuild, NewDeployment,
     StoreError,
 };
-
-fn foreign_key(build_id: &str) -> Item {
-    key(format!("foreign#{build_id}"), "foreign")
-}
 
 impl DynamoStore {
     /// The build a CodeBuild result is about: by its id, or (a start whose answer was never
@@ -33,7 +28,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("lookup")
             .key_condition_expression("look_pk = :id")
-            .expression_attribute_values(":id", s(format!("build_id#{}", done.build_id)))
+            .expression_attribute_values(":id", s(look::build_id(&done.build_id)))
             .limit(1)
             .send()
             .await
@@ -52,7 +47,7 @@ impl DynamoStore {
             .index_name("lookup")
             .key_condition_expression("look_pk = :token")
             .filter_expression("attribute_exists(start_requested_ms)")
-            .expression_attribute_values(":token", s(format!("token#{token}")))
+            .expression_attribute_values(":token", s(look::token(token)))
             .send()
             .await
             .map_err(|e| sdk_error("DynamoDB Query", e))?;
@@ -99,7 +94,7 @@ impl DynamoStore {
         if get_opt_s(&build, "build_id")?.is_none() {
             set.extend(["build_id = :build_id", "look_pk = :look", "look_sk = :row"]);
             values.insert(":build_id".into(), s(&done.build_id));
-            values.insert(":look".into(), s(format!("build_id#{}", done.build_id)));
+            values.insert(":look".into(), s(look::build_id(&done.build_id)));
             values.insert(":row".into(), s(pad(row)));
         }
         if !done.succeeded {
@@ -217,8 +212,7 @@ impl DynamoStore {
             }));
         }
         let (id, deployment) = self.deployment_item(foreign.clone(), now).await?;
-        let mut marker = foreign_key(&done.build_id);
-        marker.insert("deployment".into(), n(id));
+        let marker = items::foreign_marker_item(&done.build_id, id);
         let writes = vec![
             self.put(deployment, Some("attribute_not_exists(pk)"), None)?,
             self.put(marker, Some("attribute_not_exists(pk)"), None)?,
@@ -259,7 +253,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("due")
             .key_condition_expression("due_pk = :inflight AND due_sk < :after")
-            .expression_attribute_values(":inflight", s(INFLIGHT))
+            .expression_attribute_values(":inflight", s(due::INFLIGHT))
             .expression_attribute_values(":after", s(pad(before_ms.saturating_add(1))))
             .limit(100)
             .send()

@@ -5,74 +5,36 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeValue, KeysAndAttributes, Put, ReturnValue, TransactWriteItem, Update,
 };
 
-use super::item::{get_b, get_n, get_opt_n, get_opt_s, get_s, key, n, opt_n, opt_s, pad, s, Item};
-use super::table::EXPIRES;
+use super::item::{get_b, get_n, get_opt_n, get_opt_s, get_s, key, n, opt_s, pad, s, Item};
+use super::items::{
+    self, build_pk, delivery_pk, due, due_sk, look, BuildRow, DeliveryRow, PushOf, StoredBody,
+};
 use super::{bad_request, not_configured, sdk_error, DynamoStore};
 use crate::store::sqlite::body_codec;
+use crate::store::sqlite::schema::body_digest;
 use crate::store::{
     build_state, format_millis, token_for, AcceptedBuild, Admission, BuildRequest, DeliveryRecord,
     NewDelivery, PendingBuild, Source, StoreError, Verdict,
 };
 
 /// Bodies larger than this go to S3 (DynamoDB's item limit is 400 KB, with the attributes).
-const MAX_ITEM_BODY: usize = 350 * 1024;
+pub(super) const MAX_ITEM_BODY: usize = 350 * 1024;
 /// Tries at an admission whose conditional writes found that another writer got there first.
 pub(super) const ADMIT_TRIES: usize = 3;
 /// Most items one `TransactWriteItems` takes.
 const MAX_TRANSACTION: usize = 100;
-const DAY_SECS: i64 = 86_400;
-/// Outcomes whose deliveries retention deletes whole after `keep_ignored_days` (as the SQLite
-/// engine's `DISPOSABLE`).
-const DISPOSABLE: [&str; 3] = ["ignored", "pong", "duplicate"];
 
-pub(super) fn delivery_pk(row: i64) -> String {
-    format!("delivery#{row}")
-}
-
-pub(super) fn build_pk(row: i64) -> String {
-    format!("build#{row}")
-}
-
-fn key_pk(dedup_key: &str) -> String {
-    format!("key#{dedup_key}")
-}
-
-fn app_sk(app: &str) -> String {
-    format!("app#{app}")
-}
-
-fn push_pk(req: &BuildRequest) -> String {
-    let push = format!(
-        "push#{}#{}#{}",
-        req.app,
-        req.sha,
-        req.before.as_deref().unwrap_or("")
-    );
-    // A tag push is another push than a branch push of the same commit (as the SQLite
-    // engine's `FIND_SAME_PUSH` compares tags); a branch push's key is what it always was.
-    match &req.tag {
-        Some(tag) => format!("{push}#tag#{tag}"),
-        None => push,
+fn push_of(req: &BuildRequest) -> PushOf<'_> {
+    PushOf {
+        app: req.app.as_str(),
+        sha: req.sha.as_str(),
+        before: req.before.as_deref(),
+        tag: req.tag.as_deref(),
     }
-}
-
-/// The item that says `app` has commit `sha` (a build or a deployment of it), for
-/// `shas_with_prefix`: the app's commits are one partition, sorted by SHA.
-pub(super) fn commit_item(app: &str, sha: &str) -> Item {
-    key(format!("commit#{app}"), sha)
-}
-
-/// Started builds waiting for their result, in the `due` index by when they were last looked at
-/// (the reconciler's order).
-pub(super) const INFLIGHT: &str = "inflight";
-
-pub(super) fn due_sk(at_ms: i64, id: i64) -> String {
-    format!("{}#{}", pad(at_ms), pad(id))
 }
 
 /// A build as intake sees it.
@@ -286,42 +248,37 @@ impl DynamoStore {
                     let id = next_id;
                     next_id += 1;
                     let token = token_for(&dedup_key, req.app.as_str());
-                    let mut build = key(build_pk(id), "build");
-                    for (name, value) in [
-                        ("row", n(id)),
-                        ("delivery_row", n(row)),
-                        ("delivery_id", s(d.delivery_id.as_str())),
-                        ("dedup_key", s(&dedup_key)),
-                        ("app", s(req.app.as_str())),
-                        ("sha", s(req.sha.as_str())),
-                        ("project", s(&req.project)),
-                        ("image_tag", s(&req.image_tag)),
-                        ("token", s(&token)),
-                        ("state", s(build_state::PENDING)),
-                        ("attempts", n(0)),
-                        ("next_attempt_ms", n(now)),
-                        ("created_ms", n(now)),
-                        ("updated_ms", n(now)),
-                        ("service_key", s(&req.service_key)),
-                        ("before_sha", opt_s(req.before.clone())),
-                        ("pushed_at", n(req.pushed_at.unwrap_or(now / 1000))),
-                        ("tag", opt_s(req.tag.clone())),
-                        ("due_pk", s("build")),
-                        ("due_sk", s(due_sk(now, id))),
-                        ("look_pk", s(format!("token#{token}"))),
-                        ("look_sk", s(pad(id))),
-                        ("list_pk", s("build")),
-                        ("list_sk", s(pad(id))),
-                    ] {
-                        build.insert(name.to_owned(), value);
-                    }
+                    let build = items::build_item(&BuildRow {
+                        id,
+                        delivery_row: row,
+                        delivery_id: d.delivery_id.as_str().to_owned(),
+                        dedup_key: dedup_key.clone(),
+                        app: req.app.as_str().to_owned(),
+                        sha: req.sha.as_str().to_owned(),
+                        project: req.project.clone(),
+                        image_tag: req.image_tag.clone(),
+                        token,
+                        state: build_state::PENDING.to_owned(),
+                        attempts: 0,
+                        next_attempt_ms: now,
+                        start_requested_ms: None,
+                        build_id: None,
+                        build_arn: None,
+                        reason: None,
+                        log_link: None,
+                        created_ms: now,
+                        updated_ms: now,
+                        service_key: req.service_key.clone(),
+                        before_sha: req.before.clone(),
+                        pushed_at: Some(req.pushed_at.unwrap_or(now / 1000)),
+                        tag: req.tag.clone(),
+                        deployment: None,
+                    });
                     writes.push(self.put(build, None, None)?);
-                    let mut by_key = key(key_pk(&dedup_key), app_sk(req.app.as_str()));
-                    by_key.insert("build".into(), n(id));
+                    let by_key = items::delivery_key_item(&dedup_key, req.app.as_str(), id);
                     writes.push(self.put(by_key, Some("attribute_not_exists(pk)"), None)?);
                     if github {
-                        let mut push = key(push_pk(&req), "push");
-                        push.insert("build".into(), n(id));
+                        let push = items::push_key_item(&push_of(&req), id);
                         let (condition, values) = match step.failed_push_build {
                             Some(failed) => (
                                 "attribute_not_exists(pk) OR #b = :failed",
@@ -343,7 +300,7 @@ impl DynamoStore {
                         writes.push(TransactWriteItem::builder().put(put).build());
                     }
                     writes.push(self.put(
-                        commit_item(req.app.as_str(), req.sha.as_str()),
+                        items::commit_item(req.app.as_str(), req.sha.as_str()),
                         None,
                         None,
                     )?);
@@ -368,7 +325,7 @@ impl DynamoStore {
                     let mut values = HashMap::from([
                         (":pending".to_owned(), s(build_state::PENDING)),
                         (":now".to_owned(), n(now)),
-                        (":due_pk".to_owned(), s("build")),
+                        (":due_pk".to_owned(), s(due::BUILD)),
                         (":due_sk".to_owned(), s(due_sk(now, found.id))),
                         (":seen".to_owned(), s(&found.state)),
                     ]);
@@ -392,8 +349,7 @@ impl DynamoStore {
                     // push's build, so another hook's redelivery finds it (as the SQLite
                     // engine's newest live build of the push) instead of retrying its own.
                     if let Some(failed) = step.failed_push_build.filter(|f| *f != found.id) {
-                        let mut push = key(push_pk(&req), "push");
-                        push.insert("build".into(), n(found.id));
+                        let push = items::push_key_item(&push_of(&req), found.id);
                         let put = Put::builder()
                             .table_name(self.table())
                             .set_item(Some(push))
@@ -438,9 +394,9 @@ impl DynamoStore {
     ) -> Result<Vec<Step>, StoreError> {
         let mut keys = Vec::new();
         for req in &requests {
-            keys.push(key(key_pk(dedup_key), app_sk(req.app.as_str())));
+            keys.push(items::delivery_key(dedup_key, req.app.as_str()));
             if github {
-                keys.push(key(push_pk(req), "push"));
+                keys.push(items::push_key(&push_of(req)));
             }
         }
         let pointers: HashMap<(String, String), i64> = self
@@ -465,8 +421,8 @@ impl DynamoStore {
             .iter()
             .map(|item| Ok((get_n(item, "row")?, get_s(item, "state")?)))
             .collect::<Result<_, StoreError>>()?;
-        let found = |pk: String, sk: String| -> Option<Found> {
-            let id = *pointers.get(&(pk, sk))?;
+        let found = |k: Item| -> Option<Found> {
+            let id = *pointers.get(&(get_s(&k, "pk").ok()?, get_s(&k, "sk").ok()?))?;
             Some(Found {
                 id,
                 state: states.get(&id)?.clone(),
@@ -474,9 +430,9 @@ impl DynamoStore {
         };
         let mut steps = Vec::with_capacity(requests.len());
         for req in requests {
-            let by_key = found(key_pk(dedup_key), app_sk(req.app.as_str()));
+            let by_key = found(items::delivery_key(dedup_key, req.app.as_str()));
             let push = if github {
-                found(push_pk(&req), "push".into())
+                found(items::push_key(&push_of(&req)))
             } else {
                 None
             };
@@ -529,55 +485,34 @@ impl DynamoStore {
         mut writes: Vec<TransactWriteItem>,
     ) -> Result<Option<i64>, StoreError> {
         let (encoding, stored) = body_codec::encode(&d.body);
-        let expires = DISPOSABLE.contains(&outcome).then(|| {
-            d.received_ms / 1000 + self.inner.settings.keep_ignored_days as i64 * DAY_SECS
-        });
-        let mut item = key(delivery_pk(row), "delivery");
-        for (name, value) in [
-            ("row", n(row)),
-            ("delivery_id", s(d.delivery_id.as_str())),
-            ("hook_id", s(d.hook_id.as_str())),
-            ("event", s(&d.event)),
-            ("source", s(d.source.as_str())),
-            ("actor", opt_s(d.actor.clone())),
-            ("replay_of", opt_n(d.replay_of)),
-            ("received_ms", n(d.received_ms)),
-            ("content_type", s(&d.content_type)),
-            ("headers", s(d.headers.to_string())),
-            ("dedup_key", s(d.dedup_key())),
-            ("outcome", s(outcome)),
-            ("reason", opt_s(reason)),
-            ("list_pk", s("delivery")),
-            ("list_sk", s(pad(row))),
-            ("look_pk", s(format!("guid#{}", d.delivery_id))),
-            ("look_sk", s(pad(row))),
-            // Retention finds the bodies to drop here (`retention.rs`), oldest first.
-            ("due_pk", s(super::retention::BODIES)),
-            ("due_sk", s(due_sk(d.received_ms, row))),
-        ] {
-            item.insert(name.to_owned(), value);
-        }
-        if !builds.is_empty() {
-            item.insert(
-                "builds".into(),
-                AttributeValue::Ns(builds.iter().map(i64::to_string).collect()),
-            );
-        }
-        let mut body = key(delivery_pk(row), "body");
-        body.insert("enc".into(), s(encoding));
-        if stored.len() > MAX_ITEM_BODY {
-            // Written before the item that names it: a stored delivery's body is always there.
-            body.insert(
-                "s3_key".into(),
-                s(self.put_large_body(&d.body, stored).await?),
-            );
-        } else {
-            body.insert("body".into(), AttributeValue::B(Blob::new(stored)));
-        }
-        if let Some(at) = expires {
-            item.insert(EXPIRES.into(), n(at));
-            body.insert(EXPIRES.into(), n(at));
-        }
+        let keep_ignored_days = self.inner.settings.keep_ignored_days;
+        let item = items::delivery_item(
+            &DeliveryRow {
+                row,
+                delivery_id: d.delivery_id.as_str().to_owned(),
+                hook_id: d.hook_id.as_str().to_owned(),
+                event: d.event.clone(),
+                source: d.source.as_str().to_owned(),
+                actor: d.actor.clone(),
+                replay_of: d.replay_of,
+                received_ms: d.received_ms,
+                content_type: d.content_type.clone(),
+                headers: d.headers.to_string(),
+                dedup_key: d.dedup_key(),
+                outcome: outcome.to_owned(),
+                reason: reason.map(str::to_owned),
+                builds: builds.to_vec(),
+                body_kept: true,
+            },
+            keep_ignored_days,
+        );
+        let stored = self.stored_body(&body_digest(&d.body), stored).await?;
+        let body = items::body_item(
+            row,
+            encoding,
+            stored,
+            items::delivery_expiry(outcome, d.received_ms, keep_ignored_days),
+        );
         writes.push(self.put(item, Some("attribute_not_exists(pk)"), None)?);
         writes.push(self.put(body, None, None)?);
         if writes.len() > MAX_TRANSACTION {
@@ -611,7 +546,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("due")
             .key_condition_expression("due_pk = :build AND due_sk < :after")
-            .expression_attribute_values(":build", s("build"))
+            .expression_attribute_values(":build", s(due::BUILD))
             .expression_attribute_values(":after", s(pad(now_ms.saturating_add(1))))
             .limit(limit.clamp(1, i32::MAX as u32) as i32)
             .send()
@@ -644,7 +579,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("due")
             .key_condition_expression("due_pk = :build")
-            .expression_attribute_values(":build", s("build"))
+            .expression_attribute_values(":build", s(due::BUILD))
             .limit(1)
             .send()
             .await
@@ -718,9 +653,9 @@ impl DynamoStore {
                 (":arn", opt_s(build_arn)),
                 (":one", n(1)),
                 (":now", n(now_ms)),
-                (":look", s(format!("build_id#{build_id}"))),
+                (":look", s(look::build_id(&build_id))),
                 (":row", s(pad(id))),
-                (":inflight", s(INFLIGHT)),
+                (":inflight", s(due::INFLIGHT)),
                 (":due", s(due_sk(now_ms, id))),
                 (":pending", s(build_state::PENDING)),
             ],
@@ -789,7 +724,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("lookup")
             .key_condition_expression("look_pk = :guid")
-            .expression_attribute_values(":guid", s(format!("guid#{id}")))
+            .expression_attribute_values(":guid", s(look::guid(id)))
             .scan_index_forward(false)
             .limit(1)
             .send()
@@ -906,9 +841,18 @@ pub(super) fn transaction_error(
 }
 
 impl DynamoStore {
-    /// Puts a body too large for an item in the bodies bucket, under its SHA-256 (one object
-    /// per distinct body: a second put of the same body writes the same bytes); its key.
-    async fn put_large_body(&self, body: &[u8], stored: Vec<u8>) -> Result<String, StoreError> {
+    /// Where a body's stored bytes go: in its item, or (over [`MAX_ITEM_BODY`]) in the bodies
+    /// bucket under the SHA-256 of the body as received (`digest`), one object per distinct
+    /// body: a second put of the same body writes the same bytes. Written before the item
+    /// that names it, so a stored delivery's body is always there.
+    pub(super) async fn stored_body(
+        &self,
+        digest: &[u8],
+        stored: Vec<u8>,
+    ) -> Result<StoredBody, StoreError> {
+        if stored.len() <= MAX_ITEM_BODY {
+            return Ok(StoredBody::Inline(stored));
+        }
         let Some((s3, bucket)) = &self.inner.bodies else {
             return Err(not_configured(&format!(
                 "a body of {} bytes stored is over 350 KB and there is no [store] bodies_bucket \
@@ -916,11 +860,7 @@ impl DynamoStore {
                 stored.len()
             )));
         };
-        let object = format!(
-            "{}{}",
-            super::BODIES_PREFIX,
-            hex::encode(crate::store::sqlite::schema::body_digest(body))
-        );
+        let object = format!("{}{}", super::BODIES_PREFIX, hex::encode(digest));
         s3.put_object()
             .bucket(bucket)
             .key(&object)
@@ -928,7 +868,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| sdk_error(&format!("S3 PutObject s3://{bucket}/{object}"), e))?;
-        Ok(object)
+        Ok(StoredBody::S3(object))
     }
 
     /// A body item's body as received: from the item, or from the bodies bucket.

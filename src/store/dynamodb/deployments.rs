@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, pad, s, Item};
+use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, s, Item};
+use super::items::{self, build_pk, delivery_pk, deployment_key, due, look, rank, recent};
 use super::{sdk_error, DynamoStore};
 use crate::store::{
     deploy_state, trigger, Deployment, DeploymentUpdate, NewDeployment, StoreError,
@@ -16,21 +17,6 @@ use crate::store::{
 /// How many of the newest builds an explicit deploy's push time is read from (as the SQLite
 /// engine's `EXPLICIT_PUSHED_AT`).
 const EXPLICIT_WINDOW: i32 = 1000;
-
-pub(super) fn deployment_key(id: i64) -> Item {
-    key(format!("deployment#{id}"), "deployment")
-}
-
-/// Where a deployment ranks among its service's (`lookup` index sort key). A missing push time
-/// (before issue 24) counts as 0, as in the SQLite engine.
-fn rank(pushed_at: Option<i64>, order_key: i64, id: i64) -> String {
-    format!(
-        "{}#{}#{}",
-        pad(pushed_at.unwrap_or(0)),
-        pad(order_key),
-        pad(id)
-    )
-}
 
 pub(super) fn deployment_from(item: &Item) -> Result<Deployment, StoreError> {
     Ok(Deployment {
@@ -122,7 +108,7 @@ impl DynamoStore {
             .table_name(self.table())
             // Strongly consistent: read what was just written, as the SQLite engine does.
             .consistent_read(true)
-            .set_key(Some(key(format!("build#{row}"), "build")))
+            .set_key(Some(key(build_pk(row), "build")))
             .projection_expression("pushed_at, before_sha")
             .send()
             .await
@@ -161,7 +147,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("recent")
             .key_condition_expression("list_pk = :build")
-            .expression_attribute_values(":build", s("build"))
+            .expression_attribute_values(":build", s(recent::BUILD))
             .scan_index_forward(false)
             .projection_expression("pushed_at")
             .limit(EXPLICIT_WINDOW)
@@ -183,7 +169,7 @@ impl DynamoStore {
         d: NewDeployment,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        let commit = super::deliveries::commit_item(&d.app, &d.sha);
+        let commit = items::commit_item(&d.app, &d.sha);
         let (id, item) = self.deployment_item(d, now_ms).await?;
         let writes = vec![
             self.put(item, Some("attribute_not_exists(pk)"), None)?,
@@ -218,43 +204,43 @@ impl DynamoStore {
             ),
         };
         let id = self.take_ids(1).await?;
-        let mut item = deployment_key(id);
-        let fields: [(&str, Option<AttributeValue>); 23] = [
-            ("id", Some(n(id))),
-            ("app", Some(s(&d.app))),
-            ("service_key", Some(s(&d.service_key))),
-            ("sha", Some(s(&d.sha))),
-            ("image_tag", Some(s(&d.image_tag))),
-            ("trigger", Some(s(d.trigger))),
-            ("actor", d.actor.map(s)),
-            ("build_row", d.build_row.map(n)),
-            ("build_id", d.build_id.map(s)),
-            ("delivery_id", d.delivery_id.map(s)),
-            ("order_key", Some(n(order_key))),
-            ("pushed_at", pushed_at.map(n)),
-            ("target_task_definition", d.target_task_definition.map(s)),
-            ("log_link", d.log_link.map(s)),
-            ("tag", d.tag.map(s)),
-            ("state", Some(s(deploy_state::PENDING))),
-            ("created_ms", Some(n(now_ms))),
-            ("updated_ms", Some(n(now_ms))),
-            ("due_pk", Some(s("deployment"))),
-            ("due_sk", Some(s(pad(id)))),
-            ("list_pk", Some(s("deployment"))),
-            ("list_sk", Some(s(pad(id)))),
-            ("look_pk", Some(s(format!("service#{}", d.service_key)))),
-        ];
-        for (name, value) in fields {
-            if let Some(value) = value {
-                item.insert(name.to_owned(), value);
-            }
-        }
-        // The rank twice: the index's sort key, and an attribute a filter may read.
-        item.insert("look_sk".into(), s(rank(pushed_at, order_key, id)));
-        item.insert("rank_key".into(), s(rank(pushed_at, order_key, id)));
-        if let Some(before) = before_sha {
-            item.insert("before_sha".into(), s(before));
-        }
+        let deployment = Deployment {
+            id,
+            app: d.app,
+            service_key: d.service_key,
+            sha: d.sha,
+            image_tag: d.image_tag,
+            trigger: d.trigger.to_owned(),
+            actor: d.actor,
+            build_row: d.build_row,
+            build_id: d.build_id,
+            delivery_id: d.delivery_id,
+            order_key,
+            target_task_definition: d.target_task_definition,
+            image: None,
+            from_task_definition: None,
+            to_task_definition: None,
+            ecs_deployment_id: None,
+            state: deploy_state::PENDING.to_owned(),
+            reason: None,
+            log_link: d.log_link,
+            running_count: None,
+            desired_count: None,
+            failed_tasks: None,
+            stage: None,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            started_ms: None,
+            finished_ms: None,
+            service_deployment_arn: None,
+            deadline_ms: None,
+            deadline_why: None,
+            unseen: None,
+            from_original: None,
+            rollback_requested_ms: None,
+            tag: d.tag,
+        };
+        let item = items::deployment_item(&deployment, pushed_at, before_sha.as_deref());
         Ok((id, item))
     }
 
@@ -279,7 +265,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("due")
             .key_condition_expression("due_pk = :kind")
-            .expression_attribute_values(":kind", s("deployment"));
+            .expression_attribute_values(":kind", s(due::DEPLOYMENT));
         self.query_items(query, None)
             .await?
             .iter()
@@ -376,7 +362,7 @@ impl DynamoStore {
                 .table_name(self.table())
                 .index_name("recent")
                 .key_condition_expression("list_pk = :kind")
-                .expression_attribute_values(":kind", s("deployment"))
+                .expression_attribute_values(":kind", s(recent::DEPLOYMENT))
                 .scan_index_forward(false)
                 .set_exclusive_start_key(start);
             match &app {
@@ -413,7 +399,7 @@ impl DynamoStore {
         mut values: HashMap<String, AttributeValue>,
         enough: impl Fn(&[Deployment]) -> bool,
     ) -> Result<Vec<Deployment>, StoreError> {
-        values.insert(":service".into(), s(format!("service#{service_key}")));
+        values.insert(":service".into(), s(look::service(service_key)));
         let mut found = Vec::new();
         let mut start = None;
         loop {
@@ -525,7 +511,7 @@ impl DynamoStore {
                     "app = :app AND #st = :succeeded AND attribute_exists(to_task_definition)",
                 )
                 .expression_attribute_names("#st", "state")
-                .expression_attribute_values(":kind", s("deployment"))
+                .expression_attribute_values(":kind", s(recent::DEPLOYMENT))
                 .expression_attribute_values(":app", s(app))
                 .expression_attribute_values(":succeeded", s(deploy_state::SUCCEEDED))
                 .scan_index_forward(false)
@@ -558,10 +544,7 @@ impl DynamoStore {
             .table_name(self.table())
             // Strongly consistent: read what was just written, as the SQLite engine does.
             .consistent_read(true)
-            .set_key(Some(key(
-                super::deliveries::delivery_pk(delivery_row),
-                "delivery",
-            )))
+            .set_key(Some(key(delivery_pk(delivery_row), "delivery")))
             .projection_expression("dedup_key")
             .send()
             .await
@@ -575,19 +558,14 @@ impl DynamoStore {
             .query()
             .table_name(self.table())
             .key_condition_expression("pk = :key")
-            .expression_attribute_values(":key", s(format!("key#{dedup_key}")))
+            .expression_attribute_values(":key", s(items::delivery_key_pk(&dedup_key)))
             .send()
             .await
             .map_err(|e| sdk_error("DynamoDB Query", e))?;
         let builds: Vec<Item> = by_key
             .items()
             .iter()
-            .map(|i| {
-                Ok(key(
-                    super::deliveries::build_pk(get_n(i, "build")?),
-                    "build",
-                ))
-            })
+            .map(|i| Ok(key(build_pk(get_n(i, "build")?), "build")))
             .collect::<Result<_, StoreError>>()?;
         let deployments: Vec<Item> = self
             .batch_get(builds)

@@ -5,19 +5,12 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, opt_n, opt_s, pad, s, Item};
+use super::item::{get_n, get_opt_n, get_opt_s, get_s, n, opt_n, opt_s, pad, s, Item};
+use super::items::{self, github_key, look, recent, recovery_key};
 use super::{sdk_error, DynamoStore};
 use crate::store::{
     format_millis, GithubDeployment, NewRecovery, RecoveryRecord, RecoveryState, StoreError,
 };
-
-fn github_key(deployment: i64) -> Item {
-    key(format!("github#{deployment}"), "github")
-}
-
-fn recovery_key(hook_id: &str, delivery_id: &str) -> Item {
-    key(format!("recovery#{hook_id}/{delivery_id}"), "recovery")
-}
 
 fn github_from(item: &Item) -> Result<GithubDeployment, StoreError> {
     Ok(GithubDeployment {
@@ -78,7 +71,7 @@ impl DynamoStore {
                 (":gid".to_owned(), n(d.github_id)),
                 (":st".to_owned(), s(d.state)),
                 (":now".to_owned(), n(now_ms)),
-                (":list".to_owned(), s(format!("github#{app}"))),
+                (":list".to_owned(), s(recent::github(&app))),
                 (":lsk".to_owned(), s(pad(deployment))),
             ])))
             .send()
@@ -127,7 +120,7 @@ impl DynamoStore {
             .key_condition_expression("list_pk = :app AND list_sk < :below")
             .filter_expression("#st = :success")
             .expression_attribute_names("#st", "state")
-            .expression_attribute_values(":app", s(format!("github#{app}")))
+            .expression_attribute_values(":app", s(recent::github(&app)))
             .expression_attribute_values(":below", s(pad(deployment)))
             .expression_attribute_values(":success", s("success"));
         self.query_items(query, None)
@@ -152,7 +145,7 @@ impl DynamoStore {
             .index_name("lookup")
             .key_condition_expression("look_pk = :guid")
             .filter_expression("hook_id = :hook")
-            .expression_attribute_values(":guid", s(format!("guid#{delivery_id}")))
+            .expression_attribute_values(":guid", s(look::guid(&delivery_id)))
             .expression_attribute_values(":hook", s(&hook_id))
             .select(aws_sdk_dynamodb::types::Select::Count)
             .send()
@@ -197,10 +190,10 @@ impl DynamoStore {
             (":reason".to_owned(), opt_s(r.reason)),
             (":now".to_owned(), n(now_ms)),
             (":one".to_owned(), n(1)),
-            (":list".to_owned(), s("recovery")),
+            (":list".to_owned(), s(recent::RECOVERY)),
             (
                 ":lsk".to_owned(),
-                s(format!("{}#{}/{}", pad(now_ms), r.hook_id, r.delivery_id)),
+                s(items::recovery_list_sk(now_ms, &r.hook_id, &r.delivery_id)),
             ),
         ]);
         // The first record keeps its id and its event and actor, as the SQLite engine's upsert.
@@ -230,7 +223,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("recent")
             .key_condition_expression("list_pk = :kind")
-            .expression_attribute_values(":kind", s("recovery"))
+            .expression_attribute_values(":kind", s(recent::RECOVERY))
             .scan_index_forward(false);
         self.query_items(query, Some(limit as usize))
             .await?

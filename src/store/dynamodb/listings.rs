@@ -4,9 +4,8 @@
 
 use std::collections::HashMap;
 
-use super::deliveries::{build_pk, delivery_pk};
-use super::deployments::deployment_key;
 use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, s, Item};
+use super::items::{build_pk, delivery_pk, deployment_key, recent};
 use super::{sdk_error, DynamoStore};
 use crate::store::{
     format_millis, Admission, DeliverySummary, NewDelivery, Run, RunBuild, RunDeployment,
@@ -34,7 +33,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("recent")
             .key_condition_expression("list_pk = :kind")
-            .expression_attribute_values(":kind", s("delivery"))
+            .expression_attribute_values(":kind", s(recent::DELIVERY))
             .scan_index_forward(false);
         let deliveries = self.query_items(query, Some(limit as usize)).await?;
         self.summaries(deliveries).await
@@ -209,7 +208,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("recent")
             .key_condition_expression("list_pk = :kind")
-            .expression_attribute_values(":kind", s("build"))
+            .expression_attribute_values(":kind", s(recent::BUILD))
             .scan_index_forward(false)
             .limit(limit.min(1000) as i32)
             .send()

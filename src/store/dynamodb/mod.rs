@@ -5,16 +5,20 @@
 //! "dynamodb"`; `slipway provision` makes the table and the bucket.
 
 mod builds;
+mod copy;
 mod deliveries;
 mod deployments;
 mod github;
 mod item;
+pub(crate) mod items;
 mod listings;
 mod notify;
 mod records;
 mod retention;
 mod table;
 
+pub(crate) use copy::{BatchWriter, BodyRow, CopyRefused, Record};
+pub(crate) use items::{BuildRow, DeliveryRow, NotificationRow, RecoveryRow};
 pub use table::{Drift, EXPIRES, INDEXES};
 
 use std::sync::Arc;
@@ -249,6 +253,22 @@ async fn update_if(
             Ok(false)
         }
         Err(e) => Err(sdk_error("DynamoDB UpdateItem", e)),
+    }
+}
+
+/// Sends a conditional `PutItem`: false when its condition failed (nothing was written).
+async fn put_if(
+    put: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+) -> Result<bool, StoreError> {
+    match put.send().await {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(sdk_error("DynamoDB PutItem", e)),
     }
 }
 

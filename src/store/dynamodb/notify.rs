@@ -7,24 +7,17 @@
 
 use aws_sdk_dynamodb::types::TransactWriteItem;
 
-use super::item::{get_n, get_opt_n, get_opt_s, get_s, key, n, pad, s, Item};
+use super::item::{get_n, get_opt_n, get_opt_s, get_s, n, s, Item};
+use super::items::{self, due, notify_key, recent, NotificationRow};
 use super::table::EXPIRES;
 use super::{sdk_error, DynamoStore};
 use crate::store::format_millis;
 use crate::store::notify::*;
 use crate::store::StoreError;
 
-/// Entries in the `recent` index.
-const NOTIFY: &str = "notify";
-const DAY_SECS: i64 = 24 * 3600;
-
-fn notify_key(id: i64) -> Item {
-    key(format!("notify#{id}"), "notify")
-}
-
 /// A target's line in the `due` index.
 fn line(target: &str) -> String {
-    format!("notify#{target}")
+    due::notify(target)
 }
 
 fn pending_from(item: &Item) -> Result<PendingNotification, StoreError> {
@@ -70,22 +63,21 @@ impl DynamoStore {
         let mut writes: Vec<TransactWriteItem> = Vec::with_capacity(targets.len());
         for (i, (target, idempotency_key)) in targets.into_iter().enumerate() {
             let id = first + i as i64;
-            let mut item = notify_key(id);
-            for (name, value) in [
-                ("id", n(id)),
-                ("target", s(target.clone())),
-                ("event", s(event.clone())),
-                ("idempotency_key", s(idempotency_key)),
-                ("state", s(notify_state::PENDING)),
-                ("created_ms", n(now_ms)),
-                ("attempts", n(0)),
-                ("due_pk", s(line(&target))),
-                ("due_sk", s(pad(id))),
-                ("list_pk", s(NOTIFY)),
-                ("list_sk", s(pad(id))),
-            ] {
-                item.insert(name.to_owned(), value);
-            }
+            let item = items::notification_item(
+                &NotificationRow {
+                    id,
+                    target,
+                    event: event.clone(),
+                    idempotency_key,
+                    state: notify_state::PENDING.to_owned(),
+                    created_ms: now_ms,
+                    attempts: 0,
+                    last_attempt_ms: None,
+                    last_error: None,
+                    done_ms: None,
+                },
+                self.inner.settings.keep_ignored_days,
+            );
             writes.push(self.put(item, Some("attribute_not_exists(pk)"), None)?);
             ids.push(id);
         }
@@ -132,7 +124,7 @@ impl DynamoStore {
         error: Option<String>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let expires = now_ms / 1000 + self.inner.settings.keep_ignored_days as i64 * DAY_SECS;
+        let expires = items::notification_expiry(now_ms, self.inner.settings.keep_ignored_days);
         let mut update = self
             .client()
             .update_item()
@@ -220,7 +212,7 @@ impl DynamoStore {
                 .table_name(self.table())
                 .index_name("recent")
                 .key_condition_expression("list_pk = :notify")
-                .expression_attribute_values(":notify", s(NOTIFY))
+                .expression_attribute_values(":notify", s(recent::NOTIFY))
                 .scan_index_forward(false)
                 .set_exclusive_start_key(start);
             if let Some(state) = &state {

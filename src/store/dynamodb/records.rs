@@ -3,16 +3,16 @@
 
 use aws_sdk_dynamodb::types::Select;
 
-use super::item::{get_n, get_opt_s, get_s, key, n, opt_s, pad, s, Item};
-use super::table::EXPIRES;
+use super::item::{get_n, get_opt_s, get_s, key, n, s, Item};
+use super::items::{self, due, look, outbox_key, recent};
 use super::{sdk_error, DynamoStore};
 use crate::readiness::BackupOutcome;
 use crate::store::{OutboxEntry, PendingBuilds, RejectedEvent, StoreError};
 
 /// The outbox's entries in the `due` index, oldest first.
-const OUTBOX: &str = "outbox";
+const OUTBOX: &str = due::OUTBOX;
 /// Refused events in the `recent` index, newest first.
-const REJECTED: &str = "rejected";
+const REJECTED: &str = recent::REJECTED;
 
 impl DynamoStore {
     /// Records the Slack request signed with `signature` at `now` (Unix seconds). True the
@@ -24,28 +24,16 @@ impl DynamoStore {
         now: i64,
         window_secs: i64,
     ) -> Result<bool, StoreError> {
-        let mut item = key(format!("slack#{}", hex::encode(&signature)), "slack");
-        item.insert("seen_at".into(), n(now));
-        item.insert(EXPIRES.into(), n(now + window_secs));
-        let put = self
-            .client()
-            .put_item()
-            .table_name(self.table())
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR seen_at < :oldest")
-            .expression_attribute_values(":oldest", n(now - window_secs))
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error("DynamoDB PutItem", e)),
-        }
+        let item = items::slack_item(&signature, now, window_secs);
+        super::put_if(
+            self.client()
+                .put_item()
+                .table_name(self.table())
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk) OR seen_at < :oldest")
+                .expression_attribute_values(":oldest", n(now - window_secs)),
+        )
+        .await
     }
 
     async fn put_item(&self, item: Item) -> Result<(), StoreError> {
@@ -62,19 +50,7 @@ impl DynamoStore {
     /// Records a refused event. Written before the message is deleted.
     pub async fn event_rejected(&self, event: RejectedEvent) -> Result<(), StoreError> {
         let id = self.take_ids(1).await?;
-        let mut item = key(format!("rejected#{id}"), "rejected");
-        for (name, value) in [
-            ("message_id", opt_s(event.message_id)),
-            ("build_id", opt_s(event.build_id)),
-            ("source", opt_s(event.source)),
-            ("account", opt_s(event.account)),
-            ("reason", s(event.reason)),
-            ("received_ms", n(event.received_ms)),
-            ("list_pk", s(REJECTED)),
-            ("list_sk", s(pad(id))),
-        ] {
-            item.insert(name.to_owned(), value);
-        }
+        let item = items::rejected_item(id, &event);
         self.put_item(item).await
     }
 
@@ -126,7 +102,7 @@ impl DynamoStore {
             .table_name(self.table())
             .index_name("lookup")
             .key_condition_expression("look_pk = :id")
-            .expression_attribute_values(":id", s(format!("build_id#{build_id}")))
+            .expression_attribute_values(":id", s(look::build_id(build_id)))
             .limit(1)
             .send()
             .await
@@ -140,17 +116,12 @@ impl DynamoStore {
     /// Puts a GitHub update in the outbox; it stays there until `github_posted`.
     pub async fn queue_github_update(&self, event: String, now_ms: i64) -> Result<i64, StoreError> {
         let id = self.take_ids(1).await?;
-        let mut item = key(format!("outbox#{id}"), "outbox");
-        for (name, value) in [
-            ("id", n(id)),
-            ("event", s(event)),
-            ("created_ms", n(now_ms)),
-            ("attempts", n(0)),
-            ("due_pk", s(OUTBOX)),
-            ("due_sk", s(pad(id))),
-        ] {
-            item.insert(name.to_owned(), value);
-        }
+        let item = items::outbox_item(&OutboxEntry {
+            id,
+            event,
+            created_ms: now_ms,
+            attempts: 0,
+        });
         self.put_item(item).await?;
         Ok(id)
     }
@@ -194,9 +165,19 @@ impl DynamoStore {
         self.count_due(OUTBOX.to_owned()).await
     }
 
-    /// How many items the `due` index holds under `due_pk` (a count of the index's keys, page
-    /// by page).
+    /// How many items the `due` index holds under `due_pk`.
     pub(super) async fn count_due(&self, due_pk: String) -> Result<i64, StoreError> {
+        self.count_partition("due", "due_pk", &due_pk).await
+    }
+
+    /// How many items `index` holds under the partition `attribute = value` (a count of the
+    /// index's keys, page by page).
+    pub(super) async fn count_partition(
+        &self,
+        index: &str,
+        attribute: &str,
+        value: &str,
+    ) -> Result<i64, StoreError> {
         let mut count = 0;
         let mut start = None;
         loop {
@@ -204,9 +185,10 @@ impl DynamoStore {
                 .client()
                 .query()
                 .table_name(self.table())
-                .index_name("due")
-                .key_condition_expression("due_pk = :line")
-                .expression_attribute_values(":line", s(due_pk.clone()))
+                .index_name(index)
+                .key_condition_expression("#part = :part")
+                .expression_attribute_names("#part", attribute)
+                .expression_attribute_values(":part", s(value))
                 .select(Select::Count)
                 .set_exclusive_start_key(start)
                 .send()
@@ -225,7 +207,7 @@ impl DynamoStore {
         self.client()
             .delete_item()
             .table_name(self.table())
-            .set_key(Some(key(format!("outbox#{id}"), "outbox")))
+            .set_key(Some(outbox_key(id)))
             .send()
             .await
             .map_err(|e| sdk_error("DynamoDB DeleteItem", e))?;
@@ -239,7 +221,7 @@ impl DynamoStore {
             self.client()
                 .update_item()
                 .table_name(self.table())
-                .set_key(Some(key(format!("outbox#{id}"), "outbox")))
+                .set_key(Some(outbox_key(id)))
                 .update_expression("ADD attempts :one")
                 .condition_expression("attribute_exists(pk)")
                 .expression_attribute_values(":one", n(1)),
@@ -288,7 +270,7 @@ impl DynamoStore {
                 .table_name(self.table())
                 .index_name("due")
                 .key_condition_expression("due_pk = :build")
-                .expression_attribute_values(":build", s("build"))
+                .expression_attribute_values(":build", s(due::BUILD))
                 .projection_expression("created_ms")
                 .set_exclusive_start_key(start)
                 .send()

@@ -9,15 +9,12 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{Delete, TransactWriteItem, Update};
 
-use super::deliveries::{build_pk, delivery_pk};
-use super::deployments::deployment_key;
 use super::item::{get_n, get_opt_n, get_s, key, pad, s, Item};
+use super::items::{build_pk, delivery_pk, deployment_key, due};
 use super::{bad_request, sdk_error, DynamoStore};
 use crate::config::JournalConfig;
 use crate::store::{build_state, deploy_state, Pruned, StoreError};
 
-/// The `due` index's partition of deliveries whose body is kept.
-pub(super) const BODIES: &str = "bodies";
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 impl DynamoStore {
@@ -34,7 +31,7 @@ impl DynamoStore {
                 .table_name(self.table())
                 .index_name("due")
                 .key_condition_expression("due_pk = :bodies AND due_sk < :cutoff")
-                .expression_attribute_values(":bodies", s(BODIES))
+                .expression_attribute_values(":bodies", s(due::BODIES))
                 .expression_attribute_values(":cutoff", s(pad(cutoff)))
                 .limit(100)
                 .set_exclusive_start_key(start)

@@ -7,14 +7,15 @@ use super::{SqliteStore, StoreError};
 use crate::store::build_state;
 use crate::store::deployments::*;
 
-const COLUMNS: &str = "id, app, service_key, sha, image_tag, trigger, actor, build_row, build_id,
+pub(crate) const COLUMNS: &str =
+    "id, app, service_key, sha, image_tag, trigger, actor, build_row, build_id,
     delivery_id, order_key, target_task_definition, image, from_task_definition,
     to_task_definition, ecs_deployment_id, state, reason, log_link, running_count,
     desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms, stage,
     service_deployment_arn, deadline_ms, deadline_why, unseen, from_original,
     rollback_requested_ms, tag";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
+pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
         id: r.get(0)?,
         app: r.get(1)?,

@@ -32,6 +32,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, Transaction};
+
+/// What `slipway store copy` reads the journal's rows with: the same queries and row mapping
+/// the engine's own reads use.
+pub(crate) use deliveries::BUILDS_OF_DELIVERY;
+pub(crate) use deployments::{from_row as deployment_from_row, COLUMNS as DEPLOYMENT_COLUMNS};
 use tokio::sync::oneshot;
 
 use super::{format_millis, Admission, NewDelivery, StoreError, Verdict};

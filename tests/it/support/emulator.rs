@@ -80,6 +80,31 @@ impl Emulator {
         Emulator { child, url, config }
     }
 
+    /// An S3 client, path-style as slipway's against an endpoint.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.config)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    /// Makes bucket `name` (in the emulator's region); an S3 client for it.
+    pub async fn bucket(&self, name: &str) -> aws_sdk_s3::Client {
+        let s3 = self.s3();
+        s3.create_bucket()
+            .bucket(name)
+            .create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("CreateBucket");
+        s3
+    }
+
     pub fn codebuild(&self) -> aws_sdk_codebuild::Client {
         aws_sdk_codebuild::Client::new(&self.config)
     }
