@@ -176,7 +176,7 @@ async fn open_table(
                     "cannot reach the DynamoDB table {table} ({reason}); trying again every {} s",
                     TABLE_RETRY.as_secs()
                 );
-                if attempts == 1 || attempts % 12 == 0 {
+                if attempts == 1 || attempts.is_multiple_of(12) {
                     tracing::warn!(table, attempts, "{why}");
                 }
                 readiness.set_starting(Some(why));

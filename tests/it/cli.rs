@@ -289,7 +289,8 @@ api_url = \"http://127.0.0.1:9\"",
 #[test]
 fn a_dynamodb_config_never_falls_back_to_sqlite() {
     let closed = closed_endpoint();
-    let b = SlipwayBuilder::new(&closed).extra("[store]\nengine = \"dynamodb\"\ntable = \"slipway\"");
+    let b =
+        SlipwayBuilder::new(&closed).extra("[store]\nengine = \"dynamodb\"\ntable = \"slipway\"");
     let config = b.config_path();
     let config = config.to_str().unwrap();
     let backup = b.state_dir().with_extension("backup.db");

@@ -13,6 +13,9 @@ const SENDERS: usize = 4;
 /// Acknowledged deliveries before the kill.
 const BEFORE_KILL: usize = 24;
 
+/// A delivery sent: its GUID and body.
+type Delivery = (String, Vec<u8>);
+
 /// Push number `n` of sender `sender`: its delivery GUID, its commit, its body.
 fn push(sender: usize, n: usize) -> (String, String, Vec<u8>) {
     let guid = format!("load-{sender}-{n}");
@@ -57,7 +60,7 @@ async fn killed_under_webhook_load_no_acknowledged_delivery_is_lost_and_no_push_
 
     // Senders push distinct commits until slipway stops answering.
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let attempted: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let attempted: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let mut senders = Vec::new();
     for sender in 0..SENDERS {
         let (url, acknowledged, attempted) =
@@ -151,7 +154,10 @@ async fn killed_under_webhook_load_no_acknowledged_delivery_is_lost_and_no_push_
         .filter(|w| w[0] == w[1])
         .map(|w| &w[0])
         .collect();
-    assert!(twice.is_empty(), "built twice: {twice:?}; builds: {builds:#?}");
+    assert!(
+        twice.is_empty(),
+        "built twice: {twice:?}; builds: {builds:#?}"
+    );
     versions.dedup();
     assert_eq!(versions.len(), attempted.len());
 }

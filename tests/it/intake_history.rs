@@ -94,7 +94,7 @@ async fn replaying_a_delivery_whose_payload_was_pruned_answers_409() {
 
     // A hundred days later (the clock is injected into pruning), with the default retention.
     {
-        let journal = slipway::store::Store::open(&builder.state_dir()).unwrap();
+        let journal = builder.open_store().await;
         let later = slipway::store::millis(time::OffsetDateTime::now_utc()) + 100 * 86_400_000;
         let settings = slipway::config::JournalConfig::default();
         let pruned = journal.prune(later, &settings).await.unwrap();

@@ -66,7 +66,11 @@ async fn dynamodb_throttling_or_a_write_conflict_answers_github_503_and_acknowle
         proxy.fail("TransactWriteItems", 50, 400, code);
         let r = s.deliver("push", guid, &body).await;
         assert_eq!(r.status, 503, "{code}: {}", r.text);
-        assert!(r.text.contains(code), "{code}: the answer says why: {}", r.text);
+        assert!(
+            r.text.contains(code),
+            "{code}: the answer says why: {}",
+            r.text
+        );
         proxy.clear_faults();
     }
     // The store's writes fail: readiness says so, with DynamoDB's reason.
@@ -117,7 +121,11 @@ async fn dynamodb_unreachable_at_start_keeps_slipway_starting_with_the_reason_un
     let body = fixture("github/push_master.json");
     let r = s.deliver("push", "dyn-early-1", &body).await;
     assert_eq!(r.status, 503, "{}", r.text);
-    assert!(r.text.contains("cannot reach the DynamoDB table"), "{}", r.text);
+    assert!(
+        r.text.contains("cannot reach the DynamoDB table"),
+        "{}",
+        r.text
+    );
 
     // DynamoDB answers: slipway serves, and the redelivery is taken.
     let _proxy = Proxy::bind(&format!("127.0.0.1:{port}"), &emulator.url)
@@ -175,12 +183,7 @@ async fn the_cli_reads_the_table_while_serve_runs_and_backup_points_at_pitr() {
     assert_eq!(s.deliver("push", "dyn-cli-1", &body).await.status, 202);
     // Without --server: the CLI reads the table itself (no journal lock to stand aside for).
     let config = b.config_path();
-    let (status, out, err) = b.run(&[
-        "deliveries",
-        "--json",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let (status, out, err) = b.run(&["deliveries", "--json", "--config", config.to_str().unwrap()]);
     assert!(status.success(), "{err}");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert!(rows.iter().any(|d| d["delivery"] == "dyn-cli-1"), "{out}");

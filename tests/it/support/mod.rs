@@ -65,6 +65,8 @@ fn store_emulator_url() -> &'static str {
                 }
             }
         });
+        // Reaped when it exits (with the test process, or earlier if moto fails).
+        std::thread::spawn(move || child.wait());
         let port = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("moto_server said where it runs");
