@@ -507,32 +507,33 @@ pub async fn backup_command(
     insecure: bool,
 ) -> anyhow::Result<()> {
     refuse_dynamodb(config, "backup")?;
-    let taken: Taken = match Store::open_configured_read_only(config).await {
-        Ok(journal) => {
-            let s3 = match to {
-                BackupLocation::S3 { .. } => s3_client().await?,
-                BackupLocation::File(_) => unused_s3(),
-            };
-            take(
-                &journal,
-                &s3,
-                &config.state_dir,
-                to,
-                time::OffsetDateTime::now_utc(),
-            )
-            .await
-            .with_context(|| format!("backing up the journal to {to}"))?
-        }
-        Err(StoreError::ServerRunning { host, .. }) => {
-            eprintln!("slipway is running on {host}: asking it ({server}) to take the backup");
-            let v = crate::client::Client::new(server, insecure)?
-                .post("/api/backups", &serde_json::json!({ "to": to.to_string() }))
-                .await?;
-            serde_json::from_value(v["backup"].clone())
-                .context("the server's answer is not in the expected form")?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let taken: Taken =
+        match Store::open_configured_read_only(config, &crate::aws::shared_config().await) {
+            Ok(journal) => {
+                let s3 = match to {
+                    BackupLocation::S3 { .. } => s3_client().await?,
+                    BackupLocation::File(_) => unused_s3(),
+                };
+                take(
+                    &journal,
+                    &s3,
+                    &config.state_dir,
+                    to,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await
+                .with_context(|| format!("backing up the journal to {to}"))?
+            }
+            Err(StoreError::ServerRunning { host, .. }) => {
+                eprintln!("slipway is running on {host}: asking it ({server}) to take the backup");
+                let v = crate::client::Client::new(server, insecure)?
+                    .post("/api/backups", &serde_json::json!({ "to": to.to_string() }))
+                    .await?;
+                serde_json::from_value(v["backup"].clone())
+                    .context("the server's answer is not in the expected form")?
+            }
+            Err(e) => return Err(e.into()),
+        };
     println!(
         "backed up the journal to {} ({} bytes, schema version {}, {} deliveries, {} deployments, as of {})",
         taken.to, taken.bytes, taken.schema_version, taken.deliveries, taken.deployments, taken.at

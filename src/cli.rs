@@ -403,7 +403,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => {
                     let config = Config::load(&source.config.config)?;
-                    let journal = Store::open_configured_read_only(&config).await?;
+                    let journal = Store::open_configured_read_only(
+                        &config,
+                        &crate::aws::shared_config().await,
+                    )?;
                     journal.recent_deliveries(limit).await?
                 }
             };
@@ -434,7 +437,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             anyhow::bail!("unknown app {app}");
                         }
                     }
-                    let journal = Store::open_configured_read_only(&config).await?;
+                    let journal = Store::open_configured_read_only(
+                        &config,
+                        &crate::aws::shared_config().await,
+                    )?;
                     journal.recent_deployments(app.clone(), limit).await?
                 }
             };

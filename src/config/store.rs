@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn a_journal_backup_schedule_is_refused_with_the_dynamodb_engine() {
         let e = Config::parse(&format!(
-            "{BASE}\n[journal]\nbackup_to = \"s3://b/slipway/\"\n[store]\nengine = \"dynamodb\"\n"
+            "{BASE}\n[journal]\nbackup_to = \"s3://b/slipway/journal.db\"\n[store]\nengine = \"dynamodb\"\n"
         ))
         .unwrap_err()
         .to_string();
@@ -208,7 +208,7 @@ mod tests {
         assert!(e.contains("point-in-time recovery"), "{e}");
         // With SQLite it is taken.
         Config::parse(&format!(
-            "{BASE}\n[journal]\nbackup_to = \"s3://b/slipway/\"\n"
+            "{BASE}\n[journal]\nbackup_to = \"s3://b/slipway/journal.db\"\n"
         ))
         .unwrap();
     }

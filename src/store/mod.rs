@@ -153,10 +153,11 @@ impl Store {
 
     /// Opens the configured store for the CLI's reads: the SQLite journal read-only (refused
     /// while `serve` holds it), or the DynamoDB table (read while `serve` runs: DynamoDB has
-    /// no single writer to stand aside for). AWS settings come from the environment, as for
-    /// `serve`.
-    pub async fn open_configured_read_only(
+    /// no single writer to stand aside for), through clients made from `aws` (the SDK's
+    /// configuration from the environment, as for `serve`).
+    pub fn open_configured_read_only(
         config: &crate::config::Config,
+        aws: &aws_config::SdkConfig,
     ) -> Result<Store, StoreError> {
         match &config.store {
             StoreConfig::Sqlite => Store::open_read_only(&config.state_dir),
@@ -164,12 +165,10 @@ impl Store {
                 table,
                 bodies_bucket,
             } => {
-                let shared = crate::aws::shared_config().await;
-                let clients = crate::aws::Clients::from_config(&shared);
-                let mut engine =
-                    dynamodb::DynamoStore::new(clients.dynamodb, table, &config.journal);
+                let client = aws_sdk_dynamodb::Client::new(aws);
+                let mut engine = dynamodb::DynamoStore::new(client, table, &config.journal);
                 if let Some(bucket) = bodies_bucket {
-                    engine = engine.with_bodies_bucket(clients.s3, bucket);
+                    engine = engine.with_bodies_bucket(aws_sdk_s3::Client::new(aws), bucket);
                 }
                 Ok(Store::DynamoDb(engine))
             }
