@@ -820,6 +820,25 @@ fn new_deployment(app: &str, sha: char, build_row: Option<i64>) -> slipway::stor
     }
 }
 
+/// Newer wins: an explicit deploy ranks above every push stored before it and below every
+/// push stored after it (the DynamoDB engine hands out ids from blocks it reserved: the
+/// explicit deploy's rank must still sit between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_deploy_ranks_between_the_pushes_before_and_after_it() {
+    for Engine { name, store, .. } in engines().await {
+        let (before, _) = accepted(&store, "d-1", "1", T0, 'a').await;
+        let explicit = store
+            .request_deployment(new_deployment("web", 'c', None), T0 + 10)
+            .await
+            .unwrap();
+        let (after, _) = accepted(&store, "d-2", "1", T0 + 20, 'b').await;
+        let x = store.deployment(explicit).await.unwrap().unwrap();
+        assert!(x.order_key > 2 * before, "{name}: above the push before");
+        assert!(2 * after > x.order_key, "{name}: below the push after");
+        assert!(before < after, "{name}: build ids increase");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_rank_above_their_pushes_change_field_by_field_and_finish() {
     use slipway::store::{deploy_state, DeploymentUpdate};
@@ -1224,10 +1243,9 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for Requests {
 }
 
 /// The intake path's requests, counted (the query-plan equivalent): no Scan, and a
-/// bounded number per delivery: 2 writes per accepted or duplicate delivery (the id counter,
-/// one transaction) after 2 batched reads; 2 writes per ignored one (the counter, one
-/// transaction; the target of 1 needs ids that are not from the counter, see
-/// docs/dynamodb.md).
+/// bounded number per delivery: one transaction per accepted, duplicate or ignored delivery
+/// (after at most 2 batched reads), and one `UpdateItem` on the id counter per
+/// `ID_BLOCK` ids (the first delivery reserves a block).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_sends_a_bounded_number_of_requests_and_never_a_scan() {
     let emulator = Emulator::start().await;
@@ -1251,13 +1269,8 @@ async fn intake_sends_a_bounded_number_of_requests_and_never_a_scan() {
     accepted(&store, "d-2", "2", T0, 'a').await;
     assert_eq!(
         requests.take(),
-        [
-            "BatchGetItem",
-            "BatchGetItem",
-            "UpdateItem",
-            "TransactWriteItems"
-        ],
-        "the same push from another hook"
+        ["BatchGetItem", "BatchGetItem", "TransactWriteItems"],
+        "the same push from another hook (its id from the block the first reserved)"
     );
     store
         .build_started(b, "web-build:1".into(), None, T0 + 1)
@@ -1271,12 +1284,7 @@ async fn intake_sends_a_bounded_number_of_requests_and_never_a_scan() {
     assert_eq!(dup, Admission::Duplicate);
     assert_eq!(
         requests.take(),
-        [
-            "BatchGetItem",
-            "BatchGetItem",
-            "UpdateItem",
-            "TransactWriteItems"
-        ],
+        ["BatchGetItem", "BatchGetItem", "TransactWriteItems"],
         "a duplicate"
     );
     store
@@ -1288,9 +1296,25 @@ async fn intake_sends_a_bounded_number_of_requests_and_never_a_scan() {
         .unwrap();
     assert_eq!(
         requests.take(),
-        ["UpdateItem", "TransactWriteItems"],
-        "an ignored delivery"
+        ["TransactWriteItems"],
+        "an ignored delivery: one write"
     );
+    // The block runs out: one more UpdateItem, then ids from the new block.
+    let mut counter_updates = 0;
+    for i in 0..slipway::store::dynamodb::ID_BLOCK {
+        store
+            .admit(
+                delivery(&format!("i-{i}"), "1", T0 + 4 + i, b"{}"),
+                Verdict::Ignored("branch dev".into()),
+            )
+            .await
+            .unwrap();
+        let sent = requests.take();
+        counter_updates += sent.iter().filter(|r| *r == "UpdateItem").count();
+        assert_eq!(sent.last().map(String::as_str), Some("TransactWriteItems"));
+        assert!(sent.len() <= 2, "{sent:?}");
+    }
+    assert_eq!(counter_updates, 1, "one counter write per block");
 }
 
 /// A push of `sha` that followed `before`.

@@ -75,8 +75,38 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    /// Hands out `count` consecutive ids; the first of them.
+    /// Hands out `count` consecutive ids; the first of them. They come from a block this
+    /// process reserved from the table's counter ([`super::ID_BLOCK`] at a time, one
+    /// `UpdateItem`), so they increase in the order they are handed out; ids left in a block
+    /// when slipway stops are never used (gaps, as after a lost transaction).
     pub(super) async fn take_ids(&self, count: i64) -> Result<i64, StoreError> {
+        let mut block = self.inner.ids.lock().await;
+        if block.end - block.next < count {
+            let reserve = count.max(super::ID_BLOCK);
+            let first = self.reserve_ids(reserve).await?;
+            *block = super::IdBlock {
+                next: first,
+                end: first + reserve,
+            };
+        }
+        let first = block.next;
+        block.next += count;
+        Ok(first)
+    }
+
+    /// Ids this process has reserved are not handed out: the next ones come from the counter,
+    /// above every id handed out so far (by any process), as an explicit deploy's rank needs.
+    /// No id is handed out while the guard is held.
+    pub(super) async fn forget_reserved_ids(
+        &self,
+    ) -> tokio::sync::MutexGuard<'_, super::IdBlock> {
+        let mut block = self.inner.ids.lock().await;
+        block.next = block.end;
+        block
+    }
+
+    /// Reserves `count` consecutive ids on the table's counter; the first of them.
+    async fn reserve_ids(&self, count: i64) -> Result<i64, StoreError> {
         let out = self
             .client()
             .update_item()

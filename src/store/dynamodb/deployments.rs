@@ -122,8 +122,11 @@ impl DynamoStore {
         }
     }
 
-    /// The last id handed out (every build so far has one at most this).
+    /// The last id reserved on the counter (every build so far has one at most this). Ids
+    /// this process reserved below it are forgotten, so that every later build ranks above.
     async fn last_id(&self) -> Result<i64, StoreError> {
+        // Held while the counter is read: no block is reserved in between and kept.
+        let _ids = self.forget_reserved_ids().await;
         let out = self
             .client()
             .get_item()

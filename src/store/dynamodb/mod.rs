@@ -46,6 +46,19 @@ struct Inner {
     settings: JournalConfig,
     /// Where bodies over 350 KB go: an S3 client and the bucket (None: such a body is refused).
     bodies: Option<(aws_sdk_s3::Client, String)>,
+    /// Ids this process has reserved from the table's counter and not handed out yet.
+    ids: Arc<tokio::sync::Mutex<IdBlock>>,
+}
+
+/// How many ids one `UpdateItem` on the counter reserves: a delivery that makes no build
+/// costs its transaction alone, and the counter one write in [`ID_BLOCK`] ids.
+pub const ID_BLOCK: i64 = 32;
+
+/// The ids `[next, end)`, reserved by this process (empty at start).
+#[derive(Debug, Default)]
+struct IdBlock {
+    next: i64,
+    end: i64,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -70,6 +83,7 @@ impl DynamoStore {
                 table: table.into(),
                 settings: settings.clone(),
                 bodies: None,
+                ids: Arc::default(),
             }),
         }
     }
@@ -83,6 +97,7 @@ impl DynamoStore {
                 table: self.inner.table.clone(),
                 settings: self.inner.settings.clone(),
                 bodies: Some((s3, bucket.into())),
+                ids: self.inner.ids.clone(),
             }),
         }
     }
