@@ -646,6 +646,15 @@ fn describes(w: &Deploy) -> usize {
     w.proxy.requests("DescribeServices").len()
 }
 
+/// The `DescribeServices` calls the proxy has answered (their answer made).
+fn answered_describes(w: &Deploy) -> usize {
+    w.proxy
+        .recorded()
+        .iter()
+        .filter(|r| r.operation == "DescribeServices" && r.answered != u64::MAX)
+        .count()
+}
+
 #[tokio::test]
 async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
     let w = Deploy::new().await;
@@ -660,8 +669,10 @@ async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
     // Events arrive: polling falls back to one look every `poll_with_events_ms`. Right after
     // such a look, ECS completes the rollout and says so.
     let before = describes(&w);
-    eventually("a fallback look", || async {
-        (describes(&w) > before).then_some(())
+    // Answered, not only asked: an answer made after `complete_now` would show the rollout
+    // completed and end the deploy without the event's look.
+    eventually("a fallback look answered", || async {
+        (answered_describes(&w) > before).then_some(())
     })
     .await;
     // An IN_PROGRESS event tells the watch nothing new: it costs no look.
@@ -670,6 +681,7 @@ async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
         "a look for IN_PROGRESS"
     );
     let looks = describes(&w);
+    assert_eq!(answered_describes(&w), looks, "no look in flight");
     w.proxy.complete_now(CLUSTER, SERVICE, &ecs_id);
     w.send_ecs_event(&ecs_event(&ecs_id, "SERVICE_DEPLOYMENT_COMPLETED", ""))
         .await;

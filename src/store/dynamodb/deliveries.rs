@@ -97,9 +97,7 @@ impl DynamoStore {
     /// Ids this process has reserved are not handed out: the next ones come from the counter,
     /// above every id handed out so far (by any process), as an explicit deploy's rank needs.
     /// No id is handed out while the guard is held.
-    pub(super) async fn forget_reserved_ids(
-        &self,
-    ) -> tokio::sync::MutexGuard<'_, super::IdBlock> {
+    pub(super) async fn forget_reserved_ids(&self) -> tokio::sync::MutexGuard<'_, super::IdBlock> {
         let mut block = self.inner.ids.lock().await;
         block.next = block.end;
         block
