@@ -10,13 +10,13 @@
 #    webhook answer's p50/p99. moto is not DynamoDB: compare the engines, not with AWS.
 #
 # Usage: scripts/bench-dynamodb.sh
-#   env: BENCH_ROUNDS=3 (events of each kind), BENCH_IDLE_SECS=10, BENCH_DELIVERIES=800 (per
+#   env: BENCH_ROUNDS=3 (events of each kind), BENCH_IDLE_SECS=10, BENCH_DELIVERIES=300 (per
 #        engine), BENCH_SENDERS=4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 export BENCH_IDLE_SECS=${BENCH_IDLE_SECS:-10}
-export BENCH_DELIVERIES=${BENCH_DELIVERIES:-800}
+export BENCH_DELIVERIES=${BENCH_DELIVERIES:-300}
 export BENCH_SENDERS=${BENCH_SENDERS:-4}
 # The benchmark sets each slipway's engine itself.
 unset SLIPWAY_TEST_STORE

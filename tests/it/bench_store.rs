@@ -538,6 +538,25 @@ struct Tally {
     wru_table: f64,
     wru_index: f64,
     rru: f64,
+    /// WRU (table and GSIs) by the kind of item written.
+    by_kind: BTreeMap<String, f64>,
+}
+
+/// The kind of an item: its `pk` up to `#` (a delivery's items by `sk`: delivery, body).
+fn kind_of(w: &Written) -> String {
+    let item = w.after.as_ref().or(w.before.as_ref());
+    let field = |f: &str| {
+        item.and_then(|i| i[f]["S"].as_str())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let pk = field("pk");
+    let kind = pk.split('#').next().unwrap_or("?").to_owned();
+    if kind == "delivery" {
+        format!("delivery/{}", field("sk"))
+    } else {
+        kind
+    }
 }
 
 impl Tally {
@@ -554,6 +573,10 @@ impl Tally {
             t.wru_table += table;
             t.wru_index += index;
             t.rru += read;
+            for w in &c.written {
+                let (table, index) = write_units(w);
+                *t.by_kind.entry(kind_of(w)).or_default() += table + index;
+            }
         }
         t
     }
@@ -567,6 +590,9 @@ impl Tally {
         self.wru_table += o.wru_table;
         self.wru_index += o.wru_index;
         self.rru += o.rru;
+        for (k, n) in &o.by_kind {
+            *self.by_kind.entry(k.clone()).or_default() += n;
+        }
     }
 
     fn scaled(&self, by: f64) -> Tally {
@@ -577,7 +603,18 @@ impl Tally {
             wru_table: self.wru_table * by,
             wru_index: self.wru_index * by,
             rru: self.rru * by,
+            by_kind: self.by_kind.iter().map(|(k, v)| (k.clone(), v * by)).collect(),
         }
+    }
+
+    fn kinds_line(&self, name: &str) -> String {
+        let kinds = self
+            .by_kind
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("{name:<28} WRU by item: {kinds}")
     }
 
     fn wru(&self) -> f64 {
@@ -712,6 +749,7 @@ async fn requests_and_units(rounds: usize) -> Vec<String> {
         .await;
         record("deploy", Tally::default(), all, secs);
     }
+    let stored = stored(&w.emulator.url).await;
     let scans = dynamodb
         .operations()
         .iter()
@@ -733,6 +771,7 @@ async fn requests_and_units(rounds: usize) -> Vec<String> {
         }
         let all = all.scaled(1.0 / n);
         out.push(all.line(&format!("{kind}: all ({:.1} s)", secs / n)));
+        out.push(all.kinds_line(&format!("{kind}: all")));
         let mut less_idle = all.clone();
         less_idle.add(&idle.scaled(-secs / n));
         out.push(format!(
@@ -742,7 +781,75 @@ async fn requests_and_units(rounds: usize) -> Vec<String> {
             less_idle.rru
         ));
     }
+    let (kept, expiring): (Vec<_>, Vec<_>) = stored.iter().partition(|(_, _, e)| !e);
+    let sum = |v: &[&(String, usize, bool)]| v.iter().map(|(_, b, _)| b).sum::<usize>() as f64 / n;
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for (k, b, _) in &stored {
+        *by_kind.entry(k.as_str()).or_default() += b;
+    }
+    out.push(format!(
+        "stored per round (an accepted push deployed, its duplicate, an ignored push), with GSI entries and 100 B per item and entry: kept {:.0} B, expiring by TTL {:.0} B",
+        sum(&kept),
+        sum(&expiring)
+    ));
+    out.push(format!(
+        "stored per round by item: {}",
+        by_kind
+            .iter()
+            .map(|(k, b)| format!("{k} {:.0} B", *b as f64 / n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     out.push(format!("Scans: {scans}"));
+    out
+}
+
+/// Every item of the table (the benchmark's own Scan, straight to moto: not slipway's), as
+/// (kind, bytes stored with its GSI entries, whether TTL expires it). Storage counts 100 bytes
+/// per item and per index entry besides the data (CapacityUnitCalculations, "storage billing").
+async fn stored(moto: &str) -> Vec<(String, usize, bool)> {
+    let client = reqwest::Client::new();
+    let mut out = vec![];
+    let mut start: Option<Value> = None;
+    loop {
+        let mut body = json!({ "TableName": TABLE });
+        if let Some(k) = start.take() {
+            body["ExclusiveStartKey"] = k;
+        }
+        let page: Value = client
+            .post(format!("{moto}/"))
+            .header("x-amz-target", format!("{TARGET_PREFIX}Scan"))
+            .header("content-type", "application/x-amz-json-1.0")
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-west-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for item in page["Items"].as_array().into_iter().flatten() {
+            let size = item_size(item) + 100;
+            let entries = INDEXES
+                .iter()
+                .filter(|(_, pk, sk)| item.get(*pk).is_some() && item.get(*sk).is_some())
+                .count();
+            let w = Written {
+                before: None,
+                after: Some(item.clone()),
+                transactional: false,
+            };
+            out.push((kind_of(&w), size * (1 + entries), item.get("expires").is_some()));
+        }
+        match page.get("LastEvaluatedKey") {
+            Some(k) => start = Some(k.clone()),
+            None => break,
+        }
+    }
+    assert!(!out.is_empty(), "the table's items read back");
     out
 }
 
@@ -773,6 +880,9 @@ where
 
 struct Intake {
     accepted: usize,
+    /// Answers other than 202: (status, body), the first few.
+    refused: Vec<(u16, String)>,
+    refused_count: usize,
     secs: f64,
     latencies: Vec<Duration>,
 }
@@ -793,7 +903,7 @@ async fn intake(url: &str, n: usize, senders: usize, salt: u64) -> Intake {
     for _ in 0..senders {
         let (queue, client, url) = (queue.clone(), client.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
-            let (mut accepted, mut latencies) = (0, vec![]);
+            let (mut accepted, mut latencies, mut refused) = (0, vec![], vec![]);
             loop {
                 let Some((guid, body, signature)) = queue.lock().unwrap().pop() else {
                     break;
@@ -811,24 +921,30 @@ async fn intake(url: &str, n: usize, senders: usize, salt: u64) -> Intake {
                     .await
                     .expect("POST");
                 let status = r.status().as_u16();
-                let _ = r.bytes().await;
+                let text = r.text().await.unwrap_or_default();
                 latencies.push(t.elapsed());
                 if status == 202 {
                     accepted += 1;
+                } else {
+                    refused.push((status, text));
                 }
             }
-            (accepted, latencies)
+            (accepted, latencies, refused)
         }));
     }
     let mut result = Intake {
         accepted: 0,
+        refused: vec![],
+        refused_count: 0,
         secs: 0.0,
         latencies: vec![],
     };
     for t in tasks {
-        let (a, l) = t.await.unwrap();
+        let (a, l, r) = t.await.unwrap();
         result.accepted += a;
         result.latencies.extend(l);
+        result.refused_count += r.len();
+        result.refused.extend(r.into_iter().take(3));
     }
     result.secs = start.elapsed().as_secs_f64();
     result
@@ -846,12 +962,15 @@ async fn intake_beside_sqlite(n: usize, senders: usize, rounds: usize) -> Vec<St
     aws.create_project(PROJECT, "octo-org/web").await;
     let dynamodb = Emulator::start().await;
     make_table(&dynamodb).await;
+    // The test proxy counts the calls (a local forwarder: little beside moto's milliseconds).
+    let proxy = Proxy::start(&dynamodb.url).await;
     let sqlite = SlipwayBuilder::new(&aws.url).start().await;
     let dynamo = SlipwayBuilder::new(&aws.url)
         .extra(&store_config())
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamodb.url)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &proxy.url)
         .start()
         .await;
+    let before = proxy.operations().len();
     let mut results: BTreeMap<&str, Intake> = BTreeMap::new();
     for round in 0..rounds {
         for (engine, s) in [("sqlite", &sqlite), ("dynamodb (moto)", &dynamo)] {
@@ -859,10 +978,14 @@ async fn intake_beside_sqlite(n: usize, senders: usize, rounds: usize) -> Vec<St
             let r = intake(&s.url, n / rounds, senders, salt).await;
             let e = results.entry(engine).or_insert(Intake {
                 accepted: 0,
+                refused: vec![],
+                refused_count: 0,
                 secs: 0.0,
                 latencies: vec![],
             });
             e.accepted += r.accepted;
+            e.refused_count += r.refused_count;
+            e.refused.extend(r.refused);
             e.secs += r.secs;
             e.latencies.extend(r.latencies);
             // The builds those pushes start are started before the next engine's turn.
@@ -882,7 +1005,25 @@ async fn intake_beside_sqlite(n: usize, senders: usize, rounds: usize) -> Vec<St
             percentile(&e.latencies, 0.5),
             percentile(&e.latencies, 0.99)
         ));
+        if e.refused_count > 0 {
+            out.push(format!(
+                "{engine:<16} refused {} (GitHub redelivers them), e.g. {:?}",
+                e.refused_count,
+                e.refused.iter().take(2).collect::<Vec<_>>()
+            ));
+        }
     }
+    let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+    for op in &proxy.operations()[before..] {
+        *ops.entry(op.clone()).or_default() += 1;
+    }
+    out.push(format!(
+        "DynamoDB calls during the intake run, per accepted delivery (intake and the build's start): {}",
+        ops.iter()
+            .map(|(k, v)| format!("{k} {:.2}", *v as f64 / results["dynamodb (moto)"].accepted.max(1) as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     let (d, q) = (&results["dynamodb (moto)"], &results["sqlite"]);
     out.push(format!(
         "ratio dynamodb/sqlite: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
@@ -897,16 +1038,21 @@ async fn intake_beside_sqlite(n: usize, senders: usize, rounds: usize) -> Vec<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run scripts/bench-dynamodb.sh"]
 async fn bench_dynamodb_requests_units_and_intake() {
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "units,intake".into());
     let mut lines = vec!["BENCH DYNAMODB".to_owned()];
-    lines.extend(requests_and_units(env_num("BENCH_ROUNDS", 3)).await);
-    lines.extend(
-        intake_beside_sqlite(
-            env_num("BENCH_DELIVERIES", 800),
-            env_num("BENCH_SENDERS", 4),
-            2,
-        )
-        .await,
-    );
+    if parts.contains("units") {
+        lines.extend(requests_and_units(env_num("BENCH_ROUNDS", 3)).await);
+    }
+    if parts.contains("intake") {
+        lines.extend(
+            intake_beside_sqlite(
+                env_num("BENCH_DELIVERIES", 300),
+                env_num("BENCH_SENDERS", 4),
+                2,
+            )
+            .await,
+        );
+    }
     println!("{}", lines.join("\n"));
 }
 
