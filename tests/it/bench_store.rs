@@ -199,9 +199,10 @@ impl Metered {
     /// (table WRU, GSI WRU, RRU).
     fn units(&self) -> (f64, f64, f64) {
         if self.is_write() {
-            self.written.iter().map(write_units).fold((0.0, 0.0, 0.0), |a, (t, i)| {
-                (a.0 + t, a.1 + i, a.2)
-            })
+            self.written
+                .iter()
+                .map(write_units)
+                .fold((0.0, 0.0, 0.0), |a, (t, i)| (a.0 + t, a.1 + i, a.2))
         } else {
             (0.0, 0.0, read_units(&self.op, &self.read, self.consistent))
         }
@@ -603,7 +604,11 @@ impl Tally {
             wru_table: self.wru_table * by,
             wru_index: self.wru_index * by,
             rru: self.rru * by,
-            by_kind: self.by_kind.iter().map(|(k, v)| (k.clone(), v * by)).collect(),
+            by_kind: self
+                .by_kind
+                .iter()
+                .map(|(k, v)| (k.clone(), v * by))
+                .collect(),
         }
     }
 
@@ -767,7 +772,11 @@ async fn requests_and_units(rounds: usize) -> Vec<String> {
     for kind in ["accepted", "ignored", "duplicate", "deploy"] {
         let (webhook, all, secs) = &kinds[kind];
         if kind != "deploy" {
-            out.push(webhook.scaled(1.0 / n).line(&format!("{kind}: the webhook")));
+            out.push(
+                webhook
+                    .scaled(1.0 / n)
+                    .line(&format!("{kind}: the webhook")),
+            );
         }
         let all = all.scaled(1.0 / n);
         out.push(all.line(&format!("{kind}: all ({:.1} s)", secs / n)));
@@ -842,7 +851,11 @@ async fn stored(moto: &str) -> Vec<(String, usize, bool)> {
                 after: Some(item.clone()),
                 transactional: false,
             };
-            out.push((kind_of(&w), size * (1 + entries), item.get("expires").is_some()));
+            out.push((
+                kind_of(&w),
+                size * (1 + entries),
+                item.get("expires").is_some(),
+            ));
         }
         match page.get("LastEvaluatedKey") {
             Some(k) => start = Some(k.clone()),
@@ -1007,7 +1020,7 @@ async fn intake_beside_sqlite(n: usize, senders: usize, rounds: usize) -> Vec<St
         ));
         if e.refused_count > 0 {
             out.push(format!(
-                "{engine:<16} refused {} (GitHub redelivers them), e.g. {:?}",
+                "{engine:<16} refused {} (not acknowledged), e.g. {:?}",
                 e.refused_count,
                 e.refused.iter().take(2).collect::<Vec<_>>()
             ));
