@@ -475,7 +475,16 @@ async fn from_event_to_update_service_takes_few_calls() {
         .iter()
         .filter(|op| DEPLOY_CALLS.contains(&op.as_str()))
         .collect();
-    assert!(deploy_calls.len() <= 6, "{deploy_calls:?}");
+    // The event's confirming BatchGetBuilds, and on a slow machine the reconciler's look at
+    // the build still in flight, which may fall in the same window: the deploy's own calls
+    // are the rest.
+    let (confirms, own): (Vec<&String>, Vec<&String>) = deploy_calls
+        .iter()
+        .partition(|op| op.as_str() == "BatchGetBuilds");
+    assert!(
+        (1..=2).contains(&confirms.len()) && own.len() <= 5,
+        "{deploy_calls:?}"
+    );
     assert!(
         !calls.iter().any(|op| op == "DescribeClusters"),
         "{calls:?}"

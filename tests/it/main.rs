@@ -5,6 +5,7 @@
 mod support;
 
 mod backup;
+mod bench_store;
 mod chat;
 mod cli;
 mod deploy;

@@ -50,7 +50,7 @@ fn guids(b: &SlipwayBuilder) -> Vec<String> {
 
 // The CLI's listings block this thread while the proxy (on this runtime) must answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dynamodb_throttling_or_a_write_conflict_answers_github_503_and_acknowledges_nothing() {
+async fn dynamodb_throttling_a_conflict_or_a_fault_answers_github_503_and_acknowledges_nothing() {
     let emulator = table().await;
     let proxy = Proxy::start(&emulator.url).await;
     let s = on_dynamodb(&proxy.url).start().await;
@@ -58,16 +58,23 @@ async fn dynamodb_throttling_or_a_write_conflict_answers_github_503_and_acknowle
     let r = s.deliver("push", "dyn-ok-1", &body).await;
     assert_eq!(r.status, 202, "{}", r.text);
 
-    for (guid, code) in [
-        ("dyn-throttled-1", "ProvisionedThroughputExceededException"),
-        ("dyn-conflict-1", "TransactionConflictException"),
+    for (guid, status, code) in [
+        (
+            "dyn-throttled-1",
+            400,
+            "ProvisionedThroughputExceededException",
+        ),
+        ("dyn-conflict-1", 400, "TransactionConflictException"),
+        // A 5xx is DynamoDB's own fault, whatever its code: try again later too.
+        ("dyn-fault-1", 500, "InternalFailure"),
     ] {
         // More failures than the SDK's attempts: the write does not happen.
-        proxy.fail("TransactWriteItems", 50, 400, code);
+        proxy.fail("TransactWriteItems", 50, status, code);
         let r = s.deliver("push", guid, &body).await;
         assert_eq!(r.status, 503, "{code}: {}", r.text);
+        // "busy": the answer that comes with Retry-After (the store is unavailable for now).
         assert!(
-            r.text.contains(code),
+            r.text.contains("busy") && r.text.contains(code),
             "{code}: the answer says why: {}",
             r.text
         );
@@ -91,13 +98,21 @@ async fn dynamodb_throttling_or_a_write_conflict_answers_github_503_and_acknowle
 
     // Nothing was acknowledged for the refused deliveries; GitHub's redelivery is taken once.
     assert_eq!(guids(&s.builder), ["dyn-ok-1"]);
-    for guid in ["dyn-throttled-1", "dyn-conflict-1"] {
+    for guid in ["dyn-throttled-1", "dyn-conflict-1", "dyn-fault-1"] {
         let r = s.deliver("push", guid, &body).await;
         assert_eq!(r.status, 202, "{guid}: {}", r.text);
     }
     let mut listed = guids(&s.builder);
     listed.sort();
-    assert_eq!(listed, ["dyn-conflict-1", "dyn-ok-1", "dyn-throttled-1"]);
+    assert_eq!(
+        listed,
+        [
+            "dyn-conflict-1",
+            "dyn-fault-1",
+            "dyn-ok-1",
+            "dyn-throttled-1"
+        ]
+    );
     // Still serving.
     assert_eq!(s.get("/healthz").await.0, 200);
 }

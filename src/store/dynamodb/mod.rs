@@ -200,9 +200,13 @@ where
         }
     }
     let retry = match &cause {
-        Cause::Service { code, .. } => code
-            .as_deref()
-            .is_some_and(|c| RETRY_LATER_CODES.contains(&c)),
+        // A 5xx is the service's own fault whatever its code (or none, as behind a proxy).
+        Cause::Service { code, status, .. } => {
+            *status >= 500
+                || code
+                    .as_deref()
+                    .is_some_and(|c| RETRY_LATER_CODES.contains(&c))
+        }
         Cause::CouldNotConnect(_) | Cause::TimedOut => true,
         _ => false,
     };
