@@ -22,8 +22,6 @@ use hyper::header::HeaderMap;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Map, Value};
-use slipway::config::JournalConfig;
-use slipway::store::dynamodb::DynamoStore;
 
 use crate::deploy::{Deploy, Setup};
 use crate::support::world::PROJECT;
@@ -48,14 +46,7 @@ fn store_config() -> String {
 
 /// Makes slipway's table on `emulator`, as `slipway provision` does.
 async fn make_table(emulator: &Emulator) {
-    DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&emulator.config),
-        TABLE,
-        &JournalConfig::default(),
-    )
-    .create_table(slipway::store::millis(time::OffsetDateTime::now_utc()))
-    .await
-    .unwrap();
+    emulator.create_state_table(TABLE).await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,9 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use slipway::config::JournalConfig;
-use slipway::store::dynamodb::DynamoStore;
-
 use crate::support::{eventually, fixture, free_port, Emulator, Proxy, SlipwayBuilder};
 
 const TABLE: &str = "slipway";
@@ -21,14 +18,7 @@ fn store_config() -> String {
 /// An emulator holding slipway's table, as `slipway provision` makes it.
 async fn table() -> Emulator {
     let emulator = Emulator::start().await;
-    DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&emulator.config),
-        TABLE,
-        &JournalConfig::default(),
-    )
-    .create_table(slipway::store::millis(time::OffsetDateTime::now_utc()))
-    .await
-    .unwrap();
+    emulator.create_state_table(TABLE).await;
     emulator
 }
 

@@ -105,6 +105,19 @@ impl Emulator {
         s3
     }
 
+    /// Makes slipway's DynamoDB table `name` here, as `slipway provision` does
+    /// (`DynamoStore::create_table`).
+    pub async fn create_state_table(&self, name: &str) {
+        ::slipway::store::dynamodb::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&self.config),
+            name,
+            &::slipway::config::JournalConfig::default(),
+        )
+        .create_table(::slipway::store::millis(time::OffsetDateTime::now_utc()))
+        .await
+        .unwrap();
+    }
+
     pub fn codebuild(&self) -> aws_sdk_codebuild::Client {
         aws_sdk_codebuild::Client::new(&self.config)
     }
