@@ -121,17 +121,7 @@ impl DynamoStore {
         self.wait_until_active().await?;
         self.enable_ttl().await?;
         self.enable_pitr().await?;
-        let mut created = super::item::key("meta", "created_ms");
-        created.insert("value".into(), super::item::n(now_ms));
-        self.client()
-            .put_item()
-            .table_name(self.table())
-            .set_item(Some(created))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(|e| sdk_error("DynamoDB PutItem", e))?;
-        Ok(())
+        self.ensure_created_ms(now_ms).await
     }
 
     /// Waits until the table and its indexes are `ACTIVE` (or [`ACTIVE_WITHIN`] has passed).
