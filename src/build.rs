@@ -19,6 +19,7 @@ use crate::aws::AwsError;
 use crate::clock::SharedClock;
 use crate::config::BuildRetry;
 use crate::github::BuildState;
+use crate::replicas::Claim;
 use crate::store::{millis, PendingBuild, Store};
 
 /// Most StartBuild calls in flight at once.
@@ -58,6 +59,8 @@ pub struct BuildStarter {
     pub retry: BuildRetry,
     /// The commit's `slipway/build` status goes pending when the build starts.
     pub github: crate::github::GithubSink,
+    /// Starts run on the replica holding the `builds` lease (issue 26).
+    pub replicas: Arc<crate::replicas::Replicas>,
 }
 
 /// The delay before attempt number `attempts + 1`: capped exponential, with jitter.
@@ -107,8 +110,19 @@ enum Attempt {
 }
 
 impl BuildStarter {
+    /// Starts due builds while this replica holds the `builds` lease, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
+        let replicas = this.replicas.clone();
+        replicas
+            .singleton(crate::replicas::BUILDS, shutdown, move |token, claim| {
+                this.clone().run_held(token, claim)
+            })
+            .await
+    }
+
+    async fn run_held(self: Arc<Self>, shutdown: CancellationToken, claim: Claim) {
+        let this = self;
         let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let mut tasks = JoinSet::new();
         // Due builds read in one batch, started as slots free up.
@@ -133,12 +147,13 @@ impl BuildStarter {
                 }
                 let this = this.clone();
                 let in_flight = in_flight.clone();
+                let claim = claim.clone();
                 let span = tracing::info_span!("build", delivery = %build.delivery_id,
                     app = %build.app, sha = %build.sha, run = build.id);
                 tasks.spawn(
                     async move {
                         let id = build.id;
-                        let started = this.start_one(build).await;
+                        let started = this.start_one(build, &claim).await;
                         in_flight.lock().expect("in-flight set").remove(&id);
                         started
                     }
@@ -150,9 +165,13 @@ impl BuildStarter {
             } else if !queue.is_empty() {
                 Duration::from_secs(30) // a slot frees up first
             } else {
+                // Another replica may have taken a push: looked for every poll (issue 26).
+                let idle = this.replicas.poll().min(Duration::from_secs(30));
                 match this.journal.next_due_ms().await {
-                    Ok(Some(due)) => Duration::from_millis((due - now).clamp(100, 30_000) as u64),
-                    Ok(None) => Duration::from_secs(30),
+                    Ok(Some(due)) => {
+                        Duration::from_millis((due - now).clamp(100, 30_000) as u64).min(idle)
+                    }
+                    Ok(None) => idle,
                     Err(_) => Duration::from_secs(1),
                 }
             };
@@ -186,7 +205,7 @@ impl BuildStarter {
         }
     }
 
-    async fn start_one(&self, build: PendingBuild) -> Attempt {
+    async fn start_one(&self, build: PendingBuild, claim: &Claim) -> Attempt {
         if build.start_requested {
             // A previous attempt may have reached CodeBuild before slipway stopped.
             match self.find_started(&build).await {
@@ -207,6 +226,11 @@ impl BuildStarter {
         {
             // Without this record a crash could start the build twice; try again later.
             tracing::error!(error = %e, "cannot journal the start; not calling StartBuild yet");
+            return Attempt::Other;
+        }
+        // Right before the side effect: a replica that lost the lease starts nothing.
+        if !self.replicas.check(claim).await {
+            tracing::warn!("the builds lease is no longer this replica's: not calling StartBuild");
             return Attempt::Other;
         }
         let result = self

@@ -551,6 +551,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_status(&apps, json);
             if !json {
                 print_github(&v);
+                print_replicas(&v);
             }
             let failing: Vec<&str> = apps
                 .iter()
@@ -854,6 +855,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot read the last backup's outcome"),
     }
     readiness.set_recovery(crate::startup::recovery_state(&config, github.is_some()));
+    let replica_id = crate::startup::replica_id(&config).await;
     server::run(
         listener,
         admin,
@@ -872,6 +874,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             readiness,
             github,
             backups,
+            replica_id,
         },
         shutdown,
     )
@@ -1117,6 +1120,34 @@ fn print_status(apps: &[serde_json::Value], json: bool) {
 }
 
 /// The `github` line of `slipway status`: how GitHub calls are going (when configured).
+/// The live replicas and what each holds (issue 26).
+fn print_replicas(v: &serde_json::Value) {
+    let Some(list) = v["replicas"].as_array() else {
+        return;
+    };
+    println!("replicas: {} live", list.len());
+    for r in list {
+        let holds: Vec<&str> = r["holds"]
+            .as_array()
+            .map(|h| h.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "  {}{}: {}",
+            r["id"].as_str().unwrap_or("?"),
+            if r["this"].as_bool() == Some(true) {
+                " (answering)"
+            } else {
+                ""
+            },
+            if holds.is_empty() {
+                "holds nothing".to_owned()
+            } else {
+                format!("holds {}", holds.join(", "))
+            }
+        );
+    }
+}
+
 fn print_github(v: &serde_json::Value) {
     let github = &v["github"];
     if github.is_object() {

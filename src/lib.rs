@@ -31,6 +31,7 @@ mod page;
 pub mod provision;
 mod push_filter;
 pub mod readiness;
+pub mod replicas;
 mod startup;
 pub mod store;
 pub mod webhook;

@@ -46,6 +46,10 @@ pub const OLDEST_PENDING_NOTIFICATION_AGE: &str = "slipway_oldest_pending_notifi
 /// Journal backups (issue 21), by result.
 pub const BACKUPS: &str = "slipway_backups_total";
 pub const BUILDS_PENDING: &str = "slipway_builds_pending";
+/// Leases this replica took (issue 26).
+pub const LEASES_TAKEN: &str = "slipway_leases_taken_total";
+/// Leases this replica lost before handing them back (not renewed in time, or taken over).
+pub const LEASES_LOST: &str = "slipway_leases_lost_total";
 pub const OLDEST_PENDING_BUILD_AGE: &str = "slipway_oldest_pending_build_age_seconds";
 
 /// Request-sized latencies (webhook handling, a journal commit).
@@ -98,9 +102,11 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process (later calls return the same handle),
 /// describes every metric and registers each at zero, for the apps in `config`.
-pub fn install(config: &Config) -> &'static PrometheusHandle {
+pub fn install(config: &Config, replica: &str) -> &'static PrometheusHandle {
     let handle = HANDLE.get_or_init(|| {
+        // Every series carries the replica it comes from (issue 26).
         let recorder = PrometheusBuilder::new()
+            .add_global_label("replica", replica)
             .set_buckets_for_metric(Matcher::Full(WEBHOOK_DURATION.to_owned()), FAST_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(
@@ -185,6 +191,15 @@ fn describe() {
     );
     describe_counter!(BACKUPS, "Journal backups taken, by result (ok, error).");
     describe_gauge!(BUILDS_PENDING, "Builds waiting for CodeBuild StartBuild.");
+    describe_counter!(
+        LEASES_TAKEN,
+        "Leases this replica took (builds, a service's deploys, an outbox, ...)."
+    );
+    describe_counter!(
+        LEASES_LOST,
+        "Leases this replica lost before handing them back (not renewed in time, or another \
+         replica took them)."
+    );
     describe_gauge!(
         OLDEST_PENDING_BUILD_AGE,
         "Age of the oldest build waiting for StartBuild, in seconds (0 when none)."
@@ -197,7 +212,13 @@ fn register_zero(config: &Config) {
     for outcome in DELIVERY_OUTCOMES {
         metrics::counter!(DELIVERIES, "outcome" => *outcome).increment(0);
     }
-    for name in [BUILD_START_RETRIES, SQS_MESSAGES, NOTIFICATIONS_DROPPED] {
+    for name in [
+        BUILD_START_RETRIES,
+        SQS_MESSAGES,
+        NOTIFICATIONS_DROPPED,
+        LEASES_TAKEN,
+        LEASES_LOST,
+    ] {
         metrics::counter!(name).increment(0);
     }
     for result in [RESULT_OK, RESULT_ERROR] {

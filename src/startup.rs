@@ -290,3 +290,15 @@ pub fn check_serve_environment(
     }
     problems
 }
+
+/// This replica's id (issue 26): `[replicas] replica_id`, else the ECS task's ARN, else the
+/// hostname and the process id.
+pub async fn replica_id(config: &Config) -> String {
+    match &config.replicas.replica_id {
+        Some(id) => id.clone(),
+        None => crate::replicas::default_id(
+            ecs_task_arn(|name| std::env::var(name).ok()).await,
+            &crate::store::sqlite::lock::hostname(),
+        ),
+    }
+}

@@ -14,6 +14,7 @@ use crate::ids::AppName;
 
 pub mod github;
 pub mod notify;
+pub mod replicas;
 pub mod store;
 
 pub use notify::NotifyConfig;
@@ -88,6 +89,8 @@ struct RawConfig {
     journal: JournalConfig,
     #[serde(default)]
     store: store::RawStoreConfig,
+    #[serde(default)]
+    replicas: replicas::RawReplicasConfig,
     /// Optional GitHub API access (issue 11): statuses, deployments, recovery.
     github: Option<github::RawGithubConfig>,
 }
@@ -213,6 +216,8 @@ pub struct Config {
     pub journal: JournalConfig,
     /// Which engine holds the state (`[store]`).
     pub store: store::StoreConfig,
+    /// This replica's id and the lease period (`[replicas]`, issue 26).
+    pub replicas: replicas::ReplicasConfig,
 }
 
 /// The `[chat]` table.
@@ -595,6 +600,7 @@ impl RawConfig {
             github,
             journal,
             store,
+            replicas: self.replicas.validate()?,
         })
     }
 }

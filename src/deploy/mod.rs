@@ -28,7 +28,7 @@ use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
 use crate::image::ImageRef;
 use crate::notify::{EventKind, Notification, Notifier};
-use crate::store::{deploy_state, millis, Deployment, DeploymentUpdate, Store};
+use crate::store::{deploy_state, millis, Deployment, DeploymentUpdate, Store, StoreError};
 use rollout::{evaluate, Earlier, Rollout, Verdict};
 use taskdef::NewRevision;
 
@@ -42,6 +42,14 @@ enum Stop {
     /// Another deploy of the service was already under way when slipway stopped: it goes
     /// first; this one stays pending and runs after it.
     Wait,
+    /// This replica no longer holds the service's lease (issue 26): it does and writes
+    /// nothing more for the deploy; the replica that took the lease resumes it.
+    Lost,
+}
+
+tokio::task_local! {
+    /// The service lease the deploy being driven runs under (see [`Deployer::drive`]).
+    static DRIVING: crate::replicas::Claim;
 }
 
 /// How a rollout is watched.
@@ -162,6 +170,8 @@ pub struct Deployer {
     past_deadline_told: Mutex<HashSet<i64>>,
     /// The rollouts being watched, for ECS's deployment events to wake.
     pub watchers: Arc<watchers::Watchers>,
+    /// Each service's deploys are driven under its lease (issue 26).
+    replicas: Arc<crate::replicas::Replicas>,
 }
 
 impl Deployer {
@@ -172,11 +182,28 @@ impl Deployer {
         config: Arc<Config>,
         notifier: Notifier,
         wake: Arc<Notify>,
+        replicas: Arc<crate::replicas::Replicas>,
     ) -> Deployer {
+        // Every ECS and ECR call of a deploy is refused before it is sent once the deploy's
+        // lease no longer counts as held here (a replica waking from a pause acts on nothing).
+        let ecs = aws_sdk_ecs::Client::from_conf(
+            aws.ecs
+                .config()
+                .to_builder()
+                .interceptor(LeaseGuard)
+                .build(),
+        );
+        let ecr = aws_sdk_ecr::Client::from_conf(
+            aws.ecr
+                .config()
+                .to_builder()
+                .interceptor(LeaseGuard)
+                .build(),
+        );
         Deployer {
             journal,
-            ecs: aws.ecs.clone(),
-            ecr: aws.ecr.clone(),
+            ecs,
+            ecr,
             clock,
             config,
             notifier,
@@ -185,6 +212,7 @@ impl Deployer {
             unseen_told: Mutex::default(),
             past_deadline_told: Mutex::default(),
             watchers: Arc::default(),
+            replicas,
         }
     }
 
@@ -238,13 +266,33 @@ impl Deployer {
         millis(self.clock.now())
     }
 
-    /// Takes one deployment to a terminal state.
+    /// Takes one deployment to a terminal state, under its service's lease: a replica that
+    /// cannot take the lease leaves the deploy to the one that holds it; one that loses it
+    /// midway stops at once (the next holder resumes from the store).
     async fn drive(&self, id: i64) {
         let Ok(Some(first)) = self.journal.deployment(id).await else {
             return;
         };
         let lock = self.lock_for(&first.service_key);
         let _one_at_a_time = lock.lock().await;
+        let lease = crate::replicas::deploy(&first.service_key);
+        let Some(claim) = self.replicas.try_claim(&lease).await else {
+            tracing::debug!(lease, "another replica deploys this service now");
+            // Looked at again after a poll (the deploy stays in this worker's in-flight set
+            // until then), to take it over if that replica dies.
+            return tokio::time::sleep(self.replicas.poll()).await;
+        };
+        let run = DRIVING.scope(claim.clone(), self.drive_held(id));
+        if claim.while_held(run).await.is_none() {
+            tracing::warn!(
+                lease,
+                "the service's lease was lost: this replica stops the deploy"
+            );
+        }
+        self.replicas.release(claim).await;
+    }
+
+    async fn drive_held(&self, id: i64) {
         // Re-read: it may have moved on while this waited for the service.
         let d = match self.journal.deployment(id).await {
             Ok(Some(d)) if !deploy_state::is_terminal(&d.state) => d,
@@ -282,6 +330,9 @@ impl Deployer {
                 tracing::info!("another deploy of this service resumes first");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 self.wake.notify_one();
+            }
+            Err(Stop::Lost) => {
+                tracing::warn!("the service's lease is no longer this replica's: stopping here");
             }
             Err(Stop::Interrupted(reason)) => {
                 tracing::error!(%reason, "deploy interrupted; it resumes from the journal");
@@ -775,6 +826,7 @@ impl Deployer {
     }
 
     async fn register(&self, revision: NewRevision) -> Result<String, Stop> {
+        self.still_held().await?;
         let out = revision
             .apply(self.ecs.register_task_definition())
             .send()
@@ -794,6 +846,7 @@ impl Deployer {
         app: &AppConfig,
         task_definition: &str,
     ) -> Result<(String, Source), Stop> {
+        self.still_held().await?;
         let out = self
             .ecs
             .update_service()
@@ -960,7 +1013,7 @@ impl Deployer {
         };
         if let Err(e) = self
             .journal
-            .update_deployment(d.id, update, self.now())
+            .update_deployment(d.id, fenced(update), self.now())
             .await
         {
             tracing::warn!(error = %e, "could not journal that the service cannot be seen");
@@ -1010,7 +1063,7 @@ impl Deployer {
                                 };
                                 if let Err(e) = self
                                     .journal
-                                    .update_deployment(d.id, update, self.now())
+                                    .update_deployment(d.id, fenced(update), self.now())
                                     .await
                                 {
                                     tracing::warn!(error = %e,
@@ -1093,7 +1146,7 @@ impl Deployer {
                         };
                         if let Err(e) = self
                             .journal
-                            .update_deployment(d.id, update, self.now())
+                            .update_deployment(d.id, fenced(update), self.now())
                             .await
                         {
                             tracing::warn!(error = %e, "could not journal the ECS deployment");
@@ -1151,7 +1204,7 @@ impl Deployer {
         };
         if let Err(e) = self
             .journal
-            .update_deployment(d.id, update, self.now())
+            .update_deployment(d.id, fenced(update), self.now())
             .await
         {
             tracing::warn!(error = %e, "could not journal the rollout's progress");
@@ -1408,7 +1461,7 @@ impl Deployer {
         };
         if let Err(e) = self
             .journal
-            .update_deployment(d.id, update, self.now())
+            .update_deployment(d.id, fenced(update), self.now())
             .await
         {
             tracing::warn!(error = %e, "could not journal why nothing was rolled back");
@@ -1440,6 +1493,7 @@ impl Deployer {
             },
         )
         .await?;
+        self.still_held().await?;
         match service_deployment::stop_and_roll_back(&self.ecs, arn).await {
             Ok(()) => Ok(true),
             Err(e) if e.retryable || e.code.as_deref() == Some("ConflictException") => {
@@ -1480,6 +1534,7 @@ impl Deployer {
             Ok(started) => started,
             Err(Stop::Interrupted(e)) => return Err(Stop::Interrupted(e)),
             Err(Stop::Wait) => return Err(Stop::Wait),
+            Err(Stop::Lost) => return Err(Stop::Lost),
             Err(Stop::Failed(e)) | Err(Stop::Superseded(e)) => {
                 return Err(Stop::Failed(format!(
                     "{why}; rolling back to {from_td} failed: {e}"
@@ -1588,10 +1643,26 @@ impl Deployer {
     }
 
     async fn update(&self, d: &Deployment, u: DeploymentUpdate) -> Result<(), Stop> {
+        if DRIVING.try_with(|c| c.held_here()) == Ok(false) {
+            return Err(Stop::Lost);
+        }
         self.journal
-            .update_deployment(d.id, u, self.now())
+            .update_deployment(d.id, fenced(u), self.now())
             .await
             .map_err(journal_stop)
+    }
+
+    /// Right before a side effect on ECS: still this replica's deploy? (Its lease counted as
+    /// held here and carrying its fence in the store.)
+    async fn still_held(&self) -> Result<(), Stop> {
+        let Ok(claim) = DRIVING.try_with(Clone::clone) else {
+            return Ok(());
+        };
+        if self.replicas.check(&claim).await {
+            Ok(())
+        } else {
+            Err(Stop::Lost)
+        }
     }
 
     /// Records a terminal state and says so (logs and notification).
@@ -1601,17 +1672,22 @@ impl Deployer {
             deploy_state::SUPERSEDED => tracing::info!(%reason, "deploy superseded"),
             _ => tracing::error!(%reason, state, "deploy did not succeed"),
         }
-        let update = DeploymentUpdate {
+        let update = fenced(DeploymentUpdate {
             state: Some(state),
             reason: Some(reason.clone()),
             ..Default::default()
-        };
-        if let Err(e) = self
+        });
+        match self
             .journal
-            .update_deployment(d.id, update, self.now())
+            .update_deployment(d.id, fenced(update), self.now())
             .await
         {
-            tracing::error!(error = %e, "could not journal the deploy's outcome");
+            Ok(()) => {}
+            // Another replica has the deploy now: the outcome is its to record and tell.
+            Err(StoreError::Fenced(lease)) => {
+                return tracing::warn!(lease, "the outcome was not recorded: the lease was lost")
+            }
+            Err(e) => tracing::error!(error = %e, "could not journal the deploy's outcome"),
         }
         let now = self.journal.deployment(d.id).await.ok().flatten();
         metrics::counter!(crate::metrics::DEPLOYMENTS, "app" => d.app.clone(), "outcome" => state)
@@ -1669,7 +1745,37 @@ fn earlier_has(earlier: &Earlier<'_>, td: Option<&str>) -> bool {
 }
 
 fn journal_stop(e: crate::store::StoreError) -> Stop {
-    Stop::Interrupted(format!("journal: {e}"))
+    match e {
+        StoreError::Fenced(_) => Stop::Lost,
+        e => Stop::Interrupted(format!("journal: {e}")),
+    }
+}
+
+/// Refuses an AWS call made for a deploy whose service lease no longer counts as held here.
+#[derive(Debug)]
+struct LeaseGuard;
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for LeaseGuard {
+    fn name(&self) -> &'static str {
+        "slipway::deploy::LeaseGuard"
+    }
+
+    fn read_before_execution(
+        &self,
+        _: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        match DRIVING.try_with(|c| c.held_here()) {
+            Ok(false) => Err("this replica no longer holds the deploy's service lease".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `u`, conditional on the lease of the deploy being driven (when there is one).
+fn fenced(mut u: DeploymentUpdate) -> DeploymentUpdate {
+    u.fence = DRIVING.try_with(|c| c.fence()).ok();
+    u
 }
 
 /// An ECR repository's URI, as ECR itself forms it.

@@ -437,7 +437,7 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken) {
         let after = self.results.config.events.reconcile_after;
         let every = (after / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {

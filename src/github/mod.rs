@@ -102,6 +102,7 @@ impl Github {
         config: Arc<crate::config::Config>,
         journal: crate::store::Store,
         clock: crate::clock::SharedClock,
+        replicas: Arc<crate::replicas::Replicas>,
     ) -> Result<Github, GithubError> {
         let health = Arc::new(Health::new(clock.clone()));
         let client = Arc::new(Client::new(&cfg.api_url, credentials, health.clone())?);
@@ -111,6 +112,7 @@ impl Github {
             journal.clone(),
             clock.clone(),
             cfg.give_up_after,
+            replicas,
         );
         let recovery = (!cfg.hooks.is_empty()).then(|| Recovery {
             client: client.clone(),

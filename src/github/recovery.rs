@@ -65,7 +65,7 @@ struct Attempt {
 impl Recovery {
     /// Recovers at once, then every `every`, until `shutdown`. `readiness` learns how the
     /// first round went: `/readyz` answers 503 until it has finished or failed.
-    pub async fn run(self, shutdown: CancellationToken, readiness: Arc<Readiness>) {
+    pub async fn run(&self, shutdown: CancellationToken, readiness: Arc<Readiness>) {
         let mut first = true;
         loop {
             let failed = tokio::select! {

@@ -84,6 +84,7 @@ impl GithubSink {
         journal: Store,
         clock: SharedClock,
         give_up_after: Duration,
+        replicas: Arc<crate::replicas::Replicas>,
     ) -> GithubSink {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let pending = Arc::new(watch::Sender::new(0));
@@ -93,6 +94,7 @@ impl GithubSink {
             journal,
             clock,
             give_up_after,
+            replicas,
         };
         tokio::spawn(worker.run(rx, pending.clone()));
         GithubSink {
@@ -171,6 +173,8 @@ struct Worker {
     clock: SharedClock,
     /// An update not posted by this age is given up.
     give_up_after: Duration,
+    /// One replica posts the outbox (issue 26).
+    replicas: Arc<crate::replicas::Replicas>,
 }
 
 /// A commit status: what GitHub shows next to the commit.
@@ -255,7 +259,21 @@ impl Worker {
             wake.clone(),
             pending.clone(),
         ));
+        let never = tokio_util::sync::CancellationToken::new();
+        let mut claim: Option<crate::replicas::Claim> = None;
         loop {
+            let held = match claim.as_ref().filter(|c| !c.is_lost()) {
+                Some(c) => c.clone(),
+                None => match self
+                    .replicas
+                    .acquire(crate::replicas::GITHUB_OUTBOX, &never)
+                    .await
+                {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            claim = Some(held.clone());
             let batch = match self.journal.github_outbox(32).await {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -265,10 +283,20 @@ impl Worker {
                 }
             };
             if batch.is_empty() {
-                wake.notified().await;
+                // Another replica's updates are found by looking again every poll.
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(self.replicas.poll()) => {}
+                    _ = held.lost() => {}
+                }
                 continue;
             }
             for entry in batch {
+                // Right before the side effect: a replica that lost the lease posts nothing.
+                if !self.replicas.check(&held).await {
+                    claim = None;
+                    break;
+                }
                 let result = match serde_json::from_str::<Event>(&entry.event) {
                     Ok(event) => self.handle(event).await,
                     Err(e) => {

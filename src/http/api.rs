@@ -124,6 +124,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/apps", get(apps))
+        .route("/api/replicas", get(replicas))
         .route("/api/apps/{app}/deploy", post(deploy))
         .route("/api/apps/{app}/rollback", post(rollback))
         .route("/api/deliveries", get(deliveries))
@@ -179,7 +180,27 @@ async fn last_backup(
 }
 
 async fn apps(_: Operator, State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "apps": state.ops.status().await, "github": state.ops.github_status() }))
+    // The replicas' view is best effort here (`/api/replicas` says why when it fails).
+    let replicas = state.replicas.view().await.ok();
+    Json(json!({
+        "apps": state.ops.status().await,
+        "github": state.ops.github_status(),
+        "replica": state.replicas.id(),
+        "replicas": replicas.map(|v| v.replicas),
+    }))
+}
+
+/// The live replicas and the leases each holds (issue 26).
+async fn replicas(
+    _: Operator,
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let view = state.replicas.view().await.map_err(OpsError::from)?;
+    Ok(Json(json!({
+        "replica": state.replicas.id(),
+        "lease_secs": state.replicas.period().as_secs(),
+        "replicas": view.replicas,
+    })))
 }
 
 #[derive(Deserialize)]

@@ -72,6 +72,8 @@ pub struct Shared {
     pub readiness: Arc<crate::readiness::Readiness>,
     /// Journal backups (`/api/backups`).
     pub backups: Arc<crate::backup::Backups>,
+    /// This replica and its leases (`/api/replicas`, issue 26).
+    pub replicas: Arc<crate::replicas::Replicas>,
 }
 
 /// Everything `run` needs from outside.
@@ -91,6 +93,8 @@ pub struct Services {
     pub github: Option<crate::github::Credentials>,
     /// Journal backups, on request and on `[journal] backup_to`'s schedule.
     pub backups: Arc<crate::backup::Backups>,
+    /// This replica's id (`[replicas] replica_id`, the ECS task ARN, or host and pid).
+    pub replica_id: String,
 }
 
 /// The public listener: what GitHub, Slack and the load balancer's health check reach.
@@ -293,11 +297,20 @@ pub async fn run(
         readiness,
         github,
         backups,
+        replica_id,
     } = services;
     if slack_secret.is_some() && config.chat.slack_team_id.is_none() {
         anyhow::bail!(crate::config::SLACK_TEAM_REQUIRED);
     }
-    crate::metrics::install(&config);
+    crate::metrics::install(&config, &replica_id);
+    let replicas = crate::replicas::Replicas::new(
+        journal.clone(),
+        clock.clone(),
+        replica_id,
+        config.replicas.lease,
+    );
+    let leases_stop = CancellationToken::new();
+    let leases = tokio::spawn(replicas.clone().run(leases_stop.clone()));
     let config = Arc::new(config);
     let github = match github {
         Some(credentials) => Some(crate::github::Github::start(
@@ -306,13 +319,18 @@ pub async fn run(
             config.clone(),
             journal.clone(),
             clock.clone(),
+            replicas.clone(),
         )?),
         None => None,
     };
     let github_sink = github.as_ref().map(|g| g.sink.clone()).unwrap_or_default();
     // Every notification goes to every target, each through its own journaled outbox.
-    let mut targets: Vec<Arc<dyn Target>> =
-        notify.start(&config.notify, journal.clone(), clock.clone())?;
+    let mut targets: Vec<Arc<dyn Target>> = notify.start(
+        &config.notify,
+        journal.clone(),
+        clock.clone(),
+        replicas.clone(),
+    )?;
     if github.is_some() {
         targets.push(Arc::new(github_sink.clone()));
     }
@@ -330,6 +348,7 @@ pub async fn run(
             wake: build_wake.clone(),
             retry: config.build.clone(),
             github: github_sink.clone(),
+            replicas: replicas.clone(),
         }
         .run(workers.clone()),
     );
@@ -338,7 +357,27 @@ pub async fn run(
         .as_ref()
         .map(|g| g.client.clone() as Arc<dyn crate::push_filter::ChangedFilesSource>);
     if let Some(recovery) = github.and_then(|g| g.recovery) {
-        worker_tasks.spawn(recovery.run(workers.clone(), readiness.clone()));
+        let recovery = Arc::new(recovery);
+        let readiness = readiness.clone();
+        let replicas = replicas.clone();
+        let shutdown = workers.clone();
+        worker_tasks.spawn(async move {
+            // One replica recovers; the others are ready without waiting for its round.
+            if replicas
+                .try_claim(crate::replicas::RECOVERY)
+                .await
+                .is_none()
+            {
+                tracing::info!("another replica runs delivery recovery");
+                readiness.set_recovery(crate::readiness::Recovery::Done);
+            }
+            replicas
+                .singleton(crate::replicas::RECOVERY, shutdown, |token, _| {
+                    let (recovery, readiness) = (recovery.clone(), readiness.clone());
+                    async move { recovery.run(token, readiness).await }
+                })
+                .await
+        });
     }
     let deployer = Arc::new(Deployer::new(
         journal.clone(),
@@ -347,6 +386,7 @@ pub async fn run(
         config.clone(),
         notifier.clone(),
         deploy_wake.clone(),
+        replicas.clone(),
     ));
     worker_tasks.spawn(deployer.clone().run(workers.clone()));
     let results = Arc::new(BuildResults {
@@ -371,22 +411,31 @@ pub async fn run(
     } else {
         tracing::warn!("no queue_url configured: build results come only from the reconciler");
     }
-    worker_tasks.spawn(
-        Reconciler {
-            codebuild: aws.codebuild.clone(),
-            results,
-        }
-        .run(workers.clone()),
-    );
-
-    worker_tasks.spawn(
-        crate::store::Retention {
-            journal: journal.clone(),
-            clock: clock.clone(),
-            settings: config.journal.clone(),
-        }
-        .run(workers.clone()),
-    );
+    let reconciler = Arc::new(Reconciler {
+        codebuild: aws.codebuild.clone(),
+        results,
+    });
+    worker_tasks.spawn(replicas.clone().singleton(
+        crate::replicas::RECONCILE,
+        workers.clone(),
+        move |token, _| {
+            let reconciler = reconciler.clone();
+            async move { reconciler.run(token).await }
+        },
+    ));
+    let retention = Arc::new(crate::store::Retention {
+        journal: journal.clone(),
+        clock: clock.clone(),
+        settings: config.journal.clone(),
+    });
+    worker_tasks.spawn(replicas.clone().singleton(
+        crate::replicas::RETENTION,
+        workers.clone(),
+        move |token, _| {
+            let retention = retention.clone();
+            async move { retention.run(token).await }
+        },
+    ));
     if let Some(to) = config.journal.backup_to.clone() {
         worker_tasks.spawn(backups.clone().run_schedule(to, workers.clone()));
     }
@@ -426,6 +475,7 @@ pub async fn run(
         body_budget: Arc::new(body::Budget::new(limits.unauthenticated_body_bytes)),
         readiness,
         backups,
+        replicas: replicas.clone(),
     });
     let public_app = public_router(state.clone());
     let admin_app = admin_router(state.clone());
@@ -439,6 +489,9 @@ pub async fn run(
     let stopper = async {
         shutdown.await;
         stop.cancel();
+        // The workers stop at once (their work stays in the store), so their leases go back
+        // to the other replicas within seconds, not after the connections drained.
+        workers.cancel();
     };
     tokio::join!(
         stopper,
@@ -461,9 +514,14 @@ pub async fn run(
     }
     workers.cancel();
     while worker_tasks.join_next().await.is_some() {}
+    // Builds, deploys and the singletons go back to the other replicas now; the outboxes keep
+    // theirs while they flush.
+    replicas.release_work().await;
     notifier.flush(std::time::Duration::from_secs(5)).await;
     // Also what GitHub took that was not a notification (build statuses).
     github_sink.flush(std::time::Duration::from_secs(5)).await;
+    leases_stop.cancel();
+    let _ = leases.await;
     journal.close();
     tracing::info!("stopped");
     Ok(())

@@ -127,6 +127,7 @@ impl Endpoints {
         cfg: &NotifyConfig,
         journal: Store,
         clock: SharedClock,
+        replicas: Arc<crate::replicas::Replicas>,
     ) -> Result<Vec<Arc<dyn Target>>, NotifyError> {
         if self.targets.is_empty() {
             return Ok(Vec::new());
@@ -148,6 +149,7 @@ impl Endpoints {
                 clock: clock.clone(),
                 settings: cfg.clone(),
                 pending: pending.clone(),
+                replicas: replicas.clone(),
             };
             tokio::spawn(poster.run(rx));
             started.push(Arc::new(Outbox {
@@ -217,6 +219,7 @@ struct Poster {
     clock: SharedClock,
     settings: NotifyConfig,
     pending: Arc<watch::Sender<usize>>,
+    replicas: Arc<crate::replicas::Replicas>,
 }
 
 /// What came of one attempt at a row.
@@ -255,11 +258,29 @@ impl Poster {
             wake.clone(),
             self.pending.clone(),
         ));
+        let lease = crate::replicas::notify_outbox(name);
+        let never = tokio_util::sync::CancellationToken::new();
+        let mut claim: Option<crate::replicas::Claim> = None;
         loop {
+            // One replica posts each target's outbox (issue 26).
+            let held = match claim.as_ref().filter(|c| !c.is_lost()) {
+                Some(c) => c.clone(),
+                None => match self.replicas.acquire(&lease, &never).await {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            claim = Some(held.clone());
             let entry = match self.journal.next_notification(name).await {
                 Ok(Some(entry)) => entry,
                 Ok(None) => {
-                    wake.notified().await;
+                    // Woken by this replica's notifications; another replica's are found by
+                    // looking again every poll.
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(self.replicas.poll()) => {}
+                        _ = held.lost() => {}
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -268,6 +289,11 @@ impl Poster {
                     continue;
                 }
             };
+            // Right before the side effect: a replica that lost the lease posts nothing.
+            if !self.replicas.check(&held).await {
+                claim = None;
+                continue;
+            }
             match self.attempt(&entry).await {
                 Some(Outcome::Retry(pause)) => self.clock.sleep(pause).await,
                 Some(Outcome::Sent | Outcome::GivenUp) => {
@@ -715,7 +741,12 @@ mod tests {
         let journal = Store::open(dir.path()).unwrap();
         let targets = Endpoints::from_config(&cfg, env(&vars))
             .unwrap()
-            .start(&cfg, journal.clone(), Arc::new(crate::clock::SystemClock))
+            .start(
+                &cfg,
+                journal.clone(),
+                Arc::new(crate::clock::SystemClock),
+                crate::replicas::Replicas::alone(journal.clone()),
+            )
             .unwrap();
         Harness {
             notifier: Notifier::new(targets),
@@ -1201,7 +1232,12 @@ mod tests {
         let debug_endpoints = format!("{endpoints:?}");
         let notifier = Notifier::new(
             endpoints
-                .start(&cfg, journal, Arc::new(crate::clock::SystemClock))
+                .start(
+                    &cfg,
+                    journal.clone(),
+                    Arc::new(crate::clock::SystemClock),
+                    crate::replicas::Replicas::alone(journal),
+                )
                 .unwrap(),
         );
         for debug in [debug_endpoints, format!("{notifier:?}")] {
@@ -1227,7 +1263,12 @@ mod tests {
         let journal = Store::open(dir.path()).unwrap();
         let targets = Endpoints::from_config(&cfg, env(&[]))
             .unwrap()
-            .start(&cfg, journal, Arc::new(crate::clock::SystemClock))
+            .start(
+                &cfg,
+                journal.clone(),
+                Arc::new(crate::clock::SystemClock),
+                crate::replicas::Replicas::alone(journal),
+            )
             .unwrap();
         assert!(targets.is_empty());
     }

@@ -150,6 +150,9 @@ pub struct DeploymentUpdate {
     /// Records that slipway is asking ECS to roll the service deployment back (the first
     /// time counts).
     pub rollback_requested: bool,
+    /// Written only if this lease still carries this fence (issue 26: the deploy's service
+    /// lease); else `StoreError::Fenced` and nothing changes.
+    pub fence: Option<super::Fence>,
 }
 
 /// A build slipway started that has had no result for a while.

@@ -18,6 +18,7 @@ mod deployments;
 pub mod dynamodb;
 mod events;
 mod github;
+mod leases;
 mod notify;
 mod retention;
 pub mod sqlite;
@@ -30,6 +31,7 @@ pub use deliveries::*;
 pub use deployments::*;
 pub use events::RejectedEvent;
 pub use github::*;
+pub use leases::*;
 pub use notify::*;
 pub use retention::*;
 /// How a body is stored and keyed, as the webhook path does it (for `bench_tool floor`).
@@ -78,6 +80,10 @@ pub enum StoreError {
     /// The store slipway is configured for is not there (the DynamoDB table was never made).
     #[error("{0}: run `slipway provision` to make it")]
     Missing(String),
+    /// A fenced write was refused: this replica no longer holds the lease it wrote under
+    /// (another took the work over). Nothing was written.
+    #[error("lease {0} is no longer held by this replica: nothing was written")]
+    Fenced(String),
     /// Retention dropped this delivery's body; its metadata is still there.
     #[error("payload no longer kept (older than the journal's keep_bodies_days)")]
     PayloadNotKept,
@@ -339,6 +345,19 @@ interface! {
     fn snapshot_into(&self, dest: std::path::PathBuf) -> sqlite::backup::BackupSummary;
     /// Proves the store can take a durable write (for `/readyz`).
     fn check_writable(&self, now_ms: i64) -> ();
+
+    // Leases (issue 26): replicas dividing the work.
+    /// Takes the lease `name` for `holder` until `now_ms + ttl_ms` if it is free, released or
+    /// expired, with a fence one above the last; None while someone holds it.
+    fn claim_lease(&self, name: String, holder: String, now_ms: i64, ttl_ms: i64) -> Option<Lease>;
+    /// Extends a lease its holder still has (same fence); None when it was lost.
+    fn renew_lease(&self, lease: Lease, now_ms: i64, ttl_ms: i64) -> Option<Lease>;
+    /// Hands a lease back at once (expiry 0), if its fence is still the one given.
+    fn release_lease(&self, lease: Lease) -> ();
+    /// A lease as the store has it now (a strongly consistent read).
+    fn lease(&self, name: String) -> Option<Lease>;
+    /// Every lease the store has, released and expired ones too, by name.
+    fn leases(&self) -> Vec<Lease>;
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit.

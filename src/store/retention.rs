@@ -39,7 +39,7 @@ pub struct Retention {
 }
 
 impl Retention {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken) {
         let every = Duration::from_secs(self.settings.prune_interval_secs);
         loop {
             let now = super::millis(self.clock.now());

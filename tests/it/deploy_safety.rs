@@ -405,6 +405,7 @@ fn round_trips_counts_the_longest_chain_of_dependent_calls() {
         body: Value::Null,
         arrived,
         answered,
+        caller: String::new(),
     };
     // 1, then 2 and 3 concurrently, then 4.
     let calls = [r(1, 2), r(3, 6), r(4, 5), r(7, 8)];

@@ -976,6 +976,7 @@ fn github_in_process(
         Arc::new(config),
         journal.clone(),
         clock,
+        slipway::replicas::Replicas::alone(journal.clone()),
     )
     .unwrap();
     (github, journal, dir)

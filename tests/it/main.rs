@@ -29,6 +29,7 @@ mod ops;
 mod provision;
 mod proxy_selftest;
 mod recovery_ready;
+mod replicas;
 mod status_page;
 mod store;
 mod store_copy;

@@ -332,6 +332,25 @@ impl DynamoStore {
                 None => {}
             }
         }
+        if let Some(fence) = &u.fence {
+            // Fenced (issue 26): the update and a check of the lease, in one transaction.
+            let mut update = aws_sdk_dynamodb::types::Update::builder()
+                .table_name(self.table())
+                .set_key(Some(deployment_key(id)))
+                .update_expression(e.text())
+                .condition_expression("attribute_exists(pk)")
+                .set_expression_attribute_values(Some(e.values));
+            if u.state.is_some() {
+                update = update.expression_attribute_names("#st", "state");
+            }
+            let writes = vec![
+                aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                    .update(update.build().map_err(super::bad_request)?)
+                    .build(),
+                self.fence_check(fence)?,
+            ];
+            return self.fenced_transact(writes, fence).await;
+        }
         let mut update = self
             .client()
             .update_item()

@@ -11,6 +11,7 @@ mod deployments;
 mod github;
 mod item;
 pub(crate) mod items;
+mod leases;
 mod listings;
 mod notify;
 mod records;

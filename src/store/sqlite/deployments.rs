@@ -351,6 +351,9 @@ impl SqliteStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.write(move |c| {
+            if let Some(fence) = &u.fence {
+                super::leases::check_fence(c, fence)?;
+            }
             let finished = u.state.is_some_and(deploy_state::is_terminal);
             let (running, desired, failed) = match u.progress {
                 Some((r, d, f)) => (Some(r), Some(d), Some(f)),

@@ -18,6 +18,7 @@ mod deliveries;
 mod deployments;
 mod events;
 mod github;
+mod leases;
 pub mod lock;
 mod notify;
 mod retention;

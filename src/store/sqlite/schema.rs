@@ -318,6 +318,17 @@ ALTER TABLE deployments ADD COLUMN rollback_requested_ms INTEGER;
 ALTER TABLE builds ADD COLUMN tag TEXT;
 ALTER TABLE deployments ADD COLUMN tag TEXT;
 "#,
+    // Issue 26 (replicas): leases, the same records the DynamoDB engine keeps. With SQLite one
+    // process holds the journal, so they are always its own; they make the interface one.
+    r#"
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    fence      INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    since_ms   INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The migrations a release before them cannot live with, and why. A new entry is a breaking

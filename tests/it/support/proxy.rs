@@ -76,6 +76,9 @@ pub struct Recorded {
     /// requests: a call that arrived after another's answer depends on it (a round trip later).
     pub arrived: u64,
     pub answered: u64,
+    /// Whose credentials signed it: the access key id of SigV4's `Credential=` (tests give
+    /// each replica its own, to count each one's calls).
+    pub caller: String,
 }
 
 /// The clock of [`Recorded::arrived`] / [`Recorded::answered`].
@@ -1333,6 +1336,16 @@ async fn handle(
         return control(&state, &parts.method, parts.uri.path(), &body);
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // `Authorization: AWS4-HMAC-SHA256 Credential=<key id>/<date>/<region>/<service>/aws4_request, …`
+    // (https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html).
+    let caller = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once("Credential="))
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or("")
+        .to_owned();
     let upstream = {
         let mut s = state.lock().unwrap();
         s.recorded.push(Recorded {
@@ -1340,6 +1353,7 @@ async fn handle(
             body: request.clone(),
             arrived: tick(),
             answered: u64::MAX,
+            caller,
         });
         *slot.lock().unwrap() = Some(s.recorded.len() - 1);
         s.upstream.clone()
