@@ -12,7 +12,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets -- --test-threads "${SLIPWAY_TEST_THREADS:-4}"
 # The end-to-end suite again, every slipway's state in a DynamoDB table (on the emulator).
 # Skipped here: what only the SQLite journal has (its file, lock, writer, backups; tests that
-# edit journal.db), and the tests that pick their own engine (store*, provision's).
+# edit journal.db), and the tests that pick their own engine (store*, provision's, replicas).
 echo "end-to-end tests on the DynamoDB engine (SLIPWAY_TEST_STORE=dynamodb):"
 SLIPWAY_TEST_STORE=dynamodb cargo test --test it -- --test-threads "${SLIPWAY_TEST_THREADS:-4}" \
   --skip backup:: \
@@ -28,6 +28,7 @@ SLIPWAY_TEST_STORE=dynamodb cargo test --test it -- --test-threads "${SLIPWAY_TE
   --skip proxy_selftest:: \
   --skip store:: \
   --skip store_copy:: \
-  --skip store_dynamodb::
+  --skip store_dynamodb:: \
+  --skip replicas::
 echo "local pipeline (deploy/local-pipeline.sh --ci):"
 deploy/local-pipeline.sh --ci --github

@@ -343,6 +343,7 @@ impl Replicas {
         self.release_all().await;
     }
 
+    /// Renews every lease held, all at once (one slow renewal delays no other).
     async fn renew_all(&self) {
         let due: Vec<Lease> = self
             .held
@@ -351,38 +352,39 @@ impl Replicas {
             .values()
             .map(|h| h.lease.clone())
             .collect();
-        for lease in due {
-            let name = lease.name.clone();
-            let expired_here = self
-                .held
-                .lock()
-                .expect("leases")
-                .get(&name)
-                .is_none_or(|h| Instant::now() >= *h.valid_until.lock().expect("lease validity"));
-            if expired_here {
-                // Paused or cut off past what counts here: another replica may act on it now.
-                self.lose(&name, "not renewed in time");
-                continue;
-            }
-            let began = Instant::now();
-            match self
-                .store
-                .renew_lease(lease.clone(), self.now_ms(), self.period.as_millis() as i64)
-                .await
-            {
-                Ok(Some(renewed)) => {
-                    if let Some(h) = self.held.lock().expect("leases").get_mut(&name) {
-                        if h.lease.fence == renewed.fence {
-                            h.lease = renewed;
-                            *h.valid_until.lock().expect("lease validity") =
-                                began + self.local_validity();
-                        }
+        futures_util::future::join_all(due.into_iter().map(|lease| self.renew(lease))).await;
+    }
+
+    async fn renew(&self, lease: Lease) {
+        let name = lease.name.clone();
+        let expired_here = self
+            .held
+            .lock()
+            .expect("leases")
+            .get(&name)
+            .is_none_or(|h| Instant::now() >= *h.valid_until.lock().expect("lease validity"));
+        if expired_here {
+            // Paused or cut off past what counts here: another replica may act on it soon.
+            return self.lose(&name, "not renewed in time");
+        }
+        let began = Instant::now();
+        match self
+            .store
+            .renew_lease(lease, self.now_ms(), self.period.as_millis() as i64)
+            .await
+        {
+            Ok(Some(renewed)) => {
+                if let Some(h) = self.held.lock().expect("leases").get_mut(&name) {
+                    if h.lease.fence == renewed.fence {
+                        h.lease = renewed;
+                        *h.valid_until.lock().expect("lease validity") =
+                            began + self.local_validity();
                     }
                 }
-                Ok(None) => self.lose(&name, "another replica took it"),
-                Err(e) => {
-                    tracing::warn!(lease = %name, error = %e, "cannot renew a lease; trying again")
-                }
+            }
+            Ok(None) => self.lose(&name, "another replica took it"),
+            Err(e) => {
+                tracing::warn!(lease = %name, error = %e, "cannot renew a lease; trying again")
             }
         }
     }

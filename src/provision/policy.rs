@@ -275,6 +275,8 @@ fn store_runtime_statements(config: &Config, env: &Environment) -> Vec<Value> {
                 "dynamodb:PutItem",
                 "dynamodb:UpdateItem",
                 "dynamodb:DeleteItem",
+                // A fenced write's check of its lease (issue 26), inside a TransactWriteItems.
+                "dynamodb:ConditionCheckItem",
             ],
             [table],
         ),

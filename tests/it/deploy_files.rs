@@ -1019,6 +1019,10 @@ fn deployment_settings_leave_time_to_wait_for_the_lock() {
         "two tasks behind the load balancer"
     );
     assert_eq!(deployment["MinimumHealthyPercent"], 0);
+    assert_eq!(
+        service["DesiredCount"], 1,
+        "one writer for the SQLite journal"
+    );
     let td = stack.properties("TaskDefinition");
     let container = slipway_container(&td);
     let stop_timeout = container["StopTimeout"].as_u64().expect("StopTimeout");
@@ -1680,10 +1684,22 @@ fn dynamodb_stack_has_no_efs_and_its_config_names_the_table_and_bucket() {
     assert_eq!(stack.output("BodiesBucket"), "slipway-bodiesbucket-def456");
     assert!(!stack.has_output("BackupBucket"));
 
-    // Still one task, never two at once (until issue 26).
+    // Issue 26: two replicas, and a rolling upgrade with no gap (new tasks first, both old
+    // ones kept until then).
     let service = stack.properties("Service");
-    assert_eq!(service["DesiredCount"], 1);
-    assert_eq!(service["DeploymentConfiguration"]["MaximumPercent"], 100);
+    assert_eq!(service["DesiredCount"], 2);
+    assert_eq!(service["DeploymentConfiguration"]["MaximumPercent"], 200);
+    assert_eq!(
+        service["DeploymentConfiguration"]["MinimumHealthyPercent"],
+        100
+    );
+    assert_eq!(
+        service["NetworkConfiguration"]["AwsvpcConfiguration"]["Subnets"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "the two tasks spread over two subnets (two Availability Zones)"
+    );
 
     // SQLite: no [store] table (the default engine), no DynamoDB outputs or statements.
     let sqlite = example_stack(&[]);

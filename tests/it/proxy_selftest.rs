@@ -678,3 +678,35 @@ async fn service_deployments_and_revisions_are_modelled_as_the_api_reference_say
         Some("ConflictException")
     );
 }
+
+/// CodeBuild's StartBuild `idempotencyToken` (which the emulator ignores): the same request
+/// with the same token is the same build; another request with it is a parameter mismatch.
+#[tokio::test]
+async fn start_build_with_the_same_idempotency_token_is_the_same_build() {
+    let emulator = Emulator::start().await;
+    emulator.create_project("web-build", "octo-org/web").await;
+    let proxy = Proxy::start(&emulator.url).await;
+    let codebuild = aws_sdk_codebuild::Client::new(&sdk_config(&proxy.url).await);
+    let start = |version: &'static str, token: &'static str| {
+        codebuild
+            .start_build()
+            .project_name("web-build")
+            .source_version(version)
+            .idempotency_token(token)
+            .send()
+    };
+    let first = start("aaaa", "run-1").await.unwrap();
+    let again = start("aaaa", "run-1").await.unwrap();
+    let id = |o: &aws_sdk_codebuild::operation::start_build::StartBuildOutput| {
+        o.build_value().and_then(|b| b.id()).unwrap().to_owned()
+    };
+    assert_eq!(id(&first), id(&again), "the same build");
+    let other = start("aaaa", "run-2").await.unwrap();
+    assert_ne!(id(&first), id(&other), "another token, another build");
+    let mismatch = start("bbbb", "run-1").await.unwrap_err();
+    assert_eq!(
+        aws_sdk_codebuild::error::ProvideErrorMetadata::code(&mismatch),
+        Some("InvalidInputException")
+    );
+    assert_eq!(emulator.builds("web-build").await.len(), 2);
+}

@@ -456,3 +456,162 @@ fn signal(s: &Slipway, sig: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Pushes each sender makes at most.
+const LOAD_PUSHES: usize = 25;
+const LOAD_SENDERS: usize = 4;
+
+/// Push `n` of `sender`: its GUID, commit and body.
+fn load_push(sender: usize, n: usize) -> (String, String, Vec<u8>) {
+    let guid = format!("two-load-{sender}-{n}");
+    let sha = format!("2{:07x}{:032x}", sender, n);
+    let body = String::from_utf8(fixture("github/push_master.json"))
+        .unwrap()
+        .replace(MASTER_SHA, &sha)
+        .into_bytes();
+    (guid, sha, body)
+}
+
+/// POSTs one signed delivery: its status, or None when nothing answered.
+async fn post_push(client: &reqwest::Client, url: &str, guid: &str, body: &[u8]) -> Option<u16> {
+    let signature = slipway::webhook::sign(crate::support::SECRET.as_bytes(), body);
+    let r = client
+        .post(format!("{url}/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", guid)
+        .header("x-github-hook-id", "4242")
+        .header("x-hub-signature-256", signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    r.bytes().await.ok()?;
+    Some(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_under_webhook_load_killed_three_times_lose_nothing_and_build_each_push_once()
+{
+    use std::sync::{Arc, Mutex};
+    let emulator = crate::support::Emulator::start().await;
+    emulator.create_project("web-build", "octo-org/web").await;
+    // CodeBuild as AWS has it (a build keeps StartBuild's environment, slipway's run token).
+    let proxy = crate::support::Proxy::start(&emulator.url).await;
+    let table = StoreTable::make(&crate::support::unique_table_name());
+    let base = SlipwayBuilder::new(&proxy.url)
+        .extra(&format!(
+            "[store]\nengine = \"dynamodb\"\ntable = \"{}\"\n[replicas]\nlease_secs = 3\n",
+            table.name
+        ))
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &table.url);
+    let builders = [
+        base.clone().env("AWS_ACCESS_KEY_ID", "replica-a"),
+        base.clone().env("AWS_ACCESS_KEY_ID", "replica-b"),
+    ];
+    let mut running = vec![builders[0].start().await, builders[1].start().await];
+    let urls: Arc<Mutex<Vec<String>>> =
+        Arc::new(Mutex::new(running.iter().map(|s| s.url.clone()).collect()));
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let attempted: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    // `REPLICA_LOAD_PUSHES` sends more (scripts/bench-replicas.sh).
+    let pushes: usize = std::env::var("REPLICA_LOAD_PUSHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LOAD_PUSHES);
+    let mut senders = Vec::new();
+    for sender in 0..LOAD_SENDERS {
+        let (urls, acknowledged, attempted) =
+            (urls.clone(), acknowledged.clone(), attempted.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for n in 0..pushes {
+                let (guid, _, body) = load_push(sender, n);
+                attempted.lock().unwrap().push((guid.clone(), body.clone()));
+                // Spread over both replicas; every fifth to both (GitHub's redelivery, or
+                // two hooks' worth of the same delivery reaching different tasks).
+                let targets: Vec<String> = {
+                    let urls = urls.lock().unwrap();
+                    if n % 5 == 0 {
+                        urls.clone()
+                    } else {
+                        vec![urls[(sender + n) % 2].clone()]
+                    }
+                };
+                for url in targets {
+                    if let Some(200 | 202) = post_push(&client, &url, &guid, &body).await {
+                        acknowledged.lock().unwrap().push(guid.clone());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    // kill -9 one replica, then the other, then the first again, each under load; each is
+    // started again at once (a task replaced by ECS).
+    for (round, victim) in [0usize, 1, 0].into_iter().enumerate() {
+        let wanted = 10 * (round + 1);
+        eventually("deliveries acknowledged under load", || async {
+            (acknowledged.lock().unwrap().len() >= wanted).then_some(())
+        })
+        .await;
+        running[victim].kill();
+        let again = builders[victim].start().await;
+        urls.lock().unwrap()[victim] = again.url.clone();
+        running[victim] = again;
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let attempted = attempted.lock().unwrap().clone();
+    // Every acknowledged delivery is in the store.
+    let store = table.store().await;
+    for guid in &acknowledged {
+        assert!(
+            store.delivery(guid).await.unwrap().is_some(),
+            "{guid} was acknowledged and is gone"
+        );
+    }
+    // GitHub redelivers what it sent (to either replica).
+    let client = reqwest::Client::new();
+    for (i, (guid, body)) in attempted.iter().enumerate() {
+        let url = running[i % 2].url.clone();
+        let status = post_push(&client, &url, guid, body).await;
+        assert!(
+            matches!(status, Some(200 | 202)),
+            "redelivery of {guid}: {status:?}"
+        );
+    }
+    // Every push is built, exactly once.
+    let builds = eventually("every push built", || async {
+        let builds = emulator.builds("web-build").await;
+        (builds.len() >= attempted.len()).then_some(builds)
+    })
+    .await;
+    let mut versions: Vec<String> = builds
+        .iter()
+        .map(|b| b.source_version().unwrap_or_default().to_owned())
+        .collect();
+    versions.sort();
+    let twice: Vec<&String> = versions
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    assert!(twice.is_empty(), "built twice: {twice:?}");
+    assert_eq!(versions.len(), attempted.len());
+    let starts = proxy
+        .recorded()
+        .iter()
+        .filter(|r| r.operation == "StartBuild")
+        .count();
+    eprintln!(
+        "{} deliveries sent, {} acknowledged, {} StartBuild calls, {} builds",
+        attempted.len(),
+        acknowledged.len(),
+        starts,
+        builds.len()
+    );
+}

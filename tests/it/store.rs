@@ -2203,3 +2203,130 @@ async fn a_requested_rollback_keeps_its_first_time() {
         assert_eq!(d.rollback_requested_ms, Some(T0 + 10), "{name}");
     }
 }
+
+/// Issue 26: a lease is taken by one holder at a time, renewed only by it, taken over (with a
+/// larger fence) once it expired or was handed back, and a write fenced by an old owner's
+/// fence changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_have_one_holder_and_an_old_owners_fenced_write_changes_nothing() {
+    use slipway::store::{trigger, DeploymentUpdate, NewDeployment, StoreError};
+    for e in engines().await {
+        let s = &e.store;
+        let name = || "deploy/prod/web".to_owned();
+        let a = s
+            .claim_lease(name(), "a".into(), T0, 3000)
+            .await
+            .unwrap()
+            .expect("a free lease is taken");
+        assert_eq!((a.fence, a.expires_ms), (1, T0 + 3000), "{}", e.name);
+        assert!(
+            s.claim_lease(name(), "b".into(), T0 + 1000, 3000)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}: a live lease is not taken",
+            e.name
+        );
+        let a = s
+            .renew_lease(a, T0 + 2000, 3000)
+            .await
+            .unwrap()
+            .expect("its holder renews it");
+        assert_eq!(a.expires_ms, T0 + 5000);
+        assert!(s
+            .claim_lease(name(), "b".into(), T0 + 4000, 3000)
+            .await
+            .unwrap()
+            .is_none());
+        let b = s
+            .claim_lease(name(), "b".into(), T0 + 5001, 3000)
+            .await
+            .unwrap()
+            .expect("an expired lease is taken over");
+        assert_eq!((b.fence, b.holder.as_str()), (2, "b"), "{}", e.name);
+        assert!(
+            s.renew_lease(a.clone(), T0 + 5002, 3000)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}: the old owner cannot renew",
+            e.name
+        );
+        // A handed-back lease is free at once, with the next fence.
+        s.release_lease(a.clone()).await.unwrap();
+        assert_eq!(
+            s.lease(name()).await.unwrap().unwrap().holder,
+            "b",
+            "{}: an old owner cannot hand back another's lease",
+            e.name
+        );
+        s.release_lease(b.clone()).await.unwrap();
+        let c = s
+            .claim_lease(name(), "c".into(), T0 + 5003, 3000)
+            .await
+            .unwrap()
+            .expect("a handed-back lease is free");
+        assert_eq!(c.fence, 3);
+        let listed = s.leases().await.unwrap();
+        assert_eq!(listed, vec![c.clone()], "{}", e.name);
+
+        // Fenced writes of a deployment.
+        let id = s
+            .request_deployment(
+                NewDeployment {
+                    app: "web".into(),
+                    service_key: "prod/web".into(),
+                    sha: "a".repeat(40),
+                    image_tag: "a".repeat(40),
+                    trigger: trigger::OPERATOR,
+                    actor: Some("ops".into()),
+                    build_row: None,
+                    build_id: None,
+                    delivery_id: None,
+                    order_key: None,
+                    target_task_definition: None,
+                    log_link: None,
+                    tag: None,
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+        let update = |fence: slipway::store::Fence, reason: &str| DeploymentUpdate {
+            reason: Some(reason.into()),
+            fence: Some(fence),
+            ..Default::default()
+        };
+        s.update_deployment(id, update(c.fence(), "by c"), T0 + 5004)
+            .await
+            .unwrap();
+        let refused = s
+            .update_deployment(id, update(b.fence(), "by b"), T0 + 5005)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Fenced(n) if n == "deploy/prod/web"),
+            "{}: {refused}",
+            e.name
+        );
+        assert!(refused.to_string().contains("no longer held"), "{refused}");
+        let d = s.deployment(id).await.unwrap().unwrap();
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("by c"),
+            "{}: nothing written",
+            e.name
+        );
+        // Handed back: even its last owner's fence writes nothing more.
+        s.release_lease(c.clone()).await.unwrap();
+        assert!(matches!(
+            s.update_deployment(id, update(c.fence(), "late"), T0 + 5006)
+                .await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert_eq!(
+            s.deployment(id).await.unwrap().unwrap().reason.as_deref(),
+            Some("by c")
+        );
+    }
+}

@@ -310,6 +310,17 @@ struct State {
     build_env: HashMap<String, Value>,
     /// `buildStatus` overrides by build id: the emulator reports every build SUCCEEDED.
     build_status: HashMap<String, String>,
+    /// StartBuild's `idempotencyToken`s, which the emulator ignores: the request and its
+    /// answer (once there), for 5 minutes.
+    start_tokens: HashMap<String, IdempotentStart>,
+}
+
+/// A StartBuild taken with an idempotency token: a repeat within its 5 minutes gets the same
+/// answer (the same build), waiting for it while the first is still in flight.
+struct IdempotentStart {
+    request: Value,
+    at: std::time::Instant,
+    answer: Arc<tokio::sync::Mutex<Option<(StatusCode, HeaderMap, Bytes)>>>,
 }
 
 #[derive(Clone)]
@@ -1392,6 +1403,55 @@ async fn handle(
             }
         }
     }
+    // CodeBuild's StartBuild `idempotencyToken`: "valid for 5 minutes. If you repeat the
+    // StartBuild request with the same token, but change a parameter, CodeBuild returns a
+    // parameter mismatch error"; the same request again is the same build
+    // (https://docs.aws.amazon.com/codebuild/latest/APIReference/API_StartBuild.html).
+    let mut idempotent = None;
+    if target.starts_with("CodeBuild_") && operation == "StartBuild" {
+        if let Some(token) = request["idempotencyToken"].as_str() {
+            let (earlier, mine) = {
+                let mut s = state.lock().unwrap();
+                match s.start_tokens.get(token) {
+                    Some(e) if e.at.elapsed() < Duration::from_secs(300) => {
+                        (Some((e.request.clone(), e.answer.clone())), None)
+                    }
+                    _ => {
+                        let answer = Arc::new(tokio::sync::Mutex::new(None));
+                        let held = answer.clone().try_lock_owned().expect("a new lock");
+                        s.start_tokens.insert(
+                            token.to_owned(),
+                            IdempotentStart {
+                                request: request.clone(),
+                                at: std::time::Instant::now(),
+                                answer,
+                            },
+                        );
+                        (None, Some(held))
+                    }
+                }
+            };
+            if let Some((first_request, answer)) = earlier {
+                if first_request != request {
+                    return aws_error(
+                        400,
+                        "InvalidInputException",
+                        "Idempotency token parameter mismatch",
+                    );
+                }
+                // The first one's answer, once it has one (a first that failed: forward).
+                if let Some((status, headers, body)) = answer.lock().await.clone() {
+                    if status.is_success() {
+                        let mut response = Response::new(Full::new(body));
+                        *response.status_mut() = status;
+                        *response.headers_mut() = headers;
+                        return response;
+                    }
+                }
+            }
+            idempotent = mine;
+        }
+    }
     let ctx = Ctx {
         state,
         client,
@@ -1513,6 +1573,19 @@ async fn handle(
     if target.starts_with("CodeBuild_") {
         // What AWS did is recorded before the answer is held back.
         let response = codebuild_answer(&ctx.state, &operation, &request, answer);
+        let response = match idempotent.take() {
+            Some(mut first) => {
+                let (parts, body) = response.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                *first = Some((parts.status, parts.headers.clone(), bytes.clone()));
+                Response::from_parts(parts, Full::new(bytes))
+            }
+            None => response,
+        };
         if let Some(d) = delay_answer {
             tokio::time::sleep(d).await;
         }
