@@ -457,6 +457,9 @@ fn signal(s: &Slipway, sig: &str) {
     assert!(status.success());
 }
 
+/// A delivery sent: its GUID and body.
+type Sent = (String, Vec<u8>);
+
 /// Pushes each sender makes at most.
 const LOAD_PUSHES: usize = 25;
 const LOAD_SENDERS: usize = 4;
@@ -510,11 +513,11 @@ async fn two_replicas_under_webhook_load_killed_three_times_lose_nothing_and_bui
         base.clone().env("AWS_ACCESS_KEY_ID", "replica-a"),
         base.clone().env("AWS_ACCESS_KEY_ID", "replica-b"),
     ];
-    let mut running = vec![builders[0].start().await, builders[1].start().await];
+    let mut running = [builders[0].start().await, builders[1].start().await];
     let urls: Arc<Mutex<Vec<String>>> =
         Arc::new(Mutex::new(running.iter().map(|s| s.url.clone()).collect()));
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let attempted: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let attempted: Arc<Mutex<Vec<Sent>>> = Arc::default();
     // `REPLICA_LOAD_PUSHES` sends more (scripts/bench-replicas.sh).
     let pushes: usize = std::env::var("REPLICA_LOAD_PUSHES")
         .ok()
