@@ -261,8 +261,25 @@ fn register_zero(config: &Config) {
     metrics::gauge!(OLDEST_PENDING_BUILD_AGE).increment(0.0);
 }
 
-/// The text of a scrape: the scrape-time gauges read from the journal, then everything.
-pub async fn render(journal: &Store, now_ms: i64) -> Result<String, StoreError> {
+/// The gauges read from the store at scrape time: the same on every replica (issue 26), so
+/// only one replica reports them.
+const SHARED: &[&str] = &[
+    BUILDS_PENDING,
+    OLDEST_PENDING_BUILD_AGE,
+    NOTIFICATIONS_PENDING,
+    OLDEST_PENDING_NOTIFICATION_AGE,
+];
+
+/// The text of a scrape: the scrape-time gauges read from the journal (when `shared`: this
+/// replica reports the store's counts), then everything.
+pub async fn render(journal: &Store, now_ms: i64, shared: bool) -> Result<String, StoreError> {
+    let Some(handle) = HANDLE.get() else {
+        return Ok(String::new());
+    };
+    if !shared {
+        handle.run_upkeep();
+        return Ok(without_shared(&handle.render()));
+    }
     let pending = journal.pending_builds(now_ms).await?;
     metrics::gauge!(BUILDS_PENDING).set(pending.count as f64);
     metrics::gauge!(OLDEST_PENDING_BUILD_AGE).set(pending.oldest_age_ms as f64 / 1000.0);
@@ -272,11 +289,25 @@ pub async fn render(journal: &Store, now_ms: i64) -> Result<String, StoreError> 
         metrics::gauge!(OLDEST_PENDING_NOTIFICATION_AGE, "target" => outbox.target)
             .set(outbox.oldest_pending_age_ms as f64 / 1000.0);
     }
-    let Some(handle) = HANDLE.get() else {
-        return Ok(String::new());
-    };
     handle.run_upkeep();
     Ok(handle.render())
+}
+
+/// `text` without the store's gauges (their samples, `# HELP` and `# TYPE` lines).
+fn without_shared(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let name = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+            .unwrap_or(line);
+        let name = name.split(['{', ' ']).next().unwrap_or("");
+        if !SHARED.contains(&name) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Counts every AWS call once it is over (after the SDK's own retries):

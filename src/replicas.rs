@@ -232,6 +232,11 @@ impl Replicas {
         claim.held_here().then_some(claim)
     }
 
+    /// Whether this replica holds `name` now (no store read).
+    pub fn holds(&self, name: &str) -> bool {
+        self.held_claim(name).is_some()
+    }
+
     /// Waits until this replica holds `name` (looking again every [`Replicas::poll`]); None
     /// once `shutdown` is cancelled.
     pub async fn acquire(&self, name: &str, shutdown: &CancellationToken) -> Option<Claim> {

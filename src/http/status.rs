@@ -18,7 +18,16 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn status_page(State(state): State<AppState>) -> Response {
-    match crate::page::status(&state.ops, &state.page_cache, &state.journal).await {
+    // The replicas are shown when the store can say (the rest of the page does not wait on it).
+    let replicas = state.replicas.view().await.ok();
+    match crate::page::status(
+        &state.ops,
+        &state.page_cache,
+        &state.journal,
+        replicas.as_ref(),
+    )
+    .await
+    {
         Ok(html) => Html(html).into_response(),
         Err(e) => unavailable("status page", &e),
     }
@@ -37,7 +46,10 @@ async fn deployment_page(State(state): State<AppState>, Path(id): Path<String>) 
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let now = crate::store::millis(state.clock.now());
-    match crate::metrics::render(&state.journal, now).await {
+    // The store's counts (the same whichever replica reads them) come from one replica only,
+    // the one holding `retention`, so a sum over the replicas counts them once.
+    let shared = state.replicas.holds(crate::replicas::RETENTION);
+    match crate::metrics::render(&state.journal, now, shared).await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

@@ -65,6 +65,7 @@ pub async fn status(
     ops: &Ops,
     cache: &StatusCache,
     journal: &Store,
+    replicas: Option<&crate::replicas::ReplicasView>,
 ) -> Result<String, crate::store::StoreError> {
     let apps = cache.get(ops).await;
     let mut since = Vec::with_capacity(apps.len());
@@ -100,6 +101,19 @@ pub async fn status(
             div.wrap { table {
                 thead { tr { th { "When" } th { "App" } th { "Trigger" } th { "Build" } th { "Deploy" } } }
                 tbody { @for run in &runs { (run_row(run)) } }
+            } }
+        }
+        @if let Some(view) = replicas {
+            h2 { "Replicas" }
+            div.wrap { table {
+                thead { tr { th { "Replica" } th { "Since" } th { "Holds" } } }
+                tbody { @for r in &view.replicas {
+                    tr {
+                        td { code { (r.id) } @if r.this { " " span.muted { "(this page)" } } }
+                        td { (format_millis(r.since_ms)) }
+                        td { @if r.holds.is_empty() { span.muted { "nothing" } } @else { (r.holds.join(", ")) } }
+                    }
+                } }
             } }
         }
         @if !troubled.is_empty() {

@@ -236,6 +236,12 @@ async fn a_notification_given_up_by_age_shows_why_in_the_api_the_status_page_and
         (!world.slack.hits().is_empty()).then_some(())
     })
     .await;
+    // The webhook took its copy before the stop (`terminate` blocks this test's runtime, where
+    // the fake answers: a post still in flight then would time out and be sent again).
+    eventually("the webhook notified", || async {
+        (world.hook.taken().len() == 1).then_some(())
+    })
+    .await;
     s.terminate();
 
     // slipway stays down past the age: the journaled notification is two hours old when it

@@ -618,3 +618,103 @@ async fn two_replicas_under_webhook_load_killed_three_times_lose_nothing_and_bui
         builds.len()
     );
 }
+
+/// GETs `path` from `s`'s admin listener with the harness's ops token.
+async fn admin(s: &Slipway, path: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", s.admin_url))
+        .bearer_auth(crate::support::slipway::HARNESS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_shows_the_live_replicas_and_the_stores_counts_come_from_one() {
+    let r = replicas(&[MASTER_SHA]).await;
+    let a = r.a.start().await;
+    // A holds the singletons before B starts.
+    eventually("A holds the builds lease", || async {
+        r.lease("builds").await.filter(|l| l.expires_ms > 0)
+    })
+    .await;
+    let b = r.b.start().await;
+    let view = eventually("both replicas live", || async {
+        let (status, text) = admin(&b, "/api/replicas").await;
+        assert_eq!(status, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        (v["replicas"].as_array().map(Vec::len) == Some(2)).then_some(v)
+    })
+    .await;
+    assert_eq!(view["lease_secs"], 3);
+    let list = view["replicas"].as_array().unwrap();
+    let holder_of_builds = r.lease("builds").await.unwrap().holder;
+    let answering: Vec<&Value> = list.iter().filter(|x| x["this"] == true).collect();
+    assert_eq!(answering.len(), 1, "{view}");
+    assert_eq!(answering[0]["id"], view["replica"]);
+    let with_builds: Vec<&Value> = list
+        .iter()
+        .filter(|x| x["holds"].as_array().unwrap().iter().any(|h| h == "builds"))
+        .collect();
+    assert_eq!(with_builds.len(), 1, "one replica starts builds: {view}");
+    assert_eq!(with_builds[0]["id"], holder_of_builds.as_str());
+    let ids: Vec<String> = list
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // The status page of either shows both.
+    for s in [&a, &b] {
+        let (status, page) = admin(s, "/").await;
+        assert_eq!(status, 200);
+        assert!(page.contains("Replicas"), "{page}");
+        for id in &ids {
+            assert!(page.contains(id.as_str()), "{id} missing from the page");
+        }
+    }
+    // `slipway status` asking B lists both and what each holds.
+    let mut status = r.b.command();
+    status
+        .args(["status", "--server", &b.admin_url])
+        .env("SLIPWAY_OPS_TOKEN", crate::support::slipway::HARNESS_TOKEN);
+    let out = status.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("replicas: 2 live"), "{text}");
+    assert!(text.contains("holds builds"), "{text}");
+    assert!(text.contains("(answering)"), "{text}");
+
+    // Metrics: every series names its replica; the store's counts come from one replica.
+    let mut with_store_counts = 0;
+    for s in [&a, &b] {
+        let (_, text) = admin(s, "/metrics").await;
+        crate::metrics::promtool_check(&text);
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert!(!samples.is_empty());
+        let me = samples[0]
+            .split("replica=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a replica label")
+            .to_owned();
+        assert!(ids.contains(&me), "{me} is not a live replica");
+        let unlabelled: Vec<&&str> = samples
+            .iter()
+            .filter(|l| !l.contains(&format!("replica=\"{me}\"")))
+            .collect();
+        assert!(
+            unlabelled.is_empty(),
+            "without replica={me}: {unlabelled:?}"
+        );
+        if text.contains("slipway_builds_pending{") || text.contains("slipway_builds_pending ") {
+            with_store_counts += 1;
+        }
+    }
+    assert_eq!(
+        with_store_counts, 1,
+        "the store's counts come from one replica"
+    );
+}

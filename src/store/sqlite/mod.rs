@@ -32,7 +32,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, Transaction};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction};
 
 /// What `slipway store copy` reads the journal's rows with: the same queries and row mapping
 /// the engine's own reads use.
@@ -276,6 +276,20 @@ impl SqliteStore {
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
         schema::migrate_known(&mut writer, known)?;
+        // The journal's exclusive lock is held: no other process lives, so none holds a lease
+        // (issue 26). A crashed slipway's leases would otherwise delay the restarted one's
+        // builds and deploys by a lease period.
+        let has_leases = writer
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if has_leases {
+            writer.execute("UPDATE leases SET expires_ms = 0 WHERE expires_ms > 0", [])?;
+        }
         // Copy what the WAL holds (a migration's rewritten tables, or the writes before a
         // crash) now, before anything waits for the writer: left to the checkpointer's first
         // idle truncation, a large copy would hold the write lock while deliveries wait.

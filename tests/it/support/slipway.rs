@@ -109,8 +109,10 @@ impl SlipwayBuilder {
     pub fn write_config(&self) -> PathBuf {
         // The DynamoDB pass: the same tests, with the state in a DynamoDB table.
         let store = if let Some(table) = self.store_table() {
+            // A slipway killed and started again by a test is a new replica: the lease
+            // period is how long its work waits for the dead one's leases (15 s by default).
             format!(
-                "\n[store]\nengine = \"dynamodb\"\ntable = \"{}\"\n",
+                "\n[store]\nengine = \"dynamodb\"\ntable = \"{}\"\n[replicas]\nlease_secs = 3\n",
                 table.name
             )
         } else {
