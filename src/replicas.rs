@@ -237,6 +237,15 @@ impl Replicas {
         self.held_claim(name).is_some()
     }
 
+    /// Whether another replica holds `name` now (a strongly consistent read; false when the
+    /// store cannot say).
+    pub async fn held_by_another(&self, name: &str) -> bool {
+        match self.store.lease(name.to_owned()).await {
+            Ok(Some(l)) => l.is_live(self.now_ms()) && l.holder != self.id,
+            _ => false,
+        }
+    }
+
     /// Waits until this replica holds `name` (looking again every [`Replicas::poll`]); None
     /// once `shutdown` is cancelled.
     pub async fn acquire(&self, name: &str, shutdown: &CancellationToken) -> Option<Claim> {

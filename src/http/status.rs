@@ -47,8 +47,13 @@ async fn deployment_page(State(state): State<AppState>, Path(id): Path<String>) 
 async fn metrics(State(state): State<AppState>) -> Response {
     let now = crate::store::millis(state.clock.now());
     // The store's counts (the same whichever replica reads them) come from one replica only,
-    // the one holding `retention`, so a sum over the replicas counts them once.
-    let shared = state.replicas.holds(crate::replicas::RETENTION);
+    // the one holding `retention` (or, while none does, whichever is asked), so a sum over
+    // the replicas counts them once.
+    let shared = state.replicas.holds(crate::replicas::RETENTION)
+        || !state
+            .replicas
+            .held_by_another(crate::replicas::RETENTION)
+            .await;
     match crate::metrics::render(&state.journal, now, shared).await {
         Ok(text) => (
             [(
