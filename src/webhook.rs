@@ -351,6 +351,17 @@ impl Push {
         let matched: Vec<BuildRequest> = on_ref
             .iter()
             .filter(|a| {
+                if let Some(p) = &a.promote {
+                    // Its deploys come from its source's (`promote::Promoter`), never a build.
+                    skipped.push(SkippedApp {
+                        app: a.name.clone(),
+                        reason: format!(
+                            "{} is promoted from {}: it deploys what {} ran and never builds",
+                            a.name, p.from, p.from
+                        ),
+                    });
+                    return false;
+                }
                 if self.tag().is_some() {
                     return true;
                 }
@@ -369,7 +380,7 @@ impl Push {
             .map(|a| BuildRequest {
                 app: a.name.clone(),
                 sha: self.after.clone(),
-                project: a.codebuild_project.clone(),
+                project: a.codebuild_project.clone().unwrap_or_default(),
                 image_tag: a.tag_for(&self.after),
                 service_key: a.service_key(),
                 before: self.before.as_ref().map(|b| b.to_string()),
