@@ -165,6 +165,7 @@ impl Ops {
                     target_task_definition: None,
                     log_link: None,
                     tag: None,
+                    promotion: None,
                 },
                 self.now(),
             )
@@ -313,6 +314,7 @@ impl Ops {
                     target_task_definition: target.to_task_definition.clone(),
                     log_link: None,
                     tag: None,
+                    promotion: None,
                 },
                 self.now(),
             )

@@ -78,6 +78,7 @@ impl BuildResults {
                     target_task_definition: None,
                     log_link: result.log_link.clone(),
                     tag: None,
+                    promotion: None,
                 }),
                 _ => {
                     tracing::warn!(

@@ -19,6 +19,7 @@ pub mod dynamodb;
 mod events;
 mod github;
 mod notify;
+mod promotions;
 mod retention;
 pub mod sqlite;
 mod stats;
@@ -31,6 +32,7 @@ pub use deployments::*;
 pub use events::RejectedEvent;
 pub use github::*;
 pub use notify::*;
+pub use promotions::*;
 pub use retention::*;
 /// How a body is stored and keyed, as the webhook path does it (for `bench_tool floor`).
 pub use sqlite::body_codec::encode as encode_body;
@@ -339,6 +341,20 @@ interface! {
     fn snapshot_into(&self, dest: std::path::PathBuf) -> sqlite::backup::BackupSummary;
     /// Proves the store can take a durable write (for `/readyz`).
     fn check_writable(&self, now_ms: i64) -> ();
+
+    // Promotions (issue 27).
+    /// Records a promotion once per (app, source deployment, tag), superseding the app's
+    /// older promotions still waiting, in one write.
+    fn create_promotion(&self, p: NewPromotion, now_ms: i64) -> PromotionCreated;
+    /// Approves (making its deployment), rejects or expires a promotion that still waits.
+    fn decide_promotion(&self, id: i64, decision: PromotionDecision, now_ms: i64) -> PromotionDecided;
+    fn promotion(&self, id: i64) -> Option<Promotion>;
+    /// Promotions newest first, of one app when given.
+    fn promotions(&self, app: Option<String>, limit: u32) -> Vec<Promotion>;
+    /// Every promotion still waiting for its approval, oldest first.
+    fn awaiting_promotions(&self) -> Vec<Promotion>;
+    /// The promotion of `source_deployment` to `app` (not a tag's), if one was made.
+    fn promotion_of_source(&self, app: String, source_deployment: i64) -> Option<Promotion>;
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit.

@@ -108,6 +108,7 @@ fn explicit_deploy(trigger: &'static str, c: char) -> NewDeployment {
         target_task_definition: None,
         log_link: None,
         tag: None,
+        promotion: None,
     }
 }
 

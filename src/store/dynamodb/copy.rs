@@ -116,7 +116,8 @@ impl DynamoStore {
         )))
     }
 
-    async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
+    /// One item by its key, read consistently (also promotions').
+    pub(super) async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
         let out = self
             .client()
             .get_item()

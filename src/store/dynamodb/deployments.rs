@@ -54,6 +54,7 @@ pub(super) fn deployment_from(item: &Item) -> Result<Deployment, StoreError> {
         from_original: get_opt_s(item, "from_original")?,
         rollback_requested_ms: get_opt_n(item, "rollback_requested_ms")?,
         tag: get_opt_s(item, "tag")?,
+        promotion: get_opt_n(item, "promotion")?,
     })
 }
 
@@ -242,6 +243,7 @@ impl DynamoStore {
             from_original: None,
             rollback_requested_ms: None,
             tag: d.tag,
+            promotion: d.promotion,
         };
         let item = items::deployment_item(&deployment, pushed_at, before_sha.as_deref());
         Ok((id, item))

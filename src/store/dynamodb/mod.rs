@@ -13,6 +13,7 @@ mod item;
 pub(crate) mod items;
 mod listings;
 mod notify;
+mod promotions;
 mod records;
 mod retention;
 mod table;

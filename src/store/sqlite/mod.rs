@@ -20,6 +20,7 @@ mod events;
 mod github;
 pub mod lock;
 mod notify;
+mod promotions;
 mod retention;
 pub(super) mod schema;
 mod slack;
