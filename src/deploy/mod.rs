@@ -611,18 +611,30 @@ impl Deployer {
 
     /// The image to deploy: `<repository uri>:<tag>`, or `@<digest>` with `pin_digest`.
     /// One call: the repository URI follows from the registry id ECR reports and the region.
+    /// A promotion's deploy names the image by its digest (`sha256:…` in place of the tag, a
+    /// character no tag has): that exact image, `<repository uri>@<digest>`, or a failure.
     async fn resolve_image(&self, app: &AppConfig, tag: &str) -> Result<String, Stop> {
         let repo = &app.ecr_repository;
+        let by_digest = tag.starts_with("sha256:");
+        let id = if by_digest {
+            ImageIdentifier::builder().image_digest(tag).build()
+        } else {
+            ImageIdentifier::builder().image_tag(tag).build()
+        };
         let images = self
             .ecr
             .describe_images()
             .repository_name(repo)
-            .image_ids(ImageIdentifier::builder().image_tag(tag).build())
+            .image_ids(id)
             .send()
             .await
             .map_err(|e| {
                 let e = AwsError::from_sdk("ECR DescribeImages", &e);
                 match e.code.as_deref() {
+                    Some("ImageNotFoundException") if by_digest => Stop::Failed(format!(
+                        "image {repo}@{tag} not found in ECR: the image to promote is not in \
+                         this app's repository"
+                    )),
                     Some("ImageNotFoundException") => {
                         Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
                     }
@@ -646,7 +658,9 @@ impl Deployer {
             .map(|r| r.to_string())
             .ok_or_else(|| Stop::Failed("no AWS region configured".into()))?;
         let uri = repository_uri(registry, &region, repo);
-        let image = if app.pin_digest {
+        let image = if by_digest {
+            ImageRef::with_digest(&uri, tag)
+        } else if app.pin_digest {
             let digest = detail.image_digest().ok_or_else(|| {
                 Stop::Failed(format!("ECR did not give the digest of {repo}:{tag}"))
             })?;
@@ -1651,6 +1665,7 @@ impl Deployer {
             deployment: Some(d.id),
             build_id: d.build_id.clone(),
             tag: d.tag.clone(),
+            promotion: None,
         });
     }
 }

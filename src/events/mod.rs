@@ -129,6 +129,7 @@ impl BuildResults {
                         deployment: None,
                         build_id: Some(result.build_id),
                         tag: None,
+                        promotion: None,
                     });
                 }
                 Ok(None)

@@ -50,7 +50,7 @@ enum Event {
     },
     /// The build of this deployment succeeded (its app, commit and log come from the journal).
     BuildOfDeployment(i64),
-    Deploy(Notification),
+    Deploy(Box<Notification>),
 }
 
 /// Feeds GitHub in the background. Cheap to clone; a disabled sink discards everything.
@@ -125,7 +125,7 @@ impl GithubSink {
 
     /// A deploy or build notification: statuses and deployment statuses follow.
     pub fn notification(&self, n: &Notification) {
-        self.enqueue(|| Event::Deploy(n.clone()));
+        self.enqueue(|| Event::Deploy(Box::new(n.clone())));
     }
 
     fn enqueue(&self, event: impl FnOnce() -> Event) {
@@ -461,6 +461,29 @@ impl Worker {
                 "error",
                 "error",
                 n.reason.clone().unwrap_or_else(|| "superseded".to_owned()),
+            ),
+            // A promotion (issue 27), before any deploy: the commit status only (there is no
+            // slipway deployment yet, so no GitHub deployment).
+            EventKind::AwaitingApproval => (
+                "pending",
+                "queued",
+                match &n.promotion {
+                    Some(p) => format!("awaiting approval (promoted from {})", p.source_app),
+                    None => "awaiting approval".to_owned(),
+                },
+            ),
+            EventKind::PromotionRejected => (
+                "error",
+                "error",
+                match n.promotion.as_ref().and_then(|p| p.decided_by.as_deref()) {
+                    Some(who) => format!("promotion rejected by {who}"),
+                    None => "promotion rejected".to_owned(),
+                },
+            ),
+            EventKind::PromotionExpired => (
+                "error",
+                "error",
+                with_reason("approval expired", n.reason.as_deref()),
             ),
             // The deploy is still in progress: its GitHub status stays as it is.
             EventKind::BuildFailed | EventKind::ServiceUnseen | EventKind::PastDeadline => {

@@ -316,6 +316,11 @@ pub async fn run(
     if github.is_some() {
         targets.push(Arc::new(github_sink.clone()));
     }
+    // A deploy's success wakes the promoter (issue 27), which works from the journal.
+    let promote_wake = Arc::new(Notify::new());
+    targets.push(Arc::new(crate::promote::WakeOnSuccess(
+        promote_wake.clone(),
+    )));
     let notifier = Notifier::new(targets);
     let limits = config.server.clone();
     let build_wake = Arc::new(Notify::new());
@@ -349,6 +354,17 @@ pub async fn run(
         deploy_wake.clone(),
     ));
     worker_tasks.spawn(deployer.clone().run(workers.clone()));
+    let promoter = Arc::new(crate::promote::Promoter {
+        journal: journal.clone(),
+        ecs: aws.ecs.clone(),
+        ecr: aws.ecr.clone(),
+        clock: clock.clone(),
+        config: config.clone(),
+        notifier: notifier.clone(),
+        deploy_wake: deploy_wake.clone(),
+        wake: promote_wake,
+    });
+    worker_tasks.spawn(promoter.clone().run(workers.clone()));
     let results = Arc::new(BuildResults {
         journal: journal.clone(),
         config: config.clone(),
@@ -401,6 +417,7 @@ pub async fn run(
         // them, a push whose payload cannot prove its changed files builds every app it reaches.
         changed_files: github_client,
         github: github_health,
+        promoter,
     };
     if !ops_tokens.is_enabled() {
         tracing::info!("the ops API is disabled (SLIPWAY_OPS_TOKENS is not set)");

@@ -90,6 +90,32 @@ fn summary(n: &Notification, style: Style) -> String {
         (Some(link), Style::Plain) if !link.trim().is_empty() => format!(" (build log: {link})"),
         _ => String::new(),
     };
+    // A promotion (issue 27): where the image comes from, and who decided.
+    let from = n
+        .promotion
+        .as_ref()
+        .map(|p| {
+            format!(
+                " from *{}* (deployment #{})",
+                text(&p.source_app),
+                p.source_deployment
+            )
+        })
+        .unwrap_or_default();
+    let by = n
+        .promotion
+        .as_ref()
+        .and_then(|p| p.decided_by.as_deref())
+        .map(|who| format!(" by {}", text(who)))
+        .unwrap_or_default();
+    let (image, from, by) = match n.kind {
+        EventKind::DeployStarted | EventKind::DeploySucceeded if n.promotion.is_some() => (
+            format!("{image} (promoted{from}, approved{by})"),
+            String::new(),
+            String::new(),
+        ),
+        _ => (image, from, by),
+    };
     match n.kind {
         EventKind::BuildFailed => format!(":x: *{app}* build of `{short} failed{reason}{log}"),
         EventKind::DeployStarted => format!(":rocket: *{app}* deploying `{short}{image}"),
@@ -108,6 +134,16 @@ fn summary(n: &Notification, style: Style) -> String {
         }
         EventKind::PastDeadline => {
             format!(":warning: *{app}* deploy of `{short} is past its deadline{reason}")
+        }
+        EventKind::AwaitingApproval => format!(
+            ":raised_hand: *{app}* promotion of `{short}{from}{image} is awaiting approval \
+             (`slipway approve {app}` or `slipway reject {app}`)"
+        ),
+        EventKind::PromotionRejected => {
+            format!(":no_entry: *{app}* promotion of `{short}{from} rejected{by}{reason}")
+        }
+        EventKind::PromotionExpired => {
+            format!(":hourglass: *{app}* promotion of `{short}{from} expired{reason}")
         }
     }
 }
@@ -175,6 +211,7 @@ mod tests {
             deployment: Some(42),
             build_id: Some("web:5f2c8e1a".into()),
             tag: None,
+            promotion: None,
         }
     }
 
@@ -214,6 +251,7 @@ mod tests {
         assert_eq!(
             s(Notification {
                 tag: Some("v1.2.0".into()),
+                promotion: None,
                 ..notification(EventKind::DeploySucceeded)
             }),
             format!(":white_check_mark: *web* deployed `1f2e3d4` (tag `v1.2.0`) — image `{image}`")

@@ -2,8 +2,12 @@
 //! builds; when its source app's deploy succeeds, the image that deploy ran (by digest) is
 //! promoted to it through the same deploy engine, after an approval unless `approval = "auto"`.
 
-use crate::deploy::web_with;
-use crate::support::slipway::SlipwayBuilder;
+use serde_json::{json, Value};
+
+use crate::deploy::{web_with, Deploy, Setup};
+use crate::support::slipway::{Slipway, SlipwayBuilder};
+use crate::support::world::{CLUSTER, ECR_REPO};
+use crate::support::{eventually, MASTER_SHA};
 
 /// `[[app]] web-prod`, promoted from `from`, on service `web-prod` of cluster `web` and the
 /// same ECR repository as `web`; `settings`: more of its keys.
@@ -47,4 +51,218 @@ fn check_config_refuses_a_promotion_cycle_and_a_promote_from_naming_no_app() {
         ),
         "{err}"
     );
+}
+
+const ALICE: &str = "alice-token-0123456789";
+const BOB: &str = "bob-token-0123456789abc";
+const NEWER_SHA: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+
+/// Staging (`web`, builds) and production (`web-prod`, promoted from it, approved by alice)
+/// on one repository; production's service runs the base revision.
+async fn staging_and_production(prod_settings: &str) -> Deploy {
+    let w = Deploy::with(Setup {
+        apps: format!("{}{}", web_with(""), prod_app("web", prod_settings)),
+        images: &[MASTER_SHA, NEWER_SHA],
+        ..Setup::default()
+    })
+    .await;
+    w.emulator.create_service(CLUSTER, PROD, &w.base_td).await;
+    let mut w = w;
+    w.builder = w
+        .builder
+        .clone()
+        .env("SLIPWAY_OPS_TOKENS", &format!("alice:{ALICE},bob:{BOB}"));
+    w
+}
+
+const PROD: &str = "web-prod";
+
+async fn api(s: &Slipway, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{}{path}", s.admin_url);
+    let req = match method {
+        "GET" => client.get(url),
+        _ => client.post(url).json(&body),
+    };
+    let resp = req.bearer_auth(token).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn promotions(s: &Slipway) -> Vec<Value> {
+    let (status, v) = api(s, ALICE, "GET", "/api/promotions?app=web-prod", Value::Null).await;
+    assert_eq!(status, 200, "{v}");
+    v["promotions"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits for the promotion of `sha` to production to be in `state`.
+async fn promotion_in(s: &Slipway, sha: &str, state: &str) -> Value {
+    eventually(&format!("the promotion of {sha} {state}"), || async {
+        promotions(s)
+            .await
+            .into_iter()
+            .find(|p| p["sha"] == sha && p["state"] == state)
+    })
+    .await
+}
+
+/// ECS and ECR calls that name production's service (the proxy records every call).
+fn calls_naming_production(w: &Deploy) -> Vec<String> {
+    let mut found = Vec::new();
+    for op in [
+        "DescribeServices",
+        "UpdateService",
+        "RegisterTaskDefinition",
+    ] {
+        for body in w.proxy.requests(op) {
+            if body.to_string().contains("\"web-prod\"") {
+                found.push(format!("{op} {body}"));
+            }
+        }
+    }
+    found
+}
+
+/// The digest ECR holds for `web:<tag>`.
+async fn digest_of(w: &Deploy, tag: &str) -> String {
+    let out = w
+        .emulator
+        .ecr()
+        .describe_images()
+        .repository_name(ECR_REPO)
+        .image_ids(
+            aws_sdk_ecr::types::ImageIdentifier::builder()
+                .image_tag(tag)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.image_details()[0].image_digest().unwrap().to_owned()
+}
+
+fn image_of(td: &aws_sdk_ecs::types::TaskDefinition) -> String {
+    td.container_definitions()[0].image().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_push_builds_once_staging_deploys_and_production_runs_the_same_digest_after_approval() {
+    let w = staging_and_production("approvers = [\"alice\"]").await;
+    let s = w.builder.start().await;
+
+    // One push: one build, staging deployed.
+    let staging = w.ship(&s, "p-1", MASTER_SHA).await;
+    assert_eq!(staging["app"], "web");
+    assert_eq!(staging["state"], "succeeded", "{staging}");
+    let p = promotion_in(&s, MASTER_SHA, "awaiting_approval").await;
+    assert_eq!(p["source_app"], "web", "{p}");
+    assert_eq!(p["source_deployment"], staging["id"], "{p}");
+    let digest = digest_of(&w, MASTER_SHA).await;
+    assert_eq!(p["image_digest"], digest.as_str(), "{p}");
+    assert!(
+        p["decided_by"].is_null() && p["deployment"].is_null(),
+        "{p}"
+    );
+
+    // Waiting: nothing was asked of production's service, and nothing built twice.
+    assert_eq!(calls_naming_production(&w), Vec::<String>::new());
+    assert_eq!(w.proxy.requests("StartBuild").len(), 1);
+    let note = eventually("the awaiting_approval notification", || async {
+        w.notes_of("awaiting_approval").into_iter().next()
+    })
+    .await;
+    assert_eq!(note["app"], PROD, "{note}");
+    assert_eq!(note["promotion"]["source_app"], "web", "{note}");
+    assert_eq!(note["promotion"]["approval"], "awaiting_approval", "{note}");
+    assert!(
+        note["text"].as_str().unwrap().contains("awaiting approval"),
+        "{note}"
+    );
+
+    // bob is not an approver: 403, and nothing changes.
+    let (status, v) = api(&s, BOB, "POST", "/api/apps/web-prod/approve", json!({})).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["code"], "forbidden", "{v}");
+    assert_eq!(
+        v["error"],
+        "bob may not approve promotions to web-prod: not in its approvers"
+    );
+    let (status, _) = api(&s, BOB, "POST", "/api/apps/web-prod/reject", json!({})).await;
+    assert_eq!(status, 403);
+    assert_eq!(promotions(&s).await[0]["state"], "awaiting_approval");
+    assert_eq!(calls_naming_production(&w), Vec::<String>::new());
+
+    // alice approves with the CLI.
+    let out = w
+        .builder
+        .command()
+        .env("SLIPWAY_OPS_TOKEN", ALICE)
+        .args(["approve", "web-prod", &MASTER_SHA[..7], "--wait"])
+        .args(["--server", &s.admin_url])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "promotion {} of {} (from web, deployment {}) approved by alice",
+            p["id"],
+            &MASTER_SHA[..7],
+            staging["id"]
+        )),
+        "{stdout}"
+    );
+
+    // Production runs exactly the image staging ran, by digest; still one build.
+    let prod = eventually("production's deploy finished", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["app"] == PROD && d["state"] != "pending" && d["state"] != "deploying")
+    })
+    .await;
+    assert_eq!(prod["state"], "succeeded", "{prod}");
+    assert_eq!(prod["trigger"], "promotion", "{prod}");
+    assert_eq!(prod["actor"], "alice", "{prod}");
+    assert_eq!(prod["promotion"], p["id"], "{prod}");
+    let uri = w.emulator.repository_uri(ECR_REPO).await;
+    assert_eq!(prod["image"], format!("{uri}@{digest}").as_str(), "{prod}");
+    let running = w.emulator.service(CLUSTER, PROD).await;
+    let (td, _) = w
+        .emulator
+        .task_definition(running.task_definition().unwrap())
+        .await;
+    assert_eq!(image_of(&td), format!("{uri}@{digest}"));
+    let (staging_td, _) = w
+        .emulator
+        .task_definition(staging["to_task_definition"].as_str().unwrap())
+        .await;
+    assert_eq!(image_of(&staging_td), format!("{uri}:{MASTER_SHA}"));
+    assert_eq!(w.proxy.requests("StartBuild").len(), 1, "no second build");
+
+    // The promotion says who approved it, when, and what it made.
+    let approved = promotion_in(&s, MASTER_SHA, "approved").await;
+    assert_eq!(approved["decided_by"], "alice", "{approved}");
+    assert!(approved["decided_ms"].is_i64(), "{approved}");
+    assert_eq!(approved["deployment"], prod["id"], "{approved}");
+    // Approving again changes nothing.
+    let (status, v) = api(&s, ALICE, "POST", "/api/apps/web-prod/approve", json!({})).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no promotion to web-prod is awaiting approval"),
+        "{v}"
+    );
+    let prod_deploys = w
+        .builder
+        .deployments()
+        .into_iter()
+        .filter(|d| d["app"] == PROD)
+        .count();
+    assert_eq!(prod_deploys, 1);
 }
