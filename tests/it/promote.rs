@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::deploy::{web_with, Deploy, Setup};
+use crate::support::github_fake::{GithubFake, STATIC_TOKEN};
 use crate::support::slipway::{Slipway, SlipwayBuilder};
 use crate::support::world::{CLUSTER, ECR_REPO};
 use crate::support::{eventually, MASTER_SHA};
@@ -59,10 +60,11 @@ const NEWER_SHA: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
 
 /// Staging (`web`, builds) and production (`web-prod`, promoted from it, approved by alice)
 /// on one repository; production's service runs the base revision.
-async fn staging_and_production(prod_settings: &str) -> Deploy {
+async fn staging_and_production(prod_settings: &str, extra: &str) -> Deploy {
     let w = Deploy::with(Setup {
         apps: format!("{}{}", web_with(""), prod_app("web", prod_settings)),
         images: &[MASTER_SHA, NEWER_SHA],
+        extra,
         ..Setup::default()
     })
     .await;
@@ -147,7 +149,7 @@ fn image_of(td: &aws_sdk_ecs::types::TaskDefinition) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_push_builds_once_staging_deploys_and_production_runs_the_same_digest_after_approval() {
-    let w = staging_and_production("approvers = [\"alice\"]").await;
+    let w = staging_and_production("approvers = [\"alice\"]", "").await;
     let s = w.builder.start().await;
 
     // One push: one build, staging deployed.
@@ -265,4 +267,184 @@ async fn one_push_builds_once_staging_deploys_and_production_runs_the_same_diges
         .filter(|d| d["app"] == PROD)
         .count();
     assert_eq!(prod_deploys, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_promotion_supersedes_the_waiting_one_and_a_rejection_deploys_nothing() {
+    // GitHub (the fake) gets the commit statuses.
+    let gh = GithubFake::start().await;
+    let extra = format!("[github]\napi_url = \"{}\"\n", gh.url);
+    let mut w = staging_and_production("approvers = [\"alice\"]", &extra).await;
+    w.builder = w.builder.clone().env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN);
+    let s = w.builder.start().await;
+
+    w.ship(&s, "p-1", MASTER_SHA).await;
+    let first = promotion_in(&s, MASTER_SHA, "awaiting_approval").await;
+    // GitHub shows the commit waiting.
+    let status = eventually("the awaiting-approval commit status", || async {
+        gh.statuses(MASTER_SHA, "slipway/deploy/web-prod")
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        status,
+        (
+            "pending".to_owned(),
+            "awaiting approval (promoted from web)".to_owned()
+        )
+    );
+
+    // A second push before anyone approved: its promotion supersedes the first.
+    w.ship(&s, "p-2", NEWER_SHA).await;
+    let second = promotion_in(&s, NEWER_SHA, "awaiting_approval").await;
+    let old = promotion_in(&s, MASTER_SHA, "superseded").await;
+    assert_eq!(old["id"], first["id"]);
+    assert!(
+        old["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("superseded by promotion {}", second["id"])),
+        "{old}"
+    );
+    // The superseded one cannot be approved any more.
+    let (status, v) = api(
+        &s,
+        ALICE,
+        "POST",
+        "/api/apps/web-prod/approve",
+        json!({ "sha": &MASTER_SHA[..7] }),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "the promotion to web-prod awaiting approval is of {}, not {}",
+            &NEWER_SHA[..7],
+            &MASTER_SHA[..7]
+        )) && error.contains("is superseded"),
+        "{error}"
+    );
+    let superseded = eventually("GitHub told the older commit is superseded", || async {
+        gh.statuses(MASTER_SHA, "slipway/deploy/web-prod")
+            .into_iter()
+            .find(|(state, _)| state == "error")
+    })
+    .await;
+    assert!(
+        superseded.1.contains("superseded by promotion"),
+        "{superseded:?}"
+    );
+
+    // A bad SHA is refused as such.
+    let (status, v) = api(
+        &s,
+        ALICE,
+        "POST",
+        "/api/apps/web-prod/reject",
+        json!({ "sha": "not-a-sha" }),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    // An app that is not promoted has nothing to approve.
+    let (status, v) = api(&s, ALICE, "POST", "/api/apps/web/approve", json!({})).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("web is not promoted"),
+        "{v}"
+    );
+    let (status, v) = api(&s, ALICE, "POST", "/api/apps/nope/approve", json!({})).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("unknown_app")),
+        "{v}"
+    );
+
+    // alice rejects the newer one with the CLI: nothing is deployed to production.
+    let out = w
+        .builder
+        .command()
+        .env("SLIPWAY_OPS_TOKEN", ALICE)
+        .args(["reject", "web-prod"])
+        .args(["--server", &s.admin_url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("rejected by alice"), "{stdout}");
+    let rejected = promotion_in(&s, NEWER_SHA, "rejected").await;
+    assert_eq!(rejected["decided_by"], "alice");
+    assert!(rejected["deployment"].is_null(), "{rejected}");
+    let note = eventually("the rejection notification", || async {
+        w.notes_of("promotion_rejected").into_iter().next()
+    })
+    .await;
+    assert_eq!(note["promotion"]["decided_by"], "alice", "{note}");
+    let status = eventually("GitHub told the rejection", || async {
+        gh.statuses(NEWER_SHA, "slipway/deploy/web-prod")
+            .into_iter()
+            .find(|(state, _)| state == "error")
+    })
+    .await;
+    assert_eq!(status.1, "promotion rejected by alice");
+    assert!(w
+        .builder
+        .deployments()
+        .into_iter()
+        .all(|d| d["app"] != PROD));
+    assert_eq!(calls_naming_production(&w), Vec::<String>::new());
+    assert_eq!(w.proxy.requests("StartBuild").len(), 2);
+}
+
+/// dev (`web`, builds) → staging (`web-staging`, approved automatically) → production
+/// (`web-prod`, manual): one push reaches staging with no one's approval, and production
+/// waits for the digest staging ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_promotes_through_an_automatic_stage_and_waits_at_the_manual_one() {
+    let staging_app = prod_app("web", "approval = \"auto\"")
+        .replace("\"web-prod\"\nrepository", "\"web-staging\"\nrepository")
+        .replace("service = \"web-prod\"", "service = \"web-staging\"");
+    let w = Deploy::with(Setup {
+        apps: format!(
+            "{}{staging_app}{}",
+            web_with(""),
+            prod_app("web-staging", "approvers = [\"alice\"]")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    w.emulator
+        .create_service(CLUSTER, "web-staging", &w.base_td)
+        .await;
+    w.emulator.create_service(CLUSTER, PROD, &w.base_td).await;
+    let mut w = w;
+    w.builder = w
+        .builder
+        .clone()
+        .env("SLIPWAY_OPS_TOKENS", &format!("alice:{ALICE}"));
+    let s = w.builder.start().await;
+    w.ship(&s, "p-1", MASTER_SHA).await;
+    let digest = digest_of(&w, MASTER_SHA).await;
+    let staging = eventually("staging's deploy finished", || async {
+        w.builder.deployments().into_iter().find(|d| {
+            d["app"] == "web-staging" && d["state"] != "pending" && d["state"] != "deploying"
+        })
+    })
+    .await;
+    assert_eq!(staging["state"], "succeeded", "{staging}");
+    assert_eq!(staging["actor"], "auto", "{staging}");
+    let uri = w.emulator.repository_uri(ECR_REPO).await;
+    assert_eq!(staging["image"], format!("{uri}@{digest}").as_str());
+    // Production waits for the image staging ran: the same digest, from staging's deploy.
+    let p = promotion_in(&s, MASTER_SHA, "awaiting_approval").await;
+    assert_eq!(p["source_app"], "web-staging", "{p}");
+    assert_eq!(p["source_deployment"], staging["id"], "{p}");
+    assert_eq!(p["image_digest"], digest.as_str(), "{p}");
+    assert_eq!(w.proxy.requests("StartBuild").len(), 1);
+    assert_eq!(calls_naming_production(&w), Vec::<String>::new());
 }
