@@ -527,3 +527,177 @@ impl Promoter {
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::{promotion_state, PromotionCreated};
+
+    /// A clock the test moves.
+    struct Fixed(Mutex<time::OffsetDateTime>);
+
+    impl crate::clock::Clock for Fixed {
+        fn now(&self) -> time::OffsetDateTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    /// A notification target that keeps what it is given.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<Notification>>);
+
+    impl Target for Recording {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        fn notify(&self, n: &Notification) {
+            self.0.lock().unwrap().push(n.clone());
+        }
+        fn flush(&self, _: Duration) -> Flushing<'_> {
+            Box::pin(async {})
+        }
+    }
+
+    const CONFIG: &str = r#"
+state_dir = "/tmp/slipway"
+
+[[app]]
+name = "web"
+repository = "octo-org/web"
+codebuild_project = "web-build"
+cluster = "web"
+service = "web"
+container = "web"
+ecr_repository = "web"
+
+[[app]]
+name = "web-prod"
+repository = "octo-org/web"
+cluster = "web"
+service = "web-prod"
+container = "web"
+ecr_repository = "web"
+promote_from = "web"
+approvers = ["alice"]
+approval_timeout_hours = 2
+"#;
+
+    /// No AWS call is made in these tests: clients that could not reach anything.
+    fn offline_clients() -> (aws_sdk_ecs::Client, aws_sdk_ecr::Client) {
+        let region = aws_sdk_ecs::config::Region::new("eu-west-1");
+        let ecs = aws_sdk_ecs::Config::builder()
+            .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+            .region(region.clone())
+            .build();
+        let ecr = aws_sdk_ecr::Config::builder()
+            .behavior_version(aws_sdk_ecr::config::BehaviorVersion::latest())
+            .region(region)
+            .build();
+        (
+            aws_sdk_ecs::Client::from_conf(ecs),
+            aws_sdk_ecr::Client::from_conf(ecr),
+        )
+    }
+
+    /// Issue 27: a promotion nobody decides on expires after `approval_timeout_hours`, is
+    /// announced as expired, and can no longer be approved.
+    #[tokio::test]
+    async fn a_promotion_nobody_decides_on_expires_after_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Store::open(dir.path()).unwrap();
+        let config = Arc::new(Config::parse(CONFIG).unwrap());
+        let start = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let clock = Arc::new(Fixed(Mutex::new(start)));
+        let recorded = Arc::new(Recording::default());
+        let (ecs, ecr) = offline_clients();
+        let promoter = Promoter {
+            journal: journal.clone(),
+            ecs,
+            ecr,
+            clock: clock.clone(),
+            config: config.clone(),
+            notifier: Notifier::new(vec![recorded.clone()]),
+            deploy_wake: Arc::default(),
+            wake: Arc::default(),
+        };
+        let timeout = config
+            .app("web-prod")
+            .unwrap()
+            .promote
+            .clone()
+            .unwrap()
+            .timeout;
+        let now = millis(start);
+        let made = journal
+            .create_promotion(
+                NewPromotion {
+                    app: "web-prod".into(),
+                    source_app: "web".into(),
+                    source_deployment: 1,
+                    sha: "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c".into(),
+                    image_digest: format!("sha256:{}", "e".repeat(64)),
+                    image_tag: "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c".into(),
+                    tag: None,
+                    service_key: "web/web-prod".into(),
+                    expires_ms: now + timeout.as_millis() as i64,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let PromotionCreated::New { promotion, .. } = made else {
+            panic!("{made:?}")
+        };
+
+        // A minute before its time: still waiting.
+        *clock.0.lock().unwrap() = start + timeout - time::Duration::minutes(1);
+        promoter.look().await;
+        let p = journal.promotion(promotion.id).await.unwrap().unwrap();
+        assert_eq!(p.state, promotion_state::AWAITING_APPROVAL);
+        assert!(recorded.0.lock().unwrap().is_empty());
+
+        // Its time has come: expired, with why, and said so.
+        *clock.0.lock().unwrap() = start + timeout;
+        promoter.look().await;
+        let p = journal.promotion(promotion.id).await.unwrap().unwrap();
+        assert_eq!(p.state, promotion_state::EXPIRED);
+        assert_eq!(
+            p.reason.as_deref(),
+            Some("nobody approved or rejected it within 2 h")
+        );
+        assert_eq!(p.decided_by, None);
+        let said = recorded.0.lock().unwrap().clone();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert_eq!(said[0].kind, EventKind::PromotionExpired);
+        assert_eq!(
+            said[0].promotion.as_ref().map(|n| n.approval.as_str()),
+            Some("expired")
+        );
+
+        // alice is too late: nothing waits, nothing is deployed.
+        let late = promoter
+            .decide(
+                "web-prod",
+                None,
+                &Approver::Ops("alice".into()),
+                Verdict::Approve,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            late.to_string(),
+            format!(
+                "no promotion to web-prod is awaiting approval (promotion {} of 1f2e3d4 is \
+                 expired)",
+                promotion.id
+            )
+        );
+        assert!(journal
+            .recent_deployments(Some("web-prod".into()), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
