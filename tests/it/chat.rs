@@ -503,3 +503,81 @@ async fn a_body_declared_larger_than_the_limit_gets_413_and_commands_still_work(
     let status = c.command("status", "U1", "ada").await;
     assert!(status.ephemeral().contains("*web*"), "{}", status.body);
 }
+
+/// Issue 27: `/slipway approve <app>` from one of the app's `approvers` (Slack user ids)
+/// approves its waiting promotion; anyone else is told they are not an approver, and nothing
+/// changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_from_slack_is_for_the_apps_approvers_only() {
+    let apps = format!(
+        "{DEFAULT_APPS}slack_users = [\"*\"]\n{}",
+        crate::promote::prod_app("web", "approvers = [\"UALICE\"]")
+    );
+    let c = chat_as_configured(Setup {
+        apps,
+        ..Setup::default()
+    })
+    .await;
+    c.w.emulator
+        .create_service(crate::support::world::CLUSTER, "web-prod", &c.w.base_td)
+        .await;
+    c.w.ship(&c.s, "p-1", MASTER_SHA).await;
+    let waiting = || async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{}/api/promotions?app=web-prod", c.s.admin_url))
+            .bearer_auth(crate::support::slipway::HARNESS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["promotions"][0].clone()
+    };
+    let p = eventually("the promotion waiting", || async {
+        let p = waiting().await;
+        (p["state"] == "awaiting_approval").then_some(p)
+    })
+    .await;
+
+    // Not an approver (though allowed to deploy web from chat): refused, nothing changes.
+    let text = c
+        .command("approve web-prod", "UBOB", "bob")
+        .await
+        .ephemeral()
+        .to_owned();
+    assert_eq!(
+        text,
+        "Sorry <@UBOB>, you may not approve promotions to *web-prod*: you are not among its approvers."
+    );
+    assert_eq!(waiting().await["state"], "awaiting_approval");
+    let text = c
+        .command("approve", "UALICE", "alice")
+        .await
+        .ephemeral()
+        .to_owned();
+    assert!(text.contains("approve <app> [sha]"), "{text}");
+
+    let text = c
+        .command(
+            &format!("approve web-prod {}", &MASTER_SHA[..7]),
+            "UALICE",
+            "alice",
+        )
+        .await
+        .ephemeral()
+        .to_owned();
+    let approved = waiting().await;
+    assert_eq!(approved["state"], "approved", "{approved}");
+    assert_eq!(approved["decided_by"], "slack:UALICE", "{approved}");
+    assert_eq!(
+        text,
+        format!(
+            "Approved the promotion of `{}` to *web-prod* (from *web*, deployment {}): \
+             deploying (deployment {}).",
+            &MASTER_SHA[..7],
+            p["source_deployment"],
+            approved["deployment"]
+        )
+    );
+}
