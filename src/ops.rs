@@ -537,7 +537,15 @@ impl Ops {
             .deployment(id)
             .await?
             .ok_or_else(|| OpsError::NotFound(format!("no deployment {id}")))?;
-        Ok(self.deployment_json(&d))
+        let mut v = self.deployment_json(&d);
+        // A promotion's deploy (issue 27): where its image comes from, and its approval.
+        if let Some(p) = d.promotion {
+            if let Some(p) = self.journal.promotion(p).await? {
+                v["promoted"] = serde_json::to_value(crate::notify::PromotionNote::of(&p))
+                    .expect("serializable");
+            }
+        }
+        Ok(v)
     }
 
     pub fn deployment_json(&self, d: &Deployment) -> serde_json::Value {

@@ -162,6 +162,8 @@ pub struct Deployer {
     past_deadline_told: Mutex<HashSet<i64>>,
     /// The rollouts being watched, for ECS's deployment events to wake.
     pub watchers: Arc<watchers::Watchers>,
+    /// What the notifications of a promotion's deploy say of it (issue 27), by deployment.
+    promotions: Mutex<HashMap<i64, crate::notify::PromotionNote>>,
 }
 
 impl Deployer {
@@ -185,6 +187,7 @@ impl Deployer {
             unseen_told: Mutex::default(),
             past_deadline_told: Mutex::default(),
             watchers: Arc::default(),
+            promotions: Mutex::default(),
         }
     }
 
@@ -263,6 +266,15 @@ impl Deployer {
                 )
                 .await;
         };
+        if let Some(p) = d.promotion {
+            if let Ok(Some(p)) = self.journal.promotion(p).await {
+                let note = crate::notify::PromotionNote::of(&p);
+                self.promotions
+                    .lock()
+                    .expect("promotions")
+                    .insert(d.id, note);
+            }
+        }
         let in_progress = metrics::gauge!(crate::metrics::DEPLOYMENTS_IN_PROGRESS);
         in_progress.increment(1.0);
         let result = if d.state == deploy_state::PENDING {
@@ -1646,6 +1658,7 @@ impl Deployer {
             _ => EventKind::DeployFailed,
         };
         self.notify(d, kind, image, Some(reason));
+        self.promotions.lock().expect("promotions").remove(&d.id);
     }
 
     fn notify(
@@ -1665,7 +1678,12 @@ impl Deployer {
             deployment: Some(d.id),
             build_id: d.build_id.clone(),
             tag: d.tag.clone(),
-            promotion: None,
+            promotion: self
+                .promotions
+                .lock()
+                .expect("promotions")
+                .get(&d.id)
+                .cloned(),
         });
     }
 }

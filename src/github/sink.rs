@@ -506,7 +506,7 @@ impl Worker {
             return Ok(());
         };
         let gh = self
-            .github_deployment(app, id, &n.sha, n.tag.as_deref())
+            .github_deployment(app, id, &n.sha, n.tag.as_deref(), n.promotion.as_ref())
             .await?;
         // The deploy's page when slipway's is reachable from outside, else the build's log.
         let log_url = page.as_deref().or(n.log_link.as_deref());
@@ -549,6 +549,7 @@ impl Worker {
         id: i64,
         sha: &str,
         tag: Option<&str>,
+        promotion: Option<&crate::notify::PromotionNote>,
     ) -> Result<GithubDeployment, GithubError> {
         if let Ok(Some(existing)) = self.journal.github_deployment(id).await {
             return Ok(existing);
@@ -561,11 +562,20 @@ impl Worker {
             "production_environment": app.production,
             // `ref` stays the commit (a tag can be moved; the deploy is of this commit); the
             // tag a release was pushed as is in the description and the payload.
-            "description": clip(&match tag {
-                Some(tag) => format!("slipway deployment {id} of {} (tag {tag})", app.name),
-                None => format!("slipway deployment {id} of {}", app.name),
+            "description": clip(&match (tag, promotion) {
+                (Some(tag), _) => format!("slipway deployment {id} of {} (tag {tag})", app.name),
+                // A promotion (issue 27): where the image comes from, and who approved it.
+                (None, Some(p)) => format!(
+                    "slipway deployment {id} of {}, promoted from {} (deployment {}), approved \
+                     by {}",
+                    app.name,
+                    p.source_app,
+                    p.source_deployment,
+                    p.decided_by.as_deref().unwrap_or("?")
+                ),
+                (None, None) => format!("slipway deployment {id} of {}", app.name),
             }),
-            "payload": { "slipway_deployment": id, "tag": tag },
+            "payload": { "slipway_deployment": id, "tag": tag, "promotion": promotion },
         });
         let path = format!("/repos/{}/deployments", app.repository);
         let reply = self

@@ -425,8 +425,15 @@ async fn deployments(
         .recent_deployments(q.app.clone(), limit(&q)?)
         .await
         .map_err(OpsError::from)?;
-    let rows: Vec<_> = rows.iter().map(|d| state.ops.deployment_json(d)).collect();
-    Ok(Json(json!({ "deployments": rows })))
+    let mut out = Vec::with_capacity(rows.len());
+    for d in &rows {
+        // A promotion's deploy says where its image comes from and who approved it.
+        out.push(match d.promotion {
+            Some(_) => state.ops.deployment(d.id).await?,
+            None => state.ops.deployment_json(d),
+        });
+    }
+    Ok(Json(json!({ "deployments": out })))
 }
 
 async fn deployment(

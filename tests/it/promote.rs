@@ -149,7 +149,10 @@ fn image_of(td: &aws_sdk_ecs::types::TaskDefinition) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_push_builds_once_staging_deploys_and_production_runs_the_same_digest_after_approval() {
-    let w = staging_and_production("approvers = [\"alice\"]", "").await;
+    let gh = GithubFake::start().await;
+    let extra = format!("[github]\napi_url = \"{}\"\n", gh.url);
+    let mut w = staging_and_production("approvers = [\"alice\"]", &extra).await;
+    w.builder = w.builder.clone().env("SLIPWAY_GITHUB_TOKEN", STATIC_TOKEN);
     let s = w.builder.start().await;
 
     // One push: one build, staging deployed.
@@ -267,6 +270,110 @@ async fn one_push_builds_once_staging_deploys_and_production_runs_the_same_diges
         .filter(|d| d["app"] == PROD)
         .count();
     assert_eq!(prod_deploys, 1);
+
+    // Wherever the deploy shows, it says where its image comes from and who approved it
+    // (issue 27, item 5): the API, the CLI, the status page, notifications, GitHub.
+    let id = prod["id"].as_i64().unwrap();
+    let (status, api_view) = api(
+        &s,
+        ALICE,
+        "GET",
+        &format!("/api/deployments/{id}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let promoted = &api_view["promoted"];
+    assert_eq!(promoted["source_app"], "web", "{api_view}");
+    assert_eq!(promoted["source_deployment"], staging["id"], "{api_view}");
+    assert_eq!(promoted["approval"], "approved", "{api_view}");
+    assert_eq!(promoted["decided_by"], "alice", "{api_view}");
+    assert!(promoted["decided_at"].is_string(), "{api_view}");
+    let (_, listed) = api(
+        &s,
+        ALICE,
+        "GET",
+        "/api/deployments?app=web-prod",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(listed["deployments"][0]["promoted"], *promoted, "{listed}");
+    let cli = w
+        .builder
+        .command()
+        .env("SLIPWAY_OPS_TOKEN", ALICE)
+        .args(["deployments", "--server", &s.admin_url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        table.contains(&format!("promotion {} (approved by alice)", p["id"])),
+        "{table}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let page = reqwest::get(format!("{}/deployments/{id}", s.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(
+            "<th>Promoted from</th><td>web <a href=\"/deployments/{0}\">deployment {0}</a>",
+            staging["id"]
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "<span class=\"st ok\">approved</span><br><span class=\"muted\">by alice at "
+        ),
+        "{page}"
+    );
+    let front = reqwest::get(format!("{}/", s.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(front.contains("<h2>Promotions</h2>"), "{front}");
+    let done = eventually("production's success notification", || async {
+        w.notes_of("deploy_succeeded")
+            .into_iter()
+            .find(|n| n["app"] == PROD)
+    })
+    .await;
+    assert_eq!(done["promotion"]["source_app"], "web", "{done}");
+    assert_eq!(done["promotion"]["decided_by"], "alice", "{done}");
+    assert!(
+        done["text"]
+            .as_str()
+            .unwrap()
+            .contains("(promoted from *web* (deployment"),
+        "{done}"
+    );
+    let body = eventually("production's GitHub deployment", || async {
+        gh.deployments()
+            .into_iter()
+            .map(|(_, b)| b)
+            .find(|b| b["environment"] == PROD)
+    })
+    .await;
+    assert_eq!(body["ref"], MASTER_SHA, "{body}");
+    assert_eq!(body["payload"]["promotion"]["source_app"], "web", "{body}");
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap()
+            .contains("promoted from web (deployment"),
+        "{body}"
+    );
+    let waiting = gh.statuses(MASTER_SHA, "slipway/deploy/web-prod");
+    assert_eq!(
+        waiting.first().map(|(s, d)| (s.as_str(), d.as_str())),
+        Some(("pending", "awaiting approval (promoted from web)")),
+        "{waiting:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
