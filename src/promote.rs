@@ -26,6 +26,7 @@ use crate::store::{
     deploy_state, millis, trigger, Deployment, NewDeployment, NewPromotion, Promotion,
     PromotionCreated, PromotionDecided, PromotionDecision, Store, StoreError,
 };
+use crate::webhook::Push;
 
 /// How often the journal is looked at without a wake (a lost wake, expiries).
 const LOOK_EVERY: Duration = Duration::from_secs(30);
@@ -74,6 +75,16 @@ impl Approver {
             Approver::Slack(id) => format!("slack:{id}"),
         }
     }
+}
+
+/// What a tag push releases to one promoted app: the source's deploy of the tagged commit
+/// whose image is promoted, or why nothing is.
+#[derive(Debug, Clone)]
+pub struct TagRelease {
+    pub app: String,
+    pub tag: String,
+    pub source: Option<Deployment>,
+    pub reason: String,
 }
 
 /// Approve or reject.
@@ -160,11 +171,15 @@ impl Promoter {
         }
     }
 
-    /// Offers `app` the image of its source's newest successful deploy, once.
+    /// Offers `app` the image of its source's newest successful deploy, once. An app with
+    /// `tags` is promoted only by its tags ([`Promoter::tag_release`]).
     async fn promote_newest(&self, app: &AppConfig, promote: &PromoteConfig) -> Result<(), String> {
         let Some(source) = self.config.app(promote.from.as_str()) else {
             return Ok(());
         };
+        if app.tags.is_some() {
+            return Ok(());
+        }
         let recent = self
             .journal
             .recent_deployments(Some(source.name.to_string()), SOURCE_WINDOW)
@@ -188,6 +203,96 @@ impl Promoter {
         }
         let digest = self.ran_digest(source, d).await?;
         self.offer(app, promote, d, digest, None).await
+    }
+
+    /// A tag push matching promoted apps' `tags` (issue 27): for each, the source app's
+    /// successful deploy of the tagged commit, whose image is promoted by digest without a
+    /// build; or why there is nothing to promote. Store reads only: the promotion itself is
+    /// made by [`Promoter::promote_tag`] (it asks ECS and ECR which digest ran).
+    pub async fn tag_release(&self, push: &Push) -> Vec<TagRelease> {
+        let Some(tag) = push.tag() else {
+            return Vec::new();
+        };
+        if push.deleted || push.after.is_zero() || !push.tag_commit_known {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for app in &self.config.apps {
+            let Some(promote) = &app.promote else {
+                continue;
+            };
+            if !app.repository.eq_ignore_ascii_case(&push.repository)
+                || !app.deploys_ref(&push.git_ref)
+            {
+                continue;
+            }
+            let sha = push.after.as_str();
+            let found = match self
+                .journal
+                .successful_deployments(promote.from.as_str())
+                .await
+            {
+                Ok(list) => list.into_iter().find(|d| d.sha == sha),
+                Err(e) => {
+                    out.push(TagRelease {
+                        app: app.name.to_string(),
+                        tag: tag.to_owned(),
+                        source: None,
+                        reason: format!("cannot read {}'s deploys: {e}", promote.from),
+                    });
+                    continue;
+                }
+            };
+            out.push(match found {
+                Some(d) => TagRelease {
+                    app: app.name.to_string(),
+                    tag: tag.to_owned(),
+                    reason: format!(
+                        "tag {tag}: promoting the image {} deployed in deployment {} (no build)",
+                        promote.from, d.id
+                    ),
+                    source: Some(d),
+                },
+                None => TagRelease {
+                    app: app.name.to_string(),
+                    tag: tag.to_owned(),
+                    source: None,
+                    reason: format!(
+                        "tag {tag}: {} has no successful deploy of {}, so {} has no image to \
+                         promote (a promoted app never builds)",
+                        promote.from,
+                        short(sha),
+                        app.name
+                    ),
+                },
+            });
+        }
+        out
+    }
+
+    /// Makes the promotion a [`TagRelease`] found (once per source deploy and tag: a
+    /// redelivered tag push makes none).
+    pub async fn promote_tag(&self, release: TagRelease) {
+        let (Some(app), Some(d)) = (self.config.app(&release.app), release.source) else {
+            return;
+        };
+        let Some(promote) = &app.promote else {
+            return;
+        };
+        let Some(source) = self.config.app(promote.from.as_str()) else {
+            return;
+        };
+        let result = match self.ran_digest(source, &d).await {
+            Ok(digest) => {
+                self.offer(app, promote, &d, digest, Some(release.tag.clone()))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(app = %app.name, tag = %release.tag, error = %e,
+                "cannot promote the tag's image");
+        }
     }
 
     /// Records the promotion of `d`'s image (`digest`) to `app`, says so, and approves it at

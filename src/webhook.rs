@@ -355,10 +355,17 @@ impl Push {
                     // Its deploys come from its source's (`promote::Promoter`), never a build.
                     skipped.push(SkippedApp {
                         app: a.name.clone(),
-                        reason: format!(
-                            "{} is promoted from {}: it deploys what {} ran and never builds",
-                            a.name, p.from, p.from
-                        ),
+                        reason: match self.tag() {
+                            Some(tag) => format!(
+                                "{} is promoted from {}: tag {tag} promotes the image {} ran \
+                                 (no build)",
+                                a.name, p.from, p.from
+                            ),
+                            None => format!(
+                                "{} is promoted from {}: it deploys what {} ran and never builds",
+                                a.name, p.from, p.from
+                            ),
+                        },
                     });
                     return false;
                 }

@@ -555,3 +555,72 @@ async fn a_chain_promotes_through_an_automatic_stage_and_waits_at_the_manual_one
     assert_eq!(w.proxy.requests("StartBuild").len(), 1);
     assert_eq!(calls_naming_production(&w), Vec::<String>::new());
 }
+
+/// GitHub's push payload for annotated tag `tag` on commit `sha` (`head_commit.id`), from
+/// `fixtures/github/push_tag.json` (as tests/it/tags.rs reads it).
+fn tag_push(tag: &str, sha: &str) -> Vec<u8> {
+    let mut v: Value =
+        serde_json::from_slice(&crate::support::fixture("github/push_tag.json")).unwrap();
+    v["ref"] = format!("refs/tags/{tag}").into();
+    v["after"] = "5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081".into();
+    v["head_commit"]["id"] = sha.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Issue 27, item 4: production releases on tags; a tag on a commit staging deployed is
+/// promoted by digest without a build, and its deploy shows the tag; a tag on a commit staging
+/// never deployed promotes nothing and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_on_a_commit_staging_deployed_is_promoted_without_a_build() {
+    let w = staging_and_production("tags = [\"v*\"]\napprovers = [\"alice\"]", "").await;
+    let s = w.builder.start().await;
+    let staging = w.ship(&s, "p-1", MASTER_SHA).await;
+    assert_eq!(staging["state"], "succeeded", "{staging}");
+
+    // A tag on a commit staging never deployed: nothing to promote, and why.
+    let r = s
+        .deliver("push", "t-0", &tag_push("v0.9.0", NEWER_SHA))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "ignored", "{}", r.text);
+    assert_eq!(
+        r.body["reason"],
+        "tag v0.9.0: web has no successful deploy of 9f8e7d6, so web-prod has no image to \
+         promote (a promoted app never builds)"
+    );
+
+    // The release tag on the commit staging runs: promoted by digest, no build.
+    let r = s
+        .deliver("push", "t-1", &tag_push("v1.0.0", MASTER_SHA))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["promotions"][0]["app"], PROD, "{}", r.text);
+    assert_eq!(r.body["promotions"][0]["promoting"], true, "{}", r.text);
+    let p = promotion_in(&s, MASTER_SHA, "awaiting_approval").await;
+    assert_eq!(p["tag"], "v1.0.0", "{p}");
+    assert_eq!(p["source_deployment"], staging["id"], "{p}");
+    assert_eq!(p["image_digest"], digest_of(&w, MASTER_SHA).await.as_str());
+    assert_eq!(
+        w.proxy.requests("StartBuild").len(),
+        1,
+        "no build for the tag"
+    );
+    // GitHub redelivers the tag push: still one promotion.
+    let r = s
+        .deliver("push", "t-1", &tag_push("v1.0.0", MASTER_SHA))
+        .await;
+    assert!(r.status == 200 || r.status == 202, "{}", r.text);
+    let (status, _) = api(&s, ALICE, "POST", "/api/apps/web-prod/approve", json!({})).await;
+    assert_eq!(status, 200);
+    let prod = eventually("production's deploy finished", || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["app"] == PROD && d["state"] != "pending" && d["state"] != "deploying")
+    })
+    .await;
+    assert_eq!(prod["state"], "succeeded", "{prod}");
+    assert_eq!(prod["tag"], "v1.0.0", "{prod}");
+    assert_eq!(promotions(&s).await.len(), 1);
+    assert_eq!(w.proxy.requests("StartBuild").len(), 1);
+}
