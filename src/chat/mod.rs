@@ -208,6 +208,23 @@ impl Chat {
     }
 }
 
+impl Chat {
+    /// A press of a promotion's Approve or Reject button (Slack's interactivity, issue 27):
+    /// the same decision as `/slipway approve|reject <app> <sha>` by `user_id`. The answer is
+    /// the text to show that user.
+    pub async fn press(&self, user_id: &str, approve: bool, value: &str) -> String {
+        let mut words = value.split_whitespace();
+        let (Some(app), sha) = (words.next(), words.next()) else {
+            return "Sorry, this button names no promotion.".to_owned();
+        };
+        let form = SlashCommand {
+            user_id: user_id.to_owned(),
+            ..SlashCommand::default()
+        };
+        decide(self, &form, approve, app.to_owned(), sha.map(str::to_owned)).await
+    }
+}
+
 /// `/slipway approve|reject <app> [sha]` (issue 27): the app's `approvers` (Slack user ids)
 /// decide on its waiting promotion; anyone else is told so and nothing changes.
 async fn decide(

@@ -99,6 +99,7 @@ fn public_router(state: AppState) -> Router {
         Router::new()
             .route("/webhooks/github", post(webhook::handle))
             .route("/chat/slack", post(slack::slack))
+            .route("/chat/slack/actions", post(slack::actions))
             .merge(health_routes())
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(

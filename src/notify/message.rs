@@ -20,13 +20,24 @@ pub(super) fn slack_payload(n: &Notification) -> serde_json::Value {
     if let Some(build) = &n.build_id {
         context.push(format!("build `{}`", escape(build)));
     }
-    json!({
-        "text": text,
-        "blocks": [
-            { "type": "section", "text": { "type": "mrkdwn", "text": text } },
-            { "type": "context", "elements": [ { "type": "mrkdwn", "text": context.join(" · ") } ] },
-        ],
-    })
+    let mut blocks = vec![
+        json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } }),
+        json!({ "type": "context", "elements": [ { "type": "mrkdwn", "text": context.join(" · ") } ] }),
+    ];
+    // A promotion waiting (issue 27): Approve and Reject buttons, answered by slipway's
+    // interactivity endpoint (`/chat/slack/actions`) as the user who pressed.
+    if n.kind == EventKind::AwaitingApproval {
+        let value = format!("{} {}", n.app, n.sha);
+        let button = |label: &str, action: &str, style: &str| {
+            json!({ "type": "button", "text": { "type": "plain_text", "text": label },
+                    "style": style, "action_id": action, "value": value })
+        };
+        blocks.push(json!({ "type": "actions", "elements": [
+            button("Approve", super::APPROVE_ACTION, "primary"),
+            button("Reject", super::REJECT_ACTION, "danger"),
+        ] }));
+    }
+    json!({ "text": text, "blocks": blocks })
 }
 
 #[derive(Serialize)]
@@ -199,6 +210,46 @@ mod tests {
     pub(crate) const SHA: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c";
     const LOG: &str = "https://console.aws.amazon.com/cloudwatch/home?region=eu-west-1#logEvent:group=/aws/codebuild/web;stream=5f2c8e1a";
     const IMAGE: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:1f2e3d4c5b6a";
+
+    /// Issue 27: a waiting promotion's Slack message has Approve and Reject buttons naming the
+    /// app and commit; no other message has buttons.
+    #[test]
+    fn a_waiting_promotion_has_approve_and_reject_buttons() {
+        let mut n = notification(EventKind::AwaitingApproval);
+        n.app = "web-prod".into();
+        let v = slack_payload(&n);
+        let actions = v["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .expect("an actions block");
+        let ids: Vec<(&str, &str)> = actions["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["action_id"].as_str().unwrap(),
+                    b["value"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let value = format!("web-prod {SHA}");
+        assert_eq!(
+            ids,
+            vec![
+                ("slipway_approve", value.as_str()),
+                ("slipway_reject", value.as_str())
+            ]
+        );
+        let plain = slack_payload(&notification(EventKind::DeploySucceeded));
+        assert!(plain["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["type"] != "actions"));
+    }
 
     fn notification(kind: EventKind) -> Notification {
         Notification {

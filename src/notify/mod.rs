@@ -98,6 +98,11 @@ impl PromotionNote {
     }
 }
 
+/// The `action_id`s of a waiting promotion's Slack buttons (issue 27), which slipway's
+/// interactivity endpoint answers.
+pub const APPROVE_ACTION: &str = "slipway_approve";
+pub const REJECT_ACTION: &str = "slipway_reject";
+
 /// What [`Target::flush`] returns.
 pub type Flushing<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
