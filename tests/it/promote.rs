@@ -108,6 +108,17 @@ async fn promotion_in(s: &Slipway, sha: &str, state: &str) -> Value {
     .await
 }
 
+/// Waits until the (first) deploy of `app` ends; returns its record.
+async fn finished(w: &Deploy, app: &str) -> Value {
+    eventually(&format!("{app}'s deploy finished"), || async {
+        w.builder
+            .deployments()
+            .into_iter()
+            .find(|d| d["app"] == app && d["state"] != "pending" && d["state"] != "deploying")
+    })
+    .await
+}
+
 /// ECS and ECR calls that name production's service (the proxy records every call).
 fn calls_naming_production(w: &Deploy) -> Vec<String> {
     let mut found = Vec::new();
@@ -222,13 +233,7 @@ async fn one_push_builds_once_staging_deploys_and_production_runs_the_same_diges
     );
 
     // Production runs exactly the image staging ran, by digest; still one build.
-    let prod = eventually("production's deploy finished", || async {
-        w.builder
-            .deployments()
-            .into_iter()
-            .find(|d| d["app"] == PROD && d["state"] != "pending" && d["state"] != "deploying")
-    })
-    .await;
+    let prod = finished(&w, PROD).await;
     assert_eq!(prod["state"], "succeeded", "{prod}");
     assert_eq!(prod["trigger"], "promotion", "{prod}");
     assert_eq!(prod["actor"], "alice", "{prod}");
@@ -537,12 +542,7 @@ async fn a_chain_promotes_through_an_automatic_stage_and_waits_at_the_manual_one
     let s = w.builder.start().await;
     w.ship(&s, "p-1", MASTER_SHA).await;
     let digest = digest_of(&w, MASTER_SHA).await;
-    let staging = eventually("staging's deploy finished", || async {
-        w.builder.deployments().into_iter().find(|d| {
-            d["app"] == "web-staging" && d["state"] != "pending" && d["state"] != "deploying"
-        })
-    })
-    .await;
+    let staging = finished(&w, "web-staging").await;
     assert_eq!(staging["state"], "succeeded", "{staging}");
     assert_eq!(staging["actor"], "auto", "{staging}");
     let uri = w.emulator.repository_uri(ECR_REPO).await;
@@ -612,13 +612,7 @@ async fn a_tag_on_a_commit_staging_deployed_is_promoted_without_a_build() {
     assert!(r.status == 200 || r.status == 202, "{}", r.text);
     let (status, _) = api(&s, ALICE, "POST", "/api/apps/web-prod/approve", json!({})).await;
     assert_eq!(status, 200);
-    let prod = eventually("production's deploy finished", || async {
-        w.builder
-            .deployments()
-            .into_iter()
-            .find(|d| d["app"] == PROD && d["state"] != "pending" && d["state"] != "deploying")
-    })
-    .await;
+    let prod = finished(&w, PROD).await;
     assert_eq!(prod["state"], "succeeded", "{prod}");
     assert_eq!(prod["tag"], "v1.0.0", "{prod}");
     assert_eq!(promotions(&s).await.len(), 1);

@@ -285,39 +285,11 @@ impl DynamoStore {
         app: Option<String>,
         limit: u32,
     ) -> Result<Vec<Promotion>, StoreError> {
-        let wanted = limit as usize;
-        let mut found = Vec::new();
-        let mut start = None;
-        while found.len() < wanted {
-            let mut query = self
-                .client()
-                .query()
-                .table_name(self.table())
-                .index_name("recent")
-                .key_condition_expression("list_pk = :kind")
-                .expression_attribute_values(":kind", s(recent::PROMOTION))
-                .scan_index_forward(false)
-                .set_exclusive_start_key(start);
-            if let Some(app) = &app {
-                query = query
-                    .filter_expression("app = :app")
-                    .expression_attribute_values(":app", s(app));
-            }
-            let out = query
-                .send()
-                .await
-                .map_err(|e| sdk_error("DynamoDB Query", e))?;
-            for item in out.items() {
-                if found.len() < wanted {
-                    found.push(promotion_from(item)?);
-                }
-            }
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
-        Ok(found)
+        self.recent_of_app(recent::PROMOTION, app.as_deref(), limit)
+            .await?
+            .iter()
+            .map(promotion_from)
+            .collect()
     }
 
     pub async fn awaiting_promotions(&self) -> Result<Vec<Promotion>, StoreError> {
