@@ -72,6 +72,20 @@ pub(crate) fn promotion_item(p: &Promotion) -> Item {
     item
 }
 
+/// Every item a promotion as it is now makes (`slipway store copy`): the promotion, its
+/// once-per-source key, and the app's waiting pointer while it waits.
+pub(crate) fn promotion_items(p: &Promotion) -> Vec<Item> {
+    let mut marker = source_key(&p.app, p.source_deployment, p.tag.as_deref());
+    marker.insert("promotion".into(), n(p.id));
+    let mut out = vec![promotion_item(p), marker];
+    if p.state == promotion_state::AWAITING_APPROVAL {
+        let mut pointer = waiting_key(&p.app);
+        pointer.insert("promotion".into(), n(p.id));
+        out.push(pointer);
+    }
+    out
+}
+
 fn promotion_from(item: &Item) -> Result<Promotion, StoreError> {
     Ok(Promotion {
         id: get_n(item, "id")?,

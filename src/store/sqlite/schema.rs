@@ -323,7 +323,7 @@ ALTER TABLE deployments ADD COLUMN tag TEXT;
     // table and a nullable column.
     r#"
 CREATE TABLE promotions (
-    id                INTEGER PRIMARY KEY,
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
     app               TEXT NOT NULL,
     source_app        TEXT NOT NULL,
     source_deployment INTEGER NOT NULL,
