@@ -832,3 +832,44 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod promotion_tests {
+    use super::*;
+
+    /// Issue 27: a push reaching a promoted app never builds it, and says why.
+    #[test]
+    fn a_push_never_builds_a_promoted_app() {
+        let config = Config::parse(
+            "state_dir = \"/x\"\n\
+             [[app]]\nname = \"web\"\nrepository = \"octo-org/web\"\n\
+             codebuild_project = \"web-build\"\ncluster = \"c\"\nservice = \"web\"\n\
+             container = \"web\"\necr_repository = \"web\"\n\
+             [[app]]\nname = \"web-prod\"\nrepository = \"octo-org/web\"\n\
+             cluster = \"c\"\nservice = \"web-prod\"\ncontainer = \"web\"\n\
+             ecr_repository = \"web\"\npromote_from = \"web\"\ntags = [\"v*\"]\n",
+        )
+        .unwrap();
+        let branch = Push::parse(include_bytes!("../fixtures/github/push_master.json")).unwrap();
+        let Verdict::Build(builds) = branch.verdict(&config) else {
+            panic!("{:?}", branch.verdict(&config))
+        };
+        assert_eq!(
+            builds.iter().map(|b| b.app.as_str()).collect::<Vec<_>>(),
+            ["web"]
+        );
+        // A tag only the promoted app matches: nothing builds, and the reason says the tag
+        // promotes instead.
+        let mut tag: serde_json::Value =
+            serde_json::from_slice(include_bytes!("../fixtures/github/push_tag.json")).unwrap();
+        tag["ref"] = "refs/tags/v1.0.0".into();
+        let tag = Push::parse(&serde_json::to_vec(&tag).unwrap()).unwrap();
+        match tag.verdict(&config) {
+            Verdict::Ignored(reason) => assert_eq!(
+                reason,
+                "web-prod is promoted from web: tag v1.0.0 promotes the image web ran (no build)"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
