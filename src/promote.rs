@@ -492,13 +492,7 @@ impl Promoter {
             }
             None => None,
         };
-        let waiting = self
-            .journal
-            .awaiting_promotions()
-            .await?
-            .into_iter()
-            .filter(|p| p.app == app)
-            .max_by_key(|p| p.id);
+        let waiting = self.journal.waiting_promotion(app.to_owned()).await?;
         let Some(p) = waiting else {
             return Err(PromoteError::NothingWaiting(format!(
                 "no promotion to {app} is awaiting approval{}",

@@ -355,6 +355,9 @@ interface! {
     fn awaiting_promotions(&self) -> Vec<Promotion>;
     /// The promotion of `source_deployment` to `app` (not a tag's), if one was made.
     fn promotion_of_source(&self, app: String, source_deployment: i64) -> Option<Promotion>;
+    /// The one promotion to `app` waiting for its approval, read consistently (an approval
+    /// right after the promotion was made finds it).
+    fn waiting_promotion(&self, app: String) -> Option<Promotion>;
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit.

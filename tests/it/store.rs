@@ -2297,6 +2297,15 @@ async fn promotions_wait_are_superseded_and_an_approval_makes_one_linked_deploym
             .map(|p| p.id)
             .collect();
         assert_eq!(waiting, vec![second.id], "{name}");
+        assert_eq!(
+            store
+                .waiting_promotion("web-prod".into())
+                .await
+                .unwrap()
+                .map(|p| p.id),
+            Some(second.id),
+            "{name}"
+        );
 
         // The superseded one can no longer be approved: nothing changes, no deployment.
         let approve = |by: &str| PromotionDecision::Approve {
@@ -2356,6 +2365,11 @@ async fn promotions_wait_are_superseded_and_an_approval_makes_one_linked_deploym
         );
         assert!(
             store.awaiting_promotions().await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            store.waiting_promotion("web-prod".into()).await.unwrap(),
+            None,
             "{name}"
         );
 

@@ -336,6 +336,16 @@ impl DynamoStore {
         Ok(found)
     }
 
+    pub async fn waiting_promotion(&self, app: String) -> Result<Option<Promotion>, StoreError> {
+        let Some(pointer) = self.get(waiting_key(&app)).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .promotion(get_n(&pointer, "promotion")?)
+            .await?
+            .filter(|p| p.state == promotion_state::AWAITING_APPROVAL))
+    }
+
     pub async fn promotion_of_source(
         &self,
         app: String,

@@ -209,6 +209,21 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn waiting_promotion(&self, app: String) -> Result<Option<Promotion>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM promotions WHERE app = ?1 AND state = ?2
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                params![app, promotion_state::AWAITING_APPROVAL],
+                from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     pub async fn promotion_of_source(
         &self,
         app: String,
