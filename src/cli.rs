@@ -152,6 +152,36 @@ pub enum Command {
         #[arg(long, default_value = "20m", value_parser = humantime::parse_duration, requires = "wait")]
         timeout: Duration,
     },
+    /// Approve the promotion waiting for an app (promote_from): it is deployed.
+    #[command(
+        after_help = "Examples:\n  slipway approve web-prod\n  slipway approve web-prod 1f2e3d4 --wait"
+    )]
+    Approve {
+        #[command(flatten)]
+        server: ServerArg,
+        /// The promoted app, as named in slipway.toml.
+        app: String,
+        /// The commit whose promotion is meant (default: the one waiting).
+        sha: Option<String>,
+        /// Follow the deploy the approval makes; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up following after this long (e.g. 90s, 20m, 1h).
+        #[arg(long, default_value = "20m", value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Duration,
+    },
+    /// Reject the promotion waiting for an app: nothing is deployed.
+    #[command(
+        after_help = "Examples:\n  slipway reject web-prod\n  slipway reject web-prod 1f2e3d4"
+    )]
+    Reject {
+        #[command(flatten)]
+        server: ServerArg,
+        /// The promoted app, as named in slipway.toml.
+        app: String,
+        /// The commit whose promotion is meant (default: the one waiting).
+        sha: Option<String>,
+    },
     /// Put back what ran before (or the deployment / commit given with --to).
     #[command(
         after_help = "Examples:\n  slipway rollback web --wait\n  slipway rollback web --to 41\n  slipway rollback web --to 1f2e3d4"
@@ -462,6 +492,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?;
             follow(&client, &v, wait.then_some(timeout)).await
+        }
+        Command::Approve {
+            server,
+            app,
+            sha,
+            wait,
+            timeout,
+        } => {
+            let client = client(&server.server, server.insecure)?;
+            let v = client
+                .post(
+                    &format!("/api/apps/{}/approve", crate::client::encode(&app)),
+                    &serde_json::json!({ "sha": sha }),
+                )
+                .await?;
+            println!("{}", decided_line(&v));
+            follow(&client, &v, wait.then_some(timeout)).await
+        }
+        Command::Reject { server, app, sha } => {
+            let client = client(&server.server, server.insecure)?;
+            let v = client
+                .post(
+                    &format!("/api/apps/{}/reject", crate::client::encode(&app)),
+                    &serde_json::json!({ "sha": sha }),
+                )
+                .await?;
+            println!("{}", decided_line(&v));
+            Ok(())
         }
         Command::Rollback {
             server,
@@ -967,9 +1025,14 @@ fn print_deployments(rows: &[crate::store::Deployment], app: Option<&str>, json:
                 d.app.clone(),
                 d.sha.chars().take(7).collect(),
                 d.state.clone(),
-                match &d.tag {
-                    Some(tag) => format!("{} (tag {tag})", d.trigger),
-                    None => d.trigger.clone(),
+                match (&d.tag, d.promotion) {
+                    (Some(tag), _) => format!("{} (tag {tag})", d.trigger),
+                    (None, Some(p)) => format!(
+                        "{} {p} (approved by {})",
+                        d.trigger,
+                        d.actor.as_deref().unwrap_or("?")
+                    ),
+                    (None, None) => d.trigger.clone(),
                 },
                 format!(
                     "{} -> {}",
@@ -1018,6 +1081,26 @@ pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+}
+
+/// What an approval or a rejection did: "promotion 7 of 1f2e3d4 (from web, deployment 12)
+/// approved by alice".
+fn decided_line(v: &serde_json::Value) -> String {
+    let p = &v["promotion"];
+    format!(
+        "promotion {} of {} (from {}, deployment {}) {} by {}",
+        p["id"],
+        p["sha"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(7)
+            .collect::<String>(),
+        p["source_app"].as_str().unwrap_or("?"),
+        p["source_deployment"],
+        p["state"].as_str().unwrap_or("?"),
+        p["decided_by"].as_str().unwrap_or("?")
+    )
 }
 
 /// Prints what a deploy or rollback request started, and follows it with `--wait`.

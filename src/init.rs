@@ -306,7 +306,10 @@ mod tests {
         let config = crate::config::Config::parse(&render(&found)).unwrap();
         let app = &config.apps[0];
         assert_eq!(
-            (app.codebuild_project.as_str(), app.ecr_repository.as_str()),
+            (
+                app.codebuild_project.as_deref().unwrap_or(""),
+                app.ecr_repository.as_str()
+            ),
             ("web-build", "team/web")
         );
         assert_eq!(app.container, "app");

@@ -28,6 +28,7 @@ mod metrics;
 mod notify;
 mod ops;
 mod page;
+mod promote;
 pub mod provision;
 mod push_filter;
 pub mod readiness;

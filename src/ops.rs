@@ -34,8 +34,24 @@ pub enum OpsError {
     Conflict(String),
     #[error("{0}")]
     Aws(String),
+    /// The caller may not do this (not among the app's `approvers`): nothing changed.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Journal(#[from] StoreError),
+}
+
+impl From<crate::promote::PromoteError> for OpsError {
+    fn from(e: crate::promote::PromoteError) -> Self {
+        use crate::promote::PromoteError as P;
+        match e {
+            P::UnknownApp(app) => OpsError::UnknownApp(app),
+            P::NotPromoted(m) | P::NothingWaiting(m) => OpsError::Conflict(m),
+            P::Forbidden(m) => OpsError::Forbidden(m),
+            P::BadRequest(m) => OpsError::BadRequest(m),
+            P::Journal(e) => OpsError::Journal(e),
+        }
+    }
 }
 
 impl OpsError {
@@ -47,6 +63,7 @@ impl OpsError {
             OpsError::NoImage(_) => "no_image",
             OpsError::Conflict(_) => "conflict",
             OpsError::Aws(_) => "aws_error",
+            OpsError::Forbidden(_) => "forbidden",
             OpsError::Journal(_) => "journal_unavailable",
         }
     }
@@ -96,6 +113,8 @@ pub struct Ops {
     pub changed_files: Option<Arc<dyn crate::push_filter::ChangedFilesSource>>,
     /// How GitHub calls are going; None when GitHub is not configured.
     pub github: Option<Arc<crate::github::Health>>,
+    /// Promotions' approvals (issue 27).
+    pub promoter: Arc<crate::promote::Promoter>,
 }
 
 impl Ops {
@@ -165,6 +184,7 @@ impl Ops {
                     target_task_definition: None,
                     log_link: None,
                     tag: None,
+                    promotion: None,
                 },
                 self.now(),
             )
@@ -313,6 +333,7 @@ impl Ops {
                     target_task_definition: target.to_task_definition.clone(),
                     log_link: None,
                     tag: None,
+                    promotion: None,
                 },
                 self.now(),
             )
@@ -516,7 +537,15 @@ impl Ops {
             .deployment(id)
             .await?
             .ok_or_else(|| OpsError::NotFound(format!("no deployment {id}")))?;
-        Ok(self.deployment_json(&d))
+        let mut v = self.deployment_json(&d);
+        // A promotion's deploy (issue 27): where its image comes from, and its approval.
+        if let Some(p) = d.promotion {
+            if let Some(p) = self.journal.promotion(p).await? {
+                v["promoted"] = serde_json::to_value(crate::notify::PromotionNote::of(&p))
+                    .expect("serializable");
+            }
+        }
+        Ok(v)
     }
 
     pub fn deployment_json(&self, d: &Deployment) -> serde_json::Value {
@@ -525,5 +554,17 @@ impl Ops {
         v["elapsed_secs"] = d.started_ms.map(|s| ((end - s) / 1000).max(0)).into();
         v["finished"] = deploy_state::is_terminal(&d.state).into();
         v
+    }
+
+    /// Approves or rejects the promotion waiting for `app` (issue 27); `who` must be one of
+    /// its `approvers`.
+    pub async fn decide_promotion(
+        &self,
+        app: &str,
+        sha: Option<&str>,
+        who: &crate::promote::Approver,
+        verdict: crate::promote::Verdict,
+    ) -> Result<crate::store::Promotion, OpsError> {
+        Ok(self.promoter.decide(app, sha, who, verdict).await?)
     }
 }

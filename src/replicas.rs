@@ -4,7 +4,7 @@
 //! Every replica serves everything (webhooks, Slack, the API, the status page) and consumes
 //! the queue (an event handled twice acts once: the store's writes are conditional). The work
 //! that must run in one place at a time is taken under a lease:
-//! - `builds` (the StartBuild worker), `reconcile`, `github-recovery`, `retention`, and each
+//! - `builds` (the StartBuild worker), `reconcile`, `github-recovery`, `retention`, `promote`, and each
 //!   outbox (`notify/<target>`, `github-outbox`): one holder each, kept while it lives;
 //! - `deploy/<cluster>/<service>`: taken by the replica that drives a deploy of that service,
 //!   handed back when the deploy ends (so two replicas never deploy one service at once);
@@ -41,6 +41,8 @@ pub const RECOVERY: &str = "github-recovery";
 pub const RETENTION: &str = "retention";
 /// The GitHub outbox's.
 pub const GITHUB_OUTBOX: &str = "github-outbox";
+/// The promoter's (issue 27).
+pub const PROMOTE: &str = "promote";
 
 /// The lease of a notification outbox (`notify/slack`, `notify/webhook`).
 pub fn notify_outbox(target: &str) -> String {
@@ -420,6 +422,10 @@ impl Replicas {
             if run.await.is_none() {
                 tracing::warn!(lease = name, "lease lost: this replica stops that work");
                 token.cancel();
+            } else {
+                // The job ended by itself (stopping, or nothing to do here): hand it back.
+                self.release(claim).await;
+                return;
             }
         }
     }

@@ -351,6 +351,24 @@ impl Push {
         let matched: Vec<BuildRequest> = on_ref
             .iter()
             .filter(|a| {
+                if let Some(p) = &a.promote {
+                    // Its deploys come from its source's (`promote::Promoter`), never a build.
+                    skipped.push(SkippedApp {
+                        app: a.name.clone(),
+                        reason: match self.tag() {
+                            Some(tag) => format!(
+                                "{} is promoted from {}: tag {tag} promotes the image {} ran \
+                                 (no build)",
+                                a.name, p.from, p.from
+                            ),
+                            None => format!(
+                                "{} is promoted from {}: it deploys what {} ran and never builds",
+                                a.name, p.from, p.from
+                            ),
+                        },
+                    });
+                    return false;
+                }
                 if self.tag().is_some() {
                     return true;
                 }
@@ -369,7 +387,7 @@ impl Push {
             .map(|a| BuildRequest {
                 app: a.name.clone(),
                 sha: self.after.clone(),
-                project: a.codebuild_project.clone(),
+                project: a.codebuild_project.clone().unwrap_or_default(),
                 image_tag: a.tag_for(&self.after),
                 service_key: a.service_key(),
                 before: self.before.as_ref().map(|b| b.to_string()),
@@ -812,5 +830,46 @@ mod tests {
             matches!(&e, PayloadError::Field { path, .. } if path == "repository.full_name"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod promotion_tests {
+    use super::*;
+
+    /// Issue 27: a push reaching a promoted app never builds it, and says why.
+    #[test]
+    fn a_push_never_builds_a_promoted_app() {
+        let config = Config::parse(
+            "state_dir = \"/x\"\n\
+             [[app]]\nname = \"web\"\nrepository = \"octo-org/web\"\n\
+             codebuild_project = \"web-build\"\ncluster = \"c\"\nservice = \"web\"\n\
+             container = \"web\"\necr_repository = \"web\"\n\
+             [[app]]\nname = \"web-prod\"\nrepository = \"octo-org/web\"\n\
+             cluster = \"c\"\nservice = \"web-prod\"\ncontainer = \"web\"\n\
+             ecr_repository = \"web\"\npromote_from = \"web\"\ntags = [\"v*\"]\n",
+        )
+        .unwrap();
+        let branch = Push::parse(include_bytes!("../fixtures/github/push_master.json")).unwrap();
+        let Verdict::Build(builds) = branch.verdict(&config) else {
+            panic!("{:?}", branch.verdict(&config))
+        };
+        assert_eq!(
+            builds.iter().map(|b| b.app.as_str()).collect::<Vec<_>>(),
+            ["web"]
+        );
+        // A tag only the promoted app matches: nothing builds, and the reason says the tag
+        // promotes instead.
+        let mut tag: serde_json::Value =
+            serde_json::from_slice(include_bytes!("../fixtures/github/push_tag.json")).unwrap();
+        tag["ref"] = "refs/tags/v1.0.0".into();
+        let tag = Push::parse(&serde_json::to_vec(&tag).unwrap()).unwrap();
+        match tag.verdict(&config) {
+            Verdict::Ignored(reason) => assert_eq!(
+                reason,
+                "web-prod is promoted from web: tag v1.0.0 promotes the image web ran (no build)"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -16,6 +16,12 @@ pub enum Command {
     Status {
         app: Option<String>,
     },
+    /// Approve (or reject) the promotion waiting for a promoted app (issue 27).
+    Decide {
+        approve: bool,
+        app: String,
+        sha: Option<String>,
+    },
     Help,
     /// A known command with the wrong arguments: its usage line.
     Usage(&'static str),
@@ -26,6 +32,8 @@ pub enum Command {
 pub(super) const DEPLOY_USAGE: &str = "deploy <app> <sha>";
 pub(super) const ROLLBACK_USAGE: &str = "rollback <app> [deployment id or sha]";
 pub(super) const STATUS_USAGE: &str = "status [app]";
+pub(super) const APPROVE_USAGE: &str = "approve <app> [sha]";
+pub(super) const REJECT_USAGE: &str = "reject <app> [sha]";
 
 impl Command {
     pub fn parse(text: &str) -> Command {
@@ -55,6 +63,15 @@ impl Command {
                 app: Some(owned(app)),
             },
             ("status", _) => Command::Usage(STATUS_USAGE),
+            (word @ ("approve" | "reject"), [app, rest @ ..]) if rest.len() <= 1 => {
+                Command::Decide {
+                    approve: word == "approve",
+                    app: owned(app),
+                    sha: rest.first().map(owned),
+                }
+            }
+            ("approve", _) => Command::Usage(APPROVE_USAGE),
+            ("reject", _) => Command::Usage(REJECT_USAGE),
             _ => Command::Unknown(first.chars().take(32).collect()),
         }
     }
@@ -64,6 +81,8 @@ impl Command {
             Command::Deploy { .. } => "deploy",
             Command::Rollback { .. } => "rollback",
             Command::Status { .. } => "status",
+            Command::Decide { approve: true, .. } => "approve",
+            Command::Decide { approve: false, .. } => "reject",
             Command::Help => "help",
             Command::Usage(_) => "usage",
             Command::Unknown(_) => "unknown",

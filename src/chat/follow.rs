@@ -54,6 +54,16 @@ impl ResponseUrl {
         };
         ok.then_some(ResponseUrl(url))
     }
+
+    /// Posts `text` to its user only (an answer to a button press), retrying briefly.
+    pub async fn post_ephemeral(&self, text: &str) {
+        let body = serde_json::json!({
+            "response_type": "ephemeral",
+            "replace_original": false,
+            "text": text,
+        });
+        post(self, &body).await;
+    }
 }
 
 /// The answer of `work` if it comes within Slack's patience; otherwise "working on it", and

@@ -183,6 +183,7 @@ impl Chat {
                 };
                 change(state, &form, &app, reply_to, "deploy", start, announce).await
             }
+            Command::Decide { approve, app, sha } => decide(state, &form, approve, app, sha).await,
             Command::Rollback { app, to } => {
                 let start = move |ops: Ops, app: String, actor: String| async move {
                     ops.rollback(&app, to.as_deref(), &actor).await
@@ -204,6 +205,80 @@ impl Chat {
                 change(state, &form, &app, reply_to, "roll back", start, announce).await
             }
         }
+    }
+}
+
+impl Chat {
+    /// A press of a promotion's Approve or Reject button (Slack's interactivity, issue 27):
+    /// the same decision as `/slipway approve|reject <app> <sha>` by `user_id`. The answer is
+    /// the text to show that user.
+    pub async fn press(&self, user_id: &str, approve: bool, value: &str) -> String {
+        let mut words = value.split_whitespace();
+        let (Some(app), sha) = (words.next(), words.next()) else {
+            return "Sorry, this button names no promotion.".to_owned();
+        };
+        let form = SlashCommand {
+            user_id: user_id.to_owned(),
+            ..SlashCommand::default()
+        };
+        decide(self, &form, approve, app.to_owned(), sha.map(str::to_owned)).await
+    }
+}
+
+/// `/slipway approve|reject <app> [sha]` (issue 27): the app's `approvers` (Slack user ids)
+/// decide on its waiting promotion; anyone else is told so and nothing changes.
+async fn decide(
+    state: &Chat,
+    form: &SlashCommand,
+    approve: bool,
+    app: String,
+    sha: Option<String>,
+) -> String {
+    use crate::promote::{Approver, Verdict};
+    if state.config.app(&app).is_none() {
+        return unknown_app(&state.config, &app);
+    }
+    // Slack's user ids are letters and digits; anything else names nobody.
+    let user: String = form
+        .user_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(32)
+        .collect();
+    let verdict = if approve {
+        Verdict::Approve
+    } else {
+        Verdict::Reject
+    };
+    let what = if approve { "approve" } else { "reject" };
+    match state
+        .ops
+        .decide_promotion(&app, sha.as_deref(), &Approver::Slack(user), verdict)
+        .await
+    {
+        Ok(p) => {
+            let head = format!(
+                "{} the promotion of `{}` to *{}* (from *{}*, deployment {})",
+                if approve { "Approved" } else { "Rejected" },
+                code(short_sha(&p.sha)),
+                escape(&p.app),
+                escape(&p.source_app),
+                p.source_deployment
+            );
+            match p.deployment {
+                Some(id) => format!("{head}: deploying (deployment {id})."),
+                None => format!("{head}: nothing is deployed."),
+            }
+        }
+        Err(OpsError::Forbidden(_)) => {
+            let who = form.mention().unwrap_or_else(|| "there".to_owned());
+            format!(
+                "Sorry {who}, you may not {what} promotions to *{}*: you are not among its \
+                 approvers.",
+                escape(&app)
+            )
+        }
+        Err(e) => failed(what, &app, &e),
     }
 }
 

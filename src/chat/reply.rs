@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 
-use super::command::{SlashCommand, DEPLOY_USAGE, ROLLBACK_USAGE, STATUS_USAGE};
+use super::command::{
+    SlashCommand, APPROVE_USAGE, DEPLOY_USAGE, REJECT_USAGE, ROLLBACK_USAGE, STATUS_USAGE,
+};
 use crate::config::Config;
 use crate::ops::{AppStatus, OpsError};
 use crate::store::deploy_state;
@@ -43,6 +45,7 @@ pub(super) fn help(config: &Config, form: &SlashCommand) -> String {
          • `{c} {DEPLOY_USAGE}`: deploy a commit (7 to 40 hex characters) that has an image\n\
          • `{c} {ROLLBACK_USAGE}`: put back an earlier successful deployment (by default the last one before what runs now)\n\
          • `{c} {STATUS_USAGE}`: what runs now\n\
+         • `{c} {APPROVE_USAGE}` / `{c} {REJECT_USAGE}`: decide on the promotion waiting for an app (its `approvers` only)\n\
          • `{c} help`: this message\n\
          Apps: {}",
         app_names(config)

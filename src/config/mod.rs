@@ -15,6 +15,7 @@ use crate::ids::AppName;
 pub mod github;
 pub mod notify;
 pub mod replicas;
+pub mod promote;
 pub mod store;
 
 pub use notify::NotifyConfig;
@@ -163,7 +164,8 @@ struct RawApp {
     branch: Option<String>,
     /// Release on tags (issue 27): pushed tags matching these globs deploy their commit.
     tags: Option<Vec<String>>,
-    codebuild_project: String,
+    /// Required, except for a promoted app (`promote_from`), which never builds.
+    codebuild_project: Option<String>,
     cluster: String,
     service: String,
     /// The container whose image is replaced; or `containers`, several (exactly one of the two).
@@ -188,6 +190,12 @@ struct RawApp {
     production: Option<bool>,
     /// The service's public URL, GitHub's `environment_url` for the app's deployments.
     environment_url: Option<String>,
+    /// Environments and promotion (issue 27): deploy what this app's deploys ran instead of
+    /// building.
+    promote_from: Option<String>,
+    approval: Option<String>,
+    approvers: Option<Vec<String>>,
+    approval_timeout_hours: Option<u64>,
 }
 
 /// The validated configuration.
@@ -285,7 +293,8 @@ pub struct AppConfig {
     /// The tags whose pushes deploy (`tags`, globs as GitHub Actions reads them: `*` stays
     /// within one `/` segment, `**` crosses them).
     pub tags: Option<crate::push_filter::Globs>,
-    pub codebuild_project: String,
+    /// The CodeBuild project that builds the app; None for a promoted app (`promote_from`).
+    pub codebuild_project: Option<String>,
     pub cluster: String,
     pub service: String,
     /// The first (or only) container whose image is replaced: its image is what `status`
@@ -314,6 +323,8 @@ pub struct AppConfig {
     pub production: bool,
     /// GitHub's `environment_url` (`environment_url`): the service's public URL.
     pub environment_url: Option<String>,
+    /// Where this app's images come from when it is promoted (`promote_from`, issue 27).
+    pub promote: Option<promote::PromoteConfig>,
 }
 
 impl AppConfig {
@@ -370,7 +381,9 @@ impl Config {
 
     /// The app whose builds run in this CodeBuild project, if any.
     pub fn app_for_project(&self, project: &str) -> Option<&AppConfig> {
-        self.apps.iter().find(|a| a.codebuild_project == project)
+        self.apps
+            .iter()
+            .find(|a| a.codebuild_project.as_deref() == Some(project))
     }
 
     pub fn journal_path(&self) -> PathBuf {
@@ -567,6 +580,11 @@ impl RawConfig {
         if apps.is_empty() {
             return Err(invalid("app", "at least one [[app]] is required"));
         }
+        let chains: Vec<_> = apps
+            .iter()
+            .map(|a| (a.name.clone(), a.promote.as_ref().map(|p| p.from.clone())))
+            .collect();
+        promote::check_chains(&chains)?;
         let github = self.github.map(|g| g.validate()).transpose()?;
         let journal = self.journal.validate()?;
         let store = self.store.validate()?;
@@ -868,12 +886,47 @@ impl RawApp {
                 format!("\"{repository}\" is not a GitHub owner/name"),
             ));
         }
+        let promote = promote::RawPromote {
+            promote_from: self.promote_from,
+            approval: self.approval,
+            approvers: self.approvers,
+            approval_timeout_hours: self.approval_timeout_hours,
+        }
+        .validate(&key)?;
+        if promote.is_some() {
+            for (field, set) in [
+                ("codebuild_project", self.codebuild_project.is_some()),
+                ("branch", self.branch.is_some()),
+                ("paths", self.paths.is_some()),
+                ("paths_ignore", self.paths_ignore.is_some()),
+                ("honor_skip_markers", self.honor_skip_markers.is_some()),
+                (
+                    "deploy_foreign_builds",
+                    self.deploy_foreign_builds.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(invalid(key(field), promote::NOT_FOR_PROMOTED));
+                }
+            }
+        }
+        let codebuild_project = match (self.codebuild_project, &promote) {
+            (Some(p), _) => Some(non_empty(key("codebuild_project"), p)?),
+            (None, Some(_)) => None,
+            (None, None) => {
+                return Err(invalid(
+                    key("codebuild_project"),
+                    "missing: name the CodeBuild project that builds the app (or set \
+                     `promote_from` to deploy what another app ran)",
+                ))
+            }
+        };
         // `master` by default, as before tags existed; an app with `tags` and no `branch`
-        // deploys only tags.
+        // deploys only tags; a promoted app deploys no branch (its source's deploys lead).
         let branch = match (self.branch, &self.tags) {
             (Some(b), _) => Some(non_empty(key("branch"), b)?),
-            (None, None) => Some("master".to_owned()),
-            (None, Some(_)) => None,
+            (None, None) if promote.is_none() => Some("master".to_owned()),
+            (None, _) => None,
         };
         if let Some(stripped) = branch.as_deref().and_then(|b| b.strip_prefix("refs/")) {
             return Err(invalid(
@@ -884,7 +937,8 @@ impl RawApp {
                 ),
             ));
         }
-        if branch.is_none() && self.tags.as_ref().is_some_and(|t| t.is_empty()) {
+        if branch.is_none() && promote.is_none() && self.tags.as_ref().is_some_and(|t| t.is_empty())
+        {
             return Err(invalid(
                 key("tags"),
                 "is empty and no `branch` is set: the app would deploy nothing \
@@ -964,7 +1018,8 @@ impl RawApp {
             repository,
             branch,
             tags,
-            codebuild_project: non_empty(key("codebuild_project"), self.codebuild_project)?,
+            codebuild_project,
+            promote,
             cluster: non_empty(key("cluster"), self.cluster)?,
             service: non_empty(key("service"), self.service)?,
             container: containers[0].clone(),

@@ -172,6 +172,8 @@ pub struct Deployer {
     pub watchers: Arc<watchers::Watchers>,
     /// Each service's deploys are driven under its lease (issue 26).
     replicas: Arc<crate::replicas::Replicas>,
+    /// What the notifications of a promotion's deploy say of it (issue 27), by deployment.
+    promotions: Mutex<HashMap<i64, crate::notify::PromotionNote>>,
 }
 
 impl Deployer {
@@ -213,6 +215,7 @@ impl Deployer {
             past_deadline_told: Mutex::default(),
             watchers: Arc::default(),
             replicas,
+            promotions: Mutex::default(),
         }
     }
 
@@ -311,6 +314,15 @@ impl Deployer {
                 )
                 .await;
         };
+        if let Some(p) = d.promotion {
+            if let Ok(Some(p)) = self.journal.promotion(p).await {
+                let note = crate::notify::PromotionNote::of(&p);
+                self.promotions
+                    .lock()
+                    .expect("promotions")
+                    .insert(d.id, note);
+            }
+        }
         let in_progress = metrics::gauge!(crate::metrics::DEPLOYMENTS_IN_PROGRESS);
         in_progress.increment(1.0);
         let result = if d.state == deploy_state::PENDING {
@@ -662,18 +674,30 @@ impl Deployer {
 
     /// The image to deploy: `<repository uri>:<tag>`, or `@<digest>` with `pin_digest`.
     /// One call: the repository URI follows from the registry id ECR reports and the region.
+    /// A promotion's deploy names the image by its digest (`sha256:…` in place of the tag, a
+    /// character no tag has): that exact image, `<repository uri>@<digest>`, or a failure.
     async fn resolve_image(&self, app: &AppConfig, tag: &str) -> Result<String, Stop> {
         let repo = &app.ecr_repository;
+        let by_digest = tag.starts_with("sha256:");
+        let id = if by_digest {
+            ImageIdentifier::builder().image_digest(tag).build()
+        } else {
+            ImageIdentifier::builder().image_tag(tag).build()
+        };
         let images = self
             .ecr
             .describe_images()
             .repository_name(repo)
-            .image_ids(ImageIdentifier::builder().image_tag(tag).build())
+            .image_ids(id)
             .send()
             .await
             .map_err(|e| {
                 let e = AwsError::from_sdk("ECR DescribeImages", &e);
                 match e.code.as_deref() {
+                    Some("ImageNotFoundException") if by_digest => Stop::Failed(format!(
+                        "image {repo}@{tag} not found in ECR: the image to promote is not in \
+                         this app's repository"
+                    )),
                     Some("ImageNotFoundException") => {
                         Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
                     }
@@ -697,7 +721,9 @@ impl Deployer {
             .map(|r| r.to_string())
             .ok_or_else(|| Stop::Failed("no AWS region configured".into()))?;
         let uri = repository_uri(registry, &region, repo);
-        let image = if app.pin_digest {
+        let image = if by_digest {
+            ImageRef::with_digest(&uri, tag)
+        } else if app.pin_digest {
             let digest = detail.image_digest().ok_or_else(|| {
                 Stop::Failed(format!("ECR did not give the digest of {repo}:{tag}"))
             })?;
@@ -1708,6 +1734,7 @@ impl Deployer {
             _ => EventKind::DeployFailed,
         };
         self.notify(d, kind, image, Some(reason));
+        self.promotions.lock().expect("promotions").remove(&d.id);
     }
 
     fn notify(
@@ -1727,6 +1754,12 @@ impl Deployer {
             deployment: Some(d.id),
             build_id: d.build_id.clone(),
             tag: d.tag.clone(),
+            promotion: self
+                .promotions
+                .lock()
+                .expect("promotions")
+                .get(&d.id)
+                .cloned(),
         });
     }
 }

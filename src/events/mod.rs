@@ -78,6 +78,7 @@ impl BuildResults {
                     target_task_definition: None,
                     log_link: result.log_link.clone(),
                     tag: None,
+                    promotion: None,
                 }),
                 _ => {
                     tracing::warn!(
@@ -128,6 +129,7 @@ impl BuildResults {
                         deployment: None,
                         build_id: Some(result.build_id),
                         tag: None,
+                        promotion: None,
                     });
                 }
                 Ok(None)

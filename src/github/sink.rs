@@ -50,7 +50,7 @@ enum Event {
     },
     /// The build of this deployment succeeded (its app, commit and log come from the journal).
     BuildOfDeployment(i64),
-    Deploy(Notification),
+    Deploy(Box<Notification>),
 }
 
 /// Feeds GitHub in the background. Cheap to clone; a disabled sink discards everything.
@@ -127,7 +127,7 @@ impl GithubSink {
 
     /// A deploy or build notification: statuses and deployment statuses follow.
     pub fn notification(&self, n: &Notification) {
-        self.enqueue(|| Event::Deploy(n.clone()));
+        self.enqueue(|| Event::Deploy(Box::new(n.clone())));
     }
 
     fn enqueue(&self, event: impl FnOnce() -> Event) {
@@ -490,6 +490,29 @@ impl Worker {
                 "error",
                 n.reason.clone().unwrap_or_else(|| "superseded".to_owned()),
             ),
+            // A promotion (issue 27), before any deploy: the commit status only (there is no
+            // slipway deployment yet, so no GitHub deployment).
+            EventKind::AwaitingApproval => (
+                "pending",
+                "queued",
+                match &n.promotion {
+                    Some(p) => format!("awaiting approval (promoted from {})", p.source_app),
+                    None => "awaiting approval".to_owned(),
+                },
+            ),
+            EventKind::PromotionRejected => (
+                "error",
+                "error",
+                match n.promotion.as_ref().and_then(|p| p.decided_by.as_deref()) {
+                    Some(who) => format!("promotion rejected by {who}"),
+                    None => "promotion rejected".to_owned(),
+                },
+            ),
+            EventKind::PromotionExpired => (
+                "error",
+                "error",
+                with_reason("approval expired", n.reason.as_deref()),
+            ),
             // The deploy is still in progress: its GitHub status stays as it is.
             EventKind::BuildFailed | EventKind::ServiceUnseen | EventKind::PastDeadline => {
                 return Ok(())
@@ -511,7 +534,7 @@ impl Worker {
             return Ok(());
         };
         let gh = self
-            .github_deployment(app, id, &n.sha, n.tag.as_deref())
+            .github_deployment(app, id, &n.sha, n.tag.as_deref(), n.promotion.as_ref())
             .await?;
         // The deploy's page when slipway's is reachable from outside, else the build's log.
         let log_url = page.as_deref().or(n.log_link.as_deref());
@@ -554,6 +577,7 @@ impl Worker {
         id: i64,
         sha: &str,
         tag: Option<&str>,
+        promotion: Option<&crate::notify::PromotionNote>,
     ) -> Result<GithubDeployment, GithubError> {
         if let Ok(Some(existing)) = self.journal.github_deployment(id).await {
             return Ok(existing);
@@ -566,11 +590,20 @@ impl Worker {
             "production_environment": app.production,
             // `ref` stays the commit (a tag can be moved; the deploy is of this commit); the
             // tag a release was pushed as is in the description and the payload.
-            "description": clip(&match tag {
-                Some(tag) => format!("slipway deployment {id} of {} (tag {tag})", app.name),
-                None => format!("slipway deployment {id} of {}", app.name),
+            "description": clip(&match (tag, promotion) {
+                (Some(tag), _) => format!("slipway deployment {id} of {} (tag {tag})", app.name),
+                // A promotion (issue 27): where the image comes from, and who approved it.
+                (None, Some(p)) => format!(
+                    "slipway deployment {id} of {}, promoted from {} (deployment {}), approved \
+                     by {}",
+                    app.name,
+                    p.source_app,
+                    p.source_deployment,
+                    p.decided_by.as_deref().unwrap_or("?")
+                ),
+                (None, None) => format!("slipway deployment {id} of {}", app.name),
             }),
-            "payload": { "slipway_deployment": id, "tag": tag },
+            "payload": { "slipway_deployment": id, "tag": tag, "promotion": promotion },
         });
         let path = format!("/repos/{}/deployments", app.repository);
         let reply = self

@@ -59,6 +59,7 @@ impl From<OpsError> for ApiError {
             OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
             OpsError::Conflict(_) => StatusCode::CONFLICT,
             OpsError::Aws(_) => StatusCode::BAD_GATEWAY,
+            OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
             OpsError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
@@ -127,6 +128,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/replicas", get(replicas))
         .route("/api/apps/{app}/deploy", post(deploy))
         .route("/api/apps/{app}/rollback", post(rollback))
+        .route("/api/apps/{app}/approve", post(approve))
+        .route("/api/apps/{app}/reject", post(reject))
+        .route("/api/promotions", get(promotions))
         .route("/api/deliveries", get(deliveries))
         .route("/api/deliveries/{id}", get(delivery))
         .route("/api/deliveries/{id}/replay", post(replay))
@@ -442,8 +446,15 @@ async fn deployments(
         .recent_deployments(q.app.clone(), limit(&q)?)
         .await
         .map_err(OpsError::from)?;
-    let rows: Vec<_> = rows.iter().map(|d| state.ops.deployment_json(d)).collect();
-    Ok(Json(json!({ "deployments": rows })))
+    let mut out = Vec::with_capacity(rows.len());
+    for d in &rows {
+        // A promotion's deploy says where its image comes from and who approved it.
+        out.push(match d.promotion {
+            Some(_) => state.ops.deployment(d.id).await?,
+            None => state.ops.deployment_json(d),
+        });
+    }
+    Ok(Json(json!({ "deployments": out })))
 }
 
 async fn deployment(
@@ -459,4 +470,66 @@ async fn deployment(
         )
     })?;
     Ok(Json(state.ops.deployment(id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    /// The commit whose promotion is meant (7 to 40 hex characters); default: the one waiting.
+    sha: Option<String>,
+}
+
+/// Approves the promotion waiting for `app` (issue 27): 200 with the promotion and the
+/// deployment it made; 403 for a token not among the app's `approvers` (nothing changes).
+async fn approve(
+    Operator(who): Operator,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    decide(who, state, app, body, crate::promote::Verdict::Approve).await
+}
+
+/// Rejects the promotion waiting for `app`: nothing is deployed.
+async fn reject(
+    Operator(who): Operator,
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    decide(who, state, app, body, crate::promote::Verdict::Reject).await
+}
+
+async fn decide(
+    who: String,
+    state: AppState,
+    app: String,
+    body: Bytes,
+    verdict: crate::promote::Verdict,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: DecisionBody = parse(&body)?;
+    let approver = crate::promote::Approver::Ops(who);
+    let p = state
+        .ops
+        .decide_promotion(&app, body.sha.as_deref(), &approver, verdict)
+        .await?;
+    Ok(Json(
+        json!({ "status": p.state, "promotion": p, "deployment": p.deployment, "app": app }),
+    ))
+}
+
+/// Promotions, newest first (of one app with `?app=`): waiting, approved (with the deployment
+/// they made), rejected, superseded, expired; who decided and when.
+async fn promotions(
+    _: Operator,
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    known_app(&state, &q.app)?;
+    let rows = state
+        .journal
+        .promotions(q.app.clone(), limit(&q)?)
+        .await
+        .map_err(OpsError::from)?;
+    Ok(Json(json!({ "promotions": rows })))
 }

@@ -103,6 +103,7 @@ fn public_router(state: AppState) -> Router {
         Router::new()
             .route("/webhooks/github", post(webhook::handle))
             .route("/chat/slack", post(slack::slack))
+            .route("/chat/slack/actions", post(slack::actions))
             .merge(health_routes())
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(
@@ -334,6 +335,11 @@ pub async fn run(
     if github.is_some() {
         targets.push(Arc::new(github_sink.clone()));
     }
+    // A deploy's success wakes the promoter (issue 27), which works from the journal.
+    let promote_wake = Arc::new(Notify::new());
+    targets.push(Arc::new(crate::promote::WakeOnSuccess(
+        promote_wake.clone(),
+    )));
     let notifier = Notifier::new(targets);
     let limits = config.server.clone();
     let build_wake = Arc::new(Notify::new());
@@ -389,6 +395,27 @@ pub async fn run(
         replicas.clone(),
     ));
     worker_tasks.spawn(deployer.clone().run(workers.clone()));
+    let promoter = Arc::new(crate::promote::Promoter {
+        journal: journal.clone(),
+        ecs: aws.ecs.clone(),
+        ecr: aws.ecr.clone(),
+        clock: clock.clone(),
+        config: config.clone(),
+        notifier: notifier.clone(),
+        deploy_wake: deploy_wake.clone(),
+        wake: promote_wake,
+    });
+    // One replica makes the promotions and expires them (issue 26); approvals and tag
+    // releases come through any replica (the store makes each once).
+    let promoting = promoter.clone();
+    worker_tasks.spawn(replicas.clone().singleton(
+        crate::replicas::PROMOTE,
+        workers.clone(),
+        move |token, _| {
+            let promoter = promoting.clone();
+            async move { promoter.run(token).await }
+        },
+    ));
     let results = Arc::new(BuildResults {
         journal: journal.clone(),
         config: config.clone(),
@@ -450,6 +477,7 @@ pub async fn run(
         // them, a push whose payload cannot prove its changed files builds every app it reaches.
         changed_files: github_client,
         github: github_health,
+        promoter,
     };
     if !ops_tokens.is_enabled() {
         tracing::info!("the ops API is disabled (SLIPWAY_OPS_TOKENS is not set)");

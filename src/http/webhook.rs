@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::body::{declared_too_large, error, header, read_body};
 use super::AppState;
 use crate::ids::{DeliveryId, HookId};
-use crate::store::{Admission, NewDelivery, Source};
+use crate::store::{Admission, NewDelivery, Source, Verdict};
 use crate::webhook::{
     clip, decide, hook_bound, repository_of, signature_header, skipped_json, ContentType,
     MAX_BODY_BYTES,
@@ -155,6 +155,33 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
     .await;
     let skipped = verdict.skipped().to_vec();
     let delivery_id = delivery.delivery_id.clone();
+    // A tag push matching a promoted app's `tags` (issue 27): the image its source deployed,
+    // promoted without a build. Read before the answer (why, if nothing is promoted); the
+    // promotion is made after it (ECS and ECR say which digest ran). A redelivery makes it
+    // again if slipway stopped in between (it is made once per source deploy and tag).
+    let tag_released = state
+        .config
+        .apps
+        .iter()
+        .any(|a| a.promote.is_some() && a.tags.is_some());
+    let releases = match (delivery.event.as_str(), &verdict) {
+        ("push", Verdict::Ignored(_) | Verdict::Build(_) | Verdict::BuildSome { .. })
+            if tag_released =>
+        {
+            match crate::webhook::payload_json(content_type, &delivery.body)
+                .ok()
+                .and_then(|json| crate::webhook::Push::parse(&json).ok())
+            {
+                Some(push) => state.ops.promoter.tag_release(&push).await,
+                None => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
+    };
+    let promoted: Vec<serde_json::Value> = releases
+        .iter()
+        .map(|r| json!({ "app": r.app, "tag": r.tag, "promoting": r.source.is_some(), "reason": r.reason }))
+        .collect();
     let admission = match state.journal.admit(delivery, verdict).await {
         Ok((_, admission)) => admission,
         Err(e) if e.retry_later().is_some() => {
@@ -175,7 +202,17 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
             );
         }
     };
+    let promoting = releases.iter().any(|r| r.source.is_some());
+    for release in releases.into_iter().filter(|r| r.source.is_some()) {
+        let promoter = state.ops.promoter.clone();
+        tokio::spawn(async move { promoter.promote_tag(release).await }.in_current_span());
+    }
     match admission {
+        Admission::Ignored(_) if promoting => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "status": "accepted", "delivery": delivery_id, "promotions": promoted })),
+        )
+            .into_response(),
         Admission::Pong => {
             tracing::info!("ping");
             (StatusCode::OK, Json(json!({ "status": "pong" }))).into_response()
@@ -183,9 +220,14 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
         Admission::Ignored(reason) => {
             // Reasons quote the payload (refs, repository names): escaped.
             tracing::info!(reason = ?reason, "ignored");
+            // A tag a promoted app has nothing to promote for says why.
+            let reason = match promoted.first() {
+                Some(p) => p["reason"].as_str().unwrap_or_default().to_owned(),
+                None => reason,
+            };
             (
                 StatusCode::OK,
-                Json(json!({ "status": "ignored", "reason": reason })),
+                Json(json!({ "status": "ignored", "reason": reason, "promotions": promoted })),
             )
                 .into_response()
         }
@@ -216,6 +258,7 @@ async fn admit(state: &AppState, delivery: NewDelivery, content_type: ContentTyp
                     "sha": first.sha,
                     "builds": list,
                     "skipped": skipped_json(&skipped),
+                    "promotions": promoted,
                 })),
             )
                 .into_response()

@@ -20,13 +20,24 @@ pub(super) fn slack_payload(n: &Notification) -> serde_json::Value {
     if let Some(build) = &n.build_id {
         context.push(format!("build `{}`", escape(build)));
     }
-    json!({
-        "text": text,
-        "blocks": [
-            { "type": "section", "text": { "type": "mrkdwn", "text": text } },
-            { "type": "context", "elements": [ { "type": "mrkdwn", "text": context.join(" · ") } ] },
-        ],
-    })
+    let mut blocks = vec![
+        json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } }),
+        json!({ "type": "context", "elements": [ { "type": "mrkdwn", "text": context.join(" · ") } ] }),
+    ];
+    // A promotion waiting (issue 27): Approve and Reject buttons, answered by slipway's
+    // interactivity endpoint (`/chat/slack/actions`) as the user who pressed.
+    if n.kind == EventKind::AwaitingApproval {
+        let value = format!("{} {}", n.app, n.sha);
+        let button = |label: &str, action: &str, style: &str| {
+            json!({ "type": "button", "text": { "type": "plain_text", "text": label },
+                    "style": style, "action_id": action, "value": value })
+        };
+        blocks.push(json!({ "type": "actions", "elements": [
+            button("Approve", super::APPROVE_ACTION, "primary"),
+            button("Reject", super::REJECT_ACTION, "danger"),
+        ] }));
+    }
+    json!({ "text": text, "blocks": blocks })
 }
 
 #[derive(Serialize)]
@@ -90,6 +101,32 @@ fn summary(n: &Notification, style: Style) -> String {
         (Some(link), Style::Plain) if !link.trim().is_empty() => format!(" (build log: {link})"),
         _ => String::new(),
     };
+    // A promotion (issue 27): where the image comes from, and who decided.
+    let from = n
+        .promotion
+        .as_ref()
+        .map(|p| {
+            format!(
+                " from *{}* (deployment #{})",
+                text(&p.source_app),
+                p.source_deployment
+            )
+        })
+        .unwrap_or_default();
+    let by = n
+        .promotion
+        .as_ref()
+        .and_then(|p| p.decided_by.as_deref())
+        .map(|who| format!(" by {}", text(who)))
+        .unwrap_or_default();
+    let (image, from, by) = match n.kind {
+        EventKind::DeployStarted | EventKind::DeploySucceeded if n.promotion.is_some() => (
+            format!("{image} (promoted{from}, approved{by})"),
+            String::new(),
+            String::new(),
+        ),
+        _ => (image, from, by),
+    };
     match n.kind {
         EventKind::BuildFailed => format!(":x: *{app}* build of `{short} failed{reason}{log}"),
         EventKind::DeployStarted => format!(":rocket: *{app}* deploying `{short}{image}"),
@@ -108,6 +145,16 @@ fn summary(n: &Notification, style: Style) -> String {
         }
         EventKind::PastDeadline => {
             format!(":warning: *{app}* deploy of `{short} is past its deadline{reason}")
+        }
+        EventKind::AwaitingApproval => format!(
+            ":raised_hand: *{app}* promotion of `{short}{from}{image} is awaiting approval \
+             (`slipway approve {app}` or `slipway reject {app}`)"
+        ),
+        EventKind::PromotionRejected => {
+            format!(":no_entry: *{app}* promotion of `{short}{from} rejected{by}{reason}")
+        }
+        EventKind::PromotionExpired => {
+            format!(":hourglass: *{app}* promotion of `{short}{from} expired{reason}")
         }
     }
 }
@@ -164,6 +211,46 @@ mod tests {
     const LOG: &str = "https://console.aws.amazon.com/cloudwatch/home?region=eu-west-1#logEvent:group=/aws/codebuild/web;stream=5f2c8e1a";
     const IMAGE: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:1f2e3d4c5b6a";
 
+    /// Issue 27: a waiting promotion's Slack message has Approve and Reject buttons naming the
+    /// app and commit; no other message has buttons.
+    #[test]
+    fn a_waiting_promotion_has_approve_and_reject_buttons() {
+        let mut n = notification(EventKind::AwaitingApproval);
+        n.app = "web-prod".into();
+        let v = slack_payload(&n);
+        let actions = v["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .expect("an actions block");
+        let ids: Vec<(&str, &str)> = actions["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["action_id"].as_str().unwrap(),
+                    b["value"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let value = format!("web-prod {SHA}");
+        assert_eq!(
+            ids,
+            vec![
+                ("slipway_approve", value.as_str()),
+                ("slipway_reject", value.as_str())
+            ]
+        );
+        let plain = slack_payload(&notification(EventKind::DeploySucceeded));
+        assert!(plain["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["type"] != "actions"));
+    }
+
     fn notification(kind: EventKind) -> Notification {
         Notification {
             kind,
@@ -175,6 +262,7 @@ mod tests {
             deployment: Some(42),
             build_id: Some("web:5f2c8e1a".into()),
             tag: None,
+            promotion: None,
         }
     }
 
@@ -214,6 +302,7 @@ mod tests {
         assert_eq!(
             s(Notification {
                 tag: Some("v1.2.0".into()),
+                promotion: None,
                 ..notification(EventKind::DeploySucceeded)
             }),
             format!(":white_check_mark: *web* deployed `1f2e3d4` (tag `v1.2.0`) — image `{image}`")

@@ -38,6 +38,12 @@ pub enum EventKind {
     /// deadline and slipway cannot identify ECS's service deployment to roll back: it sends
     /// nothing and keeps watching (sent once per deploy).
     PastDeadline,
+    /// A promotion waits for one of its app's `approvers` (issue 27).
+    AwaitingApproval,
+    /// An approver rejected a promotion: nothing is deployed.
+    PromotionRejected,
+    /// Nobody decided on a promotion within `approval_timeout_hours`: nothing is deployed.
+    PromotionExpired,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,7 +63,45 @@ pub struct Notification {
     /// notifications journaled before tags existed have none.)
     #[serde(default)]
     pub tag: Option<String>,
+    /// The promotion this is about or deploys (issue 27): its source app and deploy and its
+    /// approval. (Default: none.)
+    #[serde(default)]
+    pub promotion: Option<PromotionNote>,
 }
+
+/// What a notification says of a promotion: where the image comes from and who decided.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PromotionNote {
+    pub id: i64,
+    pub source_app: String,
+    pub source_deployment: i64,
+    /// `awaiting_approval`, `approved`, `rejected`, `superseded` or `expired`.
+    pub approval: String,
+    pub decided_by: Option<String>,
+    /// When it was decided (RFC 3339, UTC).
+    pub decided_at: Option<String>,
+    /// When it expires if nobody decides (RFC 3339, UTC).
+    pub expires_at: String,
+}
+
+impl PromotionNote {
+    pub fn of(p: &crate::store::Promotion) -> PromotionNote {
+        PromotionNote {
+            id: p.id,
+            source_app: p.source_app.clone(),
+            source_deployment: p.source_deployment,
+            approval: p.state.clone(),
+            decided_by: p.decided_by.clone(),
+            decided_at: p.decided_ms.map(crate::store::format_millis),
+            expires_at: crate::store::format_millis(p.expires_ms),
+        }
+    }
+}
+
+/// The `action_id`s of a waiting promotion's Slack buttons (issue 27), which slipway's
+/// interactivity endpoint answers.
+pub const APPROVE_ACTION: &str = "slipway_approve";
+pub const REJECT_ACTION: &str = "slipway_reject";
 
 /// What [`Target::flush`] returns.
 pub type Flushing<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -169,6 +213,7 @@ mod tests {
                 deployment: None,
                 build_id: None,
                 tag: None,
+                promotion: None,
             });
         }
         notifier.flush(Duration::from_secs(1)).await;
@@ -193,6 +238,7 @@ mod tests {
             deployment: None,
             build_id: None,
             tag: None,
+            promotion: None,
         });
     }
 }

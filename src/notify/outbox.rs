@@ -770,6 +770,7 @@ mod tests {
             deployment: Some(42),
             build_id: Some("web:5f2c8e1a".into()),
             tag: None,
+            promotion: None,
         }
     }
 

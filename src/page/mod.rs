@@ -9,9 +9,12 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::ops::{AppStatus, Ops};
 use crate::store::{
-    build_state, deploy_state, format_millis, notify_state, Deployment, NotificationRecord, Run,
-    Store,
+    build_state, deploy_state, format_millis, notify_state, promotion_state, Deployment,
+    NotificationRecord, Promotion, Run, Store,
 };
+
+/// Promotions listed on the front page (issue 27), newest first.
+const RECENT_PROMOTIONS: u32 = 20;
 
 /// Runs listed on the front page.
 const RECENT_RUNS: u32 = 30;
@@ -75,6 +78,7 @@ pub async fn status(
     let runs = journal.recent_runs(RECENT_RUNS).await?;
     let busy = runs.iter().any(in_progress);
     let troubled = troubled_notifications(journal).await?;
+    let promotions = journal.promotions(None, RECENT_PROMOTIONS).await?;
     let body = html! {
         h1 { "slipway" }
         h2 { "Apps" }
@@ -95,6 +99,13 @@ pub async fn status(
                 }
             }
         } }
+        @if !promotions.is_empty() {
+            h2 { "Promotions" }
+            div.wrap { table {
+                thead { tr { th { "When" } th { "To" } th { "From" } th { "Approval" } th { "Deploy" } } }
+                tbody { @for p in &promotions { (promotion_row(p)) } }
+            } }
+        }
         h2 { "Recent runs" }
         @if runs.is_empty() { p.muted { "Nothing has run yet." } }
         @else {
@@ -136,6 +147,10 @@ pub async fn deployment(
         return Ok(None);
     };
     let busy = !deploy_state::is_terminal(&d.state);
+    let promotion = match d.promotion {
+        Some(p) => journal.promotion(p).await?,
+        None => None,
+    };
     let body = html! {
         p { a href="/" { "← all apps" } }
         h1 { "Deployment " (d.id) " of " (d.app) }
@@ -148,6 +163,13 @@ pub async fn deployment(
             tr { th { "Image" } td { code { (d.image.as_deref().unwrap_or(&d.image_tag)) } } }
             tr { th { "Service" } td { (d.service_key) } }
             tr { th { "Trigger" } td { (d.trigger) @if let Some(a) = &d.actor { " by " (a) } } }
+            @if let Some(p) = &promotion {
+                tr { th { "Promoted from" } td {
+                    (p.source_app) " " a href={ "/deployments/" (p.source_deployment) } { "deployment " (p.source_deployment) }
+                    " (promotion " (p.id) ")"
+                } }
+                tr { th { "Approval" } td { (approval(p)) } }
+            }
             tr { th { "From" } td { @if let Some(t) = &d.from_task_definition { code { (revision(t)) } } } }
             tr { th { "To" } td { @if let Some(t) = &d.to_task_definition { code { (revision(t)) } } } }
             tr { th { "ECS deployment" } td { @if let Some(e) = &d.ecs_deployment_id { code { (e) } } } }
@@ -161,6 +183,41 @@ pub async fn deployment(
         }
     };
     Ok(Some(page(&format!("deployment {}", d.id), busy, body)))
+}
+
+/// One promotion: where its image comes from, its approval, and the deploy it made.
+fn promotion_row(p: &Promotion) -> Markup {
+    html! {
+        tr {
+            td { (format_millis(p.created_ms)) }
+            td { strong { (p.app) } br; code.sha title=(p.sha) { (short(&p.sha)) }
+                 @if let Some(tag) = &p.tag { " " span.muted { "tag " (tag) } } }
+            td { (p.source_app) " " a href={ "/deployments/" (p.source_deployment) } { "#" (p.source_deployment) }
+                 br; code title=(p.image_digest) { (p.image_digest.get(..19).unwrap_or(&p.image_digest)) "…" } }
+            td { (approval(p)) }
+            td { @if let Some(d) = p.deployment { a href={ "/deployments/" (d) } { "#" (d) } } @else { span.muted { "—" } } }
+        }
+    }
+}
+
+/// A promotion's approval: its state, who decided and when, or until when it waits.
+fn approval(p: &Promotion) -> Markup {
+    let class = match p.state.as_str() {
+        promotion_state::APPROVED => "st ok",
+        promotion_state::REJECTED | promotion_state::EXPIRED => "st bad",
+        promotion_state::AWAITING_APPROVAL => "st run",
+        _ => "st",
+    };
+    html! {
+        span class=(class) { (p.state) }
+        @if let (Some(by), Some(at)) = (&p.decided_by, p.decided_ms) {
+            br; span.muted { "by " (by) " at " (format_millis(at)) }
+        }
+        @if p.state == promotion_state::AWAITING_APPROVAL {
+            br; span.muted { "until " (format_millis(p.expires_ms)) }
+        }
+        @if let Some(why) = &p.reason { div.muted { (why) } }
+    }
 }
 
 /// Notifications given up, and pending ones whose attempts failed, newest first.

@@ -51,7 +51,7 @@ pub(super) async fn check_projects(config: &Config, aws: &Clients, report: &mut 
     let names: Vec<String> = config
         .apps
         .iter()
-        .map(|a| a.codebuild_project.clone())
+        .filter_map(|a| a.codebuild_project.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -82,7 +82,10 @@ pub(super) async fn check_projects(config: &Config, aws: &Clients, report: &mut 
         }
     }
     for app in &config.apps {
-        let name = &app.codebuild_project;
+        // A promoted app never builds.
+        let Some(name) = &app.codebuild_project else {
+            continue;
+        };
         if failed.contains(name) {
             continue;
         }

@@ -70,7 +70,7 @@ pub async fn run(config: &Config, aws: &Clients, dry_run: bool) -> Report {
     let projects: Vec<String> = config
         .apps
         .iter()
-        .map(|a| a.codebuild_project.clone())
+        .filter_map(|a| a.codebuild_project.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();

@@ -79,13 +79,8 @@ fn resources(config: &Config, env: &Environment) -> Resources {
     Resources {
         projects: apps
             .iter()
-            .map(|a| {
-                arn(
-                    env,
-                    "codebuild",
-                    &format!("project/{}", a.codebuild_project),
-                )
-            })
+            .filter_map(|a| a.codebuild_project.as_ref())
+            .map(|project| arn(env, "codebuild", &format!("project/{project}")))
             .collect(),
         services: apps
             .iter()

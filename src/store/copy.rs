@@ -122,6 +122,29 @@ pub async fn copy_journal(
     })
     .await?;
     copy_kind(from, &mut w, window, RECOVERIES, recovery).await?;
+    copy_kind(from, &mut w, window, PROMOTIONS, |_, r| {
+        let p = super::Promotion {
+            id: r.get(0)?,
+            app: r.get(1)?,
+            source_app: r.get(2)?,
+            source_deployment: r.get(3)?,
+            sha: r.get(4)?,
+            image_digest: r.get(5)?,
+            image_tag: r.get(6)?,
+            tag: r.get(7)?,
+            service_key: r.get(8)?,
+            state: r.get(9)?,
+            reason: r.get(10)?,
+            decided_by: r.get(11)?,
+            decided_ms: r.get(12)?,
+            expires_ms: r.get(13)?,
+            deployment: r.get(14)?,
+            created_ms: r.get(15)?,
+            updated_ms: r.get(16)?,
+        };
+        Ok((p.id, Record::Promotion(Box::new(p))))
+    })
+    .await?;
     // Slack keys are few (those of the last minutes): read at once.
     for (signature, seen_at) in slack_keys(from).await? {
         w.record(Record::Slack(signature, seen_at), window).await?;
@@ -185,6 +208,11 @@ where
         after = last;
     }
 }
+
+const PROMOTIONS: &str = "SELECT id, app, source_app, source_deployment, sha, image_digest,
+        image_tag, tag, service_key, state, reason, decided_by, decided_ms, expires_ms,
+        deployment, created_ms, updated_ms
+     FROM promotions WHERE id > ?1 ORDER BY id LIMIT ?2";
 
 const DELIVERIES: &str = "SELECT d.id, d.delivery_id, d.hook_id, d.event, d.source, d.actor,
         d.replay_of, d.received_ms, d.content_type, d.headers, d.dedup_key, d.outcome, d.reason,
@@ -310,8 +338,9 @@ fn deployments_query() -> &'static str {
 
 fn deployment(_: &Connection, r: &rusqlite::Row<'_>) -> Result<(i64, Record), StoreError> {
     let d = sqlite::deployment_from_row(r)?;
-    // After the engine's columns (`DEPLOYMENT_COLUMNS`, 34 of them).
-    let (pushed_at, before_sha) = (r.get(34)?, r.get(35)?);
+    // After the engine's columns (`DEPLOYMENT_COLUMNS`, however many there are now).
+    let engine = sqlite::DEPLOYMENT_COLUMNS.split(',').count();
+    let (pushed_at, before_sha) = (r.get(engine)?, r.get(engine + 1)?);
     Ok((d.id, Record::Deployment(Box::new(d), pushed_at, before_sha)))
 }
 
@@ -386,6 +415,7 @@ pub async fn verify(from: &SqliteStore, to: &DynamoStore) -> Result<Vec<KindCoun
                 count("SELECT COUNT(*) FROM github_deployments")?,
                 count("SELECT COUNT(*) FROM github_recoveries")?,
                 count("SELECT COUNT(*) FROM slack_seen")?,
+                count("SELECT COUNT(*) FROM promotions")?,
             ];
             let mut stmt = c.prepare("SELECT DISTINCT app FROM github_deployments")?;
             let apps = stmt
@@ -420,7 +450,7 @@ pub async fn verify(from: &SqliteStore, to: &DynamoStore) -> Result<Vec<KindCoun
 }
 
 /// The kinds counted, in [`verify`]'s order.
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 11] = [
     "deliveries",
     "bodies",
     "builds",
@@ -431,4 +461,5 @@ const KINDS: [&str; 10] = [
     "github deployments",
     "recoveries",
     "slack keys",
+    "promotions",
 ];

@@ -22,6 +22,8 @@ pub mod trigger {
     pub const FOREIGN_BUILD: &str = "foreign_build";
     pub const OPERATOR: &str = "operator";
     pub const ROLLBACK: &str = "rollback";
+    /// An approved promotion (issue 27): the image another app's deploy ran, by digest.
+    pub const PROMOTION: &str = "promotion";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +74,10 @@ pub struct Deployment {
     /// deploys not made by a push.
     #[serde(default)]
     pub tag: Option<String>,
+    /// The promotion this deploys (trigger `promotion`, issue 27); its source app and deploy
+    /// and its approval are on the promotion.
+    #[serde(default)]
+    pub promotion: Option<i64>,
 }
 
 /// A deploy to ask for.
@@ -92,6 +98,8 @@ pub struct NewDeployment {
     pub log_link: Option<String>,
     /// The tag a tag push released (issue 27).
     pub tag: Option<String>,
+    /// The promotion whose approval makes this deploy (issue 27).
+    pub promotion: Option<i64>,
 }
 
 /// A terminal CodeBuild state for a build, from an event or from the reconciler.

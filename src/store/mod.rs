@@ -20,6 +20,7 @@ mod events;
 mod github;
 mod leases;
 mod notify;
+mod promotions;
 mod retention;
 pub mod sqlite;
 mod stats;
@@ -33,6 +34,7 @@ pub use events::RejectedEvent;
 pub use github::*;
 pub use leases::*;
 pub use notify::*;
+pub use promotions::*;
 pub use retention::*;
 /// How a body is stored and keyed, as the webhook path does it (for `bench_tool floor`).
 pub use sqlite::body_codec::encode as encode_body;
@@ -358,6 +360,22 @@ interface! {
     fn lease(&self, name: String) -> Option<Lease>;
     /// Every lease the store has, released and expired ones too, by name.
     fn leases(&self) -> Vec<Lease>;
+    // Promotions (issue 27).
+    /// Records a promotion once per (app, source deployment, tag), superseding the app's
+    /// older promotions still waiting, in one write.
+    fn create_promotion(&self, p: NewPromotion, now_ms: i64) -> PromotionCreated;
+    /// Approves (making its deployment), rejects or expires a promotion that still waits.
+    fn decide_promotion(&self, id: i64, decision: PromotionDecision, now_ms: i64) -> PromotionDecided;
+    fn promotion(&self, id: i64) -> Option<Promotion>;
+    /// Promotions newest first, of one app when given.
+    fn promotions(&self, app: Option<String>, limit: u32) -> Vec<Promotion>;
+    /// Every promotion still waiting for its approval, oldest first.
+    fn awaiting_promotions(&self) -> Vec<Promotion>;
+    /// The promotion of `source_deployment` to `app` (not a tag's), if one was made.
+    fn promotion_of_source(&self, app: String, source_deployment: i64) -> Option<Promotion>;
+    /// The one promotion to `app` waiting for its approval, read consistently (an approval
+    /// right after the promotion was made finds it).
+    fn waiting_promotion(&self, app: String) -> Option<Promotion>;
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit.

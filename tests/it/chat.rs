@@ -503,3 +503,186 @@ async fn a_body_declared_larger_than_the_limit_gets_413_and_commands_still_work(
     let status = c.command("status", "U1", "ada").await;
     assert!(status.ephemeral().contains("*web*"), "{}", status.body);
 }
+
+/// Issue 27: `/slipway approve <app>` from one of the app's `approvers` (Slack user ids)
+/// approves its waiting promotion; anyone else is told they are not an approver, and nothing
+/// changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_from_slack_is_for_the_apps_approvers_only() {
+    let apps = format!(
+        "{DEFAULT_APPS}slack_users = [\"*\"]\n{}",
+        crate::promote::prod_app("web", "approvers = [\"UALICE\"]")
+    );
+    let c = chat_as_configured(Setup {
+        apps,
+        images: &[MASTER_SHA, NEWER_SHA],
+        ..Setup::default()
+    })
+    .await;
+    c.w.emulator
+        .create_service(crate::support::world::CLUSTER, "web-prod", &c.w.base_td)
+        .await;
+    c.w.ship(&c.s, "p-1", MASTER_SHA).await;
+    let waiting = || async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{}/api/promotions?app=web-prod", c.s.admin_url))
+            .bearer_auth(crate::support::slipway::HARNESS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["promotions"][0].clone()
+    };
+    let p = eventually("the promotion waiting", || async {
+        let p = waiting().await;
+        (p["state"] == "awaiting_approval").then_some(p)
+    })
+    .await;
+
+    // Not an approver (though allowed to deploy web from chat): refused, nothing changes.
+    let text = c
+        .command("approve web-prod", "UBOB", "bob")
+        .await
+        .ephemeral()
+        .to_owned();
+    assert_eq!(
+        text,
+        "Sorry <@UBOB>, you may not approve promotions to *web-prod*: you are not among its approvers."
+    );
+    assert_eq!(waiting().await["state"], "awaiting_approval");
+    let text = c
+        .command("approve", "UALICE", "alice")
+        .await
+        .ephemeral()
+        .to_owned();
+    assert!(text.contains("approve <app> [sha]"), "{text}");
+
+    let text = c
+        .command(
+            &format!("approve web-prod {}", &MASTER_SHA[..7]),
+            "UALICE",
+            "alice",
+        )
+        .await
+        .ephemeral()
+        .to_owned();
+    let approved = waiting().await;
+    assert_eq!(approved["state"], "approved", "{approved}");
+    assert_eq!(approved["decided_by"], "slack:UALICE", "{approved}");
+    assert_eq!(
+        text,
+        format!(
+            "Approved the promotion of `{}` to *web-prod* (from *web*, deployment {}): \
+             deploying (deployment {}).",
+            &MASTER_SHA[..7],
+            p["source_deployment"],
+            approved["deployment"]
+        )
+    );
+
+    // The next promotion, decided with Slack's buttons (interactivity).
+    c.w.finished(MASTER_SHA).await;
+    c.w.ship(&c.s, "p-2", NEWER_SHA).await;
+    let second = eventually("the second promotion waiting", || async {
+        let p = waiting().await;
+        (p["state"] == "awaiting_approval" && p["sha"] == NEWER_SHA).then_some(p)
+    })
+    .await;
+    let value = format!("web-prod {NEWER_SHA}");
+    let body = press(TEAM, "UALICE", "slipway_approve", &value, &c.hook.url);
+    // A bad signature, or a press from another workspace: refused, nothing changes.
+    let a = post_action(
+        &c.s,
+        &signed("not-the-secret-0123456789", now(), &body),
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    let other = press("T0666", "UALICE", "slipway_approve", &value, &c.hook.url);
+    let a = post_action(&c.s, &signed(SLACK_SECRET, now(), &other), &other).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.body["error"], "this Slack workspace may not use slipway");
+    let bob = press(TEAM, "UBOB", "slipway_reject", &value, &c.hook.url);
+    let a = post_action(&c.s, &signed(SLACK_SECRET, now(), &bob), &bob).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.text(),
+        "Sorry <@UBOB>, you may not reject promotions to *web-prod*: you are not among its approvers."
+    );
+    let garbled = "payload=%7B%22type%22%3A1%7D";
+    let a = post_action(&c.s, &signed(SLACK_SECRET, now(), garbled), garbled).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(waiting().await["state"], "awaiting_approval");
+
+    // alice presses Approve: approved as her, deployed; the answer also goes to response_url.
+    let headers = signed(SLACK_SECRET, now(), &body);
+    let a = post_action(&c.s, &headers, &body).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let decided = waiting().await;
+    assert_eq!(decided["id"], second["id"]);
+    assert_eq!(decided["state"], "approved", "{decided}");
+    assert_eq!(decided["decided_by"], "slack:UALICE", "{decided}");
+    assert!(
+        a.text().starts_with(&format!(
+            "Approved the promotion of `{}` to *web-prod*",
+            &NEWER_SHA[..7]
+        )),
+        "{}",
+        a.body
+    );
+    let posted = eventually("the answer posted to response_url", || async {
+        c.hook.bodies().into_iter().find(|b| {
+            b["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(&NEWER_SHA[..7]))
+        })
+    })
+    .await;
+    assert_eq!(posted["response_type"], "ephemeral", "{posted}");
+    // The same signed press again (a replay): refused.
+    let a = post_action(&c.s, &headers, &body).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+}
+
+/// A press of a promotion's button as Slack's interactivity sends it: the `block_actions`
+/// payload (api.slack.com, "Interactivity: block_actions payloads") in the form field
+/// `payload`, from workspace `team`, user `user`.
+fn press(team: &str, user: &str, action: &str, value: &str, response_url: &str) -> String {
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "team": { "id": team, "domain": "example" },
+        "user": { "id": user, "username": "someone", "team_id": team },
+        "api_app_id": "A123456",
+        "token": "gIkuvaNzQIHg97ATvDxqgjtO",
+        "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+        "response_url": response_url,
+        "actions": [{
+            "type": "button", "action_id": action, "block_id": "b1", "value": value,
+            "text": { "type": "plain_text", "text": "Approve" }, "action_ts": "1548426417.840180"
+        }],
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
+
+async fn post_action(s: &Slipway, headers: &[(&str, String)], body: &str) -> Answer {
+    let resp = headers
+        .iter()
+        .fold(
+            reqwest::Client::new()
+                .post(format!("{}/chat/slack/actions", s.url))
+                .header("content-type", "application/x-www-form-urlencoded"),
+            |req, (k, v)| req.header(*k, v),
+        )
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("POST /chat/slack/actions");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    Answer {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}

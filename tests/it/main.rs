@@ -26,6 +26,7 @@ mod metrics;
 mod monorepo;
 mod notify_outbox;
 mod ops;
+mod promote;
 mod provision;
 mod proxy_selftest;
 mod recovery_ready;

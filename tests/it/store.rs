@@ -817,6 +817,7 @@ fn new_deployment(app: &str, sha: char, build_row: Option<i64>) -> slipway::stor
         target_task_definition: None,
         log_link: None,
         tag: None,
+        promotion: None,
     }
 }
 
@@ -2328,5 +2329,256 @@ async fn leases_have_one_holder_and_an_old_owners_fenced_write_changes_nothing()
             s.deployment(id).await.unwrap().unwrap().reason.as_deref(),
             Some("by c")
         );
+/// A promotion to `web-prod` of the image `source`, a deploy of `web`, ran (commit `sha`).
+fn promotion_of(source: i64, sha: char, tag: Option<&str>) -> slipway::store::NewPromotion {
+    let sha: String = std::iter::repeat_n(sha, 40).collect();
+    slipway::store::NewPromotion {
+        app: "web-prod".into(),
+        source_app: "web".into(),
+        source_deployment: source,
+        sha: sha.clone(),
+        image_digest: format!("sha256:{}", "d".repeat(64)),
+        image_tag: sha,
+        tag: tag.map(str::to_owned),
+        service_key: "main/web-prod".into(),
+        expires_ms: T0 + 3_600_000,
+    }
+}
+
+/// Issue 27: a promotion is made once per source deploy (and tag), waits, is superseded by a
+/// newer one, and an approval makes exactly one deployment, linked to it, in the same write;
+/// a decision on a promotion that no longer waits changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotions_wait_are_superseded_and_an_approval_makes_one_linked_deployment() {
+    use slipway::store::{promotion_state, PromotionCreated, PromotionDecided, PromotionDecision};
+    for Engine { name, store, .. } in engines().await {
+        let made = store
+            .create_promotion(promotion_of(11, 'a', None), T0)
+            .await
+            .unwrap();
+        let PromotionCreated::New {
+            promotion: first,
+            superseded,
+        } = made
+        else {
+            panic!("{name}: {made:?}")
+        };
+        assert!(superseded.is_empty(), "{name}");
+        assert_eq!(first.state, promotion_state::AWAITING_APPROVAL, "{name}");
+        assert_eq!(
+            (first.source_app.as_str(), first.source_deployment),
+            ("web", 11)
+        );
+        // The same source deploy again (the promoter's scan after a restart): nothing new.
+        let again = store
+            .create_promotion(promotion_of(11, 'a', None), T0 + 1)
+            .await
+            .unwrap();
+        assert_eq!(again, PromotionCreated::Exists(first.clone()), "{name}");
+        assert_eq!(
+            store
+                .promotion_of_source("web-prod".into(), 11)
+                .await
+                .unwrap()
+                .map(|p| p.id),
+            Some(first.id),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .promotion_of_source("web-prod".into(), 12)
+                .await
+                .unwrap(),
+            None,
+            "{name}"
+        );
+
+        // A newer deploy of the source: the older promotion, still waiting, is superseded.
+        let made = store
+            .create_promotion(promotion_of(12, 'b', None), T0 + 2)
+            .await
+            .unwrap();
+        let PromotionCreated::New {
+            promotion: second,
+            superseded,
+        } = made
+        else {
+            panic!("{name}: {made:?}")
+        };
+        assert_eq!(superseded.len(), 1, "{name}: {superseded:?}");
+        assert_eq!(superseded[0].id, first.id, "{name}");
+        assert_eq!(superseded[0].state, promotion_state::SUPERSEDED, "{name}");
+        let reason = superseded[0].reason.clone().unwrap();
+        assert!(
+            reason.contains(&format!("superseded by promotion {}", second.id)),
+            "{name}: {reason}"
+        );
+        let waiting: Vec<i64> = store
+            .awaiting_promotions()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(waiting, vec![second.id], "{name}");
+        assert_eq!(
+            store
+                .waiting_promotion("web-prod".into())
+                .await
+                .unwrap()
+                .map(|p| p.id),
+            Some(second.id),
+            "{name}"
+        );
+
+        // The superseded one can no longer be approved: nothing changes, no deployment.
+        let approve = |by: &str| PromotionDecision::Approve {
+            by: by.into(),
+            deployment: Box::new(slipway::store::NewDeployment {
+                trigger: slipway::store::trigger::PROMOTION,
+                ..new_deployment("web-prod", 'b', None)
+            }),
+        };
+        let late = store
+            .decide_promotion(first.id, approve("alice"), T0 + 3)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&late, PromotionDecided::NotWaiting(p) if p.state == promotion_state::SUPERSEDED),
+            "{name}: {late:?}"
+        );
+        assert!(store
+            .recent_deployments(Some("web-prod".into()), 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Approved: one deployment, linked both ways, with who and when.
+        let done = store
+            .decide_promotion(second.id, approve("alice"), T0 + 4)
+            .await
+            .unwrap();
+        let PromotionDecided::Done(approved) = done else {
+            panic!("{name}: {done:?}")
+        };
+        assert_eq!(approved.state, promotion_state::APPROVED, "{name}");
+        assert_eq!(approved.decided_by.as_deref(), Some("alice"), "{name}");
+        assert_eq!(approved.decided_ms, Some(T0 + 4), "{name}");
+        let deployment = approved.deployment.expect("the approval's deployment");
+        let d = store.deployment(deployment).await.unwrap().unwrap();
+        assert_eq!(d.promotion, Some(second.id), "{name}");
+        assert_eq!(d.trigger, "promotion", "{name}");
+        assert_eq!(d.state, "pending", "{name}");
+        // A second approval (a double click, another approver): nothing twice.
+        let twice = store
+            .decide_promotion(second.id, approve("bob"), T0 + 5)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&twice, PromotionDecided::NotWaiting(p) if p.decided_by.as_deref() == Some("alice")),
+            "{name}: {twice:?}"
+        );
+        assert_eq!(
+            store
+                .recent_deployments(Some("web-prod".into()), 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}"
+        );
+        assert!(
+            store.awaiting_promotions().await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            store.waiting_promotion("web-prod".into()).await.unwrap(),
+            None,
+            "{name}"
+        );
+
+        // Rejected and expired ones keep who, when and why; a tag's promotion of the same
+        // deploy is its own.
+        let PromotionCreated::New {
+            promotion: third, ..
+        } = store
+            .create_promotion(promotion_of(12, 'b', Some("v1.0.0")), T0 + 6)
+            .await
+            .unwrap()
+        else {
+            panic!("{name}: the tag's promotion is its own")
+        };
+        let rejected = store
+            .decide_promotion(
+                third.id,
+                PromotionDecision::Reject {
+                    by: "slack:U123".into(),
+                    reason: "rejected by slack:U123".into(),
+                },
+                T0 + 7,
+            )
+            .await
+            .unwrap();
+        let PromotionDecided::Done(rejected) = rejected else {
+            panic!("{name}: {rejected:?}")
+        };
+        assert_eq!(
+            (rejected.state.as_str(), rejected.decided_by.as_deref()),
+            (promotion_state::REJECTED, Some("slack:U123")),
+            "{name}"
+        );
+        let PromotionCreated::New {
+            promotion: fourth, ..
+        } = store
+            .create_promotion(promotion_of(13, 'c', None), T0 + 8)
+            .await
+            .unwrap()
+        else {
+            panic!("{name}: a new source deploy")
+        };
+        let expired = store
+            .decide_promotion(
+                fourth.id,
+                PromotionDecision::Expire {
+                    reason: "nobody approved it within 1 h".into(),
+                },
+                T0 + 9,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&expired, PromotionDecided::Done(p) if p.state == promotion_state::EXPIRED && p.decided_by.is_none()),
+            "{name}: {expired:?}"
+        );
+        assert_eq!(
+            store
+                .decide_promotion(999_999, approve("alice"), T0)
+                .await
+                .unwrap(),
+            PromotionDecided::NotFound,
+            "{name}"
+        );
+        let listed: Vec<(i64, String)> = store
+            .promotions(Some("web-prod".into()), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.id, p.state))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                (fourth.id, promotion_state::EXPIRED.to_owned()),
+                (third.id, promotion_state::REJECTED.to_owned()),
+                (second.id, promotion_state::APPROVED.to_owned()),
+                (first.id, promotion_state::SUPERSEDED.to_owned()),
+            ],
+            "{name}"
+        );
+        assert!(store
+            .promotions(Some("web".into()), 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -92,6 +92,21 @@ async fn built_and_deployed(store: &Store, id: &str, at: i64, c: char) -> i64 {
 
 /// A deploy no push asked for: an operator's (by alice), or a build slipway did not start
 /// (`other-build:1`).
+/// A promotion to `web-prod` of source deployment `source` (commit of `c`s).
+fn promotion(source: i64, c: char) -> slipway::store::NewPromotion {
+    slipway::store::NewPromotion {
+        app: "web-prod".into(),
+        source_app: "web".into(),
+        source_deployment: source,
+        sha: sha(c),
+        image_digest: format!("sha256:{}", "d".repeat(64)),
+        image_tag: sha(c),
+        tag: None,
+        service_key: "main/web-prod".into(),
+        expires_ms: T0 + 3_600_000,
+    }
+}
+
 fn explicit_deploy(trigger: &'static str, c: char) -> NewDeployment {
     let foreign = trigger == trigger::FOREIGN_BUILD;
     NewDeployment {
@@ -108,6 +123,7 @@ fn explicit_deploy(trigger: &'static str, c: char) -> NewDeployment {
         target_task_definition: None,
         log_link: None,
         tag: None,
+        promotion: None,
     }
 }
 
@@ -307,6 +323,42 @@ async fn journal_with_every_kind(state_dir: &std::path::Path) {
         )
         .await
         .unwrap();
+    // Promotions (issue 27): one approved (its deployment made), one waiting.
+    for (source, c) in [(1, 'e'), (2, 'f')] {
+        store
+            .create_promotion(promotion(source, c), T0 + 78)
+            .await
+            .unwrap();
+    }
+    let first = store.promotions(None, 10).await.unwrap().pop().unwrap();
+    assert_eq!(first.state, "superseded");
+    let slipway::store::PromotionCreated::New {
+        promotion: third, ..
+    } = store
+        .create_promotion(promotion(3, 'a'), T0 + 79)
+        .await
+        .unwrap()
+    else {
+        panic!("a third promotion")
+    };
+    store
+        .decide_promotion(
+            third.id,
+            slipway::store::PromotionDecision::Approve {
+                by: "alice".into(),
+                deployment: Box::new(NewDeployment {
+                    trigger: trigger::PROMOTION,
+                    ..explicit_deploy(trigger::OPERATOR, 'a')
+                }),
+            },
+            T0 + 79,
+        )
+        .await
+        .unwrap();
+    store
+        .create_promotion(promotion(4, 'b'), T0 + 79)
+        .await
+        .unwrap();
     // Retention drops the oldest bodies (ignored ones go whole after keep_ignored_days).
     let pruned = store
         .prune(
@@ -396,6 +448,7 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
         "builds",
         "deployments",
         "notifications",
+        "promotions",
     ] {
         let counted = stdout
             .lines()
@@ -437,6 +490,15 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
         debug(sqlite.recoveries(100).await.unwrap()),
         debug(dynamo.recoveries(100).await.unwrap())
     );
+    assert_eq!(
+        debug(sqlite.promotions(None, 100).await.unwrap()),
+        debug(dynamo.promotions(None, 100).await.unwrap())
+    );
+    assert_eq!(
+        debug(sqlite.awaiting_promotions().await.unwrap()),
+        debug(dynamo.awaiting_promotions().await.unwrap())
+    );
+    assert_eq!(dynamo.awaiting_promotions().await.unwrap().len(), 1);
     // Due work agrees: builds to start, rollouts to follow, builds to ask CodeBuild about.
     assert_eq!(
         debug(sqlite.due_builds(far, 100).await.unwrap()),
@@ -447,8 +509,9 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
         debug(sqlite.unfinished_deployments().await.unwrap()),
         debug(dynamo.unfinished_deployments().await.unwrap())
     );
-    // The second push's deploy (deploying), the operator's and the foreign build's (pending).
-    assert_eq!(dynamo.unfinished_deployments().await.unwrap().len(), 3);
+    // The second push's deploy (deploying), the operator's, the foreign build's and the
+    // approved promotion's (pending).
+    assert_eq!(dynamo.unfinished_deployments().await.unwrap().len(), 4);
     assert_eq!(
         debug(sqlite.builds_in_flight(far).await.unwrap()),
         debug(dynamo.builds_in_flight(far).await.unwrap())
@@ -569,6 +632,32 @@ async fn a_copied_journal_answers_the_same_from_dynamodb_and_a_second_copy_is_re
     // New ids come after every copied one.
     let highest = sqlite.recent_deliveries(1).await.unwrap()[0].row;
     assert!(row > highest, "{row} after {highest}");
+    // The copied promotions' keys were derived: the same source deploy makes none again, and
+    // a new promotion supersedes the copied waiting one (with an id after every copied one).
+    assert!(matches!(
+        dynamo
+            .create_promotion(promotion(2, 'f'), far)
+            .await
+            .unwrap(),
+        slipway::store::PromotionCreated::Exists(_)
+    ));
+    let waiting = dynamo.awaiting_promotions().await.unwrap()[0].clone();
+    match dynamo
+        .create_promotion(promotion(5, 'c'), far)
+        .await
+        .unwrap()
+    {
+        slipway::store::PromotionCreated::New {
+            promotion,
+            superseded,
+        } => {
+            assert_eq!(superseded.len(), 1);
+            assert_eq!(superseded[0].id, waiting.id);
+            let copied = sqlite.promotions(None, 1).await.unwrap()[0].id;
+            assert!(promotion.id > copied, "{} after {copied}", promotion.id);
+        }
+        other => panic!("{other:?}"),
+    }
     let (signature, seen_at) = slack_signature();
     assert!(!dynamo
         .slack_first_time(signature, seen_at, slipway::chat::REPLAY_WINDOW_SECS)

@@ -152,6 +152,7 @@ impl DynamoStore {
                     target_task_definition: None,
                     log_link: done.log_link.clone(),
                     tag: get_opt_s(&build, "tag")?,
+                    promotion: None,
                 },
                 now,
             )

@@ -116,7 +116,8 @@ impl DynamoStore {
         )))
     }
 
-    async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
+    /// One item by its key, read consistently (also promotions').
+    pub(super) async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
         let out = self
             .client()
             .get_item()
@@ -187,7 +188,7 @@ impl DynamoStore {
         &self,
         apps: &[String],
         signatures: &[Vec<u8>],
-    ) -> Result<[i64; 10], StoreError> {
+    ) -> Result<[i64; 11], StoreError> {
         let mut github = 0;
         for app in apps {
             github += self.count_recent(&recent::github(app)).await?;
@@ -204,6 +205,7 @@ impl DynamoStore {
             github,
             self.count_recent(recent::RECOVERY).await?,
             self.batch_get(keys).await?.len() as i64,
+            self.count_recent(recent::PROMOTION).await?,
         ])
     }
 }
@@ -315,6 +317,8 @@ pub enum Record {
     /// A GitHub deployment of an app, created and updated then.
     Github(String, GithubDeployment, i64, i64),
     Recovery(RecoveryRow),
+    /// A promotion (issue 27).
+    Promotion(Box<crate::store::Promotion>),
 }
 
 impl BatchWriter<'_> {
@@ -377,6 +381,12 @@ impl BatchWriter<'_> {
                     .await
             }
             Record::Recovery(r) => self.put(items::recovery_item(&r)).await,
+            Record::Promotion(p) => {
+                for item in super::promotions::promotion_items(&p) {
+                    self.put(item).await?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -54,6 +54,7 @@ pub(super) fn deployment_from(item: &Item) -> Result<Deployment, StoreError> {
         from_original: get_opt_s(item, "from_original")?,
         rollback_requested_ms: get_opt_n(item, "rollback_requested_ms")?,
         tag: get_opt_s(item, "tag")?,
+        promotion: get_opt_n(item, "promotion")?,
     })
 }
 
@@ -242,6 +243,7 @@ impl DynamoStore {
             from_original: None,
             rollback_requested_ms: None,
             tag: d.tag,
+            promotion: d.promotion,
         };
         let item = items::deployment_item(&deployment, pushed_at, before_sha.as_deref());
         Ok((id, item))
@@ -374,6 +376,21 @@ impl DynamoStore {
         app: Option<String>,
         limit: u32,
     ) -> Result<Vec<Deployment>, StoreError> {
+        self.recent_of_app(recent::DEPLOYMENT, app.as_deref(), limit)
+            .await?
+            .iter()
+            .map(deployment_from)
+            .collect()
+    }
+
+    /// The newest `limit` items of a `recent` partition, of one app when given (a filter
+    /// within the partition, page after page until enough).
+    pub(super) async fn recent_of_app(
+        &self,
+        kind: &str,
+        app: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Item>, StoreError> {
         let wanted = limit as usize;
         let mut found = Vec::new();
         let mut start = None;
@@ -384,10 +401,10 @@ impl DynamoStore {
                 .table_name(self.table())
                 .index_name("recent")
                 .key_condition_expression("list_pk = :kind")
-                .expression_attribute_values(":kind", s(recent::DEPLOYMENT))
+                .expression_attribute_values(":kind", s(kind))
                 .scan_index_forward(false)
                 .set_exclusive_start_key(start);
-            match &app {
+            match app {
                 Some(app) => {
                     query = query
                         .filter_expression("app = :app")
@@ -401,7 +418,7 @@ impl DynamoStore {
                 .map_err(|e| sdk_error("DynamoDB Query", e))?;
             for item in out.items() {
                 if found.len() < wanted {
-                    found.push(deployment_from(item)?);
+                    found.push(item.clone());
                 }
             }
             start = out.last_evaluated_key().cloned();

@@ -33,6 +33,8 @@ pub(super) mod due {
     pub const OUTBOX: &str = "outbox";
     /// Deliveries whose body is kept, by when they were received (retention).
     pub const BODIES: &str = "bodies";
+    /// Promotions waiting for their approval, by id (issue 27).
+    pub const PROMOTION: &str = "promotion";
 
     /// A target's line of pending notifications.
     pub fn notify(target: &str) -> String {
@@ -48,6 +50,8 @@ pub(super) mod recent {
     pub const REJECTED: &str = "rejected";
     pub const RECOVERY: &str = "recovery";
     pub const NOTIFY: &str = "notify";
+    /// Promotions (issue 27).
+    pub const PROMOTION: &str = "promotion";
 
     /// An app's GitHub deployments.
     pub fn github(app: &str) -> String {
@@ -435,6 +439,7 @@ pub(super) fn deployment_item(
             ),
             ("log_link", d.log_link.as_deref().map(s)),
             ("tag", d.tag.as_deref().map(s)),
+            ("promotion", d.promotion.map(n)),
             ("state", Some(s(&d.state))),
             ("created_ms", Some(n(d.created_ms))),
             ("updated_ms", Some(n(d.updated_ms))),

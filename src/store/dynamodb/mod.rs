@@ -14,6 +14,7 @@ pub(crate) mod items;
 mod leases;
 mod listings;
 mod notify;
+mod promotions;
 mod records;
 mod retention;
 mod table;

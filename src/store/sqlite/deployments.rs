@@ -13,7 +13,7 @@ pub(crate) const COLUMNS: &str =
     to_task_definition, ecs_deployment_id, state, reason, log_link, running_count,
     desired_count, failed_tasks, created_ms, updated_ms, started_ms, finished_ms, stage,
     service_deployment_arn, deadline_ms, deadline_why, unseen, from_original,
-    rollback_requested_ms, tag";
+    rollback_requested_ms, tag, promotion";
 
 pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
@@ -51,6 +51,7 @@ pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
         from_original: r.get(31)?,
         rollback_requested_ms: r.get(32)?,
         tag: r.get(33)?,
+        promotion: r.get(34)?,
     })
 }
 
@@ -70,7 +71,11 @@ fn push_rank(build_row: i64) -> i64 {
 const EXPLICIT_PUSHED_AT: &str =
     "SELECT MAX(pushed_at) FROM (SELECT pushed_at FROM builds ORDER BY id DESC LIMIT 1000)";
 
-fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64, StoreError> {
+pub(super) fn insert_deployment(
+    c: &Connection,
+    d: &NewDeployment,
+    now: i64,
+) -> Result<i64, StoreError> {
     let (order_key, pushed_at): (i64, Option<i64>) = match (d.order_key, d.build_row) {
         (Some(k), Some(row)) => {
             let pushed_at = c
@@ -93,8 +98,9 @@ fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64,
     c.execute(
         "INSERT INTO deployments (app, service_key, sha, image_tag, trigger, actor, build_row,
              build_id, delivery_id, order_key, target_task_definition, log_link, state,
-             created_ms, updated_ms, pushed_at, tag)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16)",
+             created_ms, updated_ms, pushed_at, tag, promotion)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16,
+                 ?17)",
         params![
             d.app,
             d.service_key,
@@ -112,6 +118,7 @@ fn insert_deployment(c: &Connection, d: &NewDeployment, now: i64) -> Result<i64,
             now,
             pushed_at,
             d.tag,
+            d.promotion,
         ],
     )?;
     Ok(c.last_insert_rowid())
@@ -251,6 +258,7 @@ fn complete_build(
             target_task_definition: None,
             log_link: done.log_link.clone(),
             tag,
+            promotion: None,
         },
         now,
     )?;

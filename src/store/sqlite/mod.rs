@@ -21,6 +21,7 @@ mod github;
 mod leases;
 pub mod lock;
 mod notify;
+mod promotions;
 mod retention;
 pub(super) mod schema;
 mod slack;

@@ -329,6 +329,34 @@ CREATE TABLE leases (
     since_ms   INTEGER NOT NULL
 );
 "#,
+    // Issue 27 (promotion): promotions, each waiting for its approval or decided, once per
+    // (app, source deployment, tag); the deploy an approval made links back. Additive: a new
+    // table and a nullable column.
+    r#"
+CREATE TABLE promotions (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    app               TEXT NOT NULL,
+    source_app        TEXT NOT NULL,
+    source_deployment INTEGER NOT NULL,
+    sha               TEXT NOT NULL,
+    image_digest      TEXT NOT NULL,
+    image_tag         TEXT NOT NULL,
+    tag               TEXT,
+    service_key       TEXT NOT NULL,
+    state             TEXT NOT NULL,  -- awaiting_approval | approved | rejected | superseded | expired
+    reason            TEXT,
+    decided_by        TEXT,
+    decided_ms        INTEGER,
+    expires_ms        INTEGER NOT NULL,
+    deployment        INTEGER,
+    created_ms        INTEGER NOT NULL,
+    updated_ms        INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX promotions_source ON promotions (app, source_deployment, COALESCE(tag, ''));
+CREATE INDEX promotions_app ON promotions (app, id);
+CREATE INDEX promotions_waiting ON promotions (id) WHERE state = 'awaiting_approval';
+ALTER TABLE deployments ADD COLUMN promotion INTEGER;
+"#,
 ];
 
 /// The migrations a release before them cannot live with, and why. A new entry is a breaking
