@@ -14,8 +14,8 @@ use crate::ids::AppName;
 
 pub mod github;
 pub mod notify;
-pub mod replicas;
 pub mod promote;
+pub mod replicas;
 pub mod store;
 
 pub use notify::NotifyConfig;

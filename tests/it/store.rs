@@ -2288,6 +2288,7 @@ async fn leases_have_one_holder_and_an_old_owners_fenced_write_changes_nothing()
                     target_task_definition: None,
                     log_link: None,
                     tag: None,
+                    promotion: None,
                 },
                 T0,
             )
@@ -2329,6 +2330,9 @@ async fn leases_have_one_holder_and_an_old_owners_fenced_write_changes_nothing()
             s.deployment(id).await.unwrap().unwrap().reason.as_deref(),
             Some("by c")
         );
+    }
+}
+
 /// A promotion to `web-prod` of the image `source`, a deploy of `web`, ran (commit `sha`).
 fn promotion_of(source: i64, sha: char, tag: Option<&str>) -> slipway::store::NewPromotion {
     let sha: String = std::iter::repeat_n(sha, 40).collect();
