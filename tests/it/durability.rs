@@ -29,7 +29,7 @@ fn push(sender: usize, n: usize) -> (String, String, Vec<u8>) {
 }
 
 /// POSTs one signed delivery: the status, or None when slipway did not answer.
-async fn post(client: &reqwest::Client, url: &str, guid: &str, body: &[u8]) -> Option<u16> {
+pub async fn post(client: &reqwest::Client, url: &str, guid: &str, body: &[u8]) -> Option<u16> {
     let signature = slipway::webhook::sign(SECRET.as_bytes(), body);
     let r = client
         .post(format!("{url}/webhooks/github"))

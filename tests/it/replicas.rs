@@ -475,25 +475,6 @@ fn load_push(sender: usize, n: usize) -> (String, String, Vec<u8>) {
     (guid, sha, body)
 }
 
-/// POSTs one signed delivery: its status, or None when nothing answered.
-async fn post_push(client: &reqwest::Client, url: &str, guid: &str, body: &[u8]) -> Option<u16> {
-    let signature = slipway::webhook::sign(crate::support::SECRET.as_bytes(), body);
-    let r = client
-        .post(format!("{url}/webhooks/github"))
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", guid)
-        .header("x-github-hook-id", "4242")
-        .header("x-hub-signature-256", signature)
-        .body(body.to_vec())
-        .send()
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    r.bytes().await.ok()?;
-    Some(status)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_under_webhook_load_killed_three_times_lose_nothing_and_build_each_push_once()
 {
@@ -543,7 +524,9 @@ async fn two_replicas_under_webhook_load_killed_three_times_lose_nothing_and_bui
                     }
                 };
                 for url in targets {
-                    if let Some(200 | 202) = post_push(&client, &url, &guid, &body).await {
+                    if let Some(200 | 202) =
+                        crate::durability::post(&client, &url, &guid, &body).await
+                    {
                         acknowledged.lock().unwrap().push(guid.clone());
                     }
                 }
@@ -581,7 +564,7 @@ async fn two_replicas_under_webhook_load_killed_three_times_lose_nothing_and_bui
     let client = reqwest::Client::new();
     for (i, (guid, body)) in attempted.iter().enumerate() {
         let url = running[i % 2].url.clone();
-        let status = post_push(&client, &url, guid, body).await;
+        let status = crate::durability::post(&client, &url, guid, body).await;
         assert!(
             matches!(status, Some(200 | 202)),
             "redelivery of {guid}: {status:?}"
