@@ -77,7 +77,7 @@ HZ=$(getconf CLK_TCK)
 # wrk's latencies also hold the time a request waits for wrk itself on the shared cores.
 within10() {
   curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '
-    /^slipway_webhook_request_duration_seconds_bucket\{le="0.01"\}/ { b = $2 }
+    /^slipway_webhook_request_duration_seconds_bucket\{.*le="0.01"\}/ { b = $2 }
     /^slipway_webhook_request_duration_seconds_count/ { c = $2 }
     END { print b + 0, c + 0 }'
 }

@@ -144,20 +144,26 @@ async fn killed_under_webhook_load_no_acknowledged_delivery_is_lost_and_no_push_
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    let mut versions: Vec<String> = builds
-        .iter()
-        .map(|b| b.source_version().unwrap_or_default().to_owned())
-        .collect();
-    versions.sort();
-    let twice: Vec<&String> = versions
-        .windows(2)
-        .filter(|w| w[0] == w[1])
-        .map(|w| &w[0])
-        .collect();
+    let (mut versions, twice) = built_twice(&builds);
     assert!(
         twice.is_empty(),
         "built twice: {twice:?}; builds: {builds:#?}"
     );
     versions.dedup();
     assert_eq!(versions.len(), attempted.len());
+}
+
+/// The commits `builds` built, sorted, and those built more than once.
+pub fn built_twice(builds: &[aws_sdk_codebuild::types::Build]) -> (Vec<String>, Vec<String>) {
+    let mut versions: Vec<String> = builds
+        .iter()
+        .map(|b| b.source_version().unwrap_or_default().to_owned())
+        .collect();
+    versions.sort();
+    let twice = versions
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0].clone())
+        .collect();
+    (versions, twice)
 }

@@ -576,16 +576,7 @@ async fn two_replicas_under_webhook_load_killed_three_times_lose_nothing_and_bui
         (builds.len() >= attempted.len()).then_some(builds)
     })
     .await;
-    let mut versions: Vec<String> = builds
-        .iter()
-        .map(|b| b.source_version().unwrap_or_default().to_owned())
-        .collect();
-    versions.sort();
-    let twice: Vec<&String> = versions
-        .windows(2)
-        .filter(|w| w[0] == w[1])
-        .map(|w| &w[0])
-        .collect();
+    let (versions, twice) = crate::durability::built_twice(&builds);
     assert!(twice.is_empty(), "built twice: {twice:?}");
     assert_eq!(versions.len(), attempted.len());
     let starts = proxy
