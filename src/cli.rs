@@ -266,7 +266,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Print the IAM policies slipway needs (`runtime` and `provisioning`, exact ARNs from
-        /// the config and the services' task definitions) and change nothing.
+        /// the config and the services' task definitions; `accounts`: per `role_arn`, the
+        /// role's policy, its trust policy and the ECR repository policy) and change nothing.
         #[arg(long, conflicts_with_all = ["dry_run", "json"])]
         policy: bool,
     },

@@ -7,6 +7,7 @@
 //! Modules are private unless the binary or the tests use them (some stay `pub` only because
 //! they hold items used by nothing else yet).
 
+mod accounts;
 mod aws;
 mod aws_error;
 mod backup;

@@ -9,7 +9,7 @@ use aws_sdk_ecr::types::{ImageIdentifier, ListImagesFilter, TagStatus};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::aws::{AwsError, Clients};
+use crate::aws::AwsError;
 use crate::clock::SharedClock;
 use crate::config::{AppConfig, Config};
 use crate::ids::{CommitSha, DeliveryId, HookId};
@@ -104,7 +104,8 @@ pub struct Replayed {
 pub struct Ops {
     pub config: Arc<Config>,
     pub journal: Store,
-    pub aws: Clients,
+    /// Each app's ECS and ECR clients (an app with `role_arn`: its account's, issue 27).
+    pub accounts: crate::accounts::Accounts,
     pub clock: SharedClock,
     pub build_wake: Arc<Notify>,
     pub deploy_wake: Arc<Notify>,
@@ -147,7 +148,8 @@ impl Ops {
         let full = self.resolve_sha(&app, &sha.to_ascii_lowercase()).await?;
         let tag = app.tag_for(&full);
         let found = self
-            .aws
+            .accounts
+            .of(&app)
             .ecr
             .describe_images()
             .repository_name(&app.ecr_repository)
@@ -229,7 +231,8 @@ impl Ops {
     ) -> Result<Vec<String>, OpsError> {
         let mut found = Vec::new();
         let mut pages = self
-            .aws
+            .accounts
+            .of(app)
             .ecr
             .list_images()
             .repository_name(&app.ecr_repository)
@@ -345,7 +348,8 @@ impl Ops {
 
     async fn running_task_definition(&self, app: &AppConfig) -> Result<String, OpsError> {
         let out = self
-            .aws
+            .accounts
+            .of(app)
             .ecs
             .describe_services()
             .cluster(&app.cluster)
@@ -399,7 +403,8 @@ impl Ops {
             }
         };
         let described = self
-            .aws
+            .accounts
+            .of(app)
             .ecs
             .describe_task_definition()
             .task_definition(&running)

@@ -116,8 +116,8 @@ impl Target for WakeOnSuccess {
 
 pub struct Promoter {
     pub journal: Store,
-    pub ecs: aws_sdk_ecs::Client,
-    pub ecr: aws_sdk_ecr::Client,
+    /// Each app's ECS and ECR clients (a source app may be in another account).
+    pub accounts: crate::accounts::Accounts,
     pub clock: SharedClock,
     pub config: Arc<Config>,
     pub notifier: Notifier,
@@ -400,7 +400,8 @@ impl Promoter {
             .to_task_definition
             .as_deref()
             .ok_or_else(|| format!("deployment {} registered no task definition", d.id))?;
-        let out = self
+        let clients = self.accounts.of(source);
+        let out = clients
             .ecs
             .describe_task_definition()
             .task_definition(td)
@@ -423,7 +424,7 @@ impl Promoter {
         let tag = image
             .tag()
             .ok_or_else(|| format!("{td}: the image {image} names no tag or digest"))?;
-        let found = self
+        let found = clients
             .ecr
             .describe_images()
             .repository_name(&source.ecr_repository)
@@ -713,8 +714,7 @@ approval_timeout_hours = 2
         let (ecs, ecr) = offline_clients();
         let promoter = Promoter {
             journal: journal.clone(),
-            ecs,
-            ecr,
+            accounts: crate::accounts::Accounts::own(ecs, ecr),
             clock: clock.clone(),
             config: config.clone(),
             notifier: Notifier::new(vec![recorded.clone()]),

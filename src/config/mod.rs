@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::ids::AppName;
 
+pub mod account;
 pub mod github;
 pub mod notify;
 pub mod promote;
@@ -196,6 +197,9 @@ struct RawApp {
     approval: Option<String>,
     approvers: Option<Vec<String>>,
     approval_timeout_hours: Option<u64>,
+    /// Another AWS account (issue 27): the role every ECS and ECR call of this app is made as.
+    role_arn: Option<String>,
+    external_id: Option<String>,
 }
 
 /// The validated configuration.
@@ -325,6 +329,9 @@ pub struct AppConfig {
     pub environment_url: Option<String>,
     /// Where this app's images come from when it is promoted (`promote_from`, issue 27).
     pub promote: Option<promote::PromoteConfig>,
+    /// The role in another AWS account its ECS and ECR calls are made as (`role_arn`,
+    /// `external_id`); None: slipway's own credentials.
+    pub role: Option<account::AccountRole>,
 }
 
 impl AppConfig {
@@ -377,6 +384,19 @@ impl Config {
 
     pub fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.name.as_str() == name)
+    }
+
+    /// The app whose build made `app`'s images: `app` itself, or for a promoted app the head
+    /// of its `promote_from` chain (the chain is checked for cycles when loaded).
+    pub fn builder_of<'a>(&'a self, app: &'a AppConfig) -> &'a AppConfig {
+        let mut at = app;
+        for _ in 0..self.apps.len() {
+            match at.promote.as_ref().and_then(|p| self.app(p.from.as_str())) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        at
     }
 
     /// The app whose builds run in this CodeBuild project, if any.
@@ -893,6 +913,7 @@ impl RawApp {
             approval_timeout_hours: self.approval_timeout_hours,
         }
         .validate(&key)?;
+        let role = account::validate(&key, self.role_arn, self.external_id)?;
         if promote.is_some() {
             for (field, set) in [
                 ("codebuild_project", self.codebuild_project.is_some()),
@@ -1020,6 +1041,7 @@ impl RawApp {
             tags,
             codebuild_project,
             promote,
+            role,
             cluster: non_empty(key("cluster"), self.cluster)?,
             service: non_empty(key("service"), self.service)?,
             container: containers[0].clone(),

@@ -156,8 +156,8 @@ type DescribedTaskDefinition =
 
 pub struct Deployer {
     pub journal: Store,
-    pub ecs: aws_sdk_ecs::Client,
-    pub ecr: aws_sdk_ecr::Client,
+    /// Each app's ECS and ECR clients: its own account's through its role (issue 27).
+    accounts: crate::accounts::Accounts,
     pub clock: SharedClock,
     pub config: Arc<Config>,
     pub notifier: Notifier,
@@ -179,7 +179,7 @@ pub struct Deployer {
 impl Deployer {
     pub fn new(
         journal: Store,
-        aws: &crate::aws::Clients,
+        accounts: &crate::accounts::Accounts,
         clock: SharedClock,
         config: Arc<Config>,
         notifier: Notifier,
@@ -188,24 +188,21 @@ impl Deployer {
     ) -> Deployer {
         // Every ECS and ECR call of a deploy is refused before it is sent once the deploy's
         // lease no longer counts as held here (a replica waking from a pause acts on nothing).
-        let ecs = aws_sdk_ecs::Client::from_conf(
-            aws.ecs
-                .config()
-                .to_builder()
-                .interceptor(LeaseGuard)
-                .build(),
-        );
-        let ecr = aws_sdk_ecr::Client::from_conf(
-            aws.ecr
-                .config()
-                .to_builder()
-                .interceptor(LeaseGuard)
-                .build(),
+        let accounts = accounts.map(
+            |ecs| {
+                aws_sdk_ecs::Client::from_conf(
+                    ecs.config().to_builder().interceptor(LeaseGuard).build(),
+                )
+            },
+            |ecr| {
+                aws_sdk_ecr::Client::from_conf(
+                    ecr.config().to_builder().interceptor(LeaseGuard).build(),
+                )
+            },
         );
         Deployer {
             journal,
-            ecs,
-            ecr,
+            accounts,
             clock,
             config,
             notifier,
@@ -263,6 +260,11 @@ impl Deployer {
             .entry(service_key.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// The ECS client of `app`'s account.
+    fn ecs(&self, app: &AppConfig) -> &aws_sdk_ecs::Client {
+        &self.accounts.of(app).ecs
     }
 
     fn now(&self) -> i64 {
@@ -411,7 +413,7 @@ impl Deployer {
                     .await?;
                 let (from_td, from_original) = match rollback_copy {
                     Some(copy) => {
-                        let arn = self.register(copy).await?;
+                        let arn = self.register(app, copy).await?;
                         tracing::warn!(inactive = %pre.current_task_definition, copy = %arn,
                             "the running revision is deregistered; registered a copy to roll back to");
                         (arn, Some(pre.current_task_definition.clone()))
@@ -437,7 +439,7 @@ impl Deployer {
                     },
                 )
                 .await?;
-                let to_td = self.register(revision).await?;
+                let to_td = self.register(app, revision).await?;
                 tracing::info!(task_definition = %to_td, "registered a new revision");
                 self.update(
                     d,
@@ -619,18 +621,30 @@ impl Deployer {
                 }
             }
         };
+        // An app in another account (issue 27): its role first, so a refusal reads as itself.
+        self.accounts
+            .of(app)
+            .check_role()
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+        let source = match d.promotion {
+            Some(id) if !rollback => self.promoted_from(id).await,
+            _ => None,
+        };
         let (image, service, guessed) = tokio::join!(
             async {
                 if rollback {
                     Ok(None)
                 } else {
-                    self.resolve_image(app, &d.image_tag).await.map(Some)
+                    self.resolve_image(app, &d.image_tag, source.as_ref())
+                        .await
+                        .map(Some)
                 }
             },
             self.describe_service(app),
             async {
                 match &guess {
-                    Some(td) => self.describe_task_definition(td).await.ok(),
+                    Some(td) => self.describe_task_definition(app, td).await.ok(),
                     None => None,
                 }
             },
@@ -672,36 +686,81 @@ impl Deployer {
         })
     }
 
+    /// Where a promotion's image is: the registry and repository of the image its source
+    /// deploy ran, so the promoted app deploys exactly that image, in whichever account holds
+    /// it (None: the source's image is not an ECR image, or the records are gone; the app's
+    /// own `ecr_repository` is looked in).
+    async fn promoted_from(&self, promotion: i64) -> Option<SourceImage> {
+        let p = self.journal.promotion(promotion).await.ok().flatten()?;
+        let source = self
+            .journal
+            .deployment(p.source_deployment)
+            .await
+            .ok()
+            .flatten()?;
+        SourceImage::of(source.image.as_deref()?)
+    }
+
     /// The image to deploy: `<repository uri>:<tag>`, or `@<digest>` with `pin_digest`.
     /// One call: the repository URI follows from the registry id ECR reports and the region.
     /// A promotion's deploy names the image by its digest (`sha256:…` in place of the tag, a
-    /// character no tag has): that exact image, `<repository uri>@<digest>`, or a failure.
-    async fn resolve_image(&self, app: &AppConfig, tag: &str) -> Result<String, Stop> {
-        let repo = &app.ecr_repository;
+    /// character no tag has): that exact image, `<repository uri>@<digest>`, or a failure;
+    /// looked for where its source deploy's image is (`source`), through this app's account.
+    async fn resolve_image(
+        &self,
+        app: &AppConfig,
+        tag: &str,
+        source: Option<&SourceImage>,
+    ) -> Result<String, Stop> {
+        let repo = source.map_or(app.ecr_repository.as_str(), |s| s.repository.as_str());
+        let registry_id = source.map(|s| s.registry.clone());
         let by_digest = tag.starts_with("sha256:");
         let id = if by_digest {
             ImageIdentifier::builder().image_digest(tag).build()
         } else {
             ImageIdentifier::builder().image_tag(tag).build()
         };
-        let images = self
+        let clients = self.accounts.of(app);
+        let images = clients
             .ecr
             .describe_images()
+            .set_registry_id(registry_id.clone())
             .repository_name(repo)
             .image_ids(id)
             .send()
             .await
             .map_err(|e| {
                 let e = AwsError::from_sdk("ECR DescribeImages", &e);
-                match e.code.as_deref() {
-                    Some("ImageNotFoundException") if by_digest => Stop::Failed(format!(
-                        "image {repo}@{tag} not found in ECR: the image to promote is not in \
-                         this app's repository"
+                // Another account's repository that this app's account cannot read: AWS
+                // answers AccessDenied, or, hiding it, that there is no such repository.
+                let foreign = match (clients.account(), &registry_id) {
+                    (Some(account), Some(registry)) if account != registry => Some(account),
+                    _ => None,
+                };
+                let refused = matches!(
+                    e.code.as_deref(),
+                    Some("AccessDeniedException" | "RepositoryNotFoundException")
+                ) || e.message.contains("access denied");
+                match (foreign, e.code.as_deref()) {
+                    (Some(account), _) if refused => Stop::Failed(format!(
+                        "account {account} (app {}'s role_arn) cannot see the image \
+                         {repo}@{tag} in account {registry}'s registry ({}): the repository \
+                         {repo} needs a repository policy letting account {account} pull it \
+                         (ecr:BatchGetImage, ecr:GetDownloadUrlForLayer, \
+                         ecr:BatchCheckLayerAvailability) and describe it (ecr:DescribeImages); \
+                         `slipway provision --policy` prints it",
+                        app.name,
+                        e.message,
+                        registry = registry_id.as_deref().unwrap_or_default(),
                     )),
-                    Some("ImageNotFoundException") => {
+                    (_, Some("ImageNotFoundException")) if by_digest => Stop::Failed(format!(
+                        "image {repo}@{tag} not found in ECR: the image to promote is not in \
+                         the repository its source deploy ran it from"
+                    )),
+                    (_, Some("ImageNotFoundException")) => {
                         Stop::Failed(format!("image {repo}:{tag} not found in ECR"))
                     }
-                    Some("RepositoryNotFoundException") => {
+                    (_, Some("RepositoryNotFoundException")) => {
                         Stop::Failed(format!("ECR repository {repo} not found"))
                     }
                     _ => Stop::from(e),
@@ -714,7 +773,7 @@ impl Deployer {
         let registry = detail
             .registry_id()
             .ok_or_else(|| Stop::Failed(format!("ECR did not say which registry holds {repo}")))?;
-        let region = self
+        let region = clients
             .ecr
             .config()
             .region()
@@ -768,7 +827,7 @@ impl Deployer {
         &self,
         app: &AppConfig,
     ) -> Result<aws_sdk_ecs::operation::describe_services::DescribeServicesOutput, AwsError> {
-        self.ecs
+        self.ecs(app)
             .describe_services()
             .cluster(&app.cluster)
             .services(&app.service)
@@ -788,7 +847,7 @@ impl Deployer {
     ) -> Result<(NewRevision, Option<NewRevision>), Stop> {
         let out = match base {
             Some(out) => out,
-            None => self.describe_task_definition(current).await?,
+            None => self.describe_task_definition(app, current).await?,
         };
         let td = out
             .task_definition()
@@ -816,7 +875,7 @@ impl Deployer {
         app: &AppConfig,
         target: &str,
     ) -> Result<(String, Option<String>), Stop> {
-        let out = self.describe_task_definition(target).await?;
+        let out = self.describe_task_definition(app, target).await?;
         let td = out
             .task_definition()
             .ok_or_else(|| Stop::Failed(format!("task definition {target} not found")))?;
@@ -826,7 +885,7 @@ impl Deployer {
         let status = td.status().map_or("UNKNOWN", |s| s.as_str()).to_owned();
         let copy = NewRevision::copy_of(td, out.tags(), &app.container)
             .map_err(|e| Stop::Failed(format!("{e} ({target})")))?;
-        let arn = self.register(copy).await?;
+        let arn = self.register(app, copy).await?;
         tracing::warn!(target, %status, copy = %arn, "the rollback target is deregistered; \
             registered a copy to roll back to");
         Ok((
@@ -840,9 +899,10 @@ impl Deployer {
     /// A task definition with its tags (they come only when asked for).
     async fn describe_task_definition(
         &self,
+        app: &AppConfig,
         task_definition: &str,
     ) -> Result<DescribedTaskDefinition, AwsError> {
-        self.ecs
+        self.ecs(app)
             .describe_task_definition()
             .task_definition(task_definition)
             .include(TaskDefinitionField::Tags)
@@ -851,10 +911,10 @@ impl Deployer {
             .map_err(|e| AwsError::from_sdk("ECS DescribeTaskDefinition", &e))
     }
 
-    async fn register(&self, revision: NewRevision) -> Result<String, Stop> {
+    async fn register(&self, app: &AppConfig, revision: NewRevision) -> Result<String, Stop> {
         self.still_held().await?;
         let out = revision
-            .apply(self.ecs.register_task_definition())
+            .apply(self.ecs(app).register_task_definition())
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("ECS RegisterTaskDefinition", &e))?;
@@ -874,7 +934,7 @@ impl Deployer {
     ) -> Result<(String, Source), Stop> {
         self.still_held().await?;
         let out = self
-            .ecs
+            .ecs(app)
             .update_service()
             .cluster(&app.cluster)
             .service(&app.service)
@@ -1068,7 +1128,7 @@ impl Deployer {
         let mut stopped = None;
         if let Source::ServiceDeployment { arn, named, misses } = source {
             let read = match arn {
-                Some(found) => service_deployment::describe(&self.ecs, found).await,
+                Some(found) => service_deployment::describe(self.ecs(app), found).await,
                 None => {
                     let wanted = service_deployment::Wanted {
                         cluster: &app.cluster,
@@ -1077,7 +1137,7 @@ impl Deployer {
                         started_ms: target.started_ms,
                         to_td,
                     };
-                    match service_deployment::find(&self.ecs, &wanted).await {
+                    match service_deployment::find(self.ecs(app), &wanted).await {
                         Ok(Some(found)) => {
                             tracing::info!(service_deployment = %found.arn,
                                 "found ECS's service deployment");
@@ -1354,7 +1414,7 @@ impl Deployer {
                     if !stop_sent {
                         let why = stop_requested.clone().unwrap_or_else(late);
                         stop_requested = Some(why.clone());
-                        stop_sent = self.request_ecs_rollback(d, &arn, &why).await?;
+                        stop_sent = self.request_ecs_rollback(d, app, &arn, &why).await?;
                     }
                     // ECS takes a moment to show the rollback: look again after a poll's wait.
                     tokio::time::sleep(self.config.deploy.poll_max).await;
@@ -1380,7 +1440,7 @@ impl Deployer {
                         if open && !stop_sent {
                             let why = stop_requested.clone().unwrap_or(why);
                             stop_requested = Some(why.clone());
-                            stop_sent = self.request_ecs_rollback(d, &arn, &why).await?;
+                            stop_sent = self.request_ecs_rollback(d, app, &arn, &why).await?;
                         }
                     }
                     Err(not_found) => {
@@ -1424,7 +1484,7 @@ impl Deployer {
             started_ms: target.started_ms,
             to_td,
         };
-        let found = match service_deployment::find(&self.ecs, &wanted).await {
+        let found = match service_deployment::find(self.ecs(app), &wanted).await {
             Ok(Some(found)) => found,
             Ok(None) => {
                 return Err(format!(
@@ -1435,7 +1495,7 @@ impl Deployer {
         };
         let read = match found.read {
             Some(sd) => Some(sd),
-            None => service_deployment::describe(&self.ecs, &found.arn)
+            None => service_deployment::describe(self.ecs(app), &found.arn)
                 .await
                 .map_err(|e| format!("cannot read ECS's service deployment {} ({e})", found.arn))?,
         };
@@ -1504,6 +1564,7 @@ impl Deployer {
     async fn request_ecs_rollback(
         &self,
         d: &Deployment,
+        app: &AppConfig,
         arn: &str,
         why: &str,
     ) -> Result<bool, Stop> {
@@ -1520,7 +1581,7 @@ impl Deployer {
         )
         .await?;
         self.still_held().await?;
-        match service_deployment::stop_and_roll_back(&self.ecs, arn).await {
+        match service_deployment::stop_and_roll_back(self.ecs(app), arn).await {
             Ok(()) => Ok(true),
             Err(e) if e.retryable || e.code.as_deref() == Some("ConflictException") => {
                 // Retryable, or ECS's deployment moved on meanwhile: the next look says how.
@@ -1809,6 +1870,29 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for LeaseGuard {
 fn fenced(mut u: DeploymentUpdate) -> DeploymentUpdate {
     u.fence = DRIVING.try_with(|c| c.fence()).ok();
     u
+}
+
+/// The registry and repository of an ECR image reference
+/// (`<registry id>.dkr.ecr.<region>.<domain>/<repository>…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SourceImage {
+    registry: String,
+    repository: String,
+}
+
+impl SourceImage {
+    fn of(image: &str) -> Option<SourceImage> {
+        let image = ImageRef::parse(image).ok()?;
+        let host = image.registry()?;
+        let (registry, rest) = host.split_once('.')?;
+        let ecr = registry.len() == 12
+            && registry.bytes().all(|b| b.is_ascii_digit())
+            && rest.starts_with("dkr.ecr.");
+        ecr.then(|| SourceImage {
+            registry: registry.to_owned(),
+            repository: image.repository().to_owned(),
+        })
+    }
 }
 
 /// An ECR repository's URI, as ECR itself forms it.

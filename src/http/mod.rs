@@ -385,9 +385,11 @@ pub async fn run(
                 .await
         });
     }
+    // Each app's ECS and ECR clients: an app with `role_arn` gets its account's (issue 27).
+    let accounts = crate::accounts::Accounts::new(&aws, &config.apps);
     let deployer = Arc::new(Deployer::new(
         journal.clone(),
-        &aws,
+        &accounts,
         clock.clone(),
         config.clone(),
         notifier.clone(),
@@ -397,8 +399,7 @@ pub async fn run(
     worker_tasks.spawn(deployer.clone().run(workers.clone()));
     let promoter = Arc::new(crate::promote::Promoter {
         journal: journal.clone(),
-        ecs: aws.ecs.clone(),
-        ecr: aws.ecr.clone(),
+        accounts: accounts.clone(),
         clock: clock.clone(),
         config: config.clone(),
         notifier: notifier.clone(),
@@ -469,7 +470,7 @@ pub async fn run(
     let ops = crate::ops::Ops {
         config: config.clone(),
         journal: journal.clone(),
-        aws: aws.clone(),
+        accounts,
         clock: clock.clone(),
         build_wake: build_wake.clone(),
         deploy_wake: deploy_wake.clone(),

@@ -1,7 +1,10 @@
 //! What the user owns (CodeBuild projects, ECR repositories, clusters, services, task
 //! definitions): looked at, never changed; every problem reported in the same run.
 
+use std::collections::BTreeMap;
+
 use super::*;
+use crate::accounts::Accounts;
 
 // What the user owns: looked at, never changed.
 
@@ -127,45 +130,140 @@ pub(super) async fn check_projects(config: &Config, aws: &Clients, report: &mut 
     }
 }
 
-pub(super) async fn check_repositories(config: &Config, aws: &Clients, report: &mut Report) {
-    let mut seen: HashMap<&str, (Status, String)> = HashMap::new();
+/// Each app's repository, in its account (an app with `role_arn`: through its role); for a
+/// promoted app in another account than the one holding its images, whether that account can
+/// see them (the repository policy `provision --policy` prints).
+pub(super) async fn check_repositories(
+    config: &Config,
+    aws: &Clients,
+    accounts: &Accounts,
+    report: &mut Report,
+) {
+    let mut seen: HashMap<(Option<&str>, &str), (Status, String)> = HashMap::new();
+    let mut own_account: Option<Option<String>> = None;
     for app in &config.apps {
-        let repo = app.ecr_repository.as_str();
-        if !seen.contains_key(repo) {
-            let result = aws
-                .ecr
-                .describe_repositories()
-                .repository_names(repo)
-                .send()
-                .await;
-            let outcome = match result {
-                Ok(out) => match out.repositories().first().and_then(|r| r.repository_uri()) {
-                    Some(uri) => (Status::Ok, uri.to_owned()),
-                    None => (Status::Missing, "not found in ECR".to_owned()),
-                },
-                Err(e) => {
-                    let not_found = e
-                        .as_service_error()
-                        .is_some_and(|s| s.is_repository_not_found_exception());
-                    let err = AwsError::from_sdk("ECR DescribeRepositories", &e);
-                    if not_found || err.code.as_deref() == Some("RepositoryNotFoundException") {
-                        (Status::Missing, "not found in ECR".to_owned())
-                    } else {
-                        (Status::Error, err.message)
-                    }
+        // A promoted app in another account than the one holding its images: that account.
+        let mut foreign = None;
+        if let (Some(role), Some(_)) = (&app.role, &app.promote) {
+            let source = config.builder_of(app);
+            let holder = match &source.role {
+                Some(r) => Some(r.account.clone()),
+                None => own_account
+                    .get_or_insert(
+                        aws.sts
+                            .get_caller_identity()
+                            .send()
+                            .await
+                            .ok()
+                            .and_then(|me| me.account().map(str::to_owned)),
+                    )
+                    .clone(),
+            };
+            foreign = holder
+                .filter(|h| *h != role.account)
+                .map(|h| (role, source, h));
+        }
+        let Some((role, source, holder)) = foreign else {
+            let repo = app.ecr_repository.as_str();
+            let key = (app.role.as_ref().map(|r| r.arn.as_str()), repo);
+            let outcome = match seen.get(&key) {
+                Some(known) => known.clone(),
+                None => {
+                    let outcome = repository_in(&accounts.of(app).ecr, repo).await;
+                    seen.insert(key, outcome.clone());
+                    outcome
                 }
             };
-            seen.insert(repo, outcome);
-        }
-        let (status, detail) = seen[repo].clone();
-        report.push_app(app, Kind::EcrRepository, repo, status, detail);
+            report.push_app(app, Kind::EcrRepository, repo, outcome.0, outcome.1);
+            continue;
+        };
+        let name = format!("{holder}/{}", source.ecr_repository);
+        let seen_from = accounts
+            .of(app)
+            .ecr
+            .describe_images()
+            .registry_id(&holder)
+            .repository_name(&source.ecr_repository)
+            .max_results(1)
+            .send()
+            .await;
+        let (status, detail) = match seen_from {
+            Ok(_) => (
+                Status::Ok,
+                format!("account {} can see the images it promotes", role.account),
+            ),
+            Err(e) => (
+                Status::Error,
+                format!(
+                    "account {} cannot see the images it promotes ({}): the repository {} of \
+                     account {holder} needs the repository policy `slipway provision --policy` \
+                     prints",
+                    role.account,
+                    AwsError::from_sdk("ECR DescribeImages", &e).message,
+                    source.ecr_repository
+                ),
+            ),
+        };
+        report.push_app(app, Kind::EcrRepository, &name, status, detail);
     }
 }
 
-pub(super) async fn check_ecs(config: &Config, aws: &Clients, report: &mut Report) {
+/// Whether `repo` is in the registry `ecr` reaches.
+async fn repository_in(ecr: &aws_sdk_ecr::Client, repo: &str) -> (Status, String) {
+    let result = ecr
+        .describe_repositories()
+        .repository_names(repo)
+        .send()
+        .await;
+    match result {
+        Ok(out) => match out.repositories().first().and_then(|r| r.repository_uri()) {
+            Some(uri) => (Status::Ok, uri.to_owned()),
+            None => (Status::Missing, "not found in ECR".to_owned()),
+        },
+        Err(e) => {
+            let not_found = e
+                .as_service_error()
+                .is_some_and(|s| s.is_repository_not_found_exception());
+            let err = AwsError::from_sdk("ECR DescribeRepositories", &e);
+            if not_found || err.code.as_deref() == Some("RepositoryNotFoundException") {
+                (Status::Missing, "not found in ECR".to_owned())
+            } else {
+                (Status::Error, err.message)
+            }
+        }
+    }
+}
+
+/// Clusters and services, in each app's account (apps with `role_arn`: through their role).
+pub(super) async fn check_ecs(config: &Config, accounts: &Accounts, report: &mut Report) {
+    let mut by_account: BTreeMap<Option<&str>, Vec<&AppConfig>> = BTreeMap::new();
+    for app in &config.apps {
+        by_account
+            .entry(app.role.as_ref().map(|r| r.arn.as_str()))
+            .or_default()
+            .push(app);
+    }
+    for apps in by_account.into_values() {
+        let clients = accounts.of(apps[0]);
+        if let Err(e) = clients.check_role().await {
+            for app in apps {
+                report.push_app(
+                    app,
+                    Kind::Cluster,
+                    &app.cluster,
+                    Status::Error,
+                    e.to_string(),
+                );
+            }
+            continue;
+        }
+        check_ecs_of(&apps, &clients.ecs, report).await;
+    }
+}
+
+async fn check_ecs_of(apps: &[&AppConfig], ecs: &aws_sdk_ecs::Client, report: &mut Report) {
     // Clusters, all in one call (100 at a time).
-    let clusters: Vec<String> = config
-        .apps
+    let clusters: Vec<String> = apps
         .iter()
         .map(|a| a.cluster.clone())
         .collect::<BTreeSet<_>>()
@@ -173,8 +271,7 @@ pub(super) async fn check_ecs(config: &Config, aws: &Clients, report: &mut Repor
         .collect();
     let mut cluster_state: HashMap<String, (Status, String)> = HashMap::new();
     for chunk in clusters.chunks(100) {
-        match aws
-            .ecs
+        match ecs
             .describe_clusters()
             .set_clusters(Some(chunk.to_vec()))
             .send()
@@ -206,22 +303,21 @@ pub(super) async fn check_ecs(config: &Config, aws: &Clients, report: &mut Repor
             }
         }
     }
-    for app in &config.apps {
+    for app in apps {
         let (status, detail) = cluster_state
             .get(last_segment(&app.cluster))
             .cloned()
             .unwrap_or((Status::Missing, "not found".to_owned()));
         report.push_app(app, Kind::Cluster, &app.cluster, status, detail);
         if status == Status::Ok {
-            check_service(app, aws, report).await;
+            check_service(app, ecs, report).await;
         }
     }
 }
 
-pub(super) async fn check_service(app: &AppConfig, aws: &Clients, report: &mut Report) {
+pub(super) async fn check_service(app: &AppConfig, ecs: &aws_sdk_ecs::Client, report: &mut Report) {
     let name = app.service_key();
-    let out = match aws
-        .ecs
+    let out = match ecs
         .describe_services()
         .cluster(&app.cluster)
         .services(&app.service)
@@ -290,8 +386,7 @@ pub(super) async fn check_service(app: &AppConfig, aws: &Clients, report: &mut R
     }
 
     // The container slipway swaps the image of, in the task definition the service runs.
-    match aws
-        .ecs
+    match ecs
         .describe_task_definition()
         .task_definition(task_definition)
         .send()

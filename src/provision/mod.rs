@@ -107,8 +107,9 @@ pub async fn run(config: &Config, aws: &Clients, dry_run: bool) -> Report {
     state_store::provision(config, aws, dry_run, &mut report).await;
     check_config(config, &mut report);
     check_projects(config, aws, &mut report).await;
-    check_repositories(config, aws, &mut report).await;
-    check_ecs(config, aws, &mut report).await;
+    let accounts = crate::accounts::Accounts::new(aws, &config.apps);
+    check_repositories(config, aws, &accounts, &mut report).await;
+    check_ecs(config, &accounts, &mut report).await;
     report.finish();
     report
 }

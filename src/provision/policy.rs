@@ -15,13 +15,19 @@
 //!
 //! The task definition families and roles are read from AWS (the services' current task
 //! definitions), so the policies match what slipway will register and pass.
+//!
+//! Apps in another account (`role_arn`, issue 27) are left out of `runtime`, which may assume
+//! their roles instead; `accounts` has, per role, the policy the role needs (its apps'
+//! services, read through the role), its trust policy (slipway's account, with the
+//! `external_id` when one is set), and the repository policy that lets the role's account
+//! read and pull a promoted image from the account that holds it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
 use crate::aws::{AwsError, Clients};
-use crate::config::{BackupLocation, Config};
+use crate::config::{AppConfig, BackupLocation, Config};
 use crate::store::StoreConfig;
 
 /// What the policies are generated from besides the config.
@@ -34,14 +40,117 @@ pub struct Environment {
     pub families: BTreeSet<String>,
     /// Task and execution role ARNs of those task definitions.
     pub roles: BTreeSet<String>,
+    /// What the apps in other accounts use, by their `role_arn` (issue 27).
+    pub accounts: BTreeMap<String, Environment>,
 }
 
-/// The two policies, ready to print.
+/// The policies, ready to print: `runtime` and `provisioning`, and `accounts` when an app is in
+/// another account.
 pub fn policies(config: &Config, env: &Environment) -> Value {
-    json!({
+    let mut out = json!({
         "runtime": runtime(config, env),
         "provisioning": provisioning(config, env),
-    })
+    });
+    let accounts = accounts(config, env);
+    if !accounts.is_empty() {
+        out["accounts"] = Value::Array(accounts);
+    }
+    out
+}
+
+/// The apps slipway's own credentials reach (no `role_arn`).
+fn own_apps(config: &Config) -> Vec<&AppConfig> {
+    config.apps.iter().filter(|a| a.role.is_none()).collect()
+}
+
+/// Per role: the role's own policy, its trust policy and the repository policies it needs.
+fn accounts(config: &Config, env: &Environment) -> Vec<Value> {
+    let mut out = vec![];
+    for (role_arn, role_env) in &env.accounts {
+        let apps: Vec<&AppConfig> = config
+            .apps
+            .iter()
+            .filter(|a| a.role.as_ref().is_some_and(|r| &r.arn == role_arn))
+            .collect();
+        let Some(role) = apps.first().and_then(|a| a.role.clone()) else {
+            continue;
+        };
+        let mut statements = deploy_statements(&apps, config, role_env);
+        statements.extend(tag_on_register(role_env));
+        statements.extend(pass_role(role_env));
+        // A promoted image in another account's registry: this side's half of the grant (the
+        // repository policy below is the other half).
+        let mut pulls: BTreeMap<(String, String), ()> = BTreeMap::new();
+        for app in &apps {
+            if app.promote.is_none() {
+                continue;
+            }
+            let source = config.builder_of(app);
+            let account = source
+                .role
+                .as_ref()
+                .map_or(env.account.clone(), |r| r.account.clone());
+            if account != role.account {
+                pulls.insert((account, source.ecr_repository.clone()), ());
+            }
+        }
+        if !pulls.is_empty() {
+            statements.push(statement(
+                "SlipwayRunPromotedImages",
+                &["ecr:DescribeImages"],
+                pulls.keys().map(|(account, repo)| {
+                    format!(
+                        "arn:{}:ecr:{}:{account}:repository/{repo}",
+                        env.partition, env.region
+                    )
+                }),
+            ));
+        }
+        let mut trust = json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "SlipwayAssumes",
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:{}:iam::{}:root", env.partition, env.account)},
+                "Action": "sts:AssumeRole",
+            }],
+        });
+        if let Some(id) = &role.external_id {
+            trust["Statement"][0]["Condition"] = json!({"StringEquals": {"sts:ExternalId": id}});
+        }
+        let repository_policies: Vec<Value> = pulls
+            .keys()
+            .map(|(account, repo)| {
+                json!({
+                    "account": account,
+                    "repository": repo,
+                    "policy": {
+                        "Version": "2012-10-17",
+                        "Statement": [{
+                            "Sid": format!("SlipwayPromoteTo{}", role.account),
+                            "Effect": "Allow",
+                            "Principal": {"AWS": format!("arn:{}:iam::{}:root", env.partition, role.account)},
+                            "Action": [
+                                "ecr:BatchCheckLayerAvailability",
+                                "ecr:BatchGetImage",
+                                "ecr:DescribeImages",
+                                "ecr:GetDownloadUrlForLayer",
+                            ],
+                        }],
+                    },
+                })
+            })
+            .collect();
+        out.push(json!({
+            "role_arn": role_arn,
+            "account": role.account,
+            "apps": apps.iter().map(|a| a.name.to_string()).collect::<Vec<_>>(),
+            "role_policy": {"Version": "2012-10-17", "Statement": statements},
+            "trust_policy": trust,
+            "ecr_repository_policies": repository_policies,
+        }));
+    }
+    out
 }
 
 fn arn(env: &Environment, service: &str, resource: &str) -> String {
@@ -73,8 +182,7 @@ struct Resources {
     rule: String,
 }
 
-fn resources(config: &Config, env: &Environment) -> Resources {
-    let apps = &config.apps;
+fn resources(apps: &[&AppConfig], config: &Config, env: &Environment) -> Resources {
     let p = &config.provision;
     Resources {
         projects: apps
@@ -122,17 +230,76 @@ fn resources(config: &Config, env: &Environment) -> Resources {
 
 /// What `slipway serve` calls.
 pub fn runtime(config: &Config, env: &Environment) -> Value {
-    let r = resources(config, env);
-    let mut statements = vec![
-        statement(
-            "SlipwayRunBuilds",
-            &[
-                "codebuild:StartBuild",
-                "codebuild:BatchGetBuilds",
-                "codebuild:ListBuildsForProject",
-            ],
-            r.projects.clone(),
-        ),
+    let apps = own_apps(config);
+    let r = resources(&apps, config, env);
+    let mut statements = vec![statement(
+        "SlipwayRunBuilds",
+        &[
+            "codebuild:StartBuild",
+            "codebuild:BatchGetBuilds",
+            "codebuild:ListBuildsForProject",
+        ],
+        // Every app's project: builds run in slipway's account, whichever account deploys.
+        resources(&config.apps.iter().collect::<Vec<_>>(), config, env).projects,
+    )];
+    statements.extend(deploy_statements(&apps, config, env));
+    statements.push(statement(
+        "SlipwayRunQueue",
+        &[
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:ChangeMessageVisibility",
+            "sqs:GetQueueAttributes",
+            "sqs:GetQueueUrl",
+        ],
+        [r.queue],
+    ));
+    if !apps.is_empty() {
+        statements.extend(tag_on_register(env));
+    }
+    statements.extend(backup_statements(config, env));
+    statements.extend(store_runtime_statements(config, env));
+    if !own_apps(config).is_empty() {
+        statements.extend(pass_role(env));
+    }
+    // Apps in other accounts: their roles, and nothing of theirs directly.
+    statements.extend(assume_app_roles(config, "SlipwayRunAssumeAppRoles"));
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// `sts:AssumeRole` of the apps' roles in other accounts (`role_arn`), if any.
+fn assume_app_roles(config: &Config, sid: &str) -> Option<Value> {
+    let roles: BTreeSet<String> = config
+        .apps
+        .iter()
+        .filter_map(|a| a.role.as_ref().map(|r| r.arn.clone()))
+        .collect();
+    (!roles.is_empty()).then(|| statement(sid, &["sts:AssumeRole"], roles))
+}
+
+/// `iam:PassRole` of the task definitions' roles, to ECS tasks only.
+fn pass_role(env: &Environment) -> Option<Value> {
+    if env.roles.is_empty() {
+        return None;
+    }
+    let mut pass = statement(
+        "SlipwayRunPassTaskRoles",
+        &["iam:PassRole"],
+        env.roles.iter().cloned(),
+    );
+    pass["Condition"] = json!({"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}});
+    Some(pass)
+}
+
+/// What deploying `apps` calls, in the account `env` describes: their services, service
+/// deployments and revisions, clusters, task definitions, images, and the tags on a new
+/// revision (the tags' and `iam:PassRole`'s statements are added by the caller).
+fn deploy_statements(apps: &[&AppConfig], config: &Config, env: &Environment) -> Vec<Value> {
+    if apps.is_empty() {
+        return vec![];
+    }
+    let r = resources(apps, config, env);
+    vec![
         statement(
             "SlipwayRunServices",
             &[
@@ -174,19 +341,11 @@ pub fn runtime(config: &Config, env: &Environment) -> Value {
             ],
             r.repositories,
         ),
-        statement(
-            "SlipwayRunQueue",
-            &[
-                "sqs:ReceiveMessage",
-                "sqs:DeleteMessage",
-                "sqs:ChangeMessageVisibility",
-                "sqs:GetQueueAttributes",
-                "sqs:GetQueueUrl",
-            ],
-            [r.queue],
-        ),
-    ];
-    // Tags on RegisterTaskDefinition need TagResource on the new revision, of these families.
+    ]
+}
+
+/// Tags on RegisterTaskDefinition need TagResource on the new revision, of these families.
+fn tag_on_register(env: &Environment) -> Option<Value> {
     let mut tag = statement(
         "SlipwayRunTagOnRegister",
         &["ecs:TagResource"],
@@ -195,22 +354,7 @@ pub fn runtime(config: &Config, env: &Environment) -> Value {
             .map(|f| arn(env, "ecs", &format!("task-definition/{f}:*"))),
     );
     tag["Condition"] = json!({"StringEquals": {"ecs:CreateAction": "RegisterTaskDefinition"}});
-    if !env.families.is_empty() {
-        statements.push(tag);
-    }
-    statements.extend(backup_statements(config, env));
-    statements.extend(store_runtime_statements(config, env));
-    if !env.roles.is_empty() {
-        let mut pass = statement(
-            "SlipwayRunPassTaskRoles",
-            &["iam:PassRole"],
-            env.roles.iter().cloned(),
-        );
-        pass["Condition"] =
-            json!({"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}});
-        statements.push(pass);
-    }
-    json!({"Version": "2012-10-17", "Statement": statements})
+    (!env.families.is_empty()).then_some(tag)
 }
 
 /// The journal's backups to S3 (`[journal] backup_to = "s3://bucket/key"`, see `backup`):
@@ -343,12 +487,17 @@ pub fn provisioning(config: &Config, env: &Environment) -> Value {
     let mut policy = provisioning_plumbing(config, env);
     if let Some(list) = policy["Statement"].as_array_mut() {
         list.extend(store_provisioning_statements(config, env));
+        // Apps in other accounts are checked through their roles.
+        list.extend(assume_app_roles(config, "SlipwayProvisionAssumeAppRoles"));
+        // No statement names no resource (every app in another account): IAM refuses those.
+        list.retain(|st| st["Resource"].as_array().is_none_or(|r| !r.is_empty()));
     }
     policy
 }
 
 fn provisioning_plumbing(config: &Config, env: &Environment) -> Value {
-    let r = resources(config, env);
+    let r = resources(&own_apps(config), config, env);
+    let all = resources(&config.apps.iter().collect::<Vec<_>>(), config, env);
     json!({
         "Version": "2012-10-17",
         "Statement": [
@@ -373,7 +522,7 @@ fn provisioning_plumbing(config: &Config, env: &Environment) -> Value {
                 ],
                 [r.rule],
             ),
-            statement("SlipwayProvisionCheckProjects", &["codebuild:BatchGetProjects"], r.projects),
+            statement("SlipwayProvisionCheckProjects", &["codebuild:BatchGetProjects"], all.projects),
             statement(
                 "SlipwayProvisionCheckRepositories",
                 &["ecr:DescribeRepositories"],
@@ -401,8 +550,10 @@ fn provisioning_plumbing(config: &Config, env: &Environment) -> Value {
     })
 }
 
-/// The partition, region and account, and what the services' task definitions use.
+/// The partition, region and account, and what the services' task definitions use; an app
+/// in another account is read through its role, into `accounts`.
 pub async fn discover(config: &Config, aws: &Clients, region: &str) -> anyhow::Result<Environment> {
+    let accounts = crate::accounts::Accounts::new(aws, &config.apps);
     let mut env = Environment {
         partition: partition_of(region).to_owned(),
         region: region.to_owned(),
@@ -413,8 +564,14 @@ pub async fn discover(config: &Config, aws: &Clients, region: &str) -> anyhow::R
             .unwrap_or_default(),
         ..Environment::default()
     };
+    let mut others: BTreeMap<String, Environment> = BTreeMap::new();
     for app in &config.apps {
-        let out = aws
+        let clients = accounts.of(app);
+        clients
+            .check_role()
+            .await
+            .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
+        let out = clients
             .ecs
             .describe_services()
             .cluster(&app.cluster)
@@ -430,13 +587,24 @@ pub async fn discover(config: &Config, aws: &Clients, region: &str) -> anyhow::R
                 app.cluster
             )
         })?;
-        if env.account.is_empty() {
+        let into = match &app.role {
+            None => &mut env,
+            Some(role) => others
+                .entry(role.arn.clone())
+                .or_insert_with(|| Environment {
+                    partition: role.partition().to_owned(),
+                    region: region.to_owned(),
+                    account: role.account.clone(),
+                    ..Environment::default()
+                }),
+        };
+        if into.account.is_empty() {
             if let Some(account) = service.service_arn().and_then(|a| a.split(':').nth(4)) {
-                env.account = account.to_owned();
+                into.account = account.to_owned();
             }
         }
         let td = service.task_definition().unwrap_or_default();
-        let out = aws
+        let out = clients
             .ecs
             .describe_task_definition()
             .task_definition(td)
@@ -447,9 +615,9 @@ pub async fn discover(config: &Config, aws: &Clients, region: &str) -> anyhow::R
             .task_definition()
             .ok_or_else(|| anyhow::anyhow!("app {}: task definition {td} not found", app.name))?;
         if let Some(family) = td.family() {
-            env.families.insert(family.to_owned());
+            into.families.insert(family.to_owned());
         }
-        env.roles.extend(
+        into.roles.extend(
             [td.task_role_arn(), td.execution_role_arn()]
                 .into_iter()
                 .flatten()
@@ -457,8 +625,15 @@ pub async fn discover(config: &Config, aws: &Clients, region: &str) -> anyhow::R
         );
     }
     if env.account.is_empty() {
+        // Every app is in another account: slipway's own is who it is.
+        if let Ok(me) = aws.sts.get_caller_identity().send().await {
+            env.account = me.account().unwrap_or_default().to_owned();
+        }
+    }
+    if env.account.is_empty() {
         anyhow::bail!("cannot tell the AWS account: set queue_url, or check the services exist");
     }
+    env.accounts = others;
     Ok(env)
 }
 
@@ -519,6 +694,7 @@ ecr_repository = "web"
             account: "123456789012".into(),
             families: ["web".to_owned()].into(),
             roles: ["arn:aws:iam::123456789012:role/web-task".to_owned()].into(),
+            accounts: Default::default(),
         }
     }
 

@@ -1851,3 +1851,29 @@ fn dynamodb_stack_grants_the_store_statements_provision_prints() {
         "arn:aws:s3:::slipway-bodiesbucket-def456/bodies/*"
     );
 }
+
+/// Issue 27, item 3: `AccountRoleArns` lets the task assume the roles of apps in other
+/// accounts (`role_arn`), and only those; left empty, the task role may assume nothing.
+#[test]
+fn account_role_arns_let_the_task_assume_exactly_those_roles() {
+    let assumes = |stack: &cfn::Stack| -> Vec<Value> {
+        role_statements(stack, "TaskRole")
+            .into_iter()
+            .filter(|s| s["Action"].to_string().contains("sts:AssumeRole"))
+            .collect()
+    };
+    assert_eq!(assumes(&example_stack(&[])), Vec::<Value>::new());
+    let roles = "arn:aws:iam::222222222222:role/slipway-deploy,\
+                 arn:aws:iam::333333333333:role/slipway-deploy";
+    let stack = example_stack(&[("AccountRoleArns", Value::from(roles))]);
+    let granted = assumes(&stack);
+    assert_eq!(granted.len(), 1, "{granted:?}");
+    assert_eq!(granted[0]["Sid"], "SlipwayRunAssumeAppRoles");
+    assert_eq!(
+        granted[0]["Resource"],
+        serde_json::json!([
+            "arn:aws:iam::222222222222:role/slipway-deploy",
+            "arn:aws:iam::333333333333:role/slipway-deploy"
+        ])
+    );
+}

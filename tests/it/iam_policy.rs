@@ -753,7 +753,14 @@ async fn generated_policies(extra: &str) -> (Value, Value) {
         ..crate::deploy::Setup::default()
     })
     .await;
-    let builder = w.builder.clone();
+    let out = printed_policies(&w.builder).await;
+    (out["runtime"].clone(), out["provisioning"].clone())
+}
+
+/// What `slipway provision --policy` prints for `builder`'s config (run off the test's
+/// runtime thread, so the proxy on it can answer).
+pub async fn printed_policies(builder: &crate::support::slipway::SlipwayBuilder) -> Value {
+    let builder = builder.clone();
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
         let config = builder.write_config();
         builder.run(&[
@@ -766,9 +773,8 @@ async fn generated_policies(extra: &str) -> (Value, Value) {
     .await
     .unwrap();
     assert!(status.success(), "provision --policy failed: {stderr}");
-    let out: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("provision --policy printed no JSON ({e}):\n{stdout}"));
-    (out["runtime"].clone(), out["provisioning"].clone())
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("provision --policy printed no JSON ({e}):\n{stdout}"))
 }
 
 /// The resources of the statements granting `action`.

@@ -27,6 +27,7 @@ mod monorepo;
 mod notify_outbox;
 mod ops;
 mod promote;
+mod promote_accounts;
 mod provision;
 mod proxy_selftest;
 mod recovery_ready;

@@ -137,7 +137,7 @@ fn calls_naming_production(w: &Deploy) -> Vec<String> {
 }
 
 /// The digest ECR holds for `web:<tag>`.
-async fn digest_of(w: &Deploy, tag: &str) -> String {
+pub async fn digest_of(w: &Deploy, tag: &str) -> String {
     let out = w
         .emulator
         .ecr()

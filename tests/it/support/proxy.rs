@@ -67,6 +67,7 @@ use tokio::net::TcpListener;
 
 const ECS_TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
 const AMZ_JSON: &str = "application/x-amz-json-1.1";
+const ECR_TARGET_PREFIX: &str = "AmazonEC2ContainerRegistry_V20150921.";
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -313,6 +314,10 @@ struct State {
     /// StartBuild's `idempotencyToken`s, which the emulator ignores: the request and its
     /// answer (once there), for 5 minutes.
     start_tokens: HashMap<String, IdempotentStart>,
+    /// Role ARN → its trust policy document (see "Other accounts" below).
+    trust: HashMap<String, Value>,
+    /// Access key id of credentials STS handed out → (their account, the role's ARN).
+    assumed: HashMap<String, (String, String)>,
 }
 
 /// A StartBuild taken with an idempotency token: a repeat within its 5 minutes gets the same
@@ -423,6 +428,27 @@ impl Proxy {
     }
 
     /// Faults scripted and not used yet are dropped: every call is forwarded again.
+    /// Gives `role_arn` this trust policy document: STS lets a caller assume it only as the
+    /// document allows (see "Other accounts").
+    pub fn trust_policy(&self, role_arn: &str, policy: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .trust
+            .insert(role_arn.to_owned(), policy);
+    }
+
+    /// The access key ids STS handed out through the proxy, with the role each is for.
+    pub fn assumed_keys(&self) -> HashMap<String, String> {
+        self.state
+            .lock()
+            .unwrap()
+            .assumed
+            .iter()
+            .map(|(key, (_, role))| (key.clone(), role.clone()))
+            .collect()
+    }
+
     pub fn clear_faults(&self) {
         self.state.lock().unwrap().faults.clear();
     }
@@ -1329,7 +1355,6 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let operation = target.rsplit('.').next().unwrap_or("").to_owned();
     let is_ecs = target.starts_with(ECS_TARGET_PREFIX);
     let (parts, body) = req.into_parts();
     let body = body
@@ -1337,6 +1362,16 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    // The query protocol (STS) names its operation in the form body's `Action`.
+    let form: HashMap<String, String> = if target.is_empty() {
+        serde_urlencoded::from_bytes(&body).unwrap_or_default()
+    } else {
+        HashMap::new()
+    };
+    let operation = match form.get("Action") {
+        Some(action) => action.clone(),
+        None => target.rsplit('.').next().unwrap_or("").to_owned(),
+    };
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -1361,10 +1396,14 @@ async fn handle(
         let mut s = state.lock().unwrap();
         s.recorded.push(Recorded {
             operation: operation.clone(),
-            body: request.clone(),
+            body: if form.is_empty() {
+                request.clone()
+            } else {
+                json!(form)
+            },
             arrived: tick(),
             answered: u64::MAX,
-            caller,
+            caller: caller.clone(),
         });
         *slot.lock().unwrap() = Some(s.recorded.len() - 1);
         s.upstream.clone()
@@ -1458,6 +1497,33 @@ async fn handle(
         upstream,
     };
     let headers = &parts.headers;
+    if operation == "AssumeRole" && !form.is_empty() {
+        return assume_role(
+            &ctx,
+            &parts.method,
+            &path_and_query,
+            headers,
+            &form,
+            &caller,
+            body,
+        )
+        .await;
+    }
+    if target.starts_with(ECR_TARGET_PREFIX) {
+        if let Some(refused) = cross_account_ecr(&ctx, headers, &operation, &request, &caller).await
+        {
+            return match refused {
+                Ok(headers) => match ctx
+                    .forward(&parts.method, &path_and_query, &headers, body)
+                    .await
+                {
+                    Ok(answer) => answer.into_response(),
+                    Err(e) => text_response(502, format!("proxy: {e}")),
+                },
+                Err(response) => response,
+            };
+        }
+    }
     let looks_at = if is_ecs && operation == "DescribeServices" {
         let cluster = request["cluster"].as_str();
         request["services"]
@@ -2133,4 +2199,218 @@ fn control(
         }
         _ => text_response(404, "unknown proxy control endpoint\n".to_owned()),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other accounts.
+//
+// The emulator gives STS AssumeRole's credentials to anyone for any role ("the role does not
+// need to exist", moto's STS), and serves a cross-account ECR request only from the caller's
+// own account, so it answers "no such repository" where AWS reads the repository's policy.
+// The proxy does what AWS documents in front of it:
+//
+// - AssumeRole succeeds only when the role's trust policy (given with
+//   [`Proxy::trust_policy`]; none: the role does not exist) has an `Allow` statement for
+//   `sts:AssumeRole` whose `Principal.AWS` names the caller's account (`arn:…:iam::<account>:root`
+//   or the bare account id) or `*`, and whose `sts:ExternalId` condition, if any, equals the
+//   request's `ExternalId`; otherwise `403 AccessDenied` "User: … is not authorized to perform:
+//   sts:AssumeRole on resource: <role>"
+//   (https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html,
+//   https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_create_for-user_externalid.html).
+//   The credentials STS hands out are remembered: a request signed with them is the role's
+//   account's.
+// - An ECR request naming a `registryId` other than the caller's account is allowed only when
+//   that repository's policy (the emulator keeps it: SetRepositoryPolicy) allows the caller's
+//   account the action (`ecr:<Operation>` or `ecr:*`); it is then carried out in the
+//   registry's account. Otherwise `AccessDeniedException` "… because no resource-based policy
+//   allows the ecr:<Operation> action"
+//   (https://docs.aws.amazon.com/AmazonECR/latest/userguide/repository-policy-examples.html).
+//   Only the emulator's default account can be such a registry here, which is all the tests need.
+// ---------------------------------------------------------------------------------------------
+
+/// The emulator's account for credentials it did not hand out through AssumeRole.
+pub const DEFAULT_ACCOUNT: &str = "123456789012";
+
+fn account_of(state: &Mutex<State>, access_key: &str) -> String {
+    state.lock().unwrap().assumed.get(access_key).map_or_else(
+        || DEFAULT_ACCOUNT.to_owned(),
+        |(account, _)| account.clone(),
+    )
+}
+
+/// Who the caller is, as AWS's messages name it.
+fn caller_arn(state: &Mutex<State>, access_key: &str) -> String {
+    match state.lock().unwrap().assumed.get(access_key) {
+        Some((account, role)) => format!(
+            "arn:aws:sts::{account}:assumed-role/{}/slipway",
+            role.rsplit('/').next().unwrap_or(role)
+        ),
+        None => format!("arn:aws:iam::{DEFAULT_ACCOUNT}:user/moto"),
+    }
+}
+
+/// A policy field that is a string or a list of strings.
+fn strings(v: &Value) -> Vec<&str> {
+    match v {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    }
+}
+
+fn statements(policy: &Value) -> Vec<&Value> {
+    match &policy["Statement"] {
+        Value::Array(list) => list.iter().collect(),
+        Value::Object(_) => vec![&policy["Statement"]],
+        _ => vec![],
+    }
+}
+
+/// Whether an `Allow` statement of `policy` grants `action` to `account`, its conditions met
+/// by `external_id`.
+fn allows(policy: &Value, account: &str, action: &str, external_id: Option<&str>) -> bool {
+    statements(policy).into_iter().any(|st| {
+        let service = action.split(':').next().unwrap_or("");
+        st["Effect"] == "Allow"
+            && strings(&st["Action"])
+                .iter()
+                .any(|a| *a == action || *a == format!("{service}:*") || *a == "*")
+            && (st["Principal"] == "*"
+                || strings(&st["Principal"]["AWS"]).iter().any(|p| {
+                    *p == "*" || *p == account || p.ends_with(&format!(":iam::{account}:root"))
+                }))
+            && match st["Condition"]["StringEquals"]["sts:ExternalId"].as_str() {
+                Some(wanted) => external_id == Some(wanted),
+                None => true,
+            }
+    })
+}
+
+/// The text of an XML element (the first one), as STS answers.
+fn xml_text<'a>(xml: &'a str, element: &str) -> Option<&'a str> {
+    let open = format!("<{element}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{element}>"))? + start;
+    Some(&xml[start..end])
+}
+
+async fn assume_role(
+    ctx: &Ctx,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    caller: &str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let role = form.get("RoleArn").cloned().unwrap_or_default();
+    let account = account_of(&ctx.state, caller);
+    let allowed = ctx
+        .state
+        .lock()
+        .unwrap()
+        .trust
+        .get(&role)
+        .is_some_and(|policy| {
+            allows(
+                policy,
+                &account,
+                "sts:AssumeRole",
+                form.get("ExternalId").map(String::as_str),
+            )
+        });
+    if !allowed {
+        let message = format!(
+            "User: {} is not authorized to perform: sts:AssumeRole on resource: {role}",
+            caller_arn(&ctx.state, caller)
+        );
+        let xml = format!(
+            "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error>\
+             <Type>Sender</Type><Code>AccessDenied</Code><Message>{message}</Message></Error>\
+             <RequestId>{:016x}</RequestId></ErrorResponse>",
+            random_u64()
+        );
+        return Response::builder()
+            .status(403)
+            .header("content-type", "text/xml")
+            .body(Full::new(Bytes::from(xml)))
+            .unwrap();
+    }
+    let answer = match ctx.forward(method, path_and_query, headers, body).await {
+        Ok(answer) => answer,
+        Err(e) => return text_response(502, format!("proxy: {e}")),
+    };
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    if let Some(key) = xml_text(&text, "AccessKeyId") {
+        let role_account = role.split(':').nth(4).unwrap_or_default().to_owned();
+        ctx.state
+            .lock()
+            .unwrap()
+            .assumed
+            .insert(key.to_owned(), (role_account, role.clone()));
+    }
+    answer.into_response()
+}
+
+/// An ECR request naming another account's registry: None when it is not one (forward it as
+/// it is); Ok(headers to forward it with, as the registry's account) when that repository's
+/// policy allows the caller; Err(AWS's refusal) otherwise.
+async fn cross_account_ecr(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    operation: &str,
+    request: &Value,
+    caller: &str,
+) -> Option<Result<HeaderMap, Response<Full<Bytes>>>> {
+    let registry = request["registryId"].as_str()?;
+    let account = account_of(&ctx.state, caller);
+    if registry == account || registry != DEFAULT_ACCOUNT {
+        return None;
+    }
+    let repository = request["repositoryName"].as_str().unwrap_or_default();
+    // As the registry's account: any access key the emulator did not hand out is its default.
+    let mut own = headers.clone();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .replacen(caller, "AKIAPROXYREGISTRYOWNER", 1);
+    own.insert("authorization", HeaderValue::from_str(&auth).ok()?);
+    let mut ask = own.clone();
+    ask.insert(
+        "x-amz-target",
+        HeaderValue::from_static("AmazonEC2ContainerRegistry_V20150921.GetRepositoryPolicy"),
+    );
+    let policy = ctx
+        .forward(
+            &Method::POST,
+            "/",
+            &ask,
+            Bytes::from(json!({"registryId": registry, "repositoryName": repository}).to_string()),
+        )
+        .await
+        .ok()
+        .and_then(|a| a.json())
+        .and_then(|v| v["policyText"].as_str().map(str::to_owned))
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+    let action = format!("ecr:{operation}");
+    if policy.is_some_and(|p| allows(&p, &account, &action, None)) {
+        return Some(Ok(own));
+    }
+    let region = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('/').nth(2))
+        .unwrap_or("us-east-1")
+        .to_owned();
+    Some(Err(aws_error(
+        400,
+        "AccessDeniedException",
+        &format!(
+            "User: {} is not authorized to perform: {action} on resource: \
+             arn:aws:ecr:{region}:{registry}:repository/{repository} because no \
+             resource-based policy allows the {action} action",
+            caller_arn(&ctx.state, caller)
+        ),
+    )))
 }
