@@ -125,6 +125,8 @@ pub struct Promoter {
     pub deploy_wake: Arc<Notify>,
     /// Wakes this worker ([`WakeOnSuccess`]).
     pub wake: Arc<Notify>,
+    /// Why an app's newest source deploy could not be promoted, as last logged.
+    pub told: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Promoter {
@@ -157,8 +159,19 @@ impl Promoter {
             };
             let span = tracing::info_span!("promote", app = %app.name, from = %promote.from);
             let _enter = span.enter();
-            if let Err(e) = self.promote_newest(app, promote).await {
-                tracing::warn!(error = %e, "cannot promote the source's newest deploy yet");
+            let outcome = self.promote_newest(app, promote).await.err();
+            // Said once per app and reason, not every pass: a digest that cannot be known
+            // (the tag pushed again) stays so until the source deploys again.
+            let mut told = self.told.lock().expect("told");
+            match outcome {
+                Some(e) if told.get(app.name.as_str()) != Some(&e) => {
+                    tracing::warn!(error = %e, "cannot promote the source's newest deploy yet");
+                    told.insert(app.name.to_string(), e);
+                }
+                Some(e) => tracing::debug!(error = %e, "still cannot promote it"),
+                None => {
+                    told.remove(app.name.as_str());
+                }
             }
         }
         match self.journal.awaiting_promotions().await {
@@ -720,6 +733,7 @@ approval_timeout_hours = 2
             notifier: Notifier::new(vec![recorded.clone()]),
             deploy_wake: Arc::default(),
             wake: Arc::default(),
+            told: Default::default(),
         };
         let timeout = config
             .app("web-prod")

@@ -605,6 +605,18 @@ impl RawConfig {
             .map(|a| (a.name.clone(), a.promote.as_ref().map(|p| p.from.clone())))
             .collect();
         promote::check_chains(&chains)?;
+        promote::check_repositories(
+            &apps
+                .iter()
+                .map(|a| {
+                    (
+                        a.name.clone(),
+                        a.promote.as_ref().map(|p| p.from.clone()),
+                        a.ecr_repository.clone(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
         let github = self.github.map(|g| g.validate()).transpose()?;
         let journal = self.journal.validate()?;
         let store = self.store.validate()?;

@@ -96,6 +96,13 @@ impl RawPromote {
                 ))
             }
         };
+        if approval == Approval::Auto && self.approvers.as_ref().is_some_and(|a| !a.is_empty()) {
+            // Silently unused otherwise: nobody approves an automatic promotion.
+            return Err(invalid(
+                key("approvers"),
+                "nobody approves with approval = \"auto\": leave it out, or set approval = \"manual\"",
+            ));
+        }
         let approvers = self.approvers.unwrap_or_default();
         for (i, a) in approvers.iter().enumerate() {
             if a.trim().is_empty() || a.trim() != a {
@@ -164,6 +171,35 @@ pub(super) fn check_chains(apps: &[(AppName, Option<AppName>)]) -> Result<(), Co
                 // reported for an app in it).
                 _ => break,
             }
+        }
+    }
+    Ok(())
+}
+
+/// A promoted app deploys its images from the repository of the app whose build made them
+/// (the head of its chain): its own `ecr_repository` must name that repository, so the key is
+/// never silently unused. `apps`: (name, promote_from, ecr_repository) in the file's order,
+/// the chains already checked.
+pub(super) fn check_repositories(
+    apps: &[(AppName, Option<AppName>, String)],
+) -> Result<(), ConfigError> {
+    let of = |name: &AppName| apps.iter().find(|(n, _, _)| n == name);
+    for (i, (name, from, repo)) in apps.iter().enumerate() {
+        let Some(mut at) = from.as_ref().and_then(of) else {
+            continue;
+        };
+        while let Some(next) = at.1.as_ref().and_then(of) {
+            at = next;
+        }
+        let (builder, _, builder_repo) = at;
+        if repo != builder_repo {
+            return Err(invalid(
+                format!("app[{i}] ({name}).ecr_repository"),
+                format!(
+                    "\"{repo}\" is not where its images are: a promoted app deploys the image \
+                     {builder} built, from {builder}'s repository \"{builder_repo}\""
+                ),
+            ));
         }
     }
     Ok(())
@@ -286,6 +322,25 @@ mod tests {
         assert!(
             e.contains("approval_timeout_hours: must be greater than 0"),
             "{e}"
+        );
+        let e = err(&with_promoted(
+            "prod",
+            "web",
+            "approval = \"auto\"\napprovers = [\"alice\"]",
+        ));
+        assert_eq!(
+            e,
+            "config: app[1] (prod).approvers: nobody approves with approval = \"auto\": leave \
+             it out, or set approval = \"manual\""
+        );
+        let e = err(&with_promoted("prod", "web", "").replace(
+            "ecr_repository = \"web\"\npromote_from",
+            "ecr_repository = \"web-prod\"\npromote_from",
+        ));
+        assert_eq!(
+            e,
+            "config: app[1] (prod).ecr_repository: \"web-prod\" is not where its images are: \
+             a promoted app deploys the image web built, from web's repository \"web\""
         );
         let e = err(&with_promoted("prod", "web", "approvers = [\"\"]"));
         assert!(e.contains("app[1] (prod).approvers[0]"), "{e}");

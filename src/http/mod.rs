@@ -405,6 +405,7 @@ pub async fn run(
         notifier: notifier.clone(),
         deploy_wake: deploy_wake.clone(),
         wake: promote_wake,
+        told: Default::default(),
     });
     // One replica makes the promotions and expires them (issue 26); approvals and tag
     // releases come through any replica (the store makes each once).
