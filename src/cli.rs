@@ -1172,7 +1172,10 @@ fn print_status(apps: &[serde_json::Value], json: bool) {
         .map(|a| {
             let last = &a["last_deployment"];
             [
-                text(&a["app"]),
+                match a["account"].as_str() {
+                    Some(account) => format!("{} (account {account})", text(&a["app"])),
+                    None => text(&a["app"]),
+                },
                 a["commit"]
                     .as_str()
                     .map(|s| s.chars().take(7).collect())

@@ -81,6 +81,9 @@ pub struct AppStatus {
     pub app: String,
     pub cluster: String,
     pub service: String,
+    /// The AWS account the service is in when it is not slipway's own (`role_arn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     pub task_definition: Option<String>,
     pub image: Option<String>,
     pub commit: Option<String>,
@@ -389,6 +392,7 @@ impl Ops {
             app: app.name.to_string(),
             cluster: app.cluster.clone(),
             service: app.service.clone(),
+            account: app.role.as_ref().map(|r| r.account.clone()),
             task_definition: None,
             image: None,
             commit: None,

@@ -87,7 +87,13 @@ pub async fn status(
             tbody {
                 @for (app, since) in apps.iter().zip(&since) {
                     tr {
-                        td { strong { (app.app) } br; span.muted { (app.cluster) " / " (app.service) } }
+                        td {
+                            strong { (app.app) } br;
+                            span.muted {
+                                (app.cluster) " / " (app.service)
+                                @if let Some(account) = &app.account { " in account " (account) }
+                            }
+                        }
                         td { @if let Some(c) = &app.commit { code.sha title=(c) { (short(c)) } } @else { span.muted { "unknown" } } }
                         td { @if let Some(i) = &app.image { code { (i) } } }
                         td { @if let Some(td) = &app.task_definition { code { (revision(td)) } } }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::deploy::{web_with, Deploy, Setup};
 use crate::promote::{digest_of, prod_app};
 use crate::support::proxy::DEFAULT_ACCOUNT;
+use crate::support::slipway::HARNESS_TOKEN;
 use crate::support::world::{circuit_breaker_on, CLUSTER, ECR_REPO};
 use crate::support::{eventually, MASTER_SHA};
 
@@ -395,6 +396,46 @@ async fn production_in_another_account_is_deployed_with_the_roles_credentials_on
         w.proxy.requests("StartBuild").len(),
         3,
         "production never builds"
+    );
+
+    // The status views say where production runs, read through the role.
+    let status = |json: bool| {
+        let mut cmd = w.builder.command();
+        cmd.env("SLIPWAY_OPS_TOKEN", HARNESS_TOKEN)
+            .args(["status", "--server", &s.admin_url]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let apps: Value = serde_json::from_str(&status(true)).unwrap();
+    let prod_status = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == "web-prod")
+        .unwrap()
+        .clone();
+    assert_eq!(prod_status["account"], PROD_ACCOUNT, "{apps}");
+    assert_eq!(prod_status["image"], format!("{uri}@{digest}"), "{apps}");
+    assert!(prod_status["error"].is_null(), "{apps}");
+    let staging_status = apps.as_array().unwrap().iter().find(|a| a["app"] == "web");
+    assert!(staging_status.unwrap().get("account").is_none(), "{apps}");
+    let table = status(false);
+    assert!(
+        table.contains(&format!("web-prod (account {PROD_ACCOUNT})")),
+        "{table}"
+    );
+    let page = reqwest::get(format!("{}/", s.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("web / web-prod in account {PROD_ACCOUNT}")),
+        "{page}"
     );
     drop(s);
 }
