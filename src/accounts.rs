@@ -4,8 +4,10 @@
 //! AssumeRole of that role (with its `external_id`); every other app uses slipway's own
 //! credentials. One [`RoleCredentials`] per role keeps STS's answer and asks again
 //! [`REFRESH_BEFORE`] its expiry (credentials last [`SESSION`]), so no call goes out with
-//! credentials about to expire; a refusal is not kept, the next call asks STS again. The
-//! clients keep the SDK's own identity cache on top.
+//! credentials about to expire; a refusal is not kept, the next call asks STS again, and
+//! while STS fails the kept credentials serve until they actually expire. The clients have no
+//! identity cache of their own (the SDK's would keep credentials until seconds before
+//! expiry): this is the one cache.
 //!
 //! STS is called through slipway's STS client (the endpoint, retries and call metrics every
 //! other call has), not `aws_config::sts::AssumeRoleProvider`: that provider keeps nothing
@@ -120,6 +122,16 @@ impl RoleCredentials {
                 Ok(c)
             }
             Err(cause) => {
+                // A throttled or failing STS does not stop calls credentials still allow.
+                let usable = kept.as_ref().filter(|c| {
+                    c.expiry()
+                        .is_some_and(|at| at > SystemTime::now() + Duration::from_secs(30))
+                });
+                if let Some(c) = usable {
+                    tracing::warn!(role = %self.role.arn, error = %cause,
+                        "cannot renew the role's credentials yet; the current ones still serve");
+                    return Ok(c.clone());
+                }
                 *kept = None;
                 Err(AssumeError {
                     arn: self.role.arn.clone(),
@@ -208,6 +220,7 @@ impl Accounts {
                             aws.ecs
                                 .config()
                                 .to_builder()
+                                .identity_cache(aws_sdk_ecs::config::IdentityCache::no_cache())
                                 .credentials_provider(ShareCreds(creds.clone()))
                                 .build(),
                         ),
@@ -215,6 +228,7 @@ impl Accounts {
                             aws.ecr
                                 .config()
                                 .to_builder()
+                                .identity_cache(aws_sdk_ecr::config::IdentityCache::no_cache())
                                 .credentials_provider(ShareCreds(creds.clone()))
                                 .build(),
                         ),
@@ -335,6 +349,33 @@ mod tests {
         let second = creds.credentials().await.unwrap();
         assert_ne!(first.access_key_id(), second.access_key_id());
         assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn while_sts_fails_credentials_that_still_work_serve() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        // The first answer is inside the refresh window; every later request fails.
+        let fetch: Fetch = Box::new(move || {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n == 0 {
+                    Ok(Credentials::new(
+                        "ASIA0",
+                        "secret",
+                        Some("token".into()),
+                        Some(SystemTime::now() + REFRESH_BEFORE - Duration::from_secs(60)),
+                        "test",
+                    ))
+                } else {
+                    Err(AwsError::permanent("STS AssumeRole: ThrottlingException"))
+                }
+            })
+        });
+        let creds = RoleCredentials::with_fetch(role(), fetch);
+        assert_eq!(creds.credentials().await.unwrap().access_key_id(), "ASIA0");
+        assert_eq!(creds.credentials().await.unwrap().access_key_id(), "ASIA0");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "STS was asked again");
     }
 
     #[tokio::test]

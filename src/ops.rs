@@ -148,6 +148,16 @@ impl Ops {
                 sha.chars().take(64).collect::<String>()
             )));
         }
+        if self.config.images_elsewhere(&app) {
+            // Its images are in another account's registry, found through a promotion's
+            // source deploy; by tag its own account's registry would be searched.
+            return Err(OpsError::BadRequest(format!(
+                "{}'s images are held in another account's registry: deploy a commit to it by \
+                 promotion (deploy {} and approve), or roll it back to a revision it ran",
+                app.name,
+                self.config.builder_of(&app).name
+            )));
+        }
         let full = self.resolve_sha(&app, &sha.to_ascii_lowercase()).await?;
         let tag = app.tag_for(&full);
         let found = self

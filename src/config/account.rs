@@ -67,11 +67,17 @@ pub(super) fn validate(
     let [prefix, partition, service, region, account, resource] = parts[..] else {
         return Err(bad());
     };
+    // `role/<path/><name>`: the path is printable ASCII (IAM's `Path`:
+    // `(\u002F)|(\u002F[\u0021-\u007E]+\u002F)`).
     let name = resource
         .strip_prefix("role/")
         .map(|r| r.rsplit('/').next().unwrap_or(r));
+    let partition_ok = partition == "aws"
+        || partition.strip_prefix("aws-").is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        });
     let ok = prefix == "arn"
-        && matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
+        && partition_ok
         && service == "iam"
         && region.is_empty()
         && account.len() == 12
@@ -79,7 +85,7 @@ pub(super) fn validate(
         && name.is_some_and(|n| (1..=64).contains(&n.len()) && n.chars().all(is_name_char))
         && resource
             .strip_prefix("role/")
-            .is_some_and(|r| r.chars().all(|c| is_name_char(c) || c == '/'));
+            .is_some_and(|r| r.bytes().all(|b| (0x21..=0x7e).contains(&b)));
     if !ok {
         return Err(bad());
     }
@@ -105,6 +111,31 @@ pub(super) fn validate(
     }))
 }
 
+/// One role, one external id: two apps naming the same `role_arn` must give it the same
+/// `external_id` (its trust policy has one). `apps`: (name, role) in the file's order.
+pub(super) fn check_shared_roles(
+    apps: &[(crate::ids::AppName, Option<AccountRole>)],
+) -> Result<(), ConfigError> {
+    for (i, (name, role)) in apps.iter().enumerate() {
+        let Some(role) = role else { continue };
+        let earlier = apps[..i]
+            .iter()
+            .find_map(|(n, r)| r.as_ref().filter(|r| r.arn == role.arn).map(|r| (n, r)));
+        if let Some((other, first)) = earlier {
+            if first.external_id != role.external_id {
+                return Err(invalid(
+                    format!("app[{i}] ({name}).external_id"),
+                    format!(
+                        "differs from {other}'s, for the same role_arn: a role is assumed with \
+                         one external id (its trust policy's)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +147,8 @@ mod tests {
 
     #[test]
     fn a_role_arn_names_its_account_and_an_external_id_needs_a_role() {
+        assert!(check(Some("arn:aws-iso-b:iam::222222222222:role/x"), None).is_ok());
+        assert!(check(Some("arn:aws:iam::222222222222:role/team~a/x"), None).is_ok());
         let role = check(
             Some("arn:aws:iam::222222222222:role/deploy/slipway-deploy"),
             Some("slipway-7f3a"),
@@ -134,6 +167,31 @@ mod tests {
     }
 
     #[test]
+    fn one_role_is_assumed_with_one_external_id() {
+        let role = |id: &str| {
+            check(Some("arn:aws:iam::222222222222:role/x"), Some(id))
+                .unwrap()
+                .unwrap()
+        };
+        let name = |n: &str| crate::ids::AppName::parse(n).unwrap();
+        let same = [
+            (name("web"), None),
+            (name("prod"), Some(role("id-one"))),
+            (name("api-prod"), Some(role("id-one"))),
+        ];
+        assert!(check_shared_roles(&same).is_ok());
+        let differ = [
+            (name("prod"), Some(role("id-one"))),
+            (name("api-prod"), Some(role("id-two"))),
+        ];
+        assert_eq!(
+            check_shared_roles(&differ).unwrap_err().to_string(),
+            "config: app[1] (api-prod).external_id: differs from prod's, for the same \
+             role_arn: a role is assumed with one external id (its trust policy's)"
+        );
+    }
+
+    #[test]
     fn what_is_not_a_role_arn_or_an_external_id_is_refused_by_key() {
         for arn in [
             "",
@@ -143,6 +201,8 @@ mod tests {
             "arn:aws:sts::222222222222:role/x",
             "arn:aws:iam::222222222222:role/",
             "arn:aws:iam::222222222222:role/has space",
+            "arn:aws:iam::222222222222:role/path/has space",
+            "arn:azure:iam::222222222222:role/x",
             "222222222222",
         ] {
             let err = check(Some(arn), None).unwrap_err();

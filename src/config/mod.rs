@@ -399,6 +399,13 @@ impl Config {
         at
     }
 
+    /// Whether `app`'s images are held in another account than the one its service is in:
+    /// its builder is in another account than it (one of them through a `role_arn`).
+    pub fn images_elsewhere(&self, app: &AppConfig) -> bool {
+        let account = |a: &AppConfig| a.role.as_ref().map(|r| r.account.clone());
+        account(self.builder_of(app)) != account(app)
+    }
+
     /// The app whose builds run in this CodeBuild project, if any.
     pub fn app_for_project(&self, project: &str) -> Option<&AppConfig> {
         self.apps
@@ -605,6 +612,12 @@ impl RawConfig {
             .map(|a| (a.name.clone(), a.promote.as_ref().map(|p| p.from.clone())))
             .collect();
         promote::check_chains(&chains)?;
+        account::check_shared_roles(
+            &apps
+                .iter()
+                .map(|a| (a.name.clone(), a.role.clone()))
+                .collect::<Vec<_>>(),
+        )?;
         promote::check_repositories(
             &apps
                 .iter()

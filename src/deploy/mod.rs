@@ -628,9 +628,26 @@ impl Deployer {
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?;
         let source = match d.promotion {
-            Some(id) if !rollback => self.promoted_from(id).await,
+            Some(id) if !rollback => self.promoted_from(id).await?,
             _ => None,
         };
+        if let Some(source) = &source {
+            let here = self
+                .accounts
+                .of(app)
+                .ecr
+                .config()
+                .region()
+                .map(|r| r.to_string());
+            if source.region.as_deref() != here.as_deref() {
+                return Err(Stop::Failed(format!(
+                    "the image to promote is in region {}, this app's ECR calls go to {}: a \
+                     promotion to another region is not supported",
+                    source.region.as_deref().unwrap_or("?"),
+                    here.as_deref().unwrap_or("no region")
+                )));
+            }
+        }
         let (image, service, guessed) = tokio::join!(
             async {
                 if rollback {
@@ -690,15 +707,21 @@ impl Deployer {
     /// deploy ran, so the promoted app deploys exactly that image, in whichever account holds
     /// it (None: the source's image is not an ECR image, or the records are gone; the app's
     /// own `ecr_repository` is looked in).
-    async fn promoted_from(&self, promotion: i64) -> Option<SourceImage> {
-        let p = self.journal.promotion(promotion).await.ok().flatten()?;
+    async fn promoted_from(&self, promotion: i64) -> Result<Option<SourceImage>, Stop> {
+        let unread = |e: crate::store::StoreError| {
+            Stop::Interrupted(format!("cannot read where the image to promote is: {e}"))
+        };
+        let Some(p) = self.journal.promotion(promotion).await.map_err(unread)? else {
+            return Ok(None);
+        };
         let source = self
             .journal
             .deployment(p.source_deployment)
             .await
-            .ok()
-            .flatten()?;
-        SourceImage::of(source.image.as_deref()?)
+            .map_err(unread)?;
+        Ok(source
+            .and_then(|d| d.image)
+            .and_then(|image| SourceImage::of(&image)))
     }
 
     /// The image to deploy: `<repository uri>:<tag>`, or `@<digest>` with `pin_digest`.
@@ -734,7 +757,14 @@ impl Deployer {
                 // Another account's repository that this app's account cannot read: AWS
                 // answers AccessDenied, or, hiding it, that there is no such repository.
                 let foreign = match (clients.account(), &registry_id) {
-                    (Some(account), Some(registry)) if account != registry => Some(account),
+                    (Some(account), Some(registry)) if account != registry => Some((
+                        format!("account {account} (app {}'s role_arn)", app.name),
+                        format!("account {account}"),
+                    )),
+                    (None, Some(_)) if self.config.images_elsewhere(app) => Some((
+                        format!("slipway's own account (app {})", app.name),
+                        "slipway's account".to_owned(),
+                    )),
                     _ => None,
                 };
                 let refused = matches!(
@@ -742,14 +772,12 @@ impl Deployer {
                     Some("AccessDeniedException" | "RepositoryNotFoundException")
                 ) || e.message.contains("access denied");
                 match (foreign, e.code.as_deref()) {
-                    (Some(account), _) if refused => Stop::Failed(format!(
-                        "account {account} (app {}'s role_arn) cannot see the image \
-                         {repo}@{tag} in account {registry}'s registry ({}): the repository \
-                         {repo} needs a repository policy letting account {account} pull it \
-                         (ecr:BatchGetImage, ecr:GetDownloadUrlForLayer, \
+                    (Some((who, grantee)), _) if refused => Stop::Failed(format!(
+                        "{who} cannot see the image {repo}@{tag} in account {registry}'s \
+                         registry ({}): the repository {repo} needs a repository policy letting \
+                         {grantee} pull it (ecr:BatchGetImage, ecr:GetDownloadUrlForLayer, \
                          ecr:BatchCheckLayerAvailability) and describe it (ecr:DescribeImages); \
                          `slipway provision --policy` prints it",
-                        app.name,
                         e.message,
                         registry = registry_id.as_deref().unwrap_or_default(),
                     )),
@@ -1878,6 +1906,8 @@ fn fenced(mut u: DeploymentUpdate) -> DeploymentUpdate {
 struct SourceImage {
     registry: String,
     repository: String,
+    /// The registry's region (`dkr.ecr.<region>.…` or `dkr.ecr-fips.<region>.…`).
+    region: Option<String>,
 }
 
 impl SourceImage {
@@ -1887,10 +1917,11 @@ impl SourceImage {
         let (registry, rest) = host.split_once('.')?;
         let ecr = registry.len() == 12
             && registry.bytes().all(|b| b.is_ascii_digit())
-            && rest.starts_with("dkr.ecr.");
+            && (rest.starts_with("dkr.ecr.") || rest.starts_with("dkr.ecr-fips."));
         ecr.then(|| SourceImage {
             registry: registry.to_owned(),
             repository: image.repository().to_owned(),
+            region: rest.split('.').nth(2).map(str::to_owned),
         })
     }
 }

@@ -142,28 +142,7 @@ pub(super) async fn check_repositories(
     let mut seen: HashMap<(Option<&str>, &str), (Status, String)> = HashMap::new();
     let mut own_account: Option<Option<String>> = None;
     for app in &config.apps {
-        // A promoted app in another account than the one holding its images: that account.
-        let mut foreign = None;
-        if let (Some(role), Some(_)) = (&app.role, &app.promote) {
-            let source = config.builder_of(app);
-            let holder = match &source.role {
-                Some(r) => Some(r.account.clone()),
-                None => own_account
-                    .get_or_insert(
-                        aws.sts
-                            .get_caller_identity()
-                            .send()
-                            .await
-                            .ok()
-                            .and_then(|me| me.account().map(str::to_owned)),
-                    )
-                    .clone(),
-            };
-            foreign = holder
-                .filter(|h| *h != role.account)
-                .map(|h| (role, source, h));
-        }
-        let Some((role, source, holder)) = foreign else {
+        if app.promote.is_none() || !config.images_elsewhere(app) {
             let repo = app.ecr_repository.as_str();
             let key = (app.role.as_ref().map(|r| r.arn.as_str()), repo);
             let outcome = match seen.get(&key) {
@@ -176,10 +155,51 @@ pub(super) async fn check_repositories(
             };
             report.push_app(app, Kind::EcrRepository, repo, outcome.0, outcome.1);
             continue;
+        }
+        // A promoted app in another account than the one holding its images: can it see them?
+        let source = config.builder_of(app);
+        let holder = match &source.role {
+            Some(r) => Some(r.account.clone()),
+            None => own_account
+                .get_or_insert(
+                    aws.sts
+                        .get_caller_identity()
+                        .send()
+                        .await
+                        .ok()
+                        .and_then(|me| me.account().map(str::to_owned)),
+                )
+                .clone(),
+        };
+        let who = match &app.role {
+            Some(r) => format!("account {}", r.account),
+            None => "slipway's account".to_owned(),
+        };
+        let Some(holder) = holder else {
+            report.push_app(
+                app,
+                Kind::EcrRepository,
+                &source.ecr_repository,
+                Status::Error,
+                "cannot tell slipway's account (STS GetCallerIdentity failed): which registry \
+                 holds the images it promotes is not known"
+                    .to_owned(),
+            );
+            continue;
         };
         let name = format!("{holder}/{}", source.ecr_repository);
-        let seen_from = accounts
-            .of(app)
+        let clients = accounts.of(app);
+        if let Err(e) = clients.check_role().await {
+            report.push_app(
+                app,
+                Kind::EcrRepository,
+                &name,
+                Status::Error,
+                e.to_string(),
+            );
+            continue;
+        }
+        let seen_from = clients
             .ecr
             .describe_images()
             .registry_id(&holder)
@@ -188,17 +208,13 @@ pub(super) async fn check_repositories(
             .send()
             .await;
         let (status, detail) = match seen_from {
-            Ok(_) => (
-                Status::Ok,
-                format!("account {} can see the images it promotes", role.account),
-            ),
+            Ok(_) => (Status::Ok, format!("{who} can see the images it promotes")),
             Err(e) => (
                 Status::Error,
                 format!(
-                    "account {} cannot see the images it promotes ({}): the repository {} of \
+                    "{who} cannot see the images it promotes ({}): the repository {} of \
                      account {holder} needs the repository policy `slipway provision --policy` \
                      prints",
-                    role.account,
                     AwsError::from_sdk("ECR DescribeImages", &e).message,
                     source.ecr_repository
                 ),

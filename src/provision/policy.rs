@@ -18,9 +18,9 @@
 //!
 //! Apps in another account (`role_arn`, issue 27) are left out of `runtime`, which may assume
 //! their roles instead; `accounts` has, per role, the policy the role needs (its apps'
-//! services, read through the role), its trust policy (slipway's account, with the
-//! `external_id` when one is set), and the repository policy that lets the role's account
-//! read and pull a promoted image from the account that holds it.
+//! services, read through the role) and its trust policy (slipway's account, with the
+//! `external_id` when one is set); `ecr_repository_policies`, one per repository, lets every
+//! account that deploys a promoted image read and pull it from the account that holds it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,6 +55,10 @@ pub fn policies(config: &Config, env: &Environment) -> Value {
     if !accounts.is_empty() {
         out["accounts"] = Value::Array(accounts);
     }
+    let repositories = repository_policies(config, env);
+    if !repositories.is_empty() {
+        out["ecr_repository_policies"] = Value::Array(repositories);
+    }
     out
 }
 
@@ -63,7 +67,82 @@ fn own_apps(config: &Config) -> Vec<&AppConfig> {
     config.apps.iter().filter(|a| a.role.is_none()).collect()
 }
 
-/// Per role: the role's own policy, its trust policy and the repository policies it needs.
+/// Promoted images held in another account than the one that deploys them: (holder account,
+/// repository) → the accounts that pull from it (the apps' role accounts, or slipway's own).
+fn pulls(config: &Config, env: &Environment) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let account = |a: &AppConfig| {
+        a.role
+            .as_ref()
+            .map_or(env.account.clone(), |r| r.account.clone())
+    };
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for app in &config.apps {
+        if app.promote.is_none() || !config.images_elsewhere(app) {
+            continue;
+        }
+        let builder = config.builder_of(app);
+        out.entry((account(builder), builder.ecr_repository.clone()))
+            .or_default()
+            .insert(account(app));
+    }
+    out
+}
+
+/// `puller`'s half of reading promoted images in other accounts' registries (the repository
+/// policy is the other half): `ecr:DescribeImages` on those repositories.
+fn promoted_images(config: &Config, env: &Environment, puller: &str) -> Option<Value> {
+    let repositories: Vec<String> = pulls(config, env)
+        .into_iter()
+        .filter(|(_, pullers)| pullers.contains(puller))
+        .map(|((holder, repo), _)| {
+            format!(
+                "arn:{}:ecr:{}:{holder}:repository/{repo}",
+                env.partition, env.region
+            )
+        })
+        .collect();
+    (!repositories.is_empty()).then(|| {
+        statement(
+            "SlipwayRunPromotedImages",
+            &["ecr:DescribeImages"],
+            repositories,
+        )
+    })
+}
+
+/// The repository policies promoted images need, one per repository (a repository has one
+/// policy: every account that pulls from it is in it).
+fn repository_policies(config: &Config, env: &Environment) -> Vec<Value> {
+    pulls(config, env)
+        .into_iter()
+        .map(|((holder, repo), pullers)| {
+            let principals: Vec<String> = pullers
+                .iter()
+                .map(|a| format!("arn:{}:iam::{a}:root", env.partition))
+                .collect();
+            json!({
+                "account": holder,
+                "repository": repo,
+                "policy": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Sid": "SlipwayPromotedImagesPull",
+                        "Effect": "Allow",
+                        "Principal": {"AWS": principals},
+                        "Action": [
+                            "ecr:BatchCheckLayerAvailability",
+                            "ecr:BatchGetImage",
+                            "ecr:DescribeImages",
+                            "ecr:GetDownloadUrlForLayer",
+                        ],
+                    }],
+                },
+            })
+        })
+        .collect()
+}
+
+/// Per role: the role's own policy and its trust policy.
 fn accounts(config: &Config, env: &Environment) -> Vec<Value> {
     let mut out = vec![];
     for (role_arn, role_env) in &env.accounts {
@@ -78,34 +157,7 @@ fn accounts(config: &Config, env: &Environment) -> Vec<Value> {
         let mut statements = deploy_statements(&apps, config, role_env);
         statements.extend(tag_on_register(role_env));
         statements.extend(pass_role(role_env));
-        // A promoted image in another account's registry: this side's half of the grant (the
-        // repository policy below is the other half).
-        let mut pulls: BTreeMap<(String, String), ()> = BTreeMap::new();
-        for app in &apps {
-            if app.promote.is_none() {
-                continue;
-            }
-            let source = config.builder_of(app);
-            let account = source
-                .role
-                .as_ref()
-                .map_or(env.account.clone(), |r| r.account.clone());
-            if account != role.account {
-                pulls.insert((account, source.ecr_repository.clone()), ());
-            }
-        }
-        if !pulls.is_empty() {
-            statements.push(statement(
-                "SlipwayRunPromotedImages",
-                &["ecr:DescribeImages"],
-                pulls.keys().map(|(account, repo)| {
-                    format!(
-                        "arn:{}:ecr:{}:{account}:repository/{repo}",
-                        env.partition, env.region
-                    )
-                }),
-            ));
-        }
+        statements.extend(promoted_images(config, env, &role.account));
         let mut trust = json!({
             "Version": "2012-10-17",
             "Statement": [{
@@ -118,36 +170,12 @@ fn accounts(config: &Config, env: &Environment) -> Vec<Value> {
         if let Some(id) = &role.external_id {
             trust["Statement"][0]["Condition"] = json!({"StringEquals": {"sts:ExternalId": id}});
         }
-        let repository_policies: Vec<Value> = pulls
-            .keys()
-            .map(|(account, repo)| {
-                json!({
-                    "account": account,
-                    "repository": repo,
-                    "policy": {
-                        "Version": "2012-10-17",
-                        "Statement": [{
-                            "Sid": format!("SlipwayPromoteTo{}", role.account),
-                            "Effect": "Allow",
-                            "Principal": {"AWS": format!("arn:{}:iam::{}:root", env.partition, role.account)},
-                            "Action": [
-                                "ecr:BatchCheckLayerAvailability",
-                                "ecr:BatchGetImage",
-                                "ecr:DescribeImages",
-                                "ecr:GetDownloadUrlForLayer",
-                            ],
-                        }],
-                    },
-                })
-            })
-            .collect();
         out.push(json!({
             "role_arn": role_arn,
             "account": role.account,
             "apps": apps.iter().map(|a| a.name.to_string()).collect::<Vec<_>>(),
             "role_policy": {"Version": "2012-10-17", "Statement": statements},
             "trust_policy": trust,
-            "ecr_repository_policies": repository_policies,
         }));
     }
     out
@@ -264,6 +292,7 @@ pub fn runtime(config: &Config, env: &Environment) -> Value {
     }
     // Apps in other accounts: their roles, and nothing of theirs directly.
     statements.extend(assume_app_roles(config, "SlipwayRunAssumeAppRoles"));
+    statements.extend(promoted_images(config, env, &env.account));
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 

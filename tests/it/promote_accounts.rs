@@ -209,7 +209,11 @@ async fn production_in_another_account_is_deployed_with_the_roles_credentials_on
         trust_policy["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
         EXTERNAL_ID
     );
-    let repository_policy = &account["ecr_repository_policies"][0];
+    let repository_policy = &printed["ecr_repository_policies"][0];
+    assert_eq!(
+        repository_policy["policy"]["Statement"][0]["Principal"]["AWS"],
+        json!([format!("arn:aws:iam::{PROD_ACCOUNT}:root")])
+    );
     assert_eq!(repository_policy["account"], DEFAULT_ACCOUNT);
     assert_eq!(repository_policy["repository"], ECR_REPO);
 
@@ -246,11 +250,17 @@ async fn production_in_another_account_is_deployed_with_the_roles_credentials_on
         ),
         "{reason}"
     );
-    let assumed = w.proxy.requests("AssumeRole");
-    assert!(!assumed.is_empty());
+    let assumed: Vec<_> = w
+        .proxy
+        .recorded()
+        .into_iter()
+        .skip(provisioned)
+        .filter(|r| r.operation == "AssumeRole")
+        .collect();
+    assert!(!assumed.is_empty(), "the deploy asked STS");
     for r in &assumed {
-        assert_eq!(r["RoleArn"], ROLE, "{r}");
-        assert_eq!(r["ExternalId"], EXTERNAL_ID, "{r}");
+        assert_eq!(r.body["RoleArn"], ROLE, "{:?}", r.body);
+        assert_eq!(r.body["ExternalId"], EXTERNAL_ID, "{:?}", r.body);
     }
     assert_eq!(
         w.proxy.assumed_keys().len(),
@@ -426,6 +436,24 @@ async fn production_in_another_account_is_deployed_with_the_roles_credentials_on
     assert!(
         table.contains(&format!("web-prod (account {PROD_ACCOUNT})")),
         "{table}"
+    );
+    // A commit by hand would be looked for by tag in production's own registry: refused,
+    // saying how instead.
+    let (status, v) = {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/apps/web-prod/deploy", s.admin_url))
+            .bearer_auth(HARNESS_TOKEN)
+            .json(&json!({"sha": THIRD_SHA}))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        v["error"],
+        "web-prod's images are held in another account's registry: deploy a commit to it by \
+         promotion (deploy web and approve), or roll it back to a revision it ran"
     );
     let page = reqwest::get(format!("{}/", s.admin_url))
         .await

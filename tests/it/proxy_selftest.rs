@@ -710,3 +710,65 @@ async fn start_build_with_the_same_idempotency_token_is_the_same_build() {
     );
     assert_eq!(emulator.builds("web-build").await.len(), 2);
 }
+
+/// The proxy's STS (see "Other accounts" in `support/proxy.rs`): a role is assumed only as its
+/// trust policy allows, `sts:ExternalId` included, and an explicit `Deny` wins; a condition it
+/// does not model is not met.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assume_role_follows_the_trust_policy() {
+    let emulator = Emulator::start().await;
+    let proxy = Proxy::start(&emulator.url).await;
+    let sts = aws_sdk_sts::Client::new(&sdk_config(&proxy.url).await);
+    const ROLE: &str = "arn:aws:iam::222222222222:role/deploy";
+    let assume = |id: Option<&'static str>| {
+        let sts = sts.clone();
+        async move {
+            sts.assume_role()
+                .role_arn(ROLE)
+                .role_session_name("slipway")
+                .set_external_id(id.map(str::to_owned))
+                .send()
+                .await
+        }
+    };
+    let allow = serde_json::json!({
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+        "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"sts:ExternalId": "id-1"}},
+    });
+
+    // No trust policy: the role does not exist for the caller.
+    let err = assume(Some("id-1")).await.unwrap_err();
+    assert_eq!(err.code(), Some("AccessDenied"));
+    assert_eq!(
+        err.message(),
+        Some(
+            "User: arn:aws:iam::123456789012:user/moto is not authorized to perform: \
+             sts:AssumeRole on resource: arn:aws:iam::222222222222:role/deploy"
+        )
+    );
+
+    proxy.trust_policy(ROLE, serde_json::json!({"Statement": [allow.clone()]}));
+    assert!(assume(None).await.is_err(), "the external id is required");
+    assert!(assume(Some("id-2")).await.is_err(), "and must match");
+    let ok = assume(Some("id-1")).await.unwrap();
+    let key = ok.credentials().unwrap().access_key_id().to_owned();
+    assert_eq!(
+        proxy.assumed_keys().get(&key).map(String::as_str),
+        Some(ROLE)
+    );
+
+    let mut deny = allow.clone();
+    deny["Effect"] = "Deny".into();
+    proxy.trust_policy(
+        ROLE,
+        serde_json::json!({"Statement": [allow.clone(), deny]}),
+    );
+    assert!(assume(Some("id-1")).await.is_err(), "an explicit deny wins");
+
+    let mut unmodelled = allow;
+    unmodelled["Condition"] = serde_json::json!({"StringLike": {"sts:ExternalId": "id-*"}});
+    proxy.trust_policy(ROLE, serde_json::json!({"Statement": [unmodelled]}));
+    assert!(assume(Some("id-1")).await.is_err(), "not modelled: refused");
+}

@@ -2266,24 +2266,37 @@ fn statements(policy: &Value) -> Vec<&Value> {
     }
 }
 
-/// Whether an `Allow` statement of `policy` grants `action` to `account`, its conditions met
-/// by `external_id`.
+/// Whether `policy` grants `action` to `account`, `external_id` meeting its conditions: an
+/// `Allow` statement applies and no `Deny` statement does (an explicit deny wins). A condition
+/// the proxy does not model (an operator other than `StringEquals`, a key other than
+/// `sts:ExternalId`) is taken as not met: the fake errs towards refusing.
 fn allows(policy: &Value, account: &str, action: &str, external_id: Option<&str>) -> bool {
-    statements(policy).into_iter().any(|st| {
+    let applies = |st: &Value| {
         let service = action.split(':').next().unwrap_or("");
-        st["Effect"] == "Allow"
-            && strings(&st["Action"])
-                .iter()
-                .any(|a| *a == action || *a == format!("{service}:*") || *a == "*")
+        let conditions_met = match st.get("Condition").and_then(Value::as_object) {
+            None => true,
+            Some(ops) => ops.iter().all(|(op, keys)| {
+                op == "StringEquals"
+                    && keys.as_object().is_some_and(|keys| {
+                        keys.iter().all(|(key, wanted)| {
+                            key == "sts:ExternalId"
+                                && external_id.is_some_and(|id| strings(wanted).contains(&id))
+                        })
+                    })
+            }),
+        };
+        strings(&st["Action"])
+            .iter()
+            .any(|a| *a == action || *a == format!("{service}:*") || *a == "*")
             && (st["Principal"] == "*"
                 || strings(&st["Principal"]["AWS"]).iter().any(|p| {
                     *p == "*" || *p == account || p.ends_with(&format!(":iam::{account}:root"))
                 }))
-            && match st["Condition"]["StringEquals"]["sts:ExternalId"].as_str() {
-                Some(wanted) => external_id == Some(wanted),
-                None => true,
-            }
-    })
+            && conditions_met
+    };
+    let all = statements(policy);
+    all.iter().any(|st| st["Effect"] == "Allow" && applies(st))
+        && !all.iter().any(|st| st["Effect"] == "Deny" && applies(st))
 }
 
 /// The text of an XML element (the first one), as STS answers.
