@@ -727,6 +727,74 @@ ecr_repository = "web"
         }
     }
 
+    /// Issue 27: web (slipway's account) → staging (account 2…) → prod (account 3…): one
+    /// repository policy for web's repository naming both accounts (a repository has one
+    /// policy), each role's half, and nothing of theirs in `runtime` but the roles.
+    #[test]
+    fn a_chain_across_accounts_gets_one_repository_policy_naming_every_puller() {
+        let promoted = |name: &str, from: &str, account: &str| {
+            format!(
+                "[[app]]\nname = \"{name}\"\nrepository = \"o/web\"\ncluster = \"c\"\n\
+                 service = \"{name}\"\ncontainer = \"web\"\necr_repository = \"web\"\n\
+                 promote_from = \"{from}\"\nrole_arn = \"arn:aws:iam::{account}:role/deploy\"\n"
+            )
+        };
+        let text = r#"
+state_dir = "/tmp/x"
+queue_url = "https://sqs.eu-west-1.amazonaws.com/123456789012/slipway-events"
+[[app]]
+name = "web"
+repository = "o/web"
+codebuild_project = "web-build"
+cluster = "prod"
+service = "web"
+container = "web"
+ecr_repository = "web"
+"#
+        .to_owned()
+            + &promoted("staging", "web", "222222222222")
+            + &promoted("prod", "staging", "333333333333");
+        let config = Config::parse(&text).unwrap();
+        let mut env = env();
+        for account in ["222222222222", "333333333333"] {
+            env.accounts.insert(
+                format!("arn:aws:iam::{account}:role/deploy"),
+                Environment {
+                    partition: "aws".into(),
+                    region: "eu-west-1".into(),
+                    account: account.into(),
+                    ..Default::default()
+                },
+            );
+        }
+        let printed = policies(&config, &env);
+        let repos = printed["ecr_repository_policies"].as_array().unwrap();
+        assert_eq!(repos.len(), 1, "{printed}");
+        assert_eq!(repos[0]["account"], "123456789012");
+        assert_eq!(repos[0]["repository"], "web");
+        assert_eq!(
+            repos[0]["policy"]["Statement"][0]["Principal"]["AWS"],
+            json!([
+                "arn:aws:iam::222222222222:root",
+                "arn:aws:iam::333333333333:root"
+            ])
+        );
+        let accounts = printed["accounts"].as_array().unwrap();
+        assert_eq!(accounts.len(), 2);
+        for a in accounts {
+            let text = a["role_policy"].to_string();
+            assert!(
+                text.contains("arn:aws:ecr:eu-west-1:123456789012:repository/web"),
+                "{a}"
+            );
+            assert!(!a["trust_policy"].to_string().contains("ExternalId"), "{a}");
+        }
+        let runtime = printed["runtime"].to_string();
+        assert!(runtime.contains("arn:aws:iam::222222222222:role/deploy"));
+        assert!(!runtime.contains("service/c/prod"), "{runtime}");
+        assert!(!runtime.contains("SlipwayRunPromotedImages"), "{runtime}");
+    }
+
     #[test]
     fn runtime_names_exact_resources() {
         let p = runtime(&config(), &env());
