@@ -698,9 +698,8 @@ pub async fn command(config: &Config) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn config() -> Config {
-        Config::parse(
-            r#"
+    /// One app, `web`, in slipway's account 123456789012.
+    const WEB: &str = r#"
 state_dir = "/tmp/x"
 queue_url = "https://sqs.eu-west-1.amazonaws.com/123456789012/slipway-events"
 [[app]]
@@ -711,9 +710,10 @@ cluster = "prod"
 service = "web"
 container = "web"
 ecr_repository = "web"
-"#,
-        )
-        .unwrap()
+"#;
+
+    fn config() -> Config {
+        Config::parse(WEB).unwrap()
     }
 
     fn env() -> Environment {
@@ -739,19 +739,7 @@ ecr_repository = "web"
                  promote_from = \"{from}\"\nrole_arn = \"arn:aws:iam::{account}:role/deploy\"\n"
             )
         };
-        let text = r#"
-state_dir = "/tmp/x"
-queue_url = "https://sqs.eu-west-1.amazonaws.com/123456789012/slipway-events"
-[[app]]
-name = "web"
-repository = "o/web"
-codebuild_project = "web-build"
-cluster = "prod"
-service = "web"
-container = "web"
-ecr_repository = "web"
-"#
-        .to_owned()
+        let text = WEB.to_owned()
             + &promoted("staging", "web", "222222222222")
             + &promoted("prod", "staging", "333333333333");
         let config = Config::parse(&text).unwrap();
