@@ -184,11 +184,6 @@ impl AppClients {
     pub fn account(&self) -> Option<&str> {
         self.role.as_ref().map(|r| r.role.account.as_str())
     }
-
-    /// The role, when the app has one.
-    pub fn role(&self) -> Option<&AccountRole> {
-        self.role.as_ref().map(|r| &r.role)
-    }
 }
 
 /// Every app's clients.

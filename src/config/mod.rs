@@ -202,6 +202,20 @@ struct RawApp {
     external_id: Option<String>,
 }
 
+/// [`Config::builder_of`] over a list of apps (also while the config is being validated):
+/// `app` itself, or the head of its `promote_from` chain, at most as many steps as apps.
+pub(crate) fn builder_in<'a>(apps: &'a [AppConfig], app: &'a AppConfig) -> &'a AppConfig {
+    let mut at = app;
+    for _ in 0..apps.len() {
+        let from = at.promote.as_ref().map(|p| p.from.as_str());
+        match from.and_then(|f| apps.iter().find(|a| a.name.as_str() == f)) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    at
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -389,14 +403,7 @@ impl Config {
     /// The app whose build made `app`'s images: `app` itself, or for a promoted app the head
     /// of its `promote_from` chain (the chain is checked for cycles when loaded).
     pub fn builder_of<'a>(&'a self, app: &'a AppConfig) -> &'a AppConfig {
-        let mut at = app;
-        for _ in 0..self.apps.len() {
-            match at.promote.as_ref().and_then(|p| self.app(p.from.as_str())) {
-                Some(next) => at = next,
-                None => break,
-            }
-        }
-        at
+        builder_in(&self.apps, app)
     }
 
     /// Whether `app`'s images are held in another account than the one its service is in:
@@ -618,18 +625,7 @@ impl RawConfig {
                 .map(|a| (a.name.clone(), a.role.clone()))
                 .collect::<Vec<_>>(),
         )?;
-        promote::check_repositories(
-            &apps
-                .iter()
-                .map(|a| {
-                    (
-                        a.name.clone(),
-                        a.promote.as_ref().map(|p| p.from.clone()),
-                        a.ecr_repository.clone(),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )?;
+        promote::check_repositories(&apps)?;
         let github = self.github.map(|g| g.validate()).transpose()?;
         let journal = self.journal.validate()?;
         let store = self.store.validate()?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{invalid, ConfigError};
+use super::{invalid, AppConfig, ConfigError};
 use crate::ids::AppName;
 
 /// The longest a promotion may wait for its approval: a year.
@@ -178,26 +178,21 @@ pub(super) fn check_chains(apps: &[(AppName, Option<AppName>)]) -> Result<(), Co
 
 /// A promoted app deploys its images from the repository of the app whose build made them
 /// (the head of its chain): its own `ecr_repository` must name that repository, so the key is
-/// never silently unused. `apps`: (name, promote_from, ecr_repository) in the file's order,
-/// the chains already checked.
-pub(super) fn check_repositories(
-    apps: &[(AppName, Option<AppName>, String)],
-) -> Result<(), ConfigError> {
-    let of = |name: &AppName| apps.iter().find(|(n, _, _)| n == name);
-    for (i, (name, from, repo)) in apps.iter().enumerate() {
-        let Some(mut at) = from.as_ref().and_then(of) else {
+/// never silently unused. The chains are already checked.
+pub(super) fn check_repositories(apps: &[AppConfig]) -> Result<(), ConfigError> {
+    for (i, app) in apps.iter().enumerate() {
+        if app.promote.is_none() {
             continue;
-        };
-        while let Some(next) = at.1.as_ref().and_then(of) {
-            at = next;
         }
-        let (builder, _, builder_repo) = at;
+        let builder = super::builder_in(apps, app);
+        let (repo, builder_repo) = (&app.ecr_repository, &builder.ecr_repository);
         if repo != builder_repo {
             return Err(invalid(
-                format!("app[{i}] ({name}).ecr_repository"),
+                format!("app[{i}] ({}).ecr_repository", app.name),
                 format!(
                     "\"{repo}\" is not where its images are: a promoted app deploys the image \
-                     {builder} built, from {builder}'s repository \"{builder_repo}\""
+                     {} built, from {}'s repository \"{builder_repo}\"",
+                    builder.name, builder.name
                 ),
             ));
         }

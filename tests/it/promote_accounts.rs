@@ -455,12 +455,7 @@ async fn production_in_another_account_is_deployed_with_the_roles_credentials_on
         "web-prod's images are held in another account's registry: deploy a commit to it by \
          promotion (deploy web and approve), or roll it back to a revision it ran"
     );
-    let page = reqwest::get(format!("{}/", s.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, page) = crate::status_page::page(&s, "/").await;
     assert!(
         page.contains(&format!("web / web-prod in account {PROD_ACCOUNT}")),
         "{page}"

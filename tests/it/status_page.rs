@@ -40,7 +40,8 @@ async fn render(url: String) -> String {
     .unwrap()
 }
 
-async fn page(s: &Slipway, path: &str) -> (u16, String) {
+/// GET `path` from the admin listener: its status and body.
+pub async fn page(s: &Slipway, path: &str) -> (u16, String) {
     let resp = reqwest::get(format!("{}{path}", s.admin_url))
         .await
         .unwrap();
