@@ -385,7 +385,8 @@ impl Deployer {
             // A rollback puts a task definition that already ran back, as it is.
             Some(target) => {
                 let (to_td, note) = self.usable_target(app, target).await?;
-                self.update(
+                let now = self.now();
+                self.update_at(
                     d,
                     DeploymentUpdate {
                         state: Some(deploy_state::DEPLOYING),
@@ -393,9 +394,10 @@ impl Deployer {
                         to_task_definition: Some(to_td.clone()),
                         reason: note,
                         started: true,
-                        deadline: Some(self.deadline_from_now(&pre.deadline)),
+                        deadline: Some(deadline_at(now, &pre.deadline)),
                         ..Default::default()
                     },
+                    now,
                 )
                 .await?;
                 (None, pre.current_task_definition.clone(), to_td)
@@ -425,7 +427,10 @@ impl Deployer {
                 for note in revision.notes() {
                     tracing::warn!(%note, "a container keeps its image");
                 }
-                self.update(
+                // One clock reading for the start and the deadline: the deadline is exactly
+                // the strategy's time after the journaled start.
+                let now = self.now();
+                self.update_at(
                     d,
                     DeploymentUpdate {
                         state: Some(deploy_state::DEPLOYING),
@@ -434,9 +439,10 @@ impl Deployer {
                         from_original,
                         reason: (!notes.is_empty()).then(|| format!("note: {notes}")),
                         started: true,
-                        deadline: Some(self.deadline_from_now(&pre.deadline)),
+                        deadline: Some(deadline_at(now, &pre.deadline)),
                         ..Default::default()
                     },
+                    now,
                 )
                 .await?;
                 let to_td = self.register(app, revision).await?;
@@ -541,13 +547,15 @@ impl Deployer {
                 // downtime.
                 let deadline =
                     deadline::for_service(service.deployment_configuration(), app.rollout_timeout);
-                self.update(
+                let now = self.now();
+                self.update_at(
                     d,
                     DeploymentUpdate {
                         restart_clock: true,
-                        deadline: Some(self.deadline_from_now(&deadline)),
+                        deadline: Some(deadline_at(now, &deadline)),
                         ..Default::default()
                     },
+                    now,
                 )
                 .await?;
                 started
@@ -583,15 +591,6 @@ impl Deployer {
         .await?;
         let d = self.reload(d.id).await?;
         self.watch(&d, app, (from_td, to_td), &ecs_id, source).await
-    }
-
-    /// The journaled deadline of a rollout that starts now.
-    fn deadline_from_now(&self, deadline: &deadline::Deadline) -> (i64, String) {
-        tracing::info!(secs = deadline.after.as_secs(), why = %deadline.why, "rollout deadline");
-        (
-            self.now() + deadline.after.as_millis() as i64,
-            format!("{}s: {}", deadline.after.as_secs(), deadline.why),
-        )
     }
 
     async fn reload(&self, id: i64) -> Result<Deployment, Stop> {
@@ -1371,8 +1370,8 @@ impl Deployer {
         let late = || {
             format!(
                 "rollout did not complete within {}s ({deadline_why})",
-                // To the nearest second: the deadline was fixed a moment before the start was
-                // journaled, so the difference is a few milliseconds short of what was set.
+                // To the nearest second: journals written before the start and the deadline
+                // shared one clock reading have a deadline a few milliseconds short.
                 ((deadline - started).max(0) + 500) / 1000
             )
         };
@@ -1758,11 +1757,16 @@ impl Deployer {
     }
 
     async fn update(&self, d: &Deployment, u: DeploymentUpdate) -> Result<(), Stop> {
+        self.update_at(d, u, self.now()).await
+    }
+
+    /// [`Self::update`] journaled as of `now` (a start's time, say).
+    async fn update_at(&self, d: &Deployment, u: DeploymentUpdate, now: i64) -> Result<(), Stop> {
         if DRIVING.try_with(|c| c.held_here()) == Ok(false) {
             return Err(Stop::Lost);
         }
         self.journal
-            .update_deployment(d.id, fenced(u), self.now())
+            .update_deployment(d.id, fenced(u), now)
             .await
             .map_err(journal_stop)
     }
@@ -1965,6 +1969,15 @@ fn superseded_by(newer: &Deployment) -> String {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
+}
+
+/// The journaled deadline of a rollout that starts at `start_ms`.
+fn deadline_at(start_ms: i64, deadline: &deadline::Deadline) -> (i64, String) {
+    tracing::info!(secs = deadline.after.as_secs(), why = %deadline.why, "rollout deadline");
+    (
+        start_ms + deadline.after.as_millis() as i64,
+        format!("{}s: {}", deadline.after.as_secs(), deadline.why),
+    )
 }
 
 #[cfg(test)]
