@@ -202,6 +202,8 @@ impl Consumer {
                     .visibility_timeout(visibility)
                     .send() => r,
             };
+            // The messages' visibility timeout runs from here.
+            let received_at = tokio::time::Instant::now();
             let messages = match received {
                 Ok(out) => {
                     failures = 0;
@@ -227,7 +229,10 @@ impl Consumer {
                     tracing::info_span!("event", message = message.message_id().unwrap_or("-"));
                 let this = this.clone();
                 let shutdown = shutdown.clone();
-                tasks.spawn(async move { this.handle(message, shutdown).await }.instrument(span));
+                tasks.spawn(
+                    async move { this.handle(message, received_at, shutdown).await }
+                        .instrument(span),
+                );
             }
         }
         // Messages still being handled come back after their visibility timeout; the journal
@@ -237,7 +242,12 @@ impl Consumer {
 }
 
 impl Running {
-    async fn handle(&self, message: Message, shutdown: CancellationToken) {
+    async fn handle(
+        &self,
+        message: Message,
+        received_at: tokio::time::Instant,
+        shutdown: CancellationToken,
+    ) {
         let Some(receipt) = message.receipt_handle().map(str::to_owned) else {
             return;
         };
@@ -308,7 +318,10 @@ impl Running {
                 }
                 Ok(None) => self.delete(&receipt).await,
                 Ok(Some(deployment)) => {
-                    if self.wait_for(deployment, &receipt, &shutdown).await {
+                    if self
+                        .wait_for(deployment, &receipt, received_at, &shutdown)
+                        .await
+                    {
                         self.delete(&receipt).await;
                     }
                 }
@@ -384,10 +397,18 @@ impl Running {
     }
 
     /// Keeps the message invisible until the deploy ends. False if slipway is stopping.
-    async fn wait_for(&self, deployment: i64, receipt: &str, shutdown: &CancellationToken) -> bool {
+    /// Its visibility timeout runs from `received_at`, not from when the build was confirmed
+    /// and recorded: the first extension is due a third of it after the receive.
+    async fn wait_for(
+        &self,
+        deployment: i64,
+        receipt: &str,
+        received_at: tokio::time::Instant,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let visibility = self.results.config.events.visibility_timeout;
         let extend_every = visibility / 3;
-        let mut last_extended = tokio::time::Instant::now();
+        let mut last_extended = received_at;
         loop {
             match self.results.journal.deployment(deployment).await {
                 Ok(Some(d)) if deploy_state::is_terminal(&d.state) => return true,
