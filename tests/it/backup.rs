@@ -294,7 +294,7 @@ async fn scheduled_backups_go_to_s3_and_keep_backup_keep_copies() {
         Some(1.0),
         "{metrics}"
     );
-    assert!(s.logs().contains("old journal backup deleted"));
+    s.wait_log("old journal backup deleted").await;
 
     // Asked for without "to": a stamped copy next to the scheduled ones.
     let (status, body) = api(&s, reqwest::Method::POST, "/api/backups", None).await;

@@ -173,17 +173,29 @@ impl Deploy {
         .await
     }
 
-    /// Deploys `MASTER_SHA` (the app has `rollout_timeout_secs = 1`); slipway stops while it
-    /// watches, and ECS completes the rollout while the timeout passes.
+    /// Deploys `MASTER_SHA` (the app has [`SHORT_TIMEOUT`]); slipway stops while it watches,
+    /// and ECS completes the rollout while the timeout passes.
     pub async fn completed_while_down_past_the_timeout(&self, delivery: &str) {
         self.proxy.rollouts([Rollout::Never]);
         let mut s = self.builder.start().await;
         self.build_succeeds(&s, delivery, MASTER_SHA).await;
         let d = self.watching().await;
         s.kill();
+        // The premise: slipway was stopped before its deadline, not after acting on it.
+        let before = self.builder.deployments();
+        let at_kill = before.iter().find(|x| x["id"] == d["id"]).unwrap();
+        assert_eq!(
+            at_kill["state"], "deploying",
+            "the deadline passed before slipway was stopped: {at_kill}"
+        );
         let ecs_id = d["ecs_deployment_id"].as_str().unwrap();
         self.proxy.complete_now(CLUSTER, SERVICE, ecs_id);
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let deadline = d["deadline_ms"].as_i64().expect("a journaled deadline");
+        assert!(
+            deadline < now_ms() + 30_000,
+            "a deadline of the app's short timeout, not a strategy's waits: {d}"
+        );
+        sleep_past(deadline).await;
     }
 
     pub async fn service_td(&self) -> String {
@@ -207,6 +219,25 @@ impl Deploy {
             .collect()
     }
 }
+
+/// The wall clock in ms, as slipway journals times.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sleeps until half a second past `deadline_ms` (a journaled deadline), however long
+/// getting there took.
+pub async fn sleep_past(deadline_ms: i64) {
+    let wait = (deadline_ms + 500 - now_ms()).max(0) as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+}
+
+/// A rollout timeout long enough for slipway to reach its watch on a loaded machine (the
+/// tests that stop it while it watches rely on that) and short enough to wait out.
+pub const SHORT_TIMEOUT: &str = "rollout_timeout_secs = 4";
 
 /// The default `web` app with extra settings (TOML lines).
 pub fn web_with(settings: &str) -> String {
@@ -615,7 +646,7 @@ async fn a_lost_event_is_recovered_by_the_reconciler() {
     })
     .await;
     assert_eq!(d["sha"], MASTER_SHA);
-    assert!(s.logs().contains("no event arrived for this build"));
+    s.wait_log("no event arrived for this build").await;
     assert!(!w.proxy.requests("BatchGetBuilds").is_empty());
 }
 
@@ -633,9 +664,7 @@ async fn an_unparseable_message_is_left_for_the_dead_letter_queue_and_the_consum
     let s = w.builder.start().await;
     w.build_succeeds(&s, "poison-1", MASTER_SHA).await;
     assert_eq!(w.finished(MASTER_SHA).await["state"], "succeeded");
-    assert!(s
-        .logs()
-        .contains("leaving it to the queue's redrive policy"));
+    s.wait_log("leaving it to the queue's redrive policy").await;
     // The event is deleted; the poison message stays for the redrive policy.
     eventually("only the poison message left", || async {
         (w.emulator.queue_depth(&w.queue).await == 1).then_some(())
@@ -692,7 +721,7 @@ async fn foreign_builds_deploy_only_when_the_app_allows_it() {
     })
     .await;
     assert!(s.builder.deployments().is_empty());
-    assert!(s.logs().contains("deploy_foreign_builds is off"));
+    s.wait_log("deploy_foreign_builds is off").await;
     drop(s);
 
     let apps = web_with("deploy_foreign_builds = true");
@@ -750,7 +779,7 @@ async fn a_rollback_that_fails_too_is_reported_as_failed() {
 
 #[tokio::test]
 async fn past_the_timeout_a_restart_looks_before_rolling_back() {
-    let apps = web_with("rollout_timeout_secs = 1");
+    let apps = web_with(SHORT_TIMEOUT);
     let w = Deploy::with(Setup {
         apps,
         ..Setup::default()

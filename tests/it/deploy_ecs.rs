@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_ecs::types::{DeploymentConfiguration, DeploymentStrategy};
 use serde_json::Value;
 
-use crate::deploy::{web_with, Deploy, Setup};
+use crate::deploy::{now_ms, web_with, Deploy, Setup, SHORT_TIMEOUT};
 use crate::support::proxy::{Fault, Rollout};
 use crate::support::world::{CLUSTER, SERVICE};
 use crate::support::{eventually, sdk_config, MASTER_SHA};
@@ -123,7 +123,7 @@ async fn failing_looks_past_the_deadline_never_roll_back_a_rollout_that_complete
     // Before: 3 failing looks past the timeout (15 calls with the SDK's retries) and slipway
     // sent UpdateService(from_td) without having seen the service.
     let w = Deploy::with(Setup {
-        apps: web_with("rollout_timeout_secs = 1"),
+        apps: web_with(SHORT_TIMEOUT),
         ..Setup::default()
     })
     .await;
@@ -149,7 +149,7 @@ async fn failing_looks_past_the_deadline_never_roll_back_a_rollout_that_complete
 #[tokio::test]
 async fn failing_looks_past_the_deadline_leave_an_operators_hotfix_in_place() {
     let w = Deploy::with(Setup {
-        apps: web_with("rollout_timeout_secs = 1"),
+        apps: web_with(SHORT_TIMEOUT),
         ..Setup::default()
     })
     .await;
@@ -317,11 +317,9 @@ async fn a_lost_service_deployment_is_found_at_the_deadline_and_ecs_rolls_it_bac
         reason(&d).contains("ECS rolled its service deployment back"),
         "{d}"
     );
-    assert!(
-        s.logs()
-            .contains("cannot read ECS's service deployments; watching the deployments list"),
-        "the watch had lost the service deployment"
-    );
+    // The watch had lost the service deployment.
+    s.wait_log("cannot read ECS's service deployments; watching the deployments list")
+        .await;
     assert_eq!(updates_to(&w, &w.base_td), 0, "no UpdateService(from_td)");
     let stops = w.proxy.requests("StopServiceDeployment");
     assert_eq!(stops.len(), 1, "{stops:?}");
@@ -484,13 +482,6 @@ async fn a_resumed_rollback_sends_no_update_service_once_the_service_has_ecs_str
         "no UpdateService(from_td)"
     );
     assert_ne!(w.service_td().await, w.base_td);
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 #[tokio::test]
@@ -657,7 +648,13 @@ fn answered_describes(w: &Deploy) -> usize {
 
 #[tokio::test]
 async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
-    let w = Deploy::new().await;
+    // Fallback looks 15 s apart: the event's look comes well before the next one, however
+    // slow the machine.
+    let w = Deploy::with(Setup {
+        deploy_timing: "poll_initial_ms = 50\npoll_max_ms = 200\npoll_with_events_ms = 15000",
+        ..Setup::default()
+    })
+    .await;
     w.proxy.rollouts([Rollout::Never]);
     let s = w.builder.start().await;
     w.build_succeeds(&s, "ev-1", MASTER_SHA).await;
@@ -688,7 +685,7 @@ async fn a_completed_event_ends_the_deploy_with_one_confirming_look() {
     let done = w.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(describes(&w) - looks, 1, "one look confirmed the event");
-    assert!(s.logs().contains("ECS's deployment event: looking now"));
+    s.wait_log("ECS's deployment event: looking now").await;
     assert!(
         w.ignored_events().await.is_empty(),
         "both events were acted on"

@@ -118,7 +118,7 @@ async fn a_succeeded_event_for_a_build_codebuild_reports_failed_is_not_deployed(
     assert!(!w.proxy.requests("BatchGetBuilds").is_empty());
     assert!(s.builder.deployments().is_empty());
     assert!(w.proxy.requests("RegisterTaskDefinition").is_empty());
-    assert!(s.logs().contains("event rejected; not deploying"));
+    s.wait_log("event rejected; not deploying").await;
 }
 
 #[tokio::test]

@@ -67,12 +67,15 @@ fn push_body(sha: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// slipway's journal exists from now on, as if slipway had run once: recovery asks for no
-/// delivery older than it.
+/// slipway's store exists from now on, as if slipway had run once: recovery asks for no
+/// delivery older than it. In the DynamoDB pass that is the table (made now, its creation
+/// time journaled), not a journal file.
 fn journal_exists(w: &Deploy) {
-    slipway::store::Store::open(&w.builder.state_dir())
-        .unwrap()
-        .close();
+    if w.builder.store_table().is_none() {
+        slipway::store::Store::open(&w.builder.state_dir())
+            .unwrap()
+            .close();
+    }
 }
 
 /// Waits until `sha`'s statuses for `context` reach `n` and returns them.
@@ -995,19 +998,15 @@ async fn secondary_and_primary_rate_limits_are_waited_out_and_nothing_is_dropped
         &format!("/repos/octo-org/web/statuses/{MASTER_SHA}"),
         vec![Scripted::secondary_limit()],
     );
-    let reset = clock
-        .system_time()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 40 * 60;
+    // A reset (whole seconds) at least 40 minutes after `started`.
+    let started = clock.system_time();
+    let reset = started.duration_since(UNIX_EPOCH).unwrap().as_secs() + 1 + 40 * 60;
     gh.script(
         "POST",
         &format!("/repos/octo-org/web/statuses/{NEWER_SHA}"),
         vec![Scripted::rate_limited(reset)],
     );
     let (github, journal, _dir) = github_in_process(&gh, clock.clone(), "");
-    let started = clock.system_time();
     github.sink.build(
         slipway::github::BuildState::Started,
         "web",

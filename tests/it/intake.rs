@@ -495,7 +495,7 @@ async fn a_permanent_error_fails_the_delivery_and_a_redelivery_retries_it() {
         reason.contains("StartBuild") && reason.contains("ResourceNotFoundException"),
         "{reason}"
     );
-    assert!(s.logs().contains("StartBuild failed for good"));
+    s.wait_log("StartBuild failed for good").await;
 
     // The operator creates the project; GitHub's "Redeliver" now starts the build.
     emulator.create_project("web-build", "octo-org/web").await;
@@ -629,7 +629,7 @@ async fn sigterm_stops_cleanly_and_pending_work_survives() {
     );
     let status = s.terminate();
     assert!(status.success(), "exit status {status}");
-    assert!(s.logs().contains("stopped"));
+    s.wait_log("stopped").await;
     let rows = builder.deliveries();
     assert_eq!(rows[0]["state"], "pending");
 
@@ -706,9 +706,8 @@ async fn killed_after_codebuild_started_the_build_but_before_the_answer_no_secon
     );
     assert_eq!(row["build_id"].as_str(), builds[0].id());
     assert_eq!(w.proxy.requests("StartBuild").len(), 1);
-    assert!(s
-        .logs()
-        .contains("found the build a previous attempt started"));
+    s.wait_log("found the build a previous attempt started")
+        .await;
 }
 
 #[tokio::test]

@@ -110,7 +110,7 @@ async fn a_second_serve_waits_for_the_lock_and_takes_over_when_the_first_exits()
         (readyz(&second.url).await.0 == 200).then_some(())
     })
     .await;
-    assert!(second.logs().contains("took over the journal lock"));
+    second.wait_log("took over the journal lock").await;
     builder.now_running(&second);
     // It serves: what the first acknowledged is there, and new pushes are taken.
     let after = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2";

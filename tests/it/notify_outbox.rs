@@ -114,10 +114,11 @@ async fn rows_of(s: &Slipway, target: &str) -> Vec<Value> {
 async fn down_and_restarted_then_delivered_once(which: Which) {
     let world = world("").await;
     let down = world.endpoint(which);
-    let other = world.endpoint(match which {
+    let other_target = match which {
         Which::Slack => Which::Webhook,
         Which::Webhook => Which::Slack,
-    });
+    };
+    let other = world.endpoint(other_target);
     down.down();
     let mut s = world.builder.start().await;
     world.failed_build(&s, "outbox-1", MASTER_SHA).await;
@@ -144,6 +145,16 @@ async fn down_and_restarted_then_delivered_once(which: Which) {
     let why = pending["last_error"].as_str().unwrap();
     assert!(why.contains("503"), "{why}");
     assert!(!why.contains("secret"), "the URL is never shown: {why}");
+
+    // The other target's delivery journaled as sent (a crash between its answer and that
+    // write would send it again, with the same Idempotency-Key: at least once).
+    eventually("the other target's delivery journaled as sent", || async {
+        rows_of(&s, other_target.name())
+            .await
+            .into_iter()
+            .find(|r| r["state"] == "sent")
+    })
+    .await;
 
     // A crash while the endpoint is down.
     s.kill();

@@ -355,10 +355,9 @@ async fn rollback_after_a_good_deploy_and_after_a_failed_one() {
 #[tokio::test]
 async fn two_deploys_of_one_service_are_serialized() {
     let (w, s) = ops_world(&[MASTER_SHA, OTHER]).await;
-    w.proxy.rollouts([
-        Rollout::Complete { after: 5 },
-        Rollout::Complete { after: 1 },
-    ]);
+    // The first rollout ends when the test says so, after the second was seen waiting.
+    w.proxy
+        .rollouts([Rollout::Never, Rollout::Complete { after: 1 }]);
     let (_, first) = api(
         &s,
         "POST",
@@ -367,9 +366,9 @@ async fn two_deploys_of_one_service_are_serialized() {
     )
     .await;
     let first = first["deployment"].as_i64().unwrap();
-    eventually("the first deploy rolling out", || async {
+    let rolling = eventually("the first deploy rolling out", || async {
         let (_, d) = api(&s, "GET", &format!("/api/deployments/{first}"), None).await;
-        d["ecs_deployment_id"].is_string().then_some(())
+        d["ecs_deployment_id"].is_string().then_some(d)
     })
     .await;
     let (_, second) = api(
@@ -385,6 +384,8 @@ async fn two_deploys_of_one_service_are_serialized() {
         waiting["state"], "pending",
         "the second waits for the service"
     );
+    let ecs_id = rolling["ecs_deployment_id"].as_str().unwrap();
+    w.proxy.complete_now(CLUSTER, SERVICE, ecs_id);
     let d1 = deployment(&s, first).await;
     let d2 = deployment(&s, second).await;
     assert_eq!(

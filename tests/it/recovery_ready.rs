@@ -50,8 +50,9 @@ fn warnings(body: &serde_json::Value) -> Vec<String> {
 async fn not_ready_until_the_first_recovery_round_has_run() {
     let emulator = Emulator::start().await;
     let gh = GithubFake::start().await;
-    // The hook's delivery list is rate limited for a few seconds: the first round waits.
-    gh.script("GET", DELIVERIES, vec![Scripted::rate_limited(in_secs(8))]);
+    // The hook's delivery list is rate limited for a few seconds from slipway's first ask:
+    // the first round waits.
+    gh.script("GET", DELIVERIES, vec![Scripted::rate_limited_for(8)]);
     let s = slipway(&emulator, &gh).await;
     // The load balancer's /readyz says only that slipway is starting; the admin one says why.
     let (status, body) = s.get("/readyz").await;
@@ -73,7 +74,7 @@ async fn not_ready_until_the_first_recovery_round_has_run() {
         (status == 200).then_some(body)
     })
     .await;
-    assert!(s.logs().contains("delivery recovery round finished"));
+    s.wait_log("delivery recovery round finished").await;
     assert_eq!(
         gh.requests_to("GET", DELIVERIES).len(),
         2,
@@ -128,7 +129,7 @@ async fn without_recovery_readyz_says_pushes_sent_while_down_are_lost() {
         )),
         "{body}"
     );
-    assert!(s.logs().contains(lost));
+    s.wait_log(lost).await;
     drop(s);
     // No [github] at all.
     let s = SlipwayBuilder::new(&emulator.url).start().await;

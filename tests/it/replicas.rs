@@ -229,12 +229,12 @@ async fn a_replica_killed_while_watching_the_other_finishes_the_deploy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_failing_after_a_takeover_is_rolled_back_once() {
     let r = replicas(&[MASTER_SHA]).await;
-    // Fails after enough looks that A is killed first; ECS completes slipway's rollback.
+    // The rollout fails only once B has taken it over; ECS completes slipway's rollback.
     r.w.proxy
-        .rollouts([Rollout::Fail { after: 25 }, Rollout::Complete { after: 1 }]);
+        .rollouts([Rollout::Never, Rollout::Complete { after: 1 }]);
     let mut a = r.a.start().await;
     r.w.build_succeeds(&a, "replica-fail", MASTER_SHA).await;
-    eventually("A watching", || async {
+    let watched = eventually("A watching", || async {
         r.deployments()
             .await
             .into_iter()
@@ -245,6 +245,8 @@ async fn a_rollout_failing_after_a_takeover_is_rolled_back_once() {
     let _b = r.b.start().await;
     a.kill();
     r.taken_from(&a_id).await;
+    let ecs_id = watched["ecs_deployment_id"].as_str().unwrap();
+    r.w.proxy.fail_now(CLUSTER, SERVICE, ecs_id);
     let done = r.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "rolled_back", "{done}");
     assert_eq!(r.w.service_td().await, r.w.base_td);
@@ -319,7 +321,7 @@ async fn a_paused_replica_whose_deploy_was_taken_makes_no_call_for_it_after_it_w
         "A recorded no outcome: {}",
         a.logs()
     );
-    assert!(b.logs().contains("deploy succeeded"));
+    b.wait_log("deploy succeeded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,10 +341,8 @@ async fn sigterm_on_the_replica_holding_a_deploy_hands_it_over() {
     let b = r.b.start().await;
     let stopped = Instant::now();
     assert!(a.terminate().success());
-    assert!(
-        a.logs().contains("lease handed back"),
-        "A hands its leases back on SIGTERM"
-    );
+    // A hands its leases back on SIGTERM.
+    a.wait_log("lease handed back").await;
     let lease = r.lease(&lease_name()).await.unwrap();
     assert!(
         lease.expires_ms == 0 || lease.holder != a_id,
@@ -357,7 +357,7 @@ async fn sigterm_on_the_replica_holding_a_deploy_hands_it_over() {
         .complete_now(CLUSTER, SERVICE, d["ecs_deployment_id"].as_str().unwrap());
     let done = r.finished(MASTER_SHA).await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert!(b.logs().contains("deploy succeeded"));
+    b.wait_log("deploy succeeded").await;
 }
 
 const NEWER: &str = "2222222222222222222222222222222222222222";

@@ -45,6 +45,9 @@ pub struct Scripted {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Value,
+    /// Seconds after the answer is served at which its rate limit resets
+    /// (`x-ratelimit-reset`, whole epoch seconds, set when served).
+    pub resets_in: Option<u64>,
 }
 
 impl Scripted {
@@ -53,6 +56,7 @@ impl Scripted {
             status,
             headers: Vec::new(),
             body: json!({ "message": "scripted failure" }),
+            resets_in: None,
         }
     }
 
@@ -69,6 +73,7 @@ impl Scripted {
                 "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
                 "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
             }),
+            resets_in: None,
         }
     }
 
@@ -82,6 +87,16 @@ impl Scripted {
                 ("x-ratelimit-reset".into(), reset.to_string()),
             ],
             body: json!({ "message": "API rate limit exceeded" }),
+            resets_in: None,
+        }
+    }
+
+    /// [`Self::rate_limited`], resetting `secs` after the answer is served (however long
+    /// slipway took to ask).
+    pub fn rate_limited_for(secs: u64) -> Scripted {
+        Scripted {
+            resets_in: Some(secs),
+            ..Self::rate_limited(0)
         }
     }
 }
@@ -429,8 +444,15 @@ async fn handle(
                 *m == method.as_str() && path.starts_with(p.as_str()) && !q.is_empty()
             })
             .and_then(|(_, _, q)| q.pop_front());
-        if let Some(a) = scripted {
+        if let Some(mut a) = scripted {
             s.requests.push(recorded);
+            if let Some(secs) = a.resets_in {
+                let reset = at.duration_since(UNIX_EPOCH).unwrap().as_secs() + secs;
+                a.headers
+                    .retain(|(k, _)| !k.eq_ignore_ascii_case("x-ratelimit-reset"));
+                a.headers
+                    .push(("x-ratelimit-reset".into(), reset.to_string()));
+            }
             let mut r = answer(a.status, a.body);
             for (k, v) in a.headers {
                 r.headers_mut().insert(

@@ -616,6 +616,19 @@ impl Proxy {
         overlay.script = None;
         overlay.complete(id, now());
     }
+
+    /// ECS deployment `id` of a service fails now, as [`Rollout::Fail`] makes it fail; the
+    /// next scripted outcome waits for the next `UpdateService`.
+    pub fn fail_now(&self, cluster: &str, service: &str, id: &str) {
+        let key = service_key(Some(cluster), service);
+        let mut state = self.state.lock().unwrap();
+        let overlay = state
+            .overlays
+            .get_mut(&key)
+            .expect("a service the proxy has seen");
+        overlay.script = None;
+        overlay.fail(id, now());
+    }
 }
 
 fn next_fault(state: &Mutex<State>, operation: &str) -> Option<Fault> {
@@ -865,6 +878,19 @@ impl ServiceOverlay {
     }
 
     /// `id` completes; the others are removed, as ECS does once the new tasks are steady.
+    /// Deployment `id` fails ([`Rollout::Fail`]): `FAILED`, still `PRIMARY`, and its service
+    /// deployment stopped by the circuit breaker.
+    fn fail(&mut self, id: &str, t: f64) {
+        if let Some(d) = self.find_mut(id) {
+            mark_failed(d, t);
+        }
+        self.end_service_deployment(
+            id,
+            "STOPPED",
+            "ECS deployment circuit breaker: tasks failed to start.",
+        );
+    }
+
     fn complete(&mut self, id: &str, t: f64) {
         self.deployments.retain(|d| d["id"] == id);
         if let Some(d) = self.find_mut(id) {
@@ -1064,14 +1090,7 @@ impl ServiceOverlay {
                 None
             }
             Rollout::Fail { .. } => {
-                if let Some(d) = self.find_mut(&id) {
-                    mark_failed(d, t);
-                }
-                self.end_service_deployment(
-                    &id,
-                    "STOPPED",
-                    "ECS deployment circuit breaker: tasks failed to start.",
-                );
+                self.fail(&id, t);
                 None
             }
             Rollout::EcsRollsBack { .. }

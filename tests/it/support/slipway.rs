@@ -329,6 +329,15 @@ impl Slipway {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits until slipway's logs contain `text`: its output is read on another thread, so a
+    /// line written before a state the test saw can reach [`Self::logs`] a moment later.
+    pub async fn wait_log(&self, text: &str) {
+        super::eventually(&format!("{text:?} in the logs"), || async {
+            self.logs().contains(text).then_some(())
+        })
+        .await;
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
