@@ -108,6 +108,20 @@ async fn rows_of(s: &Slipway, target: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until a notification to `target` is journaled as sent.
+async fn journaled_sent(s: &Slipway, target: Which) {
+    eventually(
+        &format!("a {} notification journaled as sent", target.name()),
+        || async {
+            rows_of(s, target.name())
+                .await
+                .into_iter()
+                .find(|r| r["state"] == "sent")
+        },
+    )
+    .await;
+}
+
 /// `which`'s endpoint is down for a while and slipway is killed (SIGKILL) and started again
 /// meanwhile: the notification arrives after both, once; the other target got it once, at
 /// once; the next notification arrives once, after it.
@@ -148,13 +162,7 @@ async fn down_and_restarted_then_delivered_once(which: Which) {
 
     // The other target's delivery journaled as sent (a crash between its answer and that
     // write would send it again, with the same Idempotency-Key: at least once).
-    eventually("the other target's delivery journaled as sent", || async {
-        rows_of(&s, other_target.name())
-            .await
-            .into_iter()
-            .find(|r| r["state"] == "sent")
-    })
-    .await;
+    journaled_sent(&s, other_target).await;
 
     // A crash while the endpoint is down.
     s.kill();
@@ -169,13 +177,7 @@ async fn down_and_restarted_then_delivered_once(which: Which) {
         (!down.taken().is_empty()).then_some(())
     })
     .await;
-    eventually("journaled as sent", || async {
-        rows_of(&s, which.name())
-            .await
-            .into_iter()
-            .find(|r| r["state"] == "sent")
-    })
-    .await;
+    journaled_sent(&s, which).await;
 
     // The next notification arrives after it (one outbox, in order): nothing before it is
     // sent again.

@@ -607,19 +607,17 @@ impl Proxy {
 
     /// ECS finishes deployment `id` now (as it would while slipway is down).
     pub fn complete_now(&self, cluster: &str, service: &str, id: &str) {
-        let key = service_key(Some(cluster), service);
-        let mut state = self.state.lock().unwrap();
-        let overlay = state
-            .overlays
-            .get_mut(&key)
-            .expect("a service the proxy has seen");
-        overlay.script = None;
-        overlay.complete(id, now());
+        self.end_now(cluster, service, |overlay| overlay.complete(id, now()));
     }
 
     /// ECS deployment `id` of a service fails now, as [`Rollout::Fail`] makes it fail; the
     /// next scripted outcome waits for the next `UpdateService`.
     pub fn fail_now(&self, cluster: &str, service: &str, id: &str) {
+        self.end_now(cluster, service, |overlay| overlay.fail(id, now()));
+    }
+
+    /// Ends a service's rollout with `end`, in place of its script.
+    fn end_now(&self, cluster: &str, service: &str, end: impl FnOnce(&mut ServiceOverlay)) {
         let key = service_key(Some(cluster), service);
         let mut state = self.state.lock().unwrap();
         let overlay = state
@@ -627,7 +625,7 @@ impl Proxy {
             .get_mut(&key)
             .expect("a service the proxy has seen");
         overlay.script = None;
-        overlay.fail(id, now());
+        end(overlay);
     }
 }
 
