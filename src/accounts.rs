@@ -28,6 +28,9 @@ use crate::config::AppConfig;
 
 /// Credentials are asked for again this long before they expire.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// While STS fails, kept credentials still serve until this long before they expire (time for
+/// a call made with them to finish).
+pub const LAST_USE_BEFORE: Duration = Duration::from_secs(30);
 /// How long assumed credentials last (AssumeRole's `DurationSeconds`; 1 hour is STS's default
 /// and within every role's maximum session duration).
 pub const SESSION: Duration = Duration::from_secs(60 * 60);
@@ -48,7 +51,8 @@ pub struct AssumeError {
 
 type Fetch = Box<dyn Fn() -> BoxFuture<'static, Result<Credentials, AwsError>> + Send + Sync>;
 
-/// One role's credentials, kept until [`REFRESH_BEFORE`] their expiry.
+/// One role's credentials, kept until [`REFRESH_BEFORE`] their expiry; while STS fails,
+/// until [`LAST_USE_BEFORE`] it.
 pub struct RoleCredentials {
     role: AccountRole,
     fetch: Fetch,
@@ -104,7 +108,8 @@ impl RoleCredentials {
     }
 
     /// Credentials valid for at least [`REFRESH_BEFORE`]: the kept ones, or new ones from STS
-    /// (one request at a time: callers waiting meanwhile get its answer).
+    /// (one request at a time: callers waiting meanwhile get its answer). While STS fails, the
+    /// kept ones as long as they are valid for [`LAST_USE_BEFORE`].
     pub async fn credentials(&self) -> Result<Credentials, AssumeError> {
         let mut kept = self.kept.lock().await;
         if let Some(c) = kept.as_ref() {
@@ -125,7 +130,7 @@ impl RoleCredentials {
                 // A throttled or failing STS does not stop calls credentials still allow.
                 let usable = kept.as_ref().filter(|c| {
                     c.expiry()
-                        .is_some_and(|at| at > SystemTime::now() + Duration::from_secs(30))
+                        .is_some_and(|at| at > SystemTime::now() + LAST_USE_BEFORE)
                 });
                 if let Some(c) = usable {
                     tracing::warn!(role = %self.role.arn, error = %cause,

@@ -204,7 +204,7 @@ struct RawApp {
 
 /// [`Config::builder_of`] over a list of apps (also while the config is being validated):
 /// `app` itself, or the head of its `promote_from` chain, at most as many steps as apps.
-pub(crate) fn builder_in<'a>(apps: &'a [AppConfig], app: &'a AppConfig) -> &'a AppConfig {
+fn builder_in<'a>(apps: &'a [AppConfig], app: &'a AppConfig) -> &'a AppConfig {
     let mut at = app;
     for _ in 0..apps.len() {
         let from = at.promote.as_ref().map(|p| p.from.as_str());

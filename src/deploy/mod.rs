@@ -385,8 +385,7 @@ impl Deployer {
             // A rollback puts a task definition that already ran back, as it is.
             Some(target) => {
                 let (to_td, note) = self.usable_target(app, target).await?;
-                let now = self.now();
-                self.update_at(
+                self.update_with_deadline(
                     d,
                     DeploymentUpdate {
                         state: Some(deploy_state::DEPLOYING),
@@ -394,10 +393,9 @@ impl Deployer {
                         to_task_definition: Some(to_td.clone()),
                         reason: note,
                         started: true,
-                        deadline: Some(deadline_at(now, &pre.deadline)),
                         ..Default::default()
                     },
-                    now,
+                    &pre.deadline,
                 )
                 .await?;
                 (None, pre.current_task_definition.clone(), to_td)
@@ -427,10 +425,7 @@ impl Deployer {
                 for note in revision.notes() {
                     tracing::warn!(%note, "a container keeps its image");
                 }
-                // One clock reading for the start and the deadline: the deadline is exactly
-                // the strategy's time after the journaled start.
-                let now = self.now();
-                self.update_at(
+                self.update_with_deadline(
                     d,
                     DeploymentUpdate {
                         state: Some(deploy_state::DEPLOYING),
@@ -439,10 +434,9 @@ impl Deployer {
                         from_original,
                         reason: (!notes.is_empty()).then(|| format!("note: {notes}")),
                         started: true,
-                        deadline: Some(deadline_at(now, &pre.deadline)),
                         ..Default::default()
                     },
-                    now,
+                    &pre.deadline,
                 )
                 .await?;
                 let to_td = self.register(app, revision).await?;
@@ -547,15 +541,13 @@ impl Deployer {
                 // downtime.
                 let deadline =
                     deadline::for_service(service.deployment_configuration(), app.rollout_timeout);
-                let now = self.now();
-                self.update_at(
+                self.update_with_deadline(
                     d,
                     DeploymentUpdate {
                         restart_clock: true,
-                        deadline: Some(deadline_at(now, &deadline)),
                         ..Default::default()
                     },
-                    now,
+                    &deadline,
                 )
                 .await?;
                 started
@@ -638,11 +630,11 @@ impl Deployer {
                 .config()
                 .region()
                 .map(|r| r.to_string());
-            if source.region.as_deref() != here.as_deref() {
+            if here.as_deref() != Some(source.region.as_str()) {
                 return Err(Stop::Failed(format!(
                     "the image to promote is in region {}, this app's ECR calls go to {}: a \
                      promotion to another region is not supported",
-                    source.region.as_deref().unwrap_or("?"),
+                    source.region,
                     here.as_deref().unwrap_or("no region")
                 )));
             }
@@ -1760,7 +1752,19 @@ impl Deployer {
         self.update_at(d, u, self.now()).await
     }
 
-    /// [`Self::update`] journaled as of `now` (a start's time, say).
+    /// [`Self::update`] with the rollout's deadline, both as of one clock reading: the
+    /// deadline is exactly `deadline.after` past the start `u` journals.
+    async fn update_with_deadline(
+        &self,
+        d: &Deployment,
+        mut u: DeploymentUpdate,
+        deadline: &deadline::Deadline,
+    ) -> Result<(), Stop> {
+        let now = self.now();
+        u.deadline = Some(deadline_at(now, deadline));
+        self.update_at(d, u, now).await
+    }
+
     async fn update_at(&self, d: &Deployment, u: DeploymentUpdate, now: i64) -> Result<(), Stop> {
         if DRIVING.try_with(|c| c.held_here()) == Ok(false) {
             return Err(Stop::Lost);
@@ -1911,7 +1915,7 @@ struct SourceImage {
     registry: String,
     repository: String,
     /// The registry's region (`dkr.ecr.<region>.…` or `dkr.ecr-fips.<region>.…`).
-    region: Option<String>,
+    region: String,
 }
 
 impl SourceImage {
@@ -1922,10 +1926,11 @@ impl SourceImage {
         let ecr = registry.len() == 12
             && registry.bytes().all(|b| b.is_ascii_digit())
             && (rest.starts_with("dkr.ecr.") || rest.starts_with("dkr.ecr-fips."));
+        let region = rest.split('.').nth(2)?;
         ecr.then(|| SourceImage {
             registry: registry.to_owned(),
             repository: image.repository().to_owned(),
-            region: rest.split('.').nth(2).map(str::to_owned),
+            region: region.to_owned(),
         })
     }
 }

@@ -142,7 +142,7 @@ pub(super) async fn check_repositories(
     let mut seen: HashMap<(Option<&str>, &str), (Status, String)> = HashMap::new();
     let mut own_account: Option<Option<String>> = None;
     for app in &config.apps {
-        if app.promote.is_none() || !config.images_elsewhere(app) {
+        if !config.images_elsewhere(app) {
             let repo = app.ecr_repository.as_str();
             let key = (app.role.as_ref().map(|r| r.arn.as_str()), repo);
             let outcome = match seen.get(&key) {

@@ -17,7 +17,8 @@
 //! definitions), so the policies match what slipway will register and pass.
 //!
 //! Apps in another account (`role_arn`, issue 27) are left out of `runtime`, which may assume
-//! their roles instead; `accounts` has, per role, the policy the role needs (its apps'
+//! their roles instead (and, for an app of slipway's own account promoting images held in
+//! another, may describe them: `SlipwayRunPromotedImages`); `accounts` has, per role, the policy the role needs (its apps'
 //! services, read through the role) and its trust policy (slipway's account, with the
 //! `external_id` when one is set); `ecr_repository_policies`, one per repository, lets every
 //! account that deploys a promoted image read and pull it from the account that holds it.
@@ -77,7 +78,7 @@ fn pulls(config: &Config, env: &Environment) -> BTreeMap<(String, String), BTree
     };
     let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for app in &config.apps {
-        if app.promote.is_none() || !config.images_elsewhere(app) {
+        if !config.images_elsewhere(app) {
             continue;
         }
         let builder = config.builder_of(app);

@@ -1,12 +1,15 @@
 //! Issue: from CodeBuild completion to a safe Fargate deploy.
 
+use aws_sdk_ecs::types::{DeploymentConfiguration, DeploymentStrategy};
 use serde_json::Value;
 
 use crate::support::listener::Listener;
 use crate::support::proxy::{Fault, Rollout};
 use crate::support::slipway::{Slipway, DEFAULT_APPS};
 use crate::support::world::{CLUSTER, ECR_REPO, PROJECT, SERVICE};
-use crate::support::{eventually, fixture, Emulator, Proxy, SlipwayBuilder, MASTER_SHA};
+use crate::support::{
+    eventually, fixture, sdk_config, Emulator, Proxy, SlipwayBuilder, MASTER_SHA,
+};
 
 const OLDER_SHA: &str = "0a0b0c0d0e0f10111213141516171819202122ab";
 const NEWER_SHA: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
@@ -198,6 +201,19 @@ impl Deploy {
         sleep_past(deadline).await;
     }
 
+    /// Sets the service's deployment configuration, through the proxy, which keeps it (the
+    /// emulator drops it).
+    pub async fn configure(&self, config: DeploymentConfiguration) {
+        aws_sdk_ecs::Client::new(&sdk_config(&self.proxy.url).await)
+            .update_service()
+            .cluster(CLUSTER)
+            .service(SERVICE)
+            .deployment_configuration(config)
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn service_td(&self) -> String {
         self.emulator
             .service(CLUSTER, SERVICE)
@@ -218,6 +234,15 @@ impl Deploy {
             .filter(|b| b["event"] == event)
             .collect()
     }
+}
+
+/// ECS's deployment strategy `s` with `bake_minutes` of bake time (0 leaves the deadline at
+/// the app's `rollout_timeout_secs`; a bake time adds to it, see `deploy::deadline`).
+pub fn strategy(s: DeploymentStrategy, bake_minutes: i32) -> DeploymentConfiguration {
+    DeploymentConfiguration::builder()
+        .strategy(s)
+        .bake_time_in_minutes(bake_minutes)
+        .build()
 }
 
 /// The wall clock in ms, as slipway journals times.

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{DeploymentConfiguration, DeploymentStrategy};
+use aws_sdk_ecs::types::DeploymentStrategy;
 use serde_json::Value;
 
-use crate::deploy::{now_ms, web_with, Deploy, Setup, SHORT_TIMEOUT};
+use crate::deploy::{now_ms, strategy, web_with, Deploy, Setup, SHORT_TIMEOUT};
 use crate::support::proxy::{Fault, Rollout};
 use crate::support::world::{CLUSTER, SERVICE};
 use crate::support::{eventually, sdk_config, MASTER_SHA};
@@ -19,26 +19,6 @@ fn reason(d: &Value) -> &str {
 
 async fn ecs(w: &Deploy) -> aws_sdk_ecs::Client {
     aws_sdk_ecs::Client::new(&sdk_config(&w.proxy.url).await)
-}
-
-/// Sets the service's deployment configuration, through the proxy (the emulator drops it).
-async fn configure(w: &Deploy, config: DeploymentConfiguration) {
-    ecs(w)
-        .await
-        .update_service()
-        .cluster(CLUSTER)
-        .service(SERVICE)
-        .deployment_configuration(config)
-        .send()
-        .await
-        .unwrap();
-}
-
-fn strategy(s: DeploymentStrategy, bake_minutes: i32) -> DeploymentConfiguration {
-    DeploymentConfiguration::builder()
-        .strategy(s)
-        .bake_time_in_minutes(bake_minutes)
-        .build()
 }
 
 /// The digits of an `ecs-svc/…` deployment id.
@@ -60,7 +40,8 @@ async fn the_service_deployment_is_the_one_ecs_names_confirmed_by_its_revision()
     // Before: slipway took the digits of `ecs-svc/…` for the service revision's id; ECS's ids
     // are opaque, so every blue/green deploy fell back to `rolloutState`.
     let w = Deploy::new().await;
-    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     w.proxy.rollouts([Rollout::Complete { after: 3 }]);
     let s = w.builder.start().await;
     let d = w.ship(&s, "sdnamed-1", MASTER_SHA).await;
@@ -84,7 +65,8 @@ async fn the_service_deployment_is_the_one_ecs_names_confirmed_by_its_revision()
 #[tokio::test]
 async fn without_a_named_service_deployment_ecs_lists_those_created_since_the_start() {
     let w = Deploy::new().await;
-    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     w.proxy.hide_current_service_deployment();
     w.proxy.rollouts([Rollout::Complete { after: 4 }]);
     let s = w.builder.start().await;
@@ -198,7 +180,7 @@ async fn a_default_linear_deploy_gets_the_time_ecs_needs_and_completes() {
     // Before: the 15-minute rollout timeout cut off every default LINEAR deploy (about 54
     // minutes of steps plus the bake time) with an UpdateService on top of ECS's deployment.
     let w = Deploy::new().await;
-    configure(&w, strategy(DeploymentStrategy::Linear, 5)).await;
+    w.configure(strategy(DeploymentStrategy::Linear, 5)).await;
     w.proxy.rollouts([Rollout::Complete { after: 4 }]);
     let s = w.builder.start().await;
     let d = w.ship(&s, "linear-1", MASTER_SHA).await;
@@ -229,7 +211,8 @@ async fn at_the_deadline_ecs_rolls_its_own_service_deployment_back() {
         ..Setup::default()
     })
     .await;
-    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     w.proxy.rollouts([Rollout::Never]);
     let s = w.builder.start().await;
     let d = w.ship(&s, "deadline-1", MASTER_SHA).await;
@@ -304,7 +287,8 @@ async fn a_lost_service_deployment_is_found_at_the_deadline_and_ecs_rolls_it_bac
         ..Setup::default()
     })
     .await;
-    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     w.proxy.hide_current_service_deployment();
     w.proxy
         .fail("ListServiceDeployments", 1, 400, "AccessDeniedException");
@@ -343,7 +327,8 @@ async fn without_a_service_deployment_to_stop_nothing_is_sent_at_the_deadline() 
         ..Setup::default()
     })
     .await;
-    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     w.proxy.hide_current_service_deployment();
     w.proxy.fail(
         "ListServiceDeployments",
@@ -406,7 +391,8 @@ async fn a_rollback_asked_of_ecs_before_a_restart_ends_rolled_back() {
         ..Setup::default()
     })
     .await;
-    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     w.proxy.hold_requested_rollbacks();
     w.proxy.rollouts([Rollout::Never]);
     let mut s = w.builder.start().await;
@@ -469,7 +455,8 @@ async fn a_resumed_rollback_sends_no_update_service_once_the_service_has_ecs_str
     })
     .await;
     s.kill();
-    configure(&w, strategy(DeploymentStrategy::BlueGreen, 0)).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     let sent = updates_to(&w, &w.base_td);
     let _s = w.builder.start().await;
     let done = w.finished(MASTER_SHA).await;

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{DeploymentController, DeploymentControllerType, Tag};
+use aws_sdk_ecs::types::{DeploymentController, DeploymentControllerType, DeploymentStrategy, Tag};
 use serde_json::Value;
 
-use crate::deploy::{sleep_past, web_with, Deploy, Setup, SHORT_TIMEOUT};
+use crate::deploy::{sleep_past, strategy, web_with, Deploy, Setup, SHORT_TIMEOUT};
 use crate::support::proxy::{Fault, Recorded, Rollout};
 use crate::support::world::{CLUSTER, SERVICE};
 use crate::support::{eventually, sdk_config, MASTER_SHA};
@@ -667,35 +667,6 @@ async fn container_and_containers_together_are_refused_naming_the_key() {
     );
 }
 
-/// Sets the service's ECS deployment strategy. Through the proxy, which keeps the service's
-/// `deploymentConfiguration` (the emulator drops it).
-async fn set_strategy(w: &Deploy, strategy: aws_sdk_ecs::types::DeploymentStrategy) {
-    set_strategy_baking(w, strategy, 5).await;
-}
-
-/// [`set_strategy`] with `bake_minutes` of bake time: 0 leaves the deadline at the app's
-/// `rollout_timeout_secs` (a bake time adds to it, see `deploy::deadline`).
-async fn set_strategy_baking(
-    w: &Deploy,
-    strategy: aws_sdk_ecs::types::DeploymentStrategy,
-    bake_minutes: i32,
-) {
-    use aws_sdk_ecs::types::DeploymentConfiguration;
-    let ecs = aws_sdk_ecs::Client::new(&sdk_config(&w.proxy.url).await);
-    ecs.update_service()
-        .cluster(CLUSTER)
-        .service(SERVICE)
-        .deployment_configuration(
-            DeploymentConfiguration::builder()
-                .strategy(strategy)
-                .bake_time_in_minutes(bake_minutes)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_service_without_rollout_state_is_watched_through_its_service_deployment() {
     // Before: no rolloutState meant "in progress" until the timeout, so ECS's own rollback
@@ -742,7 +713,8 @@ async fn a_blue_green_deploy_shows_its_lifecycle_stage_until_ecs_says_it_succeed
     use tokio::io::{AsyncBufReadExt, BufReader};
     const TOKEN: &str = "alice-token-0123456789";
     let w = Deploy::new().await;
-    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 5))
+        .await;
     w.proxy.rollouts([Rollout::Never]);
     let s = w
         .builder
@@ -831,7 +803,7 @@ async fn a_blue_green_deploy_shows_its_lifecycle_stage_until_ecs_says_it_succeed
 #[tokio::test]
 async fn a_canary_that_ecs_rolls_back_is_a_failure() {
     let w = Deploy::new().await;
-    set_strategy(&w, aws_sdk_ecs::types::DeploymentStrategy::Canary).await;
+    w.configure(strategy(DeploymentStrategy::Canary, 5)).await;
     w.proxy.rollouts([Rollout::EcsRollsBack { after: 4 }]);
     let s = w.builder.start().await;
     let d = w.ship(&s, "canary-1", MASTER_SHA).await;
@@ -968,15 +940,16 @@ async fn a_rollback_that_never_reached_ecs_is_sent_after_a_restart() {
     );
 }
 
-/// A blue-green service (no bake time, [`SHORT_TIMEOUT`]) whose rollout completed while slipway was down
-/// past the timeout.
+/// A blue-green service (no bake time, [`SHORT_TIMEOUT`]) whose rollout completed while
+/// slipway was down past the timeout.
 async fn blue_green_completed_while_down(build: &str) -> Deploy {
     let w = Deploy::with(Setup {
         apps: web_with(SHORT_TIMEOUT),
         ..Setup::default()
     })
     .await;
-    set_strategy_baking(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen, 0).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     w.completed_while_down_past_the_timeout(build).await;
     w
 }
@@ -1008,7 +981,8 @@ async fn past_the_timeout_an_unlisted_service_deployment_leaves_the_deployments_
         ..Setup::default()
     })
     .await;
-    set_strategy_baking(&w, aws_sdk_ecs::types::DeploymentStrategy::BlueGreen, 0).await;
+    w.configure(strategy(DeploymentStrategy::BlueGreen, 0))
+        .await;
     // ECS neither names nor lists the service deployment.
     w.proxy.unlist_service_deployments();
     w.proxy.hide_current_service_deployment();

@@ -79,7 +79,7 @@ async fn staging_and_production(prod_settings: &str, extra: &str) -> Deploy {
 
 const PROD: &str = "web-prod";
 
-async fn api(s: &Slipway, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+pub async fn api(s: &Slipway, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
     let client = reqwest::Client::new();
     let url = format!("{}{path}", s.admin_url);
     let req = match method {

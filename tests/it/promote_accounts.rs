@@ -439,17 +439,15 @@ async fn production_in_another_account_is_deployed_with_the_roles_credentials_on
     );
     // A commit by hand would be looked for by tag in production's own registry: refused,
     // saying how instead.
-    let (status, v) = {
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/apps/web-prod/deploy", s.admin_url))
-            .bearer_auth(HARNESS_TOKEN)
-            .json(&json!({"sha": THIRD_SHA}))
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
-    };
-    assert_eq!(status, 400, "{v}");
+    let (code, v) = crate::promote::api(
+        &s,
+        HARNESS_TOKEN,
+        "POST",
+        "/api/apps/web-prod/deploy",
+        json!({"sha": THIRD_SHA}),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
     assert_eq!(
         v["error"],
         "web-prod's images are held in another account's registry: deploy a commit to it by \

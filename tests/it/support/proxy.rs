@@ -875,7 +875,6 @@ impl ServiceOverlay {
         self.deployments.iter_mut().find(|d| d["id"] == id)
     }
 
-    /// `id` completes; the others are removed, as ECS does once the new tasks are steady.
     /// Deployment `id` fails ([`Rollout::Fail`]): `FAILED`, still `PRIMARY`, and its service
     /// deployment stopped by the circuit breaker.
     fn fail(&mut self, id: &str, t: f64) {
@@ -889,6 +888,7 @@ impl ServiceOverlay {
         );
     }
 
+    /// `id` completes; the others are removed, as ECS does once the new tasks are steady.
     fn complete(&mut self, id: &str, t: f64) {
         self.deployments.retain(|d| d["id"] == id);
         if let Some(d) = self.find_mut(id) {
@@ -2286,7 +2286,8 @@ fn statements(policy: &Value) -> Vec<&Value> {
 /// Whether `policy` grants `action` to `account`, `external_id` meeting its conditions: an
 /// `Allow` statement applies and no `Deny` statement does (an explicit deny wins). A condition
 /// the proxy does not model (an operator other than `StringEquals`, a key other than
-/// `sts:ExternalId`) is taken as not met: the fake errs towards refusing.
+/// `sts:ExternalId`) is taken as not met: an `Allow` under it grants nothing (the fake errs
+/// towards refusing), and a `Deny` under it does not apply.
 fn allows(policy: &Value, account: &str, action: &str, external_id: Option<&str>) -> bool {
     let applies = |st: &Value| {
         let service = action.split(':').next().unwrap_or("");
